@@ -1,0 +1,333 @@
+# shellcheck shell=bash
+# Helpers shared by scripts/test and scripts/dev. Source it, don't run it:
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# Safe under `set -euo pipefail`. Everything it creates lives under
+# $ROOT/target (git-ignored) or in a mktemp directory that the stop_* helpers
+# remove again.
+
+# Repo root = parent of the directory holding this file.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS_DIR="$ROOT/target/tools"
+VENV_DIR="$TOOLS_DIR/venv"
+NODE_DIR="$ROOT/shared/tests/node"
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+file_hash() { sha256sum "$1" | cut -d' ' -f1; }
+
+# Run "$@" while holding an exclusive lock on $TOOLS_DIR/$1.lock, so two
+# scripts started at the same time don't both pip/npm install into the same
+# directory. flock is util-linux; without it we just run unlocked.
+with_lock() {
+    local name=$1
+    shift
+    mkdir -p "$TOOLS_DIR"
+    if command -v flock >/dev/null 2>&1; then
+        (
+            flock 9
+            "$@"
+        ) 9>"$TOOLS_DIR/$name.lock"
+    else
+        "$@"
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# Python tools: moto_server, cfn-lint, cargo-lambda (scripts/requirements-dev.txt)
+# ---------------------------------------------------------------------------
+
+_install_python_tools() {
+    local req="$ROOT/scripts/requirements-dev.txt"
+    local stamp="$VENV_DIR/.requirements-dev.sha256"
+    # A venv whose interpreter vanished (python upgraded/removed) is rebuilt.
+    if [ -d "$VENV_DIR" ] && ! "$VENV_DIR/bin/python" -c '' >/dev/null 2>&1; then
+        log "python venv at $VENV_DIR is broken; recreating it"
+        rm -rf "$VENV_DIR"
+    fi
+    if [ ! -d "$VENV_DIR" ]; then
+        log "creating python venv at $VENV_DIR"
+        python3 -m venv "$VENV_DIR" ||
+            die "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
+    fi
+    local want
+    want="$(file_hash "$req")"
+    if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+        log "installing python dev tools from scripts/requirements-dev.txt"
+        "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+        printf '%s\n' "$want" >"$stamp"
+    fi
+}
+
+ensure_python_tools() {
+    with_lock python _install_python_tools
+    case ":$PATH:" in
+        *":$VENV_DIR/bin:"*) ;;
+        *) export PATH="$VENV_DIR/bin:$PATH" ;;
+    esac
+}
+
+# ---------------------------------------------------------------------------
+# Node tools: livekit-server-sdk for shared/tests/node/verify-livekit-token.mjs
+# ---------------------------------------------------------------------------
+
+_install_node_tools() {
+    local lock="$NODE_DIR/package-lock.json"
+    # The stamp lives inside node_modules so deleting node_modules also
+    # forgets the stamp; `npm ci` wipes node_modules before installing.
+    local stamp="$NODE_DIR/node_modules/.package-lock.sha256"
+    local want
+    want="$(file_hash "$lock")"
+    if [ ! -d "$NODE_DIR/node_modules" ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+        log "installing node test tools in shared/tests/node (npm ci)"
+        (cd "$NODE_DIR" && npm ci --no-audit --no-fund --no-update-notifier --loglevel=error)
+        printf '%s\n' "$want" >"$stamp"
+    fi
+}
+
+ensure_node_tools() {
+    command -v npm >/dev/null 2>&1 || die "npm not found (node >= 20 is needed for shared/tests/node)"
+    with_lock node _install_node_tools
+}
+
+# ---------------------------------------------------------------------------
+# Ports
+# ---------------------------------------------------------------------------
+
+# Print a TCP port that is free on 127.0.0.1 right now. (Someone else can
+# still grab it before we bind it; the start_* helpers retry for that.)
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# ---------------------------------------------------------------------------
+# PostgreSQL: a throwaway cluster, trust auth, superuser "postgres"
+# ---------------------------------------------------------------------------
+
+# Directory holding initdb/pg_ctl: from PATH, else the newest
+# /usr/lib/postgresql/<version>/bin. Prints nothing and fails if not found.
+find_pg_bindir() {
+    local initdb dir
+    # Resolve symlinks: /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb,
+    # and only the real directory also has pg_isready next to it.
+    if initdb="$(command -v initdb 2>/dev/null)" && [ -n "$initdb" ]; then
+        dir="$(dirname "$(readlink -f "$initdb")")"
+        if [ -x "$dir/pg_ctl" ]; then
+            printf '%s\n' "$dir"
+            return 0
+        fi
+    fi
+    dir="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+    if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
+        printf '%s\n' "$dir"
+        return 0
+    fi
+    return 1
+}
+
+# The server binaries refuse to run as root, so as root run them as the
+# `postgres` OS user. `cd /` because that user may not be allowed into our
+# current directory (e.g. /root), which makes postgres complain.
+_pg() {
+    if is_root; then
+        (cd / && runuser -u postgres -- "$@")
+    else
+        "$@"
+    fi
+}
+
+_pg_log_tail() {
+    if [ -n "${PG_DIR:-}" ] && [ -f "$PG_DIR/postgres.log" ]; then
+        log "---- last lines of $PG_DIR/postgres.log ----"
+        tail -n 30 "$PG_DIR/postgres.log" >&2 || true
+        log "--------------------------------------------"
+    fi
+}
+
+# start_postgres DIR
+#   DIR/data         the cluster (initdb needs an empty directory of its own)
+#   DIR/postgres.log server log
+#   DIR/.s.PGSQL.*   unix socket
+# Listens on 127.0.0.1:$PG_PORT. Exports PG_PORT, PG_DIR, PG_BINDIR.
+# Any previous content of DIR is deleted.
+start_postgres() {
+    local dir=${1:?usage: start_postgres DIR}
+    local bindir
+    bindir="$(find_pg_bindir)" ||
+        die "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin"
+    if is_root; then
+        id postgres >/dev/null 2>&1 ||
+            die "running as root but there is no 'postgres' OS user to run the server as"
+    fi
+
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    dir="$(cd "$dir" && pwd)"
+
+    if is_root; then
+        chown postgres: "$dir"
+        # The postgres user needs to traverse every parent of DIR. If it
+        # can't (DIR under /root, say), use a directory under /tmp instead.
+        if ! runuser -u postgres -- test -w "$dir"; then
+            log "note: user postgres cannot reach $dir; using a directory under /tmp instead"
+            rmdir "$dir"
+            dir="$(mktemp -d "${TMPDIR:-/tmp}/pg.XXXXXX")"
+            chmod 755 "$dir"
+            chown postgres: "$dir"
+        fi
+    fi
+    export PG_DIR="$dir" PG_BINDIR="$bindir"
+
+    # Unix socket paths are limited to ~107 bytes; fall back to a short
+    # private directory when DIR is too deep. (We connect over TCP anyway.)
+    local sockdir="$dir"
+    if [ ${#sockdir} -gt 80 ]; then
+        sockdir="$(mktemp -d "${TMPDIR:-/tmp}/pgsock.XXXXXX")"
+        if is_root; then chown postgres: "$sockdir"; fi
+        PG_SOCKDIR_EXTRA="$sockdir"
+    fi
+
+    if ! _pg "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
+        --locale=C --no-sync >"$dir/initdb.log" 2>&1; then
+        cat "$dir/initdb.log" >&2
+        die "initdb failed"
+    fi
+
+    # Settings go into postgresql.conf rather than `pg_ctl -o` so paths with
+    # spaces need no shell-in-shell quoting. Durability is off on purpose:
+    # the cluster is thrown away at exit.
+    local esc_sockdir=${sockdir//\'/\'\'}
+    cat >>"$dir/data/postgresql.conf" <<EOF
+
+# --- added by scripts/lib.sh start_postgres (throwaway cluster) ---
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$esc_sockdir'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+
+    # A free port can be taken between free_port and the bind: retry.
+    local attempt port
+    for attempt in 1 2 3; do
+        port="$(free_port)"
+        printf "port = %s\n" "$port" >>"$dir/data/postgresql.conf" # last one wins
+        if _pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+            start >/dev/null; then
+            # pg_ctl -w returned, so the server is accepting connections.
+            # Double-check over TCP where pg_isready is available.
+            if [ -x "$bindir/pg_isready" ] &&
+                ! "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres -t 10; then
+                _pg_log_tail
+                die "postgres started but does not answer on 127.0.0.1:$port"
+            fi
+            export PG_PORT="$port"
+            log "postgres ready on 127.0.0.1:$PG_PORT (data in $PG_DIR)"
+            return 0
+        fi
+        if ! grep -q 'could not bind\|Address already in use' "$dir/postgres.log" 2>/dev/null; then
+            break # not a port clash: retrying won't help
+        fi
+        log "postgres: port $port was taken, retrying ($attempt/3)"
+    done
+    _pg_log_tail
+    die "could not start postgres (log: $dir/postgres.log)"
+}
+
+# Stop the cluster started by start_postgres and delete its directory.
+# Idempotent; meant for a `trap ... EXIT`.
+stop_postgres() {
+    if [ -n "${PG_DIR:-}" ]; then
+        if [ -f "$PG_DIR/data/postmaster.pid" ]; then
+            local pid _
+            pid="$(head -n 1 "$PG_DIR/data/postmaster.pid" 2>/dev/null || true)"
+            _pg "${PG_BINDIR:-$(find_pg_bindir)}/pg_ctl" -D "$PG_DIR/data" -m immediate \
+                -w -t 30 stop >/dev/null 2>&1 || true
+            # pg_ctl returns once the pid file is gone, a moment before the
+            # postmaster has exited: wait for it (and insist if it hangs).
+            if [ -n "$pid" ]; then
+                for _ in $(seq 1 50); do
+                    kill -0 "$pid" 2>/dev/null || break
+                    sleep 0.1
+                done
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+        fi
+        rm -rf "$PG_DIR"
+    fi
+    if [ -n "${PG_SOCKDIR_EXTRA:-}" ]; then rm -rf "$PG_SOCKDIR_EXTRA"; fi
+    unset PG_DIR PG_PORT PG_SOCKDIR_EXTRA
+}
+
+# ---------------------------------------------------------------------------
+# moto: local AWS endpoint (Secrets Manager) -- needs ensure_python_tools
+# ---------------------------------------------------------------------------
+
+# Succeeds once something answers HTTP on $1 (any status code counts).
+_http_answers() {
+    python3 - "$1" <<'EOF'
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1)
+except urllib.error.HTTPError:
+    pass  # an HTTP error status is still an HTTP answer
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+# start_moto [LOGFILE]
+# Exports MOTO_PID, MOTO_ENDPOINT=http://127.0.0.1:PORT, MOTO_LOG.
+start_moto() {
+    command -v moto_server >/dev/null 2>&1 ||
+        die "moto_server not found: call ensure_python_tools first"
+    local logfile=${1:-}
+    if [ -z "$logfile" ]; then
+        logfile="$(mktemp "${TMPDIR:-/tmp}/moto.XXXXXX.log")"
+        MOTO_LOG_IS_TEMP=1
+    fi
+    export MOTO_LOG="$logfile"
+
+    local attempt port
+    for attempt in 1 2 3; do
+        port="$(free_port)"
+        moto_server -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 &
+        MOTO_PID=$!
+        for _ in $(seq 1 150); do # up to ~30 s: the first import is slow
+            if ! kill -0 "$MOTO_PID" 2>/dev/null; then
+                break # died (port taken?): try another port
+            fi
+            if _http_answers "http://127.0.0.1:$port/"; then
+                export MOTO_PID MOTO_ENDPOINT="http://127.0.0.1:$port"
+                log "moto ready on $MOTO_ENDPOINT (pid $MOTO_PID)"
+                return 0
+            fi
+            sleep 0.2
+        done
+        stop_moto_process
+        log "moto did not come up on port $port (attempt $attempt/3)"
+    done
+    log "---- last lines of $logfile ----"
+    tail -n 30 "$logfile" >&2 || true
+    die "could not start moto_server"
+}
+
+stop_moto_process() {
+    if [ -n "${MOTO_PID:-}" ]; then
+        kill "$MOTO_PID" 2>/dev/null || true
+        wait "$MOTO_PID" 2>/dev/null || true
+    fi
+    unset MOTO_PID
+}
+
+# Idempotent; meant for a `trap ... EXIT`.
+stop_moto() {
+    stop_moto_process
+    if [ -n "${MOTO_LOG_IS_TEMP:-}" ] && [ -n "${MOTO_LOG:-}" ]; then rm -f "$MOTO_LOG"; fi
+    unset MOTO_ENDPOINT MOTO_LOG MOTO_LOG_IS_TEMP
+}

@@ -1,0 +1,261 @@
+//! Supabase access-token verification.
+//!
+//! HS256 tokens are checked with the project's JWT secret; ES256/RS256 tokens with
+//! the project's JWKS, cached and refetched on an unknown `kid` at most once a
+//! minute. Only end-user sessions pass: `aud` and `role` must be `authenticated`,
+//! `sub` a UUID, `exp` in the future, and `iss` the project's auth URL when known.
+//! The anon and service-role keys are valid JWTs with other roles and are refused.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::{Mutex, RwLock};
+use uuid::Uuid;
+
+use crate::config::SupabaseConfig;
+
+/// The verified caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthUser {
+    pub id: Uuid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("token rejected: {0}")]
+    Rejected(&'static str),
+    #[error("token rejected: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    /// The keys needed to check the token could not be loaded: not the caller's fault.
+    #[error("signing keys unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 30;
+/// How long a fetched JWKS is trusted before it is fetched again.
+const JWKS_TTL: Duration = Duration::from_secs(600);
+/// The least time between two fetches triggered by an unknown `kid`.
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(60);
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Deserialize)]
+struct SupabaseClaims {
+    sub: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+pub struct Authenticator {
+    hs256_key: Option<DecodingKey>,
+    jwks: Option<JwksCache>,
+    issuer: Option<String>,
+}
+
+impl Authenticator {
+    pub fn new(config: &SupabaseConfig, http: reqwest::Client) -> Authenticator {
+        Authenticator {
+            hs256_key: config
+                .jwt_secret
+                .as_deref()
+                .map(|s| DecodingKey::from_secret(s.as_bytes())),
+            jwks: config.jwks_url().map(|url| JwksCache::new(url, http)),
+            issuer: config.issuer(),
+        }
+    }
+
+    /// Verifies a bearer token and returns the user it was issued to.
+    pub async fn authenticate(&self, token: &str) -> Result<AuthUser, AuthError> {
+        let header = jsonwebtoken::decode_header(token)?;
+        // Keys come from our configuration only, never from the token itself.
+        if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() || header.x5c.is_some() {
+            return Err(AuthError::Rejected(
+                "embedded or remote key references are not accepted",
+            ));
+        }
+        if header.crit.is_some() {
+            return Err(AuthError::Rejected(
+                "critical header extensions are not supported",
+            ));
+        }
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256_key.clone().ok_or(AuthError::Rejected(
+                "HS256 tokens are not accepted (no SUPABASE_JWT_SECRET)",
+            ))?,
+            Algorithm::ES256 | Algorithm::RS256 => {
+                let jwks = self.jwks.as_ref().ok_or(AuthError::Rejected(
+                    "asymmetric tokens are not accepted (no SUPABASE_URL)",
+                ))?;
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or(AuthError::Rejected("token has no kid"))?;
+                jwks.key(kid, header.alg).await?
+            }
+            _ => return Err(AuthError::Rejected("unsupported algorithm")),
+        };
+
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_audience(&["authenticated"]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        let claims = jsonwebtoken::decode::<SupabaseClaims>(token, &key, &validation)?.claims;
+        if claims.role.as_deref() != Some("authenticated") {
+            return Err(AuthError::Rejected("role is not authenticated"));
+        }
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| AuthError::Rejected("sub is not a UUID"))?;
+        Ok(AuthUser { id })
+    }
+}
+
+struct JwksCache {
+    url: String,
+    http: reqwest::Client,
+    state: RwLock<JwksState>,
+    /// Held while fetching, so concurrent misses wait for one fetch.
+    fetching: Mutex<()>,
+}
+
+#[derive(Default)]
+struct JwksState {
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+    fetched_at: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+impl JwksState {
+    fn fresh(&self) -> bool {
+        self.fetched_at.is_some_and(|at| at.elapsed() < JWKS_TTL)
+    }
+
+    fn may_refetch(&self) -> bool {
+        self.last_attempt
+            .is_none_or(|at| at.elapsed() >= JWKS_MIN_REFETCH)
+    }
+
+    /// `Ok(Some)`: use this key; `Ok(None)`: fetch the JWKS first; `Err`: refuse.
+    /// A fresh copy answers alone; a stale or missing key fetches, but never more
+    /// often than `JWKS_MIN_REFETCH`, so a flood of unknown `kid`s costs one fetch.
+    fn cached(&self, kid: &str, alg: Algorithm) -> Result<Option<DecodingKey>, AuthError> {
+        let found = self.lookup(kid, alg)?;
+        if self.may_refetch() && (found.is_none() || !self.fresh()) {
+            return Ok(None);
+        }
+        match found {
+            Some(key) => Ok(Some(key)),
+            None if self.fetched_at.is_none() => Err(AuthError::KeysUnavailable(
+                "the JWKS could not be fetched yet".into(),
+            )),
+            None => Err(AuthError::Rejected("unknown kid")),
+        }
+    }
+
+    fn lookup(&self, kid: &str, alg: Algorithm) -> Result<Option<DecodingKey>, AuthError> {
+        match self.keys.get(kid) {
+            Some((key_alg, key)) if *key_alg == alg => Ok(Some(key.clone())),
+            Some(_) => Err(AuthError::Rejected("the token's alg does not match its key")),
+            None => Ok(None),
+        }
+    }
+}
+
+impl JwksCache {
+    fn new(url: String, http: reqwest::Client) -> JwksCache {
+        JwksCache {
+            url,
+            http,
+            state: RwLock::default(),
+            fetching: Mutex::new(()),
+        }
+    }
+
+    async fn key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, AuthError> {
+        if let Some(key) = self.state.read().await.cached(kid, alg)? {
+            return Ok(key);
+        }
+        let _fetching = self.fetching.lock().await;
+        // Another request may have refreshed the keys while this one waited.
+        if let Some(key) = self.state.read().await.cached(kid, alg)? {
+            return Ok(key);
+        }
+
+        let fetched = self.fetch().await;
+        let mut state = self.state.write().await;
+        state.last_attempt = Some(Instant::now());
+        match fetched {
+            Ok(keys) => {
+                state.keys = keys;
+                state.fetched_at = Some(Instant::now());
+            }
+            // A stale copy beats no copy while the auth server is down; with no
+            // copy at all the caller gets 503, not 401: the token may be fine.
+            Err(e) if state.keys.is_empty() => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; using the previous keys"),
+        }
+        state.lookup(kid, alg)?.ok_or(AuthError::Rejected("unknown kid"))
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, (Algorithm, DecodingKey)>, AuthError> {
+        let unavailable = |e: String| AuthError::KeysUnavailable(e);
+        let response = self
+            .http
+            .get(&self.url)
+            .timeout(JWKS_FETCH_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(unavailable(format!(
+                "JWKS endpoint answered {}",
+                response.status()
+            )));
+        }
+        let body = response.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+        #[derive(Deserialize)]
+        struct RawSet {
+            keys: Vec<serde_json::Value>,
+        }
+        let set: RawSet =
+            serde_json::from_slice(&body).map_err(|e| unavailable(format!("malformed JWKS: {e}")))?;
+        let keys: HashMap<_, _> = set
+            .keys
+            .into_iter()
+            .filter_map(|raw| serde_json::from_value::<Jwk>(raw).ok())
+            .filter_map(|jwk| usable_key(&jwk))
+            .collect();
+        tracing::info!(keys = keys.len(), "fetched Supabase JWKS");
+        Ok(keys)
+    }
+}
+
+/// Turns a JWK into a verification key, keeping only signing keys of the two
+/// algorithms Supabase issues. Symmetric (`oct`) keys are never taken from a JWKS.
+fn usable_key(jwk: &Jwk) -> Option<(String, (Algorithm, DecodingKey))> {
+    let kid = jwk.common.key_id.clone()?;
+    if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+        return None;
+    }
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        _ => return None,
+    };
+    let declared_matches = match jwk.common.key_algorithm {
+        None => true,
+        Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
+        Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
+        Some(_) => false,
+    };
+    if !declared_matches {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some((kid, (alg, key)))
+}

@@ -1,0 +1,325 @@
+//! One `Config`, read once per cold start from the environment and, when
+//! `APP_SECRET_ID` is set, from a JSON secret in AWS Secrets Manager.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub const DATABASE_URL: &str = "DATABASE_URL";
+pub const DATABASE_CA_CERT: &str = "DATABASE_CA_CERT";
+pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";
+pub const LIVEKIT_URL: &str = "LIVEKIT_URL";
+pub const LIVEKIT_API_KEY: &str = "LIVEKIT_API_KEY";
+pub const LIVEKIT_API_SECRET: &str = "LIVEKIT_API_SECRET";
+pub const LIVEKIT_TOKEN_TTL_SECONDS: &str = "LIVEKIT_TOKEN_TTL_SECONDS";
+pub const SUPABASE_JWT_SECRET: &str = "SUPABASE_JWT_SECRET";
+pub const SUPABASE_URL: &str = "SUPABASE_URL";
+pub const APP_SECRET_ID: &str = "APP_SECRET_ID";
+
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
+const DEFAULT_POOL_SIZE: usize = 2;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("missing setting {0}: set it in the environment or in the APP_SECRET_ID secret")]
+    Missing(&'static str),
+    #[error("invalid setting {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("set {SUPABASE_JWT_SECRET} (HS256 tokens) and/or {SUPABASE_URL} (asymmetric tokens via JWKS)")]
+    NoAuthMethod,
+    #[error("cannot read secret {id} from Secrets Manager: {reason}")]
+    Secret { id: String, reason: String },
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub livekit: LiveKitConfig,
+    pub supabase: SupabaseConfig,
+}
+
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    pub pg: tokio_postgres::Config,
+    /// PEM CA certificate(s) that the server certificate must chain to. Without
+    /// it, `sslmode=require` encrypts without authenticating the server, as libpq does.
+    pub ca_cert_pem: Option<String>,
+    pub pool_size: usize,
+}
+
+#[derive(Clone)]
+pub struct LiveKitConfig {
+    /// The `ws://`/`wss://` URL handed to clients.
+    pub client_url: String,
+    /// The same host over `http://`/`https://`, for RoomService calls.
+    pub api_url: String,
+    pub api_key: String,
+    pub api_secret: String,
+    pub token_ttl: Duration,
+}
+
+#[derive(Clone)]
+pub struct SupabaseConfig {
+    pub jwt_secret: Option<String>,
+    /// `https://<project>.supabase.co`, without a trailing slash.
+    pub url: Option<String>,
+}
+
+impl SupabaseConfig {
+    pub fn jwks_url(&self) -> Option<String> {
+        self.url
+            .as_ref()
+            .map(|url| format!("{url}/auth/v1/.well-known/jwks.json"))
+    }
+
+    pub fn issuer(&self) -> Option<String> {
+        self.url.as_ref().map(|url| format!("{url}/auth/v1"))
+    }
+}
+
+impl Config {
+    /// Builds the configuration from a lookup of setting names. Empty values count
+    /// as unset, so a template can pass `""` for an optional setting.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &'static str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let require = |name: &'static str| get(name).ok_or(ConfigError::Missing(name));
+
+        let pg = tokio_postgres::Config::from_str(&require(DATABASE_URL)?)
+            // The parser's message never echoes the URL, so no password reaches the logs.
+            .map_err(|e| invalid(DATABASE_URL, e.to_string()))?;
+        let pool_size = match get(DATABASE_POOL_SIZE) {
+            None => DEFAULT_POOL_SIZE,
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| invalid(DATABASE_POOL_SIZE, "expected a whole number from 1 to 64"))?,
+        };
+
+        let client_url = require(LIVEKIT_URL)?;
+        let api_url = livekit_api_url(&client_url).ok_or_else(|| {
+            invalid(
+                LIVEKIT_URL,
+                "expected a ws:// or wss:// URL with a host, e.g. wss://my-project.livekit.cloud",
+            )
+        })?;
+        let token_ttl = match get(LIVEKIT_TOKEN_TTL_SECONDS) {
+            None => DEFAULT_TOKEN_TTL,
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|secs| (60..=86_400).contains(secs))
+                .map(Duration::from_secs)
+                .ok_or_else(|| invalid(LIVEKIT_TOKEN_TTL_SECONDS, "expected seconds from 60 to 86400"))?,
+        };
+
+        let supabase_url = match get(SUPABASE_URL) {
+            None => None,
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                Some(url.trim_end_matches('/').to_owned())
+            }
+            Some(_) => return Err(invalid(SUPABASE_URL, "expected https://<project>.supabase.co")),
+        };
+        let jwt_secret = get(SUPABASE_JWT_SECRET);
+        if jwt_secret.is_none() && supabase_url.is_none() {
+            return Err(ConfigError::NoAuthMethod);
+        }
+
+        Ok(Config {
+            database: DatabaseConfig {
+                pg,
+                ca_cert_pem: get(DATABASE_CA_CERT),
+                pool_size,
+            },
+            livekit: LiveKitConfig {
+                client_url,
+                api_url,
+                api_key: require(LIVEKIT_API_KEY)?,
+                api_secret: require(LIVEKIT_API_SECRET)?,
+                token_ttl,
+            },
+            supabase: SupabaseConfig {
+                jwt_secret,
+                url: supabase_url,
+            },
+        })
+    }
+
+    /// Reads the process environment; when `APP_SECRET_ID` names a secret, its
+    /// JSON keys take precedence over the environment.
+    pub async fn load() -> Result<Config, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let Some(secret_id) = env(APP_SECRET_ID) else {
+            return Config::from_lookup(env);
+        };
+        let client = crate::secrets::client_from_env().await;
+        let secret = crate::secrets::fetch_json_secret(&client, &secret_id).await?;
+        Config::from_secret_and_env(&secret, env)
+    }
+
+    pub fn from_secret_and_env(
+        secret: &HashMap<String, String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| secret.get(name).cloned().or_else(|| env(name)))
+    }
+}
+
+/// `wss://host` → `https://host`, `ws://host` → `http://host`.
+fn livekit_api_url(client_url: &str) -> Option<String> {
+    let (scheme, rest) = client_url.split_once("://")?;
+    let api_scheme = match scheme {
+        "wss" => "https",
+        "ws" => "http",
+        _ => return None,
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(format!("{api_scheme}://{rest}"))
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets stay out of logs: only say which ones are present.
+        f.debug_struct("Config")
+            .field("database_hosts", &self.database.pg.get_hosts())
+            .field("database_pool_size", &self.database.pool_size)
+            .field("database_ca_cert", &self.database.ca_cert_pem.is_some())
+            .field("livekit_url", &self.livekit.client_url)
+            .field("livekit_token_ttl", &self.livekit.token_ttl)
+            .field("supabase_url", &self.supabase.url)
+            .field("supabase_jwt_secret", &self.supabase.jwt_secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    const COMPLETE: &[(&str, &str)] = &[
+        (
+            DATABASE_URL,
+            "postgres://app:pw@db.example.com:5432/postgres?sslmode=require",
+        ),
+        (LIVEKIT_URL, "wss://demo.livekit.cloud/"),
+        (LIVEKIT_API_KEY, "key"),
+        (LIVEKIT_API_SECRET, "secret"),
+        (SUPABASE_JWT_SECRET, "jwt-secret"),
+    ];
+
+    fn without(name: &str) -> Vec<(&'static str, &'static str)> {
+        COMPLETE.iter().copied().filter(|(k, _)| *k != name).collect()
+    }
+
+    #[test]
+    fn complete_settings_parse_with_defaults() {
+        let config = Config::from_lookup(lookup(COMPLETE)).unwrap();
+        assert_eq!(config.livekit.api_url, "https://demo.livekit.cloud");
+        assert_eq!(config.livekit.client_url, "wss://demo.livekit.cloud/");
+        assert_eq!(config.livekit.token_ttl, Duration::from_secs(600));
+        assert_eq!(config.database.pool_size, 2);
+        assert_eq!(
+            config.database.pg.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert!(config.supabase.url.is_none());
+    }
+
+    #[test]
+    fn each_required_setting_is_named_when_missing() {
+        for name in [DATABASE_URL, LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET] {
+            let err = Config::from_lookup(lookup(&without(name))).err();
+            assert_eq!(err, Some(ConfigError::Missing(name)), "{name}");
+            assert!(err.unwrap().to_string().contains(name));
+        }
+    }
+
+    #[test]
+    fn an_empty_value_counts_as_missing() {
+        let mut pairs = without(LIVEKIT_API_KEY);
+        pairs.push((LIVEKIT_API_KEY, "  "));
+        assert_eq!(
+            Config::from_lookup(lookup(&pairs)).err(),
+            Some(ConfigError::Missing(LIVEKIT_API_KEY))
+        );
+    }
+
+    #[test]
+    fn some_supabase_verification_method_is_required() {
+        let err = Config::from_lookup(lookup(&without(SUPABASE_JWT_SECRET))).err();
+        assert_eq!(err, Some(ConfigError::NoAuthMethod));
+        let mut pairs = without(SUPABASE_JWT_SECRET);
+        pairs.push((SUPABASE_URL, "https://abc.supabase.co/"));
+        let config = Config::from_lookup(lookup(&pairs)).unwrap();
+        assert_eq!(
+            config.supabase.issuer().as_deref(),
+            Some("https://abc.supabase.co/auth/v1")
+        );
+        assert_eq!(
+            config.supabase.jwks_url().as_deref(),
+            Some("https://abc.supabase.co/auth/v1/.well-known/jwks.json")
+        );
+    }
+
+    #[test]
+    fn malformed_settings_are_named() {
+        for (name, value) in [
+            (DATABASE_URL, "postgres://host:notaport/db"),
+            (LIVEKIT_URL, "https://demo.livekit.cloud"),
+            (LIVEKIT_URL, "wss://"),
+            (LIVEKIT_TOKEN_TTL_SECONDS, "ten"),
+            (LIVEKIT_TOKEN_TTL_SECONDS, "5"),
+            (DATABASE_POOL_SIZE, "0"),
+            (SUPABASE_URL, "abc.supabase.co"),
+        ] {
+            let mut pairs = without(name);
+            pairs.push((name, value));
+            match Config::from_lookup(lookup(&pairs)) {
+                Err(ConfigError::Invalid { name: named, .. }) => assert_eq!(named, name, "{value}"),
+                other => panic!("{name}={value}: expected Invalid, got {:?}", other.err()),
+            }
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = Config::from_lookup(lookup(COMPLETE)).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("pw"), "{printed}");
+        assert!(!printed.contains("jwt-secret"), "{printed}");
+        assert!(!printed.contains("\"secret\""), "{printed}");
+    }
+
+    #[test]
+    fn secret_values_take_precedence_over_the_environment() {
+        let secret: HashMap<String, String> = [(LIVEKIT_API_KEY.to_string(), "from-secret".to_string())]
+            .into_iter()
+            .collect();
+        let config = Config::from_secret_and_env(&secret, lookup(COMPLETE)).unwrap();
+        assert_eq!(config.livekit.api_key, "from-secret");
+        assert_eq!(config.livekit.api_secret, "secret");
+    }
+}

@@ -1,0 +1,240 @@
+//! Request and response shapes, and the value types that parse client input once
+//! so the rest of the code cannot hold an invalid value.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A LiveKit room name and the stream's id: 1–128 of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RoomName(String);
+
+impl RoomName {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(raw: String) -> Result<RoomName, String> {
+        let valid_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || !valid_chars {
+            return Err(format!(
+                "roomName must be 1-{} characters of A-Z, a-z, 0-9, '-' and '_'",
+                Self::MAX_LEN
+            ));
+        }
+        Ok(RoomName(raw))
+    }
+
+    /// A fresh random room name (UUID v4) for a stream started without one.
+    pub fn generate() -> RoomName {
+        RoomName(Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RoomName {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        RoomName::parse(raw)
+    }
+}
+
+impl From<RoomName> for String {
+    fn from(name: RoomName) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Trims `raw` and checks its length in characters; control characters are refused
+/// because these strings are shown to other users.
+fn trimmed_text(raw: &str, field: &str, max_chars: usize) -> Result<String, String> {
+    let trimmed = raw.trim();
+    let chars = trimmed.chars().count();
+    if chars == 0 || chars > max_chars {
+        return Err(format!(
+            "{field} must be 1-{max_chars} characters after trimming spaces"
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A stream title: 1–200 characters after trimming.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Title(String);
+
+impl Title {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(raw: &str) -> Result<Title, String> {
+        trimmed_text(raw, "title", Self::MAX_CHARS).map(Title)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Title {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        Title::parse(&raw)
+    }
+}
+
+/// The display name shown in the room: 1–64 characters after trimming.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ParticipantName(String);
+
+impl ParticipantName {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<ParticipantName, String> {
+        trimmed_text(raw, "participantName", Self::MAX_CHARS).map(ParticipantName)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ParticipantName {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        ParticipantName::parse(&raw)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartRequest {
+    pub title: Title,
+    #[serde(default)]
+    pub room_name: Option<RoomName>,
+    #[serde(default)]
+    pub participant_name: Option<ParticipantName>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenRequest {
+    pub room_name: RoomName,
+    pub participant_name: ParticipantName,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndRequest {
+    pub room_name: RoomName,
+}
+
+/// A stream as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stream {
+    pub id: RoomName,
+    pub title: String,
+    pub streamer_id: Uuid,
+    pub is_live: bool,
+    pub viewer_count: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartResponse {
+    pub stream: Stream,
+    pub token: String,
+    pub server_url: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenResponse {
+    pub token: String,
+    pub server_url: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndedStream {
+    pub id: RoomName,
+    pub is_live: bool,
+    pub ended_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndResponse {
+    pub success: bool,
+    pub stream: EndedStream,
+    /// False when LiveKit could not be reached: the stream has ended, and calling
+    /// `/live/end` again retries closing the room.
+    pub room_closed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_allow_only_the_livekit_safe_alphabet() {
+        assert!(RoomName::parse("stream-abc_123".into()).is_ok());
+        assert!(RoomName::parse("a".repeat(128)).is_ok());
+        for bad in ["", "has space", "slash/es", "dot.ted", "émoji", &"a".repeat(129)] {
+            assert!(RoomName::parse(bad.into()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn generated_room_names_are_valid_uuids() {
+        let name = RoomName::generate();
+        assert!(Uuid::parse_str(name.as_str()).is_ok());
+        assert!(RoomName::parse(name.to_string()).is_ok());
+    }
+
+    #[test]
+    fn titles_are_trimmed_and_counted_in_characters() {
+        assert_eq!(
+            Title::parse("  Learning Yoruba Today!  ").unwrap().as_str(),
+            "Learning Yoruba Today!"
+        );
+        assert!(Title::parse(&"é".repeat(200)).is_ok());
+        assert!(Title::parse(&"é".repeat(201)).is_err());
+        assert!(Title::parse("   ").is_err());
+        assert!(Title::parse("bell\u{7}").is_err());
+    }
+
+    #[test]
+    fn participant_names_are_1_to_64_characters() {
+        assert_eq!(ParticipantName::parse(" Ada ").unwrap().as_str(), "Ada");
+        assert!(ParticipantName::parse(&"x".repeat(64)).is_ok());
+        assert!(ParticipantName::parse(&"x".repeat(65)).is_err());
+        assert!(ParticipantName::parse("").is_err());
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_rejected() {
+        let err = serde_json::from_str::<EndRequest>(r#"{"roomName":"a","extra":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `extra`"), "{err}");
+        let err =
+            serde_json::from_str::<TokenRequest>(r#"{"roomName":5,"participantName":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+}

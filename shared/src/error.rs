@@ -1,0 +1,176 @@
+//! The one error type every endpoint answers with, and its mapping to HTTP.
+
+use lambda_http::http::StatusCode;
+use serde::Serialize;
+
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A dependency whose outage turns into `503 unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Database,
+    LiveKit,
+    Auth,
+    Configuration,
+}
+
+impl Dependency {
+    fn describe(self) -> &'static str {
+        match self {
+            Dependency::Database => "The database is temporarily unavailable",
+            Dependency::LiveKit => "The media server is temporarily unavailable",
+            Dependency::Auth => "The authentication keys cannot be loaded right now",
+            Dependency::Configuration => "The service is starting up or misconfigured",
+        }
+    }
+}
+
+/// Every way a request can fail. Each variant knows its status, its stable
+/// machine code and the message the client sees; internal causes are only logged.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("the caller has no profile")]
+    ProfileRequired,
+    #[error("stream not found")]
+    StreamNotFound,
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(String),
+    #[error("room name taken")]
+    RoomTaken,
+    #[error("stream has ended")]
+    StreamEnded,
+    #[error("request body over {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{dependency:?} unavailable: {cause}")]
+    Unavailable { dependency: Dependency, cause: Cause },
+    #[error("internal error: {0}")]
+    Internal(Cause),
+}
+
+impl ApiError {
+    pub fn unavailable(dependency: Dependency, cause: impl Into<Cause>) -> Self {
+        ApiError::Unavailable {
+            dependency,
+            cause: cause.into(),
+        }
+    }
+
+    pub fn internal(cause: impl Into<Cause>) -> Self {
+        ApiError::Internal(cause.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::ProfileRequired => StatusCode::FORBIDDEN,
+            ApiError::StreamNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RoomTaken | ApiError::StreamEnded => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code clients switch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::ProfileRequired => "profile_required",
+            ApiError::StreamNotFound => "stream_not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::RoomTaken => "room_taken",
+            ApiError::StreamEnded => "stream_ended",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The human message sent to the client. Never contains internal error text.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::InvalidRequest(detail) => detail.clone(),
+            ApiError::Unauthorized => {
+                "A valid Supabase access token is required in the Authorization header (Bearer <token>)."
+                    .into()
+            }
+            ApiError::Forbidden(why) => (*why).into(),
+            ApiError::ProfileRequired => "Create your profile before going live.".into(),
+            ApiError::StreamNotFound => "No stream with that room name exists.".into(),
+            ApiError::MethodNotAllowed(method) => {
+                format!("Method {method} is not allowed here; use POST.")
+            }
+            ApiError::RoomTaken => {
+                "That room name is already used by another stream; choose another or omit it.".into()
+            }
+            ApiError::StreamEnded => "That stream has ended.".into(),
+            ApiError::PayloadTooLarge { limit } => {
+                format!("The request body is larger than {limit} bytes.")
+            }
+            ApiError::Unavailable { dependency, .. } => {
+                format!("{}; please retry shortly.", dependency.describe())
+            }
+            ApiError::Internal(_) => "Something went wrong on our side.".into(),
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.public_message(),
+            },
+        }
+    }
+}
+
+/// `{"error":{"code":"…","message":"…"}}`
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// SQLSTATE classes that mean the database cannot serve us right now, as opposed
+/// to a bug in our SQL: connection exceptions, resource exhaustion, operator
+/// intervention (shutdown, statement timeout), and serialization retries.
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || code == "40001"
+        || code == "40P01"
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        match err.as_db_error() {
+            Some(db) if !is_transient_sqlstate(db.code().code()) => ApiError::internal(err),
+            _ => ApiError::unavailable(Dependency::Database, err),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(pg) => ApiError::from(pg),
+            other => ApiError::unavailable(Dependency::Database, other),
+        }
+    }
+}

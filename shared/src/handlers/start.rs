@@ -1,0 +1,41 @@
+use lambda_http::http::StatusCode;
+
+use crate::auth::AuthUser;
+use crate::domain::{RoomName, StartRequest, StartResponse};
+use crate::error::ApiError;
+use crate::http::Reply;
+use crate::livekit::Role;
+use crate::state::AppState;
+use crate::streams::{self, StartOutcome};
+
+/// `POST /live/start`: the caller goes live in a new room (201), or gets their
+/// still-live stream of that name back with a fresh token (200, a retried start).
+pub async fn start_stream(
+    state: &AppState,
+    user: AuthUser,
+    request: StartRequest,
+) -> Result<Reply<StartResponse>, ApiError> {
+    let room = request.room_name.unwrap_or_else(RoomName::generate);
+    let outcome = {
+        let client = state.db.get().await?;
+        streams::start(&client, &room, user.id, &request.title).await?
+    };
+    let (status, stream) = match outcome {
+        StartOutcome::Created(stream) => (StatusCode::CREATED, stream),
+        StartOutcome::AlreadyLive(stream) => (StatusCode::OK, stream),
+        StartOutcome::Taken => return Err(ApiError::RoomTaken),
+    };
+    tracing::info!(room = %stream.id, user = %user.id, created = status == StatusCode::CREATED, "stream started");
+    let token =
+        state
+            .livekit
+            .mint_token(user.id, request.participant_name.as_ref(), &stream.id, Role::Host)?;
+    Ok(Reply::new(
+        status,
+        StartResponse {
+            stream,
+            token,
+            server_url: state.livekit.client_url().to_owned(),
+        },
+    ))
+}

@@ -1,0 +1,225 @@
+//! The HTTP adapter every function shares: method check, bearer verification,
+//! body size and JSON parsing, the handler call, and the one mapping from
+//! [`ApiError`] to a JSON response.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use lambda_http::http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use lambda_http::http::{HeaderValue, Method, StatusCode};
+use lambda_http::{Body, Request, Response, service_fn};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{AuthError, AuthUser};
+use crate::error::{ApiError, Dependency};
+use crate::state::AppState;
+
+/// Largest request body accepted. Every request of this API is a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A successful answer: a status and a body serialized as camelCase JSON.
+#[derive(Debug)]
+pub struct Reply<T> {
+    pub status: StatusCode,
+    pub body: T,
+}
+
+impl<T> Reply<T> {
+    pub fn new(status: StatusCode, body: T) -> Reply<T> {
+        Reply { status, body }
+    }
+
+    pub fn ok(body: T) -> Reply<T> {
+        Reply::new(StatusCode::OK, body)
+    }
+}
+
+/// An endpoint handler: `async fn(&AppState, AuthUser, Body) -> Result<Reply<_>, ApiError>`.
+/// Spelled as a trait so the returned future can borrow the state and be `Send`.
+pub trait Handler<'a, Req, Resp>: Send + Sync {
+    type Future: Future<Output = Result<Reply<Resp>, ApiError>> + Send + 'a;
+    fn call(&self, state: &'a AppState, user: AuthUser, request: Req) -> Self::Future;
+}
+
+impl<'a, F, Fut, Req, Resp> Handler<'a, Req, Resp> for F
+where
+    F: Fn(&'a AppState, AuthUser, Req) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<Reply<Resp>, ApiError>> + Send + 'a,
+{
+    type Future = Fut;
+    fn call(&self, state: &'a AppState, user: AuthUser, request: Req) -> Fut {
+        self(state, user, request)
+    }
+}
+
+/// Runs one function: builds the state once per cold start and answers every
+/// invocation with `handler`. If the state cannot be built (a missing setting,
+/// Secrets Manager unreachable), the function stays up, answers 503 and tries
+/// again at most every few seconds, instead of failing every cold start.
+pub async fn serve<Req, Resp, H>(handler: H) -> Result<(), lambda_http::Error>
+where
+    Req: DeserializeOwned + Send,
+    Resp: Serialize,
+    H: for<'a> Handler<'a, Req, Resp>,
+{
+    lambda_http::tracing::init_default_subscriber();
+    let state = LazyState::default();
+    state.get().await.ok();
+    let state = &state;
+    let handler = &handler;
+    lambda_http::run(service_fn(move |request: Request| async move {
+        let response = match state.get().await {
+            Ok(app) => handle(app, request, handler).await,
+            Err(error) => error_response(&error),
+        };
+        Ok::<_, std::convert::Infallible>(response)
+    }))
+    .await
+}
+
+/// The application state, built on first success.
+#[derive(Default)]
+struct LazyState {
+    cell: tokio::sync::OnceCell<AppState>,
+    last_failure: tokio::sync::Mutex<Option<Instant>>,
+}
+
+const STATE_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
+impl LazyState {
+    async fn get(&self) -> Result<&AppState, ApiError> {
+        if let Some(state) = self.cell.get() {
+            return Ok(state);
+        }
+        let mut last_failure = self.last_failure.lock().await;
+        if let Some(state) = self.cell.get() {
+            return Ok(state);
+        }
+        if last_failure.is_some_and(|at| at.elapsed() < STATE_RETRY_INTERVAL) {
+            return Err(ApiError::unavailable(
+                Dependency::Configuration,
+                "startup failed recently",
+            ));
+        }
+        match AppState::load().await {
+            Ok(state) => Ok(self.cell.get_or_init(|| async { state }).await),
+            Err(error) => {
+                tracing::error!(%error, "cannot build the function's state; answering 503 until it can");
+                *last_failure = Some(Instant::now());
+                Err(ApiError::unavailable(Dependency::Configuration, error))
+            }
+        }
+    }
+}
+
+/// One request, start to finish. Never fails: every error becomes a JSON response.
+pub async fn handle<Req, Resp, H>(state: &AppState, request: Request, handler: &H) -> Response<Body>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    H: for<'a> Handler<'a, Req, Resp>,
+{
+    match try_handle(state, request, handler).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn try_handle<Req, Resp, H>(
+    state: &AppState,
+    request: Request,
+    handler: &H,
+) -> Result<Response<Body>, ApiError>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    H: for<'a> Handler<'a, Req, Resp>,
+{
+    if request.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed(request.method().to_string()));
+    }
+    let user = authenticate(state, &request).await?;
+    let body = request.body().as_ref();
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let parsed: Req = parse_body(body)?;
+    let reply = handler.call(state, user, parsed).await?;
+    Ok(json_response(reply.status, &reply.body))
+}
+
+async fn authenticate(state: &AppState, request: &Request) -> Result<AuthUser, ApiError> {
+    let token = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    state.auth.authenticate(token).await.map_err(|error| match error {
+        AuthError::KeysUnavailable(_) => ApiError::unavailable(Dependency::Auth, error),
+        rejected => {
+            tracing::info!(reason = %rejected, "bearer token rejected");
+            ApiError::Unauthorized
+        }
+    })
+}
+
+fn parse_body<Req: DeserializeOwned>(body: &[u8]) -> Result<Req, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidRequest(
+            "The request body must be a JSON object.".into(),
+        ));
+    }
+    // serde_json's messages name the field and the position, never echo the input.
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(format!("Invalid request body: {e}")))
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    match serde_json::to_string(body) {
+        Ok(json) => {
+            let mut response = Response::new(Body::Text(json));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(e) => error_response(&ApiError::internal(e)),
+    }
+}
+
+/// The single place an [`ApiError`] becomes a response, and is logged.
+pub fn error_response(error: &ApiError) -> Response<Body> {
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::error!(code = error.code(), %error, "request failed");
+    } else {
+        tracing::info!(code = error.code(), %status, "request refused");
+    }
+    let json = serde_json::to_string(&error.body()).unwrap_or_else(|_| {
+        r#"{"error":{"code":"internal","message":"Something went wrong on our side."}}"#.into()
+    });
+    let mut response = Response::new(Body::Text(json));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    match error {
+        ApiError::Unauthorized => {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        ApiError::MethodNotAllowed(_) => {
+            headers.insert(ALLOW, HeaderValue::from_static("POST"));
+        }
+        ApiError::Unavailable { .. } => {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        _ => {}
+    }
+    response
+}

@@ -1,0 +1,23 @@
+//! Everything the live-streaming Lambda functions share: configuration, Supabase
+//! authentication, LiveKit tokens and room calls, the Postgres store, the HTTP
+//! adapter and the endpoint handlers themselves.
+//!
+//! Each function binary is a thin entry point that calls [`http::serve`] with one
+//! of the handlers in [`handlers`].
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod livekit;
+pub mod migrate;
+pub mod secrets;
+pub mod state;
+pub mod streams;
+pub mod tls;
+
+pub use error::ApiError;
+pub use state::AppState;

@@ -1,0 +1,117 @@
+//! Plain-SQL migrations from `migrations/`, applied in order, each in its own
+//! transaction, each recorded in `schema_migrations`. Idempotent, and safe when
+//! two runs race: a transaction-scoped advisory lock serialises them (it also
+//! works through a transaction-mode pooler, unlike a session lock).
+
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+macro_rules! migration {
+    ($version:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../migrations/", $name, ".sql")),
+        }
+    };
+}
+
+/// Every migration, in the order it must apply.
+pub const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_live_streams"),
+    migration!(2, "0002_streamer_profile_fk"),
+];
+
+/// Arbitrary but fixed key for `pg_advisory_xact_lock`.
+const LOCK_KEY: i64 = 0x6c69_7665_6d69_6772; // "livemigr"
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("database error while applying {name}: {source}")]
+    Apply {
+        name: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("migration {version} is recorded as {recorded:?} but this build calls it {expected:?}")]
+    Mismatch {
+        version: i32,
+        recorded: String,
+        expected: &'static str,
+    },
+}
+
+/// Applies every pending migration. Returns the names of those applied now.
+pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, MigrateError> {
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS {
+        let wrap = |source| MigrateError::Apply {
+            name: migration.name,
+            source,
+        };
+        let tx = client.transaction().await.map_err(wrap)?;
+        tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&LOCK_KEY, Type::INT8)])
+            .await
+            .map_err(wrap)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    INTEGER PRIMARY KEY,
+                name       TEXT NOT NULL,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(wrap)?;
+        let recorded = tx
+            .query_typed(
+                "SELECT name FROM schema_migrations WHERE version = $1",
+                &[(&migration.version, Type::INT4)],
+            )
+            .await
+            .map_err(wrap)?;
+        if let Some(row) = recorded.first() {
+            let name: String = row.get(0);
+            if name != migration.name {
+                return Err(MigrateError::Mismatch {
+                    version: migration.version,
+                    recorded: name,
+                    expected: migration.name,
+                });
+            }
+            continue;
+        }
+        tx.batch_execute(migration.sql).await.map_err(wrap)?;
+        tx.query_typed(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[(&migration.version, Type::INT4), (&migration.name, Type::TEXT)],
+        )
+        .await
+        .map_err(wrap)?;
+        tx.commit().await.map_err(wrap)?;
+        applied.push(migration.name);
+    }
+    Ok(applied)
+}
+
+/// Connects to `url` (TLS as the URL asks) and applies pending migrations.
+pub async fn migrate_url(url: &str) -> Result<Vec<&'static str>, Box<dyn std::error::Error + Send + Sync>> {
+    use std::str::FromStr;
+    let pg = tokio_postgres::Config::from_str(url).map_err(|e| format!("invalid DATABASE_URL: {e}"))?;
+    let ca = std::env::var(crate::config::DATABASE_CA_CERT)
+        .ok()
+        .filter(|c| !c.is_empty());
+    let tls = crate::tls::postgres_client_config(ca.as_deref())?;
+    let (mut client, connection) = pg
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        .await?;
+    let connection = tokio::spawn(connection);
+    let applied = run(&mut client).await?;
+    drop(client);
+    let _ = connection.await;
+    Ok(applied)
+}

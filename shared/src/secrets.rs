@@ -1,0 +1,88 @@
+//! The application's JSON secret in AWS Secrets Manager: read once per cold start.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_secretsmanager::Client;
+
+use crate::config::ConfigError;
+
+/// A Secrets Manager client from the standard AWS environment (region, credentials,
+/// `AWS_ENDPOINT_URL`). Timeouts are short so an unreachable endpoint fails the
+/// cold start quickly instead of eating the function's whole timeout.
+pub async fn client_from_env() -> Client {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(3))
+                .operation_timeout(Duration::from_secs(8))
+                .build(),
+        )
+        .load()
+        .await;
+    Client::new(&sdk)
+}
+
+/// Fetches `secret_id` and parses it as a flat JSON object. String values are
+/// taken as they are; numbers and booleans are accepted in their JSON spelling.
+pub async fn fetch_json_secret(
+    client: &Client,
+    secret_id: &str,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let fail = |reason: String| ConfigError::Secret {
+        id: secret_id.to_owned(),
+        reason,
+    };
+    let output = client
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| fail(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()))?;
+    let text = output
+        .secret_string()
+        .ok_or_else(|| fail("the secret has no SecretString (binary secrets are not supported)".into()))?;
+    parse_secret(text).map_err(fail)
+}
+
+fn parse_secret(text: &str) -> Result<HashMap<String, String>, String> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        // serde_json's message names the position, never the content.
+        .map_err(|e| format!("expected a JSON object of settings: {e}"))?;
+    object
+        .into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(s) => Ok((key, s)),
+            serde_json::Value::Number(n) => Ok((key, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((key, b.to_string())),
+            _ => Err(format!("the value of {key} must be a string, number or boolean")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_secret;
+
+    #[test]
+    fn accepts_strings_and_numbers() {
+        let parsed =
+            parse_secret(r#"{"DATABASE_URL":"postgres://x","LIVEKIT_TOKEN_TTL_SECONDS":900}"#).unwrap();
+        assert_eq!(parsed["DATABASE_URL"], "postgres://x");
+        assert_eq!(parsed["LIVEKIT_TOKEN_TTL_SECONDS"], "900");
+    }
+
+    #[test]
+    fn rejects_non_objects_and_nested_values_without_echoing_them() {
+        let err = parse_secret("not json hunter2").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = parse_secret(r#"{"LIVEKIT_API_SECRET":{"nested":"hunter2"}}"#).unwrap_err();
+        assert!(
+            err.contains("LIVEKIT_API_SECRET") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+}

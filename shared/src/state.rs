@@ -1,0 +1,40 @@
+//! What a function builds once per cold start and lends to every invocation.
+
+use deadpool_postgres::Pool;
+
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError};
+use crate::livekit::LiveKit;
+
+pub struct AppState {
+    pub db: Pool,
+    pub auth: Authenticator,
+    pub livekit: LiveKit,
+}
+
+impl AppState {
+    /// Builds everything from a configuration without opening any connection.
+    pub fn new(config: &Config) -> Result<AppState, ConfigError> {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(crate::tls::web_client_config())
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                name: "HTTP client",
+                reason: e.to_string(),
+            })?;
+        Ok(AppState {
+            db: crate::db::build_pool(&config.database)?,
+            auth: Authenticator::new(&config.supabase, http),
+            livekit: LiveKit::new(&config.livekit),
+        })
+    }
+
+    /// Reads the configuration (environment and, if set, the Secrets Manager
+    /// secret) and builds the state.
+    pub async fn load() -> Result<AppState, ConfigError> {
+        let config = Config::load().await?;
+        tracing::info!(?config, "configuration loaded");
+        AppState::new(&config)
+    }
+}

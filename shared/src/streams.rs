@@ -1,0 +1,166 @@
+//! The `live_streams` store. Every query is one unnamed statement
+//! (`query_typed`), one round trip, safe behind a transaction-mode pooler.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Row};
+use uuid::Uuid;
+
+use crate::domain::{RoomName, Stream, Title};
+use crate::error::ApiError;
+
+pub enum StartOutcome {
+    Created(Stream),
+    /// The caller's own stream under that name is still live: a retried start.
+    AlreadyLive(Stream),
+    Taken,
+}
+
+/// Creates the stream, or finds the caller's live stream of the same name.
+///
+/// Insert-or-read in one statement. If a concurrent start commits the same name
+/// between this statement's snapshot and its insert, neither branch sees a row;
+/// running it again then reads the committed one.
+const START_SQL: &str = "
+    WITH inserted AS (
+        INSERT INTO live_streams (id, streamer_id, title)
+        VALUES ($1, $2, $3)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id, title, streamer_id, is_live, viewer_count, created_at, true AS created
+    )
+    SELECT * FROM inserted
+    UNION ALL
+    SELECT id, title, streamer_id, is_live, viewer_count, created_at, false AS created
+    FROM live_streams
+    WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM inserted)";
+
+pub async fn start(
+    client: &Client,
+    room: &RoomName,
+    streamer: Uuid,
+    title: &Title,
+) -> Result<StartOutcome, ApiError> {
+    for _ in 0..2 {
+        let rows = client
+            .query_typed(
+                START_SQL,
+                &[
+                    (&room.as_str(), Type::TEXT),
+                    (&streamer, Type::UUID),
+                    (&title.as_str(), Type::TEXT),
+                ],
+            )
+            .await
+            .map_err(|e| match e.code() {
+                Some(code) if *code == tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION => {
+                    ApiError::ProfileRequired
+                }
+                _ => ApiError::from(e),
+            })?;
+        let Some(row) = rows.first() else { continue };
+        let stream = stream_from_row(row)?;
+        let created: bool = row.try_get("created").map_err(ApiError::internal)?;
+        return Ok(if created {
+            StartOutcome::Created(stream)
+        } else if stream.streamer_id == streamer && stream.is_live {
+            StartOutcome::AlreadyLive(stream)
+        } else {
+            StartOutcome::Taken
+        });
+    }
+    Err(ApiError::internal(format!(
+        "start of room {room} found neither a new nor an existing row"
+    )))
+}
+
+fn stream_from_row(row: &Row) -> Result<Stream, ApiError> {
+    let id: String = row.try_get("id").map_err(ApiError::internal)?;
+    Ok(Stream {
+        id: RoomName::parse(id).map_err(ApiError::internal)?,
+        title: row.try_get("title").map_err(ApiError::internal)?,
+        streamer_id: row.try_get("streamer_id").map_err(ApiError::internal)?,
+        is_live: row.try_get("is_live").map_err(ApiError::internal)?,
+        viewer_count: row.try_get("viewer_count").map_err(ApiError::internal)?,
+        created_at: row.try_get("created_at").map_err(ApiError::internal)?,
+    })
+}
+
+/// Who streams in a room and whether it is still live.
+pub struct RoomAccess {
+    pub streamer_id: Uuid,
+    pub is_live: bool,
+}
+
+pub async fn access(client: &Client, room: &RoomName) -> Result<Option<RoomAccess>, ApiError> {
+    let row = client
+        .query_typed_opt(
+            "SELECT streamer_id, is_live FROM live_streams WHERE id = $1",
+            &[(&room.as_str(), Type::TEXT)],
+        )
+        .await?;
+    row.map(|row| {
+        Ok(RoomAccess {
+            streamer_id: row.try_get("streamer_id").map_err(ApiError::internal)?,
+            is_live: row.try_get("is_live").map_err(ApiError::internal)?,
+        })
+    })
+    .transpose()
+}
+
+pub enum EndOutcome {
+    NotFound,
+    NotStreamer,
+    Ended {
+        ended_at: DateTime<Utc>,
+        room_closed: bool,
+    },
+}
+
+/// Ends the stream if the caller is its streamer; ending twice keeps the first
+/// `ended_at`. `FOR UPDATE` makes a concurrent second end wait and then read the
+/// row as the first one left it.
+const END_SQL: &str = "
+    WITH target AS (
+        SELECT id, streamer_id, is_live, ended_at, room_closed_at
+        FROM live_streams
+        WHERE id = $1
+        FOR UPDATE
+    ), ended AS (
+        UPDATE live_streams s
+        SET is_live = false, ended_at = now()
+        FROM target t
+        WHERE s.id = t.id AND t.streamer_id = $2 AND t.is_live
+        RETURNING s.ended_at
+    )
+    SELECT t.streamer_id,
+           COALESCE((SELECT ended_at FROM ended), t.ended_at) AS ended_at,
+           t.room_closed_at IS NOT NULL AS room_closed
+    FROM target t";
+
+pub async fn end(client: &Client, room: &RoomName, caller: Uuid) -> Result<EndOutcome, ApiError> {
+    let Some(row) = client
+        .query_typed_opt(END_SQL, &[(&room.as_str(), Type::TEXT), (&caller, Type::UUID)])
+        .await?
+    else {
+        return Ok(EndOutcome::NotFound);
+    };
+    let streamer_id: Uuid = row.try_get("streamer_id").map_err(ApiError::internal)?;
+    if streamer_id != caller {
+        return Ok(EndOutcome::NotStreamer);
+    }
+    Ok(EndOutcome::Ended {
+        ended_at: row.try_get("ended_at").map_err(ApiError::internal)?,
+        room_closed: row.try_get("room_closed").map_err(ApiError::internal)?,
+    })
+}
+
+/// Records that LiveKit has closed the room, so later ends do not call it again.
+pub async fn mark_room_closed(client: &Client, room: &RoomName) -> Result<(), ApiError> {
+    client
+        .query_typed(
+            "UPDATE live_streams SET room_closed_at = now() WHERE id = $1 AND room_closed_at IS NULL",
+            &[(&room.as_str(), Type::TEXT)],
+        )
+        .await?;
+    Ok(())
+}
