@@ -102,9 +102,13 @@ impl Authenticator {
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
         validation.set_audience(&["authenticated"]);
-        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
+        // jsonwebtoken checks `iss` only when present unless it is also required.
+        match &self.issuer {
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+            }
+            None => validation.set_required_spec_claims(&["exp", "sub", "aud"]),
         }
         let claims = jsonwebtoken::decode::<SupabaseClaims>(token, &key, &validation)?.claims;
         if claims.role.as_deref() != Some("authenticated") {

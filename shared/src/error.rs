@@ -168,9 +168,9 @@ impl From<tokio_postgres::Error> for ApiError {
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        match err {
-            deadpool_postgres::PoolError::Backend(pg) => ApiError::from(pg),
-            other => ApiError::unavailable(Dependency::Database, other),
-        }
+        // Every pool error happens while getting a connection (connect, log in,
+        // recycle, wait): the database is unreachable or refuses us, not a bug in
+        // a query. Even a wrong password or database name is an outage to the client.
+        ApiError::unavailable(Dependency::Database, err)
     }
 }

@@ -1,0 +1,151 @@
+//! Through the HTTP adapter with the API Gateway events in `events/`, as
+//! `cargo lambda invoke --data-file` sends them.
+
+use lambda_http::http::Method;
+use lambda_http::{Body, Request};
+use shared::handlers::{end_stream, issue_token, start_stream};
+use shared::http::MAX_BODY_BYTES;
+use uuid::Uuid;
+
+use crate::helpers::{AppOptions, TestApp};
+
+fn event(name: &str) -> Request {
+    let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
+    let json = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    lambda_http::request::from_str(&json).unwrap_or_else(|e| panic!("{path} is an API Gateway event: {e}"))
+}
+
+/// The events carry a development token (signed with the `scripts/dev` secret,
+/// no issuer), so they work against the local stack as they are.
+async fn dev_app() -> TestApp {
+    TestApp::spawn_with(AppOptions {
+        supabase_url: false,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_committed_events_start_join_and_end_a_stream() {
+    let app = dev_app().await;
+
+    let started = app.send(start_stream, event("start.json")).await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    let room = started.body["stream"]["id"].as_str().unwrap().to_owned();
+    app.livekit.add_room(&room);
+
+    let token = app.send(issue_token, event("token.json")).await;
+    assert_eq!(token.status, 200, "{}", token.body);
+    let claims = crate::helpers::verify_livekit_token(token.body["token"].as_str().unwrap());
+    assert_eq!(
+        claims.video.room, room,
+        "token.json joins the room start.json created"
+    );
+
+    let ended = app.send(end_stream, event("end.json")).await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    assert_eq!(ended.body["stream"]["id"], room.as_str());
+    assert_eq!(ended.body["roomClosed"], true);
+}
+
+#[tokio::test]
+async fn a_base64_encoded_body_is_decoded() {
+    let app = dev_app().await;
+    let path = format!("{}/../events/start.json", env!("CARGO_MANIFEST_DIR"));
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    use base64::Engine;
+    let body =
+        base64::engine::general_purpose::STANDARD.encode(r#"{"title":"Encoded","roomName":"b64-room"}"#);
+    json["body"] = body.into();
+    json["isBase64Encoded"] = true.into();
+    let request = lambda_http::request::from_str(&json.to_string()).unwrap();
+    let response = app.send(start_stream, request).await;
+    assert_eq!(response.status, 201, "{}", response.body);
+    assert_eq!(response.body["stream"]["title"], "Encoded");
+}
+
+#[tokio::test]
+async fn other_methods_are_405() {
+    let app = dev_app().await;
+    for method in [Method::GET, Method::PUT, Method::DELETE] {
+        let mut request = event("token.json");
+        *request.method_mut() = method.clone();
+        let response = app.send(issue_token, request).await;
+        response.assert_error(405, "method_not_allowed");
+        assert_eq!(response.headers.get("allow").unwrap(), "POST");
+    }
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_with_a_clear_message() {
+    let app = TestApp::spawn().await;
+    let token = app.token_for(Uuid::new_v4());
+    for (body, mentions) in [
+        ("", "JSON object"),
+        ("   ", "JSON object"),
+        ("not json", "expected"),
+        ("[1,2,3]", "invalid type"),
+        ("null", "invalid type"),
+        (r#"{"roomName":"a""#, "EOF"),
+        (r#"{"roomName":"a","roomName":"b"}"#, "duplicate field"),
+        (
+            r#"{"roomName":"a","participantName":"b","admin":true}"#,
+            "unknown field `admin`",
+        ),
+    ] {
+        let response = app.call(issue_token, Some(&token), body).await;
+        response.assert_error(400, "invalid_request");
+        let message = response.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(mentions), "{body:?} → {message}");
+    }
+    let mut request = Request::new(Body::Binary(vec![0xff, 0xfe, 0x00, 0x7b]));
+    *request.method_mut() = Method::POST;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    app.send(issue_token, request)
+        .await
+        .assert_error(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn bodies_over_16_kib_are_413() {
+    let app = TestApp::spawn().await;
+    let token = app.token_for(Uuid::new_v4());
+    let body = format!(r#"{{"title":"{}"}}"#, "x".repeat(MAX_BODY_BYTES));
+    let response = app.call(start_stream, Some(&token), &body).await;
+    response.assert_error(413, "payload_too_large");
+    let count: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM live_streams", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn error_bodies_never_carry_internal_details() {
+    // A database that does not exist: every request fails inside Postgres.
+    let url = format!("{}_missing", crate::helpers::migrated_database().await);
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(url.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let response = app
+        .call(
+            start_stream,
+            Some(&app.token_for(Uuid::new_v4())),
+            r#"{"title":"x"}"#,
+        )
+        .await;
+    response.assert_error(503, "unavailable");
+    let text = response.body.to_string();
+    assert!(
+        !text.contains("_missing") && !text.contains("postgres") && !text.contains("FATAL"),
+        "{text}"
+    );
+    assert_eq!(response.headers.get("retry-after").unwrap(), "2");
+}

@@ -1,0 +1,292 @@
+use serde_json::{Value, json};
+use shared::auth::AuthError;
+use shared::handlers::issue_token;
+use uuid::Uuid;
+
+use crate::helpers::{
+    AppOptions, TestApp, asymmetric, forged, hs256, hs256_with_secret, public_jwk, public_pem,
+};
+
+async fn verdict(app: &TestApp, token: &str) -> Result<Uuid, String> {
+    app.state
+        .auth
+        .authenticate(token)
+        .await
+        .map(|user| user.id)
+        .map_err(|e| e.to_string())
+}
+
+fn with(mut claims: Value, key: &str, value: Value) -> Value {
+    claims[key] = value;
+    claims
+}
+
+fn without(mut claims: Value, key: &str) -> Value {
+    claims.as_object_mut().unwrap().remove(key);
+    claims
+}
+
+#[tokio::test]
+async fn a_supabase_session_token_passes_as_hs256_es256_and_rs256() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    let claims = app.claims_for(user);
+    assert_eq!(verdict(&app, &hs256(&claims)).await, Ok(user));
+    assert_eq!(verdict(&app, &asymmetric("es256-a", &claims)).await, Ok(user));
+    assert_eq!(verdict(&app, &asymmetric("rs256", &claims)).await, Ok(user));
+}
+
+#[tokio::test]
+async fn tokens_that_are_not_user_sessions_are_refused() {
+    let app = TestApp::spawn().await;
+    let claims = app.claims_for(Uuid::new_v4());
+    let now = chrono::Utc::now().timestamp();
+    let cases = [
+        (
+            "the anon key",
+            with(without(claims.clone(), "sub"), "role", json!("anon")),
+        ),
+        ("role anon", with(claims.clone(), "role", json!("anon"))),
+        (
+            "the service role key",
+            with(claims.clone(), "role", json!("service_role")),
+        ),
+        ("no role", without(claims.clone(), "role")),
+        ("another audience", with(claims.clone(), "aud", json!("service"))),
+        ("no audience", without(claims.clone(), "aud")),
+        ("expired", with(claims.clone(), "exp", json!(now - 120))),
+        ("no exp", without(claims.clone(), "exp")),
+        (
+            "exp as a string",
+            with(claims.clone(), "exp", json!((now + 3600).to_string())),
+        ),
+        ("not yet valid", with(claims.clone(), "nbf", json!(now + 600))),
+        ("sub not a UUID", with(claims.clone(), "sub", json!("user-123"))),
+        (
+            "another issuer",
+            with(claims.clone(), "iss", json!("https://evil.supabase.co/auth/v1")),
+        ),
+        ("no issuer", without(claims.clone(), "iss")),
+    ];
+    for (what, claims) in cases {
+        assert!(
+            verdict(&app, &hs256(&claims)).await.is_err(),
+            "{what} must not pass"
+        );
+        assert!(
+            verdict(&app, &asymmetric("es256-a", &claims)).await.is_err(),
+            "{what} (ES256) must not pass"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_expired_within_the_leeway_still_passes() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    let claims = with(
+        app.claims_for(user),
+        "exp",
+        json!(chrono::Utc::now().timestamp() - 5),
+    );
+    assert_eq!(verdict(&app, &hs256(&claims)).await, Ok(user));
+}
+
+#[tokio::test]
+async fn bad_signatures_and_algorithm_tricks_are_refused() {
+    let app = TestApp::spawn().await;
+    let claims = app.claims_for(Uuid::new_v4());
+    let signed = hs256(&claims);
+    let (head, _) = signed.rsplit_once('.').unwrap();
+    let cases = [
+        (
+            "wrong secret",
+            hs256_with_secret(&claims, b"another-secret-of-a-reasonable-length"),
+        ),
+        ("signature stripped", format!("{head}.")),
+        (
+            "alg none",
+            forged(&json!({"alg": "none", "typ": "JWT"}), &claims, b""),
+        ),
+        (
+            "alg None",
+            forged(&json!({"alg": "None", "typ": "JWT"}), &claims, b""),
+        ),
+        // Algorithm confusion: HS256 keyed with the RSA/EC public key, which is public.
+        (
+            "HS256 with the RSA public key",
+            hs256_with_secret(&claims, public_pem("rs256").as_bytes()),
+        ),
+        (
+            "HS256 with the EC public key",
+            hs256_with_secret(&claims, public_pem("es256-a").as_bytes()),
+        ),
+        ("HS384", {
+            let key = jsonwebtoken::EncodingKey::from_secret(crate::helpers::SUPABASE_JWT_SECRET.as_bytes());
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
+                &claims,
+                &key,
+            )
+            .unwrap()
+        }),
+        ("not a JWT", "definitely-not-a-jwt".to_owned()),
+        ("empty", String::new()),
+    ];
+    for (what, token) in cases {
+        assert!(verdict(&app, &token).await.is_err(), "{what} must not pass");
+    }
+}
+
+#[tokio::test]
+async fn an_es256_token_relabelled_with_another_kid_or_alg_is_refused() {
+    let app = TestApp::spawn().await;
+    let claims = app.claims_for(Uuid::new_v4());
+    let token = asymmetric("es256-a", &claims);
+    let (_, rest) = token.split_once('.').unwrap();
+    let relabel = |header: Value| {
+        use base64::Engine;
+        format!(
+            "{}.{rest}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header.to_string())
+        )
+    };
+    for header in [
+        json!({"alg": "ES256", "kid": "rs256", "typ": "JWT"}),
+        json!({"alg": "RS256", "kid": "es256-a", "typ": "JWT"}),
+        json!({"alg": "ES256", "typ": "JWT"}),
+        json!({"alg": "ES256", "kid": "es256-a", "jku": "https://evil.example/jwks.json"}),
+        json!({"alg": "ES256", "kid": "es256-a", "jwk": public_jwk("es256-a")}),
+        json!({"alg": "ES256", "kid": "es256-a", "x5u": "https://evil.example/cert.pem"}),
+    ] {
+        assert!(
+            verdict(&app, &relabel(header.clone())).await.is_err(),
+            "{header} must not pass"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_jwks_is_fetched_once_and_cached() {
+    let app = TestApp::spawn().await;
+    for _ in 0..5 {
+        let token = asymmetric("es256-a", &app.claims_for(Uuid::new_v4()));
+        assert!(verdict(&app, &token).await.is_ok());
+        let token = asymmetric("rs256", &app.claims_for(Uuid::new_v4()));
+        assert!(verdict(&app, &token).await.is_ok());
+    }
+    assert_eq!(app.jwks.fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_kids_does_not_become_a_flood_of_jwks_fetches() {
+    let app = TestApp::spawn().await;
+    assert!(
+        verdict(&app, &asymmetric("es256-a", &app.claims_for(Uuid::new_v4())))
+            .await
+            .is_ok()
+    );
+    let stranger = asymmetric("es256-b", &app.claims_for(Uuid::new_v4()));
+    for _ in 0..50 {
+        assert!(matches!(
+            app.state.auth.authenticate(&stranger).await,
+            Err(AuthError::Rejected("unknown kid"))
+        ));
+    }
+    // The first lookup fetched the keys moments ago; an unknown kid may refetch
+    // only once a minute has passed since, so the flood fetches nothing.
+    assert_eq!(app.jwks.fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_new_signing_key_is_picked_up_on_first_sight() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    app.jwks.set_keys(json!({"keys": [public_jwk("es256-b")]}));
+    // First sight of es256-b: the keys are fetched then, so it passes at once.
+    assert_eq!(
+        verdict(&app, &asymmetric("es256-b", &app.claims_for(user))).await,
+        Ok(user)
+    );
+    assert!(
+        verdict(&app, &asymmetric("es256-a", &app.claims_for(user)))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn symmetric_keys_in_the_jwks_are_ignored() {
+    let app = TestApp::spawn().await;
+    use base64::Engine;
+    let secret = b"a-secret-published-in-the-jwks-by-mistake";
+    let oct = json!({"kty": "oct", "kid": "oct-1", "alg": "HS256",
+        "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)});
+    app.jwks.set_keys(json!({"keys": [oct, public_jwk("es256-a")]}));
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("oct-1".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &app.claims_for(Uuid::new_v4()),
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap();
+    assert!(verdict(&app, &token).await.is_err());
+}
+
+#[tokio::test]
+async fn without_supabase_url_asymmetric_tokens_are_refused() {
+    let app = TestApp::spawn_with(AppOptions {
+        supabase_url: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let claims = app.claims_for(Uuid::new_v4());
+    assert!(verdict(&app, &hs256(&claims)).await.is_ok());
+    assert!(verdict(&app, &asymmetric("es256-a", &claims)).await.is_err());
+    assert_eq!(app.jwks.fetches(), 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_is_a_503_not_a_401() {
+    let app = TestApp::spawn().await;
+    app.jwks.set_failing(true);
+    let token = asymmetric("es256-a", &app.claims_for(Uuid::new_v4()));
+    let response = app
+        .call(
+            issue_token,
+            Some(&token),
+            r#"{"roomName":"any","participantName":"x"}"#,
+        )
+        .await;
+    response.assert_error(503, "unavailable");
+    // HS256 tokens do not depend on the JWKS.
+    let hs = app
+        .call(
+            issue_token,
+            Some(&app.token_for(Uuid::new_v4())),
+            r#"{"roomName":"any","participantName":"x"}"#,
+        )
+        .await;
+    hs.assert_error(404, "stream_not_found");
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_bearer_are_401_before_the_body_is_read() {
+    let app = TestApp::spawn().await;
+    let expired = hs256(&with(app.claims_for(Uuid::new_v4()), "exp", json!(1)));
+    for bearer in [None, Some(""), Some("garbage"), Some(expired.as_str())] {
+        let response = app.call(issue_token, bearer, "this body is not even JSON").await;
+        response.assert_error(401, "unauthorized");
+        assert_eq!(response.headers.get("www-authenticate").unwrap(), "Bearer");
+    }
+    let mut request = lambda_http::Request::new(lambda_http::Body::Text("{}".into()));
+    *request.method_mut() = lambda_http::http::Method::POST;
+    let basic = format!("Basic {}", app.token_for(Uuid::new_v4()));
+    request
+        .headers_mut()
+        .insert("authorization", basic.parse().unwrap());
+    app.send(issue_token, request)
+        .await
+        .assert_error(401, "unauthorized");
+}

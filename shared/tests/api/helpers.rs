@@ -1,0 +1,547 @@
+//! The test harness: `TestApp::spawn()` gives each test its own database, its own
+//! LiveKit test server and JWKS endpoint, and the `AppState` the functions use.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use lambda_http::{Body, Request};
+use livekit_api::access_token::{Claims as LiveKitClaims, TokenVerifier};
+use prost::Message;
+use serde_json::{Value, json};
+use shared::AppState;
+use shared::config::Config;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+pub const LIVEKIT_API_KEY: &str = "test-api-key";
+pub const LIVEKIT_API_SECRET: &str = "test-api-secret-that-is-long-enough-for-hs256";
+/// The same secret `scripts/dev` uses, so the committed `events/` files verify.
+pub const SUPABASE_JWT_SECRET: &str = "local-dev-supabase-jwt-secret-at-least-32-chars";
+
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test, which starts Postgres")
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn create_database() -> String {
+    let admin_url = admin_database_url();
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test cluster");
+    tokio::spawn(connection);
+    let name = format!("test_{}", Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let (base, _) = admin_url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+/// A plain connection for checking what the code under test stored.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+pub async fn migrated_database() -> String {
+    let url = create_database().await;
+    shared::migrate::migrate_url(&url)
+        .await
+        .expect("migrations apply");
+    url
+}
+
+pub struct TestApp {
+    pub state: AppState,
+    pub database_url: String,
+    pub livekit: LiveKitServer,
+    pub jwks: JwksServer,
+    pub supabase_url: Option<String>,
+}
+
+pub struct AppOptions {
+    /// Also trust asymmetric tokens through the JWKS endpoint, and require `iss`.
+    pub supabase_url: bool,
+    pub database_url: Option<String>,
+    pub livekit_url: Option<String>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            supabase_url: true,
+            database_url: None,
+            livekit_url: None,
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(AppOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: AppOptions) -> TestApp {
+        let database_url = match options.database_url {
+            Some(url) => url,
+            None => migrated_database().await,
+        };
+        let livekit = LiveKitServer::start().await;
+        let jwks = JwksServer::start().await;
+        let supabase_url = options.supabase_url.then(|| jwks.base_url());
+        let mut settings: HashMap<&str, String> = HashMap::from([
+            ("DATABASE_URL", database_url.clone()),
+            (
+                "LIVEKIT_URL",
+                options.livekit_url.unwrap_or_else(|| livekit.ws_url()),
+            ),
+            ("LIVEKIT_API_KEY", LIVEKIT_API_KEY.into()),
+            ("LIVEKIT_API_SECRET", LIVEKIT_API_SECRET.into()),
+            ("SUPABASE_JWT_SECRET", SUPABASE_JWT_SECRET.into()),
+        ]);
+        if let Some(url) = &supabase_url {
+            settings.insert("SUPABASE_URL", url.clone());
+        }
+        let config = Config::from_lookup(|name| settings.get(name).cloned()).expect("test config is valid");
+        let state = AppState::new(&config).expect("state builds");
+        TestApp {
+            state,
+            database_url,
+            livekit,
+            jwks,
+            supabase_url,
+        }
+    }
+
+    /// A valid HS256 access token for `user`, as Supabase issues it.
+    pub fn token_for(&self, user: Uuid) -> String {
+        hs256(&self.claims_for(user))
+    }
+
+    pub fn claims_for(&self, user: Uuid) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = json!({
+            "sub": user.to_string(),
+            "aud": "authenticated",
+            "role": "authenticated",
+            "iat": now,
+            "exp": now + 3600,
+            "email": "someone@example.com",
+            "session_id": Uuid::new_v4().to_string(),
+        });
+        if let Some(url) = &self.supabase_url {
+            claims["iss"] = json!(format!("{url}/auth/v1"));
+        }
+        claims
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        connect(&self.database_url).await
+    }
+
+    /// Sends `body` to an endpoint through the HTTP adapter, as API Gateway would.
+    pub async fn call<Req, Resp, H>(&self, handler: H, bearer: Option<&str>, body: &str) -> TestResponse
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+        H: for<'a> shared::http::Handler<'a, Req, Resp>,
+    {
+        let mut request = Request::new(Body::Text(body.to_owned()));
+        *request.method_mut() = lambda_http::http::Method::POST;
+        request
+            .headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        if let Some(token) = bearer {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        self.send(handler, request).await
+    }
+
+    pub async fn send<Req, Resp, H>(&self, handler: H, request: Request) -> TestResponse
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+        H: for<'a> shared::http::Handler<'a, Req, Resp>,
+    {
+        TestResponse::from(shared::http::handle(&self.state, request, &handler).await)
+    }
+
+    /// Starts a live stream for `user` in `room` and returns the response body.
+    pub async fn start_stream(&self, user: Uuid, room: &str) -> Value {
+        let response = self
+            .call(
+                shared::handlers::start_stream,
+                Some(&self.token_for(user)),
+                &json!({"title": "A stream", "roomName": room}).to_string(),
+            )
+            .await;
+        assert_eq!(response.status, 201, "{}", response.body);
+        self.livekit.add_room(room);
+        response.body
+    }
+
+    pub async fn stream_row(&self, room: &str) -> Option<tokio_postgres::Row> {
+        self.db()
+            .await
+            .query_opt("SELECT * FROM live_streams WHERE id = $1", &[&room])
+            .await
+            .expect("query live_streams")
+    }
+}
+
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: lambda_http::http::HeaderMap,
+    pub body: Value,
+}
+
+impl From<lambda_http::Response<Body>> for TestResponse {
+    fn from(response: lambda_http::Response<Body>) -> Self {
+        let (parts, body) = response.into_parts();
+        let bytes: &[u8] = body.as_ref();
+        assert_eq!(
+            parts.headers.get("content-type").map(|v| v.to_str().unwrap()),
+            Some("application/json"),
+            "every response is JSON"
+        );
+        let body: Value = serde_json::from_slice(bytes).expect("response body is JSON");
+        TestResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+impl TestResponse {
+    /// Asserts the documented error shape and returns the code.
+    pub fn error_code(&self) -> &str {
+        let error = self
+            .body
+            .get("error")
+            .unwrap_or_else(|| panic!("not an error body: {}", self.body));
+        let message = error["message"].as_str().expect("error.message is a string");
+        assert!(!message.is_empty());
+        assert_eq!(
+            error.as_object().unwrap().len(),
+            2,
+            "error has exactly code and message: {error}"
+        );
+        error["code"].as_str().expect("error.code is a string")
+    }
+
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!((self.status, self.error_code()), (status, code), "{}", self.body);
+    }
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+pub fn hs256(claims: &Value) -> String {
+    hs256_with_secret(claims, SUPABASE_JWT_SECRET.as_bytes())
+}
+
+pub fn hs256_with_secret(claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// Signs with one of the fixture keys (`es256-a`, `es256-b`, `rs256`), `kid` = key name.
+pub fn asymmetric(key: &str, claims: &Value) -> String {
+    let pem = fixture(&format!("{key}.pem"));
+    let (alg, encoding_key) = if key.starts_with("es256") {
+        (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+        )
+    } else {
+        (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+        )
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(key.to_owned());
+    jsonwebtoken::encode(&header, claims, &encoding_key).unwrap()
+}
+
+pub fn public_jwk(key: &str) -> Value {
+    serde_json::from_str(&fixture(&format!("{key}.jwk.json"))).unwrap()
+}
+
+pub fn public_pem(key: &str) -> String {
+    fixture(&format!("{key}.pub.pem"))
+}
+
+/// Builds a JWT from raw header and claims JSON with an arbitrary signature, for
+/// tokens no honest library would produce.
+pub fn forged(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string()),
+        b64.encode(signature)
+    )
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// A JWKS endpoint on loopback at `/auth/v1/.well-known/jwks.json`.
+pub struct JwksServer {
+    addr: SocketAddr,
+    shared: Arc<Mutex<JwksState>>,
+}
+
+struct JwksState {
+    keys: Value,
+    fetches: usize,
+    failing: bool,
+}
+
+impl JwksServer {
+    pub async fn start() -> JwksServer {
+        let shared = Arc::new(Mutex::new(JwksState {
+            keys: json!({"keys": [public_jwk("es256-a"), public_jwk("rs256")]}),
+            fetches: 0,
+            failing: false,
+        }));
+        let router = Router::new()
+            .route(
+                "/auth/v1/.well-known/jwks.json",
+                get(|State(shared): State<Arc<Mutex<JwksState>>>| async move {
+                    let mut state = shared.lock().unwrap();
+                    state.fetches += 1;
+                    if state.failing {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    Json(state.keys.clone()).into_response()
+                }),
+            )
+            .with_state(shared.clone());
+        JwksServer {
+            addr: serve(router).await,
+            shared,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.shared.lock().unwrap().fetches
+    }
+
+    pub fn set_keys(&self, keys: Value) {
+        self.shared.lock().unwrap().keys = keys;
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.shared.lock().unwrap().failing = failing;
+    }
+}
+
+/// How the LiveKit test server answers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LiveKitMode {
+    Up,
+    /// Answers every call with Twirp `unavailable` (HTTP 503).
+    Failing,
+    /// Accepts the call and never answers.
+    Hanging,
+}
+
+/// A LiveKit RoomService (Twirp, protobuf) on loopback that checks each call's
+/// token the way LiveKit does and records what it was asked.
+pub struct LiveKitServer {
+    addr: SocketAddr,
+    shared: Arc<Mutex<LiveKitState>>,
+}
+
+pub struct LiveKitState {
+    rooms: HashSet<String>,
+    mode: LiveKitMode,
+    pub calls: Vec<RoomServiceCall>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomServiceCall {
+    pub method: String,
+    pub room: String,
+    pub claims: LiveKitClaims,
+}
+
+fn twirp_error(status: StatusCode, code: &str, msg: &str) -> Response {
+    (status, Json(json!({"code": code, "msg": msg}))).into_response()
+}
+
+async fn room_service(
+    State(shared): State<Arc<Mutex<LiveKitState>>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mode = shared.lock().unwrap().mode;
+    match mode {
+        LiveKitMode::Up => {}
+        LiveKitMode::Failing => return twirp_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "down"),
+        LiveKitMode::Hanging => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(claims) = token.and_then(|t| {
+        TokenVerifier::with_api_key(LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
+            .verify(t)
+            .ok()
+    }) else {
+        return twirp_error(StatusCode::UNAUTHORIZED, "unauthenticated", "invalid token");
+    };
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/protobuf") {
+        return twirp_error(StatusCode::BAD_REQUEST, "malformed", "expected protobuf");
+    }
+    match method.as_str() {
+        "DeleteRoom" => {
+            if !claims.video.room_create {
+                return twirp_error(StatusCode::FORBIDDEN, "permission_denied", "roomCreate required");
+            }
+            let Ok(request) = livekit_protocol::DeleteRoomRequest::decode(body) else {
+                return twirp_error(StatusCode::BAD_REQUEST, "malformed", "bad DeleteRoomRequest");
+            };
+            let mut state = shared.lock().unwrap();
+            state.calls.push(RoomServiceCall {
+                method,
+                room: request.room.clone(),
+                claims,
+            });
+            if !state.rooms.remove(&request.room) {
+                return twirp_error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "requested room does not exist",
+                );
+            }
+            (
+                [("content-type", "application/protobuf")],
+                livekit_protocol::DeleteRoomResponse::default().encode_to_vec(),
+            )
+                .into_response()
+        }
+        _ => twirp_error(StatusCode::NOT_FOUND, "bad_route", "no such method"),
+    }
+}
+
+impl LiveKitServer {
+    pub async fn start() -> LiveKitServer {
+        let shared = Arc::new(Mutex::new(LiveKitState {
+            rooms: HashSet::new(),
+            mode: LiveKitMode::Up,
+            calls: Vec::new(),
+        }));
+        let router = Router::new()
+            .route("/twirp/livekit.RoomService/{method}", post(room_service))
+            .with_state(shared.clone());
+        LiveKitServer {
+            addr: serve(router).await,
+            shared,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// A room that exists on the server, as if its host had joined.
+    pub fn add_room(&self, room: &str) {
+        self.shared.lock().unwrap().rooms.insert(room.to_owned());
+    }
+
+    pub fn has_room(&self, room: &str) -> bool {
+        self.shared.lock().unwrap().rooms.contains(room)
+    }
+
+    pub fn set_mode(&self, mode: LiveKitMode) {
+        self.shared.lock().unwrap().mode = mode;
+    }
+
+    pub fn calls(&self) -> Vec<RoomServiceCall> {
+        self.shared.lock().unwrap().calls.clone()
+    }
+}
+
+/// Verifies a LiveKit token with the Rust SDK's verifier and returns its claims.
+pub fn verify_livekit_token(token: &str) -> LiveKitClaims {
+    TokenVerifier::with_api_key(LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
+        .verify(token)
+        .expect("LiveKit token verifies")
+}
+
+async fn run_node_verifier(token: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let script = format!(
+        "{}/tests/node/verify-livekit-token.mjs",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = tokio::process::Command::new("node")
+        .arg(script)
+        .args([LIVEKIT_API_KEY, LIVEKIT_API_SECRET])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node is installed (scripts/test installs the verifier's packages)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(token.as_bytes()).await.unwrap();
+    drop(stdin);
+    child.wait_with_output().await.unwrap()
+}
+
+/// Verifies a token with LiveKit's npm `livekit-server-sdk` and returns its claims.
+pub async fn verify_with_node_sdk(token: &str) -> Value {
+    let output = run_node_verifier(token).await;
+    assert!(
+        output.status.success(),
+        "livekit-server-sdk rejected the token: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("verifier prints the claims as JSON")
+}
+
+pub async fn node_sdk_rejects(token: &str) -> bool {
+    let output = run_node_verifier(token).await;
+    !output.status.success() && !output.stderr.is_empty()
+}

@@ -1,0 +1,16 @@
+//! Integration tests: the handlers and the HTTP adapter against a real Postgres
+//! (a fresh database per test), a LiveKit Twirp test server and a JWKS endpoint
+//! on loopback, real JWTs, and LiveKit's own SDK checking our tokens.
+//! `scripts/test` starts Postgres and moto and sets `TEST_DATABASE_URL` and
+//! `TEST_MOTO_ENDPOINT`.
+
+mod helpers;
+
+mod adapter;
+mod auth;
+mod end;
+mod migrations;
+mod outages;
+mod secrets;
+mod start;
+mod token;

@@ -1,0 +1,114 @@
+use crate::helpers::{connect, create_database};
+
+async fn applied_versions(client: &tokio_postgres::Client) -> Vec<i32> {
+    client
+        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_are_idempotent() {
+    let url = create_database().await;
+    let first = shared::migrate::migrate_url(&url).await.unwrap();
+    assert_eq!(first.len(), shared::migrate::MIGRATIONS.len());
+    let second = shared::migrate::migrate_url(&url).await.unwrap();
+    assert!(second.is_empty(), "{second:?}");
+    let client = connect(&url).await;
+    assert_eq!(applied_versions(&client).await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn concurrent_migration_runs_do_not_collide() {
+    let url = create_database().await;
+    let runs = futures::future::join_all((0..4).map(|_| shared::migrate::migrate_url(&url))).await;
+    let applied: usize = runs.into_iter().map(|r| r.unwrap().len()).sum();
+    assert_eq!(
+        applied,
+        shared::migrate::MIGRATIONS.len(),
+        "each migration applied exactly once"
+    );
+}
+
+#[tokio::test]
+async fn the_schema_keeps_stream_state_consistent() {
+    let url = create_database().await;
+    shared::migrate::migrate_url(&url).await.unwrap();
+    let client = connect(&url).await;
+    let user = uuid::Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO live_streams (id, streamer_id, title) VALUES ('r1', $1, 't')",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    let viewer_count_type: String = client
+        .query_one(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'live_streams' AND column_name = 'viewer_count'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(viewer_count_type, "integer");
+    for bad in [
+        "UPDATE live_streams SET viewer_count = -1",
+        "UPDATE live_streams SET is_live = false",
+        "INSERT INTO live_streams (id, streamer_id, title) VALUES ('bad room', gen_random_uuid(), 't')",
+        "INSERT INTO live_messages (room_name, user_id, text) VALUES ('nope', gen_random_uuid(), 'hi')",
+    ] {
+        assert!(client.execute(bad, &[]).await.is_err(), "{bad} must be refused");
+    }
+    client
+        .execute(
+            "INSERT INTO live_messages (room_name, user_id, text) VALUES ('r1', $1, 'hi')",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    client.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let plan: Vec<String> = client
+        .query(
+            "EXPLAIN SELECT * FROM live_messages WHERE room_name = 'r1' ORDER BY created_at DESC, id DESC LIMIT 50",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        plan.join("\n").contains("live_messages_room_created_at_idx"),
+        "{plan:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_profile_key_exists_only_where_profiles_exist() {
+    let has_fk = |client: tokio_postgres::Client| async move {
+        client
+            .query_opt(
+                "SELECT 1 FROM pg_constraint WHERE conname = 'live_streams_streamer_id_fkey'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    };
+    let bare = create_database().await;
+    shared::migrate::migrate_url(&bare).await.unwrap();
+    assert!(!has_fk(connect(&bare).await).await);
+
+    let supabase_like = create_database().await;
+    connect(&supabase_like)
+        .await
+        .batch_execute("CREATE TABLE public.profiles (id UUID PRIMARY KEY)")
+        .await
+        .unwrap();
+    shared::migrate::migrate_url(&supabase_like).await.unwrap();
+    assert!(has_fk(connect(&supabase_like).await).await);
+}

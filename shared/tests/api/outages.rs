@@ -1,0 +1,121 @@
+//! Dependencies that are down: the client gets a clear 503 quickly, and the warm
+//! state recovers by itself once the dependency is back.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shared::handlers::{issue_token, start_stream};
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+
+use crate::helpers::{AppOptions, TestApp};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Forwards every connection on `listen` to `target`, like a network path to the database.
+async fn start_proxy(listen: SocketAddr, target: SocketAddr) {
+    let listener = TcpListener::bind(listen).await.expect("proxy port is free");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+}
+
+fn postgres_addr(url: &str) -> SocketAddr {
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_database_down_at_cold_start_is_a_503_and_the_warm_state_recovers() {
+    let real_url = crate::helpers::migrated_database().await;
+    let port = free_port();
+    let database = real_url.rsplit_once('/').unwrap().1;
+    let via_proxy = format!("postgres://postgres@127.0.0.1:{port}/{database}");
+    // The state builds although nothing listens on the database port.
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(via_proxy),
+        ..AppOptions::default()
+    })
+    .await;
+    let token = app.token_for(Uuid::new_v4());
+
+    let started = Instant::now();
+    let down = app
+        .call(start_stream, Some(&token), r#"{"title":"x","roomName":"outage"}"#)
+        .await;
+    down.assert_error(503, "unavailable");
+    assert!(
+        down.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("database")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered within the pool timeouts"
+    );
+
+    start_proxy(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        postgres_addr(&real_url),
+    )
+    .await;
+    let up = app
+        .call(start_stream, Some(&token), r#"{"title":"x","roomName":"outage"}"#)
+        .await;
+    assert_eq!(up.status, 201, "same state, no cold start: {}", up.body);
+    let joined = app
+        .call(
+            issue_token,
+            Some(&token),
+            r#"{"roomName":"outage","participantName":"me"}"#,
+        )
+        .await;
+    assert_eq!(joined.status, 200);
+}
+
+#[tokio::test]
+async fn a_database_that_accepts_but_never_answers_is_a_503_within_seconds() {
+    // A listener that accepts connections and never speaks: a hung database.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(url),
+        ..AppOptions::default()
+    })
+    .await;
+    let started = Instant::now();
+    let response = app
+        .call(
+            issue_token,
+            Some(&app.token_for(Uuid::new_v4())),
+            r#"{"roomName":"r","participantName":"me"}"#,
+        )
+        .await;
+    response.assert_error(503, "unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,105 @@
+//! The Secrets Manager path, against `moto_server` on loopback.
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use shared::config::{Config, ConfigError};
+use shared::secrets::fetch_json_secret;
+
+fn moto_client() -> Client {
+    let endpoint = std::env::var("TEST_MOTO_ENDPOINT")
+        .expect("TEST_MOTO_ENDPOINT is not set: run the tests with scripts/test, which starts moto_server");
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(endpoint)
+        .build();
+    Client::from_conf(config)
+}
+
+async fn create_secret(client: &Client, value: &str) -> String {
+    let name = format!("live-backend/test/{}", uuid::Uuid::new_v4());
+    client
+        .create_secret()
+        .name(&name)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("moto creates the secret");
+    name
+}
+
+#[tokio::test]
+async fn settings_come_from_the_json_secret_and_fill_in_from_the_environment() {
+    let client = moto_client();
+    let secret = serde_json::json!({
+        "DATABASE_URL": "postgres://app:s3cret@db.internal:6543/postgres?sslmode=require",
+        "LIVEKIT_API_KEY": "APIkey",
+        "LIVEKIT_API_SECRET": "from-secrets-manager",
+        "SUPABASE_JWT_SECRET": "jwt-secret",
+        "LIVEKIT_TOKEN_TTL_SECONDS": 900
+    });
+    let id = create_secret(&client, &secret.to_string()).await;
+
+    let values = fetch_json_secret(&client, &id).await.unwrap();
+    let environment = |name: &str| match name {
+        "LIVEKIT_URL" => Some("wss://demo.livekit.cloud".to_owned()),
+        "LIVEKIT_API_SECRET" => Some("from-the-environment".to_owned()),
+        _ => None,
+    };
+    let config = Config::from_secret_and_env(&values, environment).unwrap();
+    assert_eq!(
+        config.livekit.api_secret, "from-secrets-manager",
+        "the secret wins"
+    );
+    assert_eq!(
+        config.livekit.client_url, "wss://demo.livekit.cloud",
+        "the environment fills in"
+    );
+    assert_eq!(config.livekit.token_ttl.as_secs(), 900);
+    assert_eq!(config.database.pg.get_ports(), &[6543]);
+    assert_eq!(config.supabase.jwt_secret.as_deref(), Some("jwt-secret"));
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_one_clear_error_naming_it() {
+    let client = moto_client();
+    let err = fetch_json_secret(&client, "live-backend/does-not-exist")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Secret { id, .. } if id == "live-backend/does-not-exist"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ResourceNotFound"), "{err}");
+}
+
+#[tokio::test]
+async fn a_secret_that_is_not_a_json_object_is_refused_without_echoing_it() {
+    let client = moto_client();
+    let id = create_secret(&client, "DATABASE_URL=postgres://user:hunter2@db").await;
+    let err = fetch_json_secret(&client, &id).await.unwrap_err();
+    assert!(err.to_string().contains("JSON object"), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_secrets_manager_fails_fast() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .build();
+    let started = std::time::Instant::now();
+    let err = fetch_json_secret(&Client::from_conf(config), "any")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::Secret { .. }), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -1,0 +1,237 @@
+use serde_json::json;
+use shared::handlers::start_stream;
+use uuid::Uuid;
+
+use crate::helpers::{AppOptions, TestApp, verify_livekit_token};
+
+#[tokio::test]
+async fn start_creates_a_live_stream_and_returns_a_host_token() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    let body =
+        json!({"title": "  Learning Yoruba Today!  ", "roomName": "stream-abc123", "participantName": "Ada"});
+    let response = app
+        .call(start_stream, Some(&app.token_for(user)), &body.to_string())
+        .await;
+
+    assert_eq!(response.status, 201, "{}", response.body);
+    let stream = &response.body["stream"];
+    assert_eq!(stream["id"], "stream-abc123");
+    assert_eq!(stream["title"], "Learning Yoruba Today!", "title is trimmed");
+    assert_eq!(stream["streamerId"], user.to_string());
+    assert_eq!(stream["isLive"], true);
+    assert_eq!(stream["viewerCount"], 0);
+    let created_at = chrono::DateTime::parse_from_rfc3339(stream["createdAt"].as_str().unwrap()).unwrap();
+    assert!((chrono::Utc::now() - created_at.to_utc()).num_seconds().abs() < 60);
+    assert_eq!(response.body["serverUrl"], app.livekit.ws_url());
+
+    let claims = verify_livekit_token(response.body["token"].as_str().unwrap());
+    assert_eq!(claims.sub, user.to_string(), "identity is the user id");
+    assert_eq!(claims.name, "Ada");
+    assert_eq!(claims.video.room, "stream-abc123");
+    assert!(claims.video.room_join);
+    assert_eq!(claims.video.can_publish, Some(true));
+
+    let row = app.stream_row("stream-abc123").await.expect("stream stored");
+    assert_eq!(row.get::<_, Uuid>("streamer_id"), user);
+    assert_eq!(row.get::<_, String>("title"), "Learning Yoruba Today!");
+    assert!(row.get::<_, bool>("is_live"));
+    assert_eq!(
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("ended_at"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn start_without_a_room_name_generates_a_uuid_room() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    let response = app
+        .call(start_stream, Some(&app.token_for(user)), r#"{"title":"Hi"}"#)
+        .await;
+    assert_eq!(response.status, 201, "{}", response.body);
+    let room = response.body["stream"]["id"].as_str().unwrap();
+    assert_eq!(Uuid::parse_str(room).unwrap().get_version_num(), 4);
+    let claims = verify_livekit_token(response.body["token"].as_str().unwrap());
+    assert_eq!(claims.video.room, room);
+    assert_eq!(
+        claims.name,
+        user.to_string(),
+        "without participantName the name is the user id"
+    );
+    assert!(app.stream_row(room).await.is_some());
+}
+
+#[tokio::test]
+async fn retried_start_by_the_same_streamer_returns_the_live_stream_with_200() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    let token = app.token_for(user);
+    let body = json!({"title": "First", "roomName": "retry-room"}).to_string();
+    let first = app.call(start_stream, Some(&token), &body).await;
+    let again = json!({"title": "Second", "roomName": "retry-room"}).to_string();
+    let second = app.call(start_stream, Some(&token), &again).await;
+
+    assert_eq!((first.status, second.status), (201, 200), "{}", second.body);
+    assert_eq!(
+        second.body["stream"], first.body["stream"],
+        "the existing stream, unchanged"
+    );
+    verify_livekit_token(second.body["token"].as_str().unwrap());
+    let count: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM live_streams", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn concurrent_starts_of_one_room_by_its_streamer_create_it_once() {
+    let app = TestApp::spawn().await;
+    let token = app.token_for(Uuid::new_v4());
+    let body = json!({"title": "Race", "roomName": "race-room"}).to_string();
+    let calls = (0..8).map(|_| app.call(start_stream, Some(&token), &body));
+    let statuses: Vec<u16> = futures::future::join_all(calls)
+        .await
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 7, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_room_name_used_by_another_streamer_is_taken() {
+    let app = TestApp::spawn().await;
+    app.start_stream(Uuid::new_v4(), "popular").await;
+    let response = app
+        .call(
+            start_stream,
+            Some(&app.token_for(Uuid::new_v4())),
+            r#"{"title":"Mine now","roomName":"popular"}"#,
+        )
+        .await;
+    response.assert_error(409, "room_taken");
+    let row = app.stream_row("popular").await.unwrap();
+    assert_eq!(
+        row.get::<_, String>("title"),
+        "A stream",
+        "the original stream is untouched"
+    );
+}
+
+#[tokio::test]
+async fn an_ended_room_name_cannot_be_started_again() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    app.start_stream(user, "once").await;
+    let token = app.token_for(user);
+    let end = app
+        .call(
+            shared::handlers::end_stream,
+            Some(&token),
+            r#"{"roomName":"once"}"#,
+        )
+        .await;
+    assert_eq!(end.status, 200);
+    let again = app
+        .call(
+            start_stream,
+            Some(&token),
+            r#"{"title":"Again","roomName":"once"}"#,
+        )
+        .await;
+    again.assert_error(409, "room_taken");
+    assert!(!app.stream_row("once").await.unwrap().get::<_, bool>("is_live"));
+}
+
+#[tokio::test]
+async fn invalid_titles_and_room_names_are_rejected_with_400() {
+    let app = TestApp::spawn().await;
+    let token = app.token_for(Uuid::new_v4());
+    let long_title = "x".repeat(201);
+    let long_room = "r".repeat(129);
+    for (body, mentions) in [
+        (json!({"title": "   "}), "title"),
+        (json!({"title": long_title}), "title"),
+        (json!({"title": 42}), "invalid type"),
+        (json!({}), "missing field `title`"),
+        (json!({"title": "ok", "roomName": "no spaces"}), "roomName"),
+        (json!({"title": "ok", "roomName": long_room}), "roomName"),
+        (json!({"title": "ok", "roomName": ""}), "roomName"),
+        (json!({"title": "ok", "participantName": ""}), "participantName"),
+        (json!({"title": "ok", "isLive": false}), "unknown field `isLive`"),
+    ] {
+        let response = app.call(start_stream, Some(&token), &body.to_string()).await;
+        response.assert_error(400, "invalid_request");
+        let message = response.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(mentions), "{body}: {message}");
+    }
+    let count: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM live_streams", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn a_title_of_exactly_200_characters_is_accepted() {
+    let app = TestApp::spawn().await;
+    let title = "ö".repeat(200);
+    let body = json!({"title": title}).to_string();
+    let response = app
+        .call(start_stream, Some(&app.token_for(Uuid::new_v4())), &body)
+        .await;
+    assert_eq!(response.status, 201, "{}", response.body);
+    assert_eq!(response.body["stream"]["title"], title);
+}
+
+/// On a Supabase database `public.profiles` exists and streams reference it.
+async fn app_with_profiles_table() -> TestApp {
+    let url = crate::helpers::create_database().await;
+    crate::helpers::connect(&url)
+        .await
+        .batch_execute("CREATE TABLE public.profiles (id UUID PRIMARY KEY, username TEXT)")
+        .await
+        .unwrap();
+    shared::migrate::migrate_url(&url).await.unwrap();
+    TestApp::spawn_with(AppOptions {
+        database_url: Some(url),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn with_a_profiles_table_a_user_without_a_profile_cannot_go_live() {
+    let app = app_with_profiles_table().await;
+    let response = app
+        .call(
+            start_stream,
+            Some(&app.token_for(Uuid::new_v4())),
+            r#"{"title":"Hi"}"#,
+        )
+        .await;
+    response.assert_error(403, "profile_required");
+}
+
+#[tokio::test]
+async fn with_a_profiles_table_a_user_with_a_profile_goes_live() {
+    let app = app_with_profiles_table().await;
+    let user = Uuid::new_v4();
+    app.db()
+        .await
+        .execute("INSERT INTO profiles (id, username) VALUES ($1, 'ada')", &[&user])
+        .await
+        .unwrap();
+    let response = app
+        .call(start_stream, Some(&app.token_for(user)), r#"{"title":"Hi"}"#)
+        .await;
+    assert_eq!(response.status, 201, "{}", response.body);
+}
