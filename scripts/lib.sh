@@ -197,6 +197,24 @@ start_postgres() {
         die "initdb failed"
     fi
 
+    # TLS, so tests can prove that `sslmode=require` and a pinned CA work: a
+    # throwaway CA and a server certificate it signs for localhost/127.0.0.1.
+    if ! _pg bash -c '
+        set -e
+        cd "$1"
+        openssl req -x509 -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+            -keyout ca.key -out ca.crt -days 7 -subj "/CN=throwaway test CA"
+        openssl req -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+            -keyout data/server.key -out server.csr -subj /CN=localhost
+        printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n" >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+            -out data/server.crt -days 7 -extfile server.ext
+        chmod 600 data/server.key' _ "$dir" >"$dir/openssl.log" 2>&1; then
+        cat "$dir/openssl.log" >&2
+        die "openssl could not make the test server certificate"
+    fi
+    export PG_CA_CERT="$dir/ca.crt"
+
     # Settings go into postgresql.conf rather than `pg_ctl -o` so paths with
     # spaces need no shell-in-shell quoting. Durability is off on purpose:
     # the cluster is thrown away at exit.
@@ -210,6 +228,7 @@ max_connections = 200
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+ssl = on
 EOF
 
     # A free port can be taken between free_port and the bind: retry.

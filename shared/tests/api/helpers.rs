@@ -78,6 +78,7 @@ pub struct AppOptions {
     pub supabase_url: bool,
     pub database_url: Option<String>,
     pub livekit_url: Option<String>,
+    pub database_ca_cert: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -86,6 +87,7 @@ impl Default for AppOptions {
             supabase_url: true,
             database_url: None,
             livekit_url: None,
+            database_ca_cert: None,
         }
     }
 }
@@ -115,6 +117,9 @@ impl TestApp {
         ]);
         if let Some(url) = &supabase_url {
             settings.insert("SUPABASE_URL", url.clone());
+        }
+        if let Some(pem) = options.database_ca_cert {
+            settings.insert("DATABASE_CA_CERT", pem);
         }
         let config = Config::from_lookup(|name| settings.get(name).cloned()).expect("test config is valid");
         let state = AppState::new(&config).expect("state builds");

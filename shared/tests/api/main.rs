@@ -13,4 +13,5 @@ mod migrations;
 mod outages;
 mod secrets;
 mod start;
+mod tls;
 mod token;
