@@ -199,6 +199,7 @@ start_postgres() {
 
     # TLS, so tests can prove that `sslmode=require` and a pinned CA work: a
     # throwaway CA and a server certificate it signs for localhost/127.0.0.1.
+    # shellcheck disable=SC2016 # $1 expands in the inner shell
     if ! _pg bash -c '
         set -e
         cd "$1"
