@@ -16,9 +16,19 @@ pub const LIVEKIT_TOKEN_TTL_SECONDS: &str = "LIVEKIT_TOKEN_TTL_SECONDS";
 pub const SUPABASE_JWT_SECRET: &str = "SUPABASE_JWT_SECRET";
 pub const SUPABASE_URL: &str = "SUPABASE_URL";
 pub const APP_SECRET_ID: &str = "APP_SECRET_ID";
+pub const LIVEKIT_ROOM_EMPTY_TIMEOUT_SECONDS: &str = "LIVEKIT_ROOM_EMPTY_TIMEOUT_SECONDS";
+pub const LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS: &str = "LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS";
+pub const LIVEKIT_ROOM_MAX_PARTICIPANTS: &str = "LIVEKIT_ROOM_MAX_PARTICIPANTS";
+pub const RECONCILE_GRACE_SECONDS: &str = "RECONCILE_GRACE_SECONDS";
 
-const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
+const DEFAULT_TOKEN_TTL_SECONDS: u64 = 600;
 const DEFAULT_POOL_SIZE: usize = 2;
+/// A room nobody joins closes after this; the host joins seconds after start.
+const DEFAULT_ROOM_EMPTY_TIMEOUT_SECONDS: u32 = 300;
+/// How long a room outlives its last participant: time for a host whose phone
+/// dropped to reconnect before the room (and the stream) is gone.
+const DEFAULT_ROOM_DEPARTURE_TIMEOUT_SECONDS: u32 = 120;
+const DEFAULT_RECONCILE_GRACE_SECONDS: u64 = 120;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -44,6 +54,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub livekit: LiveKitConfig,
     pub supabase: SupabaseConfig,
+    /// How long a live stream's room may be missing from LiveKit before the
+    /// reconciler ends the stream.
+    pub reconcile_grace: Duration,
 }
 
 #[derive(Clone)]
@@ -64,6 +77,16 @@ pub struct LiveKitConfig {
     pub api_key: String,
     pub api_secret: String,
     pub token_ttl: Duration,
+    pub room: RoomOptions,
+}
+
+/// What `CreateRoom` asks LiveKit for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomOptions {
+    pub empty_timeout_seconds: u32,
+    pub departure_timeout_seconds: u32,
+    /// 0 means no limit.
+    pub max_participants: u32,
 }
 
 #[derive(Clone)]
@@ -99,14 +122,7 @@ impl Config {
         let pg = tokio_postgres::Config::from_str(&require(DATABASE_URL)?)
             // The parser's message never echoes the URL, so no password reaches the logs.
             .map_err(|e| invalid(DATABASE_URL, e.to_string()))?;
-        let pool_size = match get(DATABASE_POOL_SIZE) {
-            None => DEFAULT_POOL_SIZE,
-            Some(raw) => raw
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=64).contains(n))
-                .ok_or_else(|| invalid(DATABASE_POOL_SIZE, "expected a whole number from 1 to 64"))?,
-        };
+        let pool_size = number(&get, DATABASE_POOL_SIZE, DEFAULT_POOL_SIZE, 1..=64)?;
 
         let client_url = require(LIVEKIT_URL)?;
         let api_url = livekit_api_url(&client_url).ok_or_else(|| {
@@ -115,15 +131,33 @@ impl Config {
                 "expected a ws:// or wss:// URL with a host, e.g. wss://my-project.livekit.cloud",
             )
         })?;
-        let token_ttl = match get(LIVEKIT_TOKEN_TTL_SECONDS) {
-            None => DEFAULT_TOKEN_TTL,
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|secs| (60..=86_400).contains(secs))
-                .map(Duration::from_secs)
-                .ok_or_else(|| invalid(LIVEKIT_TOKEN_TTL_SECONDS, "expected seconds from 60 to 86400"))?,
+        let token_ttl = Duration::from_secs(number(
+            &get,
+            LIVEKIT_TOKEN_TTL_SECONDS,
+            DEFAULT_TOKEN_TTL_SECONDS,
+            60..=86_400,
+        )?);
+        let room = RoomOptions {
+            empty_timeout_seconds: number(
+                &get,
+                LIVEKIT_ROOM_EMPTY_TIMEOUT_SECONDS,
+                DEFAULT_ROOM_EMPTY_TIMEOUT_SECONDS,
+                10..=86_400,
+            )?,
+            departure_timeout_seconds: number(
+                &get,
+                LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS,
+                DEFAULT_ROOM_DEPARTURE_TIMEOUT_SECONDS,
+                0..=86_400,
+            )?,
+            max_participants: number(&get, LIVEKIT_ROOM_MAX_PARTICIPANTS, 0, 0..=100_000)?,
         };
+        let reconcile_grace = Duration::from_secs(number(
+            &get,
+            RECONCILE_GRACE_SECONDS,
+            DEFAULT_RECONCILE_GRACE_SECONDS,
+            0..=86_400,
+        )?);
 
         let supabase_url = match get(SUPABASE_URL) {
             None => None,
@@ -149,11 +183,13 @@ impl Config {
                 api_key: require(LIVEKIT_API_KEY)?,
                 api_secret: require(LIVEKIT_API_SECRET)?,
                 token_ttl,
+                room,
             },
             supabase: SupabaseConfig {
                 jwt_secret,
                 url: supabase_url,
             },
+            reconcile_grace,
         })
     }
 
@@ -175,6 +211,32 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         Config::from_lookup(|name| secret.get(name).cloned().or_else(|| env(name)))
     }
+}
+
+/// An optional whole number within `range`, or `default` when unset.
+fn number<T>(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+{
+    let Some(raw) = get(name) else { return Ok(default) };
+    raw.parse::<T>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            invalid(
+                name,
+                format!(
+                    "expected a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
 }
 
 /// `wss://host` → `https://host`, `ws://host` → `http://host`.
@@ -201,6 +263,8 @@ impl fmt::Debug for Config {
             .field("database_ca_cert", &self.database.ca_cert_pem.is_some())
             .field("livekit_url", &self.livekit.client_url)
             .field("livekit_token_ttl", &self.livekit.token_ttl)
+            .field("livekit_room", &self.livekit.room)
+            .field("reconcile_grace", &self.reconcile_grace)
             .field("supabase_url", &self.supabase.url)
             .field("supabase_jwt_secret", &self.supabase.jwt_secret.is_some())
             .finish_non_exhaustive()
@@ -241,6 +305,15 @@ mod tests {
         assert_eq!(config.livekit.client_url, "wss://demo.livekit.cloud/");
         assert_eq!(config.livekit.token_ttl, Duration::from_secs(600));
         assert_eq!(config.database.pool_size, 2);
+        assert_eq!(
+            config.livekit.room,
+            RoomOptions {
+                empty_timeout_seconds: 300,
+                departure_timeout_seconds: 120,
+                max_participants: 0
+            }
+        );
+        assert_eq!(config.reconcile_grace, Duration::from_secs(120));
         assert_eq!(
             config.database.pg.get_ssl_mode(),
             tokio_postgres::config::SslMode::Require
@@ -293,6 +366,9 @@ mod tests {
             (LIVEKIT_TOKEN_TTL_SECONDS, "ten"),
             (LIVEKIT_TOKEN_TTL_SECONDS, "5"),
             (DATABASE_POOL_SIZE, "0"),
+            (LIVEKIT_ROOM_EMPTY_TIMEOUT_SECONDS, "-1"),
+            (LIVEKIT_ROOM_MAX_PARTICIPANTS, "lots"),
+            (RECONCILE_GRACE_SECONDS, "1.5"),
             (SUPABASE_URL, "abc.supabase.co"),
         ] {
             let mut pairs = without(name);

@@ -144,6 +144,8 @@ pub struct EndRequest {
     pub room_name: RoomName,
 }
 
+crate::json_body!(StartRequest, TokenRequest, EndRequest);
+
 /// A stream as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -154,6 +156,8 @@ pub struct Stream {
     pub is_live: bool,
     pub viewer_count: i32,
     pub created_at: DateTime<Utc>,
+    /// `null` while live.
+    pub ended_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize)]

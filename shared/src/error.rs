@@ -33,14 +33,19 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("missing or invalid webhook signature")]
+    InvalidSignature,
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
     #[error("the caller has no profile")]
     ProfileRequired,
     #[error("stream not found")]
     StreamNotFound,
-    #[error("method {0} not allowed")]
-    MethodNotAllowed(String),
+    #[error("method {used} not allowed")]
+    MethodNotAllowed {
+        used: String,
+        allowed: lambda_http::http::Method,
+    },
     #[error("room name taken")]
     RoomTaken,
     #[error("stream has ended")]
@@ -68,10 +73,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidSignature => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::ProfileRequired => StatusCode::FORBIDDEN,
             ApiError::StreamNotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RoomTaken | ApiError::StreamEnded => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,10 +89,11 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::InvalidSignature => "invalid_signature",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::ProfileRequired => "profile_required",
             ApiError::StreamNotFound => "stream_not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::RoomTaken => "room_taken",
             ApiError::StreamEnded => "stream_ended",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
@@ -104,11 +110,14 @@ impl ApiError {
                 "A valid Supabase access token is required in the Authorization header (Bearer <token>)."
                     .into()
             }
+            ApiError::InvalidSignature => {
+                "The Authorization header must carry LiveKit's signature of this exact body.".into()
+            }
             ApiError::Forbidden(why) => (*why).into(),
             ApiError::ProfileRequired => "Create your profile before going live.".into(),
             ApiError::StreamNotFound => "No stream with that room name exists.".into(),
-            ApiError::MethodNotAllowed(method) => {
-                format!("Method {method} is not allowed here; use POST.")
+            ApiError::MethodNotAllowed { used, allowed } => {
+                format!("Method {used} is not allowed here; use {allowed}.")
             }
             ApiError::RoomTaken => {
                 "That room name is already used by another stream; choose another or omit it.".into()

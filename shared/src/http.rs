@@ -3,6 +3,7 @@
 //! [`ApiError`] to a JSON response.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use lambda_http::http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -35,7 +36,27 @@ impl<T> Reply<T> {
     }
 }
 
-/// An endpoint handler: `async fn(&AppState, AuthUser, Body) -> Result<Reply<_>, ApiError>`.
+/// How a handler's input is read from the HTTP request: the method it answers
+/// and the parsing (JSON body, query string, path). Runs after authentication.
+pub trait FromRequest: Sized {
+    const METHOD: Method;
+    fn from_request(request: &Request) -> Result<Self, ApiError>;
+}
+
+/// Implements [`FromRequest`] for `POST` endpoints whose input is a JSON body.
+#[macro_export]
+macro_rules! json_body {
+    ($($request:ty),+ $(,)?) => {$(
+        impl $crate::http::FromRequest for $request {
+            const METHOD: ::lambda_http::http::Method = ::lambda_http::http::Method::POST;
+            fn from_request(request: &::lambda_http::Request) -> Result<Self, $crate::ApiError> {
+                $crate::http::parse_json_body(request)
+            }
+        }
+    )+};
+}
+
+/// An endpoint handler: `async fn(&AppState, AuthUser, Input) -> Result<Reply<_>, ApiError>`.
 /// Spelled as a trait so the returned future can borrow the state and be `Send`.
 pub trait Handler<'a, Req, Resp>: Send + Sync {
     type Future: Future<Output = Result<Reply<Resp>, ApiError>> + Send + 'a;
@@ -53,24 +74,63 @@ where
     }
 }
 
-/// Runs one function: builds the state once per cold start and answers every
-/// invocation with `handler`. If the state cannot be built (a missing setting,
-/// Secrets Manager unreachable), the function stays up, answers 503 and tries
-/// again at most every few seconds, instead of failing every cold start.
-pub async fn serve<Req, Resp, H>(handler: H) -> Result<(), lambda_http::Error>
+/// Anything that answers HTTP requests with the shared state: an authenticated
+/// handler (see [`serve`]) or an endpoint with its own authentication (webhooks).
+pub trait Endpoint: Send + Sync {
+    fn respond<'a>(&'a self, state: &'a AppState, request: Request) -> BoxFuture<'a, Response<Body>>;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A handler behind Supabase authentication.
+pub struct Authenticated<H, Req, Resp> {
+    handler: H,
+    _io: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<H, Req, Resp> Authenticated<H, Req, Resp> {
+    pub fn new(handler: H) -> Self {
+        Authenticated {
+            handler,
+            _io: PhantomData,
+        }
+    }
+}
+
+impl<H, Req, Resp> Endpoint for Authenticated<H, Req, Resp>
 where
-    Req: DeserializeOwned + Send,
-    Resp: Serialize,
+    Req: FromRequest + Send,
+    Resp: Serialize + Send,
     H: for<'a> Handler<'a, Req, Resp>,
 {
+    fn respond<'a>(&'a self, state: &'a AppState, request: Request) -> BoxFuture<'a, Response<Body>> {
+        Box::pin(handle(state, request, &self.handler))
+    }
+}
+
+/// Runs one function whose handler needs a verified Supabase user.
+pub async fn serve<Req, Resp, H>(handler: H) -> Result<(), lambda_http::Error>
+where
+    Req: FromRequest + Send,
+    Resp: Serialize + Send,
+    H: for<'a> Handler<'a, Req, Resp>,
+{
+    serve_endpoint(Authenticated::new(handler)).await
+}
+
+/// Runs one function: builds the state once per cold start and answers every
+/// invocation with `endpoint`. If the state cannot be built (a missing setting,
+/// Secrets Manager unreachable), the function stays up, answers 503 and tries
+/// again at most every few seconds, instead of failing every cold start.
+pub async fn serve_endpoint(endpoint: impl Endpoint) -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
     let state = LazyState::default();
     state.get().await.ok();
     let state = &state;
-    let handler = &handler;
+    let endpoint = &endpoint;
     lambda_http::run(service_fn(move |request: Request| async move {
         let response = match state.get().await {
-            Ok(app) => handle(app, request, handler).await,
+            Ok(app) => endpoint.respond(app, request).await,
             Err(error) => error_response(&error),
         };
         Ok::<_, std::convert::Infallible>(response)
@@ -80,7 +140,7 @@ where
 
 /// The application state, built on first success.
 #[derive(Default)]
-struct LazyState {
+pub struct LazyState {
     cell: tokio::sync::OnceCell<AppState>,
     last_failure: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -88,7 +148,7 @@ struct LazyState {
 const STATE_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 impl LazyState {
-    async fn get(&self) -> Result<&AppState, ApiError> {
+    pub async fn get(&self) -> Result<&AppState, ApiError> {
         if let Some(state) = self.cell.get() {
             return Ok(state);
         }
@@ -116,7 +176,7 @@ impl LazyState {
 /// One request, start to finish. Never fails: every error becomes a JSON response.
 pub async fn handle<Req, Resp, H>(state: &AppState, request: Request, handler: &H) -> Response<Body>
 where
-    Req: DeserializeOwned,
+    Req: FromRequest,
     Resp: Serialize,
     H: for<'a> Handler<'a, Req, Resp>,
 {
@@ -132,22 +192,19 @@ async fn try_handle<Req, Resp, H>(
     handler: &H,
 ) -> Result<Response<Body>, ApiError>
 where
-    Req: DeserializeOwned,
+    Req: FromRequest,
     Resp: Serialize,
     H: for<'a> Handler<'a, Req, Resp>,
 {
-    if request.method() != Method::POST {
-        return Err(ApiError::MethodNotAllowed(request.method().to_string()));
-    }
-    let user = authenticate(state, &request).await?;
-    let body = request.body().as_ref();
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
+    if request.method() != Req::METHOD {
+        return Err(ApiError::MethodNotAllowed {
+            used: request.method().to_string(),
+            allowed: Req::METHOD,
         });
     }
-    let parsed: Req = parse_body(body)?;
-    let reply = handler.call(state, user, parsed).await?;
+    let user = authenticate(state, &request).await?;
+    let input = Req::from_request(&request)?;
+    let reply = handler.call(state, user, input).await?;
     Ok(json_response(reply.status, &reply.body))
 }
 
@@ -170,7 +227,14 @@ async fn authenticate(state: &AppState, request: &Request) -> Result<AuthUser, A
     })
 }
 
-fn parse_body<Req: DeserializeOwned>(body: &[u8]) -> Result<Req, ApiError> {
+/// Reads a JSON request body of at most [`MAX_BODY_BYTES`].
+pub fn parse_json_body<Req: DeserializeOwned>(request: &Request) -> Result<Req, ApiError> {
+    let body = request.body().as_ref();
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidRequest(
             "The request body must be a JSON object.".into(),
@@ -180,7 +244,7 @@ fn parse_body<Req: DeserializeOwned>(body: &[u8]) -> Result<Req, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(format!("Invalid request body: {e}")))
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     match serde_json::to_string(body) {
         Ok(json) => {
             let mut response = Response::new(Body::Text(json));
@@ -213,8 +277,10 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
         ApiError::Unauthorized => {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        ApiError::MethodNotAllowed(_) => {
-            headers.insert(ALLOW, HeaderValue::from_static("POST"));
+        ApiError::MethodNotAllowed { allowed, .. } => {
+            if let Ok(allow) = HeaderValue::from_str(allowed.as_str()) {
+                headers.insert(ALLOW, allow);
+            }
         }
         ApiError::Unavailable { .. } => {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));

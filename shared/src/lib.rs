@@ -14,10 +14,12 @@ pub mod handlers;
 pub mod http;
 pub mod livekit;
 pub mod migrate;
+pub mod reconcile;
 pub mod secrets;
 pub mod state;
 pub mod streams;
 pub mod tls;
+pub mod viewers;
 
 pub use error::ApiError;
 pub use state::AppState;

@@ -1,13 +1,16 @@
 //! LiveKit: access tokens for clients and RoomService calls.
 
+use std::future::Future;
 use std::time::Duration;
 
-use livekit_api::access_token::{AccessToken, VideoGrants};
-use livekit_api::services::room::RoomClient;
-use livekit_api::services::{ServerErrorCode, ServiceError};
+use livekit_api::access_token::{AccessToken, TokenVerifier, VideoGrants};
+use livekit_api::services::room::{CreateRoomOptions, RoomClient};
+use livekit_api::services::{ServerError, ServerErrorCode, ServiceError};
+use livekit_api::webhooks::{WebhookError, WebhookReceiver};
+use livekit_protocol as proto;
 use uuid::Uuid;
 
-use crate::config::LiveKitConfig;
+use crate::config::{LiveKitConfig, RoomOptions};
 use crate::domain::{ParticipantName, RoomName};
 use crate::error::ApiError;
 
@@ -28,12 +31,10 @@ pub struct LiveKit {
     api_key: String,
     api_secret: String,
     token_ttl: Duration,
+    room_options: RoomOptions,
     rooms: RoomClient,
+    webhooks: WebhookReceiver,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("LiveKit RoomService call failed: {0}")]
-pub struct RoomServiceError(String);
 
 impl LiveKit {
     pub fn new(config: &LiveKitConfig) -> LiveKit {
@@ -42,6 +43,8 @@ impl LiveKit {
             api_key: config.api_key.clone(),
             api_secret: config.api_secret.clone(),
             token_ttl: config.token_ttl,
+            room_options: config.room,
+            webhooks: WebhookReceiver::new(TokenVerifier::with_api_key(&config.api_key, &config.api_secret)),
             rooms: RoomClient::with_api_key(&config.api_url, &config.api_key, &config.api_secret)
                 .with_request_timeout(ROOM_SERVICE_TIMEOUT),
         }
@@ -72,25 +75,86 @@ impl LiveKit {
             .map_err(ApiError::internal)
     }
 
+    /// Creates the stream's room, or finds it if it exists. The metadata names
+    /// the streamer and the title, so LiveKit-side tools can tell rooms apart.
+    pub async fn create_room(
+        &self,
+        room: &RoomName,
+        streamer: Uuid,
+        title: &str,
+    ) -> Result<(), RoomServiceError> {
+        let metadata = serde_json::json!({ "streamerId": streamer, "title": title }).to_string();
+        let options = CreateRoomOptions {
+            empty_timeout: self.room_options.empty_timeout_seconds,
+            departure_timeout: self.room_options.departure_timeout_seconds,
+            max_participants: self.room_options.max_participants,
+            metadata,
+            ..CreateRoomOptions::default()
+        };
+        bounded(self.rooms.create_room(room.as_str(), options))
+            .await
+            .map(drop)
+    }
+
     /// Closes the room, disconnecting everyone. A room LiveKit no longer has
     /// counts as closed.
     pub async fn delete_room(&self, room: &RoomName) -> Result<(), RoomServiceError> {
-        // The client's own timeout is per attempt; this bounds the whole call.
-        let outcome =
-            tokio::time::timeout(ROOM_SERVICE_TIMEOUT * 2, self.rooms.delete_room(room.as_str())).await;
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(ServiceError::Twirp(livekit_api::services::ServerError::Twirp(ServerErrorCode {
-                code,
-                ..
-            }))))
-                if code == ServerErrorCode::NOT_FOUND =>
-            {
-                Ok(())
-            }
-            Ok(Err(e)) => Err(RoomServiceError(e.to_string())),
-            Err(_) => Err(RoomServiceError("timed out".into())),
+        match bounded(self.rooms.delete_room(room.as_str())).await {
+            Err(RoomServiceError::NotFound) => Ok(()),
+            other => other,
         }
+    }
+
+    /// The names of those of `rooms` that LiveKit has open.
+    pub async fn existing_rooms(&self, rooms: Vec<String>) -> Result<Vec<String>, RoomServiceError> {
+        let found = bounded(self.rooms.list_rooms(rooms)).await?;
+        Ok(found.into_iter().map(|room| room.name).collect())
+    }
+
+    /// Who is in the room now. A room that is gone has nobody.
+    pub async fn participants(
+        &self,
+        room: &RoomName,
+    ) -> Result<Vec<proto::ParticipantInfo>, RoomServiceError> {
+        match bounded(self.rooms.list_participants(room.as_str())).await {
+            Err(RoomServiceError::NotFound) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// Checks a webhook's signature (a JWT signed with our API secret carrying
+    /// the SHA-256 of the exact body) and decodes the event.
+    pub fn receive_webhook(
+        &self,
+        body: &str,
+        authorization: &str,
+    ) -> Result<proto::WebhookEvent, WebhookError> {
+        self.webhooks.receive(body, authorization)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomServiceError {
+    #[error("LiveKit has no such room")]
+    NotFound,
+    #[error("LiveKit RoomService call failed: {0}")]
+    Failed(String),
+    #[error("LiveKit RoomService did not answer in time")]
+    TimedOut,
+}
+
+/// Bounds a RoomService call: the client's own timeout is per attempt and may
+/// be retried, this bounds the whole call.
+async fn bounded<T>(call: impl Future<Output = Result<T, ServiceError>>) -> Result<T, RoomServiceError> {
+    match tokio::time::timeout(ROOM_SERVICE_TIMEOUT * 2, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(ServiceError::Twirp(ServerError::Twirp(ServerErrorCode { code, .. }))))
+            if code == ServerErrorCode::NOT_FOUND =>
+        {
+            Err(RoomServiceError::NotFound)
+        }
+        Ok(Err(e)) => Err(RoomServiceError::Failed(e.to_string())),
+        Err(_) => Err(RoomServiceError::TimedOut),
     }
 }
 

@@ -26,6 +26,7 @@ macro_rules! migration {
 pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_live_streams"),
     migration!(2, "0002_streamer_profile_fk"),
+    migration!(3, "0003_viewers_and_room_lifecycle"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

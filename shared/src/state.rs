@@ -10,6 +10,7 @@ pub struct AppState {
     pub db: Pool,
     pub auth: Authenticator,
     pub livekit: LiveKit,
+    pub reconcile_grace: std::time::Duration,
 }
 
 impl AppState {
@@ -27,6 +28,7 @@ impl AppState {
             db: crate::db::build_pool(&config.database)?,
             auth: Authenticator::new(&config.supabase, http),
             livekit: LiveKit::new(&config.livekit),
+            reconcile_grace: config.reconcile_grace,
         })
     }
 

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::{Client, Row, Transaction};
 use uuid::Uuid;
 
 use crate::domain::{RoomName, Stream, Title};
@@ -26,16 +26,16 @@ const START_SQL: &str = "
         INSERT INTO live_streams (id, streamer_id, title)
         VALUES ($1, $2, $3)
         ON CONFLICT (id) DO NOTHING
-        RETURNING id, title, streamer_id, is_live, viewer_count, created_at, true AS created
+        RETURNING id, title, streamer_id, is_live, viewer_count, created_at, ended_at, true AS created
     )
     SELECT * FROM inserted
     UNION ALL
-    SELECT id, title, streamer_id, is_live, viewer_count, created_at, false AS created
+    SELECT id, title, streamer_id, is_live, viewer_count, created_at, ended_at, false AS created
     FROM live_streams
     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM inserted)";
 
 pub async fn start(
-    client: &Client,
+    client: &Transaction<'_>,
     room: &RoomName,
     streamer: Uuid,
     title: &Title,
@@ -82,7 +82,80 @@ fn stream_from_row(row: &Row) -> Result<Stream, ApiError> {
         is_live: row.try_get("is_live").map_err(ApiError::internal)?,
         viewer_count: row.try_get("viewer_count").map_err(ApiError::internal)?,
         created_at: row.try_get("created_at").map_err(ApiError::internal)?,
+        ended_at: row.try_get("ended_at").map_err(ApiError::internal)?,
     })
+}
+
+const STREAM_COLUMNS: &str = "id, title, streamer_id, is_live, viewer_count, created_at, ended_at";
+
+/// One page of live streams, newest first, after `after` (exclusive).
+pub async fn live_page(
+    client: &Client,
+    after: Option<&PageKey>,
+    limit: i64,
+) -> Result<Vec<(Stream, PageKey)>, ApiError> {
+    let (after_created, after_id) = match after {
+        Some(key) => (Some(key.created_at), Some(key.id.as_str())),
+        None => (None, None),
+    };
+    let rows = client
+        .query_typed(
+            &format!(
+                "SELECT {STREAM_COLUMNS} FROM live_streams
+                 WHERE is_live AND ($1::timestamptz IS NULL OR (created_at, id) < ($1, $2))
+                 ORDER BY created_at DESC, id DESC
+                 LIMIT $3"
+            ),
+            &[
+                (&after_created, Type::TIMESTAMPTZ),
+                (&after_id, Type::TEXT),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let stream = stream_from_row(row)?;
+            let key = PageKey {
+                created_at: stream.created_at,
+                id: stream.id.to_string(),
+            };
+            Ok((stream, key))
+        })
+        .collect()
+}
+
+/// Where a page of the listing ends: the keyset `(created_at, id)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageKey {
+    pub created_at: DateTime<Utc>,
+    pub id: String,
+}
+
+pub async fn find(client: &Client, room: &RoomName) -> Result<Option<Stream>, ApiError> {
+    let row = client
+        .query_typed_opt(
+            &format!("SELECT {STREAM_COLUMNS} FROM live_streams WHERE id = $1"),
+            &[(&room.as_str(), Type::TEXT)],
+        )
+        .await?;
+    row.as_ref().map(stream_from_row).transpose()
+}
+
+/// The live streams the reconciler checks against LiveKit.
+pub async fn live_rooms(client: &Client) -> Result<Vec<(RoomName, Uuid)>, ApiError> {
+    let rows = client
+        .query_typed("SELECT id, streamer_id FROM live_streams WHERE is_live", &[])
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get(0).map_err(ApiError::internal)?;
+            Ok((
+                RoomName::parse(id).map_err(ApiError::internal)?,
+                row.try_get(1).map_err(ApiError::internal)?,
+            ))
+        })
+        .collect()
 }
 
 /// Who streams in a room and whether it is still live.

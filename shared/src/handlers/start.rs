@@ -2,7 +2,7 @@ use lambda_http::http::StatusCode;
 
 use crate::auth::AuthUser;
 use crate::domain::{RoomName, StartRequest, StartResponse};
-use crate::error::ApiError;
+use crate::error::{ApiError, Dependency};
 use crate::http::Reply;
 use crate::livekit::Role;
 use crate::state::AppState;
@@ -16,15 +16,28 @@ pub async fn start_stream(
     request: StartRequest,
 ) -> Result<Reply<StartResponse>, ApiError> {
     let room = request.room_name.unwrap_or_else(RoomName::generate);
-    let outcome = {
-        let client = state.db.get().await?;
-        streams::start(&client, &room, user.id, &request.title).await?
-    };
-    let (status, stream) = match outcome {
+    let mut client = state.db.get().await?;
+    // The row is committed only once LiveKit has the room, so a failed
+    // CreateRoom leaves no live stream behind; a concurrent start of the same
+    // name waits on this uncommitted row.
+    let transaction = client.transaction().await?;
+    let (status, stream) = match streams::start(&transaction, &room, user.id, &request.title).await? {
         StartOutcome::Created(stream) => (StatusCode::CREATED, stream),
         StartOutcome::AlreadyLive(stream) => (StatusCode::OK, stream),
         StartOutcome::Taken => return Err(ApiError::RoomTaken),
     };
+    // Also for a retried start: CreateRoom returns the room if it exists, and
+    // recreates it if it was closed for being empty before the host joined.
+    if let Err(error) = state
+        .livekit
+        .create_room(&stream.id, user.id, &stream.title)
+        .await
+    {
+        let _ = transaction.rollback().await;
+        return Err(ApiError::unavailable(Dependency::LiveKit, error));
+    }
+    transaction.commit().await?;
+    drop(client);
     tracing::info!(room = %stream.id, user = %user.id, created = status == StatusCode::CREATED, "stream started");
     let token =
         state

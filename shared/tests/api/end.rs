@@ -30,7 +30,7 @@ async fn the_streamer_ends_the_stream_and_livekit_closes_the_room() {
     assert_eq!(row.get::<_, Option<DateTime<Utc>>>("ended_at"), Some(ended_at));
     assert!(row.get::<_, Option<DateTime<Utc>>>("room_closed_at").is_some());
 
-    let calls = app.livekit.calls();
+    let calls = app.livekit.calls_to("DeleteRoom");
     assert_eq!(calls.len(), 1);
     assert_eq!(
         (calls[0].method.as_str(), calls[0].room.as_str()),
@@ -53,7 +53,10 @@ async fn someone_else_cannot_end_the_stream() {
     response.assert_error(403, "forbidden");
     let row = app.stream_row("ending").await.unwrap();
     assert!(row.get::<_, bool>("is_live"), "the stream is still live");
-    assert!(app.livekit.calls().is_empty(), "the room was not touched");
+    assert!(
+        app.livekit.calls_to("DeleteRoom").is_empty(),
+        "the room was not touched"
+    );
     assert!(app.livekit.has_room("ending"));
 }
 
@@ -78,7 +81,7 @@ async fn ending_twice_keeps_the_first_ended_at_and_closes_the_room_once() {
     assert_eq!((first.status, second.status), (200, 200));
     assert_eq!(first.body, second.body, "same endedAt, same answer");
     assert_eq!(
-        app.livekit.calls().len(),
+        app.livekit.calls_to("DeleteRoom").len(),
         1,
         "the closed room is not deleted again"
     );
@@ -110,13 +113,14 @@ async fn a_room_livekit_no_longer_has_counts_as_closed() {
             .status,
         201
     );
-    // Nobody joined, so LiveKit has no such room and DeleteRoom answers not_found.
+    // Nobody joined, so LiveKit closed the empty room: DeleteRoom answers not_found.
+    app.livekit.remove_room("never-joined");
     let response = app
         .call(end_stream, Some(&token), r#"{"roomName":"never-joined"}"#)
         .await;
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(response.body["roomClosed"], true);
-    let calls = app.livekit.calls();
+    let calls = app.livekit.calls_to("DeleteRoom");
     assert_eq!(calls.len(), 1);
     assert_eq!(
         (calls[0].method.as_str(), calls[0].room.as_str()),

@@ -1,21 +1,19 @@
 //! The test harness: `TestApp::spawn()` gives each test its own database, its own
 //! LiveKit test server and JWKS endpoint, and the `AppState` the functions use.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lambda_http::{Body, Request};
 use livekit_api::access_token::{Claims as LiveKitClaims, TokenVerifier};
-use prost::Message;
+pub use livekit_stub::{LiveKitStub, Mode as LiveKitMode};
 use serde_json::{Value, json};
 use shared::AppState;
 use shared::config::Config;
@@ -68,7 +66,7 @@ pub async fn migrated_database() -> String {
 pub struct TestApp {
     pub state: AppState,
     pub database_url: String,
-    pub livekit: LiveKitServer,
+    pub livekit: LiveKitStub,
     pub jwks: JwksServer,
     pub supabase_url: Option<String>,
 }
@@ -79,6 +77,8 @@ pub struct AppOptions {
     pub database_url: Option<String>,
     pub livekit_url: Option<String>,
     pub database_ca_cert: Option<String>,
+    /// More settings by name, e.g. `("RECONCILE_GRACE_SECONDS", "0")`.
+    pub settings: Vec<(&'static str, String)>,
 }
 
 impl Default for AppOptions {
@@ -88,6 +88,7 @@ impl Default for AppOptions {
             database_url: None,
             livekit_url: None,
             database_ca_cert: None,
+            settings: Vec::new(),
         }
     }
 }
@@ -102,7 +103,13 @@ impl TestApp {
             Some(url) => url,
             None => migrated_database().await,
         };
-        let livekit = LiveKitServer::start().await;
+        let livekit = LiveKitStub::start(
+            "127.0.0.1:0".parse().unwrap(),
+            LIVEKIT_API_KEY,
+            LIVEKIT_API_SECRET,
+        )
+        .await
+        .expect("LiveKit stub starts");
         let jwks = JwksServer::start().await;
         let supabase_url = options.supabase_url.then(|| jwks.base_url());
         let mut settings: HashMap<&str, String> = HashMap::from([
@@ -121,6 +128,7 @@ impl TestApp {
         if let Some(pem) = options.database_ca_cert {
             settings.insert("DATABASE_CA_CERT", pem);
         }
+        settings.extend(options.settings);
         let config = Config::from_lookup(|name| settings.get(name).cloned()).expect("test config is valid");
         let state = AppState::new(&config).expect("state builds");
         TestApp {
@@ -161,7 +169,7 @@ impl TestApp {
     /// Sends `body` to an endpoint through the HTTP adapter, as API Gateway would.
     pub async fn call<Req, Resp, H>(&self, handler: H, bearer: Option<&str>, body: &str) -> TestResponse
     where
-        Req: serde::de::DeserializeOwned,
+        Req: shared::http::FromRequest,
         Resp: serde::Serialize,
         H: for<'a> shared::http::Handler<'a, Req, Resp>,
     {
@@ -180,7 +188,7 @@ impl TestApp {
 
     pub async fn send<Req, Resp, H>(&self, handler: H, request: Request) -> TestResponse
     where
-        Req: serde::de::DeserializeOwned,
+        Req: shared::http::FromRequest,
         Resp: serde::Serialize,
         H: for<'a> shared::http::Handler<'a, Req, Resp>,
     {
@@ -197,7 +205,7 @@ impl TestApp {
             )
             .await;
         assert_eq!(response.status, 201, "{}", response.body);
-        self.livekit.add_room(room);
+        assert!(self.livekit.has_room(room), "start created the LiveKit room");
         response.body
     }
 
@@ -377,137 +385,6 @@ impl JwksServer {
     }
 }
 
-/// How the LiveKit test server answers.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum LiveKitMode {
-    Up,
-    /// Answers every call with Twirp `unavailable` (HTTP 503).
-    Failing,
-    /// Accepts the call and never answers.
-    Hanging,
-}
-
-/// A LiveKit RoomService (Twirp, protobuf) on loopback that checks each call's
-/// token the way LiveKit does and records what it was asked.
-pub struct LiveKitServer {
-    addr: SocketAddr,
-    shared: Arc<Mutex<LiveKitState>>,
-}
-
-pub struct LiveKitState {
-    rooms: HashSet<String>,
-    mode: LiveKitMode,
-    pub calls: Vec<RoomServiceCall>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RoomServiceCall {
-    pub method: String,
-    pub room: String,
-    pub claims: LiveKitClaims,
-}
-
-fn twirp_error(status: StatusCode, code: &str, msg: &str) -> Response {
-    (status, Json(json!({"code": code, "msg": msg}))).into_response()
-}
-
-async fn room_service(
-    State(shared): State<Arc<Mutex<LiveKitState>>>,
-    Path(method): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mode = shared.lock().unwrap().mode;
-    match mode {
-        LiveKitMode::Up => {}
-        LiveKitMode::Failing => return twirp_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "down"),
-        LiveKitMode::Hanging => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
-    }
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(claims) = token.and_then(|t| {
-        TokenVerifier::with_api_key(LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
-            .verify(t)
-            .ok()
-    }) else {
-        return twirp_error(StatusCode::UNAUTHORIZED, "unauthenticated", "invalid token");
-    };
-    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/protobuf") {
-        return twirp_error(StatusCode::BAD_REQUEST, "malformed", "expected protobuf");
-    }
-    match method.as_str() {
-        "DeleteRoom" => {
-            if !claims.video.room_create {
-                return twirp_error(StatusCode::FORBIDDEN, "permission_denied", "roomCreate required");
-            }
-            let Ok(request) = livekit_protocol::DeleteRoomRequest::decode(body) else {
-                return twirp_error(StatusCode::BAD_REQUEST, "malformed", "bad DeleteRoomRequest");
-            };
-            let mut state = shared.lock().unwrap();
-            state.calls.push(RoomServiceCall {
-                method,
-                room: request.room.clone(),
-                claims,
-            });
-            if !state.rooms.remove(&request.room) {
-                return twirp_error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "requested room does not exist",
-                );
-            }
-            (
-                [("content-type", "application/protobuf")],
-                livekit_protocol::DeleteRoomResponse::default().encode_to_vec(),
-            )
-                .into_response()
-        }
-        _ => twirp_error(StatusCode::NOT_FOUND, "bad_route", "no such method"),
-    }
-}
-
-impl LiveKitServer {
-    pub async fn start() -> LiveKitServer {
-        let shared = Arc::new(Mutex::new(LiveKitState {
-            rooms: HashSet::new(),
-            mode: LiveKitMode::Up,
-            calls: Vec::new(),
-        }));
-        let router = Router::new()
-            .route("/twirp/livekit.RoomService/{method}", post(room_service))
-            .with_state(shared.clone());
-        LiveKitServer {
-            addr: serve(router).await,
-            shared,
-        }
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!("ws://{}", self.addr)
-    }
-
-    /// A room that exists on the server, as if its host had joined.
-    pub fn add_room(&self, room: &str) {
-        self.shared.lock().unwrap().rooms.insert(room.to_owned());
-    }
-
-    pub fn has_room(&self, room: &str) -> bool {
-        self.shared.lock().unwrap().rooms.contains(room)
-    }
-
-    pub fn set_mode(&self, mode: LiveKitMode) {
-        self.shared.lock().unwrap().mode = mode;
-    }
-
-    pub fn calls(&self) -> Vec<RoomServiceCall> {
-        self.shared.lock().unwrap().calls.clone()
-    }
-}
-
 /// Verifies a LiveKit token with the Rust SDK's verifier and returns its claims.
 pub fn verify_livekit_token(token: &str) -> LiveKitClaims {
     TokenVerifier::with_api_key(LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
@@ -549,4 +426,87 @@ pub async fn verify_with_node_sdk(token: &str) -> Value {
 pub async fn node_sdk_rejects(token: &str) -> bool {
     let output = run_node_verifier(token).await;
     !output.status.success() && !output.stderr.is_empty()
+}
+
+/// A GET request as API Gateway delivers it, with query and path parameters.
+pub fn get_request(bearer: Option<&str>, query: &[(&str, &str)], path_id: Option<&str>) -> Request {
+    use lambda_http::RequestExt;
+    let mut request = Request::new(Body::Empty);
+    *request.method_mut() = lambda_http::http::Method::GET;
+    if let Some(token) = bearer {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let query: HashMap<String, String> = query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut request = request.with_query_string_parameters(query);
+    if let Some(id) = path_id {
+        request = request.with_path_parameters(HashMap::from([("id".to_string(), id.to_string())]));
+    }
+    request
+}
+
+/// A webhook signed the way LiveKit signs it: a JWT from our API key and
+/// secret whose `sha256` claim is the base64 SHA-256 of the exact body.
+pub fn signed_webhook(body: &str, api_secret: &str) -> Request {
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body.as_bytes()));
+    let token = livekit_api::access_token::AccessToken::with_api_key(LIVEKIT_API_KEY, api_secret)
+        .with_sha256(&digest)
+        .to_jwt()
+        .unwrap();
+    webhook_request(body, Some(&token))
+}
+
+pub fn webhook_request(body: &str, authorization: Option<&str>) -> Request {
+    let mut request = Request::new(Body::Text(body.to_owned()));
+    *request.method_mut() = lambda_http::http::Method::POST;
+    request
+        .headers_mut()
+        .insert("content-type", "application/webhook+json".parse().unwrap());
+    if let Some(token) = authorization {
+        request
+            .headers_mut()
+            .insert("authorization", token.parse().unwrap());
+    }
+    request
+}
+
+/// A LiveKit webhook event body.
+pub fn webhook_event(id: &str, event: &str, room: &str, participant: Option<(&str, &str, bool)>) -> String {
+    let mut body = json!({
+        "id": id,
+        "event": event,
+        "room": {"sid": format!("RM_{room}"), "name": room},
+        "createdAt": chrono::Utc::now().timestamp().to_string(),
+    });
+    if let Some((identity, sid, hidden)) = participant {
+        body["participant"] = json!({
+            "sid": sid, "identity": identity, "state": "ACTIVE",
+            "permission": {"canSubscribe": true, "canPublishData": true, "hidden": hidden},
+        });
+    }
+    body.to_string()
+}
+
+impl TestApp {
+    pub async fn deliver(&self, request: Request) -> TestResponse {
+        use shared::http::Endpoint;
+        TestResponse::from(
+            shared::handlers::LiveKitWebhook
+                .respond(&self.state, request)
+                .await,
+        )
+    }
+
+    pub async fn viewer_count(&self, room: &str) -> i32 {
+        self.stream_row(room)
+            .await
+            .expect("stream exists")
+            .get("viewer_count")
+    }
 }

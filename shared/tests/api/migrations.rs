@@ -18,7 +18,7 @@ async fn migrations_apply_once_and_are_idempotent() {
     let second = shared::migrate::migrate_url(&url).await.unwrap();
     assert!(second.is_empty(), "{second:?}");
     let client = connect(&url).await;
-    assert_eq!(applied_versions(&client).await, vec![1, 2]);
+    assert_eq!(applied_versions(&client).await, vec![1, 2, 3]);
 }
 
 #[tokio::test]
@@ -111,4 +111,38 @@ async fn the_profile_key_exists_only_where_profiles_exist() {
         .unwrap();
     shared::migrate::migrate_url(&supabase_like).await.unwrap();
     assert!(has_fk(connect(&supabase_like).await).await);
+}
+
+#[tokio::test]
+async fn tables_join_the_supabase_realtime_publication_where_it_exists() {
+    let published = |client: tokio_postgres::Client| async move {
+        client
+            .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'supabase_realtime' ORDER BY 1", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let supabase_like = create_database().await;
+    connect(&supabase_like)
+        .await
+        .batch_execute("CREATE PUBLICATION supabase_realtime")
+        .await
+        .unwrap();
+    shared::migrate::migrate_url(&supabase_like).await.unwrap();
+    assert_eq!(
+        published(connect(&supabase_like).await).await,
+        vec!["live_messages", "live_streams"]
+    );
+
+    let bare = create_database().await;
+    shared::migrate::migrate_url(&bare).await.unwrap();
+    let publications: i64 = connect(&bare)
+        .await
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(publications, 0);
 }

@@ -2,7 +2,7 @@ use serde_json::json;
 use shared::handlers::start_stream;
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, TestApp, verify_livekit_token};
+use crate::helpers::{AppOptions, LiveKitMode, TestApp, verify_livekit_token};
 
 #[tokio::test]
 async fn start_creates_a_live_stream_and_returns_a_host_token() {
@@ -234,4 +234,84 @@ async fn with_a_profiles_table_a_user_with_a_profile_goes_live() {
         .call(start_stream, Some(&app.token_for(user)), r#"{"title":"Hi"}"#)
         .await;
     assert_eq!(response.status, 201, "{}", response.body);
+}
+
+#[tokio::test]
+async fn start_creates_the_livekit_room_with_the_configured_options() {
+    let app = TestApp::spawn_with(AppOptions {
+        settings: vec![
+            ("LIVEKIT_ROOM_EMPTY_TIMEOUT_SECONDS", "90".into()),
+            ("LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS", "45".into()),
+            ("LIVEKIT_ROOM_MAX_PARTICIPANTS", "500".into()),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    let user = Uuid::new_v4();
+    app.start_stream(user, "configured").await;
+    let calls = app.livekit.calls_to("CreateRoom");
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].claims.video.room_create);
+    let request = app.livekit.room("configured").unwrap().create_request.unwrap();
+    assert_eq!(
+        (
+            request.empty_timeout,
+            request.departure_timeout,
+            request.max_participants
+        ),
+        (90, 45, 500)
+    );
+    let metadata: serde_json::Value = serde_json::from_str(&request.metadata).unwrap();
+    assert_eq!(
+        metadata,
+        json!({"streamerId": user.to_string(), "title": "A stream"})
+    );
+}
+
+#[tokio::test]
+async fn when_livekit_refuses_the_room_start_is_503_and_leaves_no_stream() {
+    for mode in [LiveKitMode::Failing, LiveKitMode::Hanging] {
+        let app = TestApp::spawn().await;
+        app.livekit.set_mode(mode);
+        let started = std::time::Instant::now();
+        let body = json!({"title": "t", "roomName": "no-room"}).to_string();
+        let response = app
+            .call(start_stream, Some(&app.token_for(Uuid::new_v4())), &body)
+            .await;
+        response.assert_error(503, "unavailable");
+        assert!(
+            response.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("media server")
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{mode:?} took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            app.stream_row("no-room").await.is_none(),
+            "{mode:?}: no live stream left behind"
+        );
+
+        // Once LiveKit is back the same start succeeds.
+        app.livekit.set_mode(LiveKitMode::Up);
+        let retry = app
+            .call(start_stream, Some(&app.token_for(Uuid::new_v4())), &body)
+            .await;
+        assert_eq!(retry.status, 201, "{}", retry.body);
+    }
+}
+
+#[tokio::test]
+async fn a_retried_start_recreates_a_room_livekit_closed_for_being_empty() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    app.start_stream(user, "early").await;
+    app.livekit.remove_room("early");
+    let body = json!({"title": "t", "roomName": "early"}).to_string();
+    let retry = app.call(start_stream, Some(&app.token_for(user)), &body).await;
+    assert_eq!(retry.status, 200);
+    assert!(app.livekit.has_room("early"));
 }

@@ -1,0 +1,6 @@
+//! `GET /live/streams`: live streams, newest first, paginated.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::http::serve(shared::handlers::list_streams).await
+}

@@ -1,0 +1,290 @@
+//! A stand-in for LiveKit's RoomService: the Twirp API the backend calls
+//! (`CreateRoom`, `DeleteRoom`, `ListRooms`, `ListParticipants`), speaking
+//! protobuf over HTTP on loopback. It checks each call's bearer token and grants
+//! the way LiveKit does, keeps rooms in memory, and records every call so tests
+//! can see what the backend asked for. No media: it is not a LiveKit server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use livekit_api::access_token::{Claims, TokenVerifier};
+use livekit_protocol as proto;
+use prost::Message;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// How the server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    /// Every call gets Twirp `unavailable` (HTTP 503).
+    Failing,
+    /// Calls are accepted and never answered.
+    Hanging,
+}
+
+/// A room as the server holds it.
+#[derive(Clone, Debug, Default)]
+pub struct StubRoom {
+    pub create_request: Option<proto::CreateRoomRequest>,
+    pub participants: Vec<proto::ParticipantInfo>,
+}
+
+/// One call the server received and accepted as authenticated.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub method: String,
+    /// The room the call was about; empty for `ListRooms`.
+    pub room: String,
+    pub claims: Claims,
+}
+
+struct Inner {
+    api_key: String,
+    api_secret: String,
+    rooms: BTreeMap<String, StubRoom>,
+    mode: Mode,
+    calls: Vec<Call>,
+}
+
+#[derive(Clone)]
+pub struct LiveKitStub {
+    addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl LiveKitStub {
+    /// Serves on `addr` (port 0 picks a free one) until the process ends.
+    pub async fn start(addr: SocketAddr, api_key: &str, api_secret: &str) -> std::io::Result<LiveKitStub> {
+        let inner = Arc::new(Mutex::new(Inner {
+            api_key: api_key.to_owned(),
+            api_secret: api_secret.to_owned(),
+            rooms: BTreeMap::new(),
+            mode: Mode::Up,
+            calls: Vec::new(),
+        }));
+        let router = Router::new()
+            .route("/twirp/livekit.RoomService/{method}", post(room_service))
+            .with_state(inner.clone());
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Ok(LiveKitStub { addr, inner })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL a client would be given (`ws://127.0.0.1:<port>`).
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.lock().mode = mode;
+    }
+
+    /// Adds an empty room, as if created elsewhere.
+    pub fn add_room(&self, room: &str) {
+        self.lock().rooms.entry(room.to_owned()).or_default();
+    }
+
+    /// Removes a room, as LiveKit does when it empties out.
+    pub fn remove_room(&self, room: &str) {
+        self.lock().rooms.remove(room);
+    }
+
+    pub fn room(&self, room: &str) -> Option<StubRoom> {
+        self.lock().rooms.get(room).cloned()
+    }
+
+    pub fn has_room(&self, room: &str) -> bool {
+        self.lock().rooms.contains_key(room)
+    }
+
+    /// Replaces who is in `room` (creating the room if needed).
+    pub fn set_participants(&self, room: &str, participants: Vec<proto::ParticipantInfo>) {
+        self.lock().rooms.entry(room.to_owned()).or_default().participants = participants;
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    pub fn calls_to(&self, method: &str) -> Vec<Call> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.method == method)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A participant as LiveKit reports it.
+pub fn participant(identity: &str, sid: &str, hidden: bool) -> proto::ParticipantInfo {
+    proto::ParticipantInfo {
+        sid: sid.to_owned(),
+        identity: identity.to_owned(),
+        state: proto::participant_info::State::Active as i32,
+        permission: Some(proto::ParticipantPermission {
+            can_subscribe: true,
+            can_publish_data: true,
+            hidden,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn twirp_error(status: StatusCode, code: &str, msg: &str) -> Response {
+    (status, Json(json!({"code": code, "msg": msg}))).into_response()
+}
+
+fn protobuf(message: impl Message) -> Response {
+    (
+        [("content-type", "application/protobuf")],
+        message.encode_to_vec(),
+    )
+        .into_response()
+}
+
+async fn room_service(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (mode, verifier) = {
+        let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            inner.mode,
+            TokenVerifier::with_api_key(&inner.api_key, &inner.api_secret),
+        )
+    };
+    match mode {
+        Mode::Up => {}
+        Mode::Failing => return twirp_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server down"),
+        Mode::Hanging => tokio::time::sleep(Duration::from_secs(3600)).await,
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(claims) = token.and_then(|t| verifier.verify(t).ok()) else {
+        return twirp_error(StatusCode::UNAUTHORIZED, "unauthenticated", "invalid token");
+    };
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/protobuf") {
+        return twirp_error(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "expected application/protobuf",
+        );
+    }
+    let denied = |grant: &str| twirp_error(StatusCode::FORBIDDEN, "permission_denied", grant);
+    let malformed = || twirp_error(StatusCode::BAD_REQUEST, "malformed", "cannot decode the request");
+    let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+    let mut record = |room: &str, claims: Claims| {
+        inner.calls.push(Call {
+            method: method.clone(),
+            room: room.to_owned(),
+            claims,
+        });
+    };
+    match method.as_str() {
+        "CreateRoom" => {
+            let Ok(request) = proto::CreateRoomRequest::decode(body) else {
+                return malformed();
+            };
+            if !claims.video.room_create {
+                return denied("roomCreate required");
+            }
+            record(&request.name, claims);
+            let room = inner.rooms.entry(request.name.clone()).or_default();
+            if room.create_request.is_none() {
+                room.create_request = Some(request.clone());
+            }
+            protobuf(room_info(&request.name, room))
+        }
+        "DeleteRoom" => {
+            let Ok(request) = proto::DeleteRoomRequest::decode(body) else {
+                return malformed();
+            };
+            if !claims.video.room_create {
+                return denied("roomCreate required");
+            }
+            record(&request.room, claims);
+            if inner.rooms.remove(&request.room).is_none() {
+                return twirp_error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "requested room does not exist",
+                );
+            }
+            protobuf(proto::DeleteRoomResponse::default())
+        }
+        "ListRooms" => {
+            let Ok(request) = proto::ListRoomsRequest::decode(body) else {
+                return malformed();
+            };
+            if !claims.video.room_list {
+                return denied("roomList required");
+            }
+            record("", claims);
+            let rooms = inner
+                .rooms
+                .iter()
+                .filter(|(name, _)| request.names.is_empty() || request.names.contains(name))
+                .map(|(name, room)| room_info(name, room))
+                .collect();
+            protobuf(proto::ListRoomsResponse { rooms })
+        }
+        "ListParticipants" => {
+            let Ok(request) = proto::ListParticipantsRequest::decode(body) else {
+                return malformed();
+            };
+            if !claims.video.room_admin || claims.video.room != request.room {
+                return denied("roomAdmin for this room required");
+            }
+            record(&request.room, claims);
+            match inner.rooms.get(&request.room) {
+                Some(room) => protobuf(proto::ListParticipantsResponse {
+                    participants: room.participants.clone(),
+                }),
+                None => twirp_error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "requested room does not exist",
+                ),
+            }
+        }
+        _ => twirp_error(StatusCode::NOT_FOUND, "bad_route", "no such method"),
+    }
+}
+
+fn room_info(name: &str, room: &StubRoom) -> proto::Room {
+    let request = room.create_request.clone().unwrap_or_default();
+    proto::Room {
+        sid: format!("RM_{name}"),
+        name: name.to_owned(),
+        empty_timeout: request.empty_timeout,
+        departure_timeout: request.departure_timeout,
+        max_participants: request.max_participants,
+        metadata: request.metadata,
+        num_participants: room.participants.len() as u32,
+        ..Default::default()
+    }
+}
