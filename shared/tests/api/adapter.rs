@@ -16,10 +16,15 @@ fn event(name: &str) -> Request {
 }
 
 /// The events carry a development token (signed with the `scripts/dev` secret,
-/// no issuer), so they work against the local stack as they are.
+/// no issuer) and a webhook signed with `livekit-server --dev`'s key, so they
+/// work against the local stack as they are.
 async fn dev_app() -> TestApp {
     TestApp::spawn_with(AppOptions {
         supabase_url: false,
+        settings: vec![
+            ("LIVEKIT_API_KEY", "devkey".into()),
+            ("LIVEKIT_API_SECRET", "secret".into()),
+        ],
         ..AppOptions::default()
     })
     .await
@@ -32,14 +37,50 @@ async fn the_committed_events_start_join_and_end_a_stream() {
     let started = app.send(start_stream, event("start.json")).await;
     assert_eq!(started.status, 201, "{}", started.body);
     let room = started.body["stream"]["id"].as_str().unwrap().to_owned();
-    app.livekit.add_room(&room);
 
     let token = app.send(issue_token, event("token.json")).await;
     assert_eq!(token.status, 200, "{}", token.body);
-    let claims = crate::helpers::verify_livekit_token(token.body["token"].as_str().unwrap());
+    let claims = livekit_api::access_token::TokenVerifier::with_api_key("devkey", "secret")
+        .verify(token.body["token"].as_str().unwrap())
+        .expect("the token verifies with the dev key");
     assert_eq!(
         claims.video.room, room,
         "token.json joins the room start.json created"
+    );
+
+    let listed = app
+        .send(shared::handlers::list_streams, event("streams.json"))
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["streams"][0]["id"], room.as_str());
+
+    let joined = app.deliver(event("webhook.json")).await;
+    assert_eq!(
+        (joined.status, joined.body["outcome"].as_str()),
+        (200, Some("applied")),
+        "{}",
+        joined.body
+    );
+    let one = app.send(shared::handlers::get_stream, event("stream.json")).await;
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert_eq!(
+        one.body["stream"]["viewerCount"], 1,
+        "the webhook's viewer is counted"
+    );
+
+    let schedule: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}/../events/reconcile.json", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(schedule["detail-type"], "Scheduled Event");
+    let report = shared::reconcile::reconcile(&app.state, app.state.reconcile_grace)
+        .await
+        .unwrap();
+    assert_eq!((report.live, report.synced), (1, 1));
+    assert_eq!(
+        app.viewer_count(&room).await,
+        0,
+        "LiveKit says nobody is in the room"
     );
 
     let ended = app.send(end_stream, event("end.json")).await;

@@ -103,10 +103,17 @@ impl TestApp {
             Some(url) => url,
             None => migrated_database().await,
         };
+        let setting = |name: &str, default: &str| {
+            options
+                .settings
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(default.to_owned(), |(_, v)| v.clone())
+        };
         let livekit = LiveKitStub::start(
             "127.0.0.1:0".parse().unwrap(),
-            LIVEKIT_API_KEY,
-            LIVEKIT_API_SECRET,
+            &setting("LIVEKIT_API_KEY", LIVEKIT_API_KEY),
+            &setting("LIVEKIT_API_SECRET", LIVEKIT_API_SECRET),
         )
         .await
         .expect("LiveKit stub starts");
