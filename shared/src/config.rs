@@ -6,6 +6,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::rate_limit::Limit;
+
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const DATABASE_CA_CERT: &str = "DATABASE_CA_CERT";
 pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";
@@ -20,6 +22,8 @@ pub const LIVEKIT_ROOM_EMPTY_TIMEOUT_SECONDS: &str = "LIVEKIT_ROOM_EMPTY_TIMEOUT
 pub const LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS: &str = "LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS";
 pub const LIVEKIT_ROOM_MAX_PARTICIPANTS: &str = "LIVEKIT_ROOM_MAX_PARTICIPANTS";
 pub const RECONCILE_GRACE_SECONDS: &str = "RECONCILE_GRACE_SECONDS";
+pub const CHAT_RATE_LIMIT_MESSAGES: &str = "CHAT_RATE_LIMIT_MESSAGES";
+pub const CHAT_RATE_LIMIT_WINDOW_SECONDS: &str = "CHAT_RATE_LIMIT_WINDOW_SECONDS";
 
 const DEFAULT_TOKEN_TTL_SECONDS: u64 = 600;
 const DEFAULT_POOL_SIZE: usize = 2;
@@ -57,6 +61,8 @@ pub struct Config {
     /// How long a live stream's room may be missing from LiveKit before the
     /// reconciler ends the stream.
     pub reconcile_grace: Duration,
+    /// Chat messages one user may send to one room per window.
+    pub chat_limit: Limit,
 }
 
 #[derive(Clone)]
@@ -171,6 +177,11 @@ impl Config {
             return Err(ConfigError::NoAuthMethod);
         }
 
+        let chat_limit = Limit {
+            max: number(&get, CHAT_RATE_LIMIT_MESSAGES, 5, 1..=1000)?,
+            window: Duration::from_secs(number(&get, CHAT_RATE_LIMIT_WINDOW_SECONDS, 10, 1..=3600)?),
+        };
+
         Ok(Config {
             database: DatabaseConfig {
                 pg,
@@ -190,6 +201,7 @@ impl Config {
                 url: supabase_url,
             },
             reconcile_grace,
+            chat_limit,
         })
     }
 
@@ -265,6 +277,7 @@ impl fmt::Debug for Config {
             .field("livekit_token_ttl", &self.livekit.token_ttl)
             .field("livekit_room", &self.livekit.room)
             .field("reconcile_grace", &self.reconcile_grace)
+            .field("chat_limit", &self.chat_limit)
             .field("supabase_url", &self.supabase.url)
             .field("supabase_jwt_secret", &self.supabase.jwt_secret.is_some())
             .finish_non_exhaustive()

@@ -121,6 +121,68 @@ impl TryFrom<String> for ParticipantName {
     }
 }
 
+/// A chat message's text: 1–500 characters after trimming; newlines are
+/// allowed, other control characters are not.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ChatText(String);
+
+impl ChatText {
+    pub const MAX_CHARS: usize = 500;
+
+    pub fn parse(raw: &str) -> Result<ChatText, String> {
+        let trimmed = raw.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 || chars > Self::MAX_CHARS {
+            return Err(format!(
+                "text must be 1-{} characters after trimming spaces",
+                Self::MAX_CHARS
+            ));
+        }
+        if trimmed.chars().any(|c| c.is_control() && c != '\n') {
+            return Err("text must not contain control characters other than newline".into());
+        }
+        Ok(ChatText(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ChatText {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        ChatText::parse(&raw)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatRequest {
+    pub room_name: RoomName,
+    pub text: ChatText,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModerationRequest {
+    pub room_name: RoomName,
+    pub user_id: Uuid,
+    pub action: ModerationAction,
+}
+
+/// What the streamer may do to a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModerationAction {
+    Kick,
+    Ban,
+    Unban,
+    Mute,
+    Unmute,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StartRequest {
@@ -144,7 +206,13 @@ pub struct EndRequest {
     pub room_name: RoomName,
 }
 
-crate::json_body!(StartRequest, TokenRequest, EndRequest);
+crate::json_body!(
+    StartRequest,
+    TokenRequest,
+    EndRequest,
+    ChatRequest,
+    ModerationRequest
+);
 
 /// A stream as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -223,6 +291,20 @@ mod tests {
         assert!(Title::parse(&"é".repeat(201)).is_err());
         assert!(Title::parse("   ").is_err());
         assert!(Title::parse("bell\u{7}").is_err());
+    }
+
+    #[test]
+    fn chat_text_allows_newlines_but_no_other_control_characters() {
+        assert_eq!(
+            ChatText::parse("  hello\nworld  ").unwrap().as_str(),
+            "hello\nworld"
+        );
+        assert!(ChatText::parse(&"é".repeat(500)).is_ok());
+        assert!(ChatText::parse(&"é".repeat(501)).is_err());
+        assert!(ChatText::parse(" \n ").is_err());
+        for bad in ["tab\there", "bell\u{7}", "nul\u{0}", "cr\rlf"] {
+            assert!(ChatText::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

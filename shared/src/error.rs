@@ -41,6 +41,14 @@ pub enum ApiError {
     ProfileRequired,
     #[error("stream not found")]
     StreamNotFound,
+    #[error("message not found")]
+    MessageNotFound,
+    #[error("banned from this stream")]
+    Banned,
+    #[error("muted in this stream")]
+    Muted,
+    #[error("rate limited for {retry_after_seconds}s")]
+    RateLimited { retry_after_seconds: u64 },
     #[error("method {used} not allowed")]
     MethodNotAllowed {
         used: String,
@@ -74,8 +82,11 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized | ApiError::InvalidSignature => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::ProfileRequired => StatusCode::FORBIDDEN,
-            ApiError::StreamNotFound => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) | ApiError::ProfileRequired | ApiError::Banned | ApiError::Muted => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::StreamNotFound | ApiError::MessageNotFound => StatusCode::NOT_FOUND,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RoomTaken | ApiError::StreamEnded => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -93,6 +104,10 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::ProfileRequired => "profile_required",
             ApiError::StreamNotFound => "stream_not_found",
+            ApiError::MessageNotFound => "message_not_found",
+            ApiError::Banned => "banned",
+            ApiError::Muted => "muted",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::RoomTaken => "room_taken",
             ApiError::StreamEnded => "stream_ended",
@@ -116,6 +131,12 @@ impl ApiError {
             ApiError::Forbidden(why) => (*why).into(),
             ApiError::ProfileRequired => "Create your profile before going live.".into(),
             ApiError::StreamNotFound => "No stream with that room name exists.".into(),
+            ApiError::MessageNotFound => "No chat message with that id exists.".into(),
+            ApiError::Banned => "The streamer has banned you from this stream.".into(),
+            ApiError::Muted => "The streamer has muted you in this stream.".into(),
+            ApiError::RateLimited { retry_after_seconds } => {
+                format!("Too many requests; try again in {retry_after_seconds} s.")
+            }
             ApiError::MethodNotAllowed { used, allowed } => {
                 format!("Method {used} is not allowed here; use {allowed}.")
             }

@@ -285,6 +285,9 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
         ApiError::Unavailable { .. } => {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
         }
+        ApiError::RateLimited { retry_after_seconds } => {
+            headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+        }
         _ => {}
     }
     response

@@ -6,6 +6,7 @@
 //! of the handlers in [`handlers`].
 
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod db;
 pub mod domain;
@@ -14,6 +15,7 @@ pub mod handlers;
 pub mod http;
 pub mod livekit;
 pub mod migrate;
+pub mod rate_limit;
 pub mod reconcile;
 pub mod secrets;
 pub mod state;

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use livekit_api::access_token::{AccessToken, TokenVerifier, VideoGrants};
-use livekit_api::services::room::{CreateRoomOptions, RoomClient};
+use livekit_api::services::room::{CreateRoomOptions, RoomClient, SendDataOptions, UpdateParticipantOptions};
 use livekit_api::services::{ServerError, ServerErrorCode, ServiceError};
 use livekit_api::webhooks::{WebhookError, WebhookReceiver};
 use livekit_protocol as proto;
@@ -22,8 +22,14 @@ const ROOM_SERVICE_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Role {
     /// The streamer: publishes audio and video.
     Host,
-    /// Everyone else: watches and chats.
-    Viewer,
+    /// Everyone else: watches, and chats unless the streamer muted them.
+    Viewer { muted: bool },
+}
+
+impl Role {
+    fn can_publish_data(self) -> bool {
+        !matches!(self, Role::Viewer { muted: true })
+    }
 }
 
 pub struct LiveKit {
@@ -122,6 +128,57 @@ impl LiveKit {
         }
     }
 
+    /// Sends `payload` to everyone in the room over the reliable data channel.
+    pub async fn broadcast(
+        &self,
+        room: &RoomName,
+        topic: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), RoomServiceError> {
+        let options = SendDataOptions {
+            kind: proto::data_packet::Kind::Reliable,
+            topic: Some(topic.to_owned()),
+            ..SendDataOptions::default()
+        };
+        bounded(self.rooms.send_data(room.as_str(), payload, options)).await
+    }
+
+    /// Disconnects `user` from the room. Someone who is not there is fine.
+    pub async fn remove_participant(&self, room: &RoomName, user: Uuid) -> Result<(), RoomServiceError> {
+        match bounded(self.rooms.remove_participant(room.as_str(), &user.to_string())).await {
+            Err(RoomServiceError::NotFound) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Turns data publishing (chat) off or on for a viewer in the room now;
+    /// tokens minted later carry the same permission.
+    pub async fn set_viewer_chat(
+        &self,
+        room: &RoomName,
+        user: Uuid,
+        allowed: bool,
+    ) -> Result<(), RoomServiceError> {
+        let options = UpdateParticipantOptions {
+            permission: Some(proto::ParticipantPermission {
+                can_subscribe: true,
+                can_publish: false,
+                can_publish_data: allowed,
+                ..proto::ParticipantPermission::default()
+            }),
+            ..UpdateParticipantOptions::default()
+        };
+        match bounded(
+            self.rooms
+                .update_participant(room.as_str(), &user.to_string(), options),
+        )
+        .await
+        {
+            Err(RoomServiceError::NotFound) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
     /// Checks a webhook's signature (a JWT signed with our API secret carrying
     /// the SHA-256 of the exact body) and decodes the event.
     pub fn receive_webhook(
@@ -166,7 +223,7 @@ fn grants_for(room: &RoomName, role: Role) -> VideoGrants {
         room: room.to_string(),
         can_publish: Some(role == Role::Host),
         can_subscribe: Some(true),
-        can_publish_data: Some(true),
+        can_publish_data: Some(role.can_publish_data()),
         can_publish_sources: Vec::new(),
         can_update_own_metadata: Some(false),
         room_create: false,

@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_live_streams"),
     migration!(2, "0002_streamer_profile_fk"),
     migration!(3, "0003_viewers_and_room_lifecycle"),
+    migration!(4, "0004_chat_and_moderation"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -40,6 +40,7 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
                 &[],
             )
             .await?;
+        crate::rate_limit::prune(&client).await?;
         streams::live_rooms(&client).await?
     };
     let mut report = ReconcileReport {

@@ -11,6 +11,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub livekit: LiveKit,
     pub reconcile_grace: std::time::Duration,
+    pub chat_limit: crate::rate_limit::Limit,
 }
 
 impl AppState {
@@ -29,6 +30,7 @@ impl AppState {
             auth: Authenticator::new(&config.supabase, http),
             livekit: LiveKit::new(&config.livekit),
             reconcile_grace: config.reconcile_grace,
+            chat_limit: config.chat_limit,
         })
     }
 

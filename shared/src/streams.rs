@@ -158,23 +158,31 @@ pub async fn live_rooms(client: &Client) -> Result<Vec<(RoomName, Uuid)>, ApiErr
         .collect()
 }
 
-/// Who streams in a room and whether it is still live.
+/// Who streams in a room, whether it is still live, and whether `user` is
+/// banned or muted there: everything `/live/token` needs, in one round trip.
 pub struct RoomAccess {
     pub streamer_id: Uuid,
     pub is_live: bool,
+    pub banned: bool,
+    pub muted: bool,
 }
 
-pub async fn access(client: &Client, room: &RoomName) -> Result<Option<RoomAccess>, ApiError> {
+pub async fn access(client: &Client, room: &RoomName, user: Uuid) -> Result<Option<RoomAccess>, ApiError> {
     let row = client
         .query_typed_opt(
-            "SELECT streamer_id, is_live FROM live_streams WHERE id = $1",
-            &[(&room.as_str(), Type::TEXT)],
+            "SELECT s.streamer_id, s.is_live, COALESCE(r.banned, false) AS banned, COALESCE(r.muted, false) AS muted
+             FROM live_streams s
+             LEFT JOIN live_room_restrictions r ON r.room_name = s.id AND r.user_id = $2
+             WHERE s.id = $1",
+            &[(&room.as_str(), Type::TEXT), (&user, Type::UUID)],
         )
         .await?;
     row.map(|row| {
         Ok(RoomAccess {
             streamer_id: row.try_get("streamer_id").map_err(ApiError::internal)?,
             is_live: row.try_get("is_live").map_err(ApiError::internal)?,
+            banned: row.try_get("banned").map_err(ApiError::internal)?,
+            muted: row.try_get("muted").map_err(ApiError::internal)?,
         })
     })
     .transpose()

@@ -39,12 +39,20 @@ pub struct StubRoom {
 }
 
 /// One call the server received and accepted as authenticated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Call {
     pub method: String,
     /// The room the call was about; empty for `ListRooms`.
     pub room: String,
     pub claims: Claims,
+    /// The participant a participant call was about.
+    pub identity: String,
+    /// `SendData`: the payload, its topic and whether it was sent reliably.
+    pub data: Vec<u8>,
+    pub topic: Option<String>,
+    pub reliable: bool,
+    /// `UpdateParticipant`: the permission asked for.
+    pub permission: Option<proto::ParticipantPermission>,
 }
 
 struct Inner {
@@ -202,8 +210,10 @@ async fn room_service(
             method: method.clone(),
             room: room.to_owned(),
             claims,
+            ..Call::default()
         });
     };
+    let room_admin = |claims: &Claims, room: &str| claims.video.room_admin && claims.video.room == room;
     match method.as_str() {
         "CreateRoom" => {
             let Ok(request) = proto::CreateRoomRequest::decode(body) else {
@@ -256,7 +266,7 @@ async fn room_service(
             let Ok(request) = proto::ListParticipantsRequest::decode(body) else {
                 return malformed();
             };
-            if !claims.video.room_admin || claims.video.room != request.room {
+            if !room_admin(&claims, &request.room) {
                 return denied("roomAdmin for this room required");
             }
             record(&request.room, claims);
@@ -269,6 +279,76 @@ async fn room_service(
                     "not_found",
                     "requested room does not exist",
                 ),
+            }
+        }
+        "SendData" => {
+            let Ok(request) = proto::SendDataRequest::decode(body) else {
+                return malformed();
+            };
+            if !room_admin(&claims, &request.room) {
+                return denied("roomAdmin for this room required");
+            }
+            let exists = inner.rooms.contains_key(&request.room);
+            inner.calls.push(Call {
+                method,
+                room: request.room.clone(),
+                claims,
+                data: request.data,
+                topic: request.topic,
+                reliable: request.kind == proto::data_packet::Kind::Reliable as i32,
+                ..Call::default()
+            });
+            if !exists {
+                return twirp_error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "requested room does not exist",
+                );
+            }
+            protobuf(proto::SendDataResponse::default())
+        }
+        "RemoveParticipant" | "UpdateParticipant" => {
+            let (room, identity, permission) = if method == "RemoveParticipant" {
+                let Ok(request) = proto::RoomParticipantIdentity::decode(body) else {
+                    return malformed();
+                };
+                (request.room, request.identity, None)
+            } else {
+                let Ok(request) = proto::UpdateParticipantRequest::decode(body) else {
+                    return malformed();
+                };
+                (request.room, request.identity, request.permission)
+            };
+            if !room_admin(&claims, &room) {
+                return denied("roomAdmin for this room required");
+            }
+            inner.calls.push(Call {
+                method: method.clone(),
+                room: room.clone(),
+                claims,
+                identity: identity.clone(),
+                permission: permission.clone(),
+                ..Call::default()
+            });
+            let Some(stub_room) = inner.rooms.get_mut(&room) else {
+                return twirp_error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "requested room does not exist",
+                );
+            };
+            let Some(index) = stub_room.participants.iter().position(|p| p.identity == identity) else {
+                return twirp_error(StatusCode::NOT_FOUND, "not_found", "participant not found");
+            };
+            if method == "RemoveParticipant" {
+                stub_room.participants.remove(index);
+                protobuf(proto::RemoveParticipantResponse::default())
+            } else {
+                let participant = &mut stub_room.participants[index];
+                if permission.is_some() {
+                    participant.permission = permission;
+                }
+                protobuf(participant.clone())
             }
         }
         _ => twirp_error(StatusCode::NOT_FOUND, "bad_route", "no such method"),

@@ -7,7 +7,8 @@ use crate::state::AppState;
 use crate::streams;
 
 /// `POST /live/token`: a token to join a live stream. The streamer gets publish
-/// rights; everyone else watches and chats.
+/// rights; everyone else watches and chats, unless banned (no token) or muted
+/// (no data publishing).
 pub async fn issue_token(
     state: &AppState,
     user: AuthUser,
@@ -15,7 +16,7 @@ pub async fn issue_token(
 ) -> Result<Reply<TokenResponse>, ApiError> {
     let access = {
         let client = state.db.get().await?;
-        streams::access(&client, &request.room_name).await?
+        streams::access(&client, &request.room_name, user.id).await?
     };
     let access = access.ok_or(ApiError::StreamNotFound)?;
     if !access.is_live {
@@ -23,8 +24,10 @@ pub async fn issue_token(
     }
     let role = if access.streamer_id == user.id {
         Role::Host
+    } else if access.banned {
+        return Err(ApiError::Banned);
     } else {
-        Role::Viewer
+        Role::Viewer { muted: access.muted }
     };
     let token =
         state

@@ -437,9 +437,18 @@ pub async fn node_sdk_rejects(token: &str) -> bool {
 
 /// A GET request as API Gateway delivers it, with query and path parameters.
 pub fn get_request(bearer: Option<&str>, query: &[(&str, &str)], path_id: Option<&str>) -> Request {
+    request_with(lambda_http::http::Method::GET, bearer, query, path_id)
+}
+
+pub fn request_with(
+    method: lambda_http::http::Method,
+    bearer: Option<&str>,
+    query: &[(&str, &str)],
+    path_id: Option<&str>,
+) -> Request {
     use lambda_http::RequestExt;
     let mut request = Request::new(Body::Empty);
-    *request.method_mut() = lambda_http::http::Method::GET;
+    *request.method_mut() = method;
     if let Some(token) = bearer {
         request
             .headers_mut()

@@ -8,9 +8,11 @@ mod helpers;
 
 mod adapter;
 mod auth;
+mod chat;
 mod end;
 mod listing;
 mod migrations;
+mod moderation;
 mod outages;
 mod reconcile;
 mod secrets;

@@ -1,0 +1,6 @@
+//! `POST /live/chat`: send a chat message to a live stream.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::http::serve(shared::handlers::post_message).await
+}

@@ -1,0 +1,217 @@
+//! Chat messages and moderation state in Postgres.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Row, Transaction};
+use uuid::Uuid;
+
+use crate::domain::RoomName;
+use crate::error::ApiError;
+
+/// A chat message as clients see it, in responses and in the broadcast.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMessage {
+    pub id: Uuid,
+    pub room_name: RoomName,
+    pub user_id: Uuid,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+}
+
+fn message_from_row(row: &Row) -> Result<ChatMessage, ApiError> {
+    let room: String = row.try_get("room_name").map_err(ApiError::internal)?;
+    Ok(ChatMessage {
+        id: row.try_get("id").map_err(ApiError::internal)?,
+        room_name: RoomName::parse(room).map_err(ApiError::internal)?,
+        user_id: row.try_get("user_id").map_err(ApiError::internal)?,
+        text: row.try_get("text").map_err(ApiError::internal)?,
+        created_at: row.try_get("created_at").map_err(ApiError::internal)?,
+    })
+}
+
+pub async fn insert(
+    client: &Client,
+    room: &RoomName,
+    user: Uuid,
+    text: &str,
+) -> Result<ChatMessage, ApiError> {
+    let row = client
+        .query_typed_one(
+            "INSERT INTO live_messages (room_name, user_id, text) VALUES ($1, $2, $3)
+             RETURNING id, room_name, user_id, text, created_at",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&user, Type::UUID),
+                (&text, Type::TEXT),
+            ],
+        )
+        .await?;
+    message_from_row(&row)
+}
+
+/// Whether the room exists at all (history is readable after the stream ends).
+pub async fn room_exists(client: &Client, room: &RoomName) -> Result<bool, ApiError> {
+    let row = client
+        .query_typed_opt(
+            "SELECT 1 FROM live_streams WHERE id = $1",
+            &[(&room.as_str(), Type::TEXT)],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// A page of a room's visible messages, newest first, older than `before`.
+pub async fn page(
+    client: &Client,
+    room: &RoomName,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<ChatMessage>, ApiError> {
+    let rows = client
+        .query_typed(
+            "SELECT id, room_name, user_id, text, created_at FROM live_messages
+             WHERE room_name = $1 AND deleted_at IS NULL
+               AND ($2::uuid IS NULL OR (created_at, id) < (
+                    SELECT created_at, id FROM live_messages WHERE id = $2 AND room_name = $1))
+             ORDER BY created_at DESC, id DESC
+             LIMIT $3",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&before, Type::UUID),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    rows.iter().map(message_from_row).collect()
+}
+
+/// A message and who may delete it.
+pub struct MessageOwnership {
+    pub room: RoomName,
+    pub author: Uuid,
+    pub streamer: Uuid,
+}
+
+pub async fn ownership(client: &Client, message: Uuid) -> Result<Option<MessageOwnership>, ApiError> {
+    let row = client
+        .query_typed_opt(
+            "SELECT m.room_name, m.user_id, s.streamer_id
+             FROM live_messages m JOIN live_streams s ON s.id = m.room_name
+             WHERE m.id = $1",
+            &[(&message, Type::UUID)],
+        )
+        .await?;
+    row.map(|row| {
+        let room: String = row.try_get(0).map_err(ApiError::internal)?;
+        Ok(MessageOwnership {
+            room: RoomName::parse(room).map_err(ApiError::internal)?,
+            author: row.try_get(1).map_err(ApiError::internal)?,
+            streamer: row.try_get(2).map_err(ApiError::internal)?,
+        })
+    })
+    .transpose()
+}
+
+/// Soft-deletes the message; `false` if it was already deleted.
+pub async fn soft_delete(tx: &Transaction<'_>, message: Uuid, by: Uuid) -> Result<bool, ApiError> {
+    let rows = tx
+        .query_typed(
+            "UPDATE live_messages SET deleted_at = now(), deleted_by = $2
+             WHERE id = $1 AND deleted_at IS NULL RETURNING id",
+            &[(&message, Type::UUID), (&by, Type::UUID)],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// The moderation actions, as stored in `live_moderation_actions.action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Kick,
+    Ban,
+    Unban,
+    Mute,
+    Unmute,
+    DeleteMessage,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Kick => "kick",
+            Action::Ban => "ban",
+            Action::Unban => "unban",
+            Action::Mute => "mute",
+            Action::Unmute => "unmute",
+            Action::DeleteMessage => "delete_message",
+        }
+    }
+}
+
+pub async fn record_action(
+    tx: &Transaction<'_>,
+    room: &RoomName,
+    moderator: Uuid,
+    target: Uuid,
+    action: Action,
+    message: Option<Uuid>,
+) -> Result<(), ApiError> {
+    tx.query_typed(
+        "INSERT INTO live_moderation_actions (room_name, moderator_id, target_id, action, message_id)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            (&room.as_str(), Type::TEXT),
+            (&moderator, Type::UUID),
+            (&target, Type::UUID),
+            (&action.as_str(), Type::TEXT),
+            (&message, Type::UUID),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The restrictions on `user` in `room` after applying `action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Restrictions {
+    pub banned: bool,
+    pub muted: bool,
+}
+
+pub async fn restrict(
+    tx: &Transaction<'_>,
+    room: &RoomName,
+    user: Uuid,
+    action: Action,
+) -> Result<Restrictions, ApiError> {
+    // NULL leaves a flag as it is.
+    let (banned, muted): (Option<bool>, Option<bool>) = match action {
+        Action::Ban => (Some(true), None),
+        Action::Unban => (Some(false), None),
+        Action::Mute => (None, Some(true)),
+        Action::Unmute => (None, Some(false)),
+        Action::Kick | Action::DeleteMessage => (None, None),
+    };
+    let row = tx
+        .query_typed_one(
+            "INSERT INTO live_room_restrictions AS r (room_name, user_id, banned, muted)
+             VALUES ($1, $2, COALESCE($3, false), COALESCE($4, false))
+             ON CONFLICT (room_name, user_id) DO UPDATE
+             SET banned = COALESCE($3, r.banned), muted = COALESCE($4, r.muted), updated_at = now()
+             RETURNING banned, muted",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&user, Type::UUID),
+                (&banned, Type::BOOL),
+                (&muted, Type::BOOL),
+            ],
+        )
+        .await?;
+    Ok(Restrictions {
+        banned: row.try_get(0).map_err(ApiError::internal)?,
+        muted: row.try_get(1).map_err(ApiError::internal)?,
+    })
+}

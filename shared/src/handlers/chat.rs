@@ -1,0 +1,250 @@
+//! `POST /live/chat`, `GET /live/chat` and `DELETE /live/chat/{id}`.
+
+use lambda_http::http::{Method, StatusCode};
+use lambda_http::{Request, RequestExt};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::chat::{self, Action, ChatMessage};
+use crate::domain::{ChatRequest, RoomName};
+use crate::error::ApiError;
+use crate::http::{FromRequest, Reply};
+use crate::state::AppState;
+use crate::{rate_limit, streams};
+
+/// Data packets for chat use this topic, so clients can tell them apart.
+pub const CHAT_TOPIC: &str = "chat";
+
+/// What the room receives over LiveKit's data channel.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ChatEvent<'a> {
+    ChatMessage {
+        message: &'a ChatMessage,
+    },
+    ChatDeleted {
+        id: Uuid,
+        #[serde(rename = "roomName")]
+        room_name: &'a RoomName,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct PostedMessage {
+    pub message: ChatMessage,
+    /// False when LiveKit could not be reached: the message is stored, and
+    /// clients see it on their next `GET /live/chat`.
+    pub broadcast: bool,
+}
+
+/// `POST /live/chat`: store the message, then broadcast it to the room.
+pub async fn post_message(
+    state: &AppState,
+    user: AuthUser,
+    request: ChatRequest,
+) -> Result<Reply<PostedMessage>, ApiError> {
+    let room = request.room_name;
+    let message = {
+        let client = state.db.get().await?;
+        let access = streams::access(&client, &room, user.id)
+            .await?
+            .ok_or(ApiError::StreamNotFound)?;
+        if !access.is_live {
+            return Err(ApiError::StreamEnded);
+        }
+        if access.banned {
+            return Err(ApiError::Banned);
+        }
+        if access.muted {
+            return Err(ApiError::Muted);
+        }
+        rate_limit::hit(&client, &format!("chat:{room}:{}", user.id), state.chat_limit).await?;
+        chat::insert(&client, &room, user.id, request.text.as_str()).await?
+    };
+    let broadcast = broadcast(state, &room, &ChatEvent::ChatMessage { message: &message }).await;
+    Ok(Reply::new(
+        StatusCode::CREATED,
+        PostedMessage { message, broadcast },
+    ))
+}
+
+async fn broadcast(state: &AppState, room: &RoomName, event: &ChatEvent<'_>) -> bool {
+    let payload = match serde_json::to_vec(event) {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::error!(%error, "cannot serialize a chat event");
+            return false;
+        }
+    };
+    match state.livekit.broadcast(room, CHAT_TOPIC, payload).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%room, %error, "chat event stored but not broadcast");
+            false
+        }
+    }
+}
+
+pub const DEFAULT_HISTORY_PAGE: i64 = 50;
+pub const MAX_HISTORY_PAGE: i64 = 100;
+
+/// `?roomName=…&before=<message id>&limit=1..100`
+#[derive(Debug)]
+pub struct ChatHistoryQuery {
+    pub room_name: RoomName,
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+impl FromRequest for ChatHistoryQuery {
+    const METHOD: Method = Method::GET;
+
+    fn from_request(request: &Request) -> Result<Self, ApiError> {
+        let params = request.query_string_parameters();
+        let (mut room_name, mut before, mut limit) = (None, None, DEFAULT_HISTORY_PAGE);
+        for (name, value) in params.iter() {
+            match name {
+                "roomName" => {
+                    room_name = Some(RoomName::parse(value.to_owned()).map_err(ApiError::InvalidRequest)?)
+                }
+                "before" => {
+                    before = Some(Uuid::parse_str(value).map_err(|_| {
+                        ApiError::InvalidRequest("before must be the id of a message from this room".into())
+                    })?)
+                }
+                "limit" => {
+                    limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_HISTORY_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::InvalidRequest(format!(
+                                "limit must be a whole number from 1 to {MAX_HISTORY_PAGE}"
+                            ))
+                        })?
+                }
+                other => {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "unknown query parameter `{other}`; expected roomName, before or limit"
+                    )));
+                }
+            }
+        }
+        let room_name = room_name.ok_or_else(|| ApiError::InvalidRequest("roomName is required".into()))?;
+        Ok(ChatHistoryQuery {
+            room_name,
+            before,
+            limit,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatPage {
+    pub messages: Vec<ChatMessage>,
+    /// Pass as `before` for older messages; `null` when there are none.
+    pub next_before: Option<Uuid>,
+}
+
+/// `GET /live/chat`: a room's messages, newest first, deleted ones left out.
+pub async fn chat_history(
+    state: &AppState,
+    _user: AuthUser,
+    query: ChatHistoryQuery,
+) -> Result<Reply<ChatPage>, ApiError> {
+    let client = state.db.get().await?;
+    if !chat::room_exists(&client, &query.room_name).await? {
+        return Err(ApiError::StreamNotFound);
+    }
+    let mut messages = chat::page(&client, &query.room_name, query.before, query.limit + 1).await?;
+    let next_before = if messages.len() as i64 > query.limit {
+        messages.truncate(query.limit as usize);
+        messages.last().map(|m| m.id)
+    } else {
+        None
+    };
+    Ok(Reply::ok(ChatPage {
+        messages,
+        next_before,
+    }))
+}
+
+/// The `{id}` of `DELETE /live/chat/{id}`.
+#[derive(Debug)]
+pub struct MessageId(pub Uuid);
+
+impl FromRequest for MessageId {
+    const METHOD: Method = Method::DELETE;
+
+    fn from_request(request: &Request) -> Result<Self, ApiError> {
+        let id = request
+            .path_parameters()
+            .first("id")
+            .map(str::to_owned)
+            .or_else(|| request.raw_http_path().rsplit('/').next().map(str::to_owned))
+            .unwrap_or_default();
+        Uuid::parse_str(&id)
+            .map(MessageId)
+            .map_err(|_| ApiError::MessageNotFound)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeletedMessage {
+    pub id: Uuid,
+    pub deleted: bool,
+    /// Whether the room was told now (false if it was deleted before, or LiveKit is unreachable).
+    pub broadcast: bool,
+}
+
+/// `DELETE /live/chat/{id}`: the author or the room's streamer removes a message.
+pub async fn delete_message(
+    state: &AppState,
+    user: AuthUser,
+    id: MessageId,
+) -> Result<Reply<DeletedMessage>, ApiError> {
+    let message = id.0;
+    let (room, newly_deleted) = {
+        let mut client = state.db.get().await?;
+        let owner = chat::ownership(&client, message)
+            .await?
+            .ok_or(ApiError::MessageNotFound)?;
+        if user.id != owner.author && user.id != owner.streamer {
+            return Err(ApiError::Forbidden(
+                "Only the author or the streamer can delete this message.",
+            ));
+        }
+        let tx = client.transaction().await?;
+        let newly_deleted = chat::soft_delete(&tx, message, user.id).await?;
+        if newly_deleted && user.id != owner.author {
+            chat::record_action(
+                &tx,
+                &owner.room,
+                user.id,
+                owner.author,
+                Action::DeleteMessage,
+                Some(message),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        (owner.room, newly_deleted)
+    };
+    let broadcast = newly_deleted
+        && broadcast(
+            state,
+            &room,
+            &ChatEvent::ChatDeleted {
+                id: message,
+                room_name: &room,
+            },
+        )
+        .await;
+    Ok(Reply::ok(DeletedMessage {
+        id: message,
+        deleted: true,
+        broadcast,
+    }))
+}

@@ -1,0 +1,362 @@
+//! Chat: stored, broadcast through LiveKit, rate-limited across containers.
+
+use serde_json::{Value, json};
+use shared::handlers::{chat_history, delete_message, post_message};
+use uuid::Uuid;
+
+use crate::helpers::{AppOptions, LiveKitMode, TestApp, get_request, request_with};
+
+const ROOM: &str = "chatty";
+
+async fn chat_room() -> (TestApp, Uuid) {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, ROOM).await;
+    (app, host)
+}
+
+async fn say(app: &TestApp, user: Uuid, text: &str) -> crate::helpers::TestResponse {
+    let body = json!({"roomName": ROOM, "text": text}).to_string();
+    app.call(post_message, Some(&app.token_for(user)), &body).await
+}
+
+fn broadcasts(app: &TestApp) -> Vec<(Value, Option<String>, bool)> {
+    app.livekit
+        .calls_to("SendData")
+        .into_iter()
+        .map(|call| {
+            assert!(call.claims.video.room_admin && call.claims.video.room == call.room);
+            (
+                serde_json::from_slice(&call.data).unwrap(),
+                call.topic,
+                call.reliable,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_is_stored_and_broadcast_to_the_room() {
+    let (app, _) = chat_room().await;
+    let viewer = Uuid::new_v4();
+    let response = say(&app, viewer, "  Ẹ káàbọ̀!\nWelcome  ").await;
+
+    assert_eq!(response.status, 201, "{}", response.body);
+    assert_eq!(response.body["broadcast"], true);
+    let message = &response.body["message"];
+    assert_eq!(message["roomName"], ROOM);
+    assert_eq!(message["userId"], viewer.to_string());
+    assert_eq!(message["text"], "Ẹ káàbọ̀!\nWelcome");
+    let id: Uuid = message["id"].as_str().unwrap().parse().unwrap();
+
+    let stored = app
+        .db()
+        .await
+        .query_one("SELECT text, user_id FROM live_messages WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    assert_eq!(stored.get::<_, String>(0), "Ẹ káàbọ̀!\nWelcome");
+    assert_eq!(stored.get::<_, Uuid>(1), viewer);
+
+    let sent = broadcasts(&app);
+    assert_eq!(sent.len(), 1);
+    let (payload, topic, reliable) = &sent[0];
+    assert_eq!(
+        payload,
+        &json!({"event": "chat_message", "message": message}),
+        "the same message JSON as the response"
+    );
+    assert_eq!(topic.as_deref(), Some("chat"));
+    assert!(reliable);
+}
+
+#[tokio::test]
+async fn when_the_broadcast_fails_the_message_stays_stored() {
+    let (app, _) = chat_room().await;
+    app.livekit.set_mode(LiveKitMode::Failing);
+    let response = say(&app, Uuid::new_v4(), "still here").await;
+    assert_eq!(response.status, 201, "{}", response.body);
+    assert_eq!(response.body["broadcast"], false);
+    let history = app
+        .send(
+            chat_history,
+            get_request(Some(&app.token_for(Uuid::new_v4())), &[("roomName", ROOM)], None),
+        )
+        .await;
+    assert_eq!(history.body["messages"][0]["text"], "still here");
+}
+
+#[tokio::test]
+async fn chat_needs_a_live_stream_and_valid_text() {
+    let (app, host) = chat_room().await;
+    let viewer = Uuid::new_v4();
+    for text in [
+        json!(""),
+        json!("   "),
+        json!("x".repeat(501)),
+        json!("tab\there"),
+        json!(null),
+    ] {
+        let body = json!({"roomName": ROOM, "text": text}).to_string();
+        app.call(post_message, Some(&app.token_for(viewer)), &body)
+            .await
+            .assert_error(400, "invalid_request");
+    }
+    assert_eq!(say(&app, viewer, &"x".repeat(500)).await.status, 201);
+    let unknown = json!({"roomName": "nowhere", "text": "hi"}).to_string();
+    app.call(post_message, Some(&app.token_for(viewer)), &unknown)
+        .await
+        .assert_error(404, "stream_not_found");
+    app.call(
+        shared::handlers::end_stream,
+        Some(&app.token_for(host)),
+        &json!({"roomName": ROOM}).to_string(),
+    )
+    .await;
+    say(&app, viewer, "too late")
+        .await
+        .assert_error(409, "stream_ended");
+}
+
+#[tokio::test]
+async fn the_sixth_message_in_ten_seconds_is_429_with_retry_after() {
+    let (app, _) = chat_room().await;
+    let viewer = Uuid::new_v4();
+    for i in 0..5 {
+        assert_eq!(say(&app, viewer, &format!("m{i}")).await.status, 201);
+    }
+    let limited = say(&app, viewer, "one too many").await;
+    limited.assert_error(429, "rate_limited");
+    let retry_after: u64 = limited
+        .headers
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry_after), "{retry_after}");
+    // Per user and room: someone else may still talk.
+    assert_eq!(say(&app, Uuid::new_v4(), "my turn").await.status, 201);
+    let stored: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM live_messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 6, "the limited message was not stored");
+}
+
+#[tokio::test]
+async fn concurrent_senders_in_separate_containers_share_the_limit() {
+    let (app, _) = chat_room().await;
+    // A second container: its own state and pool, the same database.
+    let other = TestApp::spawn_with(AppOptions {
+        database_url: Some(app.database_url.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    other.livekit.add_room(ROOM);
+    let viewer = Uuid::new_v4();
+    let sends = (0..12).map(|i| {
+        let container = if i % 2 == 0 { &app } else { &other };
+        say(container, viewer, "spam")
+    });
+    let statuses: Vec<u16> = futures::future::join_all(sends)
+        .await
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 7, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn the_limit_is_configurable() {
+    let app = TestApp::spawn_with(AppOptions {
+        settings: vec![
+            ("CHAT_RATE_LIMIT_MESSAGES", "2".into()),
+            ("CHAT_RATE_LIMIT_WINDOW_SECONDS", "1".into()),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    app.start_stream(Uuid::new_v4(), ROOM).await;
+    let viewer = Uuid::new_v4();
+    assert_eq!(say(&app, viewer, "a").await.status, 201);
+    assert_eq!(say(&app, viewer, "b").await.status, 201);
+    say(&app, viewer, "c").await.assert_error(429, "rate_limited");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        say(&app, viewer, "d").await.status,
+        201,
+        "the window slid past the first two"
+    );
+}
+
+#[tokio::test]
+async fn history_is_newest_first_paginated_and_skips_deleted_messages() {
+    let (app, host) = chat_room().await;
+    let viewer = Uuid::new_v4();
+    let other = TestApp::spawn_with(AppOptions {
+        database_url: Some(app.database_url.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        // Alternate senders so the rate limit does not get in the way.
+        let sender = if i % 2 == 0 { viewer } else { host };
+        let sent = say(if i % 2 == 0 { &app } else { &other }, sender, &format!("m{i}")).await;
+        assert_eq!(sent.status, 201, "{}", sent.body);
+        ids.push(sent.body["message"]["id"].as_str().unwrap().to_owned());
+    }
+    let deleted = app
+        .send(
+            delete_message,
+            request_with(
+                lambda_http::http::Method::DELETE,
+                Some(&app.token_for(viewer)),
+                &[],
+                Some(&ids[2]),
+            ),
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+
+    let reader = app.token_for(Uuid::new_v4());
+    let mut texts = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut query = vec![("roomName", ROOM), ("limit", "4")];
+        if let Some(b) = &before {
+            query.push(("before", b));
+        }
+        let page = app
+            .send(chat_history, get_request(Some(&reader), &query, None))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        for message in page.body["messages"].as_array().unwrap() {
+            texts.push(message["text"].as_str().unwrap().to_owned());
+        }
+        match page.body["nextBefore"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(texts, ["m6", "m5", "m4", "m3", "m1", "m0"]);
+}
+
+#[tokio::test]
+async fn history_parameters_are_checked() {
+    let (app, _) = chat_room().await;
+    let token = app.token_for(Uuid::new_v4());
+    for query in [
+        vec![],
+        vec![("roomName", "bad room")],
+        vec![("roomName", ROOM), ("limit", "0")],
+        vec![("roomName", ROOM), ("before", "nope")],
+        vec![("roomName", ROOM), ("page", "1")],
+    ] {
+        app.send(chat_history, get_request(Some(&token), &query, None))
+            .await
+            .assert_error(400, "invalid_request");
+    }
+    app.send(
+        chat_history,
+        get_request(Some(&token), &[("roomName", "unknown")], None),
+    )
+    .await
+    .assert_error(404, "stream_not_found");
+    app.send(chat_history, get_request(None, &[("roomName", ROOM)], None))
+        .await
+        .assert_error(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() {
+    let (app, host) = chat_room().await;
+    let (author, stranger) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = say(&app, author, "oops").await.body["message"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = say(&app, author, "rude").await.body["message"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let delete = |user: Uuid, id: &str| {
+        app.send(
+            delete_message,
+            request_with(
+                lambda_http::http::Method::DELETE,
+                Some(&app.token_for(user)),
+                &[],
+                Some(id),
+            ),
+        )
+    };
+
+    delete(stranger, &first).await.assert_error(403, "forbidden");
+    let by_author = delete(author, &first).await;
+    assert_eq!(by_author.status, 200, "{}", by_author.body);
+    assert_eq!(
+        (
+            by_author.body["deleted"].as_bool(),
+            by_author.body["broadcast"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    let by_streamer = delete(host, &second).await;
+    assert_eq!(by_streamer.status, 200);
+    let again = delete(host, &second).await;
+    assert_eq!(
+        (again.status, again.body["broadcast"].as_bool()),
+        (200, Some(false)),
+        "idempotent, no second broadcast"
+    );
+    delete(host, &Uuid::new_v4().to_string())
+        .await
+        .assert_error(404, "message_not_found");
+    delete(host, "not-a-uuid")
+        .await
+        .assert_error(404, "message_not_found");
+
+    let deletions: Vec<Value> = broadcasts(&app)
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .filter(|p| p["event"] == "chat_deleted")
+        .collect();
+    assert_eq!(
+        deletions,
+        vec![
+            json!({"event": "chat_deleted", "id": first, "roomName": ROOM}),
+            json!({"event": "chat_deleted", "id": second, "roomName": ROOM})
+        ]
+    );
+
+    let actions = app
+        .db()
+        .await
+        .query(
+            "SELECT moderator_id, target_id, action, message_id::text FROM live_moderation_actions",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        actions.len(),
+        1,
+        "the streamer's deletion is recorded; the author's own is not moderation"
+    );
+    assert_eq!(
+        (
+            actions[0].get::<_, Uuid>(0),
+            actions[0].get::<_, Uuid>(1),
+            actions[0].get::<_, String>(2)
+        ),
+        (host, author, "delete_message".to_owned())
+    );
+    assert_eq!(actions[0].get::<_, String>(3), second);
+}
