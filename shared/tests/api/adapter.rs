@@ -83,6 +83,50 @@ async fn the_committed_events_start_join_and_end_a_stream() {
         "LiveKit says nobody is in the room"
     );
 
+    let said = app.send(shared::handlers::post_message, event("chat.json")).await;
+    assert_eq!(said.status, 201, "{}", said.body);
+    let history = app
+        .send(shared::handlers::chat_history, event("chat-history.json"))
+        .await;
+    assert_eq!(history.body["messages"][0], said.body["message"]);
+    let mut delete = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(format!(
+            "{}/../events/chat-delete.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let id = said.body["message"]["id"].as_str().unwrap();
+    delete["pathParameters"]["id"] = id.into();
+    delete["rawPath"] = format!("/live/chat/{id}").into();
+    let deleted = app
+        .send(
+            shared::handlers::delete_message,
+            lambda_http::request::from_str(&delete.to_string()).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (deleted.status, deleted.body["deleted"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        deleted.body
+    );
+    let placeholder = app
+        .send(shared::handlers::delete_message, event("chat-delete.json"))
+        .await;
+    placeholder.assert_error(404, "message_not_found");
+
+    let moderated = app
+        .send(shared::handlers::moderate, event("moderation.json"))
+        .await;
+    assert_eq!(
+        (moderated.status, moderated.body["muted"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        moderated.body
+    );
+
     let ended = app.send(end_stream, event("end.json")).await;
     assert_eq!(ended.status, 200, "{}", ended.body);
     assert_eq!(ended.body["stream"]["id"], room.as_str());
