@@ -7,6 +7,7 @@
 //! The anon and service-role keys are valid JWTs with other roles and are refused.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
@@ -52,18 +53,41 @@ struct SupabaseClaims {
 pub struct Authenticator {
     hs256_key: Option<DecodingKey>,
     jwks: Option<JwksCache>,
-    issuer: Option<String>,
+    /// One per accepted algorithm, built once: a `Validation` holds several sets.
+    hs256: Validation,
+    es256: Validation,
+    rs256: Validation,
+}
+
+/// What every Supabase user session must satisfy, besides its signature.
+fn validation(alg: Algorithm, issuer: Option<&str>) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = LEEWAY_SECONDS;
+    validation.validate_nbf = true;
+    validation.set_audience(&["authenticated"]);
+    // jsonwebtoken checks `iss` only when present unless it is also required.
+    match issuer {
+        Some(issuer) => {
+            validation.set_issuer(&[issuer]);
+            validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+        }
+        None => validation.set_required_spec_claims(&["exp", "sub", "aud"]),
+    }
+    validation
 }
 
 impl Authenticator {
     pub fn new(config: &SupabaseConfig, http: reqwest::Client) -> Authenticator {
+        let issuer = config.issuer();
         Authenticator {
             hs256_key: config
                 .jwt_secret
                 .as_deref()
                 .map(|s| DecodingKey::from_secret(s.as_bytes())),
             jwks: config.jwks_url().map(|url| JwksCache::new(url, http)),
-            issuer: config.issuer(),
+            hs256: validation(Algorithm::HS256, issuer.as_deref()),
+            es256: validation(Algorithm::ES256, issuer.as_deref()),
+            rs256: validation(Algorithm::RS256, issuer.as_deref()),
         }
     }
 
@@ -81,10 +105,13 @@ impl Authenticator {
                 "critical header extensions are not supported",
             ));
         }
-        let key = match header.alg {
-            Algorithm::HS256 => self.hs256_key.clone().ok_or(AuthError::Rejected(
-                "HS256 tokens are not accepted (no SUPABASE_JWT_SECRET)",
-            ))?,
+        let claims = match header.alg {
+            Algorithm::HS256 => {
+                let key = self.hs256_key.as_ref().ok_or(AuthError::Rejected(
+                    "HS256 tokens are not accepted (no SUPABASE_JWT_SECRET)",
+                ))?;
+                jsonwebtoken::decode::<SupabaseClaims>(token, key, &self.hs256)?.claims
+            }
             Algorithm::ES256 | Algorithm::RS256 => {
                 let jwks = self.jwks.as_ref().ok_or(AuthError::Rejected(
                     "asymmetric tokens are not accepted (no SUPABASE_URL)",
@@ -93,24 +120,16 @@ impl Authenticator {
                     .kid
                     .as_deref()
                     .ok_or(AuthError::Rejected("token has no kid"))?;
-                jwks.key(kid, header.alg).await?
+                let key = jwks.key(kid, header.alg).await?;
+                let validation = if header.alg == Algorithm::ES256 {
+                    &self.es256
+                } else {
+                    &self.rs256
+                };
+                jsonwebtoken::decode::<SupabaseClaims>(token, &key, validation)?.claims
             }
             _ => return Err(AuthError::Rejected("unsupported algorithm")),
         };
-
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
-        validation.set_audience(&["authenticated"]);
-        // jsonwebtoken checks `iss` only when present unless it is also required.
-        match &self.issuer {
-            Some(issuer) => {
-                validation.set_issuer(&[issuer]);
-                validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
-            }
-            None => validation.set_required_spec_claims(&["exp", "sub", "aud"]),
-        }
-        let claims = jsonwebtoken::decode::<SupabaseClaims>(token, &key, &validation)?.claims;
         if claims.role.as_deref() != Some("authenticated") {
             return Err(AuthError::Rejected("role is not authenticated"));
         }
@@ -129,7 +148,7 @@ struct JwksCache {
 
 #[derive(Default)]
 struct JwksState {
-    keys: HashMap<String, (Algorithm, DecodingKey)>,
+    keys: HashMap<String, (Algorithm, Arc<DecodingKey>)>,
     fetched_at: Option<Instant>,
     last_attempt: Option<Instant>,
 }
@@ -147,7 +166,7 @@ impl JwksState {
     /// `Ok(Some)`: use this key; `Ok(None)`: fetch the JWKS first; `Err`: refuse.
     /// A fresh copy answers alone; a stale or missing key fetches, but never more
     /// often than `JWKS_MIN_REFETCH`, so a flood of unknown `kid`s costs one fetch.
-    fn cached(&self, kid: &str, alg: Algorithm) -> Result<Option<DecodingKey>, AuthError> {
+    fn cached(&self, kid: &str, alg: Algorithm) -> Result<Option<Arc<DecodingKey>>, AuthError> {
         let found = self.lookup(kid, alg)?;
         if self.may_refetch() && (found.is_none() || !self.fresh()) {
             return Ok(None);
@@ -161,7 +180,7 @@ impl JwksState {
         }
     }
 
-    fn lookup(&self, kid: &str, alg: Algorithm) -> Result<Option<DecodingKey>, AuthError> {
+    fn lookup(&self, kid: &str, alg: Algorithm) -> Result<Option<Arc<DecodingKey>>, AuthError> {
         match self.keys.get(kid) {
             Some((key_alg, key)) if *key_alg == alg => Ok(Some(key.clone())),
             Some(_) => Err(AuthError::Rejected("the token's alg does not match its key")),
@@ -180,7 +199,7 @@ impl JwksCache {
         }
     }
 
-    async fn key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, AuthError> {
+    async fn key(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, AuthError> {
         if let Some(key) = self.state.read().await.cached(kid, alg)? {
             return Ok(key);
         }
@@ -206,7 +225,7 @@ impl JwksCache {
         state.lookup(kid, alg)?.ok_or(AuthError::Rejected("unknown kid"))
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, (Algorithm, DecodingKey)>, AuthError> {
+    async fn fetch(&self) -> Result<HashMap<String, (Algorithm, Arc<DecodingKey>)>, AuthError> {
         let unavailable = |e: String| AuthError::KeysUnavailable(e);
         let response = self
             .http
@@ -241,7 +260,7 @@ impl JwksCache {
 
 /// Turns a JWK into a verification key, keeping only signing keys of the two
 /// algorithms Supabase issues. Symmetric (`oct`) keys are never taken from a JWKS.
-fn usable_key(jwk: &Jwk) -> Option<(String, (Algorithm, DecodingKey))> {
+fn usable_key(jwk: &Jwk) -> Option<(String, (Algorithm, Arc<DecodingKey>))> {
     let kid = jwk.common.key_id.clone()?;
     if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
         return None;
@@ -261,5 +280,5 @@ fn usable_key(jwk: &Jwk) -> Option<(String, (Algorithm, DecodingKey))> {
         return None;
     }
     let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some((kid, (alg, key)))
+    Some((kid, (alg, Arc::new(key))))
 }

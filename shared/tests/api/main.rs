@@ -15,6 +15,7 @@ mod migrations;
 mod moderation;
 mod outages;
 mod reconcile;
+mod round_trips;
 mod secrets;
 mod start;
 mod tls;
