@@ -37,8 +37,6 @@ pub enum AuthError {
 
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 30;
-/// How long a fetched JWKS is trusted before it is fetched again.
-const JWKS_TTL: Duration = Duration::from_secs(600);
 /// The least time between two fetches triggered by an unknown `kid`.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(60);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,7 +82,9 @@ impl Authenticator {
                 .jwt_secret
                 .as_deref()
                 .map(|s| DecodingKey::from_secret(s.as_bytes())),
-            jwks: config.jwks_url().map(|url| JwksCache::new(url, http)),
+            jwks: config
+                .jwks_url()
+                .map(|url| JwksCache::new(url, http, config.jwks_ttl)),
             hs256: validation(Algorithm::HS256, issuer.as_deref()),
             es256: validation(Algorithm::ES256, issuer.as_deref()),
             rs256: validation(Algorithm::RS256, issuer.as_deref()),
@@ -146,21 +146,23 @@ struct JwksCache {
     fetching: Mutex<()>,
 }
 
-#[derive(Default)]
 struct JwksState {
     keys: HashMap<String, (Algorithm, Arc<DecodingKey>)>,
     fetched_at: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// How long a fetched copy is trusted: a key removed from the JWKS stops
+    /// verifying once this has passed.
+    ttl: Duration,
 }
 
 impl JwksState {
     fn fresh(&self) -> bool {
-        self.fetched_at.is_some_and(|at| at.elapsed() < JWKS_TTL)
+        self.fetched_at.is_some_and(|at| at.elapsed() < self.ttl)
     }
 
     fn may_refetch(&self) -> bool {
         self.last_attempt
-            .is_none_or(|at| at.elapsed() >= JWKS_MIN_REFETCH)
+            .is_none_or(|at| at.elapsed() >= JWKS_MIN_REFETCH.min(self.ttl))
     }
 
     /// `Ok(Some)`: use this key; `Ok(None)`: fetch the JWKS first; `Err`: refuse.
@@ -190,11 +192,17 @@ impl JwksState {
 }
 
 impl JwksCache {
-    fn new(url: String, http: reqwest::Client) -> JwksCache {
+    fn new(url: String, http: reqwest::Client, ttl: Duration) -> JwksCache {
+        let state = JwksState {
+            keys: HashMap::new(),
+            fetched_at: None,
+            last_attempt: None,
+            ttl,
+        };
         JwksCache {
             url,
             http,
-            state: RwLock::default(),
+            state: RwLock::new(state),
             fetching: Mutex::new(()),
         }
     }

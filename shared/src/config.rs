@@ -24,6 +24,11 @@ pub const LIVEKIT_ROOM_MAX_PARTICIPANTS: &str = "LIVEKIT_ROOM_MAX_PARTICIPANTS";
 pub const RECONCILE_GRACE_SECONDS: &str = "RECONCILE_GRACE_SECONDS";
 pub const CHAT_RATE_LIMIT_MESSAGES: &str = "CHAT_RATE_LIMIT_MESSAGES";
 pub const CHAT_RATE_LIMIT_WINDOW_SECONDS: &str = "CHAT_RATE_LIMIT_WINDOW_SECONDS";
+pub const SUPABASE_JWKS_CACHE_SECONDS: &str = "SUPABASE_JWKS_CACHE_SECONDS";
+pub const START_RATE_LIMIT_REQUESTS: &str = "START_RATE_LIMIT_REQUESTS";
+pub const START_RATE_LIMIT_WINDOW_SECONDS: &str = "START_RATE_LIMIT_WINDOW_SECONDS";
+pub const TOKEN_RATE_LIMIT_REQUESTS: &str = "TOKEN_RATE_LIMIT_REQUESTS";
+pub const TOKEN_RATE_LIMIT_WINDOW_SECONDS: &str = "TOKEN_RATE_LIMIT_WINDOW_SECONDS";
 
 const DEFAULT_TOKEN_TTL_SECONDS: u64 = 600;
 const DEFAULT_POOL_SIZE: usize = 2;
@@ -61,8 +66,18 @@ pub struct Config {
     /// How long a live stream's room may be missing from LiveKit before the
     /// reconciler ends the stream.
     pub reconcile_grace: Duration,
-    /// Chat messages one user may send to one room per window.
-    pub chat_limit: Limit,
+    pub limits: Limits,
+}
+
+/// Per-user abuse limits, kept in Postgres so they hold across containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Chat messages one user may send to one room.
+    pub chat: Limit,
+    /// Streams one user may start (retries of a live one included).
+    pub start: Limit,
+    /// LiveKit tokens one user may ask for.
+    pub token: Limit,
 }
 
 #[derive(Clone)]
@@ -100,6 +115,7 @@ pub struct SupabaseConfig {
     pub jwt_secret: Option<String>,
     /// `https://<project>.supabase.co`, without a trailing slash.
     pub url: Option<String>,
+    pub jwks_ttl: Duration,
 }
 
 impl SupabaseConfig {
@@ -177,9 +193,16 @@ impl Config {
             return Err(ConfigError::NoAuthMethod);
         }
 
-        let chat_limit = Limit {
-            max: number(&get, CHAT_RATE_LIMIT_MESSAGES, 5, 1..=1000)?,
-            window: Duration::from_secs(number(&get, CHAT_RATE_LIMIT_WINDOW_SECONDS, 10, 1..=3600)?),
+        let limit = |max_name, default_max, window_name, default_window| -> Result<Limit, ConfigError> {
+            Ok(Limit {
+                max: number(&get, max_name, default_max, 1..=1_000_000)?,
+                window: Duration::from_secs(number(&get, window_name, default_window, 1..=86_400)?),
+            })
+        };
+        let limits = Limits {
+            chat: limit(CHAT_RATE_LIMIT_MESSAGES, 5, CHAT_RATE_LIMIT_WINDOW_SECONDS, 10)?,
+            start: limit(START_RATE_LIMIT_REQUESTS, 10, START_RATE_LIMIT_WINDOW_SECONDS, 60)?,
+            token: limit(TOKEN_RATE_LIMIT_REQUESTS, 60, TOKEN_RATE_LIMIT_WINDOW_SECONDS, 60)?,
         };
 
         Ok(Config {
@@ -199,9 +222,10 @@ impl Config {
             supabase: SupabaseConfig {
                 jwt_secret,
                 url: supabase_url,
+                jwks_ttl: Duration::from_secs(number(&get, SUPABASE_JWKS_CACHE_SECONDS, 600, 1..=86_400)?),
             },
             reconcile_grace,
-            chat_limit,
+            limits,
         })
     }
 
@@ -277,7 +301,7 @@ impl fmt::Debug for Config {
             .field("livekit_token_ttl", &self.livekit.token_ttl)
             .field("livekit_room", &self.livekit.room)
             .field("reconcile_grace", &self.reconcile_grace)
-            .field("chat_limit", &self.chat_limit)
+            .field("limits", &self.limits)
             .field("supabase_url", &self.supabase.url)
             .field("supabase_jwt_secret", &self.supabase.jwt_secret.is_some())
             .finish_non_exhaustive()

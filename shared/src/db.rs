@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool::managed::{Metrics, RecycleError, RecycleResult};
+use deadpool_postgres::{ClientWrapper, ManagerConfig, RecyclingMethod, Runtime};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{ConfigError, DatabaseConfig};
@@ -20,6 +21,45 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connect plus authentication, TLS included.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECYCLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection idle this long is checked with an empty query before reuse.
+/// Lambda freezes idle containers, and a connection the server or a NAT closed
+/// meanwhile still looks open until something is sent on it.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(5);
+
+/// The pool of this crate: deadpool-postgres's connections with a recycle step
+/// that costs nothing while requests come back to back and one round trip
+/// after an idle spell.
+pub type Pool = deadpool::managed::Pool<Manager>;
+
+pub struct Manager {
+    inner: deadpool_postgres::Manager,
+}
+
+impl deadpool::managed::Manager for Manager {
+    type Type = ClientWrapper;
+    type Error = tokio_postgres::Error;
+
+    async fn create(&self) -> Result<ClientWrapper, tokio_postgres::Error> {
+        self.inner.create().await
+    }
+
+    async fn recycle(
+        &self,
+        client: &mut ClientWrapper,
+        metrics: &Metrics,
+    ) -> RecycleResult<tokio_postgres::Error> {
+        // `Fast`: refuses a connection whose socket is known to be closed.
+        self.inner.recycle(client, metrics).await?;
+        if metrics.last_used() >= CHECK_AFTER_IDLE {
+            client.simple_query("").await.map_err(RecycleError::Backend)?;
+        }
+        Ok(())
+    }
+
+    fn detach(&self, client: &mut ClientWrapper) {
+        self.inner.detach(client);
+    }
+}
 
 pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
     let tls_config = tls::postgres_client_config(config.ca_cert_pem.as_deref()).map_err(|reason| {
@@ -38,7 +78,7 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
     }
     pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
 
-    let manager = Manager::from_config(
+    let inner = deadpool_postgres::Manager::from_config(
         pg,
         MakeRustlsConnect::new(tls_config),
         // `Fast` only checks that the socket is still open: no extra round trip per request.
@@ -46,7 +86,7 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
+    Pool::builder(Manager { inner })
         .max_size(config.pool_size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(WAIT_TIMEOUT))

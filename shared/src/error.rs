@@ -12,6 +12,8 @@ pub enum Dependency {
     LiveKit,
     Auth,
     Configuration,
+    /// No single dependency: the request as a whole ran out of time.
+    Timeout,
 }
 
 impl Dependency {
@@ -21,6 +23,7 @@ impl Dependency {
             Dependency::LiveKit => "The media server is temporarily unavailable",
             Dependency::Auth => "The authentication keys cannot be loaded right now",
             Dependency::Configuration => "The service is starting up or misconfigured",
+            Dependency::Timeout => "The request took too long",
         }
     }
 }

@@ -138,16 +138,34 @@ pub async fn serve_endpoint(endpoint: impl Endpoint) -> Result<(), lambda_http::
     .await
 }
 
-/// The application state, built on first success.
-#[derive(Default)]
+/// How a function builds its state: [`AppState::load`] in production.
+pub type StateLoader = fn() -> BoxFuture<'static, Result<AppState, crate::config::ConfigError>>;
+
+/// The application state, built on first success; after a failure, tried
+/// again at most every `retry_interval`.
 pub struct LazyState {
     cell: tokio::sync::OnceCell<AppState>,
     last_failure: tokio::sync::Mutex<Option<Instant>>,
+    loader: StateLoader,
+    retry_interval: Duration,
 }
 
-const STATE_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+impl Default for LazyState {
+    fn default() -> Self {
+        LazyState::new(|| Box::pin(AppState::load()), Duration::from_secs(5))
+    }
+}
 
 impl LazyState {
+    pub fn new(loader: StateLoader, retry_interval: Duration) -> LazyState {
+        LazyState {
+            cell: tokio::sync::OnceCell::new(),
+            last_failure: Default::default(),
+            loader,
+            retry_interval,
+        }
+    }
+
     pub async fn get(&self) -> Result<&AppState, ApiError> {
         if let Some(state) = self.cell.get() {
             return Ok(state);
@@ -156,13 +174,13 @@ impl LazyState {
         if let Some(state) = self.cell.get() {
             return Ok(state);
         }
-        if last_failure.is_some_and(|at| at.elapsed() < STATE_RETRY_INTERVAL) {
+        if last_failure.is_some_and(|at| at.elapsed() < self.retry_interval) {
             return Err(ApiError::unavailable(
                 Dependency::Configuration,
                 "startup failed recently",
             ));
         }
-        match AppState::load().await {
+        match (self.loader)().await {
             Ok(state) => Ok(self.cell.get_or_init(|| async { state }).await),
             Err(error) => {
                 tracing::error!(%error, "cannot build the function's state; answering 503 until it can");
@@ -180,9 +198,28 @@ where
     Resp: Serialize,
     H: for<'a> Handler<'a, Req, Resp>,
 {
-    match try_handle(state, request, handler).await {
+    within_deadline(async {
+        match try_handle(state, request, handler).await {
+            Ok(response) => response,
+            Err(error) => error_response(&error),
+        }
+    })
+    .await
+}
+
+/// Every request is answered within this, whatever a dependency does: well
+/// inside the function's timeout, so the client gets our 503 instead of API
+/// Gateway's bare error, and far from API Gateway's 30 s limit.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(8);
+
+/// Runs a request's work under [`REQUEST_DEADLINE`].
+pub async fn within_deadline(work: impl Future<Output = Response<Body>>) -> Response<Body> {
+    match tokio::time::timeout(REQUEST_DEADLINE, work).await {
         Ok(response) => response,
-        Err(error) => error_response(&error),
+        Err(_) => error_response(&ApiError::unavailable(
+            Dependency::Timeout,
+            "request deadline passed",
+        )),
     }
 }
 
@@ -240,8 +277,29 @@ pub fn parse_json_body<Req: DeserializeOwned>(request: &Request) -> Result<Req, 
             "The request body must be a JSON object.".into(),
         ));
     }
-    // serde_json's messages name the field and the position, never echo the input.
-    serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(format!("Invalid request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("Invalid request body: {}", shorten_quoted(&e.to_string()))))
+}
+
+/// serde_json's messages name the offending field and position; an unknown
+/// field's name is the client's own input, so a long one is cut short rather
+/// than echoed back whole.
+fn shorten_quoted(message: &str) -> String {
+    const KEEP: usize = 64;
+    let mut out = String::with_capacity(message.len().min(512));
+    for (i, part) in message.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        let quoted = i % 2 == 1;
+        if quoted && part.chars().count() > KEEP {
+            out.extend(part.chars().take(KEEP));
+            out.push('…');
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {

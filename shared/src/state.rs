@@ -1,6 +1,6 @@
 //! What a function builds once per cold start and lends to every invocation.
 
-use deadpool_postgres::Pool;
+use crate::db::Pool;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
@@ -11,7 +11,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub livekit: LiveKit,
     pub reconcile_grace: std::time::Duration,
-    pub chat_limit: crate::rate_limit::Limit,
+    pub limits: crate::config::Limits,
 }
 
 impl AppState {
@@ -30,7 +30,7 @@ impl AppState {
             auth: Authenticator::new(&config.supabase, http),
             livekit: LiveKit::new(&config.livekit),
             reconcile_grace: config.reconcile_grace,
-            chat_limit: config.chat_limit,
+            limits: config.limits,
         })
     }
 

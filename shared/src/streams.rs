@@ -188,6 +188,61 @@ pub async fn access(client: &Client, room: &RoomName, user: Uuid) -> Result<Opti
     .transpose()
 }
 
+static TOKEN_ACCESS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH hit AS ({hit})
+         SELECT EXISTS (SELECT 1 FROM hit) AS admitted, ({retry_after}) AS retry_after,
+                s.streamer_id, s.is_live,
+                COALESCE(r.banned, false) AS banned, COALESCE(r.muted, false) AS muted
+         FROM (SELECT 1) AS one
+         LEFT JOIN live_streams s ON s.id = $1
+         LEFT JOIN live_room_restrictions r ON r.room_name = s.id AND r.user_id = $2",
+        hit = crate::rate_limit::hit_sql(3, 4, 5),
+        retry_after = crate::rate_limit::retry_after_sql(3, 4),
+    )
+});
+
+/// [`access`] and the caller's token rate limit together: one round trip.
+pub async fn token_access(
+    client: &Client,
+    room: &RoomName,
+    user: Uuid,
+    limit: crate::rate_limit::Limit,
+) -> Result<Option<RoomAccess>, ApiError> {
+    let key = format!("token:{user}");
+    let (window, max) = (limit.window_seconds(), limit.max_hits());
+    let row = client
+        .query_typed_one(
+            &TOKEN_ACCESS_SQL,
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&user, Type::UUID),
+                (&key, Type::TEXT),
+                (&window, Type::FLOAT8),
+                (&max, Type::INT8),
+            ],
+        )
+        .await?;
+    let admitted: bool = row.try_get("admitted").map_err(ApiError::internal)?;
+    if !admitted {
+        return Err(crate::rate_limit::limited(
+            row.try_get("retry_after").map_err(ApiError::internal)?,
+        ));
+    }
+    let Some(streamer_id) = row
+        .try_get::<_, Option<Uuid>>("streamer_id")
+        .map_err(ApiError::internal)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(RoomAccess {
+        streamer_id,
+        is_live: row.try_get("is_live").map_err(ApiError::internal)?,
+        banned: row.try_get("banned").map_err(ApiError::internal)?,
+        muted: row.try_get("muted").map_err(ApiError::internal)?,
+    }))
+}
+
 pub enum EndOutcome {
     NotFound,
     NotStreamer,

@@ -59,7 +59,7 @@ pub async fn post_message(
         if access.muted {
             return Err(ApiError::Muted);
         }
-        rate_limit::hit(&client, &format!("chat:{room}:{}", user.id), state.chat_limit).await?;
+        rate_limit::hit(&client, &format!("chat:{room}:{}", user.id), state.limits.chat).await?;
         chat::insert(&client, &room, user.id, request.text.as_str()).await?
     };
     let broadcast = broadcast(state, &room, &ChatEvent::ChatMessage { message: &message }).await;

@@ -5,6 +5,7 @@ use crate::domain::{RoomName, StartRequest, StartResponse};
 use crate::error::{ApiError, Dependency};
 use crate::http::Reply;
 use crate::livekit::Role;
+use crate::rate_limit;
 use crate::state::AppState;
 use crate::streams::{self, StartOutcome};
 
@@ -17,6 +18,7 @@ pub async fn start_stream(
 ) -> Result<Reply<StartResponse>, ApiError> {
     let room = request.room_name.unwrap_or_else(RoomName::generate);
     let mut client = state.db.get().await?;
+    rate_limit::hit(&client, &format!("start:{}", user.id), state.limits.start).await?;
     // The row is committed only once LiveKit has the room, so a failed
     // CreateRoom leaves no live stream behind; a concurrent start of the same
     // name waits on this uncommitted row.

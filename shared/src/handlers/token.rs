@@ -16,7 +16,7 @@ pub async fn issue_token(
 ) -> Result<Reply<TokenResponse>, ApiError> {
     let access = {
         let client = state.db.get().await?;
-        streams::access(&client, &request.room_name, user.id).await?
+        streams::token_access(&client, &request.room_name, user.id, state.limits.token).await?
     };
     let access = access.ok_or(ApiError::StreamNotFound)?;
     if !access.is_live {

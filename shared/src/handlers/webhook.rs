@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::domain::RoomName;
 use crate::error::ApiError;
-use crate::http::{BoxFuture, Endpoint, error_response, json_response};
+use crate::http::{BoxFuture, Endpoint, error_response, json_response, within_deadline};
 use crate::state::AppState;
 use crate::viewers::{self, Presence};
 
@@ -21,12 +21,12 @@ pub struct LiveKitWebhook;
 
 impl Endpoint for LiveKitWebhook {
     fn respond<'a>(&'a self, state: &'a AppState, request: Request) -> BoxFuture<'a, Response<Body>> {
-        Box::pin(async move {
+        Box::pin(within_deadline(async move {
             match receive_webhook(state, &request).await {
                 Ok(ack) => json_response(lambda_http::http::StatusCode::OK, &ack),
                 Err(error) => error_response(&error),
             }
-        })
+        }))
     }
 }
 

@@ -1,0 +1,293 @@
+//! Bad days: a frozen connection, a slow database, a failed cold start, JWKS
+//! key rotation, and abuse limits on start and token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shared::handlers::{issue_token, start_stream};
+use shared::http::LazyState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+
+use crate::helpers::{AppOptions, TestApp, asymmetric, public_jwk};
+
+const FORWARD: u8 = 0;
+/// Established connections stop passing bytes and stay open, like a socket
+/// whose far end vanished while the Lambda container was frozen.
+const FREEZE: u8 = 1;
+/// Server replies are held back for 20 s: a database that has slowed down.
+const SLOW: u8 = 2;
+
+/// A TCP proxy to Postgres whose behaviour the test switches at run time.
+struct Proxy {
+    port: u16,
+    mode: Arc<AtomicU8>,
+    generation: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(AtomicU8::new(FORWARD));
+        let generation = Arc::new(AtomicUsize::new(0));
+        let (m, g) = (mode.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (mode, generation) = (m.clone(), g.clone());
+                // Freezing affects connections made before it, not new ones.
+                let born = generation.load(Ordering::SeqCst);
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (client_read, client_write) = inbound.into_split();
+                let (server_read, server_write) = outbound.into_split();
+                let pipe = |mut from: tokio::net::tcp::OwnedReadHalf,
+                            mut to: tokio::net::tcp::OwnedWriteHalf,
+                            from_server: bool| {
+                    let (mode, generation) = (mode.clone(), generation.clone());
+                    tokio::spawn(async move {
+                        let mut buffer = [0u8; 8192];
+                        while let Ok(n) = from.read(&mut buffer).await {
+                            if n == 0 {
+                                break;
+                            }
+                            loop {
+                                let frozen = mode.load(Ordering::SeqCst) == FREEZE
+                                    && generation.load(Ordering::SeqCst) > born;
+                                if !frozen {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            if from_server && mode.load(Ordering::SeqCst) == SLOW {
+                                tokio::time::sleep(Duration::from_secs(20)).await;
+                            }
+                            if to.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                };
+                pipe(client_read, server_write, false);
+                pipe(server_read, client_write, true);
+            }
+        });
+        Proxy {
+            port,
+            mode,
+            generation,
+        }
+    }
+
+    fn set(&self, mode: u8) {
+        if mode == FREEZE {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+}
+
+async fn app_behind_proxy() -> (TestApp, Proxy) {
+    let url = crate::helpers::migrated_database().await;
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let target = format!("127.0.0.1:{}", config.get_ports()[0]).parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    let database = url.rsplit_once('/').unwrap().1;
+    let via_proxy = format!(
+        "postgres://postgres@127.0.0.1:{}/{database}?sslmode=disable",
+        proxy.port
+    );
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(via_proxy),
+        ..AppOptions::default()
+    })
+    .await;
+    (app, proxy)
+}
+
+#[tokio::test]
+async fn a_connection_that_died_while_the_container_was_frozen_is_replaced_not_served() {
+    let (app, proxy) = app_behind_proxy().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "frozen").await;
+    let body = r#"{"roomName":"frozen","participantName":"Ada"}"#;
+    let token = app.token_for(Uuid::new_v4());
+    assert_eq!(app.call(issue_token, Some(&token), body).await.status, 200);
+
+    // The pooled connection goes dead silently, and the container sits idle.
+    proxy.set(FREEZE);
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let started = Instant::now();
+    let response = app.call(issue_token, Some(&token), body).await;
+    assert_eq!(
+        response.status, 200,
+        "a fresh connection answered: {}",
+        response.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_database_gets_a_503_before_the_deadline_and_the_next_request_recovers() {
+    let (app, proxy) = app_behind_proxy().await;
+    app.start_stream(Uuid::new_v4(), "slow").await;
+    let body = r#"{"roomName":"slow","participantName":"Ada"}"#;
+    let token = app.token_for(Uuid::new_v4());
+
+    proxy.set(SLOW);
+    let started = Instant::now();
+    let response = app.call(issue_token, Some(&token), body).await;
+    response.assert_error(503, "unavailable");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(7) && took < Duration::from_secs(10),
+        "answered after {took:?}"
+    );
+
+    proxy.set(FORWARD);
+    let recovered = app.call(issue_token, Some(&token), body).await;
+    assert_eq!(recovered.status, 200, "{}", recovered.body);
+}
+
+#[tokio::test]
+async fn a_failed_cold_start_answers_503_and_retries_without_a_crash_loop() {
+    static ATTEMPTS: AtomicUsize = AtomicUsize::new(0);
+    fn loader() -> shared::http::BoxFuture<'static, Result<shared::AppState, shared::config::ConfigError>> {
+        Box::pin(async {
+            match ATTEMPTS.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(shared::config::ConfigError::Secret {
+                    id: "live-backend/app".into(),
+                    reason: "dispatch failure: connection refused".into(),
+                }),
+                _ => {
+                    let settings = std::collections::HashMap::from([
+                        (
+                            "DATABASE_URL",
+                            "postgres://postgres@127.0.0.1:1/postgres".to_owned(),
+                        ),
+                        ("LIVEKIT_URL", "ws://127.0.0.1:7880".to_owned()),
+                        ("LIVEKIT_API_KEY", "k".to_owned()),
+                        ("LIVEKIT_API_SECRET", "s".to_owned()),
+                        ("SUPABASE_JWT_SECRET", "j".to_owned()),
+                    ]);
+                    let config = shared::config::Config::from_lookup(|n| settings.get(n).cloned())?;
+                    shared::AppState::new(&config)
+                }
+            }
+        })
+    }
+    let state = LazyState::new(loader, Duration::from_millis(300));
+    let first = state.get().await.err().expect("the secret could not be read");
+    assert_eq!((first.status().as_u16(), first.code()), (503, "unavailable"));
+    assert!(
+        state.get().await.is_err(),
+        "within the retry interval: no new attempt"
+    );
+    assert_eq!(ATTEMPTS.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(state.get().await.is_ok(), "recovered without a new cold start");
+    assert!(state.get().await.is_ok());
+    assert_eq!(ATTEMPTS.load(Ordering::SeqCst), 2, "built once, then kept");
+}
+
+#[tokio::test]
+async fn a_signing_key_removed_from_the_jwks_stops_verifying_once_the_cache_expires() {
+    let app = TestApp::spawn_with(AppOptions {
+        settings: vec![("SUPABASE_JWKS_CACHE_SECONDS", "1".into())],
+        ..AppOptions::default()
+    })
+    .await;
+    let user = Uuid::new_v4();
+    let old = asymmetric("es256-a", &app.claims_for(user));
+    assert_eq!(app.state.auth.authenticate(&old).await.unwrap().id, user);
+    // Rotation: the new key is published and the old one withdrawn.
+    app.jwks
+        .set_keys(json!({"keys": [public_jwk("es256-b"), public_jwk("rs256")]}));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(
+        app.state.auth.authenticate(&old).await.is_err(),
+        "the withdrawn key is refused"
+    );
+    let new = asymmetric("es256-b", &app.claims_for(user));
+    assert_eq!(app.state.auth.authenticate(&new).await.unwrap().id, user);
+    assert_eq!(app.jwks.fetches(), 2);
+}
+
+#[tokio::test]
+async fn starts_and_tokens_are_rate_limited_per_user_across_containers() {
+    let app = TestApp::spawn_with(AppOptions {
+        settings: vec![
+            ("START_RATE_LIMIT_REQUESTS", "3".into()),
+            ("TOKEN_RATE_LIMIT_REQUESTS", "4".into()),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    let other = TestApp::spawn_with(AppOptions {
+        database_url: Some(app.database_url.clone()),
+        settings: vec![
+            ("START_RATE_LIMIT_REQUESTS", "3".into()),
+            ("TOKEN_RATE_LIMIT_REQUESTS", "4".into()),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    let host = Uuid::new_v4();
+    let start = json!({"title": "t", "roomName": "limited"}).to_string();
+    let statuses: Vec<u16> = futures::future::join_all((0..5).map(|i| {
+        let container = if i % 2 == 0 { &app } else { &other };
+        let (container, start) = (container, start.clone());
+        async move {
+            container
+                .call(start_stream, Some(&container.token_for(host)), &start)
+                .await
+        }
+    }))
+    .await
+    .iter()
+    .map(|r| r.status)
+    .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
+
+    let viewer = Uuid::new_v4();
+    let body = r#"{"roomName":"limited","participantName":"Ada"}"#;
+    for _ in 0..4 {
+        assert_eq!(
+            app.call(issue_token, Some(&app.token_for(viewer)), body)
+                .await
+                .status,
+            200
+        );
+    }
+    let limited = other
+        .call(issue_token, Some(&other.token_for(viewer)), body)
+        .await;
+    limited.assert_error(429, "rate_limited");
+    let retry_after: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // Unknown rooms count too, so the limit also stops room-name probing.
+    let probe = app
+        .call(
+            issue_token,
+            Some(&app.token_for(viewer)),
+            r#"{"roomName":"x","participantName":"y"}"#,
+        )
+        .await;
+    probe.assert_error(429, "rate_limited");
+    assert_eq!(
+        app.call(issue_token, Some(&app.token_for(Uuid::new_v4())), body)
+            .await
+            .status,
+        200,
+        "per user"
+    );
+}
