@@ -7,6 +7,7 @@ pub mod moderation;
 mod start;
 pub mod streams;
 mod token;
+pub mod token_source;
 pub mod webhook;
 
 pub use chat::{chat_history, delete_message, post_message};
@@ -15,4 +16,5 @@ pub use moderation::moderate;
 pub use start::start_stream;
 pub use streams::{get_stream, list_streams};
 pub use token::issue_token;
+pub use token_source::issue_standard_token;
 pub use webhook::LiveKitWebhook;
