@@ -48,6 +48,12 @@ async fn the_committed_events_start_join_and_end_a_stream() {
         "token.json joins the room start.json created"
     );
 
+    let standard = app
+        .send(shared::handlers::issue_standard_token, event("token-source.json"))
+        .await;
+    assert_eq!(standard.status, 201, "{}", standard.body);
+    assert!(standard.body["participant_token"].is_string() && standard.body["server_url"].is_string());
+
     let listed = app
         .send(shared::handlers::list_streams, event("streams.json"))
         .await;
