@@ -277,8 +277,12 @@ pub fn parse_json_body<Req: DeserializeOwned>(request: &Request) -> Result<Req, 
             "The request body must be a JSON object.".into(),
         ));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("Invalid request body: {}", shorten_quoted(&e.to_string()))))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::InvalidRequest(format!(
+            "Invalid request body: {}",
+            shorten_quoted(&e.to_string())
+        ))
+    })
 }
 
 /// serde_json's messages name the offending field and position; an unknown

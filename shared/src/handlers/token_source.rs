@@ -45,34 +45,58 @@ pub async fn issue_standard_token(
     user: AuthUser,
     request: StandardTokenRequest,
 ) -> Result<Reply<StandardTokenResponse>, ApiError> {
-    let refuse = |field: &str, why: &str| Err(ApiError::InvalidRequest(format!("{field} cannot be set: {why}")));
+    let refuse =
+        |field: &str, why: &str| Err(ApiError::InvalidRequest(format!("{field} cannot be set: {why}")));
     if request.room_config.is_some() {
-        return refuse("room_config", "rooms are created and configured by POST /live/start");
+        return refuse(
+            "room_config",
+            "rooms are created and configured by POST /live/start",
+        );
     }
     if request.participant_metadata.is_some() {
-        return refuse("participant_metadata", "other participants would trust what a client wrote");
+        return refuse(
+            "participant_metadata",
+            "other participants would trust what a client wrote",
+        );
     }
     if request.participant_attributes.is_some() {
-        return refuse("participant_attributes", "other participants would trust what a client wrote");
+        return refuse(
+            "participant_attributes",
+            "other participants would trust what a client wrote",
+        );
     }
     if let Some(identity) = &request.participant_identity
         && identity != &user.id.to_string()
     {
-        return Err(ApiError::Forbidden("participant_identity must be absent or your own user id."));
+        return Err(ApiError::Forbidden(
+            "participant_identity must be absent or your own user id.",
+        ));
     }
     let room_name = request
         .room_name
         .ok_or_else(|| ApiError::InvalidRequest("room_name is required".into()))
-        .and_then(|room| RoomName::parse(room).map_err(|e| ApiError::InvalidRequest(e.replace("roomName", "room_name"))))?;
+        .and_then(|room| {
+            RoomName::parse(room).map_err(|e| ApiError::InvalidRequest(e.replace("roomName", "room_name")))
+        })?;
     let participant_name = match request.participant_name {
-        Some(name) => {
-            ParticipantName::parse(&name).map_err(|e| ApiError::InvalidRequest(e.replace("participantName", "participant_name")))?
-        }
+        Some(name) => ParticipantName::parse(&name)
+            .map_err(|e| ApiError::InvalidRequest(e.replace("participantName", "participant_name")))?,
         None => ParticipantName::parse(&user.id.to_string()).map_err(ApiError::internal)?,
     };
-    let reply = super::issue_token(state, user, TokenRequest { room_name, participant_name }).await?;
+    let reply = super::issue_token(
+        state,
+        user,
+        TokenRequest {
+            room_name,
+            participant_name,
+        },
+    )
+    .await?;
     Ok(Reply::new(
         StatusCode::CREATED,
-        StandardTokenResponse { server_url: reply.body.server_url, participant_token: reply.body.token },
+        StandardTokenResponse {
+            server_url: reply.body.server_url,
+            participant_token: reply.body.token,
+        },
     ))
 }
