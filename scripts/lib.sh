@@ -285,6 +285,165 @@ stop_postgres() {
 }
 
 # ---------------------------------------------------------------------------
+# PgBouncer in transaction mode in front of start_postgres's cluster, the way
+# Supabase's pooler (port 6543) behaves -- needs start_postgres first
+# ---------------------------------------------------------------------------
+
+# Path of the pgbouncer binary: PATH first, then /usr/sbin (Debian puts it
+# there, and /usr/sbin is not on every non-root PATH). Fails if not found.
+find_pgbouncer() {
+    local bin
+    if bin="$(command -v pgbouncer 2>/dev/null)" && [ -n "$bin" ]; then
+        printf '%s\n' "$bin"
+    elif [ -x /usr/sbin/pgbouncer ]; then
+        printf '%s\n' /usr/sbin/pgbouncer
+    else
+        return 1
+    fi
+}
+
+# Installs Debian's `pgbouncer` package when the binary is missing: directly as
+# root, else through passwordless sudo, else fails naming the package. Used as
+# it is: Debian 12 ships 1.18, which has no prepared-statement support in
+# transaction mode at all -- the condition the tests prove the app survives.
+ensure_pgbouncer() {
+    find_pgbouncer >/dev/null && return 0
+    local sudo=()
+    if ! is_root; then
+        sudo -n true >/dev/null 2>&1 ||
+            die "pgbouncer not found and not root (no passwordless sudo): install the Debian package 'pgbouncer' (apt-get install pgbouncer)"
+        sudo=(sudo -n)
+    fi
+    log "pgbouncer not found; installing the Debian package 'pgbouncer'"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq ||
+        die "apt-get update failed while installing the package 'pgbouncer'"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null ||
+        die "apt-get install pgbouncer failed: install the Debian package 'pgbouncer'"
+    find_pgbouncer >/dev/null || die "the package 'pgbouncer' is installed but no pgbouncer binary was found"
+}
+
+_pgbouncer_log_tail() {
+    if [ -n "${PGBOUNCER_DIR:-}" ] && [ -f "$PGBOUNCER_DIR/pgbouncer.log" ]; then
+        log "---- last lines of $PGBOUNCER_DIR/pgbouncer.log ----"
+        tail -n 30 "$PGBOUNCER_DIR/pgbouncer.log" >&2 || true
+        log "----------------------------------------------------"
+    fi
+}
+
+# start_pgbouncer
+# PgBouncer on 127.0.0.1:$PGBOUNCER_PORT, pool_mode = transaction, trust auth
+# for user "postgres", every database of 127.0.0.1:$PG_PORT (the `*` wildcard,
+# so the per-test databases work too). Config, log and pid file live in a
+# mktemp directory that stop_pgbouncer removes. Exports PGBOUNCER_PORT,
+# PGBOUNCER_DIR.
+start_pgbouncer() {
+    [ -n "${PG_PORT:-}" ] || die "start_pgbouncer needs PG_PORT: call start_postgres first"
+    local bin
+    bin="$(find_pgbouncer)" || die "pgbouncer not found: call ensure_pgbouncer first"
+
+    local dir
+    dir="$(mktemp -d "${TMPDIR:-/tmp}/pgbouncer.XXXXXX")"
+    export PGBOUNCER_DIR="$dir"
+    # pgbouncer refuses to run as root, so as root it runs as `postgres` (as
+    # the server does), which must be able to read and write this directory.
+    if is_root; then
+        chmod 755 "$dir"
+        chown postgres: "$dir"
+    fi
+
+    printf '"postgres" ""\n' >"$dir/userlist.txt"
+
+    local psql=psql
+    if [ -n "${PG_BINDIR:-}" ] && [ -x "$PG_BINDIR/psql" ]; then psql="$PG_BINDIR/psql"; fi
+
+    local attempt port
+    for attempt in 1 2 3; do
+        port="$(free_port)"
+        # tokio-postgres's startup packet carries client_encoding, user,
+        # database and application_name (and `options` only when the URL sets
+        # it): pgbouncer 1.18 tracks client_encoding and application_name
+        # itself, so no ignore_startup_parameters is needed. psql sends
+        # nothing more either.
+        cat >"$dir/pgbouncer.ini" <<EOF
+; written by scripts/lib.sh start_pgbouncer (throwaway)
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+; no unix socket: everything connects over TCP
+unix_socket_dir =
+pool_mode = transaction
+auth_type = trust
+auth_file = $dir/userlist.txt
+max_client_conn = 500
+; Fewer server connections per database than the tests have clients, so
+; statements from different clients really share server connections.
+default_pool_size = 10
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+EOF
+        if is_root; then chown postgres: "$dir"/*; fi
+
+        rm -f "$dir/pgbouncer.pid"
+        # -d: daemonize once the config is loaded; its own log goes to
+        # pgbouncer.log (which must not exist yet as root's file, or the
+        # daemon cannot open it), anything before that to start.out.
+        if ! _pg "$bin" -d -q "$dir/pgbouncer.ini" >"$dir/start.out" 2>&1; then
+            cat "$dir/start.out" >&2
+            break
+        fi
+        local pid deadline=$((SECONDS + 15))
+        while [ "$SECONDS" -lt "$deadline" ]; do
+            # Gone already (the pid file is written after the fork)? Stop waiting.
+            pid="$(cat "$dir/pgbouncer.pid" 2>/dev/null || true)"
+            if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+                break
+            fi
+            # A login through pgbouncer waits for a server connection: bound it.
+            if PGCONNECT_TIMEOUT=3 "$psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+                -c 'select 1' >/dev/null 2>&1; then
+                export PGBOUNCER_PORT="$port"
+                log "pgbouncer ready on 127.0.0.1:$PGBOUNCER_PORT (pool_mode = transaction, in front of postgres on $PG_PORT)"
+                return 0
+            fi
+            sleep 0.1
+        done
+        _stop_pgbouncer_process
+        if ! grep -q 'Address already in use' "$dir/pgbouncer.log" 2>/dev/null; then
+            break # not a port clash: retrying won't help
+        fi
+        log "pgbouncer: port $port was taken, retrying ($attempt/3)"
+    done
+    _pgbouncer_log_tail
+    die "could not start pgbouncer (log: $dir/pgbouncer.log)"
+}
+
+# Stops the daemon whose pid is in $PGBOUNCER_DIR/pgbouncer.pid and waits for it.
+_stop_pgbouncer_process() {
+    local pid _
+    pid="$(cat "${PGBOUNCER_DIR:-/nonexistent}/pgbouncer.pid" 2>/dev/null || true)"
+    if [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null || true # SIGTERM: immediate shutdown
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+}
+
+# Idempotent; meant for a `trap ... EXIT`.
+stop_pgbouncer() {
+    if [ -n "${PGBOUNCER_DIR:-}" ]; then
+        _stop_pgbouncer_process
+        rm -rf "$PGBOUNCER_DIR"
+    fi
+    unset PGBOUNCER_DIR PGBOUNCER_PORT
+}
+
+# ---------------------------------------------------------------------------
 # moto: local AWS endpoint (Secrets Manager) -- needs ensure_python_tools
 # ---------------------------------------------------------------------------
 
