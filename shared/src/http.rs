@@ -272,38 +272,26 @@ pub fn parse_json_body<Req: DeserializeOwned>(request: &Request) -> Result<Req, 
             limit: MAX_BODY_BYTES,
         });
     }
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // serde would also take a struct as a positional array; the API speaks objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::InvalidRequest(
             "The request body must be a JSON object.".into(),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::InvalidRequest(format!(
-            "Invalid request body: {}",
-            shorten_quoted(&e.to_string())
-        ))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("Invalid request body: {}", cap(&e.to_string()))))
 }
 
-/// serde_json's messages name the offending field and position; an unknown
-/// field's name is the client's own input, so a long one is cut short rather
-/// than echoed back whole.
-fn shorten_quoted(message: &str) -> String {
-    const KEEP: usize = 64;
-    let mut out = String::with_capacity(message.len().min(512));
-    for (i, part) in message.split('`').enumerate() {
-        if i > 0 {
-            out.push('`');
-        }
-        let quoted = i % 2 == 1;
-        if quoted && part.chars().count() > KEEP {
-            out.extend(part.chars().take(KEEP));
-            out.push('…');
-        } else {
-            out.push_str(part);
-        }
+/// serde_json's messages name the offending field or value, which is the
+/// client's own input: a long one is cut short rather than echoed back whole.
+fn cap(message: &str) -> String {
+    const KEEP: usize = 200;
+    if message.chars().count() <= KEEP {
+        return message.to_owned();
     }
-    out
+    let mut short: String = message.chars().take(KEEP).collect();
+    short.push('…');
+    short
 }
 
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {

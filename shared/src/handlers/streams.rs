@@ -68,8 +68,10 @@ fn decode_cursor(cursor: &str) -> Result<PageKey, ApiError> {
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (micros, id) = text.split_once('.').ok_or_else(invalid)?;
     let created_at = micros
-        .parse()
+        .parse::<i64>()
         .ok()
+        // Only times this API can have written: Postgres refuses dates before 4713 BC.
+        .filter(|micros| (0..=253_402_300_799_999_999).contains(micros))
         .and_then(DateTime::from_timestamp_micros)
         .ok_or_else(invalid)?;
     let id = RoomName::parse(id.to_owned()).map_err(|_| invalid())?;

@@ -174,9 +174,11 @@ async fn malformed_bodies_are_400_with_a_clear_message() {
     for (body, mentions) in [
         ("", "JSON object"),
         ("   ", "JSON object"),
-        ("not json", "expected"),
-        ("[1,2,3]", "invalid type"),
-        ("null", "invalid type"),
+        ("not json", "JSON object"),
+        ("[1,2,3]", "JSON object"),
+        (r#"["stream-abc123","JohnDoe"]"#, "JSON object"),
+        ("null", "JSON object"),
+        (r#"{"roomName":5,"participantName":"b"}"#, "invalid type"),
         (r#"{"roomName":"a""#, "EOF"),
         (r#"{"roomName":"a","roomName":"b"}"#, "duplicate field"),
         (
