@@ -264,6 +264,18 @@ async fn authenticate(state: &AppState, request: &Request) -> Result<AuthUser, A
     })
 }
 
+/// The `{id}` of a route like `/live/streams/{id}`: API Gateway passes it as a
+/// path parameter; the last path segment is the fallback.
+pub fn path_id(request: &Request) -> String {
+    use lambda_http::RequestExt;
+    request
+        .path_parameters()
+        .first("id")
+        .map(str::to_owned)
+        .or_else(|| request.raw_http_path().rsplit('/').next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// Reads a JSON request body of at most [`MAX_BODY_BYTES`].
 pub fn parse_json_body<Req: DeserializeOwned>(request: &Request) -> Result<Req, ApiError> {
     let body = request.body().as_ref();

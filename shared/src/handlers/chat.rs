@@ -179,13 +179,7 @@ impl FromRequest for MessageId {
     const METHOD: Method = Method::DELETE;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        let id = request
-            .path_parameters()
-            .first("id")
-            .map(str::to_owned)
-            .or_else(|| request.raw_http_path().rsplit('/').next().map(str::to_owned))
-            .unwrap_or_default();
-        Uuid::parse_str(&id)
+        Uuid::parse_str(&crate::http::path_id(request))
             .map(MessageId)
             .map_err(|_| ApiError::MessageNotFound)
     }

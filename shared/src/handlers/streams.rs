@@ -117,14 +117,7 @@ impl FromRequest for StreamId {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        // API Gateway passes the route's path parameter; the raw path is the fallback.
-        let id = request
-            .path_parameters()
-            .first("id")
-            .map(str::to_owned)
-            .or_else(|| request.raw_http_path().rsplit('/').next().map(str::to_owned))
-            .unwrap_or_default();
-        RoomName::parse(id)
+        RoomName::parse(crate::http::path_id(request))
             .map(StreamId)
             .map_err(|_| ApiError::StreamNotFound)
     }
