@@ -18,7 +18,8 @@ use crate::stats::{median, percentile, round, sorted};
 pub struct Options {
     pub binary: PathBuf,
     pub function: String,
-    pub event: Bytes,
+    /// Invocation `i` gets `events[i % events.len()]`.
+    pub events: Vec<Bytes>,
     pub invocations: usize,
     /// The first invocations, left out of the percentiles (connection set-up,
     /// first-use allocations, cold caches).
@@ -173,7 +174,7 @@ async fn invoke_all(options: &Options, launch: &mut Launch) -> Result<Warm, Stri
             .invocations
             .send(Invocation {
                 request_id: expected.clone(),
-                event: options.event.clone(),
+                event: options.events[i % options.events.len()].clone(),
             })
             .await
             .map_err(|_| "the Runtime API stopped".to_owned())?;

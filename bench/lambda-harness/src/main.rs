@@ -17,9 +17,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 const USAGE: &str = "\
 usage:
-  lambda-harness --binary PATH --event FILE --invocations N
+  lambda-harness --binary PATH --event FILE... --invocations N
                  [--name NAME] [--warmup 20] [--inits 10] [--env KEY=VALUE]...
                  [--log FILE] [--timeout-secs 30]
       Runs the Lambda binary against a local Runtime API and prints
@@ -28,6 +30,8 @@ usage:
       init_ms is the median over --inits processes; the first --warmup
       invocations are left out of the percentiles. Errors are /error posts and
       answers with statusCode >= 500; client_errors are 4xx answers.
+      --event may be repeated, and a FILE ending in .jsonl holds one event per
+      line: the invocations take the events in turn.
 
   lambda-harness spawn-time [--runs 20] [--warmup 2] [--cwd DIR] -- PROGRAM [ARG]...
       Prints {\"command\", \"runs\", \"median_ms\", \"min_ms\", \"max_ms\"}: the wall
@@ -92,7 +96,7 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
 
 fn parse_invoke(args: &[String]) -> Result<invoke::Options, String> {
     let mut binary = None;
-    let mut event = None;
+    let mut event_files = Vec::new();
     let mut invocations = None;
     let mut function = None;
     let mut warmup = 20;
@@ -105,7 +109,7 @@ fn parse_invoke(args: &[String]) -> Result<invoke::Options, String> {
         let (flag, value) = flag?;
         match flag {
             "--binary" => binary = Some(PathBuf::from(value)),
-            "--event" => event = Some(PathBuf::from(value)),
+            "--event" => event_files.push(PathBuf::from(value)),
             "--invocations" => invocations = Some(number::<usize>(flag, value)?),
             "--name" => function = Some(value.to_owned()),
             "--warmup" => warmup = number(flag, value)?,
@@ -122,15 +126,16 @@ fn parse_invoke(args: &[String]) -> Result<invoke::Options, String> {
         }
     }
     let binary = binary.ok_or_else(|| format!("--binary is required\n\n{USAGE}"))?;
-    let event_path = event.ok_or_else(|| format!("--event is required\n\n{USAGE}"))?;
+    if event_files.is_empty() {
+        return Err(format!("--event is required\n\n{USAGE}"));
+    }
     let invocations = invocations.ok_or_else(|| format!("--invocations is required\n\n{USAGE}"))?;
     if invocations <= warmup {
         return Err(format!(
             "--invocations ({invocations}) must exceed --warmup ({warmup})"
         ));
     }
-    let event =
-        std::fs::read(&event_path).map_err(|e| format!("cannot read {}: {e}", event_path.display()))?;
+    let events = read_events(&event_files)?;
     // The target/lambda/<fn>/bootstrap layout names the function by its directory.
     let function = function.unwrap_or_else(|| {
         let name = |p: Option<&std::path::Path>| {
@@ -146,7 +151,7 @@ fn parse_invoke(args: &[String]) -> Result<invoke::Options, String> {
     Ok(invoke::Options {
         binary,
         function,
-        event: event.into(),
+        events,
         invocations,
         warmup,
         inits: inits.max(1),
@@ -154,6 +159,27 @@ fn parse_invoke(args: &[String]) -> Result<invoke::Options, String> {
         log,
         timeout: Duration::from_secs(timeout_secs),
     })
+}
+
+/// The events of every file: a `.jsonl` file holds one per non-empty line.
+fn read_events(files: &[PathBuf]) -> Result<Vec<Bytes>, String> {
+    let mut events = Vec::new();
+    for path in files {
+        let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if path.extension().is_some_and(|ext| ext == "jsonl") {
+            events.extend(
+                text.split(|&b| b == b'\n')
+                    .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+                    .map(Bytes::copy_from_slice),
+            );
+        } else {
+            events.push(Bytes::from(text));
+        }
+    }
+    if events.is_empty() {
+        return Err("the --event files hold no event".to_owned());
+    }
+    Ok(events)
 }
 
 fn parse_spawn_time(args: &[String]) -> Result<spawn_time::Options, String> {
@@ -197,13 +223,18 @@ mod tests {
 
     #[test]
     fn parses_an_invoke_command_line() {
-        let event = std::env::temp_dir().join("lambda-harness-test-event.json");
+        let dir = std::env::temp_dir();
+        let event = dir.join(format!("lambda-harness-test-{}.json", std::process::id()));
+        let lines = dir.join(format!("lambda-harness-test-{}.jsonl", std::process::id()));
         std::fs::write(&event, "{}").unwrap();
+        std::fs::write(&lines, "{\"a\":1}\n\n{\"a\":2}\n").unwrap();
         let args = strings(&[
             "--binary",
             "target/lambda/token/bootstrap",
             "--event",
             event.to_str().unwrap(),
+            "--event",
+            lines.to_str().unwrap(),
             "--invocations",
             "100",
             "--env",
@@ -215,6 +246,16 @@ mod tests {
         assert_eq!(options.function, "token");
         assert_eq!(options.invocations, 100);
         assert_eq!(options.warmup, 20);
+        assert_eq!(
+            options.events,
+            vec![
+                Bytes::from("{}"),
+                Bytes::from("{\"a\":1}"),
+                Bytes::from("{\"a\":2}")
+            ]
+        );
+        std::fs::remove_file(&event).unwrap();
+        std::fs::remove_file(&lines).unwrap();
         assert_eq!(
             options.env,
             vec![("A".into(), "b=c".into()), ("D".into(), String::new())]

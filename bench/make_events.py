@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Writes per-invocation variants of the committed events for scripts/bench.
+
+    python3 bench/make_events.py --out target/bench/events --count 3000
+
+Every committed event comes from one dev user. Replayed thousands of times a
+second, that one user's rate-limit row (`rate_limit_windows.hits`, every hit in
+the window) grows to thousands of entries, and the benchmark would measure an
+array rewrite no real user causes. So the rate-limited and state-changing
+functions get events from many users instead, signed like the committed ones:
+
+- token.jsonl, token-source.jsonl, chat.jsonl: the same request from count/3
+  viewers in turn (at most 3 hits per user, as in production);
+- start.jsonl: a new stream per invocation (user k goes live in `bench-start-k`),
+  the 201 path of a real go-live, not the 200 of a retried start;
+- webhook.jsonl: a distinct signed `participant_joined` per invocation (new event
+  id, session and identity), the "applied" path, not the duplicate one.
+
+Standard library only. The secrets are the public development ones of
+scripts/dev (events/README.md).
+"""
+
+import argparse
+import base64
+import copy
+import hashlib
+import hmac
+import json
+import os
+
+SUPABASE_SECRET = b"local-dev-supabase-jwt-secret-at-least-32-chars"
+LIVEKIT_KEY = "devkey"
+LIVEKIT_SECRET = b"secret"
+EXPIRES = 4102444800  # 2100-01-01, like the committed events
+ISSUED = 1795683444
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256(claims, secret):
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
+    signature = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64url(signature)}"
+
+
+def user(k):
+    # Version 4, variant 8; distinct from the committed events' ...0001 and ...0002.
+    return f"00000000-0000-4000-8000-1{k:011d}"
+
+
+def supabase_bearer(uid):
+    claims = {"aud": "authenticated", "exp": EXPIRES, "iat": ISSUED, "role": "authenticated", "sub": uid}
+    return "Bearer " + hs256(claims, SUPABASE_SECRET)
+
+
+def load(name):
+    with open(os.path.join("events", f"{name}.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def as_user(event, uid):
+    event = copy.deepcopy(event)
+    event["headers"]["authorization"] = supabase_bearer(uid)
+    return event
+
+
+def start_event(base, k):
+    event = as_user(base, user(k))
+    body = json.loads(event["body"])
+    body["roomName"] = f"bench-start-{k}"
+    event["body"] = json.dumps(body, separators=(",", ":"))
+    return event
+
+
+def webhook_event(base, k):
+    event = copy.deepcopy(base)
+    body = json.loads(event["body"])
+    body["id"] = f"EV_bench_join_{k}"
+    body["participant"]["sid"] = f"PA_bench_{k}"
+    body["participant"]["identity"] = user(k)
+    raw = json.dumps(body, separators=(",", ":"))
+    event["body"] = raw
+    # LiveKit's signature: a JWT from the API key carrying the body's SHA-256.
+    digest = base64.b64encode(hashlib.sha256(raw.encode()).digest()).decode()
+    claims = {"iss": LIVEKIT_KEY, "nbf": 1767225600, "exp": EXPIRES, "sha256": digest}
+    event["headers"]["authorization"] = hs256(claims, LIVEKIT_SECRET)
+    return event
+
+
+def write(path, events):
+    with open(path, "w", encoding="utf-8") as f:
+        for event in events:
+            f.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--count", type=int, required=True, help="invocations per function")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    # At most 3 hits per viewer: within every default limit (token 60/min,
+    # chat 5 per 10 s), with both the first-hit insert and the update path.
+    users = max(1, -(-args.count // 3))
+    for name in ("token", "token-source", "chat"):
+        if os.path.exists(os.path.join("events", f"{name}.json")):
+            base = load(name)
+            write(os.path.join(args.out, f"{name}.jsonl"), (as_user(base, user(k)) for k in range(users)))
+    base = load("start")
+    write(os.path.join(args.out, "start.jsonl"), (start_event(base, k) for k in range(args.count)))
+    base = load("webhook")
+    write(os.path.join(args.out, "webhook.jsonl"), (webhook_event(base, k) for k in range(args.count)))
+
+
+if __name__ == "__main__":
+    main()
