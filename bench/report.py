@@ -273,7 +273,9 @@ def functions_section(results):
             fmt_num(rss * 1024 / MB if rss else None, 2),
             statuses,
         ])
-    headers = ["Function", "Init ms, median (min–max)", "p50 µs", "p99 µs",
+    runs = sorted({r.get("init_runs") for r in rows_in if r.get("init_runs")})
+    init_header = f"Init ms, median of {'/'.join(map(str, runs))} (min–max)" if runs else "Init ms"
+    headers = ["Function", init_header, "p50 µs", "p99 µs",
                "Invocations (measured)", "Errors", "4xx", "Peak RSS MB", "Answers by status"]
     text = table(headers, rows)
     floor = results.json("floor.json")
@@ -464,10 +466,13 @@ NOTES = """\
 - **End to end.** `bench/lambda-harness` is a Lambda Runtime API of ours on loopback. It
   starts the release binary with a clean Lambda-like environment (`AWS_LAMBDA_*`,
   `AWS_REGION`, 256 MB). **Init** is spawn until the process's first
-  `GET /2018-06-01/runtime/invocation/next` (median over several processes).
+  `GET /2018-06-01/runtime/invocation/next`: the median over `BENCH_INITS` processes
+  (20 by default, half started before the warm run and half after, so one burst of
+  load elsewhere cannot skew them all; the first start of a binary, with a cold page
+  cache, is the usual maximum).
   **Warm latency** is from the `/next` answer carrying an event to the complete
-  `/response`, over the committed `events/<function>.json`, against Postgres and the
-  LiveKit RoomService stand-in on loopback; the first 20 invocations are left out.
+  `/response` (the events above), against Postgres and the LiveKit RoomService
+  stand-in on loopback, one invocation at a time; the first 20 are left out.
   **Errors** are `/error` posts and answers with `statusCode` ≥ 500; 4xx are counted
   apart. **Peak RSS** is `VmHWM` of the process, read once it is idle after the last
   invocation.

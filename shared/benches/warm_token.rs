@@ -15,6 +15,8 @@ use uuid::Uuid;
 
 const WARM_UP: usize = 500;
 const SAMPLES: usize = 5000;
+/// Each viewer stays under the default 60 tokens a minute.
+const VIEWERS: usize = 200;
 const SUPABASE_SECRET: &str = "local-dev-supabase-jwt-secret-at-least-32-chars";
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -61,19 +63,26 @@ async fn main() {
         }
     }
 
+    // Many viewers, as in production: one user alone would hit the per-user token limit.
     let now = chrono::Utc::now().timestamp();
-    let claims = json!({"sub": Uuid::new_v4(), "aud": "authenticated", "role": "authenticated", "iat": now, "exp": now + 3600});
-    let bearer = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SUPABASE_SECRET.as_bytes()),
-    )
-    .expect("sign");
-    let request = || {
+    let bearers: Vec<String> = (0..VIEWERS)
+        .map(|_| {
+            let claims =
+                json!({"sub": Uuid::new_v4(), "aud": "authenticated", "role": "authenticated", "iat": now, "exp": now + 3600});
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(SUPABASE_SECRET.as_bytes()),
+            )
+            .expect("sign")
+        })
+        .collect();
+    let request = |i: usize| {
         let mut request = Request::new(Body::Text(
             r#"{"roomName":"warm-bench","participantName":"JohnDoe"}"#.into(),
         ));
         *request.method_mut() = lambda_http::http::Method::POST;
+        let bearer = &bearers[i % VIEWERS];
         request.headers_mut().insert(
             "authorization",
             format!("Bearer {bearer}").parse().expect("header"),
@@ -82,7 +91,7 @@ async fn main() {
     };
     let mut token = Vec::with_capacity(SAMPLES);
     for i in 0..WARM_UP + SAMPLES {
-        let request = request();
+        let request = request(i);
         let started = Instant::now();
         let response = shared::http::handle(&state, request, &shared::handlers::issue_token).await;
         let elapsed = started.elapsed();

@@ -24,7 +24,7 @@ pub struct Options {
     /// The first invocations, left out of the percentiles (connection set-up,
     /// first-use allocations, cold caches).
     pub warmup: usize,
-    /// Processes started for the init figure (the last one also serves the
+    /// Processes started for the init figure (one of them also serves the
     /// invocations); init is their median.
     pub inits: usize,
     pub env: Vec<(String, String)>,
@@ -43,11 +43,13 @@ struct Launch {
 
 pub async fn run(options: &Options) -> Result<Value, String> {
     let mut init_ms = Vec::with_capacity(options.inits);
-    // Init-only launches: start, wait for the first `/next`, kill.
-    for _ in 1..options.inits {
-        let (mut launch, init) = launch(options).await?;
-        init_ms.push(init.as_secs_f64() * 1e3);
-        stop(&mut launch).await;
+    // The init-only launches (start, wait for the first `/next`, kill) are
+    // split between before and after the warm run, so a burst of load from
+    // something else on the machine cannot skew all of them at once.
+    let init_only = options.inits.saturating_sub(1);
+    let before = init_only / 2;
+    for _ in 0..before {
+        init_ms.push(init_only_launch(options).await?);
     }
     let (mut launch, init) = launch(options).await?;
     init_ms.push(init.as_secs_f64() * 1e3);
@@ -62,6 +64,9 @@ pub async fn run(options: &Options) -> Result<Value, String> {
     };
     stop(&mut launch).await;
     let warm = result?;
+    for _ in before..init_only {
+        init_ms.push(init_only_launch(options).await?);
+    }
 
     let init_ms = sorted(init_ms);
     let latencies = sorted(warm.latencies_us[options.warmup..].to_vec());
@@ -82,6 +87,13 @@ pub async fn run(options: &Options) -> Result<Value, String> {
         "first_error": warm.first_error,
         "peak_rss_kb": peak_rss_kb,
     }))
+}
+
+/// Starts the function, waits for its first `/next` and kills it: its init in ms.
+async fn init_only_launch(options: &Options) -> Result<f64, String> {
+    let (mut launch, init) = launch(options).await?;
+    stop(&mut launch).await;
+    Ok(init.as_secs_f64() * 1e3)
 }
 
 /// Starts the function and waits until it asks for its first event.

@@ -22,7 +22,7 @@ use bytes::Bytes;
 const USAGE: &str = "\
 usage:
   lambda-harness --binary PATH --event FILE... --invocations N
-                 [--name NAME] [--warmup 20] [--inits 10] [--env KEY=VALUE]...
+                 [--name NAME] [--warmup 20] [--inits 20] [--env KEY=VALUE]...
                  [--log FILE] [--timeout-secs 30]
       Runs the Lambda binary against a local Runtime API and prints
       {\"function\", \"init_ms\", \"p50_us\", \"p99_us\", \"invocations\", \"errors\",
@@ -100,7 +100,7 @@ fn parse_invoke(args: &[String]) -> Result<invoke::Options, String> {
     let mut invocations = None;
     let mut function = None;
     let mut warmup = 20;
-    let mut inits = 10;
+    let mut inits = 20;
     let mut env = Vec::new();
     let mut log = None;
     let mut timeout_secs = 30;
