@@ -306,21 +306,27 @@ find_pgbouncer() {
 # root, else through passwordless sudo, else fails naming the package. Used as
 # it is: Debian 12 ships 1.18, which has no prepared-statement support in
 # transaction mode at all -- the condition the tests prove the app survives.
-ensure_pgbouncer() {
-    find_pgbouncer >/dev/null && return 0
+# ensure_debian_package CHECK PACKAGE: when CHECK (a command) fails, install
+# the Debian PACKAGE (as root, or with passwordless sudo), then CHECK again.
+ensure_debian_package() {
+    local check=$1 package=$2
+    "$check" >/dev/null && return 0
     local sudo=()
     if ! is_root; then
         sudo -n true >/dev/null 2>&1 ||
-            die "pgbouncer not found and not root (no passwordless sudo): install the Debian package 'pgbouncer' (apt-get install pgbouncer)"
+            die "$package is missing and this is not root (no passwordless sudo): apt-get install $package"
         sudo=(sudo -n)
     fi
-    log "pgbouncer not found; installing the Debian package 'pgbouncer'"
+    log "$package not found; installing the Debian package '$package'"
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq ||
-        die "apt-get update failed while installing the package 'pgbouncer'"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null ||
-        die "apt-get install pgbouncer failed: install the Debian package 'pgbouncer'"
-    find_pgbouncer >/dev/null || die "the package 'pgbouncer' is installed but no pgbouncer binary was found"
+        die "apt-get update failed while installing the package '$package'"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null ||
+        die "apt-get install $package failed"
+    "$check" >/dev/null || die "the package '$package' is installed but $check still finds nothing"
 }
+
+ensure_pgbouncer() { ensure_debian_package find_pgbouncer pgbouncer; }
+ensure_postgres() { ensure_debian_package find_pg_bindir postgresql; }
 
 _pgbouncer_log_tail() {
     if [ -n "${PGBOUNCER_DIR:-}" ] && [ -f "$PGBOUNCER_DIR/pgbouncer.log" ]; then
