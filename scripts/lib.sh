@@ -105,7 +105,7 @@ free_port() {
 }
 
 # ---------------------------------------------------------------------------
-# PostgreSQL: a throwaway cluster, trust auth, superuser "postgres"
+# PostgreSQL: a throwaway cluster, trust auth (but see password_login), superuser "postgres"
 # ---------------------------------------------------------------------------
 
 # Directory holding initdb/pg_ctl: from PATH, else the newest
@@ -196,6 +196,13 @@ start_postgres() {
         cat "$dir/initdb.log" >&2
         die "initdb failed"
     fi
+
+    # Members of the role password_login (created by the tests that need it)
+    # must give a SCRAM password, so credential rotation can be tested; every
+    # other role is trusted. pg_hba.conf is read top down: this line goes first.
+    _pg bash -c 'f="$1/data/pg_hba.conf"
+        { printf "host all +password_login 127.0.0.1/32 scram-sha-256\n"; cat "$f"; } >"$f.new"
+        mv "$f.new" "$f"' _ "$dir"
 
     # TLS, so tests can prove that `sslmode=require` and a pinned CA work: a
     # throwaway CA and a server certificate it signs for localhost/127.0.0.1.

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::rate_limit::Limit;
+use crate::secrets::SecretSource;
 
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const DATABASE_CA_CERT: &str = "DATABASE_CA_CERT";
@@ -87,6 +88,9 @@ pub struct DatabaseConfig {
     /// it, `sslmode=require` encrypts without authenticating the server, as libpq does.
     pub ca_cert_pem: Option<String>,
     pub pool_size: usize,
+    /// The secret `DATABASE_URL` came from, read again when the database
+    /// refuses its password: the secret has been rotated since the cold start.
+    pub secret: Option<SecretSource>,
 }
 
 #[derive(Clone)]
@@ -141,9 +145,7 @@ impl Config {
         };
         let require = |name: &'static str| get(name).ok_or(ConfigError::Missing(name));
 
-        let pg = tokio_postgres::Config::from_str(&require(DATABASE_URL)?)
-            // The parser's message never echoes the URL, so no password reaches the logs.
-            .map_err(|e| invalid(DATABASE_URL, e.to_string()))?;
+        let pg = parse_database_url(&require(DATABASE_URL)?)?;
         let pool_size = number(&get, DATABASE_POOL_SIZE, DEFAULT_POOL_SIZE, 1..=64)?;
 
         let client_url = require(LIVEKIT_URL)?;
@@ -210,6 +212,7 @@ impl Config {
                 pg,
                 ca_cert_pem: get(DATABASE_CA_CERT),
                 pool_size,
+                secret: None,
             },
             livekit: LiveKitConfig {
                 client_url,
@@ -236,9 +239,22 @@ impl Config {
         let Some(secret_id) = env(APP_SECRET_ID) else {
             return Config::from_lookup(env);
         };
-        let client = crate::secrets::client_from_env().await;
-        let secret = crate::secrets::fetch_json_secret(&client, &secret_id).await?;
-        Config::from_secret_and_env(&secret, env)
+        let source = SecretSource::new(crate::secrets::client_from_env().await, secret_id);
+        Config::from_secret_source(source, env).await
+    }
+
+    /// Reads the secret and fills in from `env`. When the secret holds
+    /// `DATABASE_URL`, the source is kept for reading rotated credentials.
+    pub async fn from_secret_source(
+        source: SecretSource,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let secret = source.fetch().await?;
+        let mut config = Config::from_secret_and_env(&secret, env)?;
+        if secret.contains_key(DATABASE_URL) {
+            config.database.secret = Some(source);
+        }
+        Ok(config)
     }
 
     pub fn from_secret_and_env(
@@ -247,6 +263,13 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         Config::from_lookup(|name| secret.get(name).cloned().or_else(|| env(name)))
     }
+}
+
+/// A `postgres://` URL or a key=value connection string.
+pub fn parse_database_url(raw: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    tokio_postgres::Config::from_str(raw.trim())
+        // The parser's message never echoes the URL, so no password reaches the logs.
+        .map_err(|e| invalid(DATABASE_URL, e.to_string()))
 }
 
 /// An optional whole number within `range`, or `default` when unset.
@@ -297,6 +320,7 @@ impl fmt::Debug for Config {
             .field("database_hosts", &self.database.pg.get_hosts())
             .field("database_pool_size", &self.database.pool_size)
             .field("database_ca_cert", &self.database.ca_cert_pem.is_some())
+            .field("database_url_from_secret", &self.database.secret.is_some())
             .field("livekit_url", &self.livekit.client_url)
             .field("livekit_token_ttl", &self.livekit.token_ttl)
             .field("livekit_room", &self.livekit.room)

@@ -1,4 +1,5 @@
-//! The application's JSON secret in AWS Secrets Manager: read once per cold start.
+//! The application's JSON secret in AWS Secrets Manager: read once per cold
+//! start, and again when the database refuses the password it held (rotation).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +25,28 @@ pub async fn client_from_env() -> Client {
         .load()
         .await;
     Client::new(&sdk)
+}
+
+/// Where the application's secret lives: kept after the cold start so the
+/// database credentials can be read again once they have been rotated.
+#[derive(Clone, Debug)]
+pub struct SecretSource {
+    client: Client,
+    secret_id: String,
+}
+
+impl SecretSource {
+    pub fn new(client: Client, secret_id: impl Into<String>) -> SecretSource {
+        SecretSource {
+            client,
+            secret_id: secret_id.into(),
+        }
+    }
+
+    /// The secret's current settings.
+    pub async fn fetch(&self) -> Result<HashMap<String, String>, ConfigError> {
+        fetch_json_secret(&self.client, &self.secret_id).await
+    }
 }
 
 /// Fetches `secret_id` and parses it as a flat JSON object. String values are

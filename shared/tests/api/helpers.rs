@@ -25,6 +25,33 @@ pub const LIVEKIT_API_SECRET: &str = "test-api-secret-that-is-long-enough-for-hs
 /// The same secret `scripts/dev` uses, so the committed `events/` files verify.
 pub const SUPABASE_JWT_SECRET: &str = "local-dev-supabase-jwt-secret-at-least-32-chars";
 
+/// A Secrets Manager client for the `moto_server` that `scripts/test` starts.
+pub fn moto_client() -> aws_sdk_secretsmanager::Client {
+    use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+    let endpoint = std::env::var("TEST_MOTO_ENDPOINT")
+        .expect("TEST_MOTO_ENDPOINT is not set: run the tests with scripts/test, which starts moto_server");
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+}
+
+/// Creates a secret holding `value` under a fresh name and returns the name.
+pub async fn create_secret(client: &aws_sdk_secretsmanager::Client, value: &str) -> String {
+    let name = format!("live-backend/test/{}", Uuid::new_v4());
+    client
+        .create_secret()
+        .name(&name)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("moto creates the secret");
+    name
+}
+
 pub fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test, which starts Postgres")
@@ -79,6 +106,9 @@ pub struct AppOptions {
     pub database_ca_cert: Option<String>,
     /// More settings by name, e.g. `("RECONCILE_GRACE_SECONDS", "0")`.
     pub settings: Vec<(&'static str, String)>,
+    /// A Secrets Manager secret whose settings win over the ones above, as
+    /// with `APP_SECRET_ID` in production.
+    pub secret: Option<shared::secrets::SecretSource>,
 }
 
 impl Default for AppOptions {
@@ -89,6 +119,7 @@ impl Default for AppOptions {
             livekit_url: None,
             database_ca_cert: None,
             settings: Vec::new(),
+            secret: None,
         }
     }
 }
@@ -136,7 +167,12 @@ impl TestApp {
             settings.insert("DATABASE_CA_CERT", pem);
         }
         settings.extend(options.settings);
-        let config = Config::from_lookup(|name| settings.get(name).cloned()).expect("test config is valid");
+        let lookup = |name: &str| settings.get(name).cloned();
+        let config = match options.secret {
+            Some(source) => Config::from_secret_source(source, lookup).await,
+            None => Config::from_lookup(lookup),
+        }
+        .expect("test config is valid");
         let state = AppState::new(&config).expect("state builds");
         TestApp {
             state,

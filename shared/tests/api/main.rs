@@ -20,6 +20,7 @@ mod openapi;
 mod outages;
 mod pgbouncer;
 mod reconcile;
+mod rotation;
 mod round_trips;
 mod secrets;
 mod start;

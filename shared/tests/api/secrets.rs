@@ -5,29 +5,7 @@ use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use shared::config::{Config, ConfigError};
 use shared::secrets::fetch_json_secret;
 
-fn moto_client() -> Client {
-    let endpoint = std::env::var("TEST_MOTO_ENDPOINT")
-        .expect("TEST_MOTO_ENDPOINT is not set: run the tests with scripts/test, which starts moto_server");
-    let config = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-        .endpoint_url(endpoint)
-        .build();
-    Client::from_conf(config)
-}
-
-async fn create_secret(client: &Client, value: &str) -> String {
-    let name = format!("live-backend/test/{}", uuid::Uuid::new_v4());
-    client
-        .create_secret()
-        .name(&name)
-        .secret_string(value)
-        .send()
-        .await
-        .expect("moto creates the secret");
-    name
-}
+use crate::helpers::{create_secret, moto_client};
 
 #[tokio::test]
 async fn settings_come_from_the_json_secret_and_fill_in_from_the_environment() {
