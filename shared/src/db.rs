@@ -119,7 +119,9 @@ impl Manager {
         *last_read = Some(Instant::now());
         rotation.reads.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("the database refused its password; reading the secret again");
-        let url = match rotation.secret.fetch().await {
+        // Boxed: the SDK's future is deep enough to overflow the compiler's
+        // layout recursion limit inside every function's main future.
+        let url = match Box::pin(rotation.secret.fetch()).await {
             Ok(mut settings) => settings.remove(DATABASE_URL),
             Err(error) => {
                 tracing::error!(%error, "cannot read the secret again after the database refused its password");
