@@ -119,3 +119,122 @@ async fn a_database_that_accepts_but_never_answers_is_a_503_within_seconds() {
         started.elapsed()
     );
 }
+
+/// A Postgres cluster of its own (`scripts/postgres-cluster`), so stopping it
+/// leaves the other tests' database alone.
+struct RestartableCluster {
+    port: u16,
+    dir: String,
+}
+
+impl RestartableCluster {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres-cluster")
+    }
+
+    async fn run(args: &[&str]) -> String {
+        let output = tokio::process::Command::new(Self::script())
+            .args(args)
+            .output()
+            .await
+            .expect("scripts/postgres-cluster runs");
+        assert!(
+            output.status.success(),
+            "scripts/postgres-cluster {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    async fn start() -> RestartableCluster {
+        // Not created here: the script makes it, owned by the server's OS user.
+        let dir = std::env::temp_dir().join(format!("live-backend-restart-{}", Uuid::new_v4().simple()));
+        let printed = Self::run(&["start", &dir.to_string_lossy()]).await;
+        let (port, dir) = printed.split_once(' ').expect("the script prints PORT DIR");
+        RestartableCluster {
+            port: port.parse().expect("a port number"),
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn stop(&self) {
+        Self::run(&["stop", &self.dir]).await;
+    }
+
+    async fn resume(&self) {
+        Self::run(&["resume", &self.dir]).await;
+    }
+}
+
+impl Drop for RestartableCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::script())
+            .args(["destroy", &self.dir])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers() {
+    let cluster = RestartableCluster::start().await;
+    shared::migrate::migrate_url(&cluster.url())
+        .await
+        .expect("migrations apply");
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(cluster.url()),
+        ..AppOptions::default()
+    })
+    .await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "before-restart").await;
+
+    // A fast shutdown ends every session: the pooled connection is dead.
+    cluster.stop().await;
+    let token = app.token_for(host);
+    let viewer_token = app.token_for(Uuid::new_v4());
+    let started = Instant::now();
+    let down = app
+        .call(
+            start_stream,
+            Some(&token),
+            r#"{"title":"x","roomName":"during-restart"}"#,
+        )
+        .await;
+    down.assert_error(503, "unavailable");
+    let down = app
+        .call(
+            issue_token,
+            Some(&viewer_token),
+            r#"{"roomName":"before-restart","participantName":"Ade"}"#,
+        )
+        .await;
+    down.assert_error(503, "unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "two 503s took {:?}",
+        started.elapsed()
+    );
+
+    cluster.resume().await;
+    let up = app
+        .call(
+            issue_token,
+            Some(&viewer_token),
+            r#"{"roomName":"before-restart","participantName":"Ade"}"#,
+        )
+        .await;
+    assert_eq!(
+        up.status, 200,
+        "the stream started before the restart is still live: {}",
+        up.body
+    );
+    app.start_stream(Uuid::new_v4(), "after-restart").await;
+    assert!(
+        app.stream_row("during-restart").await.is_none(),
+        "the refused start left nothing behind"
+    );
+}
