@@ -200,6 +200,7 @@ start_postgres() {
     # Members of the role password_login (created by the tests that need it)
     # must give a SCRAM password, so credential rotation can be tested; every
     # other role is trusted. pg_hba.conf is read top down: this line goes first.
+    # shellcheck disable=SC2016 # $1 expands in the inner shell
     _pg bash -c 'f="$1/data/pg_hba.conf"
         { printf "host all +password_login 127.0.0.1/32 scram-sha-256\n"; cat "$f"; } >"$f.new"
         mv "$f.new" "$f"' _ "$dir"
