@@ -288,6 +288,45 @@ def functions_section(results):
     return text, [r for r in rows_in if not r.get("failed")]
 
 
+def load_section(results):
+    rows_in = results.jsonl("load.jsonl")
+    if not rows_in:
+        return "Not measured (no `target/bench/load.jsonl` from this run)."
+    rows = []
+    for r in rows_in:
+        if r.get("failed"):
+            reason = r.get("reason") or f"the harness failed (see target/bench/logs/load-{r['function']}.log)"
+            rows.append([f"`{r['function']}`", f"not measured: {reason}"] + [""] * 7)
+            continue
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r.get("statuses", {}).items()))
+        peak = r.get("peak_db_connections")
+        rows.append([
+            f"`{r['function']}`",
+            f"{r['containers']} × {r['invocations'] // r['containers']:,}",
+            fmt_num(r["throughput_per_s"]),
+            fmt_num(r["p50_us"]),
+            fmt_num(r["p99_us"]),
+            r["errors"],
+            r.get("client_errors", 0),
+            "not counted" if peak is None else
+            f"{peak} (limit {r['containers'] * r['pool_size']})" if r.get("pool_size") else str(peak),
+            statuses,
+        ])
+    headers = ["Function", "Containers × invocations", "Invocations/s", "p50 µs", "p99 µs",
+               "Errors", "4xx", "Peak Postgres sessions", "Answers by status"]
+    any_row = next((r for r in rows_in if not r.get("failed")), None)
+    head = ""
+    if any_row:
+        head = (f"{any_row['containers']} containers of each function at once (one process and Runtime API each, "
+                "one invocation at a time per container, as on Lambda), each taking its own slice of the "
+                f"many-user events, pool size {any_row.get('pool_size') or 'default'} per container. The functions' Postgres "
+                "sessions (`application_name = 'live-backend'`) are counted every 5 ms throughout. "
+                "Throughput counts every invocation; p50/p99 leave out each container's first "
+                f"{any_row.get('warmup', 5)}. Both cores of the machine serve all containers, the harness, "
+                "Postgres and the LiveKit stand-in, so the throughput is this machine's, not Lambda's.\n\n")
+    return head + table(headers, rows)
+
+
 def init_section(functions, node_require):
     if not node_require:
         return "Not measured (no `target/bench/node_require.json` from this run).", None
@@ -488,6 +527,7 @@ def main():
     results = Results(args.results, args.criterion)
     hot, figures = hot_paths_section(results)
     functions_text, functions = functions_section(results)
+    load_text = load_section(results)
     init_text, init = init_section(functions, results.json("node_require.json"))
     warm_text, warm = warm_section(results)
     packages_text, packages = packages_section(results)
@@ -511,6 +551,10 @@ Written by `{args.command}`; do not edit by hand. Every figure comes from the sa
 ## End to end, per function
 
 {functions_text}
+
+## Load: many containers at once
+
+{load_text}
 
 ## Init vs Node's `require('livekit-server-sdk')`
 

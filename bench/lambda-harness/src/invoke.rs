@@ -35,7 +35,7 @@ pub struct Options {
 }
 
 /// One started function process and its private Runtime API.
-struct Launch {
+pub(crate) struct Launch {
     api: RuntimeApi,
     child: Child,
     pid: u32,
@@ -53,7 +53,7 @@ pub async fn run(options: &Options) -> Result<Value, String> {
     }
     let (mut launch, init) = launch(options).await?;
     init_ms.push(init.as_secs_f64() * 1e3);
-    let result = invoke_all(options, &mut launch).await;
+    let result = invoke_all(options, &mut launch, 0, options.invocations).await;
     let peak_rss_kb = match &result {
         Ok(_) => {
             // Read once the function is idle again, waiting for its next event.
@@ -97,7 +97,7 @@ async fn init_only_launch(options: &Options) -> Result<f64, String> {
 }
 
 /// Starts the function and waits until it asks for its first event.
-async fn launch(options: &Options) -> Result<(Launch, Duration), String> {
+pub(crate) async fn launch(options: &Options) -> Result<(Launch, Duration), String> {
     let api = RuntimeApi::start(&options.function)
         .await
         .map_err(|e| format!("cannot start the Runtime API: {e}"))?;
@@ -160,33 +160,53 @@ async fn wait_for_next(options: &Options, launch: &mut Launch) -> Result<Instant
     }
 }
 
-struct Warm {
-    latencies_us: Vec<f64>,
-    errors: usize,
-    client_errors: usize,
+#[derive(Default)]
+pub(crate) struct Warm {
+    pub latencies_us: Vec<f64>,
+    pub errors: usize,
+    pub client_errors: usize,
     /// How many answers had each `statusCode` ("error" for /error posts,
     /// "none" for a result without one).
-    statuses: BTreeMap<String, usize>,
+    pub statuses: BTreeMap<String, usize>,
     /// The body of the first error, to tell what went wrong.
-    first_error: Option<String>,
+    pub first_error: Option<String>,
 }
 
-async fn invoke_all(options: &Options, launch: &mut Launch) -> Result<Warm, String> {
+impl Warm {
+    /// Adds another container's results to these.
+    pub fn absorb(&mut self, other: Warm) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        self.client_errors += other.client_errors;
+        for (status, count) in other.statuses {
+            *self.statuses.entry(status).or_default() += count;
+        }
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Hands the function `count` invocations, one at a time, taking the events
+/// from index `first` on.
+pub(crate) async fn invoke_all(
+    options: &Options,
+    launch: &mut Launch,
+    first: usize,
+    count: usize,
+) -> Result<Warm, String> {
     let mut warm = Warm {
-        latencies_us: Vec::with_capacity(options.invocations),
-        errors: 0,
-        client_errors: 0,
-        statuses: BTreeMap::new(),
-        first_error: None,
+        latencies_us: Vec::with_capacity(count),
+        ..Warm::default()
     };
-    for i in 0..options.invocations {
+    for i in 0..count {
         let expected = format!("00000000-0000-4000-8000-{i:012}");
         launch
             .api
             .invocations
             .send(Invocation {
                 request_id: expected.clone(),
-                event: options.events[i % options.events.len()].clone(),
+                event: options.events[(first + i) % options.events.len()].clone(),
             })
             .await
             .map_err(|_| "the Runtime API stopped".to_owned())?;
@@ -283,7 +303,7 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-async fn stop(launch: &mut Launch) {
+pub(crate) async fn stop(launch: &mut Launch) {
     let _ = launch.child.start_kill();
     let _ = launch.child.wait().await;
 }

@@ -9,6 +9,7 @@
 //! `node -e "require('livekit-server-sdk')"`.
 
 mod invoke;
+mod load;
 mod runtime_api;
 mod spawn_time;
 mod stats;
@@ -33,6 +34,15 @@ usage:
       --event may be repeated, and a FILE ending in .jsonl holds one event per
       line: the invocations take the events in turn.
 
+  lambda-harness load --containers N [--database-url URL] --binary PATH --event FILE...
+                 --invocations M [--warmup 20] [--env KEY=VALUE]... [--log FILE]
+      N containers (processes) of the function at once, M invocations each,
+      every container taking its own slice of the events. Prints {\"function\",
+      \"containers\", \"invocations\", \"throughput_per_s\", \"p50_us\", \"p99_us\",
+      \"errors\", \"peak_db_connections\", ...}; the first --warmup invocations
+      of each container are left out of the percentiles, not of the throughput.
+      With --database-url, the functions' sessions are counted all along.
+
   lambda-harness spawn-time [--runs 20] [--warmup 2] [--cwd DIR] -- PROGRAM [ARG]...
       Prints {\"command\", \"runs\", \"median_ms\", \"min_ms\", \"max_ms\"}: the wall
       time of PROGRAM from spawn to exit (it must exit successfully).";
@@ -45,6 +55,14 @@ fn main() -> ExitCode {
     }
     let result = match args.first().map(String::as_str) {
         Some("spawn-time") => parse_spawn_time(&args[1..]).and_then(|o| spawn_time::run(&o)),
+        Some("load") => parse_load(&args[1..]).and_then(|options| {
+            // The harness must not be what limits the containers.
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start tokio: {e}"))?
+                .block_on(load::run(&options))
+        }),
         _ => parse_invoke(&args).and_then(|options| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -182,6 +200,30 @@ fn read_events(files: &[PathBuf]) -> Result<Vec<Bytes>, String> {
     Ok(events)
 }
 
+fn parse_load(args: &[String]) -> Result<load::Options, String> {
+    let mut containers = None;
+    let mut database_url = None;
+    let mut rest = Vec::new();
+    let mut flags = Flags { args: args.iter() };
+    while let Some(flag) = flags.next() {
+        match flag? {
+            ("--containers", value) => containers = Some(number::<usize>("--containers", value)?),
+            ("--database-url", value) => database_url = Some(value.to_owned()),
+            (flag, value) => rest.extend([flag.to_owned(), value.to_owned()]),
+        }
+    }
+    let containers = containers
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("load needs --containers N (at least 1)\n\n{USAGE}"))?;
+    // Init is not measured under load: one launch per container is enough.
+    rest.extend(["--inits".to_owned(), "1".to_owned()]);
+    Ok(load::Options {
+        invoke: parse_invoke(&rest)?,
+        containers,
+        database_url,
+    })
+}
+
 fn parse_spawn_time(args: &[String]) -> Result<spawn_time::Options, String> {
     let mut runs = 20;
     let mut warmup = 2;
@@ -267,6 +309,34 @@ mod tests {
                 .unwrap_err()
                 .contains("needs a value")
         );
+    }
+
+    #[test]
+    fn parses_a_load_command_line() {
+        let event = std::env::temp_dir().join(format!("lambda-harness-load-{}.json", std::process::id()));
+        std::fs::write(&event, "{}").unwrap();
+        let args = strings(&[
+            "--containers",
+            "8",
+            "--binary",
+            "target/release/token",
+            "--event",
+            event.to_str().unwrap(),
+            "--invocations",
+            "200",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        ]);
+        let options = parse_load(&args).unwrap();
+        std::fs::remove_file(&event).unwrap();
+        assert_eq!(options.containers, 8);
+        assert_eq!(options.invoke.invocations, 200);
+        assert_eq!(options.invoke.function, "token");
+        assert_eq!(
+            options.database_url.as_deref(),
+            Some("postgres://postgres@127.0.0.1:5432/postgres")
+        );
+        assert!(parse_load(&args[2..]).unwrap_err().contains("--containers"));
     }
 
     #[test]
