@@ -83,6 +83,7 @@ fn benches(c: &mut Criterion) {
 
     let user = Uuid::new_v4();
     let claims = supabase_claims(&issuer, user);
+    shared::jwt_crypto::install();
     let hs256 = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,

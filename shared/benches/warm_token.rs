@@ -65,6 +65,7 @@ async fn main() {
 
     // Many viewers, as in production: one user alone would hit the per-user token limit.
     let now = chrono::Utc::now().timestamp();
+    shared::jwt_crypto::install();
     let bearers: Vec<String> = (0..VIEWERS)
         .map(|_| {
             let claims =

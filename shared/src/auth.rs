@@ -76,6 +76,7 @@ fn validation(alg: Algorithm, issuer: Option<&str>) -> Validation {
 
 impl Authenticator {
     pub fn new(config: &SupabaseConfig, http: reqwest::Client) -> Authenticator {
+        crate::jwt_crypto::install();
         let issuer = config.issuer();
         Authenticator {
             hs256_key: config

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod jwt_crypto;
 pub mod livekit;
 pub mod migrate;
 pub mod rate_limit;

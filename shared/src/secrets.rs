@@ -7,6 +7,10 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::SharedHttpClient;
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_http_client::{Builder, ConnectorBuilder};
 
 use crate::config::ConfigError;
 
@@ -15,6 +19,7 @@ use crate::config::ConfigError;
 /// cold start quickly instead of eating the function's whole timeout.
 pub async fn client_from_env() -> Client {
     let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(2))
@@ -47,6 +52,22 @@ impl SecretSource {
     pub async fn fetch(&self) -> Result<HashMap<String, String>, ConfigError> {
         fetch_json_secret(&self.client, &self.secret_id).await
     }
+}
+
+/// The SDK's default HTTPS client (hyper, rustls, native roots, proxy settings
+/// from the environment) with rustls on ring rather than aws-lc-rs: ring is the
+/// provider everything else here uses, and one crypto library is enough. The
+/// SDK is built without its own default client, so every SDK config needs this.
+pub fn https_client() -> SharedHttpClient {
+    Builder::new().build_with_connector_fn(|settings, runtime_components| {
+        let mut connector = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = runtime_components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// Fetches `secret_id` and parses it as a flat JSON object. String values are

@@ -56,6 +56,7 @@ fn run() -> Result<String, String> {
     if let Some(url) = std::env::var("SUPABASE_URL").ok().filter(|url| !url.is_empty()) {
         claims["iss"] = json!(format!("{}/auth/v1", url.trim_end_matches('/')));
     }
+    shared::jwt_crypto::install();
     encode(
         &Header::default(),
         &claims,

@@ -122,6 +122,7 @@ async fn bad_signatures_and_algorithm_tricks_are_refused() {
             hs256_with_secret(&claims, public_pem("es256-a").as_bytes()),
         ),
         ("HS384", {
+            shared::jwt_crypto::install();
             let key = jsonwebtoken::EncodingKey::from_secret(crate::helpers::SUPABASE_JWT_SECRET.as_bytes());
             jsonwebtoken::encode(
                 &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
@@ -223,6 +224,7 @@ async fn symmetric_keys_in_the_jwks_are_ignored() {
     let oct = json!({"kty": "oct", "kid": "oct-1", "alg": "HS256",
         "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)});
     app.jwks.set_keys(json!({"keys": [oct, public_jwk("es256-a")]}));
+    shared::jwt_crypto::install();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some("oct-1".into());
     let token = jsonwebtoken::encode(

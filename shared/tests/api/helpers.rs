@@ -32,6 +32,7 @@ pub fn moto_client() -> aws_sdk_secretsmanager::Client {
         .expect("TEST_MOTO_ENDPOINT is not set: run the tests with scripts/test, which starts moto_server");
     let config = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(shared::secrets::https_client())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .endpoint_url(endpoint)
@@ -318,6 +319,7 @@ pub fn hs256(claims: &Value) -> String {
 }
 
 pub fn hs256_with_secret(claims: &Value, secret: &[u8]) -> String {
+    shared::jwt_crypto::install();
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -328,6 +330,7 @@ pub fn hs256_with_secret(claims: &Value, secret: &[u8]) -> String {
 
 /// Signs with one of the fixture keys (`es256-a`, `es256-b`, `rs256`), `kid` = key name.
 pub fn asymmetric(key: &str, claims: &Value) -> String {
+    shared::jwt_crypto::install();
     let pem = fixture(&format!("{key}.pem"));
     let (alg, encoding_key) = if key.starts_with("es256") {
         (

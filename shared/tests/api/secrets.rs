@@ -70,6 +70,7 @@ async fn an_unreachable_secrets_manager_fails_fast() {
         .port();
     let config = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(shared::secrets::https_client())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .endpoint_url(format!("http://127.0.0.1:{port}"))
