@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_streamer_profile_fk"),
     migration!(3, "0003_viewers_and_room_lifecycle"),
     migration!(4, "0004_chat_and_moderation"),
+    migration!(5, "0005_rate_limit_functions"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -188,21 +188,8 @@ pub async fn access(client: &Client, room: &RoomName, user: Uuid) -> Result<Opti
     .transpose()
 }
 
-static TOKEN_ACCESS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH hit AS ({hit})
-         SELECT EXISTS (SELECT 1 FROM hit) AS admitted, ({retry_after}) AS retry_after,
-                s.streamer_id, s.is_live,
-                COALESCE(r.banned, false) AS banned, COALESCE(r.muted, false) AS muted
-         FROM (SELECT 1) AS one
-         LEFT JOIN live_streams s ON s.id = $1
-         LEFT JOIN live_room_restrictions r ON r.room_name = s.id AND r.user_id = $2",
-        hit = crate::rate_limit::hit_sql(3, 4, 5),
-        retry_after = crate::rate_limit::retry_after_sql(3, 4),
-    )
-});
-
-/// [`access`] and the caller's token rate limit together: one round trip.
+/// [`access`] and the caller's token rate limit together, in one round trip:
+/// the function `live_token_access` (migration 0005), planned once per connection.
 pub async fn token_access(
     client: &Client,
     room: &RoomName,
@@ -213,7 +200,7 @@ pub async fn token_access(
     let (window, max) = (limit.window_seconds(), limit.max_hits());
     let row = client
         .query_typed_one(
-            &TOKEN_ACCESS_SQL,
+            "SELECT retry_after, streamer_id, is_live, banned, muted FROM live_token_access($1, $2, $3, $4, $5)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
@@ -223,11 +210,9 @@ pub async fn token_access(
             ],
         )
         .await?;
-    let admitted: bool = row.try_get("admitted").map_err(ApiError::internal)?;
-    if !admitted {
-        return Err(crate::rate_limit::limited(
-            row.try_get("retry_after").map_err(ApiError::internal)?,
-        ));
+    let retry_after: Option<i64> = row.try_get("retry_after").map_err(ApiError::internal)?;
+    if retry_after.is_some() {
+        return Err(crate::rate_limit::limited(retry_after));
     }
     let Some(streamer_id) = row
         .try_get::<_, Option<Uuid>>("streamer_id")
