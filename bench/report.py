@@ -250,6 +250,17 @@ def hot_paths_section(results):
     return "\n".join(out), figures
 
 
+def failed_row(r, log_name, columns):
+    """A table row for a function the harness could not measure."""
+    reason = r.get("reason") or f"the harness failed (see target/bench/logs/{log_name})"
+    return [f"`{r['function']}`", f"not measured: {reason}"] + [""] * (columns - 2)
+
+
+def statuses_text(r):
+    """How many answers had each status, e.g. `200: 3000`."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(r.get("statuses", {}).items()))
+
+
 def functions_section(results):
     rows_in = results.jsonl("functions.jsonl")
     if not rows_in:
@@ -257,11 +268,10 @@ def functions_section(results):
     rows = []
     for r in rows_in:
         if r.get("failed"):
-            reason = r.get("reason") or f"the harness failed (see target/bench/logs/{r['function']}.log)"
-            rows.append([f"`{r['function']}`", f"not measured: {reason}"] + [""] * 7)
+            rows.append(failed_row(r, f"{r['function']}.log", 9))
             continue
         rss = r.get("peak_rss_kb")
-        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r.get("statuses", {}).items()))
+        statuses = statuses_text(r)
         rows.append([
             f"`{r['function']}`",
             f"{r['init_ms']:.2f} ({r['init_ms_min']:.2f}–{r['init_ms_max']:.2f})",
@@ -295,10 +305,9 @@ def load_section(results):
     rows = []
     for r in rows_in:
         if r.get("failed"):
-            reason = r.get("reason") or f"the harness failed (see target/bench/logs/load-{r['function']}.log)"
-            rows.append([f"`{r['function']}`", f"not measured: {reason}"] + [""] * 7)
+            rows.append(failed_row(r, f"load-{r['function']}.log", 9))
             continue
-        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r.get("statuses", {}).items()))
+        statuses = statuses_text(r)
         peak = r.get("peak_db_connections")
         rows.append([
             f"`{r['function']}`",

@@ -25,6 +25,15 @@ pub const LIVEKIT_API_SECRET: &str = "test-api-secret-that-is-long-enough-for-hs
 /// The same secret `scripts/dev` uses, so the committed `events/` files verify.
 pub const SUPABASE_JWT_SECRET: &str = "local-dev-supabase-jwt-secret-at-least-32-chars";
 
+/// A loopback port with nothing listening on it (at the time of the call).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
 /// A Secrets Manager client for the `moto_server` that `scripts/test` starts.
 pub fn moto_client() -> aws_sdk_secretsmanager::Client {
     use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
@@ -237,6 +246,13 @@ impl TestApp {
         H: for<'a> shared::http::Handler<'a, Req, Resp>,
     {
         TestResponse::from(shared::http::handle(&self.state, request, &handler).await)
+    }
+
+    /// Asks `/live/token` for a viewer token to `room` with `bearer`.
+    pub async fn request_token(&self, bearer: &str, room: &str) -> TestResponse {
+        let body = json!({"roomName": room, "participantName": "Ade"}).to_string();
+        self.call(shared::handlers::issue_token, Some(bearer), &body)
+            .await
     }
 
     /// Starts a live stream for `user` in `room` and returns the response body.

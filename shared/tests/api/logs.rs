@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     AppOptions, LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LiveKitMode, SUPABASE_JWT_SECRET, TestApp, TestResponse,
-    get_request, hs256, hs256_with_secret, migrated_database, signed_webhook, webhook_event,
+    free_port, get_request, hs256, hs256_with_secret, migrated_database, signed_webhook, webhook_event,
 };
 
 /// The database password of this run. The test cluster uses trust auth and
@@ -68,14 +68,6 @@ fn subscriber(captured: &Captured) -> impl tracing::Subscriber + Send + Sync {
                 .without_time()
                 .with_writer(move || plain.clone()),
         )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The settings `TestApp` builds its state from, as a Lambda would read them.

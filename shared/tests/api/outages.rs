@@ -4,19 +4,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use shared::handlers::{issue_token, start_stream};
+use shared::handlers::start_stream;
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, TestApp};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::helpers::{AppOptions, TestApp, free_port};
 
 /// Forwards every connection on `listen` to `target`, like a network path to the database.
 async fn start_proxy(listen: SocketAddr, target: SocketAddr) {
@@ -77,13 +69,7 @@ async fn a_database_down_at_cold_start_is_a_503_and_the_warm_state_recovers() {
         .call(start_stream, Some(&token), r#"{"title":"x","roomName":"outage"}"#)
         .await;
     assert_eq!(up.status, 201, "same state, no cold start: {}", up.body);
-    let joined = app
-        .call(
-            issue_token,
-            Some(&token),
-            r#"{"roomName":"outage","participantName":"me"}"#,
-        )
-        .await;
+    let joined = app.request_token(&token, "outage").await;
     assert_eq!(joined.status, 200);
 }
 
@@ -105,13 +91,7 @@ async fn a_database_that_accepts_but_never_answers_is_a_503_within_seconds() {
     })
     .await;
     let started = Instant::now();
-    let response = app
-        .call(
-            issue_token,
-            Some(&app.token_for(Uuid::new_v4())),
-            r#"{"roomName":"r","participantName":"me"}"#,
-        )
-        .await;
+    let response = app.request_token(&app.token_for(Uuid::new_v4()), "r").await;
     response.assert_error(503, "unavailable");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -205,13 +185,7 @@ async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers
         )
         .await;
     down.assert_error(503, "unavailable");
-    let down = app
-        .call(
-            issue_token,
-            Some(&viewer_token),
-            r#"{"roomName":"before-restart","participantName":"Ade"}"#,
-        )
-        .await;
+    let down = app.request_token(&viewer_token, "before-restart").await;
     down.assert_error(503, "unavailable");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -220,13 +194,7 @@ async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers
     );
 
     cluster.resume().await;
-    let up = app
-        .call(
-            issue_token,
-            Some(&viewer_token),
-            r#"{"roomName":"before-restart","participantName":"Ade"}"#,
-        )
-        .await;
+    let up = app.request_token(&viewer_token, "before-restart").await;
     assert_eq!(
         up.status, 200,
         "the stream started before the restart is still live: {}",

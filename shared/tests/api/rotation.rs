@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use shared::handlers::{issue_token, start_stream};
+use shared::handlers::start_stream;
 use shared::secrets::SecretSource;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -113,11 +113,7 @@ async fn a_password_rotated_while_warm_is_read_again_from_the_secret() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let viewer = app
-        .call(
-            issue_token,
-            Some(&app.token_for(Uuid::new_v4())),
-            &json!({ "roomName": "before-rotation", "participantName": "Ade" }).to_string(),
-        )
+        .request_token(&app.token_for(Uuid::new_v4()), "before-rotation")
         .await;
     assert_eq!(viewer.status, 200, "{}", viewer.body);
     app.start_stream(Uuid::new_v4(), "after-rotation").await;
