@@ -365,7 +365,8 @@ start_pgbouncer() {
         chown postgres: "$dir"
     fi
 
-    printf '"postgres" ""\n' >"$dir/userlist.txt"
+    # postgres for the tests' own checks, live_api (migration 0006) for the app.
+    printf '"postgres" ""\n"live_api" ""\n' >"$dir/userlist.txt"
 
     local psql=psql
     if [ -n "${PG_BINDIR:-}" ] && [ -x "$PG_BINDIR/psql" ]; then psql="$PG_BINDIR/psql"; fi

@@ -114,12 +114,24 @@ pub async fn ownership(client: &Client, message: Uuid) -> Result<Option<MessageO
     .transpose()
 }
 
-/// Soft-deletes the message; `false` if it was already deleted.
+/// Deletes the message for everyone: its row is blanked (Realtime sends an
+/// updated row to subscribers, so the text must not be in it) and the text
+/// moves to `live_message_deletions`, which no API user can read. `false` if
+/// it was already deleted.
 pub async fn soft_delete(tx: &Transaction<'_>, message: Uuid, by: Uuid) -> Result<bool, ApiError> {
     let rows = tx
         .query_typed(
-            "UPDATE live_messages SET deleted_at = now(), deleted_by = $2
-             WHERE id = $1 AND deleted_at IS NULL RETURNING id",
+            "WITH target AS (
+                 SELECT id, room_name, user_id, text FROM live_messages
+                 WHERE id = $1 AND deleted_at IS NULL
+                 FOR UPDATE
+             ), kept AS (
+                 INSERT INTO live_message_deletions (message_id, room_name, author_id, original_text, deleted_by)
+                 SELECT id, room_name, user_id, text, $2 FROM target
+             )
+             UPDATE live_messages m SET text = '', deleted_at = now(), deleted_by = $2
+             FROM target t WHERE m.id = t.id
+             RETURNING m.id",
             &[(&message, Type::UUID), (&by, Type::UUID)],
         )
         .await?;

@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_viewers_and_room_lifecycle"),
     migration!(4, "0004_chat_and_moderation"),
     migration!(5, "0005_rate_limit_functions"),
+    migration!(6, "0006_supabase_api_exposure"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

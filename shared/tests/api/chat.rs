@@ -153,7 +153,7 @@ async fn concurrent_senders_in_separate_containers_share_the_limit() {
     let (app, _) = chat_room().await;
     // A second container: its own state and pool, the same database.
     let other = TestApp::spawn_with(AppOptions {
-        database_url: Some(app.database_url.clone()),
+        database_url: Some(app.api_database_url.clone()),
         ..AppOptions::default()
     })
     .await;
@@ -200,7 +200,7 @@ async fn history_is_newest_first_paginated_and_skips_deleted_messages() {
     let (app, host) = chat_room().await;
     let viewer = Uuid::new_v4();
     let other = TestApp::spawn_with(AppOptions {
-        database_url: Some(app.database_url.clone()),
+        database_url: Some(app.api_database_url.clone()),
         ..AppOptions::default()
     })
     .await;

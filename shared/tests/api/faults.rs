@@ -99,7 +99,8 @@ async fn app_behind_proxy() -> (TestApp, Proxy) {
     let proxy = Proxy::start(target).await;
     let database = url.rsplit_once('/').unwrap().1;
     let via_proxy = format!(
-        "postgres://postgres@127.0.0.1:{}/{database}?sslmode=disable",
+        "postgres://{}@127.0.0.1:{}/{database}?sslmode=disable",
+        crate::helpers::API_ROLE,
         proxy.port
     );
     let app = TestApp::spawn_with(AppOptions {
@@ -233,7 +234,7 @@ async fn starts_and_tokens_are_rate_limited_per_user_across_containers() {
     })
     .await;
     let other = TestApp::spawn_with(AppOptions {
-        database_url: Some(app.database_url.clone()),
+        database_url: Some(app.api_database_url.clone()),
         settings: vec![
             ("START_RATE_LIMIT_REQUESTS", "3".into()),
             ("TOKEN_RATE_LIMIT_REQUESTS", "4".into()),

@@ -92,8 +92,60 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The role the functions connect as (migration 0006): no superuser, owns
+/// nothing, exactly the privileges the handlers use.
+pub const API_ROLE: &str = "live_api";
+
+/// The same database as `admin_url` (the test cluster's superuser), reached
+/// as the functions' role. Trust authentication: no password on loopback.
+pub fn as_api_role(admin_url: &str) -> String {
+    let replaced = admin_url.replacen("://postgres@", &format!("://{API_ROLE}@"), 1);
+    assert_ne!(replaced, admin_url, "the admin URL connects as postgres");
+    replaced
+}
+
+/// Prepares an empty database the way a Supabase project is prepared: the
+/// API roles `anon` and `authenticated` and the `service_role` (which
+/// bypasses RLS), usage of `public` for all three, default privileges that
+/// grant everything the migrating role creates in `public` to all three (as
+/// Supabase does for `postgres`), and an empty `supabase_realtime`
+/// publication. Roles belong to the cluster; concurrent tests race to create
+/// them, and losing that race is fine.
+pub async fn prepare_like_supabase(url: &str) {
+    connect(url)
+        .await
+        .batch_execute(
+            "DO $$
+             DECLARE
+                 api_role TEXT;
+             BEGIN
+                 FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+                     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = api_role) THEN
+                         BEGIN
+                             EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT %s', api_role,
+                                 CASE WHEN api_role = 'service_role' THEN 'BYPASSRLS' ELSE '' END);
+                         EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                             NULL;
+                         END;
+                     END IF;
+                 END LOOP;
+             END
+             $$;
+             GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+             CREATE PUBLICATION supabase_realtime;",
+        )
+        .await
+        .expect("prepare the database like Supabase's");
+}
+
+/// A fresh database prepared like Supabase's, with every migration applied.
+/// Returns the superuser URL; the functions use [`as_api_role`] of it.
 pub async fn migrated_database() -> String {
     let url = create_database().await;
+    prepare_like_supabase(&url).await;
     shared::migrate::migrate_url(&url)
         .await
         .expect("migrations apply");
@@ -102,7 +154,11 @@ pub async fn migrated_database() -> String {
 
 pub struct TestApp {
     pub state: AppState,
+    /// The superuser's URL, for checking what the code under test stored (or
+    /// the URL a test passed in [`AppOptions::database_url`]).
     pub database_url: String,
+    /// The URL the functions' state connects with.
+    pub api_database_url: String,
     pub livekit: LiveKitStub,
     pub jwks: JwksServer,
     pub supabase_url: Option<String>,
@@ -111,6 +167,8 @@ pub struct TestApp {
 pub struct AppOptions {
     /// Also trust asymmetric tokens through the JWKS endpoint, and require `iss`.
     pub supabase_url: bool,
+    /// The URL the functions connect with, used as given. Without it, a fresh
+    /// Supabase-like database reached as [`API_ROLE`].
     pub database_url: Option<String>,
     pub livekit_url: Option<String>,
     pub database_ca_cert: Option<String>,
@@ -140,9 +198,13 @@ impl TestApp {
     }
 
     pub async fn spawn_with(options: AppOptions) -> TestApp {
-        let database_url = match options.database_url {
-            Some(url) => url,
-            None => migrated_database().await,
+        let (database_url, api_database_url) = match options.database_url {
+            Some(url) => (url.clone(), url),
+            None => {
+                let admin = migrated_database().await;
+                let api = as_api_role(&admin);
+                (admin, api)
+            }
         };
         let setting = |name: &str, default: &str| {
             options
@@ -161,7 +223,7 @@ impl TestApp {
         let jwks = JwksServer::start().await;
         let supabase_url = options.supabase_url.then(|| jwks.base_url());
         let mut settings: HashMap<&str, String> = HashMap::from([
-            ("DATABASE_URL", database_url.clone()),
+            ("DATABASE_URL", api_database_url.clone()),
             (
                 "LIVEKIT_URL",
                 options.livekit_url.unwrap_or_else(|| livekit.ws_url()),
@@ -187,6 +249,7 @@ impl TestApp {
         TestApp {
             state,
             database_url,
+            api_database_url,
             livekit,
             jwks,
             supabase_url,
@@ -579,5 +642,64 @@ impl TestApp {
             .await
             .expect("stream exists")
             .get("viewer_count")
+    }
+}
+
+/// A Postgres cluster of its own (`scripts/postgres-cluster`), so stopping it
+/// leaves the other tests' database alone.
+pub struct RestartableCluster {
+    port: u16,
+    dir: String,
+}
+
+impl RestartableCluster {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres-cluster")
+    }
+
+    async fn run(args: &[&str]) -> String {
+        let output = tokio::process::Command::new(Self::script())
+            .args(args)
+            .output()
+            .await
+            .expect("scripts/postgres-cluster runs");
+        assert!(
+            output.status.success(),
+            "scripts/postgres-cluster {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    pub async fn start() -> RestartableCluster {
+        // Not created here: the script makes it, owned by the server's OS user.
+        let dir = std::env::temp_dir().join(format!("live-backend-restart-{}", Uuid::new_v4().simple()));
+        let printed = Self::run(&["start", &dir.to_string_lossy()]).await;
+        let (port, dir) = printed.split_once(' ').expect("the script prints PORT DIR");
+        RestartableCluster {
+            port: port.parse().expect("a port number"),
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The cluster's `postgres` database, as its superuser.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub async fn stop(&self) {
+        Self::run(&["stop", &self.dir]).await;
+    }
+
+    pub async fn resume(&self) {
+        Self::run(&["resume", &self.dir]).await;
+    }
+}
+
+impl Drop for RestartableCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::script())
+            .args(["destroy", &self.dir])
+            .status();
     }
 }

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod adapter;
+mod api_role;
 mod auth;
 mod chat;
 mod end;
@@ -24,6 +25,7 @@ mod rotation;
 mod round_trips;
 mod secrets;
 mod start;
+mod supabase_api;
 mod tls;
 mod token;
 mod token_source;

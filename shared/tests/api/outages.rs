@@ -35,7 +35,10 @@ async fn a_database_down_at_cold_start_is_a_503_and_the_warm_state_recovers() {
     let real_url = crate::helpers::migrated_database().await;
     let port = free_port();
     let database = real_url.rsplit_once('/').unwrap().1;
-    let via_proxy = format!("postgres://postgres@127.0.0.1:{port}/{database}");
+    let via_proxy = format!(
+        "postgres://{}@127.0.0.1:{port}/{database}",
+        crate::helpers::API_ROLE
+    );
     // The state builds although nothing listens on the database port.
     let app = TestApp::spawn_with(AppOptions {
         database_url: Some(via_proxy),
@@ -100,72 +103,14 @@ async fn a_database_that_accepts_but_never_answers_is_a_503_within_seconds() {
     );
 }
 
-/// A Postgres cluster of its own (`scripts/postgres-cluster`), so stopping it
-/// leaves the other tests' database alone.
-struct RestartableCluster {
-    port: u16,
-    dir: String,
-}
-
-impl RestartableCluster {
-    fn script() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres-cluster")
-    }
-
-    async fn run(args: &[&str]) -> String {
-        let output = tokio::process::Command::new(Self::script())
-            .args(args)
-            .output()
-            .await
-            .expect("scripts/postgres-cluster runs");
-        assert!(
-            output.status.success(),
-            "scripts/postgres-cluster {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-
-    async fn start() -> RestartableCluster {
-        // Not created here: the script makes it, owned by the server's OS user.
-        let dir = std::env::temp_dir().join(format!("live-backend-restart-{}", Uuid::new_v4().simple()));
-        let printed = Self::run(&["start", &dir.to_string_lossy()]).await;
-        let (port, dir) = printed.split_once(' ').expect("the script prints PORT DIR");
-        RestartableCluster {
-            port: port.parse().expect("a port number"),
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    async fn stop(&self) {
-        Self::run(&["stop", &self.dir]).await;
-    }
-
-    async fn resume(&self) {
-        Self::run(&["resume", &self.dir]).await;
-    }
-}
-
-impl Drop for RestartableCluster {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(Self::script())
-            .args(["destroy", &self.dir])
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers() {
-    let cluster = RestartableCluster::start().await;
+    let cluster = crate::helpers::RestartableCluster::start().await;
     shared::migrate::migrate_url(&cluster.url())
         .await
         .expect("migrations apply");
     let app = TestApp::spawn_with(AppOptions {
-        database_url: Some(cluster.url()),
+        database_url: Some(crate::helpers::as_api_role(&cluster.url())),
         ..AppOptions::default()
     })
     .await;

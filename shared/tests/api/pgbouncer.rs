@@ -23,7 +23,7 @@ use shared::handlers::{
 use uuid::Uuid;
 
 use crate::helpers::{
-    AppOptions, LIVEKIT_API_SECRET, TestApp, TestResponse, connect, create_database, get_request,
+    API_ROLE, AppOptions, LIVEKIT_API_SECRET, TestApp, TestResponse, connect, create_database, get_request,
     migrated_database, signed_webhook, verify_livekit_token, webhook_event,
 };
 
@@ -39,7 +39,7 @@ fn via_pgbouncer(direct_url: &str) -> String {
     let port = std::env::var("TEST_PGBOUNCER_PORT")
         .expect("TEST_PGBOUNCER_PORT is not set: run the tests with scripts/test, which starts PgBouncer");
     let (_, name) = direct_url.rsplit_once('/').expect("database URL has a path");
-    format!("postgres://postgres@127.0.0.1:{port}/{name}?sslmode=disable")
+    format!("postgres://{API_ROLE}@127.0.0.1:{port}/{name}?sslmode=disable")
 }
 
 /// One container (one Lambda execution environment, its own pool) whose

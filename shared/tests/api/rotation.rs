@@ -13,12 +13,12 @@ use shared::secrets::SecretSource;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, TestApp, connect, create_secret, migrated_database, moto_client};
+use crate::helpers::{API_ROLE, AppOptions, TestApp, connect, create_secret, migrated_database, moto_client};
 
 static PASSWORD_GROUP: OnceCell<()> = OnceCell::const_new();
 
-/// A login role of `password_login` with `password`, allowed to use every
-/// table of the database at `admin_url`. Returns the role's name.
+/// A login role of `password_login` with `password` and the privileges of
+/// the functions' role. Returns the role's name.
 async fn password_role(admin_url: &str, password: &str) -> String {
     let admin = connect(admin_url).await;
     PASSWORD_GROUP
@@ -38,9 +38,7 @@ async fn password_role(admin_url: &str, password: &str) -> String {
     let role = format!("rotating_{}", Uuid::new_v4().simple());
     admin
         .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE password_login;
-             GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};
-             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role};"
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE password_login, {API_ROLE}"
         ))
         .await
         .expect("create the role");

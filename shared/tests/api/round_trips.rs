@@ -70,7 +70,10 @@ async fn a_warm_token_request_makes_exactly_one_database_round_trip() {
     let round_trips = Arc::new(AtomicUsize::new(0));
     let port = counting_proxy(target, round_trips.clone()).await;
     let database = url.rsplit_once('/').unwrap().1;
-    let proxied = format!("postgres://postgres@127.0.0.1:{port}/{database}?sslmode=disable");
+    let proxied = format!(
+        "postgres://{}@127.0.0.1:{port}/{database}?sslmode=disable",
+        crate::helpers::API_ROLE
+    );
     let app = TestApp::spawn_with(AppOptions {
         database_url: Some(proxied),
         ..AppOptions::default()

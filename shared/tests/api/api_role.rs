@@ -1,0 +1,163 @@
+//! The role the functions connect as (`live_api`, migration 0006). Every other
+//! test's handlers run as this role, so it can do what they do; here, that it
+//! can do nothing more, and that it works on a bare Postgres too.
+
+use serde_json::json;
+use shared::handlers::post_message;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::helpers::{
+    API_ROLE, AppOptions, LIVEKIT_API_SECRET, RestartableCluster, TestApp, as_api_role, connect,
+    signed_webhook, webhook_event,
+};
+
+#[tokio::test]
+async fn the_functions_role_is_no_superuser_and_owns_nothing() {
+    let app = TestApp::spawn().await;
+    let db = app.db().await;
+    let role = db
+        .query_one(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolreplication FROM pg_roles WHERE rolname = $1",
+            &[&API_ROLE],
+        )
+        .await
+        .unwrap();
+    for (i, attribute) in ["superuser", "createrole", "createdb", "bypassrls", "replication"]
+        .iter()
+        .enumerate()
+    {
+        assert!(!role.get::<_, bool>(i), "{API_ROLE} has {attribute}");
+    }
+    let owned: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relowner = r.oid)
+                  + (SELECT count(*) FROM pg_proc WHERE proowner = r.oid)
+                  + (SELECT count(*) FROM pg_namespace WHERE nspowner = r.oid)
+             FROM pg_roles r WHERE r.rolname = $1",
+            &[&API_ROLE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owned, 0);
+    // The state under test really connects as that role.
+    let client = app.state.db.get().await.unwrap();
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(user, API_ROLE);
+}
+
+#[tokio::test]
+async fn the_functions_role_cannot_change_the_schema_or_destroy_data() {
+    let app = TestApp::spawn().await;
+    app.start_stream(Uuid::new_v4(), "kept").await;
+    let db = connect(&app.api_database_url).await;
+    for sql in [
+        "CREATE TABLE public.intruder (id int)",
+        "CREATE FUNCTION public.intruder() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "ALTER TABLE live_streams ADD COLUMN intruder int",
+        "ALTER TABLE live_streams DISABLE ROW LEVEL SECURITY",
+        "DROP TABLE live_messages",
+        "TRUNCATE live_streams CASCADE",
+        "DELETE FROM live_streams",
+        "DELETE FROM live_messages",
+        "DELETE FROM live_room_restrictions",
+        "SELECT * FROM schema_migrations",
+        "SELECT * FROM live_message_deletions",
+        "SELECT * FROM live_moderation_actions",
+        "CREATE ROLE intruder SUPERUSER",
+        "SET ROLE postgres",
+    ] {
+        let error = db
+            .batch_execute(sql)
+            .await
+            .expect_err(&format!("{API_ROLE} ran `{sql}`"));
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "`{sql}`: {error}"
+        );
+    }
+    assert!(app.stream_row("kept").await.is_some());
+}
+
+#[tokio::test]
+async fn the_functions_sessions_carry_statement_and_lock_timeouts() {
+    let app = TestApp::spawn().await;
+    let client = app.state.db.get().await.unwrap();
+    let show = |name: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(show("statement_timeout").await, "5s");
+    assert_eq!(show("lock_timeout").await, "2s");
+    assert_eq!(show("idle_in_transaction_session_timeout").await, "10s");
+}
+
+/// A plain PostgreSQL without Supabase's roles or publication (a cluster of its
+/// own, since roles belong to a whole cluster): the migrations apply and the
+/// functions work as `live_api`.
+#[tokio::test]
+async fn on_a_bare_postgres_the_migrations_apply_and_the_functions_work() {
+    let cluster = RestartableCluster::start().await;
+    let admin = connect(&cluster.url()).await;
+    let supabase_roles: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('anon', 'authenticated', 'service_role')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(supabase_roles, 0, "a bare cluster");
+    shared::migrate::migrate_url(&cluster.url())
+        .await
+        .expect("migrations apply on a bare Postgres");
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(as_api_role(&cluster.url())),
+        ..AppOptions::default()
+    })
+    .await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "bare").await;
+    assert_eq!(
+        app.request_token(&app.token_for(viewer), "bare").await.status,
+        200
+    );
+    let chat = app
+        .call(
+            post_message,
+            Some(&app.token_for(viewer)),
+            &json!({"roomName": "bare", "text": "hi"}).to_string(),
+        )
+        .await;
+    assert_eq!(chat.status, 201, "{}", chat.body);
+    let joined = webhook_event(
+        "EV_1",
+        "participant_joined",
+        "bare",
+        Some((&viewer.to_string(), "PA_v", false)),
+    );
+    assert_eq!(
+        app.deliver(signed_webhook(&joined, LIVEKIT_API_SECRET))
+            .await
+            .status,
+        200
+    );
+    let count: i32 = admin
+        .query_one("SELECT viewer_count FROM live_streams WHERE id = 'bare'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
+}
