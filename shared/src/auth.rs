@@ -22,6 +22,20 @@ use crate::config::SupabaseConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthUser {
     pub id: Uuid,
+    /// A Supabase anonymous sign-in (`is_anonymous: true`): a throwaway
+    /// account anyone can make in one call, so by default it may only watch.
+    pub is_anonymous: bool,
+}
+
+impl AuthUser {
+    /// Refuses anonymous sign-ins unless `rules` allow them to take part
+    /// (go live, chat, moderate), not only watch.
+    pub fn require_participant(&self, rules: &crate::config::Rules) -> Result<(), crate::ApiError> {
+        if self.is_anonymous && !rules.allow_anonymous_participation {
+            return Err(crate::ApiError::AnonymousNotAllowed);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +60,8 @@ struct SupabaseClaims {
     sub: String,
     #[serde(default)]
     role: Option<String>,
+    #[serde(default)]
+    is_anonymous: bool,
 }
 
 pub struct Authenticator {
@@ -135,7 +151,10 @@ impl Authenticator {
             return Err(AuthError::Rejected("role is not authenticated"));
         }
         let id = Uuid::parse_str(&claims.sub).map_err(|_| AuthError::Rejected("sub is not a UUID"))?;
-        Ok(AuthUser { id })
+        Ok(AuthUser {
+            id,
+            is_anonymous: claims.is_anonymous,
+        })
     }
 }
 

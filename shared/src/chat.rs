@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::{Client, GenericClient, Row, Transaction};
 use uuid::Uuid;
 
 use crate::domain::RoomName;
@@ -186,19 +186,29 @@ pub async fn record_action(
     Ok(())
 }
 
-/// The restrictions on `user` in `room` after applying `action`.
+/// The restrictions on a user in a room after a moderation action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Restrictions {
     pub banned: bool,
     pub muted: bool,
 }
 
-pub async fn restrict(
-    tx: &Transaction<'_>,
+/// A moderation action as committed: the user's standing after it, and when
+/// (Unix seconds, the database's clock).
+pub struct Moderated {
+    pub restrictions: Restrictions,
+    pub at_unix_seconds: i64,
+}
+
+/// Applies `action` to `user`'s standing in `room` and records it, in one
+/// statement (so both commit together, with no transaction left open).
+pub async fn moderate(
+    client: &Client,
     room: &RoomName,
+    moderator: Uuid,
     user: Uuid,
     action: Action,
-) -> Result<Restrictions, ApiError> {
+) -> Result<Moderated, ApiError> {
     // NULL leaves a flag as it is.
     let (banned, muted): (Option<bool>, Option<bool>) = match action {
         Action::Ban => (Some(true), None),
@@ -207,23 +217,63 @@ pub async fn restrict(
         Action::Unmute => (None, Some(false)),
         Action::Kick | Action::DeleteMessage => (None, None),
     };
-    let row = tx
+    let row = client
         .query_typed_one(
-            "INSERT INTO live_room_restrictions AS r (room_name, user_id, banned, muted)
-             VALUES ($1, $2, COALESCE($3, false), COALESCE($4, false))
-             ON CONFLICT (room_name, user_id) DO UPDATE
-             SET banned = COALESCE($3, r.banned), muted = COALESCE($4, r.muted), updated_at = now()
-             RETURNING banned, muted",
+            "WITH changed AS (
+                 INSERT INTO live_room_restrictions AS r (room_name, user_id, banned, muted)
+                 VALUES ($1, $2, COALESCE($3, false), COALESCE($4, false))
+                 ON CONFLICT (room_name, user_id) DO UPDATE
+                 SET banned = COALESCE($3, r.banned), muted = COALESCE($4, r.muted), updated_at = now()
+                 RETURNING banned, muted
+             ), recorded AS (
+                 INSERT INTO live_moderation_actions (room_name, moderator_id, target_id, action)
+                 VALUES ($1, $5, $2, $6)
+             )
+             SELECT banned, muted, extract(epoch FROM now())::int8 FROM changed",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
                 (&banned, Type::BOOL),
                 (&muted, Type::BOOL),
+                (&moderator, Type::UUID),
+                (&action.as_str(), Type::TEXT),
             ],
         )
         .await?;
-    Ok(Restrictions {
-        banned: row.try_get(0).map_err(ApiError::internal)?,
-        muted: row.try_get(1).map_err(ApiError::internal)?,
+    Ok(Moderated {
+        restrictions: Restrictions {
+            banned: row.try_get(0).map_err(ApiError::internal)?,
+            muted: row.try_get(1).map_err(ApiError::internal)?,
+        },
+        at_unix_seconds: row.try_get(2).map_err(ApiError::internal)?,
     })
+}
+
+/// The banned or muted among `users` in `room` (everyone else has no restriction).
+pub async fn restricted_among(
+    client: &impl GenericClient,
+    room: &RoomName,
+    users: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Restrictions>, ApiError> {
+    if users.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows = client
+        .query_typed(
+            "SELECT user_id, banned, muted FROM live_room_restrictions
+             WHERE room_name = $1 AND user_id = ANY($2) AND (banned OR muted)",
+            &[(&room.as_str(), Type::TEXT), (&users, Type::UUID_ARRAY)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0).map_err(ApiError::internal)?,
+                Restrictions {
+                    banned: row.try_get(1).map_err(ApiError::internal)?,
+                    muted: row.try_get(2).map_err(ApiError::internal)?,
+                },
+            ))
+        })
+        .collect()
 }

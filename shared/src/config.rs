@@ -30,6 +30,11 @@ pub const START_RATE_LIMIT_REQUESTS: &str = "START_RATE_LIMIT_REQUESTS";
 pub const START_RATE_LIMIT_WINDOW_SECONDS: &str = "START_RATE_LIMIT_WINDOW_SECONDS";
 pub const TOKEN_RATE_LIMIT_REQUESTS: &str = "TOKEN_RATE_LIMIT_REQUESTS";
 pub const TOKEN_RATE_LIMIT_WINDOW_SECONDS: &str = "TOKEN_RATE_LIMIT_WINDOW_SECONDS";
+pub const MAX_LIVE_STREAMS_PER_STREAMER: &str = "MAX_LIVE_STREAMS_PER_STREAMER";
+pub const ALLOW_ANONYMOUS_PARTICIPATION: &str = "ALLOW_ANONYMOUS_PARTICIPATION";
+pub const LIVEKIT_VIEWER_CAN_PUBLISH_DATA: &str = "LIVEKIT_VIEWER_CAN_PUBLISH_DATA";
+pub const REQUEST_DEADLINE_SECONDS: &str = "REQUEST_DEADLINE_SECONDS";
+pub const SESSION_RETENTION_DAYS: &str = "SESSION_RETENTION_DAYS";
 
 const DEFAULT_TOKEN_TTL_SECONDS: u64 = 600;
 const DEFAULT_POOL_SIZE: usize = 2;
@@ -39,6 +44,13 @@ const DEFAULT_ROOM_EMPTY_TIMEOUT_SECONDS: u32 = 300;
 /// dropped to reconnect before the room (and the stream) is gone.
 const DEFAULT_ROOM_DEPARTURE_TIMEOUT_SECONDS: u32 = 120;
 const DEFAULT_RECONCILE_GRACE_SECONDS: u64 = 120;
+/// Every request is answered within this, whatever a dependency does: well
+/// inside the function's 10 s timeout, so the client gets our 503 instead of
+/// API Gateway's bare error, and far from API Gateway's 30 s limit. The
+/// functions' Postgres role has a 5 s statement timeout, so the database
+/// normally gives up first.
+const DEFAULT_REQUEST_DEADLINE_SECONDS: u64 = 8;
+const DEFAULT_SESSION_RETENTION_DAYS: u64 = 7;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -68,6 +80,23 @@ pub struct Config {
     /// reconciler ends the stream.
     pub reconcile_grace: Duration,
     pub limits: Limits,
+    pub rules: Rules,
+}
+
+/// Who may do what, and how long things are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Supabase anonymous sign-ins (`is_anonymous`) may watch; with this they
+    /// may also go live, chat and moderate.
+    pub allow_anonymous_participation: bool,
+    /// Live streams one streamer may have at once.
+    pub max_live_streams_per_streamer: u32,
+    /// How long a request may take before it is answered 503 and its database
+    /// work cancelled.
+    pub request_deadline: Duration,
+    /// Closed participant sessions, and the sessions of ended streams, are
+    /// pruned after this.
+    pub session_retention: Duration,
 }
 
 /// Per-user abuse limits, kept in Postgres so they hold across containers.
@@ -103,6 +132,9 @@ pub struct LiveKitConfig {
     pub api_secret: String,
     pub token_ttl: Duration,
     pub room: RoomOptions,
+    /// Whether viewers' tokens carry `canPublishData` (chat-like packets of
+    /// their own). Off for apps that want no client data in their rooms.
+    pub viewer_can_publish_data: bool,
 }
 
 /// What `CreateRoom` asks LiveKit for.
@@ -185,10 +217,15 @@ impl Config {
 
         let supabase_url = match get(SUPABASE_URL) {
             None => None,
-            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+            Some(url) if url.starts_with("https://") || is_loopback_http(&url) => {
                 Some(url.trim_end_matches('/').to_owned())
             }
-            Some(_) => return Err(invalid(SUPABASE_URL, "expected https://<project>.supabase.co")),
+            Some(_) => {
+                return Err(invalid(
+                    SUPABASE_URL,
+                    "expected https://<project>.supabase.co (plain http:// only on loopback)",
+                ));
+            }
         };
         let jwt_secret = get(SUPABASE_JWT_SECRET);
         if jwt_secret.is_none() && supabase_url.is_none() {
@@ -200,6 +237,24 @@ impl Config {
                 max: number(&get, max_name, default_max, 1..=1_000_000)?,
                 window: Duration::from_secs(number(&get, window_name, default_window, 1..=86_400)?),
             })
+        };
+        let rules = Rules {
+            allow_anonymous_participation: flag(&get, ALLOW_ANONYMOUS_PARTICIPATION, false)?,
+            max_live_streams_per_streamer: number(&get, MAX_LIVE_STREAMS_PER_STREAMER, 1, 1..=100)?,
+            request_deadline: Duration::from_secs(number(
+                &get,
+                REQUEST_DEADLINE_SECONDS,
+                DEFAULT_REQUEST_DEADLINE_SECONDS,
+                1..=25,
+            )?),
+            session_retention: Duration::from_secs(
+                number(
+                    &get,
+                    SESSION_RETENTION_DAYS,
+                    DEFAULT_SESSION_RETENTION_DAYS,
+                    1..=3650,
+                )? * 86_400,
+            ),
         };
         let limits = Limits {
             chat: limit(CHAT_RATE_LIMIT_MESSAGES, 5, CHAT_RATE_LIMIT_WINDOW_SECONDS, 10)?,
@@ -221,6 +276,7 @@ impl Config {
                 api_secret: require(LIVEKIT_API_SECRET)?,
                 token_ttl,
                 room,
+                viewer_can_publish_data: flag(&get, LIVEKIT_VIEWER_CAN_PUBLISH_DATA, true)?,
             },
             supabase: SupabaseConfig {
                 jwt_secret,
@@ -229,6 +285,7 @@ impl Config {
             },
             reconcile_grace,
             limits,
+            rules,
         })
     }
 
@@ -298,6 +355,34 @@ where
         })
 }
 
+/// `http://` to this machine only (a local Supabase, the tests): anywhere else
+/// the JWKS that decides who is who must come over TLS.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An optional `true`/`false` (also `1`/`0`, `yes`/`no`), or `default` when unset.
+fn flag(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    let Some(raw) = get(name) else { return Ok(default) };
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(invalid(name, "expected true or false")),
+    }
+}
+
 /// `wss://host` → `https://host`, `ws://host` → `http://host`.
 fn livekit_api_url(client_url: &str) -> Option<String> {
     let (scheme, rest) = client_url.split_once("://")?;
@@ -326,6 +411,11 @@ impl fmt::Debug for Config {
             .field("livekit_room", &self.livekit.room)
             .field("reconcile_grace", &self.reconcile_grace)
             .field("limits", &self.limits)
+            .field("rules", &self.rules)
+            .field(
+                "livekit_viewer_can_publish_data",
+                &self.livekit.viewer_can_publish_data,
+            )
             .field("supabase_url", &self.supabase.url)
             .field("supabase_jwt_secret", &self.supabase.jwt_secret.is_some())
             .finish_non_exhaustive()
@@ -431,6 +521,14 @@ mod tests {
             (LIVEKIT_ROOM_MAX_PARTICIPANTS, "lots"),
             (RECONCILE_GRACE_SECONDS, "1.5"),
             (SUPABASE_URL, "abc.supabase.co"),
+            (SUPABASE_URL, "http://abc.supabase.co"),
+            (SUPABASE_URL, "http://10.0.0.5:54321"),
+            (SUPABASE_URL, "http://localhost.evil.example"),
+            (MAX_LIVE_STREAMS_PER_STREAMER, "0"),
+            (ALLOW_ANONYMOUS_PARTICIPATION, "maybe"),
+            (LIVEKIT_VIEWER_CAN_PUBLISH_DATA, "2"),
+            (REQUEST_DEADLINE_SECONDS, "30"),
+            (SESSION_RETENTION_DAYS, "0"),
         ] {
             let mut pairs = without(name);
             pairs.push((name, value));
@@ -439,6 +537,46 @@ mod tests {
                 other => panic!("{name}={value}: expected Invalid, got {:?}", other.err()),
             }
         }
+    }
+
+    #[test]
+    fn supabase_url_is_https_except_on_loopback() {
+        for url in [
+            "https://abc.supabase.co",
+            "http://127.0.0.1:54321",
+            "http://localhost:54321/",
+            "http://[::1]:54321",
+        ] {
+            let mut pairs = without(SUPABASE_URL);
+            pairs.push((SUPABASE_URL, url));
+            assert!(Config::from_lookup(lookup(&pairs)).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn rules_default_to_the_safe_choice() {
+        let config = Config::from_lookup(lookup(COMPLETE)).unwrap();
+        assert_eq!(
+            config.rules,
+            Rules {
+                allow_anonymous_participation: false,
+                max_live_streams_per_streamer: 1,
+                request_deadline: Duration::from_secs(8),
+                session_retention: Duration::from_secs(7 * 86_400),
+            }
+        );
+        assert!(
+            config.livekit.viewer_can_publish_data,
+            "the seed's viewers chat over data packets"
+        );
+        let mut pairs = COMPLETE.to_vec();
+        pairs.extend([
+            (ALLOW_ANONYMOUS_PARTICIPATION, "true"),
+            (LIVEKIT_VIEWER_CAN_PUBLISH_DATA, "false"),
+        ]);
+        let config = Config::from_lookup(lookup(&pairs)).unwrap();
+        assert!(config.rules.allow_anonymous_participation);
+        assert!(!config.livekit.viewer_can_publish_data);
     }
 
     #[test]

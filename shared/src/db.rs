@@ -10,12 +10,18 @@
 //! password, the secret is read again (at most every few seconds) and, if it
 //! holds new credentials, the connection is retried with them: a rotated
 //! password is picked up by warm containers without a cold start.
+//!
+//! A request cut off by its deadline may leave a statement running on the
+//! connection it held. Such a connection never goes back to the pool: its
+//! statement is cancelled and the connection closed (see [`Conn`]), so the
+//! next request neither waits behind it nor sees its late effects.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{Metrics, RecycleError, RecycleResult};
+use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
 use deadpool_postgres::{ClientWrapper, ConfigConnectImpl, Connect, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -41,10 +47,103 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_secs(5);
 /// not yet current when the password was first refused.
 const SECRET_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The pool of this crate: tokio-postgres connections with a recycle step that
-/// costs nothing while requests come back to back and one round trip after an
-/// idle spell.
+/// tokio-postgres connections with a recycle step that costs nothing while
+/// requests come back to back and one round trip after an idle spell.
 pub type Pool = deadpool::managed::Pool<Manager>;
+
+/// The database of a function: the pool, and what is needed to cancel a
+/// statement that outlived its request.
+pub struct Database {
+    pool: Pool,
+    tls: MakeRustlsConnect,
+}
+
+tokio::task_local! {
+    /// When the request being served must be answered: set by
+    /// [`crate::http::within_deadline`] around the request's work.
+    static REQUEST_DEADLINE: Instant;
+}
+
+/// Runs `work` with `deadline` as the current request's deadline, so the
+/// connections it takes know when they were abandoned.
+pub async fn with_request_deadline<F: std::future::Future>(deadline: Instant, work: F) -> F::Output {
+    REQUEST_DEADLINE.scope(deadline, work).await
+}
+
+impl Database {
+    /// A pooled connection for the current request.
+    pub async fn get(&self) -> Result<Conn, deadpool_postgres::PoolError> {
+        let object = self.pool.get().await?;
+        Ok(Conn {
+            object: Some(object),
+            tls: self.tls.clone(),
+            deadline: REQUEST_DEADLINE.try_with(|deadline| *deadline).ok(),
+        })
+    }
+
+    pub fn manager(&self) -> &Manager {
+        self.pool.manager()
+    }
+
+    pub fn status(&self) -> deadpool::Status {
+        self.pool.status()
+    }
+}
+
+/// A pooled connection. Dropped in time, it goes back to the pool. Dropped at
+/// or after its request's deadline (the request's work was cut off, maybe in
+/// the middle of a statement), it is taken out of the pool, its running
+/// statement is cancelled and the connection closed. A connection dropped
+/// just after the deadline by a request that did finish is replaced for
+/// nothing: a reconnect, never a wrong answer.
+pub struct Conn {
+    object: Option<Object<Manager>>,
+    tls: MakeRustlsConnect,
+    deadline: Option<Instant>,
+}
+
+impl Deref for Conn {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        self.object
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the object is only taken in drop"))
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut ClientWrapper {
+        self.object
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("the object is only taken in drop"))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let Some(object) = self.object.take() else { return };
+        if self.deadline.is_none_or(|deadline| Instant::now() < deadline) {
+            return; // back to the pool
+        }
+        let client = Object::take(object);
+        let cancel = client.cancel_token();
+        let tls = self.tls.clone();
+        tracing::warn!(
+            "request deadline passed while holding a database connection; cancelling its statement"
+        );
+        // Drop cannot wait: the cancel request (a connection of its own) runs
+        // on the runtime, and the client is closed once it has been sent.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = cancel.cancel_query(tls).await {
+                    tracing::warn!(%error, "could not cancel the abandoned statement");
+                }
+                drop(client);
+            });
+        }
+    }
+}
 
 pub struct Manager {
     connector: ConfigConnectImpl<MakeRustlsConnect>,
@@ -175,17 +274,16 @@ fn with_defaults(mut pg: tokio_postgres::Config) -> tokio_postgres::Config {
     pg
 }
 
-pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
+pub fn build_pool(config: &DatabaseConfig) -> Result<Database, ConfigError> {
     let tls_config = tls::postgres_client_config(config.ca_cert_pem.as_deref()).map_err(|reason| {
         ConfigError::Invalid {
             name: crate::config::DATABASE_CA_CERT,
             reason,
         }
     })?;
+    let tls = MakeRustlsConnect::new(tls_config);
     let manager = Manager {
-        connector: ConfigConnectImpl {
-            tls: MakeRustlsConnect::new(tls_config),
-        },
+        connector: ConfigConnectImpl { tls: tls.clone() },
         pg: RwLock::new(Arc::new(with_defaults(config.pg.clone()))),
         rotation: config.secret.clone().map(|secret| Rotation {
             secret,
@@ -193,7 +291,7 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
             reads: AtomicUsize::new(0),
         }),
     };
-    Pool::builder(manager)
+    let pool = Pool::builder(manager)
         .max_size(config.pool_size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(WAIT_TIMEOUT))
@@ -203,5 +301,6 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
         .map_err(|e| ConfigError::Invalid {
             name: DATABASE_URL,
             reason: e.to_string(),
-        })
+        })?;
+    Ok(Database { pool, tls })
 }

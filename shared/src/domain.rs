@@ -57,8 +57,54 @@ impl fmt::Display for RoomName {
     }
 }
 
-/// Trims `raw` and checks its length in characters; control characters are refused
-/// because these strings are shown to other users.
+/// Bidirectional formatting characters: they reorder what follows them on
+/// screen, so "Ada" can be drawn from other letters or a message can appear to
+/// say something else (an override, an isolate, or an invisible mark).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that draw nothing, or nothing distinguishable: with them two
+/// different names look the same in the room ("Ada" and "A\u{200B}da"), or a
+/// name looks empty. The zero-width joiner is allowed where emoji sequences
+/// use it (between two characters that are not letters or digits).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180E}'
+            | '\u{200B}'
+            | '\u{200C}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0E}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+    )
+}
+
+/// A zero-width joiner outside an emoji sequence: joining letters, at an end.
+fn has_stray_joiner(text: &str) -> bool {
+    let chars: Vec<char> = text.chars().collect();
+    chars.iter().enumerate().any(|(i, &c)| {
+        c == '\u{200D}' && {
+            let joins = |neighbour: Option<&char>| {
+                neighbour.is_some_and(|n| !n.is_alphanumeric() && !n.is_whitespace())
+            };
+            !(i > 0 && joins(chars.get(i - 1)) && joins(chars.get(i + 1)))
+        }
+    })
+}
+
+/// Trims `raw` and checks its length in characters. These strings are shown
+/// to other users as who someone is or what a stream is: control characters,
+/// bidirectional overrides and invisible characters are refused, so nobody
+/// can pass for somebody else in the room's UI.
 fn trimmed_text(raw: &str, field: &str, max_chars: usize) -> Result<String, String> {
     let trimmed = raw.trim();
     let chars = trimmed.chars().count();
@@ -69,6 +115,14 @@ fn trimmed_text(raw: &str, field: &str, max_chars: usize) -> Result<String, Stri
     }
     if trimmed.chars().any(char::is_control) {
         return Err(format!("{field} must not contain control characters"));
+    }
+    if trimmed.chars().any(is_bidi_control) {
+        return Err(format!(
+            "{field} must not contain bidirectional formatting characters"
+        ));
+    }
+    if trimmed.chars().any(is_invisible) || has_stray_joiner(trimmed) {
+        return Err(format!("{field} must not contain invisible characters"));
     }
     Ok(trimmed.to_owned())
 }
@@ -141,6 +195,11 @@ impl ChatText {
         }
         if trimmed.chars().any(|c| c.is_control() && c != '\n') {
             return Err("text must not contain control characters other than newline".into());
+        }
+        // Overrides make a message read differently from what it says; other
+        // invisible characters are harmless in chat and common in pasted text.
+        if trimmed.chars().any(is_bidi_control) {
+            return Err("text must not contain bidirectional formatting characters".into());
         }
         Ok(ChatText(trimmed.to_owned()))
     }
@@ -313,6 +372,36 @@ mod tests {
         assert!(ParticipantName::parse(&"x".repeat(64)).is_ok());
         assert!(ParticipantName::parse(&"x".repeat(65)).is_err());
         assert!(ParticipantName::parse("").is_err());
+    }
+
+    #[test]
+    fn names_and_titles_refuse_what_lets_one_user_pass_for_another() {
+        for bad in [
+            "Ada\u{202E}nimda",    // right-to-left override
+            "\u{2067}Ada\u{2069}", // isolate
+            "A\u{200B}da",         // zero-width space
+            "Ada\u{200C}",         // zero-width non-joiner
+            "A\u{2060}da",         // word joiner
+            "\u{FEFF}Ada",         // byte order mark
+            "Ad\u{00AD}a",         // soft hyphen
+            "\u{3164}",            // Hangul filler: a name that looks empty
+            "A\u{200D}da",         // a joiner between letters
+            "Ada\u{200F}",         // right-to-left mark
+        ] {
+            assert!(ParticipantName::parse(bad).is_err(), "{bad:?}");
+            assert!(Title::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "Adé Ọlá",
+            "李小龙",
+            "محمد",
+            "Ada 👩\u{200D}💻",
+            "👨\u{200D}👩\u{200D}👧 family",
+        ] {
+            assert!(ParticipantName::parse(good).is_ok(), "{good:?}");
+        }
+        assert!(ChatText::parse("look \u{202E}txt.exe").is_err());
+        assert!(ChatText::parse("a\u{200B}b is fine in chat").is_ok());
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("the caller has no profile")]
     ProfileRequired,
+    #[error("anonymous sign-ins may only watch")]
+    AnonymousNotAllowed,
+    #[error("the streamer is already live in {live_room}")]
+    AlreadyLive { live_room: String },
     #[error("stream not found")]
     StreamNotFound,
     #[error("message not found")]
@@ -85,13 +89,17 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized | ApiError::InvalidSignature => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::ProfileRequired | ApiError::Banned | ApiError::Muted => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::Forbidden(_)
+            | ApiError::ProfileRequired
+            | ApiError::AnonymousNotAllowed
+            | ApiError::Banned
+            | ApiError::Muted => StatusCode::FORBIDDEN,
             ApiError::StreamNotFound | ApiError::MessageNotFound => StatusCode::NOT_FOUND,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::RoomTaken | ApiError::StreamEnded => StatusCode::CONFLICT,
+            ApiError::RoomTaken | ApiError::StreamEnded | ApiError::AlreadyLive { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,6 +114,8 @@ impl ApiError {
             ApiError::InvalidSignature => "invalid_signature",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::ProfileRequired => "profile_required",
+            ApiError::AnonymousNotAllowed => "anonymous_not_allowed",
+            ApiError::AlreadyLive { .. } => "already_live",
             ApiError::StreamNotFound => "stream_not_found",
             ApiError::MessageNotFound => "message_not_found",
             ApiError::Banned => "banned",
@@ -133,6 +143,12 @@ impl ApiError {
             }
             ApiError::Forbidden(why) => (*why).into(),
             ApiError::ProfileRequired => "Create your profile before going live.".into(),
+            ApiError::AnonymousNotAllowed => {
+                "Guest accounts can watch; sign in with a full account to go live, chat or moderate.".into()
+            }
+            ApiError::AlreadyLive { live_room } => {
+                format!("You are already live in stream {live_room}; end it before starting another.")
+            }
             ApiError::StreamNotFound => "No stream with that room name exists.".into(),
             ApiError::MessageNotFound => "No chat message with that id exists.".into(),
             ApiError::Banned => "The streamer has banned you from this stream.".into(),
@@ -181,13 +197,15 @@ pub struct ErrorDetail {
 
 /// SQLSTATE classes that mean the database cannot serve us right now, as opposed
 /// to a bug in our SQL: connection exceptions, resource exhaustion, operator
-/// intervention (shutdown, statement timeout), and serialization retries.
+/// intervention (shutdown, statement timeout, cancel), serialization retries,
+/// and a lock not granted within `lock_timeout` (55P03).
 fn is_transient_sqlstate(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || code.starts_with("57")
         || code == "40001"
         || code == "40P01"
+        || code == "55P03"
 }
 
 impl From<tokio_postgres::Error> for ApiError {

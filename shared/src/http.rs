@@ -198,7 +198,7 @@ where
     Resp: Serialize,
     H: for<'a> Handler<'a, Req, Resp>,
 {
-    within_deadline(async {
+    within_deadline(state, async {
         match try_handle(state, request, handler).await {
             Ok(response) => response,
             Err(error) => error_response(&error),
@@ -207,14 +207,16 @@ where
     .await
 }
 
-/// Every request is answered within this, whatever a dependency does: well
-/// inside the function's timeout, so the client gets our 503 instead of API
-/// Gateway's bare error, and far from API Gateway's 30 s limit.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(8);
-
-/// Runs a request's work under [`REQUEST_DEADLINE`].
-pub async fn within_deadline(work: impl Future<Output = Response<Body>>) -> Response<Body> {
-    match tokio::time::timeout(REQUEST_DEADLINE, work).await {
+/// Runs a request's work under the request deadline (`REQUEST_DEADLINE_SECONDS`):
+/// past it the work is dropped and the client gets a 503. The database
+/// connections the work held then cancel their statements (see
+/// [`crate::db::Conn`]).
+pub async fn within_deadline(state: &AppState, work: impl Future<Output = Response<Body>>) -> Response<Body> {
+    let limit = state.rules.request_deadline;
+    // On the heap: a handler's future is large, and moving it through the
+    // deadline and timeout wrappers would copy it on the stack each time.
+    let work = Box::pin(crate::db::with_request_deadline(Instant::now() + limit, work));
+    match tokio::time::timeout(limit, work).await {
         Ok(response) => response,
         Err(_) => error_response(&ApiError::unavailable(
             Dependency::Timeout,

@@ -18,6 +18,7 @@ pub mod livekit;
 pub mod migrate;
 pub mod rate_limit;
 pub mod reconcile;
+pub mod room_rules;
 pub mod secrets;
 pub mod state;
 pub mod streams;

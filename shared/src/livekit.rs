@@ -4,7 +4,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use livekit_api::access_token::{AccessToken, TokenVerifier, VideoGrants};
-use livekit_api::services::room::{CreateRoomOptions, RoomClient, SendDataOptions, UpdateParticipantOptions};
+use livekit_api::services::room::{
+    CreateRoomOptions, RemoveParticipantOptions, RoomClient, SendDataOptions, UpdateParticipantOptions,
+};
 use livekit_api::services::{ServerError, ServerErrorCode, ServiceError};
 use livekit_api::webhooks::{WebhookError, WebhookReceiver};
 use livekit_protocol as proto;
@@ -26,18 +28,13 @@ pub enum Role {
     Viewer { muted: bool },
 }
 
-impl Role {
-    fn can_publish_data(self) -> bool {
-        !matches!(self, Role::Viewer { muted: true })
-    }
-}
-
 pub struct LiveKit {
     client_url: String,
     api_key: String,
     api_secret: String,
     token_ttl: Duration,
     room_options: RoomOptions,
+    viewer_can_publish_data: bool,
     rooms: RoomClient,
     webhooks: WebhookReceiver,
 }
@@ -50,6 +47,7 @@ impl LiveKit {
             api_secret: config.api_secret.clone(),
             token_ttl: config.token_ttl,
             room_options: config.room,
+            viewer_can_publish_data: config.viewer_can_publish_data,
             webhooks: WebhookReceiver::new(TokenVerifier::with_api_key(&config.api_key, &config.api_secret)),
             rooms: RoomClient::with_api_key(&config.api_url, &config.api_key, &config.api_secret)
                 .with_request_timeout(ROOM_SERVICE_TIMEOUT),
@@ -76,19 +74,20 @@ impl LiveKit {
             .with_identity(&identity)
             .with_name(name)
             .with_ttl(self.token_ttl)
-            .with_grants(grants_for(room, role))
+            .with_grants(self.grants_for(room, role))
             .to_jwt()
             .map_err(ApiError::internal)
     }
 
-    /// Creates the stream's room, or finds it if it exists. The metadata names
-    /// the streamer and the title, so LiveKit-side tools can tell rooms apart.
+    /// Creates the stream's room, or finds it if it exists, and returns the
+    /// room instance's sid. The metadata names the streamer and the title, so
+    /// LiveKit-side tools can tell rooms apart.
     pub async fn create_room(
         &self,
         room: &RoomName,
         streamer: Uuid,
         title: &str,
-    ) -> Result<(), RoomServiceError> {
+    ) -> Result<String, RoomServiceError> {
         let metadata = serde_json::json!({ "streamerId": streamer, "title": title }).to_string();
         let options = CreateRoomOptions {
             empty_timeout: self.room_options.empty_timeout_seconds,
@@ -99,7 +98,7 @@ impl LiveKit {
         };
         bounded(self.rooms.create_room(room.as_str(), options))
             .await
-            .map(drop)
+            .map(|created| created.sid)
     }
 
     /// Closes the room, disconnecting everyone. A room LiveKit no longer has
@@ -143,40 +142,57 @@ impl LiveKit {
         bounded(self.rooms.send_data(room.as_str(), payload, options)).await
     }
 
-    /// Disconnects `user` from the room. Someone who is not there is fine.
-    pub async fn remove_participant(&self, room: &RoomName, user: Uuid) -> Result<(), RoomServiceError> {
-        match bounded(self.rooms.remove_participant(room.as_str(), &user.to_string())).await {
+    /// Disconnects `identity` from the room. Someone who is not there is fine.
+    /// With `revoke_before` (Unix seconds), LiveKit is also asked to refuse
+    /// the tokens of that identity whose `nbf` is earlier, so a token minted
+    /// before a ban cannot join again where the server enforces it; the
+    /// webhook removes them on `participant_joined` wherever it does not.
+    pub async fn remove_participant(
+        &self,
+        room: &RoomName,
+        identity: &str,
+        revoke_before: Option<i64>,
+    ) -> Result<(), RoomServiceError> {
+        let options = RemoveParticipantOptions {
+            revoke_token_ts: revoke_before.unwrap_or_default(),
+        };
+        match bounded(
+            self.rooms
+                .remove_participant_with_options(room.as_str(), identity, options),
+        )
+        .await
+        {
             Err(RoomServiceError::NotFound) => Ok(()),
             other => other,
         }
     }
 
-    /// Turns data publishing (chat) off or on for a viewer in the room now;
-    /// tokens minted later carry the same permission.
-    pub async fn set_viewer_chat(
+    /// Gives a viewer in the room now the data permission their tokens get:
+    /// none while muted, otherwise `LIVEKIT_VIEWER_CAN_PUBLISH_DATA`.
+    pub async fn apply_viewer_mute(
         &self,
         room: &RoomName,
-        user: Uuid,
-        allowed: bool,
+        identity: &str,
+        muted: bool,
     ) -> Result<(), RoomServiceError> {
         let options = UpdateParticipantOptions {
             permission: Some(proto::ParticipantPermission {
                 can_subscribe: true,
                 can_publish: false,
-                can_publish_data: allowed,
+                can_publish_data: self.viewer_can_publish_data(muted),
                 ..proto::ParticipantPermission::default()
             }),
             ..UpdateParticipantOptions::default()
         };
-        match bounded(
-            self.rooms
-                .update_participant(room.as_str(), &user.to_string(), options),
-        )
-        .await
-        {
+        match bounded(self.rooms.update_participant(room.as_str(), identity, options)).await {
             Err(RoomServiceError::NotFound) => Ok(()),
             other => other.map(drop),
         }
+    }
+
+    /// Whether a viewer, muted or not, may publish data packets.
+    pub fn viewer_can_publish_data(&self, muted: bool) -> bool {
+        self.viewer_can_publish_data && !muted
     }
 
     /// Checks a webhook's signature (a JWT signed with our API secret carrying
@@ -215,15 +231,25 @@ async fn bounded<T>(call: impl Future<Output = Result<T, ServiceError>>) -> Resu
     }
 }
 
-/// Every grant is spelled out: `VideoGrants::default()` allows publishing, and
-/// LiveKit treats a missing `canPublishData` as equal to `canPublish`.
-fn grants_for(room: &RoomName, role: Role) -> VideoGrants {
+impl LiveKit {
+    /// Every grant is spelled out: `VideoGrants::default()` allows publishing,
+    /// and LiveKit treats a missing `canPublishData` as equal to `canPublish`.
+    fn grants_for(&self, room: &RoomName, role: Role) -> VideoGrants {
+        let can_publish_data = match role {
+            Role::Host => true,
+            Role::Viewer { muted } => self.viewer_can_publish_data(muted),
+        };
+        video_grants(room, role == Role::Host, can_publish_data)
+    }
+}
+
+fn video_grants(room: &RoomName, can_publish: bool, can_publish_data: bool) -> VideoGrants {
     VideoGrants {
         room_join: true,
         room: room.to_string(),
-        can_publish: Some(role == Role::Host),
+        can_publish: Some(can_publish),
         can_subscribe: Some(true),
-        can_publish_data: Some(role.can_publish_data()),
+        can_publish_data: Some(can_publish_data),
         can_publish_sources: Vec::new(),
         can_update_own_metadata: Some(false),
         room_create: false,

@@ -1,18 +1,30 @@
 //! The scheduled reconciler. Webhooks are best-effort; every run compares the
-//! live streams with LiveKit: it corrects viewer counts from `ListParticipants`
-//! and ends a live stream whose room has been gone for longer than the grace
-//! period. Each write is conditional or made under the stream's row lock, so
-//! two runs at once do the same work twice, never anything wrong; with nothing
-//! live a run is one indexed query and no LiveKit call.
+//! streams with LiveKit:
+//! - live streams: viewer counts follow `ListParticipants`, banned users are
+//!   removed and mutes re-applied, and a stream whose room has been gone for
+//!   longer than the grace period ends;
+//! - ended streams whose room LiveKit never confirmed closed (it was down
+//!   during `/live/end`): `DeleteRoom` again;
+//! - what grows with use is pruned in bounded batches: webhook ids, idle
+//!   rate-limit rows, closed participant sessions and the sessions of ended
+//!   streams past the retention period.
+//!
+//! Each write is conditional or made under the stream's row lock, so two runs
+//! at once do the same work twice, never anything wrong; with nothing live and
+//! nothing to close a run is a few indexed statements and no LiveKit call.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::types::Type;
+use uuid::Uuid;
 
+use crate::chat;
 use crate::domain::RoomName;
 use crate::error::{ApiError, Dependency};
+use crate::room_rules::{self, StreamState};
 use crate::state::AppState;
 use crate::streams;
 use crate::viewers::{self, Presence};
@@ -20,6 +32,11 @@ use crate::viewers::{self, Presence};
 /// Webhook event ids are kept this long for deduplication; LiveKit retries
 /// within minutes.
 const EVENT_ID_RETENTION: &str = "1 day";
+/// Most rows one pruning statement deletes, so a run never holds long locks
+/// or writes a huge transaction after a long outage; the next run goes on.
+const PRUNE_BATCH: i64 = 5_000;
+/// Most ended streams whose room one run tries to close.
+const CLOSE_BATCH: i64 = 50;
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -28,11 +45,17 @@ pub struct ReconcileReport {
     pub synced: usize,
     pub missing: usize,
     pub ended: usize,
+    /// Ended streams whose LiveKit room this run closed.
+    pub rooms_closed: usize,
+    /// Participants removed or re-muted to match the database.
+    pub corrected: usize,
+    pub sessions_pruned: usize,
     pub failed: usize,
 }
 
 pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileReport, ApiError> {
-    let live = {
+    let mut report = ReconcileReport::default();
+    let (live, listed_at, unclosed) = {
         let client = state.db.get().await?;
         client
             .query_typed(
@@ -41,13 +64,37 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
             )
             .await?;
         crate::rate_limit::prune(&client).await?;
-        streams::live_rooms(&client).await?
+        report.sessions_pruned = prune_sessions(&client, state.rules.session_retention).await?;
+        // Read before any LiveKit call: a session written after this is newer
+        // than every listing this run gets.
+        let listed_at: DateTime<Utc> = client
+            .query_typed_one("SELECT clock_timestamp()", &[])
+            .await?
+            .try_get(0)
+            .map_err(ApiError::internal)?;
+        (
+            streams::live_rooms(&client).await?,
+            listed_at,
+            streams::unclosed_rooms(&client, CLOSE_BATCH).await?,
+        )
     };
-    let mut report = ReconcileReport {
-        live: live.len(),
-        ..ReconcileReport::default()
-    };
+    report.live = live.len();
+
+    for room in &unclosed {
+        match state.livekit.delete_room(room).await {
+            Ok(()) => {
+                let client = state.db.get().await?;
+                streams::mark_room_closed(&client, room).await?;
+                report.rooms_closed += 1;
+            }
+            Err(error) => {
+                tracing::warn!(%room, %error, "ended stream's room still not closed");
+                report.failed += 1;
+            }
+        }
+    }
     if live.is_empty() {
+        tracing::info!(?report, "reconciled");
         return Ok(report);
     }
 
@@ -62,9 +109,12 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
 
     for (room, streamer) in &live {
         let outcome = if open.contains(room.as_str()) {
-            sync_room(state, room, *streamer)
+            sync_room(state, room, *streamer, listed_at)
                 .await
-                .map(|()| report.synced += 1)
+                .map(|corrected| {
+                    report.synced += 1;
+                    report.corrected += corrected;
+                })
         } else {
             room_missing(state, room, grace).await.map(|ended| {
                 report.missing += 1;
@@ -81,34 +131,84 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
     Ok(report)
 }
 
-async fn sync_room(state: &AppState, room: &RoomName, streamer: uuid::Uuid) -> Result<(), ApiError> {
+/// Deletes closed sessions, and every session of a stream that ended, older
+/// than `retention`; at most [`PRUNE_BATCH`] of each per run.
+async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) -> Result<usize, ApiError> {
+    let retention_seconds = retention.as_secs_f64();
+    let rows = client
+        .query_typed(
+            "WITH closed AS (
+                 SELECT room_name, sid FROM live_participant_sessions
+                 WHERE left_at < now() - make_interval(secs => $1)
+                 LIMIT $2
+             ), of_ended AS (
+                 SELECT p.room_name, p.sid
+                 FROM live_streams s JOIN live_participant_sessions p ON p.room_name = s.id
+                 WHERE NOT s.is_live AND s.ended_at < now() - make_interval(secs => $1)
+                 LIMIT $2
+             )
+             DELETE FROM live_participant_sessions p
+             USING (SELECT * FROM closed UNION SELECT * FROM of_ended) doomed
+             WHERE p.room_name = doomed.room_name AND p.sid = doomed.sid
+             RETURNING 1",
+            &[(&retention_seconds, Type::FLOAT8), (&PRUNE_BATCH, Type::INT8)],
+        )
+        .await?;
+    Ok(rows.len())
+}
+
+/// Makes the room's sessions match LiveKit's listing, then corrects the room
+/// where it disagrees with the database (banned users present, mutes not
+/// applied). Returns how many participants were corrected.
+async fn sync_room(
+    state: &AppState,
+    room: &RoomName,
+    streamer: Uuid,
+    listed_at: DateTime<Utc>,
+) -> Result<usize, ApiError> {
     let participants = state
         .livekit
         .participants(room)
         .await
         .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?;
-    let present: Vec<Presence> = participants
-        .into_iter()
-        .map(|p| Presence {
-            hidden: p.permission.as_ref().is_some_and(|perm| perm.hidden),
-            sid: p.sid,
-            identity: p.identity,
-        })
+    let present: Vec<Presence> = participants.iter().map(Presence::from).collect();
+    let users: Vec<Uuid> = present
+        .iter()
+        .filter_map(|p| Uuid::parse_str(&p.identity).ok())
         .collect();
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;
-    if viewers::lock_room(&tx, room).await?.is_none() {
-        return Ok(());
+    let Some(locked) = viewers::lock_room(&tx, room).await? else {
+        return Ok(0);
+    };
+    if !locked.is_live {
+        return Ok(0); // ended since it was listed: ending closed its sessions
     }
-    viewers::sync(&tx, room, streamer, &present).await?;
+    viewers::sync(&tx, room, streamer, &present, listed_at).await?;
     viewers::recount(&tx, room).await?;
     tx.query_typed(
         "UPDATE live_streams SET room_missing_since = NULL WHERE id = $1 AND room_missing_since IS NOT NULL",
         &[(&room.as_str(), Type::TEXT)],
     )
     .await?;
+    let mut restrictions = chat::restricted_among(&*tx, room, &users).await?;
     tx.commit().await?;
-    Ok(())
+    drop(client);
+
+    let stream = StreamState {
+        streamer: locked.streamer,
+        is_live: true,
+    };
+    let corrections: Vec<(String, room_rules::Correction)> = present
+        .iter()
+        .filter_map(|p| {
+            let restriction = Uuid::parse_str(&p.identity)
+                .ok()
+                .and_then(|user| restrictions.remove(&user));
+            room_rules::correction(&state.livekit, &stream, p, restriction).map(|c| (p.identity.clone(), c))
+        })
+        .collect();
+    Ok(room_rules::apply_all(&state.livekit, room, &corrections).await)
 }
 
 /// Starts the grace clock for a live stream whose room LiveKit does not have,
@@ -125,11 +225,17 @@ async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Res
         .await?;
     let ended = client
         .query_typed(
-            "UPDATE live_streams
-             SET is_live = false, ended_at = now(), room_closed_at = COALESCE(room_closed_at, now()),
-                 viewer_count = 0
-             WHERE id = $1 AND is_live AND room_missing_since <= now() - make_interval(secs => $2)
-             RETURNING id",
+            "WITH ended AS (
+                 UPDATE live_streams
+                 SET is_live = false, ended_at = now(), room_closed_at = COALESCE(room_closed_at, now()),
+                     viewer_count = 0
+                 WHERE id = $1 AND is_live AND room_missing_since <= now() - make_interval(secs => $2)
+                 RETURNING id
+             ), closed AS (
+                 UPDATE live_participant_sessions SET left_at = now(), updated_at = now()
+                 WHERE room_name IN (SELECT id FROM ended) AND left_at IS NULL
+             )
+             SELECT id FROM ended",
             &[(&room.as_str(), Type::TEXT), (&grace_seconds, Type::FLOAT8)],
         )
         .await?;

@@ -1,17 +1,18 @@
 //! What a function builds once per cold start and lends to every invocation.
 
-use crate::db::Pool;
+use crate::db::Database;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::livekit::LiveKit;
 
 pub struct AppState {
-    pub db: Pool,
+    pub db: Database,
     pub auth: Authenticator,
     pub livekit: LiveKit,
     pub reconcile_grace: std::time::Duration,
     pub limits: crate::config::Limits,
+    pub rules: crate::config::Rules,
 }
 
 impl AppState {
@@ -31,6 +32,7 @@ impl AppState {
             livekit: LiveKit::new(&config.livekit),
             reconcile_grace: config.reconcile_grace,
             limits: config.limits,
+            rules: config.rules,
         })
     }
 

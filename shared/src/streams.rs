@@ -3,74 +3,77 @@
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 use crate::domain::{RoomName, Stream, Title};
 use crate::error::ApiError;
 
+/// What `/live/start` finds or makes of a room name (the function
+/// `live_start_stream`, migration 0007).
 pub enum StartOutcome {
+    /// Checked only: the caller may start a stream under this name.
+    Available,
     Created(Stream),
     /// The caller's own stream under that name is still live: a retried start.
     AlreadyLive(Stream),
-    Taken,
+    /// Another streamer's stream has this name.
+    RoomTaken,
+    /// The caller's stream of this name has ended; names are never reused.
+    RoomEnded,
+    /// The caller already has as many live streams as allowed; the newest.
+    OverLimit {
+        live_room: String,
+    },
 }
 
-/// Creates the stream, or finds the caller's live stream of the same name.
-///
-/// Insert-or-read in one statement. If a concurrent start commits the same name
-/// between this statement's snapshot and its insert, neither branch sees a row;
-/// running it again then reads the committed one.
-const START_SQL: &str = "
-    WITH inserted AS (
-        INSERT INTO live_streams (id, streamer_id, title)
-        VALUES ($1, $2, $3)
-        ON CONFLICT (id) DO NOTHING
-        RETURNING id, title, streamer_id, is_live, viewer_count, created_at, ended_at, true AS created
-    )
-    SELECT * FROM inserted
-    UNION ALL
-    SELECT id, title, streamer_id, is_live, viewer_count, created_at, ended_at, false AS created
-    FROM live_streams
-    WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM inserted)";
-
+/// Either checks (`create: false`, before the LiveKit room exists) or creates
+/// the stream (`create: true`, once it does). One statement, which locks the
+/// row of an existing stream and serialises the caller's starts.
 pub async fn start(
-    client: &Transaction<'_>,
+    client: &Client,
     room: &RoomName,
     streamer: Uuid,
     title: &Title,
+    max_live: u32,
+    create: Option<&str>,
 ) -> Result<StartOutcome, ApiError> {
-    for _ in 0..2 {
-        let rows = client
-            .query_typed(
-                START_SQL,
-                &[
-                    (&room.as_str(), Type::TEXT),
-                    (&streamer, Type::UUID),
-                    (&title.as_str(), Type::TEXT),
-                ],
-            )
-            .await
-            .map_err(|e| match e.code() {
-                Some(code) if *code == tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION => {
-                    ApiError::ProfileRequired
-                }
-                _ => ApiError::from(e),
-            })?;
-        let Some(row) = rows.first() else { continue };
-        let stream = stream_from_row(row)?;
-        let created: bool = row.try_get("created").map_err(ApiError::internal)?;
-        return Ok(if created {
-            StartOutcome::Created(stream)
-        } else if stream.streamer_id == streamer && stream.is_live {
-            StartOutcome::AlreadyLive(stream)
-        } else {
-            StartOutcome::Taken
-        });
-    }
-    Err(ApiError::internal(format!(
-        "start of room {room} found neither a new nor an existing row"
-    )))
+    let max_live = i32::try_from(max_live).unwrap_or(i32::MAX);
+    let row = client
+        .query_typed_one(
+            "SELECT * FROM live_start_stream($1, $2, $3, $4, $5, $6)",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&streamer, Type::UUID),
+                (&title.as_str(), Type::TEXT),
+                (&max_live, Type::INT4),
+                (&create.is_some(), Type::BOOL),
+                (&create, Type::TEXT),
+            ],
+        )
+        .await
+        .map_err(|e| match e.code() {
+            Some(code) if *code == tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION => {
+                ApiError::ProfileRequired
+            }
+            _ => ApiError::from(e),
+        })?;
+    let outcome: String = row.try_get("outcome").map_err(ApiError::internal)?;
+    Ok(match outcome.as_str() {
+        "available" => StartOutcome::Available,
+        "created" => StartOutcome::Created(stream_from_row(&row)?),
+        "already_live" => StartOutcome::AlreadyLive(stream_from_row(&row)?),
+        "room_taken" => StartOutcome::RoomTaken,
+        "room_ended" => StartOutcome::RoomEnded,
+        "over_limit" => StartOutcome::OverLimit {
+            live_room: row.try_get("live_room").map_err(ApiError::internal)?,
+        },
+        other => {
+            return Err(ApiError::internal(format!(
+                "live_start_stream answered {other:?}"
+            )));
+        }
+    })
 }
 
 fn stream_from_row(row: &Row) -> Result<Stream, ApiError> {
@@ -158,6 +161,22 @@ pub async fn live_rooms(client: &Client) -> Result<Vec<(RoomName, Uuid)>, ApiErr
         .collect()
 }
 
+/// Ended streams whose room LiveKit has not confirmed closed, oldest first.
+pub async fn unclosed_rooms(client: &Client, limit: i64) -> Result<Vec<RoomName>, ApiError> {
+    let rows = client
+        .query_typed(
+            "SELECT id FROM live_streams WHERE NOT is_live AND room_closed_at IS NULL ORDER BY ended_at LIMIT $1",
+            &[(&limit, Type::INT8)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get(0).map_err(ApiError::internal)?;
+            RoomName::parse(id).map_err(ApiError::internal)
+        })
+        .collect()
+}
+
 /// Who streams in a room, whether it is still live, and whether `user` is
 /// banned or muted there: everything `/live/token` needs, in one round trip.
 pub struct RoomAccess {
@@ -238,20 +257,28 @@ pub enum EndOutcome {
 }
 
 /// Ends the stream if the caller is its streamer; ending twice keeps the first
-/// `ended_at`. `FOR UPDATE` makes a concurrent second end wait and then read the
-/// row as the first one left it.
+/// `ended_at`. The row lock makes a concurrent second end (or a retried start)
+/// wait and then read the row as the first one left it. `FOR NO KEY UPDATE`
+/// (the key never changes) does not conflict with the `FOR KEY SHARE` lock
+/// that inserting a chat message or a restriction takes on the stream's row.
+/// An ended stream has no viewers: its count goes to 0 and its open sessions
+/// close, and webhooks that arrive later change neither.
 const END_SQL: &str = "
     WITH target AS (
         SELECT id, streamer_id, is_live, ended_at, room_closed_at
         FROM live_streams
         WHERE id = $1
-        FOR UPDATE
+        FOR NO KEY UPDATE
     ), ended AS (
         UPDATE live_streams s
-        SET is_live = false, ended_at = now()
+        SET is_live = false, ended_at = now(), viewer_count = 0
         FROM target t
         WHERE s.id = t.id AND t.streamer_id = $2 AND t.is_live
         RETURNING s.ended_at
+    ), closed AS (
+        UPDATE live_participant_sessions p
+        SET left_at = now(), updated_at = now()
+        WHERE p.room_name = $1 AND p.left_at IS NULL AND EXISTS (SELECT 1 FROM ended)
     )
     SELECT t.streamer_id,
            COALESCE((SELECT ended_at FROM ended), t.ended_at) AS ended_at,

@@ -4,8 +4,11 @@
 //! State, not arithmetic: each participant session (LiveKit's `sid`) is a row,
 //! present once its join was seen and until its leave was seen, so duplicate,
 //! late or out-of-order events cannot drive the count wrong or negative. Work on
-//! one room is serialised by locking its stream row.
+//! one room is serialised by locking its stream row (`FOR NO KEY UPDATE`, so
+//! chat and moderation writes of that room, which take `FOR KEY SHARE` on it
+//! through their foreign keys, never wait for a webhook).
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -13,11 +16,26 @@ use uuid::Uuid;
 use crate::domain::RoomName;
 use crate::error::ApiError;
 
-/// A participant as counted: the streamer and hidden participants are not viewers.
+/// A participant as LiveKit reports it, in a webhook or a listing: the
+/// streamer and hidden participants are not viewers.
 pub struct Presence {
     pub sid: String,
     pub identity: String,
     pub hidden: bool,
+    /// The permission the participant has in the room now.
+    pub can_publish_data: bool,
+}
+
+impl From<&livekit_protocol::ParticipantInfo> for Presence {
+    fn from(participant: &livekit_protocol::ParticipantInfo) -> Presence {
+        let permission = participant.permission.as_ref();
+        Presence {
+            sid: participant.sid.clone(),
+            identity: participant.identity.clone(),
+            hidden: permission.is_some_and(|p| p.hidden),
+            can_publish_data: permission.is_some_and(|p| p.can_publish_data),
+        }
+    }
 }
 
 /// Records a webhook event id; `false` if it was seen before.
@@ -31,17 +49,39 @@ pub async fn first_delivery(tx: &Transaction<'_>, event_id: &str) -> Result<bool
     Ok(!inserted.is_empty())
 }
 
-/// Locks the stream's row for the rest of the transaction and returns its
-/// streamer, or `None` for a room we do not know.
-pub async fn lock_room(tx: &Transaction<'_>, room: &RoomName) -> Result<Option<Uuid>, ApiError> {
+/// A stream's row, locked for the rest of the transaction.
+pub struct LockedRoom {
+    pub streamer: Uuid,
+    pub is_live: bool,
+    /// The LiveKit room instance `CreateRoom` made for this stream.
+    pub room_sid: Option<String>,
+}
+
+impl LockedRoom {
+    /// Whether an event about room instance `sid` is about this stream's
+    /// room. LiveKit always sends the sid; an event without one is taken as ours.
+    pub fn is_instance(&self, sid: &str) -> bool {
+        sid.is_empty() || self.room_sid.as_deref().is_none_or(|ours| ours == sid)
+    }
+}
+
+/// Locks the stream's row for the rest of the transaction, or `None` for a
+/// room we do not know.
+pub async fn lock_room(tx: &Transaction<'_>, room: &RoomName) -> Result<Option<LockedRoom>, ApiError> {
     let row = tx
         .query_typed_opt(
-            "SELECT streamer_id FROM live_streams WHERE id = $1 FOR UPDATE",
+            "SELECT streamer_id, is_live, room_sid FROM live_streams WHERE id = $1 FOR NO KEY UPDATE",
             &[(&room.as_str(), Type::TEXT)],
         )
         .await?;
-    row.map(|row| row.try_get(0).map_err(ApiError::internal))
-        .transpose()
+    row.map(|row| {
+        Ok(LockedRoom {
+            streamer: row.try_get(0).map_err(ApiError::internal)?,
+            is_live: row.try_get(1).map_err(ApiError::internal)?,
+            room_sid: row.try_get(2).map_err(ApiError::internal)?,
+        })
+    })
+    .transpose()
 }
 
 fn counted(presence: &Presence, streamer: Uuid) -> bool {
@@ -79,7 +119,8 @@ pub async fn left(
         "INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined, left_at)
          VALUES ($1, $2, $3, $4, false, now())
          ON CONFLICT (room_name, sid) DO UPDATE
-         SET left_at = COALESCE(live_participant_sessions.left_at, now()), updated_at = now()",
+         SET left_at = COALESCE(live_participant_sessions.left_at, now()),
+             closed_by_reconciler = false, updated_at = now()",
         &[
             (&room.as_str(), Type::TEXT),
             (&who.sid.as_str(), Type::TEXT),
@@ -91,28 +132,43 @@ pub async fn left(
     Ok(())
 }
 
-/// Makes the sessions match who LiveKit says is in the room right now.
+/// Makes the sessions match who LiveKit listed in the room at `listed_at`
+/// (the database's clock, read before `ListParticipants` was called).
+///
+/// A session written after `listed_at` (a join that committed while the
+/// listing was on its way) is newer than the listing and stays open. A
+/// session the listing has is reopened only if a previous run closed it,
+/// never if its leave event was seen: that leave may be newer than the listing.
 pub async fn sync(
     tx: &Transaction<'_>,
     room: &RoomName,
     streamer: Uuid,
     present: &[Presence],
+    listed_at: DateTime<Utc>,
 ) -> Result<(), ApiError> {
     let sids: Vec<&str> = present.iter().map(|p| p.sid.as_str()).collect();
     let identities: Vec<&str> = present.iter().map(|p| p.identity.as_str()).collect();
     let counts: Vec<bool> = present.iter().map(|p| counted(p, streamer)).collect();
     tx.query_typed(
-        "UPDATE live_participant_sessions SET left_at = now(), updated_at = now()
-         WHERE room_name = $1 AND left_at IS NULL AND NOT (sid = ANY($2))",
-        &[(&room.as_str(), Type::TEXT), (&sids, Type::TEXT_ARRAY)],
+        "UPDATE live_participant_sessions
+         SET left_at = now(), closed_by_reconciler = true, updated_at = now()
+         WHERE room_name = $1 AND left_at IS NULL AND NOT (sid = ANY($2)) AND updated_at < $3",
+        &[
+            (&room.as_str(), Type::TEXT),
+            (&sids, Type::TEXT_ARRAY),
+            (&listed_at, Type::TIMESTAMPTZ),
+        ],
     )
     .await?;
-    // A session we saw leave stays gone: its leave event may be newer than this listing.
     tx.query_typed(
-        "INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined)
+        "INSERT INTO live_participant_sessions AS s (room_name, sid, identity, counted, joined)
          SELECT $1, p.sid, p.identity, p.counted, true
          FROM unnest($2::text[], $3::text[], $4::bool[]) AS p (sid, identity, counted)
-         ON CONFLICT (room_name, sid) DO UPDATE SET joined = true, updated_at = now()",
+         ON CONFLICT (room_name, sid) DO UPDATE
+         SET joined = true,
+             left_at = CASE WHEN s.closed_by_reconciler THEN NULL ELSE s.left_at END,
+             closed_by_reconciler = false,
+             updated_at = now()",
         &[
             (&room.as_str(), Type::TEXT),
             (&sids, Type::TEXT_ARRAY),

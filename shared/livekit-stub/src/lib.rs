@@ -34,6 +34,9 @@ pub enum Mode {
 /// A room as the server holds it.
 #[derive(Clone, Debug, Default)]
 pub struct StubRoom {
+    /// This instance of the room: `RM_<name>` the first time a name is
+    /// created, `RM_<name>_<n>` when it is created again after being removed.
+    pub sid: String,
     pub create_request: Option<proto::CreateRoomRequest>,
     pub participants: Vec<proto::ParticipantInfo>,
 }
@@ -53,12 +56,16 @@ pub struct Call {
     pub reliable: bool,
     /// `UpdateParticipant`: the permission asked for.
     pub permission: Option<proto::ParticipantPermission>,
+    /// `RemoveParticipant`: tokens with an earlier `nbf` are to be refused.
+    pub revoke_token_ts: i64,
 }
 
 struct Inner {
     api_key: String,
     api_secret: String,
     rooms: BTreeMap<String, StubRoom>,
+    /// How many times each name was created, for the rooms' sids.
+    generations: BTreeMap<String, u32>,
     mode: Mode,
     calls: Vec<Call>,
 }
@@ -76,6 +83,7 @@ impl LiveKitStub {
             api_key: api_key.to_owned(),
             api_secret: api_secret.to_owned(),
             rooms: BTreeMap::new(),
+            generations: BTreeMap::new(),
             mode: Mode::Up,
             calls: Vec::new(),
         }));
@@ -107,7 +115,7 @@ impl LiveKitStub {
 
     /// Adds an empty room, as if created elsewhere.
     pub fn add_room(&self, room: &str) {
-        self.lock().rooms.entry(room.to_owned()).or_default();
+        self.lock().room_entry(room);
     }
 
     /// Removes a room, as LiveKit does when it empties out.
@@ -125,7 +133,7 @@ impl LiveKitStub {
 
     /// Replaces who is in `room` (creating the room if needed).
     pub fn set_participants(&self, room: &str, participants: Vec<proto::ParticipantInfo>) {
-        self.lock().rooms.entry(room.to_owned()).or_default().participants = participants;
+        self.lock().room_entry(room).participants = participants;
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -139,6 +147,30 @@ impl LiveKitStub {
             .filter(|c| c.method == method)
             .cloned()
             .collect()
+    }
+}
+
+impl Inner {
+    /// The room of that name, created (as a new instance) if missing.
+    fn room_entry(&mut self, name: &str) -> &mut StubRoom {
+        if !self.rooms.contains_key(name) {
+            let generation = self.generations.entry(name.to_owned()).or_default();
+            *generation += 1;
+            let sid = match *generation {
+                1 => format!("RM_{name}"),
+                n => format!("RM_{name}_{n}"),
+            };
+            self.rooms.insert(
+                name.to_owned(),
+                StubRoom {
+                    sid,
+                    ..StubRoom::default()
+                },
+            );
+        }
+        self.rooms
+            .get_mut(name)
+            .unwrap_or_else(|| unreachable!("inserted above"))
     }
 }
 
@@ -223,7 +255,7 @@ async fn room_service(
                 return denied("roomCreate required");
             }
             record(&request.name, claims);
-            let room = inner.rooms.entry(request.name.clone()).or_default();
+            let room = inner.room_entry(&request.name);
             if room.create_request.is_none() {
                 room.create_request = Some(request.clone());
             }
@@ -308,16 +340,16 @@ async fn room_service(
             protobuf(proto::SendDataResponse::default())
         }
         "RemoveParticipant" | "UpdateParticipant" => {
-            let (room, identity, permission) = if method == "RemoveParticipant" {
+            let (room, identity, permission, revoke_token_ts) = if method == "RemoveParticipant" {
                 let Ok(request) = proto::RoomParticipantIdentity::decode(body) else {
                     return malformed();
                 };
-                (request.room, request.identity, None)
+                (request.room, request.identity, None, request.revoke_token_ts)
             } else {
                 let Ok(request) = proto::UpdateParticipantRequest::decode(body) else {
                     return malformed();
                 };
-                (request.room, request.identity, request.permission)
+                (request.room, request.identity, request.permission, 0)
             };
             if !room_admin(&claims, &room) {
                 return denied("roomAdmin for this room required");
@@ -328,6 +360,7 @@ async fn room_service(
                 claims,
                 identity: identity.clone(),
                 permission: permission.clone(),
+                revoke_token_ts,
                 ..Call::default()
             });
             let Some(stub_room) = inner.rooms.get_mut(&room) else {
@@ -358,7 +391,7 @@ async fn room_service(
 fn room_info(name: &str, room: &StubRoom) -> proto::Room {
     let request = room.create_request.clone().unwrap_or_default();
     proto::Room {
-        sid: format!("RM_{name}"),
+        sid: room.sid.clone(),
         name: name.to_owned(),
         empty_timeout: request.empty_timeout,
         departure_timeout: request.departure_timeout,

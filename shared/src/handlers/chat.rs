@@ -44,6 +44,7 @@ pub async fn post_message(
     user: AuthUser,
     request: ChatRequest,
 ) -> Result<Reply<PostedMessage>, ApiError> {
+    user.require_participant(&state.rules)?;
     let room = request.room_name;
     let message = {
         let client = state.db.get().await?;
@@ -199,6 +200,7 @@ pub async fn delete_message(
     user: AuthUser,
     id: MessageId,
 ) -> Result<Reply<DeletedMessage>, ApiError> {
+    user.require_participant(&state.rules)?;
     let message = id.0;
     let (room, newly_deleted) = {
         let mut client = state.db.get().await?;

@@ -32,19 +32,27 @@ pub struct ModerationOutcome {
     /// The user's standing in this stream after the action.
     pub banned: bool,
     pub muted: bool,
+    /// Whether LiveKit has applied the action in the room already. False when
+    /// it could not be reached: the ban or mute stands in Postgres (tokens and
+    /// chat are refused) and the webhook and the reconciler apply it in the
+    /// room as soon as they can.
+    pub room_updated: bool,
 }
 
-/// Applies the action in the database and in LiveKit together: the change is
-/// committed only once LiveKit has done its part, so a LiveKit outage answers
-/// 503 and leaves nothing half done.
+/// A kick is LiveKit's alone: it happens there or not at all (503). Every
+/// other action is committed in Postgres first, in one statement and with no
+/// transaction held across the LiveKit call, and then applied in the room:
+/// a LiveKit outage can delay it in the room, never undo it.
 pub async fn moderate(
     state: &AppState,
     user: AuthUser,
     request: ModerationRequest,
 ) -> Result<Reply<ModerationOutcome>, ApiError> {
+    user.require_participant(&state.rules)?;
     let room = request.room_name;
     let target = request.user_id;
-    let mut client = state.db.get().await?;
+    let identity = target.to_string();
+    let client = state.db.get().await?;
     let access = streams::access(&client, &room, target)
         .await?
         .ok_or(ApiError::StreamNotFound)?;
@@ -57,23 +65,42 @@ pub async fn moderate(
         ));
     }
 
-    let tx = client.transaction().await?;
-    let restrictions = chat::restrict(&tx, &room, target, request.action.into()).await?;
-    chat::record_action(&tx, &room, user.id, target, request.action.into(), None).await?;
-    let livekit = match request.action {
-        ModerationAction::Kick | ModerationAction::Ban => {
-            state.livekit.remove_participant(&room, target).await
-        }
-        ModerationAction::Mute => state.livekit.set_viewer_chat(&room, target, false).await,
-        ModerationAction::Unmute => state.livekit.set_viewer_chat(&room, target, true).await,
-        ModerationAction::Unban => Ok(()),
+    let (restrictions, room_updated) = if request.action == ModerationAction::Kick {
+        drop(client);
+        state
+            .livekit
+            .remove_participant(&room, &identity, None)
+            .await
+            .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?;
+        let client = state.db.get().await?;
+        let moderated = chat::moderate(&client, &room, user.id, target, Action::Kick).await?;
+        (moderated.restrictions, true)
+    } else {
+        let moderated = chat::moderate(&client, &room, user.id, target, request.action.into()).await?;
+        drop(client);
+        let in_room = match request.action {
+            // Tokens minted before the ban (nbf up to this second) are revoked too.
+            ModerationAction::Ban => {
+                state
+                    .livekit
+                    .remove_participant(&room, &identity, Some(moderated.at_unix_seconds + 1))
+                    .await
+            }
+            ModerationAction::Mute => state.livekit.apply_viewer_mute(&room, &identity, true).await,
+            ModerationAction::Unmute => state.livekit.apply_viewer_mute(&room, &identity, false).await,
+            ModerationAction::Unban | ModerationAction::Kick => Ok(()),
+        };
+        let room_updated = match in_room {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%room, %target, action = ?request.action, %error,
+                    "moderation committed; LiveKit will get it from the webhook or the reconciler");
+                false
+            }
+        };
+        (moderated.restrictions, room_updated)
     };
-    if let Err(error) = livekit {
-        let _ = tx.rollback().await;
-        return Err(ApiError::unavailable(Dependency::LiveKit, error));
-    }
-    tx.commit().await?;
-    tracing::info!(%room, moderator = %user.id, %target, action = ?request.action, "moderation applied");
+    tracing::info!(%room, moderator = %user.id, %target, action = ?request.action, room_updated, "moderation applied");
     let Restrictions { banned, muted } = restrictions;
     Ok(Reply::ok(ModerationOutcome {
         room_name: room,
@@ -81,5 +108,6 @@ pub async fn moderate(
         action: request.action,
         banned,
         muted,
+        room_updated,
     }))
 }

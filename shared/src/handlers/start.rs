@@ -11,35 +11,54 @@ use crate::streams::{self, StartOutcome};
 
 /// `POST /live/start`: the caller goes live in a new room (201), or gets their
 /// still-live stream of that name back with a fresh token (200, a retried start).
+///
+/// The name is checked first, so a taken or ended name never reaches LiveKit;
+/// then LiveKit creates the room (no transaction is open meanwhile); then one
+/// locked statement commits the stream, which is reported live only once its
+/// room exists. A failed `CreateRoom` leaves nothing behind.
 pub async fn start_stream(
     state: &AppState,
     user: AuthUser,
     request: StartRequest,
 ) -> Result<Reply<StartResponse>, ApiError> {
+    user.require_participant(&state.rules)?;
     let room = request.room_name.unwrap_or_else(RoomName::generate);
-    let mut client = state.db.get().await?;
-    rate_limit::hit(&client, &format!("start:{}", user.id), state.limits.start).await?;
-    // The row is committed only once LiveKit has the room, so a failed
-    // CreateRoom leaves no live stream behind; a concurrent start of the same
-    // name waits on this uncommitted row.
-    let transaction = client.transaction().await?;
-    let (status, stream) = match streams::start(&transaction, &room, user.id, &request.title).await? {
-        StartOutcome::Created(stream) => (StatusCode::CREATED, stream),
-        StartOutcome::AlreadyLive(stream) => (StatusCode::OK, stream),
-        StartOutcome::Taken => return Err(ApiError::RoomTaken),
-    };
+    let max_live = state.rules.max_live_streams_per_streamer;
+    {
+        let client = state.db.get().await?;
+        rate_limit::hit(&client, &format!("start:{}", user.id), state.limits.start).await?;
+        match streams::start(&client, &room, user.id, &request.title, max_live, None).await? {
+            StartOutcome::Available | StartOutcome::AlreadyLive(_) => {}
+            refused => return Err(refusal(refused)),
+        }
+    }
     // Also for a retried start: CreateRoom returns the room if it exists, and
     // recreates it if it was closed for being empty before the host joined.
-    if let Err(error) = state
+    let room_sid = state
         .livekit
-        .create_room(&stream.id, user.id, &stream.title)
+        .create_room(&room, user.id, request.title.as_str())
         .await
-    {
-        let _ = transaction.rollback().await;
-        return Err(ApiError::unavailable(Dependency::LiveKit, error));
-    }
-    transaction.commit().await?;
-    drop(client);
+        .map_err(|error| ApiError::unavailable(Dependency::LiveKit, error))?;
+    let outcome = {
+        let client = state.db.get().await?;
+        streams::start(&client, &room, user.id, &request.title, max_live, Some(&room_sid)).await?
+    };
+    let (status, stream) = match outcome {
+        StartOutcome::Created(stream) => (StatusCode::CREATED, stream),
+        StartOutcome::AlreadyLive(stream) => (StatusCode::OK, stream),
+        refused => {
+            // Lost a race after the check (an end of this stream committed,
+            // or another start of the caller's took the last live slot): the
+            // room just made serves no live stream. A name another streamer
+            // took is theirs, and so is its room.
+            if !matches!(refused, StartOutcome::RoomTaken)
+                && let Err(error) = state.livekit.delete_room(&room).await
+            {
+                tracing::warn!(%room, %error, "could not close a room no live stream uses");
+            }
+            return Err(refusal(refused));
+        }
+    };
     tracing::info!(room = %stream.id, user = %user.id, created = status == StatusCode::CREATED, "stream started");
     let token =
         state
@@ -53,4 +72,14 @@ pub async fn start_stream(
             server_url: state.livekit.client_url().to_owned(),
         },
     ))
+}
+
+fn refusal(outcome: StartOutcome) -> ApiError {
+    match outcome {
+        StartOutcome::OverLimit { live_room } => ApiError::AlreadyLive { live_room },
+        StartOutcome::RoomTaken | StartOutcome::RoomEnded => ApiError::RoomTaken,
+        StartOutcome::Available | StartOutcome::Created(_) | StartOutcome::AlreadyLive(_) => {
+            ApiError::internal("a start that succeeded was refused")
+        }
+    }
 }

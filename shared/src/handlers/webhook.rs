@@ -7,9 +7,13 @@ use lambda_http::{Body, Request, Response};
 use livekit_api::webhooks::WebhookError;
 use serde::Serialize;
 
+use uuid::Uuid;
+
+use crate::chat;
 use crate::domain::RoomName;
 use crate::error::ApiError;
 use crate::http::{BoxFuture, Endpoint, error_response, json_response, within_deadline};
+use crate::room_rules::{self, StreamState};
 use crate::state::AppState;
 use crate::viewers::{self, Presence};
 
@@ -21,7 +25,7 @@ pub struct LiveKitWebhook;
 
 impl Endpoint for LiveKitWebhook {
     fn respond<'a>(&'a self, state: &'a AppState, request: Request) -> BoxFuture<'a, Response<Body>> {
-        Box::pin(within_deadline(async move {
+        Box::pin(within_deadline(state, async move {
             match receive_webhook(state, &request).await {
                 Ok(ack) => json_response(lambda_http::http::StatusCode::OK, &ack),
                 Err(error) => error_response(&error),
@@ -93,27 +97,25 @@ enum Change {
     RoomFinished,
 }
 
+/// Applies the event in one transaction under the stream's row lock, then,
+/// once it has committed, makes LiveKit enforce what the database says about
+/// a participant who just joined (banned, muted, or in a stream that is over).
 async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Result<Outcome, ApiError> {
-    let presence = || {
-        event.participant.as_ref().map(|p| Presence {
-            sid: p.sid.clone(),
-            identity: p.identity.clone(),
-            hidden: p.permission.as_ref().is_some_and(|perm| perm.hidden),
-        })
-    };
     let change = match event.event.as_str() {
-        "participant_joined" => presence().map(Change::Joined),
-        "participant_left" | "participant_connection_aborted" => presence().map(Change::Left),
+        "participant_joined" => event.participant.as_ref().map(|p| Change::Joined(p.into())),
+        "participant_left" | "participant_connection_aborted" => {
+            event.participant.as_ref().map(|p| Change::Left(p.into()))
+        }
         "room_finished" => Some(Change::RoomFinished),
         _ => None,
     };
     let Some(change) = change else {
         return Ok(Outcome::Ignored);
     };
-    let Some(room) = event
+    let Some((room, room_sid)) = event
         .room
         .as_ref()
-        .and_then(|r| RoomName::parse(r.name.clone()).ok())
+        .and_then(|r| Some((RoomName::parse(r.name.clone()).ok()?, r.sid.as_str())))
     else {
         return Ok(Outcome::Ignored);
     };
@@ -125,16 +127,57 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
     if !event.id.is_empty() && !viewers::first_delivery(&tx, &event.id).await? {
         return Ok(Outcome::Duplicate);
     }
-    let Some(streamer) = viewers::lock_room(&tx, &room).await? else {
+    let Some(locked) = viewers::lock_room(&tx, &room).await? else {
         tx.commit().await?;
         return Ok(Outcome::Ignored);
     };
-    match change {
-        Change::Joined(who) => viewers::joined(&tx, &room, streamer, &who).await?,
-        Change::Left(who) => viewers::left(&tx, &room, streamer, &who).await?,
-        Change::RoomFinished => viewers::room_finished(&tx, &room).await?,
+    if !locked.is_instance(room_sid) {
+        // An earlier (or later) LiveKit room of the same name: a late
+        // room_finished of the instance before a retried start must not end
+        // the stream of this one.
+        tracing::info!(%room, event_room_sid = room_sid, "webhook of another instance of the room; ignored");
+        tx.commit().await?;
+        return Ok(Outcome::Ignored);
     }
-    viewers::recount(&tx, &room).await?;
+    let stream = StreamState {
+        streamer: locked.streamer,
+        is_live: locked.is_live,
+    };
+    let mut correction = None;
+    let outcome = match change {
+        Change::Joined(who) if !stream.is_live => {
+            // The stream is over: nobody belongs in its room, and counts stay as they ended.
+            correction =
+                room_rules::correction(&state.livekit, &stream, &who, None).map(|c| (who.identity, c));
+            Outcome::Ignored
+        }
+        Change::Left(_) if !stream.is_live => Outcome::Ignored,
+        Change::Joined(who) => {
+            viewers::joined(&tx, &room, stream.streamer, &who).await?;
+            viewers::recount(&tx, &room).await?;
+            let restrictions = match Uuid::parse_str(&who.identity) {
+                Ok(user) => chat::restricted_among(&*tx, &room, &[user]).await?.remove(&user),
+                Err(_) => None,
+            };
+            correction = room_rules::correction(&state.livekit, &stream, &who, restrictions)
+                .map(|c| (who.identity, c));
+            Outcome::Applied
+        }
+        Change::Left(who) => {
+            viewers::left(&tx, &room, stream.streamer, &who).await?;
+            viewers::recount(&tx, &room).await?;
+            Outcome::Applied
+        }
+        // Live or already ended: LiveKit has confirmed the room is gone.
+        Change::RoomFinished => {
+            viewers::room_finished(&tx, &room).await?;
+            Outcome::Applied
+        }
+    };
     tx.commit().await?;
-    Ok(Outcome::Applied)
+    drop(client);
+    if let Some(correction) = correction {
+        room_rules::apply_all(&state.livekit, &room, &[correction]).await;
+    }
+    Ok(outcome)
 }

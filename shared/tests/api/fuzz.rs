@@ -134,7 +134,11 @@ fn client_side(response: &TestResponse, input: &dyn Debug) -> TestCaseResult {
 
 /// An app with the caller's two live streams, and the caller's bearer token.
 async fn app_with_rooms() -> (TestApp, String) {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(crate::helpers::AppOptions {
+        settings: vec![("MAX_LIVE_STREAMS_PER_STREAMER", "2".into())],
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
     let host = Uuid::new_v4();
     app.start_stream(host, ROOM).await;
     app.start_stream(host, END_ROOM).await;

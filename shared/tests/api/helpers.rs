@@ -261,6 +261,14 @@ impl TestApp {
         hs256(&self.claims_for(user))
     }
 
+    /// A valid access token of a Supabase anonymous sign-in (`is_anonymous`).
+    pub fn anonymous_token_for(&self, user: Uuid) -> String {
+        let mut claims = self.claims_for(user);
+        claims["is_anonymous"] = json!(true);
+        claims.as_object_mut().map(|c| c.remove("email"));
+        hs256(&claims)
+    }
+
     pub fn claims_for(&self, user: Uuid) -> Value {
         let now = chrono::Utc::now().timestamp();
         let mut claims = json!({

@@ -140,6 +140,8 @@ async fn a_full_run_logs_no_token_or_secret_and_5xx_bodies_no_internals() {
     assert_ne!(database_url, plain_url, "the URL carries the password");
     let app = TestApp::spawn_with(AppOptions {
         database_url: Some(database_url.clone()),
+        // The run starts a second stream while the first is live.
+        settings: vec![("MAX_LIVE_STREAMS_PER_STREAMER", "2".into())],
         ..AppOptions::default()
     })
     .await;

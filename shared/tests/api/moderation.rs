@@ -65,7 +65,7 @@ async fn kick_removes_the_participant_from_the_room() {
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(
         response.body,
-        json!({"roomName": ROOM, "userId": viewer, "action": "kick", "banned": false, "muted": false})
+        json!({"roomName": ROOM, "userId": viewer, "action": "kick", "banned": false, "muted": false, "roomUpdated": true})
     );
     let removed = app.livekit.calls_to("RemoveParticipant");
     assert_eq!(
@@ -94,6 +94,14 @@ async fn a_banned_user_is_removed_and_refused_tokens_and_chat_until_unbanned() {
             .participants
             .iter()
             .all(|p| p.identity != viewer.to_string())
+    );
+    // The tokens minted before the ban are revoked too (nbf up to the ban's second).
+    let removed = app.livekit.calls_to("RemoveParticipant");
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        (now - 5..=now + 2).contains(&removed[0].revoke_token_ts),
+        "revoke_token_ts {} is the ban's time, in Unix seconds",
+        removed[0].revoke_token_ts
     );
 
     token_for_room(&app, viewer).await.assert_error(403, "banned");
@@ -181,26 +189,115 @@ async fn bad_moderation_requests_are_refused() {
 }
 
 #[tokio::test]
-async fn when_livekit_is_down_moderation_is_503_and_nothing_changes() {
+async fn when_livekit_is_down_a_kick_is_503_and_nothing_is_recorded() {
     let (app, host, viewer) = room_with_viewer().await;
     app.livekit.set_mode(LiveKitMode::Failing);
-    act(&app, host, viewer, "ban")
+    act(&app, host, viewer, "kick")
         .await
         .assert_error(503, "unavailable");
-    app.livekit.set_mode(LiveKitMode::Up);
-    assert_eq!(
-        token_for_room(&app, viewer).await.status,
-        200,
-        "the ban did not half-apply"
+    assert_eq!(recorded_actions(&app).await, 0);
+}
+
+#[tokio::test]
+async fn when_livekit_is_down_a_ban_or_mute_still_holds_and_the_reconciler_applies_it() {
+    let (app, host, viewer) = room_with_viewer().await;
+    let muted_viewer = Uuid::new_v4();
+    app.livekit.set_participants(
+        ROOM,
+        vec![
+            participant(&host.to_string(), "PA_host", false),
+            participant(&viewer.to_string(), "PA_viewer", false),
+            participant(&muted_viewer.to_string(), "PA_muted", false),
+        ],
     );
-    let count: i64 = app
-        .db()
+    app.livekit.set_mode(LiveKitMode::Failing);
+    for (target, action) in [(viewer, "ban"), (muted_viewer, "mute")] {
+        let response = act(&app, host, target, action).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(response.body["roomUpdated"], false, "{action}");
+    }
+    token_for_room(&app, viewer).await.assert_error(403, "banned");
+    chat(&app, muted_viewer).await.assert_error(403, "muted");
+    assert_eq!(recorded_actions(&app).await, 2);
+
+    app.livekit.set_mode(LiveKitMode::Up);
+    let report = shared::reconcile::reconcile(&app.state, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(report.corrected, 2, "{report:?}");
+    let participants = app.livekit.room(ROOM).unwrap().participants;
+    assert!(
+        participants.iter().all(|p| p.identity != viewer.to_string()),
+        "the banned viewer is removed"
+    );
+    let muted = participants
+        .iter()
+        .find(|p| p.identity == muted_viewer.to_string())
+        .expect("a muted viewer stays and watches");
+    assert!(!muted.permission.as_ref().unwrap().can_publish_data);
+
+    // Once the room matches, a run corrects nothing.
+    let report = shared::reconcile::reconcile(&app.state, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(report.corrected, 0, "{report:?}");
+}
+
+/// The ban is committed before LiveKit is asked, and no transaction waits on
+/// LiveKit: while the RoomService call hangs, the ban already refuses tokens
+/// and no session of the functions sits idle in a transaction.
+#[tokio::test]
+async fn a_ban_commits_before_livekit_answers_and_holds_no_transaction_meanwhile() {
+    let (app, host, viewer) = room_with_viewer().await;
+    app.livekit.set_mode(LiveKitMode::Hanging);
+    let ban = act(&app, host, viewer, "ban");
+    let observe = async {
+        let admin = app.db().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let banned: Option<bool> = admin
+                .query_opt(
+                    "SELECT banned FROM live_room_restrictions WHERE room_name = $1 AND user_id = $2",
+                    &[&ROOM, &viewer],
+                )
+                .await
+                .unwrap()
+                .map(|row| row.get(0));
+            if banned == Some(true) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ban was not committed while LiveKit hung"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let in_transaction: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state LIKE 'idle in transaction%'",
+                &[&crate::helpers::API_ROLE],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            in_transaction, 0,
+            "a transaction is held open across the LiveKit call"
+        );
+    };
+    let (response, ()) = tokio::join!(ban, observe);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.body["roomUpdated"], false);
+    token_for_room(&app, viewer).await.assert_error(403, "banned");
+}
+
+async fn recorded_actions(app: &TestApp) -> i64 {
+    app.db()
         .await
         .query_one("SELECT count(*) FROM live_moderation_actions", &[])
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(count, 0);
+        .get(0)
 }
 
 #[tokio::test]

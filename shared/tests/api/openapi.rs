@@ -664,6 +664,10 @@ fn the_error_code_enum_is_every_code_the_api_has() {
         ApiError::InvalidSignature,
         ApiError::Forbidden(""),
         ApiError::ProfileRequired,
+        ApiError::AnonymousNotAllowed,
+        ApiError::AlreadyLive {
+            live_room: "r".into(),
+        },
         ApiError::StreamNotFound,
         ApiError::MessageNotFound,
         ApiError::Banned,
@@ -949,13 +953,26 @@ async fn every_route_answers_as_the_document_says() {
             &app,
             START,
             start_stream,
-            Some(&host_t),
+            Some(&other_t),
             r#"{"title":"No room name"}"#
         )
         .await
         .status,
         201
     );
+    c.post(
+        &app,
+        START,
+        start_stream,
+        Some(&host_t),
+        r#"{"title":"A second stream at once"}"#,
+    )
+    .await
+    .assert_error(409, "already_live");
+    let guest_t = app.anonymous_token_for(Uuid::new_v4());
+    c.post(&app, START, start_stream, Some(&guest_t), &body)
+        .await
+        .assert_error(403, "anonymous_not_allowed");
     c.refused(&app, START, start_stream, &host_t, json!({"title": ""}))
         .await;
     c.refused(
@@ -1040,9 +1057,15 @@ async fn every_route_answers_as_the_document_says() {
         .assert_error(429, "rate_limited");
     app.livekit.set_mode(LiveKitMode::Failing);
     let body2 = json!({"title": "LiveKit is down", "roomName": "down"}).to_string();
-    c.post(&app, START, start_stream, Some(&host_t), &body2)
-        .await
-        .assert_error(503, "unavailable");
+    c.post(
+        &app,
+        START,
+        start_stream,
+        Some(&app.token_for(Uuid::new_v4())),
+        &body2,
+    )
+    .await
+    .assert_error(503, "unavailable");
     app.livekit.set_mode(LiveKitMode::Up);
     c.post(&outage, START, start_stream, Some(&outage.token_for(host)), &body)
         .await
@@ -1412,6 +1435,9 @@ async fn every_route_answers_as_the_document_says() {
     c.post(&app, CHAT, post_message, None, &hello)
         .await
         .assert_error(401, "unauthorized");
+    c.post(&app, CHAT, post_message, Some(&guest_t), &hello)
+        .await
+        .assert_error(403, "anonymous_not_allowed");
     c.post(
         &app,
         CHAT,
@@ -1519,6 +1545,9 @@ async fn every_route_answers_as_the_document_says() {
     c.send(&app, CHAT_DELETE, delete_message, delete(&other_t, &id))
         .await
         .assert_error(403, "forbidden");
+    c.send(&app, CHAT_DELETE, delete_message, delete(&guest_t, &id))
+        .await
+        .assert_error(403, "anonymous_not_allowed");
     let deleted = c
         .send(&app, CHAT_DELETE, delete_message, delete(&viewer_t, &id))
         .await;
@@ -1564,6 +1593,9 @@ async fn every_route_answers_as_the_document_says() {
     let act = |target: Uuid, action: &str| {
         json!({"roomName": room, "userId": target, "action": action}).to_string()
     };
+    c.post(&app, MODERATION, moderate, Some(&guest_t), &act(viewer, "mute"))
+        .await
+        .assert_error(403, "anonymous_not_allowed");
     let muted = c
         .post(&app, MODERATION, moderate, Some(&host_t), &act(viewer, "mute"))
         .await;
