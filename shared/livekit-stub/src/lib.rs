@@ -68,6 +68,28 @@ struct Inner {
     generations: BTreeMap<String, u32>,
     mode: Mode,
     calls: Vec<Call>,
+    /// Methods whose next call waits for the test (see [`LiveKitStub::hold`]).
+    holds: BTreeMap<String, Arc<Hold>>,
+}
+
+/// A call held at the server: the test learns it arrived, does something in
+/// between, and lets it go on. Deterministic interleavings, no sleeps.
+#[derive(Default)]
+pub struct Hold {
+    arrived: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl Hold {
+    /// Waits until the held call has reached the server.
+    pub async fn arrived(&self) {
+        self.arrived.notified().await;
+    }
+
+    /// Lets the held call go on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
 }
 
 #[derive(Clone)]
@@ -86,6 +108,7 @@ impl LiveKitStub {
             generations: BTreeMap::new(),
             mode: Mode::Up,
             calls: Vec::new(),
+            holds: BTreeMap::new(),
         }));
         let router = Router::new()
             .route("/twirp/livekit.RoomService/{method}", post(room_service))
@@ -111,6 +134,14 @@ impl LiveKitStub {
 
     pub fn set_mode(&self, mode: Mode) {
         self.lock().mode = mode;
+    }
+
+    /// Holds the next call to `method` (e.g. `ListParticipants`) before it is
+    /// answered, until the returned hold is released.
+    pub fn hold(&self, method: &str) -> Arc<Hold> {
+        let hold = Arc::new(Hold::default());
+        self.lock().holds.insert(method.to_owned(), hold.clone());
+        hold
     }
 
     /// Adds an empty room, as if created elsewhere.
@@ -208,13 +239,18 @@ async fn room_service(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (mode, verifier) = {
-        let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+    let (mode, verifier, hold) = {
+        let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
         (
             inner.mode,
             TokenVerifier::with_api_key(&inner.api_key, &inner.api_secret),
+            inner.holds.remove(&method),
         )
     };
+    if let Some(hold) = hold {
+        hold.arrived.notify_one();
+        hold.release.notified().await;
+    }
     match mode {
         Mode::Up => {}
         Mode::Failing => return twirp_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server down"),

@@ -292,3 +292,55 @@ async fn requests_without_a_valid_bearer_are_401_before_the_body_is_read() {
         .await
         .assert_error(401, "unauthorized");
 }
+
+/// Supabase anonymous sign-ins are one API call away for anyone: they may
+/// watch, and take part (go live, chat, moderate) only where the app allows it.
+#[tokio::test]
+async fn anonymous_sign_ins_watch_but_take_part_only_when_allowed() {
+    use shared::handlers::{moderate, post_message, start_stream};
+    for allowed in [false, true] {
+        let app = TestApp::spawn_with(AppOptions {
+            settings: vec![("ALLOW_ANONYMOUS_PARTICIPATION", allowed.to_string())],
+            ..AppOptions::default()
+        })
+        .await;
+        let host = Uuid::new_v4();
+        app.start_stream(host, "open-stream").await;
+        let guest = app.anonymous_token_for(Uuid::new_v4());
+        let watch = app.request_token(&guest, "open-stream").await;
+        assert_eq!(watch.status, 200, "a guest may always watch: {}", watch.body);
+
+        let chat = app
+            .call(
+                post_message,
+                Some(&guest),
+                r#"{"roomName":"open-stream","text":"hi"}"#,
+            )
+            .await;
+        let start = app
+            .call(
+                start_stream,
+                Some(&guest),
+                r#"{"title":"Guest show","roomName":"guest-room"}"#,
+            )
+            .await;
+        let guest_host = app.anonymous_token_for(Uuid::new_v4());
+        if allowed {
+            assert_eq!(
+                (chat.status, start.status),
+                (201, 201),
+                "{} {}",
+                chat.body,
+                start.body
+            );
+        } else {
+            chat.assert_error(403, "anonymous_not_allowed");
+            start.assert_error(403, "anonymous_not_allowed");
+            assert!(!app.livekit.has_room("guest-room"));
+            let moderation = json!({"roomName": "open-stream", "userId": host, "action": "kick"}).to_string();
+            app.call(moderate, Some(&guest_host), &moderation)
+                .await
+                .assert_error(403, "anonymous_not_allowed");
+        }
+    }
+}

@@ -20,6 +20,7 @@ mod moderation;
 mod openapi;
 mod outages;
 mod pgbouncer;
+mod races;
 mod reconcile;
 mod rotation;
 mod round_trips;

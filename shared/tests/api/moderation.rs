@@ -274,7 +274,7 @@ async fn a_ban_commits_before_livekit_answers_and_holds_no_transaction_meanwhile
         }
         let in_transaction: i64 = admin
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state LIKE 'idle in transaction%'",
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state LIKE 'idle in transaction%' AND datname = current_database()",
                 &[&crate::helpers::API_ROLE],
             )
             .await

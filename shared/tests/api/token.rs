@@ -144,3 +144,53 @@ async fn livekit_server_sdk_verifies_host_and_viewer_tokens() {
         "a tampered token is refused"
     );
 }
+
+/// `LIVEKIT_VIEWER_CAN_PUBLISH_DATA=false`: viewers publish no data packets
+/// at all (chat goes through the API only); the host still does, and an
+/// unmute gives back no more than the setting allows.
+#[tokio::test]
+async fn viewers_can_be_denied_data_packets_altogether() {
+    let app = TestApp::spawn_with(crate::helpers::AppOptions {
+        settings: vec![("LIVEKIT_VIEWER_CAN_PUBLISH_DATA", "false".into())],
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    let started = app.start_stream(host, "quiet").await;
+    let host_claims = verify_livekit_token(started["token"].as_str().unwrap());
+    assert_eq!(host_claims.video.can_publish_data, Some(true));
+    let token = app.request_token(&app.token_for(viewer), "quiet").await;
+    let claims = verify_livekit_token(token.body["token"].as_str().unwrap());
+    assert_eq!(claims.video.can_publish_data, Some(false));
+
+    for action in ["mute", "unmute"] {
+        let body = json!({"roomName": "quiet", "userId": viewer, "action": action}).to_string();
+        let response = app
+            .call(shared::handlers::moderate, Some(&app.token_for(host)), &body)
+            .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let permissions: Vec<bool> = app
+        .livekit
+        .calls_to("UpdateParticipant")
+        .iter()
+        .map(|c| c.permission.as_ref().unwrap().can_publish_data)
+        .collect();
+    assert_eq!(
+        permissions,
+        vec![false, false],
+        "unmute restores chat via the API, not data packets"
+    );
+}
+
+#[tokio::test]
+async fn display_names_that_impersonate_are_refused() {
+    let app = TestApp::spawn().await;
+    app.start_stream(Uuid::new_v4(), "names").await;
+    for name in ["Ada\u{202E}nimda", "A\u{200B}da", "\u{3164}"] {
+        let body = json!({"roomName": "names", "participantName": name}).to_string();
+        app.call(issue_token, Some(&app.token_for(Uuid::new_v4())), &body)
+            .await
+            .assert_error(400, "invalid_request");
+    }
+}

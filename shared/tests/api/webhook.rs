@@ -246,3 +246,139 @@ async fn a_base64_encoded_api_gateway_body_is_verified_on_its_decoded_bytes() {
     );
     assert_eq!(room.count().await, 1);
 }
+
+/// LiveKit may let a token minted before a ban or a mute join again (not every
+/// server revokes tokens): the webhook enforces the database on every join.
+#[tokio::test]
+async fn a_banned_user_who_joins_is_removed_and_a_muted_one_muted_again() {
+    let room = live_room().await;
+    let host = room.app.token_for(room.streamer);
+    let (banned, muted) = (Uuid::new_v4(), Uuid::new_v4());
+    for (user, action) in [(banned, "ban"), (muted, "mute")] {
+        let body = serde_json::json!({"roomName": ROOM, "userId": user, "action": action}).to_string();
+        let response = room
+            .app
+            .call(shared::handlers::moderate, Some(&host), &body)
+            .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let before = room.app.livekit.calls().len();
+    // Both join with tokens from before: data publishing still allowed in them.
+    room.send(
+        "EV_banned",
+        "participant_joined",
+        Some((&banned.to_string(), "PA_banned", false)),
+    )
+    .await;
+    room.send(
+        "EV_muted",
+        "participant_joined",
+        Some((&muted.to_string(), "PA_muted", false)),
+    )
+    .await;
+    let calls = &room.app.livekit.calls()[before..];
+    let removed: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "RemoveParticipant")
+        .map(|c| c.identity.as_str())
+        .collect();
+    assert_eq!(removed, vec![banned.to_string()]);
+    let updated: Vec<_> = calls.iter().filter(|c| c.method == "UpdateParticipant").collect();
+    assert_eq!(updated.len(), 1);
+    assert_eq!(updated[0].identity, muted.to_string());
+    assert!(!updated[0].permission.as_ref().unwrap().can_publish_data);
+
+    // A viewer with nothing against them, whose permission is already right: no call.
+    let before = room.app.livekit.calls().len();
+    room.send(
+        "EV_fine",
+        "participant_joined",
+        Some((&Uuid::new_v4().to_string(), "PA_fine", false)),
+    )
+    .await;
+    assert_eq!(room.app.livekit.calls().len(), before);
+}
+
+#[tokio::test]
+async fn after_the_stream_ended_joins_are_removed_and_no_webhook_changes_counts() {
+    let room = live_room().await;
+    let ada = Uuid::new_v4().to_string();
+    room.send("EV_1", "participant_joined", Some((&ada, "PA_ada", false)))
+        .await;
+    assert_eq!(room.count().await, 1);
+    let ended = room
+        .app
+        .call(
+            shared::handlers::end_stream,
+            Some(&room.app.token_for(room.streamer)),
+            &format!(r#"{{"roomName":"{ROOM}"}}"#),
+        )
+        .await;
+    assert_eq!(ended.status, 200);
+    assert_eq!(room.count().await, 0, "an ended stream has no viewers");
+
+    let late = Uuid::new_v4().to_string();
+    assert_eq!(
+        room.send("EV_2", "participant_joined", Some((&late, "PA_late", false)))
+            .await,
+        "ignored"
+    );
+    assert_eq!(
+        room.send("EV_3", "participant_left", Some((&ada, "PA_ada", false)))
+            .await,
+        "ignored"
+    );
+    assert_eq!(room.count().await, 0);
+    let removed = room.app.livekit.calls_to("RemoveParticipant");
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].identity, late);
+}
+
+/// A retried start after the empty room timed out makes a new LiveKit room
+/// instance under the same name; a late `room_finished` of the previous
+/// instance must not end the stream.
+#[tokio::test]
+async fn events_of_another_instance_of_the_room_are_ignored() {
+    let room = live_room().await;
+    assert_eq!(
+        stored_sid(&room.app, ROOM).await.as_deref(),
+        Some("RM_webhook-room")
+    );
+    room.app.livekit.remove_room(ROOM);
+    let retried = room
+        .app
+        .call(
+            shared::handlers::start_stream,
+            Some(&room.app.token_for(room.streamer)),
+            &format!(r#"{{"title":"A stream","roomName":"{ROOM}"}}"#),
+        )
+        .await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(
+        stored_sid(&room.app, ROOM).await.as_deref(),
+        Some("RM_webhook-room_2")
+    );
+
+    let late = serde_json::json!({
+        "id": "EV_old_finished", "event": "room_finished",
+        "room": {"sid": "RM_webhook-room", "name": ROOM},
+    })
+    .to_string();
+    let response = room.app.deliver(signed_webhook(&late, LIVEKIT_API_SECRET)).await;
+    assert_eq!(response.body["outcome"], "ignored");
+    assert!(room.app.stream_row(ROOM).await.unwrap().get::<_, bool>("is_live"));
+
+    let current = late
+        .replace("RM_webhook-room", "RM_webhook-room_2")
+        .replace("EV_old_finished", "EV_finished");
+    let response = room
+        .app
+        .deliver(signed_webhook(&current, LIVEKIT_API_SECRET))
+        .await;
+    assert_eq!(response.body["outcome"], "applied");
+    assert!(!room.app.stream_row(ROOM).await.unwrap().get::<_, bool>("is_live"));
+}
+
+async fn stored_sid(app: &TestApp, room: &str) -> Option<String> {
+    app.stream_row(room).await.unwrap().get("room_sid")
+}

@@ -1,0 +1,388 @@
+//! Interleavings a review found: each is produced deterministically (a held
+//! LiveKit call, a row lock held by the test) and its outcome checked.
+
+use std::time::{Duration, Instant};
+
+use livekit_stub::participant;
+use serde_json::json;
+use shared::handlers::{end_stream, get_stream, moderate, post_message, start_stream};
+use shared::reconcile::reconcile;
+use uuid::Uuid;
+
+use crate::helpers::{
+    API_ROLE, AppOptions, LIVEKIT_API_SECRET, LiveKitMode, TestApp, get_request, signed_webhook,
+    webhook_event,
+};
+
+const GRACE: Duration = Duration::from_secs(120);
+
+async fn join(app: &TestApp, id: &str, room: &str, identity: &str, sid: &str) {
+    let body = webhook_event(id, "participant_joined", room, Some((identity, sid, false)));
+    let response = app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+}
+
+/// A join that commits after the reconciler read `ListParticipants` (which
+/// did not have that viewer yet) but before it took the row lock is newer than
+/// the listing: the run must not close it.
+#[tokio::test]
+async fn a_join_committed_while_the_reconciler_lists_participants_stays_counted() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "racing").await;
+    app.livekit
+        .set_participants("racing", vec![participant(&host.to_string(), "PA_host", false)]);
+    let listing = app.livekit.hold("ListParticipants");
+    let viewer = Uuid::new_v4().to_string();
+    let run = reconcile(&app.state, GRACE);
+    let meanwhile = async {
+        listing.arrived().await;
+        join(&app, "EV_late_join", "racing", &viewer, "PA_late").await;
+        listing.release();
+    };
+    let (report, ()) = tokio::join!(run, meanwhile);
+    assert_eq!(report.unwrap().synced, 1);
+    assert_eq!(
+        app.viewer_count("racing").await,
+        1,
+        "the late joiner is still counted"
+    );
+}
+
+/// A session the reconciler closed (LiveKit did not list it) comes back when a
+/// later listing has it; one closed by its leave event does not.
+#[tokio::test]
+async fn a_later_listing_reopens_what_the_reconciler_closed_but_not_what_a_leave_closed() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "flapping").await;
+    let (ada, bob) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    join(&app, "EV_ada", "flapping", &ada, "PA_ada").await;
+    join(&app, "EV_bob", "flapping", &bob, "PA_bob").await;
+    let leave = webhook_event(
+        "EV_bob_left",
+        "participant_left",
+        "flapping",
+        Some((&bob, "PA_bob", false)),
+    );
+    app.deliver(signed_webhook(&leave, LIVEKIT_API_SECRET)).await;
+    // A listing that misses ada (a LiveKit node's stale view): her session closes.
+    app.livekit.set_participants("flapping", vec![]);
+    reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(app.viewer_count("flapping").await, 0);
+    // The next listing has both ada and a stale entry for bob, who did leave.
+    app.livekit.set_participants(
+        "flapping",
+        vec![
+            participant(&ada, "PA_ada", false),
+            participant(&bob, "PA_bob", false),
+        ],
+    );
+    reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(
+        app.viewer_count("flapping").await,
+        1,
+        "ada back, bob's leave stands"
+    );
+}
+
+/// The webhook's row lock (`FOR NO KEY UPDATE`) does not conflict with the
+/// `FOR KEY SHARE` lock that inserting a chat message or a restriction takes
+/// on the stream's row: chat and moderation never wait for a webhook.
+#[tokio::test]
+async fn chat_and_moderation_do_not_wait_for_a_webhook_holding_the_room() {
+    let app = TestApp::spawn().await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "busy").await;
+    let mut webhook_connection = app.db().await;
+    let webhook = webhook_connection.transaction().await.unwrap();
+    let room = shared::domain::RoomName::parse("busy".into()).unwrap();
+    assert!(
+        shared::viewers::lock_room(&webhook, &room)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let started = Instant::now();
+    let chat = app
+        .call(
+            post_message,
+            Some(&app.token_for(viewer)),
+            &json!({"roomName": "busy", "text": "hi"}).to_string(),
+        )
+        .await;
+    assert_eq!(chat.status, 201, "{}", chat.body);
+    let ban = json!({"roomName": "busy", "userId": Uuid::new_v4(), "action": "ban"}).to_string();
+    let banned = app.call(moderate, Some(&app.token_for(host)), &ban).await;
+    assert_eq!(banned.status, 200, "{}", banned.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "chat and moderation waited {:?} for the webhook's lock",
+        started.elapsed()
+    );
+    webhook.rollback().await.unwrap();
+}
+
+/// A statement blocked on a row lock gives up after the role's `lock_timeout`
+/// (2 s): a clean 503, long before the request deadline, and nothing changes.
+#[tokio::test]
+async fn a_request_blocked_on_a_lock_is_a_503_after_the_lock_timeout() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "locked").await;
+    let mut holder = app.db().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute("SELECT 1 FROM live_streams WHERE id = 'locked' FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let end = app
+        .call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"locked"}"#)
+        .await;
+    end.assert_error(503, "unavailable");
+    assert!(end.headers.contains_key("retry-after"));
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(5)).contains(&waited),
+        "gave up after {waited:?}"
+    );
+    held.rollback().await.unwrap();
+    assert!(app.stream_row("locked").await.unwrap().get::<_, bool>("is_live"));
+}
+
+/// A request cut off by its deadline while its statement waits: the statement
+/// is cancelled and its connection closed, so it neither runs later (after the
+/// client was told 503) nor holds up the next request on the pool.
+#[tokio::test]
+async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
+    let app = TestApp::spawn_with(AppOptions {
+        settings: vec![
+            ("REQUEST_DEADLINE_SECONDS", "1".into()),
+            ("DATABASE_POOL_SIZE", "1".into()),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "slow").await;
+    let admin = app.db().await;
+    let mut holder = app.db().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute("SELECT 1 FROM live_streams WHERE id = 'slow' FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let end = app
+        .call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"slow"}"#)
+        .await;
+    end.assert_error(503, "unavailable");
+
+    // Cancelled on the server: no statement of the functions still waits.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
+                &[&API_ROLE],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the abandoned statement still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.rollback().await.unwrap();
+    assert!(
+        app.stream_row("slow").await.unwrap().get::<_, bool>("is_live"),
+        "the request answered 503 must not end the stream later"
+    );
+    // The pool's one connection slot serves the next request at once.
+    let started = Instant::now();
+    let stream = app
+        .send(
+            get_stream,
+            get_request(Some(&app.token_for(host)), &[], Some("slow")),
+        )
+        .await;
+    assert_eq!(stream.status, 200, "{}", stream.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `/live/start` retried while `/live/end` commits: the start's write takes the
+/// row lock and sees the end, so it neither reports the stream live nor hands
+/// out a host token, and the room its `CreateRoom` re-made is closed again.
+#[tokio::test]
+async fn a_start_retried_while_the_stream_ends_gets_no_token_and_leaves_no_room() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let bearer = app.token_for(host);
+    app.start_stream(host, "ending").await;
+    let create = app.livekit.hold("CreateRoom");
+    let retried_start = app.call(
+        start_stream,
+        Some(&bearer),
+        r#"{"title":"A stream","roomName":"ending"}"#,
+    );
+    let end_meanwhile = async {
+        create.arrived().await;
+        let ended = app
+            .call(end_stream, Some(&bearer), r#"{"roomName":"ending"}"#)
+            .await;
+        assert_eq!(ended.status, 200, "{}", ended.body);
+        create.release();
+    };
+    let (start, ()) = tokio::join!(retried_start, end_meanwhile);
+    start.assert_error(409, "room_taken");
+    assert!(!app.livekit.has_room("ending"), "the re-created room was closed");
+    assert!(!app.stream_row("ending").await.unwrap().get::<_, bool>("is_live"));
+}
+
+#[tokio::test]
+async fn a_streamer_has_one_live_stream_at_a_time_by_default() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let bearer = app.token_for(host);
+    app.start_stream(host, "first").await;
+    let second = app
+        .call(
+            start_stream,
+            Some(&bearer),
+            r#"{"title":"Another","roomName":"second"}"#,
+        )
+        .await;
+    second.assert_error(409, "already_live");
+    assert!(
+        second.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("first"),
+        "names the live stream: {}",
+        second.body
+    );
+    assert!(
+        !app.livekit.has_room("second"),
+        "no room is made for a refused start"
+    );
+    let retried = app
+        .call(
+            start_stream,
+            Some(&bearer),
+            r#"{"title":"A stream","roomName":"first"}"#,
+        )
+        .await;
+    assert_eq!(retried.status, 200, "a retried start of the live stream is fine");
+    app.call(end_stream, Some(&bearer), r#"{"roomName":"first"}"#)
+        .await;
+    app.start_stream(host, "second").await;
+}
+
+#[tokio::test]
+async fn concurrent_starts_of_one_streamer_leave_at_most_the_allowed_live_streams() {
+    for allowed in [1_usize, 2] {
+        let app = TestApp::spawn_with(AppOptions {
+            settings: vec![("MAX_LIVE_STREAMS_PER_STREAMER", allowed.to_string())],
+            ..AppOptions::default()
+        })
+        .await;
+        let bearer = app.token_for(Uuid::new_v4());
+        let starts = (0..5).map(|i| {
+            let body = json!({"title": "Spam", "roomName": format!("spam-{i}")}).to_string();
+            let bearer = bearer.clone();
+            let app = &app;
+            async move { app.call(start_stream, Some(&bearer), &body).await }
+        });
+        let responses = futures::future::join_all(starts).await;
+        let created = responses.iter().filter(|r| r.status == 201).count();
+        assert_eq!(created, allowed, "{responses:?}");
+        assert!(responses.iter().all(|r| r.status == 201 || r.status == 409));
+        let live: i64 = app
+            .db()
+            .await
+            .query_one("SELECT count(*) FROM live_streams WHERE is_live", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(live as usize, allowed);
+    }
+}
+
+/// LiveKit was down during `/live/end`: the reconciler closes the room later.
+#[tokio::test]
+async fn the_reconciler_closes_the_room_of_a_stream_that_ended_while_livekit_was_down() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "unclosed").await;
+    app.livekit.set_mode(LiveKitMode::Failing);
+    let ended = app
+        .call(
+            end_stream,
+            Some(&app.token_for(host)),
+            r#"{"roomName":"unclosed"}"#,
+        )
+        .await;
+    assert_eq!(ended.body["roomClosed"], false, "{}", ended.body);
+    let failed = reconcile(&app.state, GRACE).await;
+    assert!(failed.is_ok_and(|r| r.rooms_closed == 0 && r.failed == 1));
+    app.livekit.set_mode(LiveKitMode::Up);
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.rooms_closed, 1, "{report:?}");
+    assert!(!app.livekit.has_room("unclosed"));
+    let row = app.stream_row("unclosed").await.unwrap();
+    assert!(
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("room_closed_at")
+            .is_some()
+    );
+    let deletes = app.livekit.calls_to("DeleteRoom").len();
+    reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(app.livekit.calls_to("DeleteRoom").len(), deletes, "closed once");
+}
+
+/// The reconciler prunes closed sessions and the sessions of ended streams
+/// past the retention period, in bounded batches, and keeps the rest.
+#[tokio::test]
+async fn old_sessions_are_pruned_in_bounded_batches() {
+    let app = TestApp::spawn().await;
+    let (host, other) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "long-running").await;
+    app.start_stream(other, "long-ago").await;
+    let viewer = Uuid::new_v4().to_string();
+    join(&app, "EV_present", "long-running", &viewer, "PA_present").await;
+    app.livekit
+        .set_participants("long-running", vec![participant(&viewer, "PA_present", false)]);
+    let admin = app.db().await;
+    admin
+        .batch_execute(
+            "INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined, left_at, updated_at)
+             SELECT 'long-running', 'PA_old_' || n, 'someone', true, true, now() - interval '8 days', now() - interval '8 days'
+             FROM generate_series(1, 5003) AS n;
+             INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined, left_at)
+             VALUES ('long-running', 'PA_recent', 'someone', true, true, now() - interval '1 day'),
+                    ('long-ago', 'PA_of_ended', 'someone', true, true, NULL);
+             UPDATE live_streams SET is_live = false, ended_at = now() - interval '8 days' WHERE id = 'long-ago';",
+        )
+        .await
+        .unwrap();
+    let first = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(
+        first.sessions_pruned, 5_001,
+        "5,000 closed ones and the ended stream's one"
+    );
+    let second = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(second.sessions_pruned, 3);
+    let left: Vec<String> = admin
+        .query("SELECT sid FROM live_participant_sessions ORDER BY sid", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, vec!["PA_present", "PA_recent"]);
+    assert_eq!(app.viewer_count("long-running").await, 1);
+}
