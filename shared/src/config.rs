@@ -113,6 +113,9 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct DatabaseConfig {
     pub pg: tokio_postgres::Config,
+    /// The URL's `sslmode`, with libpq's meaning (tokio-postgres itself only
+    /// knows disable, prefer and require).
+    pub tls_mode: crate::tls::TlsMode,
     /// PEM CA certificate(s) that the server certificate must chain to. Without
     /// it, `sslmode=require` encrypts without authenticating the server, as libpq does.
     pub ca_cert_pem: Option<String>,
@@ -177,7 +180,7 @@ impl Config {
         };
         let require = |name: &'static str| get(name).ok_or(ConfigError::Missing(name));
 
-        let pg = parse_database_url(&require(DATABASE_URL)?)?;
+        let (pg, tls_mode) = parse_database_url(&require(DATABASE_URL)?)?;
         let pool_size = number(&get, DATABASE_POOL_SIZE, DEFAULT_POOL_SIZE, 1..=64)?;
 
         let client_url = require(LIVEKIT_URL)?;
@@ -265,6 +268,7 @@ impl Config {
         Ok(Config {
             database: DatabaseConfig {
                 pg,
+                tls_mode,
                 ca_cert_pem: get(DATABASE_CA_CERT),
                 pool_size,
                 secret: None,
@@ -322,11 +326,44 @@ impl Config {
     }
 }
 
-/// A `postgres://` URL or a key=value connection string.
-pub fn parse_database_url(raw: &str) -> Result<tokio_postgres::Config, ConfigError> {
-    tokio_postgres::Config::from_str(raw.trim())
+/// A `postgres://` URL or a key=value connection string, and its `sslmode`.
+/// tokio-postgres does not know `verify-ca` and `verify-full`: they are read
+/// here and handed to it as `require`, the TLS configuration doing the rest.
+pub fn parse_database_url(raw: &str) -> Result<(tokio_postgres::Config, crate::tls::TlsMode), ConfigError> {
+    use crate::tls::TlsMode;
+    let (raw, verify) = take_verify_mode(raw.trim());
+    let pg = tokio_postgres::Config::from_str(&raw)
         // The parser's message never echoes the URL, so no password reaches the logs.
-        .map_err(|e| invalid(DATABASE_URL, e.to_string()))
+        .map_err(|e| invalid(DATABASE_URL, e.to_string()))?;
+    let mode = verify.unwrap_or(match pg.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => TlsMode::Disable,
+        tokio_postgres::config::SslMode::Require => TlsMode::Require,
+        _ => TlsMode::Prefer,
+    });
+    Ok((pg, mode))
+}
+
+/// Replaces `sslmode=verify-ca`/`verify-full` (a whole parameter of the URL's
+/// query or of a key=value string) with `sslmode=require`, returning the mode.
+fn take_verify_mode(raw: &str) -> (String, Option<crate::tls::TlsMode>) {
+    use crate::tls::TlsMode;
+    for (value, mode) in [
+        ("verify-full", TlsMode::VerifyFull),
+        ("verify-ca", TlsMode::VerifyCa),
+    ] {
+        let needle = format!("sslmode={value}");
+        for (at, _) in raw.match_indices(&needle) {
+            let before = raw[..at].chars().next_back();
+            let after = raw[at + needle.len()..].chars().next();
+            let starts = before.is_none_or(|c| c == '?' || c == '&' || c.is_whitespace());
+            let ends = after.is_none_or(|c| c == '&' || c.is_whitespace());
+            if starts && ends {
+                let replaced = format!("{}sslmode=require{}", &raw[..at], &raw[at + needle.len()..]);
+                return (replaced, Some(mode));
+            }
+        }
+    }
+    (raw.to_owned(), None)
 }
 
 /// An optional whole number within `range`, or `default` when unset.
@@ -404,6 +441,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("database_hosts", &self.database.pg.get_hosts())
             .field("database_pool_size", &self.database.pool_size)
+            .field("database_tls_mode", &self.database.tls_mode)
             .field("database_ca_cert", &self.database.ca_cert_pem.is_some())
             .field("database_url_from_secret", &self.database.secret.is_some())
             .field("livekit_url", &self.livekit.client_url)
@@ -469,6 +507,7 @@ mod tests {
             config.database.pg.get_ssl_mode(),
             tokio_postgres::config::SslMode::Require
         );
+        assert_eq!(config.database.tls_mode, crate::tls::TlsMode::Require);
         assert!(config.supabase.url.is_none());
     }
 
@@ -537,6 +576,44 @@ mod tests {
                 other => panic!("{name}={value}: expected Invalid, got {:?}", other.err()),
             }
         }
+    }
+
+    #[test]
+    fn sslmode_has_libpq_meaning_including_verify_ca_and_verify_full() {
+        use crate::tls::TlsMode;
+        for (url, mode) in [
+            (
+                "postgres://u:p@db.example.com/postgres?sslmode=verify-full",
+                TlsMode::VerifyFull,
+            ),
+            (
+                "postgres://u:p@db.example.com/postgres?application_name=x&sslmode=verify-ca",
+                TlsMode::VerifyCa,
+            ),
+            (
+                "host=db.example.com user=u sslmode=verify-full dbname=postgres",
+                TlsMode::VerifyFull,
+            ),
+            (
+                "postgres://u:p@db.example.com/postgres?sslmode=require",
+                TlsMode::Require,
+            ),
+            (
+                "postgres://u:p@db.example.com/postgres?sslmode=disable",
+                TlsMode::Disable,
+            ),
+            ("postgres://u:p@db.example.com/postgres", TlsMode::Prefer),
+            // Only a whole parameter counts, not a password that happens to contain it.
+            (
+                "postgres://u:xsslmode=verify-full@db.example.com/postgres",
+                TlsMode::Prefer,
+            ),
+        ] {
+            let (pg, parsed) = parse_database_url(url).unwrap();
+            assert_eq!(parsed, mode, "{url}");
+            assert_eq!(pg.get_hosts().len(), 1, "{url}");
+        }
+        assert!(parse_database_url("postgres://db/x?sslmode=verify-everything").is_err());
     }
 
     #[test]

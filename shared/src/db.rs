@@ -231,8 +231,9 @@ impl Manager {
             tracing::error!("the secret no longer holds {DATABASE_URL}");
             return None;
         };
+        // The TLS mode stays the cold start's: only the credentials rotate.
         let rotated = match parse_database_url(&url) {
-            Ok(pg) => Arc::new(with_defaults(pg)),
+            Ok((pg, _)) => Arc::new(with_defaults(pg)),
             Err(error) => {
                 tracing::error!(%error, "the secret's new {DATABASE_URL} is unusable");
                 return None;
@@ -274,13 +275,42 @@ fn with_defaults(mut pg: tokio_postgres::Config) -> tokio_postgres::Config {
     pg
 }
 
-pub fn build_pool(config: &DatabaseConfig) -> Result<Database, ConfigError> {
-    let tls_config = tls::postgres_client_config(config.ca_cert_pem.as_deref()).map_err(|reason| {
-        ConfigError::Invalid {
-            name: crate::config::DATABASE_CA_CERT,
-            reason,
+/// A warning for a connection to another machine whose server nobody
+/// authenticates: anyone on the path could pose as the database.
+pub fn unverified_server_warning(config: &DatabaseConfig) -> Option<String> {
+    use tokio_postgres::config::Host;
+    let remote = config.pg.get_hosts().iter().any(|host| match host {
+        Host::Tcp(name) => {
+            name != "localhost" && !name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
         }
-    })?;
+        #[cfg(unix)]
+        Host::Unix(_) => false,
+    });
+    if !remote || config.tls_mode.authenticates_server(config.ca_cert_pem.is_some()) {
+        return None;
+    }
+    Some(format!(
+        "DATABASE_URL connects to another machine with sslmode={:?}: the connection is {} but the server is not authenticated; use sslmode=verify-full (with DATABASE_CA_CERT for Supabase's or RDS's CA)",
+        config.tls_mode,
+        if config.tls_mode == tls::TlsMode::Disable {
+            "not encrypted"
+        } else {
+            "encrypted"
+        }
+    ))
+}
+
+pub fn build_pool(config: &DatabaseConfig) -> Result<Database, ConfigError> {
+    let tls_config =
+        tls::postgres_client_config(config.tls_mode, config.ca_cert_pem.as_deref()).map_err(|reason| {
+            ConfigError::Invalid {
+                name: crate::config::DATABASE_CA_CERT,
+                reason,
+            }
+        })?;
+    if let Some(warning) = unverified_server_warning(config) {
+        tracing::warn!("{warning}");
+    }
     let tls = MakeRustlsConnect::new(tls_config);
     let manager = Manager {
         connector: ConfigConnectImpl { tls: tls.clone() },

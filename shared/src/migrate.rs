@@ -105,12 +105,11 @@ pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, MigrateError>
 
 /// Connects to `url` (TLS as the URL asks) and applies pending migrations.
 pub async fn migrate_url(url: &str) -> Result<Vec<&'static str>, Box<dyn std::error::Error + Send + Sync>> {
-    use std::str::FromStr;
-    let pg = tokio_postgres::Config::from_str(url).map_err(|e| format!("invalid DATABASE_URL: {e}"))?;
+    let (pg, tls_mode) = crate::config::parse_database_url(url)?;
     let ca = std::env::var(crate::config::DATABASE_CA_CERT)
         .ok()
         .filter(|c| !c.is_empty());
-    let tls = crate::tls::postgres_client_config(ca.as_deref())?;
+    let tls = crate::tls::postgres_client_config(tls_mode, ca.as_deref())?;
     let (mut client, connection) = pg
         .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
         .await?;
