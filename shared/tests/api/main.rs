@@ -27,6 +27,7 @@ mod round_trips;
 mod secrets;
 mod start;
 mod supabase_api;
+mod template;
 mod tls;
 mod token;
 mod token_source;
