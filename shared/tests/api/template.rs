@@ -53,7 +53,10 @@ fn reserved_concurrency_times_pool_size_fits_the_database_budget() {
     let mut reserved = 0;
     for (name, function) in functions(&template) {
         let concurrency = &function["Properties"]["ReservedConcurrentExecutions"];
-        assert!(!concurrency.is_null(), "{name} has no ReservedConcurrentExecutions");
+        assert!(
+            !concurrency.is_null(),
+            "{name} has no ReservedConcurrentExecutions"
+        );
         let containers = number(&template, concurrency, &name);
         assert!(containers >= 1, "{name}: 0 would disable it");
         reserved += containers;
@@ -71,17 +74,22 @@ fn reserved_concurrency_times_pool_size_fits_the_database_budget() {
 #[test]
 fn the_busy_routes_have_throttles_of_their_own() {
     let template = template();
-    let default_rate = &template["Resources"]["LiveApi"]["Properties"]["DefaultRouteSettings"]["ThrottlingRateLimit"];
+    let default_rate =
+        &template["Resources"]["LiveApi"]["Properties"]["DefaultRouteSettings"]["ThrottlingRateLimit"];
     for (function, event) in [
         ("TokenFunction", "Token"),
         ("TokenSourceFunction", "TokenSource"),
         ("WebhookFunction", "Webhook"),
         ("ChatFunction", "Chat"),
     ] {
-        let settings = &template["Resources"][function]["Properties"]["Events"][event]["Properties"]["RouteSettings"];
+        let settings =
+            &template["Resources"][function]["Properties"]["Events"][event]["Properties"]["RouteSettings"];
         let rate = &settings["ThrottlingRateLimit"];
         let burst = &settings["ThrottlingBurstLimit"];
-        assert!(!rate.is_null() && !burst.is_null(), "{function} has no route throttle");
+        assert!(
+            !rate.is_null() && !burst.is_null(),
+            "{function} has no route throttle"
+        );
         assert_ne!(rate, default_rate, "{function} shares the default throttle");
         assert!(
             number(&template, burst, function) >= number(&template, rate, function),
