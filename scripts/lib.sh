@@ -525,3 +525,93 @@ stop_moto() {
     if [ -n "${MOTO_LOG_IS_TEMP:-}" ] && [ -n "${MOTO_LOG:-}" ]; then rm -f "$MOTO_LOG"; fi
     unset MOTO_ENDPOINT MOTO_LOG MOTO_LOG_IS_TEMP
 }
+
+# ---------------------------------------------------------------------------
+# LiveKit's server, built from the Go module proxy (single node, no Redis)
+# ---------------------------------------------------------------------------
+
+# The version everything here is tested against. v1.13.5's go.mod has no
+# `replace` lines (v1.13.0 and v1.13.1 have), so `go install` accepts it; it
+# needs Go >= 1.26.
+LIVEKIT_SERVER_MODULE=github.com/livekit/livekit-server/cmd/server
+LIVEKIT_SERVER_VERSION=v1.13.5
+LIVEKIT_SERVER_BIN="$TOOLS_DIR/livekit-$LIVEKIT_SERVER_VERSION/bin/server"
+
+_install_livekit_server() {
+    if [ -x "$LIVEKIT_SERVER_BIN" ] && "$LIVEKIT_SERVER_BIN" --version 2>/dev/null | grep -q "${LIVEKIT_SERVER_VERSION#v}"; then
+        return 0
+    fi
+    command -v go >/dev/null 2>&1 ||
+        die "go not found: LiveKit's server ($LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION) is built with 'go install' (Go >= 1.26)"
+    log "building LiveKit's server: go install $LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION (once; a few minutes on a fresh machine)"
+    local bindir
+    bindir="$(dirname "$LIVEKIT_SERVER_BIN")"
+    mkdir -p "$bindir"
+    # GOFLAGS=-mod=mod: the module's own go.sum decides; GOTOOLCHAIN=local:
+    # never download another Go (the machine's must do).
+    if ! GOBIN="$bindir" GOFLAGS=-mod=mod GOTOOLCHAIN=local go install "$LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION"; then
+        die "go install $LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION failed (see above); the LiveKit tests cannot run without it"
+    fi
+    "$LIVEKIT_SERVER_BIN" --version >/dev/null 2>&1 ||
+        die "the LiveKit server built at $LIVEKIT_SERVER_BIN does not run"
+}
+
+ensure_livekit_server() {
+    with_lock livekit _install_livekit_server
+    export LIVEKIT_SERVER_BIN
+}
+
+# Print a UDP port that is free on 127.0.0.1 right now.
+free_udp_port() {
+    python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# write_livekit_config FILE API_KEY API_SECRET WEBHOOK_URL [DEPARTURE_TIMEOUT]
+# A single-node LiveKit on loopback: signalling and RoomService on a free TCP
+# port (printed), ICE over one free UDP port and one free TCP port, the node
+# IP 127.0.0.1 (no STUN lookup of a public address), rooms only through
+# CreateRoom (auto_create: false), and webhooks signed with API_KEY sent to
+# WEBHOOK_URL.
+write_livekit_config() {
+    local file=${1:?usage: write_livekit_config FILE KEY SECRET WEBHOOK_URL}
+    local key=${2:?} secret=${3:?} webhook=${4:?} departure=${5:-20}
+    local port rtc_tcp rtc_udp
+    port="$(free_port)"
+    rtc_tcp="$(free_port)"
+    rtc_udp="$(free_udp_port)"
+    cat >"$file" <<EOT
+# written by scripts/lib.sh write_livekit_config
+port: $port
+bind_addresses: [127.0.0.1]
+rtc:
+  node_ip: 127.0.0.1
+  use_external_ip: false
+  tcp_port: $rtc_tcp
+  udp_port: $rtc_udp
+keys:
+  $key: $secret
+room:
+  auto_create: false
+  departure_timeout: $departure
+webhook:
+  api_key: $key
+  urls:
+    - $webhook
+logging:
+  level: ${LIVEKIT_LOG_LEVEL:-info}
+EOT
+    printf '%s\n' "$port"
+}
+
+# wait_for_livekit PORT PID: until its HTTP endpoint answers (or it died).
+wait_for_livekit() {
+    local port=$1 pid=$2 _
+    for _ in $(seq 1 200); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if _http_answers "http://127.0.0.1:$port/"; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}

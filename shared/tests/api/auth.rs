@@ -336,7 +336,7 @@ async fn anonymous_sign_ins_watch_but_take_part_only_when_allowed() {
         } else {
             chat.assert_error(403, "anonymous_not_allowed");
             start.assert_error(403, "anonymous_not_allowed");
-            assert!(!app.livekit.has_room("guest-room"));
+            assert!(!app.has_room("guest-room").await);
             let moderation = json!({"roomName": "open-stream", "userId": host, "action": "kick"}).to_string();
             app.call(moderate, Some(&guest_host), &moderation)
                 .await

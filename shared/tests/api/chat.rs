@@ -4,7 +4,9 @@ use serde_json::{Value, json};
 use shared::handlers::{chat_history, delete_message, post_message};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, LiveKitMode, TestApp, get_request, request_with};
+use crate::helpers::{
+    AppOptions, LiveKitChoice, LiveKitMode, Participant, TestApp, get_request, request_with,
+};
 
 const ROOM: &str = "chatty";
 
@@ -15,29 +17,36 @@ async fn chat_room() -> (TestApp, Uuid) {
     (app, host)
 }
 
+/// A live room with a real viewer in it, who receives what the room is sent.
+async fn chat_room_with_listener() -> (TestApp, Uuid, Participant) {
+    let (app, host) = chat_room().await;
+    let (_, listener) = app.viewer_in(ROOM).await;
+    (app, host, listener)
+}
+
 async fn say(app: &TestApp, user: Uuid, text: &str) -> crate::helpers::TestResponse {
     let body = json!({"roomName": ROOM, "text": text}).to_string();
     app.call(post_message, Some(&app.token_for(user)), &body).await
 }
 
-fn broadcasts(app: &TestApp) -> Vec<(Value, Option<String>, bool)> {
-    app.livekit
-        .calls_to("SendData")
+/// The first `count` packets the listener received on topic `chat`; each
+/// must come from the server (no sending participant) and reliably.
+async fn broadcasts(listener: &Participant, count: usize) -> Vec<Value> {
+    listener
+        .wait_for_data("chat", count)
+        .await
         .into_iter()
-        .map(|call| {
-            assert!(call.claims.video.room_admin && call.claims.video.room == call.room);
-            (
-                serde_json::from_slice(&call.data).unwrap(),
-                call.topic,
-                call.reliable,
-            )
+        .map(|packet| {
+            assert_eq!(packet.sender, None, "the backend's packets have no sender");
+            assert!(packet.reliable);
+            packet.payload
         })
         .collect()
 }
 
 #[tokio::test]
 async fn a_message_is_stored_and_broadcast_to_the_room() {
-    let (app, _) = chat_room().await;
+    let (app, _, listener) = chat_room_with_listener().await;
     let viewer = Uuid::new_v4();
     let response = say(&app, viewer, "  Ẹ káàbọ̀!\nWelcome  ").await;
 
@@ -58,22 +67,18 @@ async fn a_message_is_stored_and_broadcast_to_the_room() {
     assert_eq!(stored.get::<_, String>(0), "Ẹ káàbọ̀!\nWelcome");
     assert_eq!(stored.get::<_, Uuid>(1), viewer);
 
-    let sent = broadcasts(&app);
-    assert_eq!(sent.len(), 1);
-    let (payload, topic, reliable) = &sent[0];
+    let sent = broadcasts(&listener, 1).await;
     assert_eq!(
-        payload,
-        &json!({"event": "chat_message", "message": message}),
+        sent,
+        vec![json!({"event": "chat_message", "message": message})],
         "the same message JSON as the response"
     );
-    assert_eq!(topic.as_deref(), Some("chat"));
-    assert!(reliable);
 }
 
 #[tokio::test]
 async fn when_the_broadcast_fails_the_message_stays_stored() {
     let (app, _) = chat_room().await;
-    app.livekit.set_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing);
     let response = say(&app, Uuid::new_v4(), "still here").await;
     assert_eq!(response.status, 201, "{}", response.body);
     assert_eq!(response.body["broadcast"], false);
@@ -154,10 +159,10 @@ async fn concurrent_senders_in_separate_containers_share_the_limit() {
     // A second container: its own state and pool, the same database.
     let other = TestApp::spawn_with(AppOptions {
         database_url: Some(app.api_database_url.clone()),
+        livekit: LiveKitChoice::SharedWith(app.livekit().clone()),
         ..AppOptions::default()
     })
     .await;
-    other.livekit.add_room(ROOM);
     let viewer = Uuid::new_v4();
     let sends = (0..12).map(|i| {
         let container = if i % 2 == 0 { &app } else { &other };
@@ -201,6 +206,7 @@ async fn history_is_newest_first_paginated_and_skips_deleted_messages() {
     let viewer = Uuid::new_v4();
     let other = TestApp::spawn_with(AppOptions {
         database_url: Some(app.api_database_url.clone()),
+        livekit: LiveKitChoice::SharedWith(app.livekit().clone()),
         ..AppOptions::default()
     })
     .await;
@@ -276,7 +282,7 @@ async fn history_parameters_are_checked() {
 
 #[tokio::test]
 async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() {
-    let (app, host) = chat_room().await;
+    let (app, host, listener) = chat_room_with_listener().await;
     let (author, stranger) = (Uuid::new_v4(), Uuid::new_v4());
     let first = say(&app, author, "oops").await.body["message"]["id"]
         .as_str()
@@ -323,9 +329,10 @@ async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() 
         .await
         .assert_error(404, "message_not_found");
 
-    let deletions: Vec<Value> = broadcasts(&app)
+    // Two messages, then two deletions.
+    let deletions: Vec<Value> = broadcasts(&listener, 4)
+        .await
         .into_iter()
-        .map(|(p, _, _)| p)
         .filter(|p| p["event"] == "chat_deleted")
         .collect();
     assert_eq!(

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+pub use crate::livekit_server::{LiveKitServer, Mode as LiveKitMode, Participant, SETTLE};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -13,7 +14,7 @@ use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lambda_http::{Body, Request};
 use livekit_api::access_token::{Claims as LiveKitClaims, TokenVerifier};
-pub use livekit_stub::{LiveKitStub, Mode as LiveKitMode};
+pub use livekit_stub::LiveKitStub;
 use serde_json::{Value, json};
 use shared::AppState;
 use shared::config::Config;
@@ -153,15 +154,40 @@ pub async fn migrated_database() -> String {
 }
 
 pub struct TestApp {
-    pub state: AppState,
+    /// Shared with the app's webhook endpoint, which LiveKit's server calls.
+    pub state: Arc<AppState>,
     /// The superuser's URL, for checking what the code under test stored (or
     /// the URL a test passed in [`AppOptions::database_url`]).
     pub database_url: String,
     /// The URL the functions' state connects with.
     pub api_database_url: String,
-    pub livekit: LiveKitStub,
+    livekit: LiveKitUnderTest,
     pub jwks: JwksServer,
     pub supabase_url: Option<String>,
+    /// Every webhook LiveKit's server delivered to this app: `(event, outcome)`.
+    webhooks: Arc<Mutex<Vec<(String, String)>>>,
+    /// While set, LiveKit's webhooks are answered 200 and thrown away: lost.
+    losing_webhooks: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the app's `LIVEKIT_URL` points at.
+pub enum LiveKitUnderTest {
+    /// LiveKit's real server (the default), behind a fault-injecting proxy.
+    Real(LiveKitServer),
+    /// The RoomService stand-in, for what only it can do: hold one call at an
+    /// exact point of a test, or list participants the real server would not
+    /// (a stale listing). See `shared/livekit-stub`.
+    Stub(LiveKitStub),
+}
+
+/// Which LiveKit a test app talks to.
+#[derive(Default)]
+pub enum LiveKitChoice {
+    #[default]
+    Real,
+    /// The same server as another app: two containers of one deployment.
+    SharedWith(LiveKitServer),
+    Stub,
 }
 
 pub struct AppOptions {
@@ -171,6 +197,7 @@ pub struct AppOptions {
     /// Supabase-like database reached as [`API_ROLE`].
     pub database_url: Option<String>,
     pub livekit_url: Option<String>,
+    pub livekit: LiveKitChoice,
     pub database_ca_cert: Option<String>,
     /// More settings by name, e.g. `("RECONCILE_GRACE_SECONDS", "0")`.
     pub settings: Vec<(&'static str, String)>,
@@ -185,6 +212,7 @@ impl Default for AppOptions {
             supabase_url: true,
             database_url: None,
             livekit_url: None,
+            livekit: LiveKitChoice::Real,
             database_ca_cert: None,
             settings: Vec::new(),
             secret: None,
@@ -213,21 +241,33 @@ impl TestApp {
                 .find(|(n, _)| *n == name)
                 .map_or(default.to_owned(), |(_, v)| v.clone())
         };
-        let livekit = LiveKitStub::start(
-            "127.0.0.1:0".parse().unwrap(),
-            &setting("LIVEKIT_API_KEY", LIVEKIT_API_KEY),
-            &setting("LIVEKIT_API_SECRET", LIVEKIT_API_SECRET),
-        )
-        .await
-        .expect("LiveKit stub starts");
+        let (api_key, api_secret) = (
+            setting("LIVEKIT_API_KEY", LIVEKIT_API_KEY),
+            setting("LIVEKIT_API_SECRET", LIVEKIT_API_SECRET),
+        );
+        // LiveKit's webhooks come here; the state behind it is set below.
+        let webhook_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let webhook_url = format!("http://{}/live/webhook", webhook_listener.local_addr().unwrap());
+        let livekit = match options.livekit {
+            LiveKitChoice::Real => {
+                LiveKitUnderTest::Real(LiveKitServer::start(&api_key, &api_secret, &webhook_url, 20).await)
+            }
+            LiveKitChoice::SharedWith(server) => LiveKitUnderTest::Real(server),
+            LiveKitChoice::Stub => LiveKitUnderTest::Stub(
+                LiveKitStub::start("127.0.0.1:0".parse().unwrap(), &api_key, &api_secret)
+                    .await
+                    .expect("LiveKit stub starts"),
+            ),
+        };
+        let livekit_ws_url = match &livekit {
+            LiveKitUnderTest::Real(server) => server.ws_url(),
+            LiveKitUnderTest::Stub(stub) => stub.ws_url(),
+        };
         let jwks = JwksServer::start().await;
         let supabase_url = options.supabase_url.then(|| jwks.base_url());
         let mut settings: HashMap<&str, String> = HashMap::from([
             ("DATABASE_URL", api_database_url.clone()),
-            (
-                "LIVEKIT_URL",
-                options.livekit_url.unwrap_or_else(|| livekit.ws_url()),
-            ),
+            ("LIVEKIT_URL", options.livekit_url.unwrap_or(livekit_ws_url)),
             ("LIVEKIT_API_KEY", LIVEKIT_API_KEY.into()),
             ("LIVEKIT_API_SECRET", LIVEKIT_API_SECRET.into()),
             ("SUPABASE_JWT_SECRET", SUPABASE_JWT_SECRET.into()),
@@ -245,7 +285,15 @@ impl TestApp {
             None => Config::from_lookup(lookup),
         }
         .expect("test config is valid");
-        let state = AppState::new(&config).expect("state builds");
+        let state = Arc::new(AppState::new(&config).expect("state builds"));
+        let webhooks = Arc::new(Mutex::new(Vec::new()));
+        let losing_webhooks = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        serve_webhooks(
+            webhook_listener,
+            state.clone(),
+            webhooks.clone(),
+            losing_webhooks.clone(),
+        );
         TestApp {
             state,
             database_url,
@@ -253,7 +301,123 @@ impl TestApp {
             livekit,
             jwks,
             supabase_url,
+            webhooks,
+            losing_webhooks,
         }
+    }
+
+    /// From now on LiveKit's webhooks are lost (acknowledged, never applied),
+    /// or, with `false`, delivered again.
+    pub fn lose_webhooks(&self, lose: bool) {
+        self.losing_webhooks
+            .store(lose, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The real LiveKit server of this app.
+    pub fn livekit(&self) -> &LiveKitServer {
+        match &self.livekit {
+            LiveKitUnderTest::Real(server) => server,
+            LiveKitUnderTest::Stub(_) => panic!("this app runs the RoomService stand-in: use app.stub()"),
+        }
+    }
+
+    /// The RoomService stand-in of an app spawned with [`LiveKitChoice::Stub`].
+    pub fn stub(&self) -> &LiveKitStub {
+        match &self.livekit {
+            LiveKitUnderTest::Stub(stub) => stub,
+            LiveKitUnderTest::Real(_) => panic!("this app runs LiveKit's real server: use app.livekit()"),
+        }
+    }
+
+    /// Makes LiveKit refuse, hang, or work again.
+    pub fn set_livekit_mode(&self, mode: LiveKitMode) {
+        match &self.livekit {
+            LiveKitUnderTest::Real(server) => server.set_mode(mode),
+            LiveKitUnderTest::Stub(stub) => stub.set_mode(match mode {
+                LiveKitMode::Up => livekit_stub::Mode::Up,
+                LiveKitMode::Failing => livekit_stub::Mode::Failing,
+                LiveKitMode::Hanging => livekit_stub::Mode::Hanging,
+            }),
+        }
+    }
+
+    pub async fn has_room(&self, room: &str) -> bool {
+        match &self.livekit {
+            LiveKitUnderTest::Real(server) => server.has_room(room).await,
+            LiveKitUnderTest::Stub(stub) => stub.has_room(room),
+        }
+    }
+
+    /// The URL clients connect to, as the API hands it out.
+    pub fn livekit_url(&self) -> String {
+        self.state.livekit.client_url().to_owned()
+    }
+
+    /// The webhooks LiveKit's server delivered so far: `(event, outcome)`.
+    pub fn delivered_webhooks(&self) -> Vec<(String, String)> {
+        self.webhooks.lock().unwrap().clone()
+    }
+
+    /// Waits (at most [`SETTLE`]) until LiveKit delivered a webhook `event`
+    /// that applied (or was ignored, or a duplicate), `count` times in all.
+    pub async fn wait_for_webhooks(&self, event: &str, count: usize) {
+        let deadline = std::time::Instant::now() + SETTLE;
+        loop {
+            let seen = self
+                .delivered_webhooks()
+                .iter()
+                .filter(|(e, _)| e == event)
+                .count();
+            if seen >= count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{count} {event} webhooks not delivered within {SETTLE:?}: {:?}",
+                self.delivered_webhooks()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls `viewer_count` until it is `expected`, for at most [`SETTLE`].
+    pub async fn wait_for_viewer_count(&self, room: &str, expected: i32) {
+        let deadline = std::time::Instant::now() + SETTLE;
+        loop {
+            let count = self.viewer_count(room).await;
+            if count == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "viewer count of {room} is {count}, not {expected}, after {SETTLE:?}; webhooks: {:?}",
+                self.delivered_webhooks()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A real participant joining with `token`. Participants connect to the
+    /// server itself, not through the proxy that fakes outages of LiveKit for
+    /// the functions, so an outage of RoomService leaves them connected (as
+    /// the media path of a real deployment is not the API's).
+    pub async fn join(&self, token: &str) -> Result<Participant, String> {
+        Participant::connect(&self.livekit().direct_ws_url().await, token).await
+    }
+
+    /// `user` asks `/live/token` for `room` and joins it for real.
+    pub async fn join_as(&self, user: Uuid, room: &str) -> Participant {
+        let response = self.request_token(&self.token_for(user), room).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        self.join(response.body["token"].as_str().unwrap())
+            .await
+            .unwrap_or_else(|error| panic!("{user} could not join {room}: {error}"))
+    }
+
+    /// A new viewer who joins `room` for real.
+    pub async fn viewer_in(&self, room: &str) -> (Uuid, Participant) {
+        let viewer = Uuid::new_v4();
+        (viewer, self.join_as(viewer, room).await)
     }
 
     /// A valid HS256 access token for `user`, as Supabase issues it.
@@ -336,7 +500,7 @@ impl TestApp {
             )
             .await;
         assert_eq!(response.status, 201, "{}", response.body);
-        assert!(self.livekit.has_room(room), "start created the LiveKit room");
+        assert!(self.has_room(room).await, "start created the LiveKit room");
         response.body
     }
 
@@ -623,7 +787,9 @@ pub fn webhook_event(id: &str, event: &str, room: &str, participant: Option<(&st
     let mut body = json!({
         "id": id,
         "event": event,
-        "room": {"sid": format!("RM_{room}"), "name": room},
+        // No sid: LiveKit always sends one, but the tests' own events stand
+        // for whichever instance the stream's room is.
+        "room": {"name": room},
         "createdAt": chrono::Utc::now().timestamp().to_string(),
     });
     if let Some((identity, sid, hidden)) = participant {
@@ -651,6 +817,53 @@ impl TestApp {
             .expect("stream exists")
             .get("viewer_count")
     }
+}
+
+/// The app's `POST /live/webhook` over HTTP, for LiveKit's server: each call
+/// goes through the real endpoint (signature, body, database) as API Gateway
+/// would deliver it.
+fn serve_webhooks(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    delivered: Arc<Mutex<Vec<(String, String)>>>,
+    losing: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+    let router = Router::new().route(
+        "/live/webhook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (state, delivered, losing) = (state.clone(), delivered.clone(), losing.clone());
+            async move {
+                use shared::http::Endpoint;
+                if losing.load(std::sync::atomic::Ordering::SeqCst) {
+                    return (axum::http::StatusCode::OK, "{}".to_owned());
+                }
+                let mut request = Request::new(Body::Binary(body.to_vec()));
+                *request.method_mut() = lambda_http::http::Method::POST;
+                for (name, value) in &headers {
+                    request.headers_mut().insert(name.clone(), value.clone());
+                }
+                let event = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["event"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let response = shared::handlers::LiveKitWebhook.respond(&state, request).await;
+                let status = response.status();
+                let answer: Value = serde_json::from_slice(response.body().as_ref()).unwrap_or_default();
+                let outcome = answer["outcome"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{status} {answer}"));
+                delivered.lock().unwrap().push((event, outcome));
+                (
+                    axum::http::StatusCode::from_u16(status.as_u16()).unwrap(),
+                    answer.to_string(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
 }
 
 /// A Postgres cluster of its own (`scripts/postgres-cluster`), so stopping it

@@ -74,7 +74,7 @@ fn subscriber(captured: &Captured) -> impl tracing::Subscriber + Send + Sync {
 fn settings(app: &TestApp, database_url: &str) -> Vec<(&'static str, String)> {
     vec![
         ("DATABASE_URL", database_url.to_owned()),
-        ("LIVEKIT_URL", app.livekit.ws_url()),
+        ("LIVEKIT_URL", app.livekit_url()),
         ("LIVEKIT_API_KEY", LIVEKIT_API_KEY.into()),
         ("LIVEKIT_API_SECRET", LIVEKIT_API_SECRET.into()),
         ("SUPABASE_JWT_SECRET", SUPABASE_JWT_SECRET.into()),
@@ -339,7 +339,7 @@ async fn a_full_run_logs_no_token_or_secret_and_5xx_bodies_no_internals() {
     );
     assert_eq!(second.status, 201, "{}", second.body);
     secrets.add_jwt("the second LiveKit token", second.body["token"].as_str().unwrap());
-    app.livekit.set_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing);
     let unsent = responses.keep(
         "chat during the LiveKit outage",
         app.call(
@@ -388,7 +388,7 @@ async fn a_full_run_logs_no_token_or_secret_and_5xx_bodies_no_internals() {
         "{}",
         unclosed.body
     );
-    app.livekit.set_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up);
 
     // The database down: nothing listens on its port.
     let database = plain_url.rsplit_once('/').unwrap().1;

@@ -5,6 +5,7 @@
 //! `TEST_MOTO_ENDPOINT`.
 
 mod helpers;
+mod livekit_server;
 
 mod adapter;
 mod api_role;
@@ -21,6 +22,7 @@ mod openapi;
 mod outages;
 mod pgbouncer;
 mod races;
+mod real_clients;
 mod reconcile;
 mod rotation;
 mod round_trips;

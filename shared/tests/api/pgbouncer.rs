@@ -45,9 +45,18 @@ fn via_pgbouncer(direct_url: &str) -> String {
 /// One container (one Lambda execution environment, its own pool) whose
 /// `DATABASE_URL` points at PgBouncer.
 async fn container(direct_url: &str, pool_size: usize) -> TestApp {
+    container_with(direct_url, pool_size, crate::helpers::LiveKitChoice::Real).await
+}
+
+async fn container_with(
+    direct_url: &str,
+    pool_size: usize,
+    livekit: crate::helpers::LiveKitChoice,
+) -> TestApp {
     TestApp::spawn_with(AppOptions {
         database_url: Some(via_pgbouncer(direct_url)),
         settings: vec![("DATABASE_POOL_SIZE", pool_size.to_string())],
+        livekit,
         ..AppOptions::default()
     })
     .await
@@ -127,12 +136,12 @@ async fn start_retry_and_room_taken_answer_as_directly() {
     assert_eq!(stream["streamerId"], host.to_string());
     assert_eq!(stream["isLive"], true);
     assert_eq!(stream["viewerCount"], 0);
-    assert_eq!(first.body["serverUrl"], app.livekit.ws_url());
+    assert_eq!(first.body["serverUrl"], app.livekit_url());
     let claims = verify_livekit_token(first.body["token"].as_str().unwrap());
     assert_eq!(claims.sub, host.to_string());
     assert_eq!(claims.video.room, "pooled-room");
     assert_eq!(claims.video.can_publish, Some(true));
-    assert!(app.livekit.has_room("pooled-room"));
+    assert!(app.has_room("pooled-room").await);
 
     let again = start(&app, host, "pooled-room").await;
     assert_eq!(again.status, 200, "{}", again.body);
@@ -210,7 +219,7 @@ async fn end_answers_as_directly() {
     end(&app, Uuid::new_v4(), "ending")
         .await
         .assert_error(403, "forbidden");
-    assert!(app.livekit.has_room("ending"), "not touched by someone else");
+    assert!(app.has_room("ending").await, "not touched by someone else");
     end(&app, host, "unknown")
         .await
         .assert_error(404, "stream_not_found");
@@ -222,12 +231,14 @@ async fn end_answers_as_directly() {
     assert_eq!(first.body["stream"]["id"], "ending");
     assert_eq!(first.body["stream"]["isLive"], false);
     let ended_at: DateTime<Utc> = first.body["stream"]["endedAt"].as_str().unwrap().parse().unwrap();
-    assert!(!app.livekit.has_room("ending"));
+    assert!(!app.has_room("ending").await);
 
+    // Closed and recorded: the second end needs no LiveKit.
+    app.set_livekit_mode(crate::helpers::LiveKitMode::Failing);
     let second = end(&app, host, "ending").await;
     assert_eq!(second.status, 200);
     assert_eq!(second.body, first.body, "same endedAt, same answer");
-    assert_eq!(app.livekit.calls_to("DeleteRoom").len(), 1);
+    app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
 
     let row = connect(&direct)
         .await
@@ -304,10 +315,15 @@ async fn listing_and_one_stream_answer_as_directly() {
 async fn chat_and_its_rate_limit_answer_as_directly() {
     let (app, direct) = pooled_app().await;
     // A second container on the same database through the same pooler.
-    let other = container(&direct, 2).await;
+    let other = TestApp::spawn_with(AppOptions {
+        database_url: Some(via_pgbouncer(&direct)),
+        livekit: crate::helpers::LiveKitChoice::SharedWith(app.livekit().clone()),
+        ..AppOptions::default()
+    })
+    .await;
     let host = Uuid::new_v4();
     assert_eq!(start(&app, host, "chatty").await.status, 201);
-    other.livekit.add_room("chatty");
+    let (_, listener) = app.viewer_in("chatty").await;
 
     let viewer = Uuid::new_v4();
     let first = say(&app, viewer, "chatty", "  Ẹ káàbọ̀!  ").await;
@@ -315,11 +331,9 @@ async fn chat_and_its_rate_limit_answer_as_directly() {
     assert_eq!(first.body["broadcast"], true);
     assert_eq!(first.body["message"]["text"], "Ẹ káàbọ̀!");
     assert_eq!(first.body["message"]["userId"], viewer.to_string());
-    let sent = app.livekit.calls_to("SendData");
-    assert_eq!(sent.len(), 1);
-    let payload: Value = serde_json::from_slice(&sent[0].data).unwrap();
+    let sent = listener.wait_for_data("chat", 1).await;
     assert_eq!(
-        payload,
+        sent[0].payload,
         json!({"event": "chat_message", "message": first.body["message"]})
     );
 
@@ -653,7 +667,18 @@ async fn fifty_containers_through_ten_server_connections_never_fail() {
     let direct = migrated_database().await;
     // Each TestApp is one Lambda container: its own state and pool (the default
     // size), all on one database through the pooler.
-    let apps = futures::future::join_all((0..CLIENTS).map(|_| container(&direct, 2))).await;
+    // One deployment: every container talks to the same LiveKit.
+    let first = container(&direct, 2).await;
+    let livekit = first.livekit().clone();
+    let mut apps = futures::future::join_all((1..CLIENTS).map(|_| {
+        container_with(
+            &direct,
+            2,
+            crate::helpers::LiveKitChoice::SharedWith(livekit.clone()),
+        )
+    }))
+    .await;
+    apps.push(first);
     let tally = Tally::default();
     let sessions = apps
         .iter()

@@ -1,8 +1,9 @@
-//! The scheduled reconciler against the LiveKit test server.
+//! The scheduled reconciler against LiveKit's real server: webhooks are lost
+//! on purpose (the app's endpoint drops them) and the next run repairs.
 
 use std::time::Duration;
 
-use livekit_stub::participant;
+use livekit_api::access_token::VideoGrants;
 use shared::reconcile::{ReconcileReport, reconcile};
 use uuid::Uuid;
 
@@ -13,18 +14,21 @@ const GRACE: Duration = Duration::from_secs(120);
 #[tokio::test]
 async fn with_nothing_live_a_run_makes_no_livekit_call() {
     let app = TestApp::spawn().await;
+    // LiveKit unreachable: a run that needed it would fail.
+    app.set_livekit_mode(LiveKitMode::Failing);
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report, ReconcileReport::default());
-    assert!(app.livekit.calls().is_empty());
 }
 
 #[tokio::test]
 async fn viewer_counts_follow_livekit_when_webhooks_were_lost() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
-    app.start_stream(host, "counted").await;
-    let (ada, bob) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
-    // Webhooks said ada joined; her leave was lost, and bob's join too.
+    let started = app.start_stream(host, "counted").await;
+    let ada = Uuid::new_v4().to_string();
+    let _host = app.join(started["token"].as_str().unwrap()).await.unwrap();
+    app.wait_for_webhooks("participant_joined", 1).await;
+    // Webhooks said ada joined; her leave was lost, and so is what happens next.
     let body = webhook_event(
         "EV_1",
         "participant_joined",
@@ -37,15 +41,25 @@ async fn viewer_counts_follow_livekit_when_webhooks_were_lost() {
             .status,
         200
     );
-    app.livekit.set_participants(
+    app.lose_webhooks(true);
+    let (_, _bob) = app.viewer_in("counted").await;
+    let recorder_token = app.livekit().token(
+        "recorder",
         "counted",
-        vec![
-            participant(&host.to_string(), "PA_host", false),
-            participant(&bob, "PA_bob", false),
-            participant(&bob, "PA_bob2", false),
-            participant("recorder", "PA_rec", true),
-        ],
+        VideoGrants {
+            hidden: true,
+            can_subscribe: Some(true),
+            can_publish: Some(false),
+            ..VideoGrants::default()
+        },
     );
+    let _recorder = app.join(&recorder_token).await.expect("a hidden recorder joins");
+    app.livekit()
+        .wait_for_participants("counted", "host, bob and the recorder in the room", |ps| {
+            ps.len() == 3
+        })
+        .await;
+    assert_eq!(app.viewer_count("counted").await, 1, "ada, whose leave was lost");
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!((report.live, report.synced, report.failed), (1, 1, 0));
     assert_eq!(app.viewer_count("counted").await, 1, "bob only, once");
@@ -59,17 +73,15 @@ async fn viewer_counts_follow_livekit_when_webhooks_were_lost() {
     );
     app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
     assert_eq!(app.viewer_count("counted").await, 1);
-    let list_participants = app.livekit.calls_to("ListParticipants");
-    assert!(
-        list_participants[0].claims.video.room_admin && list_participants[0].claims.video.room == "counted"
-    );
 }
 
 #[tokio::test]
 async fn a_stream_whose_room_is_gone_ends_after_the_grace_period() {
     let app = TestApp::spawn().await;
     app.start_stream(Uuid::new_v4(), "vanished").await;
-    app.livekit.remove_room("vanished");
+    // The room closes and its room_finished webhook is lost.
+    app.lose_webhooks(true);
+    app.livekit().delete_room("vanished").await;
 
     let first = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!((first.missing, first.ended), (1, 0));
@@ -103,9 +115,10 @@ async fn a_stream_whose_room_is_gone_ends_after_the_grace_period() {
 async fn a_room_that_comes_back_within_grace_clears_the_clock() {
     let app = TestApp::spawn().await;
     app.start_stream(Uuid::new_v4(), "flaky").await;
-    app.livekit.remove_room("flaky");
+    app.lose_webhooks(true);
+    app.livekit().delete_room("flaky").await;
     reconcile(&app.state, GRACE).await.unwrap();
-    app.livekit.add_room("flaky");
+    app.livekit().create_room("flaky").await;
     reconcile(&app.state, GRACE).await.unwrap();
     let row = app.stream_row("flaky").await.unwrap();
     assert!(row.get::<_, bool>("is_live"));
@@ -122,17 +135,17 @@ async fn two_runs_at_once_agree() {
         ..AppOptions::default()
     })
     .await;
+    app.lose_webhooks(true);
+    let mut viewers = Vec::new();
     for i in 0..4 {
-        app.start_stream(Uuid::new_v4(), &format!("busy-{i}")).await;
-        app.livekit.set_participants(
-            &format!("busy-{i}"),
-            (0..i)
-                .map(|n| participant(&Uuid::new_v4().to_string(), &format!("PA_{i}_{n}"), false))
-                .collect(),
-        );
+        let room = format!("busy-{i}");
+        app.start_stream(Uuid::new_v4(), &room).await;
+        for _ in 0..i {
+            viewers.push(app.viewer_in(&room).await.1);
+        }
     }
     app.start_stream(Uuid::new_v4(), "gone").await;
-    app.livekit.remove_room("gone");
+    app.livekit().delete_room("gone").await;
     let (a, b) = tokio::join!(
         reconcile(&app.state, app.state.reconcile_grace),
         reconcile(&app.state, app.state.reconcile_grace)
@@ -148,7 +161,7 @@ async fn two_runs_at_once_agree() {
 async fn an_unreachable_livekit_fails_the_run_and_changes_nothing() {
     let app = TestApp::spawn().await;
     app.start_stream(Uuid::new_v4(), "steady").await;
-    app.livekit.set_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing);
     let error = reconcile(&app.state, Duration::ZERO).await.unwrap_err();
     assert_eq!(error.code(), "unavailable");
     let row = app.stream_row("steady").await.unwrap();

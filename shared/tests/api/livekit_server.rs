@@ -1,0 +1,548 @@
+//! LiveKit's real server for the tests, and real participants in its rooms.
+//!
+//! Each test app gets its own server (`scripts/livekit-server`, config written
+//! by `scripts/lib.sh`), started on first use behind a TCP proxy: the proxy's
+//! address is the app's `LIVEKIT_URL`, so a test can make LiveKit refuse
+//! connections or stall mid-call without a stand-in. The server sends its
+//! webhooks to the app's own webhook endpoint. Participants are LiveKit's
+//! Python SDK (`shared/tests/clients/participant.py`) in processes of their own.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use livekit_api::access_token::{AccessToken, VideoGrants};
+use livekit_api::services::room::{CreateRoomOptions, RoomClient};
+use livekit_protocol as proto;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Notify, OnceCell};
+
+/// How the proxy in front of the server behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    /// Connections are closed as soon as they are made, and open ones are cut:
+    /// LiveKit is down.
+    Failing,
+    /// Connections are accepted and nothing passes, either way: LiveKit hangs.
+    Hanging,
+}
+
+const UP: u8 = 0;
+const FAILING: u8 = 1;
+const HANGING: u8 = 2;
+
+/// How long a test waits for something LiveKit does asynchronously.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+struct Launch {
+    api_key: String,
+    api_secret: String,
+    webhook_url: String,
+    departure_timeout: u32,
+}
+
+struct ServerProcess {
+    port: u16,
+    _child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // TEST_KEEP_LIVEKIT_LOGS=1 keeps each server's config and log for a look.
+        if std::env::var_os("TEST_KEEP_LIVEKIT_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+struct Inner {
+    launch: Launch,
+    server: OnceCell<ServerProcess>,
+    mode: AtomicU8,
+    /// Bumped on every mode change, so pipes opened before it can be cut.
+    generation: AtomicUsize,
+}
+
+/// One LiveKit server behind its proxy. Clones share the server (several
+/// "containers" of one deployment talk to one LiveKit).
+#[derive(Clone)]
+pub struct LiveKitServer {
+    proxy_port: u16,
+    inner: Arc<Inner>,
+}
+
+impl LiveKitServer {
+    pub async fn start(
+        api_key: &str,
+        api_secret: &str,
+        webhook_url: &str,
+        departure_timeout: u32,
+    ) -> LiveKitServer {
+        let inner = Arc::new(Inner {
+            launch: Launch {
+                api_key: api_key.to_owned(),
+                api_secret: api_secret.to_owned(),
+                webhook_url: webhook_url.to_owned(),
+                departure_timeout,
+            },
+            server: OnceCell::new(),
+            mode: AtomicU8::new(UP),
+            generation: AtomicUsize::new(0),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_port = listener.local_addr().unwrap().port();
+        let proxied = inner.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let inner = proxied.clone();
+                tokio::spawn(async move { inner.forward(inbound).await });
+            }
+        });
+        LiveKitServer { proxy_port, inner }
+    }
+
+    /// The URL the app hands to clients and calls RoomService on.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.proxy_port)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        let value = match mode {
+            Mode::Up => UP,
+            Mode::Failing => FAILING,
+            Mode::Hanging => HANGING,
+        };
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        self.inner.mode.store(value, Ordering::SeqCst);
+    }
+
+    /// The server's own address, for the test's RoomService calls and for
+    /// participants that must not go through the proxy's faults.
+    pub async fn direct_http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.inner.server().await.port)
+    }
+
+    pub async fn direct_ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.inner.server().await.port)
+    }
+
+    async fn rooms_client(&self) -> RoomClient {
+        RoomClient::with_api_key(
+            &self.direct_http_url().await,
+            &self.inner.launch.api_key,
+            &self.inner.launch.api_secret,
+        )
+    }
+
+    /// Every room the server has.
+    pub async fn rooms(&self) -> Vec<proto::Room> {
+        self.rooms_client()
+            .await
+            .list_rooms(Vec::new())
+            .await
+            .expect("ListRooms on the real server")
+    }
+
+    pub async fn room(&self, name: &str) -> Option<proto::Room> {
+        let rooms = self
+            .rooms_client()
+            .await
+            .list_rooms(vec![name.to_owned()])
+            .await
+            .expect("ListRooms on the real server");
+        rooms.into_iter().find(|room| room.name == name)
+    }
+
+    pub async fn has_room(&self, name: &str) -> bool {
+        self.room(name).await.is_some()
+    }
+
+    /// Makes a room as if someone else had (not through our API).
+    pub async fn create_room(&self, name: &str) -> proto::Room {
+        self.rooms_client()
+            .await
+            .create_room(name, CreateRoomOptions::default())
+            .await
+            .expect("CreateRoom on the real server")
+    }
+
+    /// Closes a room as LiveKit does when it empties out.
+    pub async fn delete_room(&self, name: &str) {
+        self.rooms_client()
+            .await
+            .delete_room(name)
+            .await
+            .expect("DeleteRoom on the real server");
+    }
+
+    pub async fn participants(&self, room: &str) -> Vec<proto::ParticipantInfo> {
+        // A room that is gone has nobody in it.
+        self.rooms_client()
+            .await
+            .list_participants(room)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Polls the room's participants until `done` holds, for at most [`SETTLE`].
+    pub async fn wait_for_participants(
+        &self,
+        room: &str,
+        what: &str,
+        done: impl Fn(&[proto::ParticipantInfo]) -> bool,
+    ) -> Vec<proto::ParticipantInfo> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let participants = self.participants(room).await;
+            if done(&participants) {
+                return participants;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {SETTLE:?}; participants: {:?}",
+                participants.iter().map(|p| &p.identity).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A token of our own making, e.g. for a hidden recorder, signed with the
+    /// server's key.
+    pub fn token(&self, identity: &str, room: &str, grants: VideoGrants) -> String {
+        AccessToken::with_api_key(&self.inner.launch.api_key, &self.inner.launch.api_secret)
+            .with_identity(identity)
+            .with_grants(VideoGrants {
+                room_join: true,
+                room: room.to_owned(),
+                ..grants
+            })
+            .to_jwt()
+            .unwrap()
+    }
+}
+
+impl Inner {
+    async fn server(&self) -> &ServerProcess {
+        self.server
+            .get_or_init(|| async {
+                let dir =
+                    std::env::temp_dir().join(format!("livekit-test-{}", uuid::Uuid::new_v4().simple()));
+                let script = format!("{}/../scripts/livekit-server", env!("CARGO_MANIFEST_DIR"));
+                let mut child = Command::new(&script)
+                    .arg("run")
+                    .arg(&dir)
+                    .args([
+                        &self.launch.api_key,
+                        &self.launch.api_secret,
+                        &self.launch.webhook_url,
+                        &self.launch.departure_timeout.to_string(),
+                    ])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("scripts/livekit-server runs (scripts/test builds LiveKit's server first)");
+                let mut port_line = String::new();
+                BufReader::new(child.stdout.take().unwrap())
+                    .read_line(&mut port_line)
+                    .await
+                    .unwrap();
+                let port: u16 = port_line
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("scripts/livekit-server printed {port_line:?}, not a port"));
+                let deadline = Instant::now() + SETTLE;
+                while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                    let log = std::fs::read_to_string(dir.join("livekit.log")).unwrap_or_default();
+                    assert!(
+                        Instant::now() < deadline,
+                        "LiveKit's server did not listen on {port}:\n{log}"
+                    );
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("LiveKit's server exited with {status}:\n{log}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                ServerProcess {
+                    port,
+                    _child: child,
+                    dir,
+                }
+            })
+            .await
+    }
+
+    async fn forward(self: Arc<Self>, inbound: TcpStream) {
+        let born = self.generation.load(Ordering::SeqCst);
+        match self.mode.load(Ordering::SeqCst) {
+            FAILING => return,
+            HANGING => {
+                // Hold the connection open, silent, until the test is done with it.
+                let _held = inbound;
+                return std::future::pending::<()>().await;
+            }
+            _ => {}
+        }
+        let port = self.server().await.port;
+        let Ok(outbound) = TcpStream::connect(("127.0.0.1", port)).await else {
+            return;
+        };
+        let (client_read, client_write) = inbound.into_split();
+        let (server_read, server_write) = outbound.into_split();
+        let up = {
+            let inner = self.clone();
+            move || inner.generation.load(Ordering::SeqCst) == born
+        };
+        let pipe = |mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf| {
+            let (up, inner) = (up.clone(), self.clone());
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 16 * 1024];
+                while let Ok(n) = from.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if !up() {
+                        if inner.mode.load(Ordering::SeqCst) == HANGING {
+                            std::future::pending::<()>().await;
+                        }
+                        break; // cut: LiveKit went away
+                    }
+                    if to.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        pipe(client_read, server_write);
+        pipe(server_read, client_write);
+    }
+}
+
+/// The tools venv's Python, with LiveKit's Python SDK (scripts/test sets it).
+fn python() -> String {
+    std::env::var("TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/../target/tools/venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}
+
+/// A real participant: a process of LiveKit's Python SDK connected to a room.
+pub struct Participant {
+    pub identity: String,
+    child: Child,
+    stdin: ChildStdin,
+    events: Arc<Mutex<Vec<Value>>>,
+    arrived: Arc<Notify>,
+}
+
+impl Participant {
+    /// Connects with `token` to `url` (the `serverUrl` our API returned).
+    /// `Err` carries the SDK's error when the server refuses.
+    pub async fn connect(url: &str, token: &str) -> Result<Participant, String> {
+        let script = format!("{}/tests/clients/participant.py", env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new(python())
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python with LiveKit's SDK (scripts/test installs it into target/tools/venv)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(Notify::new());
+        let (sink, notify) = (events.clone(), arrived.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().unwrap().push(event);
+                    notify.notify_waiters();
+                }
+            }
+            sink.lock().unwrap().push(json!({"event": "exited"}));
+            notify.notify_waiters();
+        });
+        let mut participant = Participant {
+            identity: String::new(),
+            child,
+            stdin,
+            events,
+            arrived,
+        };
+        participant
+            .send(json!({"cmd": "connect", "url": url, "token": token}))
+            .await;
+        let outcome = participant
+            .wait_for("connected or connect_failed", |e| {
+                matches!(
+                    e["event"].as_str(),
+                    Some("connected" | "connect_failed" | "exited")
+                )
+            })
+            .await;
+        match outcome["event"].as_str() {
+            Some("connected") => {
+                participant.identity = outcome["identity"].as_str().unwrap_or_default().to_owned();
+                Ok(participant)
+            }
+            _ => Err(outcome["error"]
+                .as_str()
+                .unwrap_or("the client exited")
+                .to_owned()),
+        }
+    }
+
+    async fn send(&mut self, command: Value) {
+        let line = format!("{command}\n");
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("the participant process reads its commands");
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits (at most [`SETTLE`]) for an event matching `wanted` and returns it.
+    pub async fn wait_for(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        self.try_wait_for(wanted, SETTLE).await.unwrap_or_else(|| {
+            panic!(
+                "{}: no {what} within {SETTLE:?}; events: {:?}",
+                self.identity,
+                self.events()
+            )
+        })
+    }
+
+    /// An event matching `wanted` within `limit`, if one comes.
+    pub async fn try_wait_for(&self, wanted: impl Fn(&Value) -> bool, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.arrived.notified();
+            if let Some(event) = self.events.lock().unwrap().iter().find(|e| wanted(e)) {
+                return Some(event.clone());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Publishes a synthetic camera (test pattern) and microphone (tone).
+    pub async fn publish_tracks(&mut self) -> Result<(), String> {
+        self.command(json!({"cmd": "publish_tracks"}), "published", "publish_failed")
+            .await
+    }
+
+    pub async fn publish_data(&mut self, topic: &str, payload: &str) -> Result<(), String> {
+        self.command(
+            json!({"cmd": "publish_data", "topic": topic, "payload": payload}),
+            "data_sent",
+            "data_failed",
+        )
+        .await
+    }
+
+    /// Sends `command` and waits for its answer, `ok` or `failed` (with the
+    /// SDK's error). Publishing a track the server refuses times out in the
+    /// SDK after about 10 s, so this waits up to twice [`SETTLE`].
+    async fn command(&mut self, command: Value, ok: &str, failed: &str) -> Result<(), String> {
+        let seen = self.events().len();
+        self.send(command).await;
+        let deadline = tokio::time::Instant::now() + SETTLE * 2;
+        loop {
+            let notified = self.arrived.notified();
+            let answer = self.events()[seen..]
+                .iter()
+                .find(|e| e["event"] == ok || e["event"] == failed || e["event"] == "exited")
+                .cloned();
+            if let Some(answer) = answer {
+                return if answer["event"] == ok {
+                    Ok(())
+                } else {
+                    Err(answer["error"].as_str().unwrap_or("the client exited").to_owned())
+                };
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "{}: no {ok} or {failed}; events: {:?}",
+                    self.identity,
+                    self.events()
+                );
+            }
+        }
+    }
+
+    /// Leaves the room cleanly.
+    pub async fn leave(&mut self) {
+        self.send(json!({"cmd": "disconnect"})).await;
+        self.wait_for("left", |e| e["event"] == "left" || e["event"] == "exited")
+            .await;
+    }
+
+    /// Kills the process: a phone that lost its network, no clean leave.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Whether the server disconnected this participant (kicked, banned,
+    /// room closed), and why.
+    pub async fn wait_disconnected(&self) -> String {
+        let event = self
+            .wait_for("disconnected", |e| e["event"] == "disconnected")
+            .await;
+        event["reason"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The data packets received on `topic` so far.
+    pub fn data_on(&self, topic: &str) -> Vec<Packet> {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "data_received" && e["topic"] == topic)
+            .map(|e| Packet {
+                payload: serde_json::from_str(e["payload"].as_str().unwrap_or_default())
+                    .unwrap_or_else(|_| e["payload"].clone()),
+                sender: e["participant"].as_str().map(str::to_owned),
+                reliable: e["reliable"].as_bool().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Waits (at most [`SETTLE`]) until `count` packets arrived on `topic`.
+    pub async fn wait_for_data(&self, topic: &str, count: usize) -> Vec<Packet> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let notified = self.arrived.notified();
+            let packets = self.data_on(topic);
+            if packets.len() >= count {
+                return packets;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {} of {count} packets on {topic} within {SETTLE:?}: {packets:?}",
+                self.identity,
+                packets.len()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+}
+
+/// A data packet as a participant received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet {
+    pub payload: Value,
+    /// The sending participant as the SDK reports it: `None` for the server
+    /// (`SendData`), and also for a participant the client has not learned of
+    /// yet (a packet can overtake the participant's join).
+    pub sender: Option<String>,
+    pub reliable: bool,
+}
