@@ -568,23 +568,25 @@ free_udp_port() {
 
 # write_livekit_config FILE API_KEY API_SECRET WEBHOOK_URL [DEPARTURE_TIMEOUT]
 # A single-node LiveKit on loopback: signalling and RoomService on a free TCP
-# port (printed), ICE over one free UDP port and one free TCP port, the node
-# IP 127.0.0.1 (no STUN lookup of a public address), rooms only through
-# CreateRoom (auto_create: false), and webhooks signed with API_KEY sent to
-# WEBHOOK_URL.
+# port (printed; LIVEKIT_LISTEN_PORT picks one), ICE over one free UDP port and one
+# free TCP port, the node IP 127.0.0.1 (no STUN lookup of a public address;
+# LIVEKIT_NODE_IP=<LAN address> lets a phone on the network connect), rooms
+# only through CreateRoom (auto_create: false), and webhooks signed with
+# API_KEY sent to WEBHOOK_URL.
 write_livekit_config() {
     local file=${1:?usage: write_livekit_config FILE KEY SECRET WEBHOOK_URL}
     local key=${2:?} secret=${3:?} webhook=${4:?} departure=${5:-20}
-    local port rtc_tcp rtc_udp
-    port="$(free_port)"
+    local port rtc_tcp rtc_udp node_ip=${LIVEKIT_NODE_IP:-127.0.0.1} bind=127.0.0.1
+    port="${LIVEKIT_LISTEN_PORT:-$(free_port)}"
     rtc_tcp="$(free_port)"
     rtc_udp="$(free_udp_port)"
+    if [ "$node_ip" != 127.0.0.1 ]; then bind=0.0.0.0; fi
     cat >"$file" <<EOT
 # written by scripts/lib.sh write_livekit_config
 port: $port
-bind_addresses: [127.0.0.1]
+bind_addresses: [$bind]
 rtc:
-  node_ip: 127.0.0.1
+  node_ip: $node_ip
   use_external_ip: false
   tcp_port: $rtc_tcp
   udp_port: $rtc_udp
@@ -614,4 +616,32 @@ wait_for_livekit() {
         sleep 0.05
     done
     return 1
+}
+
+# start_livekit DIR API_KEY API_SECRET WEBHOOK_URL
+# Runs the server in the background (config and log in DIR). Exports
+# LIVEKIT_PORT, LIVEKIT_PID, LIVEKIT_DIR. Needs ensure_livekit_server first.
+start_livekit() {
+    local dir=${1:?usage: start_livekit DIR KEY SECRET WEBHOOK_URL}
+    mkdir -p "$dir"
+    local port
+    port="$(write_livekit_config "$dir/livekit.yaml" "${2:?}" "${3:?}" "${4:?}" "${LIVEKIT_DEPARTURE_TIMEOUT:-20}")"
+    "$LIVEKIT_SERVER_BIN" --config "$dir/livekit.yaml" >"$dir/livekit.log" 2>&1 &
+    LIVEKIT_PID=$!
+    if ! wait_for_livekit "$port" "$LIVEKIT_PID"; then
+        log "---- last lines of $dir/livekit.log ----"
+        tail -n 30 "$dir/livekit.log" >&2 || true
+        die "LiveKit's server did not start on 127.0.0.1:$port"
+    fi
+    export LIVEKIT_PORT=$port LIVEKIT_PID LIVEKIT_DIR=$dir
+    log "LiveKit $LIVEKIT_SERVER_VERSION ready on ws://127.0.0.1:$port (webhooks to $4; log $dir/livekit.log)"
+}
+
+# Idempotent; meant for a `trap ... EXIT`.
+stop_livekit() {
+    if [ -n "${LIVEKIT_PID:-}" ]; then
+        kill "$LIVEKIT_PID" 2>/dev/null || true
+        wait "$LIVEKIT_PID" 2>/dev/null || true
+    fi
+    unset LIVEKIT_PID
 }

@@ -1,0 +1,170 @@
+"""scripts/demo's body: the product end to end against a running scripts/dev.
+
+Each participant is the tests' client (shared/tests/clients/participant.py),
+a process of LiveKit's Python SDK driven with JSON lines.
+"""
+
+import asyncio
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLIENT = os.path.join(ROOT, "shared", "tests", "clients", "participant.py")
+API = os.environ["API"]
+ROOM = f"demo-{int(time.time())}"
+SETTLE = 30.0
+
+
+def step(text):
+    print(f"\n==> {text}", flush=True)
+
+
+def call(method, path, token, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(API + path, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def viewer_count(token):
+    status, body = call("GET", f"/live/streams/{ROOM}", token)
+    return body.get("stream", {}).get("viewerCount") if status == 200 else None
+
+
+async def wait_count(token, expected):
+    deadline = time.monotonic() + SETTLE
+    while time.monotonic() < deadline:
+        count = viewer_count(token)
+        if count == expected:
+            return count
+        await asyncio.sleep(0.25)
+    return viewer_count(token)
+
+
+class Client:
+    def __init__(self, name):
+        self.name = name
+        self.events = []
+        self.changed = asyncio.Event()
+
+    async def start(self, url, token):
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, CLIENT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        asyncio.ensure_future(self.read())
+        await self.send({"cmd": "connect", "url": url, "token": token})
+        return await self.wait(lambda e: e["event"] in ("connected", "connect_failed"))
+
+    async def read(self):
+        while line := await self.process.stdout.readline():
+            self.events.append(json.loads(line))
+            self.changed.set()
+
+    async def send(self, command):
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        await self.process.stdin.drain()
+
+    async def wait(self, wanted, limit=SETTLE):
+        deadline = time.monotonic() + limit
+        while True:
+            for event in self.events:
+                if wanted(event):
+                    return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
+
+    async def stop(self):
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+def show(name, status, body):
+    print(f"    {name}: {status} {json.dumps(body)[:160]}")
+
+
+async def main():
+    host_token, ada_token, bob_token = (os.environ[n] for n in ("HOST_TOKEN", "ADA_TOKEN", "BOB_TOKEN"))
+    ada_id, bob_id = "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333"
+    clients = []
+    try:
+        step(f"the host goes live in {ROOM} and publishes a test pattern and a tone")
+        status, started = call("POST", "/live/start", host_token, {"title": "Demo stream", "roomName": ROOM})
+        show("POST /live/start", status, started.get("stream", started))
+        if status != 201:
+            sys.exit("the start failed; is scripts/dev running with LiveKit?")
+        host = Client("host")
+        clients.append(host)
+        print(f"    host: {(await host.start(started['serverUrl'], started['token']))['event']}")
+        await host.send({"cmd": "publish_tracks"})
+        published = await host.wait(lambda e: e["event"] in ("published", "publish_failed"))
+        print(f"    host: {published['event']}")
+
+        step("two viewers join with tokens from /live/token and receive the host's media")
+        viewers = {}
+        for name, token in (("ada", ada_token), ("bob", bob_token)):
+            status, joined = call("POST", "/live/token", token, {"roomName": ROOM, "participantName": name.title()})
+            client = Client(name)
+            clients.append(client)
+            print(f"    {name}: token {status}, {(await client.start(joined['serverUrl'], joined['token']))['event']}")
+            viewers[name] = client
+        for name, client in viewers.items():
+            for kind in ("video", "audio"):
+                got = await client.wait(lambda e, k=kind: e["event"] == "media_received" and e["kind"] == k)
+                print(f"    {name}: {kind} {'received' if got else 'NOT received'}")
+        print(f"    viewer count: {await wait_count(host_token, 2)}")
+
+        step("ada chats through the API; everyone gets it from the server (no sender)")
+        status, posted = call("POST", "/live/chat", ada_token, {"roomName": ROOM, "text": "Hello from Ada!"})
+        show("POST /live/chat", status, posted)
+        for client in [host, *viewers.values()]:
+            got = await client.wait(lambda e: e["event"] == "data_received" and e["topic"] == "chat")
+            sender = got and (got["participant"] or "the server")
+            print(f"    {client.name}: {'got it from ' + sender if got else 'nothing'}")
+
+        step("the host mutes ada: her chat is refused and her data permission taken away")
+        show("POST /live/moderation mute", *call("POST", "/live/moderation", host_token,
+                                                {"roomName": ROOM, "userId": ada_id, "action": "mute"}))
+        changed = await viewers["ada"].wait(lambda e: e["event"] == "permissions_changed" and not e["can_publish_data"])
+        print(f"    ada: canPublishData {'off' if changed else 'unchanged'}")
+        show("POST /live/chat as ada", *call("POST", "/live/chat", ada_token, {"roomName": ROOM, "text": "still here?"}))
+
+        step("the host bans bob: he is removed, and refused a new token")
+        show("POST /live/moderation ban", *call("POST", "/live/moderation", host_token,
+                                               {"roomName": ROOM, "userId": bob_id, "action": "ban"}))
+        gone = await viewers["bob"].wait(lambda e: e["event"] == "disconnected")
+        print(f"    bob: {'disconnected (' + gone['reason'] + ')' if gone else 'still connected'}")
+        show("POST /live/token as bob", *call("POST", "/live/token", bob_token, {"roomName": ROOM, "participantName": "Bob"}))
+        print(f"    viewer count: {await wait_count(host_token, 1)}")
+
+        step("the host ends the stream: the room is deleted and everyone disconnected")
+        show("POST /live/end", *call("POST", "/live/end", host_token, {"roomName": ROOM}))
+        for client in (host, viewers["ada"]):
+            gone = await client.wait(lambda e: e["event"] == "disconnected")
+            print(f"    {client.name}: {'disconnected (' + gone['reason'] + ')' if gone else 'still connected'}")
+        status, stream = call("GET", f"/live/streams/{ROOM}", host_token)
+        show(f"GET /live/streams/{ROOM}", status, stream)
+        print("\ndemo finished")
+    finally:
+        for client in clients:
+            await client.stop()
+
+
+asyncio.run(main())
