@@ -1,8 +1,14 @@
-//! A stand-in for LiveKit's RoomService: the Twirp API the backend calls
-//! (`CreateRoom`, `DeleteRoom`, `ListRooms`, `ListParticipants`), speaking
-//! protobuf over HTTP on loopback. It checks each call's bearer token and grants
-//! the way LiveKit does, keeps rooms in memory, and records every call so tests
-//! can see what the backend asked for. No media: it is not a LiveKit server.
+//! A stand-in for LiveKit's RoomService, for the few tests that need what
+//! LiveKit's real server cannot be made to do on cue (everything else runs
+//! against the real server, see `shared/tests/api/livekit_server.rs`):
+//! - hold one call at an exact point while the test does something else
+//!   ([`LiveKitStub::hold`]), for deterministic interleavings;
+//! - list participants who are not really there, or leave out one who is
+//!   ([`LiveKitStub::set_participants`]): a stale view of the room.
+//!
+//! It speaks the Twirp API the backend calls, in protobuf on loopback, checks
+//! each call's bearer token and grants the way LiveKit does, and keeps rooms in
+//! memory. No media, no webhooks.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,25 +47,6 @@ pub struct StubRoom {
     pub participants: Vec<proto::ParticipantInfo>,
 }
 
-/// One call the server received and accepted as authenticated.
-#[derive(Clone, Debug, Default)]
-pub struct Call {
-    pub method: String,
-    /// The room the call was about; empty for `ListRooms`.
-    pub room: String,
-    pub claims: Claims,
-    /// The participant a participant call was about.
-    pub identity: String,
-    /// `SendData`: the payload, its topic and whether it was sent reliably.
-    pub data: Vec<u8>,
-    pub topic: Option<String>,
-    pub reliable: bool,
-    /// `UpdateParticipant`: the permission asked for.
-    pub permission: Option<proto::ParticipantPermission>,
-    /// `RemoveParticipant`: tokens with an earlier `nbf` are to be refused.
-    pub revoke_token_ts: i64,
-}
-
 struct Inner {
     api_key: String,
     api_secret: String,
@@ -67,7 +54,6 @@ struct Inner {
     /// How many times each name was created, for the rooms' sids.
     generations: BTreeMap<String, u32>,
     mode: Mode,
-    calls: Vec<Call>,
     /// Methods whose next call waits for the test (see [`LiveKitStub::hold`]).
     holds: BTreeMap<String, Arc<Hold>>,
 }
@@ -107,7 +93,6 @@ impl LiveKitStub {
             rooms: BTreeMap::new(),
             generations: BTreeMap::new(),
             mode: Mode::Up,
-            calls: Vec::new(),
             holds: BTreeMap::new(),
         }));
         let router = Router::new()
@@ -144,20 +129,6 @@ impl LiveKitStub {
         hold
     }
 
-    /// Adds an empty room, as if created elsewhere.
-    pub fn add_room(&self, room: &str) {
-        self.lock().room_entry(room);
-    }
-
-    /// Removes a room, as LiveKit does when it empties out.
-    pub fn remove_room(&self, room: &str) {
-        self.lock().rooms.remove(room);
-    }
-
-    pub fn room(&self, room: &str) -> Option<StubRoom> {
-        self.lock().rooms.get(room).cloned()
-    }
-
     pub fn has_room(&self, room: &str) -> bool {
         self.lock().rooms.contains_key(room)
     }
@@ -165,19 +136,6 @@ impl LiveKitStub {
     /// Replaces who is in `room` (creating the room if needed).
     pub fn set_participants(&self, room: &str, participants: Vec<proto::ParticipantInfo>) {
         self.lock().room_entry(room).participants = participants;
-    }
-
-    pub fn calls(&self) -> Vec<Call> {
-        self.lock().calls.clone()
-    }
-
-    pub fn calls_to(&self, method: &str) -> Vec<Call> {
-        self.lock()
-            .calls
-            .iter()
-            .filter(|c| c.method == method)
-            .cloned()
-            .collect()
     }
 }
 
@@ -273,14 +231,6 @@ async fn room_service(
     let denied = |grant: &str| twirp_error(StatusCode::FORBIDDEN, "permission_denied", grant);
     let malformed = || twirp_error(StatusCode::BAD_REQUEST, "malformed", "cannot decode the request");
     let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
-    let mut record = |room: &str, claims: Claims| {
-        inner.calls.push(Call {
-            method: method.clone(),
-            room: room.to_owned(),
-            claims,
-            ..Call::default()
-        });
-    };
     let room_admin = |claims: &Claims, room: &str| claims.video.room_admin && claims.video.room == room;
     match method.as_str() {
         "CreateRoom" => {
@@ -290,7 +240,6 @@ async fn room_service(
             if !claims.video.room_create {
                 return denied("roomCreate required");
             }
-            record(&request.name, claims);
             let room = inner.room_entry(&request.name);
             if room.create_request.is_none() {
                 room.create_request = Some(request.clone());
@@ -304,7 +253,6 @@ async fn room_service(
             if !claims.video.room_create {
                 return denied("roomCreate required");
             }
-            record(&request.room, claims);
             if inner.rooms.remove(&request.room).is_none() {
                 return twirp_error(
                     StatusCode::NOT_FOUND,
@@ -321,7 +269,6 @@ async fn room_service(
             if !claims.video.room_list {
                 return denied("roomList required");
             }
-            record("", claims);
             let rooms = inner
                 .rooms
                 .iter()
@@ -337,7 +284,6 @@ async fn room_service(
             if !room_admin(&claims, &request.room) {
                 return denied("roomAdmin for this room required");
             }
-            record(&request.room, claims);
             match inner.rooms.get(&request.room) {
                 Some(room) => protobuf(proto::ListParticipantsResponse {
                     participants: room.participants.clone(),
@@ -357,15 +303,6 @@ async fn room_service(
                 return denied("roomAdmin for this room required");
             }
             let exists = inner.rooms.contains_key(&request.room);
-            inner.calls.push(Call {
-                method,
-                room: request.room.clone(),
-                claims,
-                data: request.data,
-                topic: request.topic,
-                reliable: request.kind == proto::data_packet::Kind::Reliable as i32,
-                ..Call::default()
-            });
             if !exists {
                 return twirp_error(
                     StatusCode::NOT_FOUND,
@@ -376,29 +313,20 @@ async fn room_service(
             protobuf(proto::SendDataResponse::default())
         }
         "RemoveParticipant" | "UpdateParticipant" => {
-            let (room, identity, permission, revoke_token_ts) = if method == "RemoveParticipant" {
+            let (room, identity, permission) = if method == "RemoveParticipant" {
                 let Ok(request) = proto::RoomParticipantIdentity::decode(body) else {
                     return malformed();
                 };
-                (request.room, request.identity, None, request.revoke_token_ts)
+                (request.room, request.identity, None)
             } else {
                 let Ok(request) = proto::UpdateParticipantRequest::decode(body) else {
                     return malformed();
                 };
-                (request.room, request.identity, request.permission, 0)
+                (request.room, request.identity, request.permission)
             };
             if !room_admin(&claims, &room) {
                 return denied("roomAdmin for this room required");
             }
-            inner.calls.push(Call {
-                method: method.clone(),
-                room: room.clone(),
-                claims,
-                identity: identity.clone(),
-                permission: permission.clone(),
-                revoke_token_ts,
-                ..Call::default()
-            });
             let Some(stub_room) = inner.rooms.get_mut(&room) else {
                 return twirp_error(
                     StatusCode::NOT_FOUND,

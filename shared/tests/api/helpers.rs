@@ -1,5 +1,6 @@
 //! The test harness: `TestApp::spawn()` gives each test its own database, its own
-//! LiveKit test server and JWKS endpoint, and the `AppState` the functions use.
+//! LiveKit server (the real one; the stand-in on request) and JWKS endpoint, a
+//! webhook endpoint LiveKit calls, and the `AppState` the functions use.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

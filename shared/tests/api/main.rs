@@ -1,6 +1,8 @@
 //! Integration tests: the handlers and the HTTP adapter against a real Postgres
-//! (a fresh database per test), a LiveKit Twirp test server and a JWKS endpoint
-//! on loopback, real JWTs, and LiveKit's own SDK checking our tokens.
+//! (a fresh Supabase-like database per test), LiveKit's real server (one per
+//! test app, webhooks to the app) with real participants on LiveKit's Python
+//! SDK, a JWKS endpoint on loopback, real JWTs, and LiveKit's own SDKs checking
+//! our tokens.
 //! `scripts/test` starts Postgres and moto and sets `TEST_DATABASE_URL` and
 //! `TEST_MOTO_ENDPOINT`.
 
