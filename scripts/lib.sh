@@ -547,9 +547,12 @@ _install_livekit_server() {
     local bindir
     bindir="$(dirname "$LIVEKIT_SERVER_BIN")"
     mkdir -p "$bindir"
-    # GOFLAGS=-mod=mod: the module's own go.sum decides; GOTOOLCHAIN=local:
-    # never download another Go (the machine's must do).
-    if ! GOBIN="$bindir" GOFLAGS=-mod=mod GOTOOLCHAIN=local go install "$LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION"; then
+    # Go's module and build caches live under target/ too (nothing cached
+    # elsewhere; -modcacherw so `rm -rf target` can delete them). GOTOOLCHAIN=
+    # local: never download another Go, the machine's must do.
+    if ! GOBIN="$bindir" GOMODCACHE="$TOOLS_DIR/go/mod" GOCACHE="$TOOLS_DIR/go/cache" \
+        GOFLAGS="-mod=mod -modcacherw" GOTOOLCHAIN=local \
+        go install "$LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION"; then
         die "go install $LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION failed (see above); the LiveKit tests cannot run without it"
     fi
     "$LIVEKIT_SERVER_BIN" --version >/dev/null 2>&1 ||
