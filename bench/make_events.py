@@ -4,10 +4,10 @@
     python3 bench/make_events.py --out target/bench/events --count 3000
 
 Every committed event comes from one dev user. Replayed thousands of times a
-second, that one user's rate-limit row (`rate_limit_windows.hits`, every hit in
-the window) grows to thousands of entries, and the benchmark would measure an
-array rewrite no real user causes. So the rate-limited and state-changing
-functions get events from many users instead, signed like the committed ones:
+second, that one user would be refused by the rate limits at once, and the
+benchmark would measure 429s no real user sees. So the rate-limited and
+state-changing functions get events from many users instead, signed like the
+committed ones:
 
 - token.jsonl, token-source.jsonl, chat.jsonl: the same request from count/3
   viewers in turn (at most 3 hits per user, as in production);

@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_rate_limit_functions"),
     migration!(6, "0006_supabase_api_exposure"),
     migration!(7, "0007_room_instances_and_session_repair"),
+    migration!(8, "0008_rate_limits_gcra_unlogged"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -1,8 +1,11 @@
-//! Sliding-window rate limits kept in Postgres, so they hold across every
-//! Lambda container. One row per key holds the times of its hits inside the
-//! window; the upsert locks that row, so concurrent requests for one key are
-//! counted one after another and never both slip under the limit. The SQL is
-//! the function `rate_limit_hit` (migration 0005), planned once per connection.
+//! Rate limits kept in Postgres, so they hold across every Lambda container:
+//! GCRA on one timestamp per key (migration 0008), so a hit costs the same
+//! whatever the limit, in an UNLOGGED table, so a request whose only write is
+//! its hit does not wait for a durable commit (limiter state lost in a crash
+//! only lets a limit start afresh). The upsert locks the key's row, so
+//! concurrent requests for one key are counted one after another and never
+//! both slip under the limit. The SQL is the function `rate_limit_hit`,
+//! planned once per connection.
 
 use std::time::Duration;
 
@@ -35,9 +38,8 @@ pub fn limited(retry_after_seconds: Option<i64>) -> ApiError {
     }
 }
 
-/// Records a hit for `key` if it is under the limit (`rate_limit_hit`, in
-/// migration 0005). Over it: `RateLimited` with the seconds until the oldest
-/// hit in the window falls out.
+/// Records a hit for `key` if it is under the limit (`rate_limit_hit`). Over
+/// it: `RateLimited` with the seconds until a hit would be admitted.
 pub async fn hit(client: &Client, key: &str, limit: Limit) -> Result<(), ApiError> {
     let (window, max) = (limit.window_seconds(), limit.max_hits());
     let row = client
@@ -52,12 +54,15 @@ pub async fn hit(client: &Client, key: &str, limit: Limit) -> Result<(), ApiErro
     }
 }
 
-/// Drops windows idle for a day; run by the scheduled reconciler.
-pub async fn prune(client: &Client) -> Result<usize, ApiError> {
+/// Drops the state of keys rested for an hour (their next hit would start
+/// afresh anyway), at most `batch` per call; run by the scheduled reconciler.
+pub async fn prune(client: &Client, batch: i64) -> Result<usize, ApiError> {
     let rows = client
         .query_typed(
-            "DELETE FROM rate_limit_windows WHERE updated_at < now() - interval '1 day' RETURNING 1",
-            &[],
+            "DELETE FROM rate_limits WHERE key IN (
+                 SELECT key FROM rate_limits WHERE tat < now() - interval '1 hour' LIMIT $1)
+             RETURNING 1",
+            &[(&batch, Type::INT8)],
         )
         .await?;
     Ok(rows.len())

@@ -63,7 +63,7 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
                 &[],
             )
             .await?;
-        crate::rate_limit::prune(&client).await?;
+        crate::rate_limit::prune(&client, PRUNE_BATCH).await?;
         report.sessions_pruned = prune_sessions(&client, state.rules.session_retention).await?;
         // Read before any LiveKit call: a session written after this is newer
         // than every listing this run gets.

@@ -24,6 +24,7 @@ mod openapi;
 mod outages;
 mod pgbouncer;
 mod races;
+mod rate_limits;
 mod real_clients;
 mod reconcile;
 mod rotation;

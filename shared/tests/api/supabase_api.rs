@@ -156,7 +156,7 @@ async fn api_users_cannot_read_who_watched_who_was_moderated_or_any_bookkeeping(
             "live_room_restrictions",
             "live_moderation_actions",
             "live_webhook_events",
-            "rate_limit_windows",
+            "rate_limits",
             "live_message_deletions",
             "schema_migrations",
         ] {

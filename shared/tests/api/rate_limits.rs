@@ -1,0 +1,71 @@
+//! The rate limiter (GCRA, migration 0008): exactly the limit passes in a
+//! burst, whatever the limit; the state is one timestamp per key in an
+//! UNLOGGED table; the refusal says when to come back.
+
+use crate::helpers::TestApp;
+
+async fn hit(client: &tokio_postgres::Client, key: &str, window: f64, max: i64) -> Option<i64> {
+    client
+        .query_one("SELECT rate_limit_hit($1, $2, $3)", &[&key, &window, &max])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_burst_gets_exactly_the_limit_whatever_the_limit() {
+    let app = TestApp::spawn().await;
+    let client = app.state.db.get().await.unwrap();
+    for (max, window) in [(5_i64, 10.0), (60, 60.0), (2_000, 3600.0)] {
+        let key = format!("burst:{max}");
+        for n in 0..max {
+            assert_eq!(hit(&client, &key, window, max).await, None, "hit {n} of {max}");
+        }
+        let retry = hit(&client, &key, window, max)
+            .await
+            .expect("one over the limit is refused");
+        // The next hit is due one interval (window / max) after the burst.
+        let interval = (window / max as f64).ceil() as i64;
+        assert!(
+            (1..=interval.max(1)).contains(&retry),
+            "max {max}: retry after {retry}s"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_state_is_one_timestamp_per_key_in_an_unlogged_table() {
+    let app = TestApp::spawn().await;
+    let client = app.state.db.get().await.unwrap();
+    for _ in 0..1_000 {
+        hit(&client, "busy", 60.0, 100_000).await;
+    }
+    let admin = app.db().await;
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM rate_limits WHERE key = 'busy'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    let persistence: i8 = admin
+        .query_one(
+            "SELECT relpersistence::\"char\" FROM pg_class WHERE relname = 'rate_limits'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        persistence as u8, b'u',
+        "UNLOGGED: no WAL, no durable commit to wait for"
+    );
+    let columns: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'rate_limits'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 2, "key and one timestamp, whatever the limit");
+}
