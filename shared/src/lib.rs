@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod flush;
 pub mod handlers;
 pub mod http;
 pub mod jwt_crypto;

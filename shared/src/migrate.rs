@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_supabase_api_exposure"),
     migration!(7, "0007_room_instances_and_session_repair"),
     migration!(8, "0008_rate_limits_gcra_unlogged"),
+    migration!(9, "0009_presence_counts_without_a_hot_row"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -172,31 +172,20 @@ async fn sync_room(
         .await
         .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?;
     let present: Vec<Presence> = participants.iter().map(Presence::from).collect();
-    let users: Vec<Uuid> = present
-        .iter()
-        .filter_map(|p| Uuid::parse_str(&p.identity).ok())
-        .collect();
-    let mut client = state.db.get().await?;
-    let tx = client.transaction().await?;
-    let Some(locked) = viewers::lock_room(&tx, room).await? else {
-        return Ok(0);
-    };
-    if !locked.is_live {
-        return Ok(0); // ended since it was listed: ending closed its sessions
-    }
-    viewers::sync(&tx, room, streamer, &present, listed_at).await?;
-    viewers::recount(&tx, room).await?;
-    tx.query_typed(
-        "UPDATE live_streams SET room_missing_since = NULL WHERE id = $1 AND room_missing_since IS NOT NULL",
-        &[(&room.as_str(), Type::TEXT)],
-    )
-    .await?;
-    let mut restrictions = chat::restricted_among(&*tx, room, &users).await?;
-    tx.commit().await?;
+    let users: Vec<Uuid> = present.iter().filter_map(Presence::user).collect();
+    let client = state.db.get().await?;
+    viewers::sync(&client, room, streamer, &present, listed_at).await?;
+    client
+        .query_typed(
+            "UPDATE live_streams SET room_missing_since = NULL WHERE id = $1 AND room_missing_since IS NOT NULL",
+            &[(&room.as_str(), Type::TEXT)],
+        )
+        .await?;
+    let mut restrictions = chat::restricted_among(&**client, room, &users).await?;
     drop(client);
 
     let stream = StreamState {
-        streamer: locked.streamer,
+        streamer,
         is_live: true,
     };
     let corrections: Vec<(String, room_rules::Correction)> = present
@@ -215,7 +204,6 @@ async fn sync_room(
 /// and ends the stream once the clock has run out. Returns whether it ended.
 async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Result<bool, ApiError> {
     let client = state.db.get().await?;
-    let grace_seconds = grace.as_secs_f64();
     client
         .query_typed(
             "UPDATE live_streams SET room_missing_since = now()
@@ -223,26 +211,11 @@ async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Res
             &[(&room.as_str(), Type::TEXT)],
         )
         .await?;
-    let ended = client
-        .query_typed(
-            "WITH ended AS (
-                 UPDATE live_streams
-                 SET is_live = false, ended_at = now(), room_closed_at = COALESCE(room_closed_at, now()),
-                     viewer_count = 0
-                 WHERE id = $1 AND is_live AND room_missing_since <= now() - make_interval(secs => $2)
-                 RETURNING id
-             ), closed AS (
-                 UPDATE live_participant_sessions SET left_at = now(), updated_at = now()
-                 WHERE room_name IN (SELECT id FROM ended) AND left_at IS NULL
-             )
-             SELECT id FROM ended",
-            &[(&room.as_str(), Type::TEXT), (&grace_seconds, Type::FLOAT8)],
-        )
-        .await?;
-    if !ended.is_empty() {
+    let ended = viewers::finish(&**client, room, Some(grace)).await?;
+    if ended {
         tracing::info!(%room, "ended a live stream whose LiveKit room is gone");
     }
-    Ok(!ended.is_empty())
+    Ok(ended)
 }
 
 /// Runs the scheduled function: every EventBridge event is one reconciliation.

@@ -41,7 +41,10 @@ pub async fn start(
     let max_live = i32::try_from(max_live).unwrap_or(i32::MAX);
     let row = client
         .query_typed_one(
-            "SELECT * FROM live_start_stream($1, $2, $3, $4, $5, $6)",
+            // The count is the exact one (the shards), not Realtime's copy.
+            "SELECT outcome, live_room, id, title, streamer_id, is_live, created_at, ended_at,
+                    CASE WHEN id IS NULL THEN 0 ELSE live_viewer_count(id) END AS viewer_count
+             FROM live_start_stream($1, $2, $3, $4, $5, $6)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&streamer, Type::UUID),
@@ -89,7 +92,11 @@ fn stream_from_row(row: &Row) -> Result<Stream, ApiError> {
     })
 }
 
-const STREAM_COLUMNS: &str = "id, title, streamer_id, is_live, viewer_count, created_at, ended_at";
+/// A stream as clients see it; the count is summed from its shards (16 rows
+/// whatever the audience), exact at once, where `live_streams.viewer_count`
+/// is Realtime's copy, written at most once a second.
+const STREAM_COLUMNS: &str =
+    "id, title, streamer_id, is_live, live_viewer_count(id) AS viewer_count, created_at, ended_at";
 
 /// One page of live streams, newest first, after `after` (exclusive).
 pub async fn live_page(
@@ -256,43 +263,22 @@ pub enum EndOutcome {
     },
 }
 
-/// Ends the stream if the caller is its streamer; ending twice keeps the first
-/// `ended_at`. The row lock makes a concurrent second end (or a retried start)
-/// wait and then read the row as the first one left it. `FOR NO KEY UPDATE`
-/// (the key never changes) does not conflict with the `FOR KEY SHARE` lock
-/// that inserting a chat message or a restriction takes on the stream's row.
-/// An ended stream has no viewers: its count goes to 0 and its open sessions
-/// close, and webhooks that arrive later change neither.
-const END_SQL: &str = "
-    WITH target AS (
-        SELECT id, streamer_id, is_live, ended_at, room_closed_at
-        FROM live_streams
-        WHERE id = $1
-        FOR NO KEY UPDATE
-    ), ended AS (
-        UPDATE live_streams s
-        SET is_live = false, ended_at = now(), viewer_count = 0
-        FROM target t
-        WHERE s.id = t.id AND t.streamer_id = $2 AND t.is_live
-        RETURNING s.ended_at
-    ), closed AS (
-        UPDATE live_participant_sessions p
-        SET left_at = now(), updated_at = now()
-        WHERE p.room_name = $1 AND p.left_at IS NULL AND EXISTS (SELECT 1 FROM ended)
-    )
-    SELECT t.streamer_id,
-           COALESCE((SELECT ended_at FROM ended), t.ended_at) AS ended_at,
-           t.room_closed_at IS NOT NULL AS room_closed
-    FROM target t";
-
+/// Ends the stream if the caller is its streamer, closing its counts
+/// (`live_end_stream`, one statement); ending twice keeps the first
+/// `ended_at`.
 pub async fn end(client: &Client, room: &RoomName, caller: Uuid) -> Result<EndOutcome, ApiError> {
-    let Some(row) = client
-        .query_typed_opt(END_SQL, &[(&room.as_str(), Type::TEXT), (&caller, Type::UUID)])
-        .await?
+    let row = client
+        .query_typed_one(
+            "SELECT streamer_id, ended_at, room_closed FROM live_end_stream($1, $2)",
+            &[(&room.as_str(), Type::TEXT), (&caller, Type::UUID)],
+        )
+        .await?;
+    let Some(streamer_id) = row
+        .try_get::<_, Option<Uuid>>("streamer_id")
+        .map_err(ApiError::internal)?
     else {
         return Ok(EndOutcome::NotFound);
     };
-    let streamer_id: Uuid = row.try_get("streamer_id").map_err(ApiError::internal)?;
     if streamer_id != caller {
         return Ok(EndOutcome::NotStreamer);
     }

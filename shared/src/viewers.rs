@@ -1,18 +1,22 @@
 //! Who is in each room, from LiveKit webhooks and from the reconciler, and the
-//! viewer count that follows from it.
+//! viewer count that follows from it (migration 0009).
 //!
 //! State, not arithmetic: each participant session (LiveKit's `sid`) is a row,
 //! present once its join was seen and until its leave was seen, so duplicate,
-//! late or out-of-order events cannot drive the count wrong or negative. Work on
-//! one room is serialised by locking its stream row (`FOR NO KEY UPDATE`, so
-//! chat and moderation writes of that room, which take `FOR KEY SHARE` on it
-//! through their foreign keys, never wait for a webhook).
+//! late or out-of-order events cannot drive the count wrong or negative. A
+//! change touches only its session, the identity's presence and one of the
+//! room's 16 count shards, never the stream's row: a burst of joins into one
+//! room runs side by side. Reads sum the shards; `live_streams.viewer_count`
+//! is a copy for Realtime subscribers, written at most once a second per room.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
+use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
+use crate::chat::Restrictions;
 use crate::domain::RoomName;
 use crate::error::ApiError;
 
@@ -38,178 +42,136 @@ impl From<&livekit_protocol::ParticipantInfo> for Presence {
     }
 }
 
-/// Records a webhook event id; `false` if it was seen before.
-pub async fn first_delivery(tx: &Transaction<'_>, event_id: &str) -> Result<bool, ApiError> {
-    let inserted = tx
-        .query_typed(
-            "INSERT INTO live_webhook_events (id) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING id",
-            &[(&event_id, Type::TEXT)],
-        )
-        .await?;
-    Ok(!inserted.is_empty())
-}
-
-/// A stream's row, locked for the rest of the transaction.
-pub struct LockedRoom {
-    pub streamer: Uuid,
-    pub is_live: bool,
-    /// The LiveKit room instance `CreateRoom` made for this stream.
-    pub room_sid: Option<String>,
-}
-
-impl LockedRoom {
-    /// Whether an event about room instance `sid` is about this stream's
-    /// room. LiveKit always sends the sid; an event without one is taken as ours.
-    pub fn is_instance(&self, sid: &str) -> bool {
-        sid.is_empty() || self.room_sid.as_deref().is_none_or(|ours| ours == sid)
+impl Presence {
+    /// The identity as one of our users, when it is one.
+    pub fn user(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.identity).ok()
     }
 }
 
-/// Locks the stream's row for the rest of the transaction, or `None` for a
-/// room we do not know.
-pub async fn lock_room(tx: &Transaction<'_>, room: &RoomName) -> Result<Option<LockedRoom>, ApiError> {
-    let row = tx
-        .query_typed_opt(
-            "SELECT streamer_id, is_live, room_sid FROM live_streams WHERE id = $1 FOR NO KEY UPDATE",
-            &[(&room.as_str(), Type::TEXT)],
+/// A participant's join or leave, as LiveKit reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionChange {
+    Joined,
+    Left,
+}
+
+/// What a participant event did, and what the room must enforce about them.
+pub struct EventApplied {
+    /// `applied`, `duplicate` (event id seen before) or `ignored` (unknown
+    /// room, another instance of it, or a stream that has ended).
+    pub outcome: String,
+    /// `None` for a room we do not know (or another instance of it).
+    pub streamer: Option<Uuid>,
+    pub is_live: bool,
+    pub restrictions: Restrictions,
+}
+
+/// Applies one participant event in one statement (`live_participant_event`).
+pub async fn participant_event(
+    client: &Client,
+    event_id: &str,
+    room: &RoomName,
+    room_sid: &str,
+    change: SessionChange,
+    who: &Presence,
+) -> Result<EventApplied, ApiError> {
+    let change = match change {
+        SessionChange::Joined => "join",
+        SessionChange::Left => "leave",
+    };
+    let row = client
+        .query_typed_one(
+            "SELECT outcome, streamer_id, is_live, banned, muted
+             FROM live_participant_event($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                (&event_id, Type::TEXT),
+                (&room.as_str(), Type::TEXT),
+                (&room_sid, Type::TEXT),
+                (&change, Type::TEXT),
+                (&who.sid.as_str(), Type::TEXT),
+                (&who.identity.as_str(), Type::TEXT),
+                (&who.user(), Type::UUID),
+                (&who.hidden, Type::BOOL),
+            ],
         )
         .await?;
-    row.map(|row| {
-        Ok(LockedRoom {
-            streamer: row.try_get(0).map_err(ApiError::internal)?,
-            is_live: row.try_get(1).map_err(ApiError::internal)?,
-            room_sid: row.try_get(2).map_err(ApiError::internal)?,
-        })
+    let flag = |name: &str| -> Result<bool, ApiError> {
+        Ok(row
+            .try_get::<_, Option<bool>>(name)
+            .map_err(ApiError::internal)?
+            .unwrap_or(false))
+    };
+    Ok(EventApplied {
+        outcome: row.try_get("outcome").map_err(ApiError::internal)?,
+        streamer: row.try_get("streamer_id").map_err(ApiError::internal)?,
+        is_live: flag("is_live")?,
+        restrictions: Restrictions {
+            banned: flag("banned")?,
+            muted: flag("muted")?,
+        },
     })
-    .transpose()
-}
-
-fn counted(presence: &Presence, streamer: Uuid) -> bool {
-    !presence.hidden && presence.identity != streamer.to_string()
-}
-
-pub async fn joined(
-    tx: &Transaction<'_>,
-    room: &RoomName,
-    streamer: Uuid,
-    who: &Presence,
-) -> Result<(), ApiError> {
-    tx.query_typed(
-        "INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined)
-         VALUES ($1, $2, $3, $4, true)
-         ON CONFLICT (room_name, sid) DO UPDATE SET joined = true, updated_at = now()",
-        &[
-            (&room.as_str(), Type::TEXT),
-            (&who.sid.as_str(), Type::TEXT),
-            (&who.identity.as_str(), Type::TEXT),
-            (&counted(who, streamer), Type::BOOL),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-pub async fn left(
-    tx: &Transaction<'_>,
-    room: &RoomName,
-    streamer: Uuid,
-    who: &Presence,
-) -> Result<(), ApiError> {
-    tx.query_typed(
-        "INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined, left_at)
-         VALUES ($1, $2, $3, $4, false, now())
-         ON CONFLICT (room_name, sid) DO UPDATE
-         SET left_at = COALESCE(live_participant_sessions.left_at, now()),
-             closed_by_reconciler = false, updated_at = now()",
-        &[
-            (&room.as_str(), Type::TEXT),
-            (&who.sid.as_str(), Type::TEXT),
-            (&who.identity.as_str(), Type::TEXT),
-            (&counted(who, streamer), Type::BOOL),
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// Makes the sessions match who LiveKit listed in the room at `listed_at`
-/// (the database's clock, read before `ListParticipants` was called).
-///
-/// A session written after `listed_at` (a join that committed while the
-/// listing was on its way) is newer than the listing and stays open. A
-/// session the listing has is reopened only if a previous run closed it,
-/// never if its leave event was seen: that leave may be newer than the listing.
+/// (the database's clock, read before `ListParticipants` was called); see
+/// `live_sync_sessions`. A session written after `listed_at` (a join that
+/// committed while the listing was on its way) is newer than the listing and
+/// stays; a listed session is reopened only if a previous run closed it,
+/// never if its leave event was seen. Returns how many sessions changed.
 pub async fn sync(
-    tx: &Transaction<'_>,
+    client: &Client,
     room: &RoomName,
     streamer: Uuid,
     present: &[Presence],
     listed_at: DateTime<Utc>,
-) -> Result<(), ApiError> {
+) -> Result<i32, ApiError> {
     let sids: Vec<&str> = present.iter().map(|p| p.sid.as_str()).collect();
     let identities: Vec<&str> = present.iter().map(|p| p.identity.as_str()).collect();
-    let counts: Vec<bool> = present.iter().map(|p| counted(p, streamer)).collect();
-    tx.query_typed(
-        "UPDATE live_participant_sessions
-         SET left_at = now(), closed_by_reconciler = true, updated_at = now()
-         WHERE room_name = $1 AND left_at IS NULL AND NOT (sid = ANY($2)) AND updated_at < $3",
-        &[
-            (&room.as_str(), Type::TEXT),
-            (&sids, Type::TEXT_ARRAY),
-            (&listed_at, Type::TIMESTAMPTZ),
-        ],
-    )
-    .await?;
-    tx.query_typed(
-        "INSERT INTO live_participant_sessions AS s (room_name, sid, identity, counted, joined)
-         SELECT $1, p.sid, p.identity, p.counted, true
-         FROM unnest($2::text[], $3::text[], $4::bool[]) AS p (sid, identity, counted)
-         ON CONFLICT (room_name, sid) DO UPDATE
-         SET joined = true,
-             left_at = CASE WHEN s.closed_by_reconciler THEN NULL ELSE s.left_at END,
-             closed_by_reconciler = false,
-             updated_at = now()",
-        &[
-            (&room.as_str(), Type::TEXT),
-            (&sids, Type::TEXT_ARRAY),
-            (&identities, Type::TEXT_ARRAY),
-            (&counts, Type::BOOL_ARRAY),
-        ],
-    )
-    .await?;
-    Ok(())
+    let counted: Vec<bool> = present
+        .iter()
+        .map(|p| !p.hidden && p.user() != Some(streamer))
+        .collect();
+    let row = client
+        .query_typed_one(
+            "SELECT live_sync_sessions($1, $2, $3, $4, $5)",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&listed_at, Type::TIMESTAMPTZ),
+                (&sids, Type::TEXT_ARRAY),
+                (&identities, Type::TEXT_ARRAY),
+                (&counted, Type::BOOL_ARRAY),
+            ],
+        )
+        .await?;
+    row.try_get(0).map_err(ApiError::internal)
 }
 
-/// Sets `viewer_count` to the distinct identities present and counted; writes
-/// only when it changes, so Realtime subscribers see real changes only.
-pub async fn recount(tx: &Transaction<'_>, room: &RoomName) -> Result<(), ApiError> {
-    tx.query_typed(
-        "UPDATE live_streams s SET viewer_count = c.n
-         FROM (SELECT count(DISTINCT identity)::int AS n FROM live_participant_sessions
-               WHERE room_name = $1 AND counted AND joined AND left_at IS NULL) c
-         WHERE s.id = $1 AND s.viewer_count <> c.n",
-        &[(&room.as_str(), Type::TEXT)],
-    )
-    .await?;
-    Ok(())
+/// LiveKit's room is gone: the stream ends as `/live/end` would end it (with
+/// `grace`, only once the room has been missing that long). Returns whether
+/// the stream ended now.
+pub async fn finish(
+    client: &impl GenericClient,
+    room: &RoomName,
+    grace: Option<Duration>,
+) -> Result<bool, ApiError> {
+    let grace_seconds = grace.map(|g| g.as_secs_f64());
+    let row = client
+        .query_typed_one(
+            "SELECT live_finish_stream($1, make_interval(secs => $2))",
+            &[(&room.as_str(), Type::TEXT), (&grace_seconds, Type::FLOAT8)],
+        )
+        .await?;
+    row.try_get(0).map_err(ApiError::internal)
 }
 
-/// LiveKit closed the room: the stream ends as `/live/end` would end it, and
-/// nobody is in it any more.
-pub async fn room_finished(tx: &Transaction<'_>, room: &RoomName) -> Result<(), ApiError> {
-    tx.query_typed(
-        "UPDATE live_participant_sessions SET left_at = now(), updated_at = now()
-         WHERE room_name = $1 AND left_at IS NULL",
-        &[(&room.as_str(), Type::TEXT)],
-    )
-    .await?;
-    tx.query_typed(
-        "UPDATE live_streams
-         SET is_live = false, ended_at = COALESCE(ended_at, now()),
-             room_closed_at = COALESCE(room_closed_at, now()), viewer_count = 0
-         WHERE id = $1",
-        &[(&room.as_str(), Type::TEXT)],
-    )
-    .await?;
-    Ok(())
+/// Copies the exact counts into `live_streams.viewer_count` for every live
+/// room whose copy is stale and a second old (`live_flush_viewer_counts`):
+/// the trailing update a burst's last events could not write. Returns the
+/// rooms written.
+pub async fn flush(client: &Client) -> Result<i32, ApiError> {
+    let row = client
+        .query_typed_one("SELECT live_flush_viewer_counts()", &[])
+        .await?;
+    row.try_get(0).map_err(ApiError::internal)
 }

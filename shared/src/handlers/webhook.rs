@@ -7,15 +7,14 @@ use lambda_http::{Body, Request, Response};
 use livekit_api::webhooks::WebhookError;
 use serde::Serialize;
 
-use uuid::Uuid;
+use tokio_postgres::types::Type;
 
-use crate::chat;
 use crate::domain::RoomName;
 use crate::error::ApiError;
 use crate::http::{BoxFuture, Endpoint, error_response, json_response, within_deadline};
 use crate::room_rules::{self, StreamState};
 use crate::state::AppState;
-use crate::viewers::{self, Presence};
+use crate::viewers::{self, Presence, SessionChange};
 
 /// Webhook bodies carry a room and a participant: a few KiB at most.
 const MAX_WEBHOOK_BYTES: usize = 64 * 1024;
@@ -91,27 +90,10 @@ pub async fn receive_webhook(state: &AppState, request: &Request) -> Result<Webh
     Ok(WebhookAck { outcome })
 }
 
-enum Change {
-    Joined(Presence),
-    Left(Presence),
-    RoomFinished,
-}
-
-/// Applies the event in one transaction under the stream's row lock, then,
-/// once it has committed, makes LiveKit enforce what the database says about
-/// a participant who just joined (banned, muted, or in a stream that is over).
+/// Applies the event (one statement), then makes LiveKit enforce what the
+/// database says about a participant who just joined: banned, muted, or in a
+/// stream that is over.
 async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Result<Outcome, ApiError> {
-    let change = match event.event.as_str() {
-        "participant_joined" => event.participant.as_ref().map(|p| Change::Joined(p.into())),
-        "participant_left" | "participant_connection_aborted" => {
-            event.participant.as_ref().map(|p| Change::Left(p.into()))
-        }
-        "room_finished" => Some(Change::RoomFinished),
-        _ => None,
-    };
-    let Some(change) = change else {
-        return Ok(Outcome::Ignored);
-    };
     let Some((room, room_sid)) = event
         .room
         .as_ref()
@@ -119,65 +101,83 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
     else {
         return Ok(Outcome::Ignored);
     };
+    let change = match event.event.as_str() {
+        "participant_joined" => SessionChange::Joined,
+        "participant_left" | "participant_connection_aborted" => SessionChange::Left,
+        "room_finished" => return room_finished(state, event, &room, room_sid).await,
+        _ => return Ok(Outcome::Ignored),
+    };
+    let Some(who) = event.participant.as_ref().map(Presence::from) else {
+        return Ok(Outcome::Ignored);
+    };
+    let applied = {
+        let client = state.db.get().await?;
+        viewers::participant_event(&client, &event.id, &room, room_sid, change, &who).await?
+    };
+    if change == SessionChange::Joined
+        && let Some(streamer) = applied.streamer
+    {
+        let stream = StreamState {
+            streamer,
+            is_live: applied.is_live,
+        };
+        if let Some(correction) =
+            room_rules::correction(&state.livekit, &stream, &who, Some(applied.restrictions))
+        {
+            room_rules::apply_all(&state.livekit, &room, &[(who.identity.clone(), correction)]).await;
+        }
+    }
+    Ok(match applied.outcome.as_str() {
+        "applied" => Outcome::Applied,
+        "duplicate" => Outcome::Duplicate,
+        _ => Outcome::Ignored,
+    })
+}
 
+/// LiveKit closed the room: the stream ends as `/live/end` would end it. An
+/// event of another instance of the room (a late `room_finished` of the one
+/// before a retried start) changes nothing.
+async fn room_finished(
+    state: &AppState,
+    event: &livekit_protocol::WebhookEvent,
+    room: &RoomName,
+    room_sid: &str,
+) -> Result<Outcome, ApiError> {
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;
     // The id is recorded in the same transaction as the change: if applying
     // fails, LiveKit's retry is not mistaken for a duplicate.
-    if !event.id.is_empty() && !viewers::first_delivery(&tx, &event.id).await? {
-        return Ok(Outcome::Duplicate);
+    if !event.id.is_empty() {
+        let first = tx
+            .query_typed(
+                "INSERT INTO live_webhook_events (id) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING id",
+                &[(&event.id.as_str(), Type::TEXT)],
+            )
+            .await?;
+        if first.is_empty() {
+            return Ok(Outcome::Duplicate);
+        }
     }
-    let Some(locked) = viewers::lock_room(&tx, &room).await? else {
-        tx.commit().await?;
-        return Ok(Outcome::Ignored);
-    };
-    if !locked.is_instance(room_sid) {
-        // An earlier (or later) LiveKit room of the same name: a late
-        // room_finished of the instance before a retried start must not end
-        // the stream of this one.
-        tracing::info!(%room, event_room_sid = room_sid, "webhook of another instance of the room; ignored");
-        tx.commit().await?;
-        return Ok(Outcome::Ignored);
-    }
-    let stream = StreamState {
-        streamer: locked.streamer,
-        is_live: locked.is_live,
-    };
-    let mut correction = None;
-    let outcome = match change {
-        Change::Joined(who) if !stream.is_live => {
-            // The stream is over: nobody belongs in its room, and counts stay as they ended.
-            correction =
-                room_rules::correction(&state.livekit, &stream, &who, None).map(|c| (who.identity, c));
+    let instance: Option<Option<String>> = tx
+        .query_typed_opt(
+            "SELECT room_sid FROM live_streams WHERE id = $1",
+            &[(&room.as_str(), Type::TEXT)],
+        )
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(ApiError::internal)?;
+    let outcome = match instance {
+        None => Outcome::Ignored,
+        Some(Some(ours)) if !room_sid.is_empty() && ours != room_sid => {
+            tracing::info!(%room, event_room_sid = room_sid, "room_finished of another instance of the room; ignored");
             Outcome::Ignored
         }
-        Change::Left(_) if !stream.is_live => Outcome::Ignored,
-        Change::Joined(who) => {
-            viewers::joined(&tx, &room, stream.streamer, &who).await?;
-            viewers::recount(&tx, &room).await?;
-            let restrictions = match Uuid::parse_str(&who.identity) {
-                Ok(user) => chat::restricted_among(&*tx, &room, &[user]).await?.remove(&user),
-                Err(_) => None,
-            };
-            correction = room_rules::correction(&state.livekit, &stream, &who, restrictions)
-                .map(|c| (who.identity, c));
-            Outcome::Applied
-        }
-        Change::Left(who) => {
-            viewers::left(&tx, &room, stream.streamer, &who).await?;
-            viewers::recount(&tx, &room).await?;
-            Outcome::Applied
-        }
-        // Live or already ended: LiveKit has confirmed the room is gone.
-        Change::RoomFinished => {
-            viewers::room_finished(&tx, &room).await?;
+        Some(_) => {
+            viewers::finish(&*tx, room, None).await?;
             Outcome::Applied
         }
     };
     tx.commit().await?;
-    drop(client);
-    if let Some(correction) = correction {
-        room_rules::apply_all(&state.livekit, &room, &[correction]).await;
-    }
     Ok(outcome)
 }

@@ -812,7 +812,20 @@ impl TestApp {
         )
     }
 
+    /// The room's exact count (its shards summed), as the API reports it.
     pub async fn viewer_count(&self, room: &str) -> i32 {
+        assert!(self.stream_row(room).await.is_some(), "stream {room} exists");
+        self.db()
+            .await
+            .query_one("SELECT live_viewer_count($1)", &[&room])
+            .await
+            .expect("count the room")
+            .get(0)
+    }
+
+    /// `live_streams.viewer_count`: the copy Realtime subscribers see,
+    /// written at most once a second.
+    pub async fn realtime_viewer_count(&self, room: &str) -> i32 {
         self.stream_row(room)
             .await
             .expect("stream exists")

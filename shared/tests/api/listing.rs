@@ -40,7 +40,7 @@ async fn live_streams_are_listed_newest_first_and_paginated_by_cursor() {
     app.db()
         .await
         .execute(
-            "UPDATE live_streams SET viewer_count = 4 WHERE id = 'room-3'",
+            "INSERT INTO live_viewer_counts (room_name, shard, viewers) VALUES ('room-3', 7, 4)",
             &[],
         )
         .await

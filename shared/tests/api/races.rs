@@ -14,7 +14,7 @@ use shared::reconcile::reconcile;
 use uuid::Uuid;
 
 use crate::helpers::{
-    API_ROLE, AppOptions, LIVEKIT_API_SECRET, LiveKitChoice, LiveKitMode, TestApp, get_request,
+    API_ROLE, AppOptions, LIVEKIT_API_SECRET, LiveKitChoice, LiveKitMode, TestApp, connect, get_request,
     signed_webhook, webhook_event,
 };
 
@@ -99,23 +99,26 @@ async fn a_later_listing_reopens_what_the_reconciler_closed_but_not_what_a_leave
     );
 }
 
-/// The webhook's row lock (`FOR NO KEY UPDATE`) does not conflict with the
-/// `FOR KEY SHARE` lock that inserting a chat message or a restriction takes
-/// on the stream's row: chat and moderation never wait for a webhook.
+/// A webhook holds no lock on the stream's row that chat, moderation or
+/// another viewer's webhook would wait for: while one join's transaction is
+/// still open (its session, presence and count shard locked, and the
+/// Realtime copy written), all three go through at once.
 #[tokio::test]
-async fn chat_and_moderation_do_not_wait_for_a_webhook_holding_the_room() {
+async fn chat_moderation_and_other_joins_do_not_wait_for_a_webhook_in_progress() {
     let app = TestApp::spawn().await;
     let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
     app.start_stream(host, "busy").await;
-    let mut webhook_connection = app.db().await;
+    let mut webhook_connection = connect(&app.api_database_url).await;
     let webhook = webhook_connection.transaction().await.unwrap();
-    let room = shared::domain::RoomName::parse("busy".into()).unwrap();
-    assert!(
-        shared::viewers::lock_room(&webhook, &room)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    let outcome: String = webhook
+        .query_one(
+            "SELECT outcome FROM live_participant_event('EV_held', 'busy', '', 'join', 'PA_held', $1, $2, false)",
+            &[&viewer.to_string(), &viewer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "applied");
 
     let started = Instant::now();
     let chat = app
@@ -129,12 +132,31 @@ async fn chat_and_moderation_do_not_wait_for_a_webhook_holding_the_room() {
     let ban = json!({"roomName": "busy", "userId": Uuid::new_v4(), "action": "ban"}).to_string();
     let banned = app.call(moderate, Some(&app.token_for(host)), &ban).await;
     assert_eq!(banned.status, 200, "{}", banned.body);
+    // Another viewer, counted in another of the room's shards.
+    let admin = app.db().await;
+    let shard_of = |identity: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT hashtext($1) & 15", &[&identity])
+                .await
+                .unwrap()
+                .get::<_, i32>(0)
+        }
+    };
+    let held_shard = shard_of(viewer.to_string()).await;
+    let mut other = Uuid::new_v4();
+    while shard_of(other.to_string()).await == held_shard {
+        other = Uuid::new_v4();
+    }
+    join(&app, "EV_other", "busy", &other.to_string(), "PA_other").await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
-        "chat and moderation waited {:?} for the webhook's lock",
+        "waited {:?} for the webhook in progress",
         started.elapsed()
     );
-    webhook.rollback().await.unwrap();
+    webhook.commit().await.unwrap();
+    assert_eq!(app.viewer_count("busy").await, 2);
 }
 
 /// A statement blocked on a row lock gives up after the role's `lock_timeout`

@@ -413,3 +413,72 @@ async fn events_of_another_instance_of_the_room_are_ignored() {
 async fn stored_sid(app: &TestApp, room: &str) -> Option<String> {
     app.stream_row(room).await.unwrap().get("room_sid")
 }
+
+/// The count a burst of joins leaves: exact at once where the API reads it,
+/// and in `live_streams` (what Supabase Realtime sends subscribers) written at
+/// most once a second, the trailing value by the flusher.
+#[tokio::test]
+async fn a_burst_writes_the_realtime_copy_at_most_once_a_second_and_the_flusher_writes_the_last() {
+    let room = live_room().await;
+    let admin = room.app.db().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE copy_writes (at timestamptz NOT NULL DEFAULT clock_timestamp(), count int);
+             CREATE FUNCTION log_copy_write() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO copy_writes (count) VALUES (NEW.viewer_count); RETURN NEW; END $$;
+             CREATE TRIGGER log_copy_write AFTER UPDATE OF viewer_count ON live_streams
+             FOR EACH ROW WHEN (OLD.viewer_count IS DISTINCT FROM NEW.viewer_count) EXECUTE FUNCTION log_copy_write();
+             GRANT INSERT ON copy_writes TO live_api;",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let joins = (0..60).map(|i| {
+        let body = webhook_event(
+            &format!("EV_burst_{i}"),
+            "participant_joined",
+            ROOM,
+            Some((&Uuid::new_v4().to_string(), &format!("PA_burst_{i}"), false)),
+        );
+        room.app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET))
+    });
+    let statuses: Vec<u16> = futures::future::join_all(joins)
+        .await
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let burst = started.elapsed();
+    assert_eq!(room.count().await, 60, "exact at once");
+
+    // The flusher writes whatever the burst's last second left behind.
+    let deadline = std::time::Instant::now() + crate::helpers::SETTLE;
+    while room.app.realtime_viewer_count(ROOM).await != 60 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trailing copy was never written"
+        );
+        shared::flush::flush_once(&room.app.state).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let writes: Vec<(chrono::DateTime<chrono::Utc>, i32)> = admin
+        .query("SELECT at, count FROM copy_writes ORDER BY at", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(writes.last().map(|w| w.1), Some(60));
+    for pair in writes.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= chrono::Duration::milliseconds(990),
+            "two writes {gap} apart: {writes:?}"
+        );
+    }
+    assert!(
+        writes.len() as u128 <= burst.as_millis() / 1000 + 3,
+        "{} writes for a burst of {burst:?}",
+        writes.len()
+    );
+}

@@ -1,0 +1,7 @@
+//! Scheduled: copies viewer counts into `live_streams` for Realtime, once a
+//! second, for the length of one invocation.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::flush::serve().await
+}
