@@ -31,16 +31,17 @@ fn message_from_row(row: &Row) -> Result<ChatMessage, ApiError> {
     })
 }
 
+/// Stores a message; returns it and its place in the room's order (`seq`).
 pub async fn insert(
     client: &Client,
     room: &RoomName,
     user: Uuid,
     text: &str,
-) -> Result<ChatMessage, ApiError> {
+) -> Result<(ChatMessage, i64), ApiError> {
     let row = client
         .query_typed_one(
             "INSERT INTO live_messages (room_name, user_id, text) VALUES ($1, $2, $3)
-             RETURNING id, room_name, user_id, text, created_at",
+             RETURNING id, room_name, user_id, text, created_at, seq",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
@@ -48,7 +49,95 @@ pub async fn insert(
             ],
         )
         .await?;
-    message_from_row(&row)
+    Ok((
+        message_from_row(&row)?,
+        row.try_get("seq").map_err(ApiError::internal)?,
+    ))
+}
+
+/// Takes the room's batch lease for `hold` (`live_chat_take_lease`): the
+/// room's `sent_up_to` when taken, `None` when another poster is sending.
+pub async fn take_batch_lease(
+    client: &Client,
+    room: &RoomName,
+    hold: std::time::Duration,
+) -> Result<Option<i64>, ApiError> {
+    let hold_seconds = hold.as_secs_f64();
+    let row = client
+        .query_typed_one(
+            "SELECT live_chat_take_lease($1, make_interval(secs => $2))",
+            &[(&room.as_str(), Type::TEXT), (&hold_seconds, Type::FLOAT8)],
+        )
+        .await?;
+    row.try_get(0).map_err(ApiError::internal)
+}
+
+/// The room's messages after `after` in order, at most `limit`, each with its
+/// seq: `None` for a deleted one (it is not sent, but counts as sent).
+pub async fn unsent(
+    client: &Client,
+    room: &RoomName,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(Option<ChatMessage>, i64)>, ApiError> {
+    let rows = client
+        .query_typed(
+            "SELECT id, room_name, user_id, text, created_at, seq, deleted_at IS NOT NULL AS deleted
+             FROM live_messages WHERE room_name = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&after, Type::INT8),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let deleted: bool = row.try_get("deleted").map_err(ApiError::internal)?;
+            let seq = row.try_get("seq").map_err(ApiError::internal)?;
+            Ok((
+                if deleted {
+                    None
+                } else {
+                    Some(message_from_row(row)?)
+                },
+                seq,
+            ))
+        })
+        .collect()
+}
+
+/// Records the room's messages up to `sent` as sent and lets the lease go
+/// (`live_chat_batch_sent`). Returns whether more are waiting.
+pub async fn batch_sent(client: &Client, room: &RoomName, sent: i64) -> Result<bool, ApiError> {
+    let row = client
+        .query_typed_one(
+            "SELECT live_chat_batch_sent($1, $2)",
+            &[(&room.as_str(), Type::TEXT), (&sent, Type::INT8)],
+        )
+        .await?;
+    row.try_get(0).map_err(ApiError::internal)
+}
+
+/// Live rooms with messages nobody has sent for a second: a batch whose
+/// sender stopped early, or gave up when LiveKit failed.
+pub async fn rooms_with_stale_messages(client: &Client) -> Result<Vec<RoomName>, ApiError> {
+    let rows = client
+        .query_typed(
+            "SELECT b.room_name FROM live_chat_broadcasts b JOIN live_streams s ON s.id = b.room_name
+             WHERE s.is_live AND b.lease_until < clock_timestamp() AND EXISTS (
+                 SELECT FROM live_messages m
+                 WHERE m.room_name = b.room_name AND m.seq > b.sent_up_to
+                   AND m.created_at < clock_timestamp() - interval '1 second')",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get(0).map_err(ApiError::internal)?;
+            RoomName::parse(id).map_err(ApiError::internal)
+        })
+        .collect()
 }
 
 /// Whether the room exists at all (history is readable after the stream ends).

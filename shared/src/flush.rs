@@ -5,7 +5,9 @@
 //! fresh and do not. This job writes those trailing copies: started every
 //! minute by the scheduler, it flushes every second until its invocation is
 //! nearly over, so a count reaches `live_streams` within about two seconds of
-//! its last change, bursts or not.
+//! its last change, bursts or not, and pushes each new count into its room.
+//! It also sends the chat a batch holder left behind (see
+//! [`crate::chat_broadcast`]).
 
 use std::time::{Duration, Instant};
 
@@ -16,10 +18,20 @@ use crate::viewers;
 /// How often the copies are brought up to date.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// One flush of every stale copy. Returns the rooms written.
+/// One flush of every stale copy, each new count pushed into its room, and
+/// the chat any batch left unsent. Returns the rooms whose count was written.
 pub async fn flush_once(state: &AppState) -> Result<i32, ApiError> {
-    let client = state.db.get().await?;
-    viewers::flush(&client).await
+    let written = {
+        let client = state.db.get().await?;
+        viewers::flush(&client).await?
+    };
+    for (room, count) in &written {
+        if let Err(error) = state.livekit.push_viewer_count(room, *count).await {
+            tracing::warn!(%room, %error, "viewer count not pushed into the room");
+        }
+    }
+    crate::chat_broadcast::send_stale(state).await?;
+    Ok(written.len() as i32)
 }
 
 /// Flushes every [`TICK`] until `until`. A failed flush is logged and the

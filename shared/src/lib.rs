@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod chat_broadcast;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -16,6 +16,9 @@ use crate::config::{LiveKitConfig, RoomOptions};
 use crate::domain::{ParticipantName, RoomName};
 use crate::error::ApiError;
 
+/// The topic of the viewer counts pushed into rooms.
+pub const VIEWERS_TOPIC: &str = "viewers";
+
 /// A RoomService call must answer within this, or the caller moves on.
 const ROOM_SERVICE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -140,6 +143,23 @@ impl LiveKit {
             ..SendDataOptions::default()
         };
         bounded(self.rooms.send_data(room.as_str(), payload, options)).await
+    }
+
+    /// Tells everyone in the room its viewer count: a lossy packet on topic
+    /// `viewers`, `{"event":"viewer_count","roomName","viewerCount"}`, sent at
+    /// most once a second per room. Viewers need no Realtime subscription for it.
+    pub async fn push_viewer_count(&self, room: &RoomName, count: i32) -> Result<(), RoomServiceError> {
+        let payload = serde_json::json!({"event": "viewer_count", "roomName": room, "viewerCount": count});
+        let options = SendDataOptions {
+            kind: proto::data_packet::Kind::Lossy,
+            topic: Some(VIEWERS_TOPIC.to_owned()),
+            ..SendDataOptions::default()
+        };
+        bounded(
+            self.rooms
+                .send_data(room.as_str(), payload.to_string().into_bytes(), options),
+        )
+        .await
     }
 
     /// Disconnects `identity` from the room. Someone who is not there is fine.

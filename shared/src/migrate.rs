@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_room_instances_and_session_repair"),
     migration!(8, "0008_rate_limits_gcra_unlogged"),
     migration!(9, "0009_presence_counts_without_a_hot_row"),
+    migration!(10, "0010_chat_batches_and_count_push"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

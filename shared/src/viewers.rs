@@ -65,6 +65,9 @@ pub struct EventApplied {
     pub streamer: Option<Uuid>,
     pub is_live: bool,
     pub restrictions: Restrictions,
+    /// The count this event wrote into `live_streams` (at most once a second
+    /// per room), to push into the room too.
+    pub count_written: Option<i32>,
 }
 
 /// Applies one participant event in one statement (`live_participant_event`).
@@ -82,7 +85,7 @@ pub async fn participant_event(
     };
     let row = client
         .query_typed_one(
-            "SELECT outcome, streamer_id, is_live, banned, muted
+            "SELECT outcome, streamer_id, is_live, banned, muted, count_written
              FROM live_participant_event($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 (&event_id, Type::TEXT),
@@ -110,6 +113,7 @@ pub async fn participant_event(
             banned: flag("banned")?,
             muted: flag("muted")?,
         },
+        count_written: row.try_get("count_written").map_err(ApiError::internal)?,
     })
 }
 
@@ -168,10 +172,21 @@ pub async fn finish(
 /// Copies the exact counts into `live_streams.viewer_count` for every live
 /// room whose copy is stale and a second old (`live_flush_viewer_counts`):
 /// the trailing update a burst's last events could not write. Returns the
-/// rooms written.
-pub async fn flush(client: &Client) -> Result<i32, ApiError> {
-    let row = client
-        .query_typed_one("SELECT live_flush_viewer_counts()", &[])
+/// rooms written, with their counts.
+pub async fn flush(client: &Client) -> Result<Vec<(RoomName, i32)>, ApiError> {
+    let rows = client
+        .query_typed(
+            "SELECT room_name, viewer_count FROM live_flush_viewer_counts()",
+            &[],
+        )
         .await?;
-    row.try_get(0).map_err(ApiError::internal)
+    rows.iter()
+        .map(|row| {
+            let room: String = row.try_get(0).map_err(ApiError::internal)?;
+            Ok((
+                RoomName::parse(room).map_err(ApiError::internal)?,
+                row.try_get(1).map_err(ApiError::internal)?,
+            ))
+        })
+        .collect()
 }

@@ -13,16 +13,13 @@ use crate::http::{FromRequest, Reply};
 use crate::state::AppState;
 use crate::{rate_limit, streams};
 
-/// Data packets for chat use this topic, so clients can tell them apart.
-pub const CHAT_TOPIC: &str = "chat";
+pub use crate::chat_broadcast::CHAT_TOPIC;
 
-/// What the room receives over LiveKit's data channel.
+/// What the room is told when a message is deleted (messages themselves go
+/// out in batches, see [`crate::chat_broadcast`]).
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChatEvent<'a> {
-    ChatMessage {
-        message: &'a ChatMessage,
-    },
     ChatDeleted {
         id: Uuid,
         #[serde(rename = "roomName")]
@@ -33,12 +30,14 @@ pub enum ChatEvent<'a> {
 #[derive(Debug, Serialize)]
 pub struct PostedMessage {
     pub message: ChatMessage,
-    /// False when LiveKit could not be reached: the message is stored, and
-    /// clients see it on their next `GET /live/chat`.
+    /// True when the message went out to the room, or is in a batch another
+    /// request is sending; false when this request's batch could not reach
+    /// LiveKit: the message is stored, a later batch retries it, and clients
+    /// also see it on their next `GET /live/chat`.
     pub broadcast: bool,
 }
 
-/// `POST /live/chat`: store the message, then broadcast it to the room.
+/// `POST /live/chat`: store the message, then hand it to the room's batches.
 pub async fn post_message(
     state: &AppState,
     user: AuthUser,
@@ -63,7 +62,9 @@ pub async fn post_message(
         rate_limit::hit(&client, &format!("chat:{room}:{}", user.id), state.limits.chat).await?;
         chat::insert(&client, &room, user.id, request.text.as_str()).await?
     };
-    let broadcast = broadcast(state, &room, &ChatEvent::ChatMessage { message: &message }).await;
+    let (message, seq) = message;
+    let delivery = crate::chat_broadcast::send_batches(state, &room, Some(seq)).await;
+    let broadcast = delivery != crate::chat_broadcast::Delivery::Failed;
     Ok(Reply::new(
         StatusCode::CREATED,
         PostedMessage { message, broadcast },

@@ -114,6 +114,11 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
         let client = state.db.get().await?;
         viewers::participant_event(&client, &event.id, &room, room_sid, change, &who).await?
     };
+    if let Some(count) = applied.count_written
+        && let Err(error) = state.livekit.push_viewer_count(&room, count).await
+    {
+        tracing::warn!(%room, %error, "viewer count not pushed into the room; the next write pushes it");
+    }
     if change == SessionChange::Joined
         && let Some(streamer) = applied.streamer
     {

@@ -29,18 +29,42 @@ async fn say(app: &TestApp, user: Uuid, text: &str) -> crate::helpers::TestRespo
     app.call(post_message, Some(&app.token_for(user)), &body).await
 }
 
-/// The first `count` packets the listener received on topic `chat`; each
-/// must come from the server (no sending participant) and reliably.
+/// The packets the listener received on topic `chat` once they carry
+/// `count` events (a `chat_messages` batch counts one per message); each must
+/// come from the server (no sending participant), reliably.
 async fn broadcasts(listener: &Participant, count: usize) -> Vec<Value> {
-    listener
-        .wait_for_data("chat", count)
-        .await
-        .into_iter()
-        .map(|packet| {
-            assert_eq!(packet.sender, None, "the backend's packets have no sender");
-            assert!(packet.reliable);
-            packet.payload
-        })
+    let deadline = std::time::Instant::now() + crate::helpers::SETTLE;
+    loop {
+        let packets = listener.data_on("chat");
+        let events: usize = packets.iter().map(|p| events_in(&p.payload)).sum();
+        if events >= count {
+            return packets
+                .into_iter()
+                .map(|packet| {
+                    assert_eq!(packet.sender, None, "the backend's packets have no sender");
+                    assert!(packet.reliable);
+                    packet.payload
+                })
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{events} of {count} chat events arrived: {packets:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn events_in(payload: &Value) -> usize {
+    payload["messages"].as_array().map_or(1, Vec::len)
+}
+
+/// The messages of every `chat_messages` batch, in the order received.
+fn batched_messages(payloads: &[Value]) -> Vec<Value> {
+    payloads
+        .iter()
+        .filter(|p| p["event"] == "chat_messages")
+        .flat_map(|p| p["messages"].as_array().cloned().unwrap_or_default())
         .collect()
 }
 
@@ -70,8 +94,8 @@ async fn a_message_is_stored_and_broadcast_to_the_room() {
     let sent = broadcasts(&listener, 1).await;
     assert_eq!(
         sent,
-        vec![json!({"event": "chat_message", "message": message})],
-        "the same message JSON as the response"
+        vec![json!({"event": "chat_messages", "messages": [message]})],
+        "the same message JSON as the response, in a batch of one"
     );
 }
 
@@ -366,4 +390,75 @@ async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() 
         (host, author, "delete_message".to_owned())
     );
     assert_eq!(actions[0].get::<_, String>(3), second);
+}
+
+/// Busy chat: many users at once. Every message is stored and reaches the
+/// room once, in order, in far fewer LiveKit calls than messages (one batch
+/// per room per 100 ms interval).
+#[tokio::test]
+async fn busy_chat_is_sent_in_order_in_batches() {
+    let (app, _, listener) = chat_room_with_listener().await;
+    let started = std::time::Instant::now();
+    let posts = (0..40).map(|i| {
+        let (app, user) = (&app, Uuid::new_v4());
+        async move { say(app, user, &format!("message {i}")).await }
+    });
+    let responses = futures::future::join_all(posts).await;
+    let elapsed = started.elapsed();
+    assert!(
+        responses
+            .iter()
+            .all(|r| r.status == 201 && r.body["broadcast"] == true),
+        "{:?}",
+        responses.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    let payloads = broadcasts(&listener, 40).await;
+    let received: Vec<String> = batched_messages(&payloads)
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    // In the room's order, which is the order they were stored in.
+    let stored: Vec<String> = app
+        .db()
+        .await
+        .query(
+            "SELECT id::text FROM live_messages WHERE room_name = $1 ORDER BY seq",
+            &[&ROOM],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(stored.len(), 40, "every message stored");
+    assert_eq!(received, stored, "each message once, in order");
+    let batches = payloads.len();
+    let intervals = (elapsed.as_millis() / 100) as usize + 2;
+    assert!(
+        batches < 40 && batches <= intervals,
+        "{batches} packets for 40 messages in {elapsed:?}"
+    );
+    eprintln!("40 messages in {elapsed:?}: {batches} packets");
+}
+
+/// A batch that cannot reach LiveKit leaves its messages stored and unsent;
+/// the flusher sends them once LiveKit is back.
+#[tokio::test]
+async fn a_batch_livekit_refused_is_sent_later_by_the_flusher() {
+    let (app, _, listener) = chat_room_with_listener().await;
+    app.set_livekit_mode(LiveKitMode::Failing);
+    let response = say(&app, Uuid::new_v4(), "into the void").await;
+    assert_eq!(
+        (response.status, &response.body["broadcast"]),
+        (201, &json!(false))
+    );
+    app.set_livekit_mode(LiveKitMode::Up);
+    let deadline = std::time::Instant::now() + crate::helpers::SETTLE;
+    while listener.data_on("chat").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the flusher never sent it");
+        shared::flush::flush_once(&app.state).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let sent = batched_messages(&broadcasts(&listener, 1).await);
+    assert_eq!(sent, vec![response.body["message"].clone()]);
 }

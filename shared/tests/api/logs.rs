@@ -444,7 +444,7 @@ async fn a_full_run_logs_no_token_or_secret_and_5xx_bodies_no_internals() {
         "webhook handled",
         "webhook signature rejected",
         "moderation applied",
-        "chat event stored but not broadcast",
+        "chat stored but its batch not sent",
         "stream ended but its LiveKit room is not closed yet",
         "request failed",
         "cannot build the function's state",

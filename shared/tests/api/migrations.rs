@@ -71,7 +71,10 @@ async fn the_schema_keeps_stream_state_consistent() {
         )
         .await
         .unwrap();
-    client.batch_execute("SET enable_seqscan = off").await.unwrap();
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .await
+        .unwrap();
     let plan: Vec<String> = client
         .query(
             "EXPLAIN SELECT * FROM live_messages WHERE room_name = 'r1' ORDER BY created_at DESC, id DESC LIMIT 50",

@@ -334,7 +334,7 @@ async fn chat_and_its_rate_limit_answer_as_directly() {
     let sent = listener.wait_for_data("chat", 1).await;
     assert_eq!(
         sent[0].payload,
-        json!({"event": "chat_message", "message": first.body["message"]})
+        json!({"event": "chat_messages", "messages": [first.body["message"]]})
     );
 
     // The limit (5 in 10 s per user and room) is shared by both containers.

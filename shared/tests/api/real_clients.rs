@@ -101,7 +101,7 @@ async fn chat_reaches_every_viewer_from_the_server_and_a_viewers_own_packet_show
         )
         .await;
     assert_eq!((posted.status, &posted.body["broadcast"]), (201, &json!(true)));
-    let expected = json!({"event": "chat_message", "message": posted.body["message"]});
+    let expected = json!({"event": "chat_messages", "messages": [posted.body["message"]]});
     for client in [&host, &ada_client, &bob_client] {
         let packets = client.wait_for_data("chat", 1).await;
         assert_eq!(packets[0].payload, expected);
@@ -117,7 +117,7 @@ async fn chat_reaches_every_viewer_from_the_server_and_a_viewers_own_packet_show
     })
     .await;
     let forged =
-        json!({"event": "chat_message", "message": {"text": "free coins", "userId": Uuid::new_v4()}});
+        json!({"event": "chat_messages", "messages": [{"text": "free coins", "userId": Uuid::new_v4()}]});
     ada_client
         .publish_data("chat", &forged.to_string())
         .await
@@ -270,4 +270,36 @@ async fn the_host_may_reconnect_within_the_departure_timeout_and_after_it_the_st
             .any(|(e, o)| e == "room_finished" && o == "applied")
     );
     assert_eq!(app.viewer_count(ROOM).await, 0);
+}
+
+/// Every viewer receives the room's count from the server, at most once a
+/// second, on topic `viewers`: no Realtime subscription needed for it.
+#[tokio::test]
+async fn the_room_is_told_its_viewer_count() {
+    let app = TestApp::spawn().await;
+    let (_, host) = live_host(&app).await;
+    let (_, _ada) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    let (_, _bob) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 2).await;
+    // Bob's join came within a second of Ada's: its count is the flusher's to push.
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let counts: Vec<i64> = host
+            .data_on("viewers")
+            .iter()
+            .map(|p| {
+                assert_eq!(p.sender, None);
+                assert_eq!(p.payload["event"], "viewer_count");
+                p.payload["viewerCount"].as_i64().unwrap()
+            })
+            .collect();
+        if counts.last() == Some(&2) {
+            assert_eq!(counts.first(), Some(&1), "{counts:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "counts pushed: {counts:?}");
+        shared::flush::flush_once(&app.state).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -1,0 +1,160 @@
+//! Chat to the room in batches. In a busy room, one `SendData` per message
+//! would be hundreds of LiveKit calls a second; instead one poster at a time
+//! per room holds a short lease, waits out [`BATCH_INTERVAL`], and sends every
+//! message since the room's last batch in order, in as few packets as fit.
+//! Everyone else stores their message and returns. The holder starts the next
+//! batch itself when messages arrived while it was sending; the scheduled
+//! flusher sends whatever a holder left (see [`crate::flush`]).
+//!
+//! The packet, reliable on topic `chat`, carries no sender (it comes from the
+//! server) and is `{"event":"chat_messages","messages":[…in order…]}`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::chat::{self, ChatMessage};
+use crate::domain::RoomName;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Data packets for chat use this topic, so clients can tell them apart.
+pub const CHAT_TOPIC: &str = "chat";
+/// How long a batch collects messages before it is sent.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a lease lasts: the interval, a bounded RoomService call (6 s) and
+/// a margin. A holder that vanished (its Lambda timed out) is replaced then.
+const LEASE: Duration = Duration::from_secs(8);
+/// Most messages one batch reads; more wait for the next.
+const BATCH_MESSAGES: i64 = 500;
+/// Packets stay under LiveKit's recommended 15 KiB for reliable data.
+const PACKET_BYTES: usize = 14 * 1024;
+/// A holder stops starting new batches after this, so its own request
+/// returns; others (or the flusher) carry on.
+const HOLDER_BUDGET: Duration = Duration::from_secs(1);
+
+#[derive(Serialize)]
+#[serde(tag = "event", rename = "chat_messages")]
+struct Batch<'a> {
+    messages: &'a [&'a ChatMessage],
+}
+
+/// What became of a message handed to the room's batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// This request sent it, in a batch.
+    Sent,
+    /// Another poster's batch in progress will send it.
+    Queued,
+    /// This request's batch failed (LiveKit unreachable); the message is
+    /// stored and a later batch retries it.
+    Failed,
+}
+
+/// Sends the room's unsent messages in batches if nobody else is; `mine` is
+/// the caller's message (its seq), to say what became of it.
+pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) -> Delivery {
+    let started = Instant::now();
+    let mut mine_delivery = Delivery::Queued;
+    loop {
+        let leased_at = Instant::now();
+        let lease = match state.db.get().await {
+            Ok(client) => chat::take_batch_lease(&client, room, LEASE).await,
+            Err(error) => Err(error.into()),
+        };
+        let sent_up_to = match lease {
+            Ok(Some(sent_up_to)) => sent_up_to,
+            Ok(None) => return mine_delivery, // another poster is sending
+            Err(error) => {
+                tracing::warn!(%room, %error, "chat stored; its batch lease could not be taken");
+                return Delivery::Failed;
+            }
+        };
+        tokio::time::sleep_until((leased_at + BATCH_INTERVAL).into()).await;
+        match send_one_batch(state, room, sent_up_to).await {
+            Ok((last, more)) => {
+                if mine.is_some_and(|seq| seq <= last) {
+                    mine_delivery = Delivery::Sent;
+                }
+                if !more || started.elapsed() > HOLDER_BUDGET {
+                    return mine_delivery;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%room, %error, "chat stored but its batch not sent; a later batch retries");
+                release(state, room, sent_up_to).await;
+                return if mine_delivery == Delivery::Sent {
+                    Delivery::Sent
+                } else {
+                    Delivery::Failed
+                };
+            }
+        }
+    }
+}
+
+/// Reads and sends one batch, then records it. Returns the last seq sent and
+/// whether more messages are waiting.
+async fn send_one_batch(state: &AppState, room: &RoomName, sent_up_to: i64) -> Result<(i64, bool), ApiError> {
+    let messages = {
+        let client = state.db.get().await?;
+        chat::unsent(&client, room, sent_up_to, BATCH_MESSAGES).await?
+    };
+    let Some(last) = messages.last().map(|(_, seq)| *seq) else {
+        let client = state.db.get().await?;
+        let more = chat::batch_sent(&client, room, sent_up_to).await?;
+        return Ok((sent_up_to, more));
+    };
+    for packet in packets(&messages)? {
+        state
+            .livekit
+            .broadcast(room, CHAT_TOPIC, packet)
+            .await
+            .map_err(|e| ApiError::unavailable(crate::error::Dependency::LiveKit, e))?;
+    }
+    let client = state.db.get().await?;
+    let more = chat::batch_sent(&client, room, last).await?;
+    Ok((last, more))
+}
+
+/// The messages as packets of at most [`PACKET_BYTES`] each, in order.
+fn packets(messages: &[(Option<ChatMessage>, i64)]) -> Result<Vec<Vec<u8>>, ApiError> {
+    let mut packets = Vec::new();
+    let mut current: Vec<&ChatMessage> = Vec::new();
+    for message in messages.iter().filter_map(|(message, _)| message.as_ref()) {
+        current.push(message);
+        let encoded = serde_json::to_vec(&Batch { messages: &current }).map_err(ApiError::internal)?;
+        if encoded.len() > PACKET_BYTES && current.len() > 1 {
+            current.pop();
+            packets.push(serde_json::to_vec(&Batch { messages: &current }).map_err(ApiError::internal)?);
+            current = vec![message];
+        }
+    }
+    if !current.is_empty() {
+        packets.push(serde_json::to_vec(&Batch { messages: &current }).map_err(ApiError::internal)?);
+    }
+    Ok(packets)
+}
+
+/// Lets the lease go without recording anything sent.
+async fn release(state: &AppState, room: &RoomName, sent_up_to: i64) {
+    let released = match state.db.get().await {
+        Ok(client) => chat::batch_sent(&client, room, sent_up_to).await.map(drop),
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = released {
+        tracing::warn!(%room, %error, "could not let the chat lease go; it expires by itself");
+    }
+}
+
+/// Sends what holders left behind in every live room (for the flusher).
+pub async fn send_stale(state: &AppState) -> Result<usize, ApiError> {
+    let rooms = {
+        let client = state.db.get().await?;
+        chat::rooms_with_stale_messages(&client).await?
+    };
+    for room in &rooms {
+        send_batches(state, room, None).await;
+    }
+    Ok(rooms.len())
+}
