@@ -225,18 +225,20 @@ start_postgres() {
     export PG_CA_CERT="$dir/ca.crt"
 
     # Settings go into postgresql.conf rather than `pg_ctl -o` so paths with
-    # spaces need no shell-in-shell quoting. Durability is off on purpose:
-    # the cluster is thrown away at exit.
-    local esc_sockdir=${sockdir//\'/\'\'}
+    # spaces need no shell-in-shell quoting. Durability is off for the tests
+    # (the cluster is thrown away at exit); PG_DURABLE=1 keeps production's
+    # (fsync, synchronous_commit, full_page_writes on), for benchmarks.
+    local esc_sockdir=${sockdir//\'/\'\'} durability=off
+    if [ "${PG_DURABLE:-0}" = 1 ]; then durability=on; fi
     cat >>"$dir/data/postgresql.conf" <<EOF
 
 # --- added by scripts/lib.sh start_postgres (throwaway cluster) ---
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$esc_sockdir'
-max_connections = 200
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+max_connections = 300
+fsync = $durability
+synchronous_commit = $durability
+full_page_writes = $durability
 ssl = on
 EOF
 

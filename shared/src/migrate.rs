@@ -34,6 +34,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008_rate_limits_gcra_unlogged"),
     migration!(9, "0009_presence_counts_without_a_hot_row"),
     migration!(10, "0010_chat_batches_and_count_push"),
+    migration!(11, "0011_concurrent_events_of_one_session"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

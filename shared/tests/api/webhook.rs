@@ -482,3 +482,34 @@ async fn a_burst_writes_the_realtime_copy_at_most_once_a_second_and_the_flusher_
         writes.len()
     );
 }
+
+/// LiveKit's leave overtaking its join, both at once for a session never
+/// seen: both answer 200 (neither fails on the other's insert), and the
+/// session never counts.
+#[tokio::test]
+async fn a_join_and_its_leave_at_the_same_moment_both_apply() {
+    let room = live_room().await;
+    for i in 0..20 {
+        let identity = Uuid::new_v4().to_string();
+        let sid = format!("PA_race_{i}");
+        let leave = webhook_event(
+            &format!("EV_l{i}"),
+            "participant_left",
+            ROOM,
+            Some((&identity, &sid, false)),
+        );
+        let join = webhook_event(
+            &format!("EV_j{i}"),
+            "participant_joined",
+            ROOM,
+            Some((&identity, &sid, false)),
+        );
+        let (a, b) = tokio::join!(
+            room.app.deliver(signed_webhook(&leave, LIVEKIT_API_SECRET)),
+            room.app.deliver(signed_webhook(&join, LIVEKIT_API_SECRET))
+        );
+        assert_eq!((a.status, b.status), (200, 200), "{} {}", a.body, b.body);
+    }
+    // Whichever landed first, the session has left: nobody counts.
+    assert_eq!(room.count().await, 0);
+}

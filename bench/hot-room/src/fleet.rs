@@ -1,0 +1,107 @@
+//! Lambda containers of one function, as the template deploys them: each its
+//! own `AppState` with the template's pool size, one request at a time, as
+//! many as the function's reserved concurrency; requests wait in one queue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shared::AppState;
+use shared::config::Config;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::Setup;
+
+/// One container's state, built as a cold start builds it.
+pub fn container(setup: &Setup, extra: &[(&str, String)]) -> AppState {
+    let mut settings: HashMap<&str, String> = HashMap::from([
+        ("DATABASE_URL", setup.api_url.clone()),
+        // The template's DatabasePoolSize.
+        ("DATABASE_POOL_SIZE", "1".to_owned()),
+        ("LIVEKIT_URL", setup.livekit_url.clone()),
+        ("LIVEKIT_API_KEY", setup.livekit_key.clone()),
+        ("LIVEKIT_API_SECRET", setup.livekit_secret.clone()),
+        ("SUPABASE_JWT_SECRET", setup.supabase_secret.clone()),
+    ]);
+    for (name, value) in extra {
+        settings.insert(name, value.clone());
+    }
+    let config = Config::from_lookup(|name| settings.get(name).cloned()).expect("bench config");
+    AppState::new(&config).expect("bench state")
+}
+
+/// A request due at `due`, and how it went.
+pub struct Outcome {
+    pub latency: Duration,
+    pub status: u16,
+}
+
+/// Runs every job at its time on `containers` containers: each job is
+/// `(due offset, work)`; latency counts from its due time, queueing included.
+pub async fn run<J, F, Fut>(containers: Vec<Arc<AppState>>, jobs: Vec<(Duration, J)>, work: F) -> Vec<Outcome>
+where
+    J: Send + 'static,
+    F: Fn(Arc<AppState>, J) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = u16> + Send,
+{
+    let (sender, receiver) = mpsc::unbounded_channel::<(Instant, J)>();
+    let receiver = Arc::new(Mutex::new(receiver));
+    let results = Arc::new(Mutex::new(Vec::with_capacity(jobs.len())));
+    let workers: Vec<_> = containers
+        .into_iter()
+        .map(|state| {
+            let (receiver, results, work) = (receiver.clone(), results.clone(), work.clone());
+            tokio::spawn(async move {
+                loop {
+                    let next = receiver.lock().await.recv().await;
+                    let Some((due, job)) = next else { break };
+                    let status = work(state.clone(), job).await;
+                    results.lock().await.push(Outcome {
+                        latency: due.elapsed(),
+                        status,
+                    });
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for (offset, job) in jobs {
+        let due = start + offset;
+        tokio::time::sleep_until(due.into()).await;
+        if sender.send((due, job)).is_err() {
+            break;
+        }
+    }
+    drop(sender);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    Arc::try_unwrap(results)
+        .map(Mutex::into_inner)
+        .unwrap_or_else(|_| unreachable!("every worker is done"))
+}
+
+/// Microseconds at percentile `p` of `latencies`.
+pub fn percentile_us(latencies: &mut [Duration], p: f64) -> f64 {
+    if latencies.is_empty() {
+        return 0.0;
+    }
+    latencies.sort_unstable();
+    let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+    latencies[index].as_secs_f64() * 1e6
+}
+
+pub fn summary(outcomes: &[Outcome]) -> serde_json::Value {
+    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
+    let mut by_status: std::collections::BTreeMap<u16, usize> = Default::default();
+    for outcome in outcomes {
+        *by_status.entry(outcome.status).or_default() += 1;
+    }
+    serde_json::json!({
+        "requests": outcomes.len(),
+        "p50_us": percentile_us(&mut latencies, 0.50),
+        "p99_us": percentile_us(&mut latencies, 0.99),
+        "max_us": percentile_us(&mut latencies, 1.0),
+        "by_status": by_status,
+    })
+}

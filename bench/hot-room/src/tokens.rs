@@ -1,0 +1,67 @@
+//! The join rush: a `/live/token` for each viewer of the viral room within a
+//! minute, through the adapter (JWT check, one round trip, token minting), on
+//! the template's token containers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use lambda_http::{Body, Request};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::Setup;
+use crate::fleet;
+
+/// The template's TokenConcurrency.
+const TOKEN_CONTAINERS: usize = 40;
+const ROOM: &str = "hot-room-tokens";
+
+pub async fn run(setup: &Setup) -> Value {
+    let db = crate::admin(setup).await;
+    db.execute(
+        "INSERT INTO live_streams (id, streamer_id, title) VALUES ($1, $2, 'Join rush')",
+        &[&ROOM, &Uuid::new_v4()],
+    )
+    .await
+    .expect("the stream everybody joins");
+    let n = setup.viewers;
+    let body = json!({"roomName": ROOM, "participantName": "Viewer"}).to_string();
+    let jobs: Vec<(std::time::Duration, String)> = (0..n)
+        .map(|i| {
+            let bearer = format!(
+                "Bearer {}",
+                crate::supabase_token(&setup.supabase_secret, Uuid::new_v4())
+            );
+            (setup.window.mul_f64(i as f64 / n as f64), bearer)
+        })
+        .collect();
+    let containers: Vec<Arc<shared::AppState>> = (0..TOKEN_CONTAINERS)
+        .map(|_| Arc::new(fleet::container(setup, &[])))
+        .collect();
+    // Each container's connection is opened before the rush, as a warm one is.
+    for state in &containers {
+        let _ = state.db.get().await;
+    }
+    let before = setup.proxy.requests.load(Ordering::Relaxed);
+    let outcomes = fleet::run(containers, jobs, move |state, bearer: String| {
+        let body = body.clone();
+        async move {
+            let mut request = Request::new(Body::Text(body));
+            *request.method_mut() = lambda_http::http::Method::POST;
+            request
+                .headers_mut()
+                .insert("authorization", bearer.parse().expect("a header value"));
+            shared::http::handle(&state, request, &shared::handlers::issue_token)
+                .await
+                .status()
+                .as_u16()
+        }
+    })
+    .await;
+    let round_trips = setup.proxy.requests.load(Ordering::Relaxed) - before;
+    json!({
+        "containers": TOKEN_CONTAINERS,
+        "tokens": fleet::summary(&outcomes),
+        "round_trips_per_token": round_trips as f64 / outcomes.len().max(1) as f64,
+    })
+}
