@@ -531,6 +531,94 @@ NOTES = """\
 """
 
 
+# --- the viral room (issue 13) -------------------------------------------------------
+
+
+def ms(us):
+    return "n/a" if us is None else f"{us / 1000:,.1f} ms"
+
+
+def verdict(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def node_token_section(results):
+    """Our /live/token and the seed-style Node function under one harness."""
+    ours = next((f for f in results.jsonl("functions.jsonl") if f.get("function") == "token"), None)
+    node = results.json("node_token.json")
+    if not ours or not node or ours.get("failed") or node.get("failed"):
+        return f"{NOT_MEASURED} (the token function or its Node peer did not run)"
+    p50, p99 = ours["p50_us"] / node["p50_us"], ours["p99_us"] / node["p99_us"]
+    rows = [
+        ["ours (`functions/token`)", fmt_num(ours["p50_us"]), fmt_num(ours["p99_us"]), ours.get("errors", 0)],
+        ["Node (`bench/node/token-function.mjs`)", fmt_num(node["p50_us"]), fmt_num(node["p99_us"]), node.get("errors", 0)],
+        ["ours ÷ Node", f"{p50:.2f}×", f"{p99:.2f}×", ""],
+    ]
+    return table(["/live/token under the harness", "p50 µs", "p99 µs", "errors"], rows) + f"""
+
+Budget: p50 ≤ 1/3 of Node's ({verdict(p50 <= 1 / 3)}), p99 ≤ 1/10 ({verdict(p99 <= 0.1)}). Both run the same events
+(many users, production rate limits) on the same Postgres, with production durability, one container each."""
+
+
+def hot_room_section(results):
+    hot = results.json("hot_room.json")
+    if not hot:
+        return f"{NOT_MEASURED} (target/bench/hot_room.json is missing; see the hot-room step's log)"
+    crowd, rush, chat, limiter = hot["flash_crowd"], hot["join_rush"], hot["busy_chat"], hot["rate_limiter"]
+    designs = crowd["designs"]
+    allw = crowd["all"]
+    lines = [f"One room, {hot['viewers']:,} viewers, a {hot['window_s']} s window for each phase, Postgres with production durability behind a proxy adding {hot['proxy_delay_ms']} ms to every round trip, every function in as many containers as the template reserves (pool size 1 each).", ""]
+    lines.append("**1. Flash crowd** (signed webhooks; LiveKit's habits: "
+                 f"{crowd['duplicates']} duplicates, {crowd['reordered']} leaves before their joins, {crowd['aborted']} aborted connections)")
+    lines.append("")
+    ok_p99 = allw["p99_us"] < 250_000
+    ok_2xx = crowd["non_2xx"] == 0
+    peak_ok = crowd["peak_exact_after_s"] is not None and crowd["peak_copy_after_s"] is not None and crowd["peak_copy_after_s"] <= 2.0
+    end_ok = crowd["end_exact_after_s"] is not None and crowd["end_copy_after_s"] is not None and crowd["end_copy_after_s"] <= 2.0
+    writes_ok = crowd["copy_min_gap_ms"] >= 990 or crowd["copy_writes"] <= 1
+    sessions_ok = crowd["peak_postgres_sessions"] <= crowd["session_budget"]
+    rows = [
+        ["webhooks answered 2xx", f"{allw['requests'] - crowd['non_2xx']:,} of {allw['requests']:,}", verdict(ok_2xx)],
+        ["webhook p50 / p99", f"{ms(allw['p50_us'])} / {ms(allw['p99_us'])}", verdict(ok_p99) + " (p99 < 250 ms)"],
+        ["exact count at the peak after the last join", f"{crowd['peak_expected']:,} after {crowd['peak_exact_after_s']} s; Realtime copy after {crowd['peak_copy_after_s']} s", verdict(peak_ok) + " (≤ 2 s)"],
+        ["count 0 after the last leave", f"exact after {crowd['end_exact_after_s']} s; copy after {crowd['end_copy_after_s']} s (last copy {crowd['copy_last']})", verdict(end_ok and crowd['copy_last'] == 0)],
+        ["`live_streams` writes during the run", f"{crowd['copy_writes']}, at least {crowd['copy_min_gap_ms']} ms apart", verdict(writes_ok) + " (≤ 1/s)"],
+        ["peak Postgres sessions", f"{crowd['peak_postgres_sessions']} (budget {crowd['session_budget']})", verdict(sessions_ok)],
+    ]
+    lines.append(table(["", "measured", "verdict"], rows))
+    lines.append("")
+    prev, today = designs["previous"], designs["today"]
+    lines.append(f"Previous design vs today's, {designs['present']:,} viewers already in the room, {designs['seconds']} s closed loop from the same containers:")
+    lines.append("")
+    lines.append(table(["design", "joins/s", "p50", "p99", "errors"], [
+        ["previous (row lock, recount, rewrite)", fmt_num(prev["joins_per_s"]), ms(prev["p50_us"]), ms(prev["p99_us"]), prev["errors"]],
+        ["today (one statement, shards)", fmt_num(today["joins_per_s"]), ms(today["p50_us"]), ms(today["p99_us"]), today["errors"]],
+        ["today ÷ previous", f"{designs['throughput_ratio']:.1f}×", "", "", ""],
+    ]))
+    lines.append("")
+    tokens = rush["tokens"]
+    lines.append(f"**2. Join rush:** {tokens['requests']:,} `/live/token` from as many users in {hot['window_s']} s on {rush['containers']} containers: "
+                 f"p50 {ms(tokens['p50_us'])}, p99 {ms(tokens['p99_us'])}, answers {tokens['by_status']}, "
+                 f"{rush['round_trips_per_token']:.2f} database round trips per token.")
+    lines.append("")
+    posts = chat["posts"]
+    chat_ok = chat["stored"] == chat["expected_stored"] and chat["rate_limited"] == chat["expected_rate_limited"] and chat["received_in_order"]
+    lines.append(f"**3. Busy chat:** {posts['requests']:,} posts in {chat['seconds']} s from {chat['users']:,} users and a few spammers on {chat['containers']} containers: "
+                 f"{chat['stored']:,} stored (expected {chat['expected_stored']:,}), {chat['rate_limited']} refused by the rate limit (expected {chat['expected_rate_limited']}), "
+                 f"{chat['received']:,} received by a real participant, in order: {chat['received_in_order']} ({verdict(chat_ok)}); "
+                 f"LiveKit `SendData` calls: {chat['send_data_calls']} ({chat['send_data_calls_per_s']:.1f}/s) in {chat['chat_packets']} packets; "
+                 f"post p50 {ms(posts['p50_us'])}, p99 {ms(posts['p99_us'])}.")
+    lines.append("")
+    per = limiter["per_hit"]
+    lines.append(f"**4. Rate limiter**, µs per hit, {limiter['hits_per_key']:,} hits on one key, each its own transaction:")
+    lines.append("")
+    lines.append(table(["limit", "today (GCRA, UNLOGGED)", "today's function on a logged table", "previous (array of hits)"], [
+        [name.split("_")[1], fmt_num(v["today_us"]), fmt_num(v["today_logged_us"]), fmt_num(v["previous_us"])]
+        for name, v in sorted(per.items(), key=lambda kv: int(kv[0].split("_")[1]))
+    ]))
+    return "\n".join(lines)
+
+
 def main():
     args = parse_args()
     results = Results(args.results, args.criterion)
@@ -568,6 +656,14 @@ Written by `{args.command}`; do not edit by hand. Every figure comes from the sa
 ## Init vs Node's `require('livekit-server-sdk')`
 
 {init_text}
+
+## The viral room (`hot-room`)
+
+{hot_room_section(results)}
+
+## `/live/token` end to end: ours vs the seed's Node function
+
+{node_token_section(results)}
 
 ## Warm `/live/token` in process vs a bare `SELECT 1`
 
