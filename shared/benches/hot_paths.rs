@@ -123,7 +123,15 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             state
                 .livekit
-                .mint_token(black_box(user), Some(&name), &room, Role::Viewer { muted: false })
+                .mint_token(
+                    black_box(user),
+                    Some(&name),
+                    &room,
+                    Role::Viewer {
+                        muted: false,
+                        stage: Default::default(),
+                    },
+                )
                 .unwrap()
         })
     });

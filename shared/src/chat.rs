@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::RoomName;
 use crate::error::ApiError;
+use crate::stage::StageStanding;
 
 /// A chat message as clients see it, in responses and in the broadcast.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -275,17 +276,19 @@ pub async fn record_action(
     Ok(())
 }
 
-/// The restrictions on a user in a room after a moderation action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Restrictions {
+/// A user's standing in a room, as Postgres has it: what the streamer
+/// restricted, and where they are on the stage. LiveKit must enforce it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Standing {
     pub banned: bool,
     pub muted: bool,
+    pub stage: StageStanding,
 }
 
 /// A moderation action as committed: the user's standing after it, and when
 /// (Unix seconds, the database's clock).
 pub struct Moderated {
-    pub restrictions: Restrictions,
+    pub standing: Standing,
     pub at_unix_seconds: i64,
 }
 
@@ -318,7 +321,12 @@ pub async fn moderate(
                  INSERT INTO live_moderation_actions (room_name, moderator_id, target_id, action)
                  VALUES ($1, $5, $2, $6)
              )
-             SELECT banned, muted, extract(epoch FROM now())::int8 FROM changed",
+             SELECT c.banned, c.muted, extract(epoch FROM now())::int8,
+                    -- A ban empties the user's stage (a trigger this snapshot cannot see).
+                    NOT c.banned AND g.hand_raised_at IS NOT NULL,
+                    NOT c.banned AND g.invited_at IS NOT NULL,
+                    NOT c.banned AND g.on_stage_since IS NOT NULL
+             FROM changed c LEFT JOIN live_stage g ON g.room_name = $1 AND g.user_id = $2",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
@@ -329,28 +337,45 @@ pub async fn moderate(
             ],
         )
         .await?;
+    let flag = |i: usize| -> Result<bool, ApiError> {
+        Ok(row
+            .try_get::<_, Option<bool>>(i)
+            .map_err(ApiError::internal)?
+            .unwrap_or(false))
+    };
     Ok(Moderated {
-        restrictions: Restrictions {
-            banned: row.try_get(0).map_err(ApiError::internal)?,
-            muted: row.try_get(1).map_err(ApiError::internal)?,
+        standing: Standing {
+            banned: flag(0)?,
+            muted: flag(1)?,
+            stage: StageStanding {
+                hand_raised: flag(3)?,
+                invited: flag(4)?,
+                on_stage: flag(5)?,
+            },
         },
         at_unix_seconds: row.try_get(2).map_err(ApiError::internal)?,
     })
 }
 
-/// The banned or muted among `users` in `room` (everyone else has no restriction).
-pub async fn restricted_among(
+/// The standing of those of `users` in `room` who are restricted or on the
+/// stage in any way (everyone else has the default standing).
+pub async fn standings_among(
     client: &impl GenericClient,
     room: &RoomName,
     users: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, Restrictions>, ApiError> {
+) -> Result<std::collections::HashMap<Uuid, Standing>, ApiError> {
     if users.is_empty() {
         return Ok(Default::default());
     }
     let rows = client
         .query_typed(
-            "SELECT user_id, banned, muted FROM live_room_restrictions
-             WHERE room_name = $1 AND user_id = ANY($2) AND (banned OR muted)",
+            "SELECT u.user_id, coalesce(r.banned, false), coalesce(r.muted, false),
+                    g.hand_raised_at IS NOT NULL, g.invited_at IS NOT NULL, g.on_stage_since IS NOT NULL
+             FROM unnest($2::uuid[]) AS u (user_id)
+             LEFT JOIN live_room_restrictions r ON r.room_name = $1 AND r.user_id = u.user_id
+             LEFT JOIN live_stage g ON g.room_name = $1 AND g.user_id = u.user_id
+             WHERE r.banned OR r.muted OR g.hand_raised_at IS NOT NULL OR g.invited_at IS NOT NULL
+                OR g.on_stage_since IS NOT NULL",
             &[(&room.as_str(), Type::TEXT), (&users, Type::UUID_ARRAY)],
         )
         .await?;
@@ -358,9 +383,14 @@ pub async fn restricted_among(
         .map(|row| {
             Ok((
                 row.try_get(0).map_err(ApiError::internal)?,
-                Restrictions {
+                Standing {
                     banned: row.try_get(1).map_err(ApiError::internal)?,
                     muted: row.try_get(2).map_err(ApiError::internal)?,
+                    stage: StageStanding {
+                        hand_raised: row.try_get(3).map_err(ApiError::internal)?,
+                        invited: row.try_get(4).map_err(ApiError::internal)?,
+                        on_stage: row.try_get(5).map_err(ApiError::internal)?,
+                    },
                 },
             ))
         })

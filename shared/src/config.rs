@@ -35,6 +35,12 @@ pub const ALLOW_ANONYMOUS_PARTICIPATION: &str = "ALLOW_ANONYMOUS_PARTICIPATION";
 pub const LIVEKIT_VIEWER_CAN_PUBLISH_DATA: &str = "LIVEKIT_VIEWER_CAN_PUBLISH_DATA";
 pub const REQUEST_DEADLINE_SECONDS: &str = "REQUEST_DEADLINE_SECONDS";
 pub const SESSION_RETENTION_DAYS: &str = "SESSION_RETENTION_DAYS";
+pub const MAX_STAGE_GUESTS: &str = "MAX_STAGE_GUESTS";
+pub const VIEWER_LIST_VISIBLE_TO: &str = "VIEWER_LIST_VISIBLE_TO";
+pub const REACTION_RATE_LIMIT_TAPS: &str = "REACTION_RATE_LIMIT_TAPS";
+pub const REACTION_RATE_LIMIT_WINDOW_SECONDS: &str = "REACTION_RATE_LIMIT_WINDOW_SECONDS";
+pub const STAGE_RATE_LIMIT_REQUESTS: &str = "STAGE_RATE_LIMIT_REQUESTS";
+pub const STAGE_RATE_LIMIT_WINDOW_SECONDS: &str = "STAGE_RATE_LIMIT_WINDOW_SECONDS";
 
 const DEFAULT_TOKEN_TTL_SECONDS: u64 = 600;
 const DEFAULT_POOL_SIZE: usize = 2;
@@ -97,6 +103,19 @@ pub struct Rules {
     /// Closed participant sessions, and the sessions of ended streams, are
     /// pruned after this.
     pub session_retention: Duration,
+    /// Viewers on stage (publishing beside the streamer) at once.
+    pub max_stage_guests: u32,
+    /// Who may list a stream's viewers; everyone else sees only the count.
+    pub viewer_list: ViewerListVisibility,
+}
+
+/// Who may see the list of a stream's viewers (`VIEWER_LIST_VISIBLE_TO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewerListVisibility {
+    /// `host`: only the streamer (the default); others get the count alone.
+    Host,
+    /// `viewers`: anyone signed in who is not banned from the stream.
+    Viewers,
 }
 
 /// Per-user abuse limits, kept in Postgres so they hold across containers.
@@ -108,6 +127,11 @@ pub struct Limits {
     pub start: Limit,
     /// LiveKit tokens one user may ask for.
     pub token: Limit,
+    /// Reactions one user may send (each room learns of them in aggregate).
+    pub reaction: Limit,
+    /// Stage requests (hands, invitations, answers) one user may make: each
+    /// changes what every client in the room draws.
+    pub stage: Limit,
 }
 
 #[derive(Clone)]
@@ -258,11 +282,24 @@ impl Config {
                     1..=3650,
                 )? * 86_400,
             ),
+            max_stage_guests: number(&get, MAX_STAGE_GUESTS, 3, 1..=16)?,
+            viewer_list: match get(VIEWER_LIST_VISIBLE_TO).as_deref() {
+                None | Some("host") => ViewerListVisibility::Host,
+                Some("viewers") => ViewerListVisibility::Viewers,
+                Some(_) => return Err(invalid(VIEWER_LIST_VISIBLE_TO, "expected host or viewers")),
+            },
         };
         let limits = Limits {
             chat: limit(CHAT_RATE_LIMIT_MESSAGES, 5, CHAT_RATE_LIMIT_WINDOW_SECONDS, 10)?,
             start: limit(START_RATE_LIMIT_REQUESTS, 10, START_RATE_LIMIT_WINDOW_SECONDS, 60)?,
             token: limit(TOKEN_RATE_LIMIT_REQUESTS, 60, TOKEN_RATE_LIMIT_WINDOW_SECONDS, 60)?,
+            reaction: limit(
+                REACTION_RATE_LIMIT_TAPS,
+                10,
+                REACTION_RATE_LIMIT_WINDOW_SECONDS,
+                10,
+            )?,
+            stage: limit(STAGE_RATE_LIMIT_REQUESTS, 30, STAGE_RATE_LIMIT_WINDOW_SECONDS, 60)?,
         };
 
         Ok(Config {
@@ -640,6 +677,8 @@ mod tests {
                 max_live_streams_per_streamer: 1,
                 request_deadline: Duration::from_secs(8),
                 session_retention: Duration::from_secs(7 * 86_400),
+                max_stage_guests: 3,
+                viewer_list: ViewerListVisibility::Host,
             }
         );
         assert!(
@@ -650,8 +689,15 @@ mod tests {
         pairs.extend([
             (ALLOW_ANONYMOUS_PARTICIPATION, "true"),
             (LIVEKIT_VIEWER_CAN_PUBLISH_DATA, "false"),
+            (MAX_STAGE_GUESTS, "5"),
+            (VIEWER_LIST_VISIBLE_TO, "viewers"),
         ]);
         let config = Config::from_lookup(lookup(&pairs)).unwrap();
+        assert_eq!(config.rules.max_stage_guests, 5);
+        assert_eq!(config.rules.viewer_list, ViewerListVisibility::Viewers);
+        let mut wrong = COMPLETE.to_vec();
+        wrong.push((VIEWER_LIST_VISIBLE_TO, "everyone"));
+        assert!(Config::from_lookup(lookup(&wrong)).is_err());
         assert!(config.rules.allow_anonymous_participation);
         assert!(!config.livekit.viewer_can_publish_data);
     }

@@ -265,12 +265,58 @@ pub struct EndRequest {
     pub room_name: RoomName,
 }
 
+/// `POST /live/stage/hand`: the caller raises or lowers their hand.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HandRequest {
+    pub room_name: RoomName,
+    pub raised: bool,
+}
+
+/// `POST /live/stage/invite`: the streamer invites a viewer on stage.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InviteRequest {
+    pub room_name: RoomName,
+    pub user_id: Uuid,
+}
+
+/// `POST /live/stage/accept` and `/decline`: the invitee answers.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StageAnswerRequest {
+    pub room_name: RoomName,
+}
+
+/// `POST /live/stage/remove`: the streamer takes a guest off the stage (or
+/// withdraws an invitation); a guest leaves by naming themselves or no one.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StageRemoveRequest {
+    pub room_name: RoomName,
+    #[serde(default)]
+    pub user_id: Option<Uuid>,
+}
+
+/// `POST /live/reactions`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReactionRequest {
+    pub room_name: RoomName,
+    pub kind: crate::reactions::ReactionKind,
+}
+
 crate::json_body!(
     StartRequest,
     TokenRequest,
     EndRequest,
     ChatRequest,
-    ModerationRequest
+    ModerationRequest,
+    HandRequest,
+    InviteRequest,
+    StageAnswerRequest,
+    StageRemoveRequest,
+    ReactionRequest
 );
 
 /// A stream as clients see it.

@@ -65,6 +65,12 @@ pub enum ApiError {
     RoomTaken,
     #[error("stream has ended")]
     StreamEnded,
+    #[error("the user is not watching the stream")]
+    NotWatching,
+    #[error("no invitation to the stage")]
+    NotInvited,
+    #[error("the stage is full")]
+    StageFull { max_guests: u32 },
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{dependency:?} unavailable: {cause}")]
@@ -97,9 +103,12 @@ impl ApiError {
             ApiError::StreamNotFound | ApiError::MessageNotFound => StatusCode::NOT_FOUND,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::RoomTaken | ApiError::StreamEnded | ApiError::AlreadyLive { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::RoomTaken
+            | ApiError::StreamEnded
+            | ApiError::AlreadyLive { .. }
+            | ApiError::NotWatching
+            | ApiError::NotInvited
+            | ApiError::StageFull { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -124,6 +133,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::RoomTaken => "room_taken",
             ApiError::StreamEnded => "stream_ended",
+            ApiError::NotWatching => "not_watching",
+            ApiError::NotInvited => "not_invited",
+            ApiError::StageFull { .. } => "stage_full",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -163,6 +175,14 @@ impl ApiError {
                 "That room name is already used by another stream; choose another or omit it.".into()
             }
             ApiError::StreamEnded => "That stream has ended.".into(),
+            ApiError::NotWatching => {
+                "That user is not in the stream's room now; only viewers who are watching can be invited."
+                    .into()
+            }
+            ApiError::NotInvited => "The streamer has not invited you to the stage (or withdrew it).".into(),
+            ApiError::StageFull { max_guests } => {
+                format!("The stage already has its {max_guests} guests; someone must leave it first.")
+            }
             ApiError::PayloadTooLarge { limit } => {
                 format!("The request body is larger than {limit} bytes.")
             }

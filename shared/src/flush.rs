@@ -7,7 +7,8 @@
 //! nearly over, so a count reaches `live_streams` within about two seconds of
 //! its last change, bursts or not, and pushes each new count into its room.
 //! It also sends the chat a batch holder left behind (see
-//! [`crate::chat_broadcast`]).
+//! [`crate::chat_broadcast`]) and the reactions the last taps only counted
+//! (see [`crate::reactions`]).
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,19 @@ pub async fn flush_once(state: &AppState) -> Result<i32, ApiError> {
         }
     }
     crate::chat_broadcast::send_stale(state).await?;
+    let reactions = {
+        let client = state.db.get().await?;
+        crate::reactions::flush(&client).await?
+    };
+    for due in &reactions {
+        let sent = state
+            .livekit
+            .send_lossy(&due.room_name, crate::reactions::REACTIONS_TOPIC, due.payload()?)
+            .await;
+        if let Err(error) = sent {
+            tracing::warn!(room = %due.room_name, %error, "reactions not pushed into the room");
+        }
+    }
     Ok(written.len() as i32)
 }
 

@@ -266,16 +266,57 @@ async fn authenticate(state: &AppState, request: &Request) -> Result<AuthUser, A
     })
 }
 
-/// The `{id}` of a route like `/live/streams/{id}`: API Gateway passes it as a
-/// path parameter; the last path segment is the fallback.
+/// The `{id}` of a route like `/live/streams/{id}` or `/live/streams/{id}/stats`:
+/// API Gateway passes it as a path parameter; the segment after `streams` is
+/// the fallback (a local server without path parameters).
 pub fn path_id(request: &Request) -> String {
     use lambda_http::RequestExt;
     request
         .path_parameters()
         .first("id")
         .map(str::to_owned)
-        .or_else(|| request.raw_http_path().rsplit('/').next().map(str::to_owned))
+        .or_else(|| {
+            let path = request.raw_http_path();
+            let mut segments = path.split('/');
+            segments.find(|segment| *segment == "streams")?;
+            segments.next().map(str::to_owned)
+        })
         .unwrap_or_default()
+}
+
+/// A `limit` query parameter: a whole number from 1 to `max`.
+pub fn page_limit(value: &str, max: i64) -> Result<i64, ApiError> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {max}")))
+}
+
+/// An opaque page cursor: base64url of `<µs since the epoch>.<key>`, the
+/// keyset of an ordered listing.
+pub fn encode_cursor(at: chrono::DateTime<chrono::Utc>, key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}.{key}", at.timestamp_micros()))
+}
+
+/// The time and key of a cursor [`encode_cursor`] made; anything else is a 400.
+pub fn decode_cursor(cursor: &str) -> Result<(chrono::DateTime<chrono::Utc>, String), ApiError> {
+    use base64::Engine;
+    let invalid = || ApiError::InvalidRequest("cursor is not one this API returned".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (micros, key) = text.split_once('.').ok_or_else(invalid)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        // Only times this API can have written: Postgres refuses dates before 4713 BC.
+        .filter(|micros| (0..=253_402_300_799_999_999).contains(micros))
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .ok_or_else(invalid)?;
+    Ok((at, key.to_owned()))
 }
 
 /// Reads a JSON request body of at most [`MAX_BODY_BYTES`].

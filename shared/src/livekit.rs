@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::config::{LiveKitConfig, RoomOptions};
 use crate::domain::{ParticipantName, RoomName};
 use crate::error::ApiError;
+use crate::stage::StageStanding;
 
 /// The topic of the viewer counts pushed into rooms.
 pub const VIEWERS_TOPIC: &str = "viewers";
@@ -27,9 +28,13 @@ const ROOM_SERVICE_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Role {
     /// The streamer: publishes audio and video.
     Host,
-    /// Everyone else: watches, and chats unless the streamer muted them.
-    Viewer { muted: bool },
+    /// Everyone else: watches, chats unless the streamer muted them, and
+    /// publishes camera and microphone while on stage.
+    Viewer { muted: bool, stage: StageStanding },
 }
+
+/// The track sources a guest on stage may publish (no screen share).
+const GUEST_SOURCES: [proto::TrackSource; 2] = [proto::TrackSource::Camera, proto::TrackSource::Microphone];
 
 pub struct LiveKit {
     client_url: String,
@@ -73,13 +78,16 @@ impl LiveKit {
     ) -> Result<String, ApiError> {
         let identity = user.to_string();
         let name = display_name.map_or(identity.as_str(), ParticipantName::as_str);
-        AccessToken::with_api_key(&self.api_key, &self.api_secret)
+        let token = AccessToken::with_api_key(&self.api_key, &self.api_secret)
             .with_identity(&identity)
             .with_name(name)
             .with_ttl(self.token_ttl)
-            .with_grants(self.grants_for(room, role))
-            .to_jwt()
-            .map_err(ApiError::internal)
+            .with_grants(self.grants_for(room, role));
+        let token = match role {
+            Role::Viewer { stage, .. } => token.with_attributes(stage.attributes()),
+            Role::Host => token,
+        };
+        token.to_jwt().map_err(ApiError::internal)
     }
 
     /// Creates the stream's room, or finds it if it exists, and returns the
@@ -150,16 +158,25 @@ impl LiveKit {
     /// most once a second per room. Viewers need no Realtime subscription for it.
     pub async fn push_viewer_count(&self, room: &RoomName, count: i32) -> Result<(), RoomServiceError> {
         let payload = serde_json::json!({"event": "viewer_count", "roomName": room, "viewerCount": count});
+        self.send_lossy(room, VIEWERS_TOPIC, payload.to_string().into_bytes())
+            .await
+    }
+
+    /// Sends `payload` to everyone in the room over the lossy data channel:
+    /// for state the next packet supersedes (counts), where a late packet is
+    /// worse than a lost one.
+    pub async fn send_lossy(
+        &self,
+        room: &RoomName,
+        topic: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), RoomServiceError> {
         let options = SendDataOptions {
             kind: proto::data_packet::Kind::Lossy,
-            topic: Some(VIEWERS_TOPIC.to_owned()),
+            topic: Some(topic.to_owned()),
             ..SendDataOptions::default()
         };
-        bounded(
-            self.rooms
-                .send_data(room.as_str(), payload.to_string().into_bytes(), options),
-        )
-        .await
+        bounded(self.rooms.send_data(room.as_str(), payload, options)).await
     }
 
     /// Disconnects `identity` from the room. Someone who is not there is fine.
@@ -187,26 +204,41 @@ impl LiveKit {
         }
     }
 
-    /// Gives a viewer in the room now the data permission their tokens get:
-    /// none while muted, otherwise `LIVEKIT_VIEWER_CAN_PUBLISH_DATA`.
-    pub async fn apply_viewer_mute(
+    /// Gives a viewer in the room now what their tokens get: the data
+    /// permission of their mute (none while muted, otherwise
+    /// `LIVEKIT_VIEWER_CAN_PUBLISH_DATA`), camera and microphone while on
+    /// stage (LiveKit unpublishes their tracks when that goes), and the stage
+    /// attributes every client draws. Someone not in the room is fine.
+    pub async fn update_viewer(
         &self,
         room: &RoomName,
         identity: &str,
         muted: bool,
+        stage: StageStanding,
     ) -> Result<(), RoomServiceError> {
         let options = UpdateParticipantOptions {
-            permission: Some(proto::ParticipantPermission {
-                can_subscribe: true,
-                can_publish: false,
-                can_publish_data: self.viewer_can_publish_data(muted),
-                ..proto::ParticipantPermission::default()
-            }),
+            permission: Some(self.viewer_permission(muted, stage.on_stage)),
+            attributes: stage.attributes(),
             ..UpdateParticipantOptions::default()
         };
         match bounded(self.rooms.update_participant(room.as_str(), identity, options)).await {
             Err(RoomServiceError::NotFound) => Ok(()),
             other => other.map(drop),
+        }
+    }
+
+    /// The permission a viewer with this mute and place on the stage has.
+    pub fn viewer_permission(&self, muted: bool, on_stage: bool) -> proto::ParticipantPermission {
+        proto::ParticipantPermission {
+            can_subscribe: true,
+            can_publish: on_stage,
+            can_publish_data: self.viewer_can_publish_data(muted),
+            can_publish_sources: if on_stage {
+                GUEST_SOURCES.iter().map(|source| *source as i32).collect()
+            } else {
+                Vec::new()
+            },
+            ..proto::ParticipantPermission::default()
         }
     }
 
@@ -255,22 +287,34 @@ impl LiveKit {
     /// Every grant is spelled out: `VideoGrants::default()` allows publishing,
     /// and LiveKit treats a missing `canPublishData` as equal to `canPublish`.
     fn grants_for(&self, room: &RoomName, role: Role) -> VideoGrants {
-        let can_publish_data = match role {
-            Role::Host => true,
-            Role::Viewer { muted } => self.viewer_can_publish_data(muted),
-        };
-        video_grants(room, role == Role::Host, can_publish_data)
+        match role {
+            Role::Host => video_grants(room, true, true, Vec::new()),
+            Role::Viewer { muted, stage } if stage.on_stage => video_grants(
+                room,
+                true,
+                self.viewer_can_publish_data(muted),
+                vec!["camera".to_owned(), "microphone".to_owned()],
+            ),
+            Role::Viewer { muted, .. } => {
+                video_grants(room, false, self.viewer_can_publish_data(muted), Vec::new())
+            }
+        }
     }
 }
 
-fn video_grants(room: &RoomName, can_publish: bool, can_publish_data: bool) -> VideoGrants {
+fn video_grants(
+    room: &RoomName,
+    can_publish: bool,
+    can_publish_data: bool,
+    can_publish_sources: Vec<String>,
+) -> VideoGrants {
     VideoGrants {
         room_join: true,
         room: room.to_string(),
         can_publish: Some(can_publish),
         can_subscribe: Some(true),
         can_publish_data: Some(can_publish_data),
-        can_publish_sources: Vec::new(),
+        can_publish_sources,
         can_update_own_metadata: Some(false),
         room_create: false,
         room_list: false,

@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_presence_counts_without_a_hot_row"),
     migration!(10, "0010_chat_batches_and_count_push"),
     migration!(11, "0011_concurrent_events_of_one_session"),
+    migration!(12, "0012_stage_reactions_viewers_stats"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -181,7 +181,7 @@ async fn sync_room(
             &[(&room.as_str(), Type::TEXT)],
         )
         .await?;
-    let mut restrictions = chat::restricted_among(&**client, room, &users).await?;
+    let mut standings = chat::standings_among(&**client, room, &users).await?;
     drop(client);
 
     let stream = StreamState {
@@ -193,7 +193,7 @@ async fn sync_room(
         .filter_map(|p| {
             let restriction = Uuid::parse_str(&p.identity)
                 .ok()
-                .and_then(|user| restrictions.remove(&user));
+                .and_then(|user| standings.remove(&user));
             room_rules::correction(&state.livekit, &stream, p, restriction).map(|c| (p.identity.clone(), c))
         })
         .collect();

@@ -1,16 +1,18 @@
 //! What LiveKit must enforce in a room because of what Postgres says: a banned
 //! user or anyone in a stream that is not live must not be in the room, and a
-//! viewer's data permission must match their mute. The moderation endpoint
-//! tells LiveKit at once; when that call fails, or a client joins with a token
-//! minted before the ban or mute (LiveKit does not revoke tokens on every
-//! server), the webhook on `participant_joined` and the scheduled reconciler
-//! correct the room from here.
+//! viewer's permission and stage attributes must match their mute and their
+//! place on the stage (only a guest on stage publishes). The moderation and
+//! stage endpoints tell LiveKit at once; when that call fails, or a client
+//! joins with a token minted before the change (LiveKit does not revoke
+//! tokens on every server), the webhook on `participant_joined` and the
+//! scheduled reconciler correct the room from here.
 
 use uuid::Uuid;
 
-use crate::chat::Restrictions;
+use crate::chat::Standing;
 use crate::domain::RoomName;
 use crate::livekit::{LiveKit, RoomServiceError};
+use crate::stage::StageStanding;
 use crate::viewers::Presence;
 
 /// One change LiveKit must make about one participant.
@@ -18,8 +20,8 @@ use crate::viewers::Presence;
 pub enum Correction {
     /// Disconnect them (and revoke their earlier tokens where supported).
     Remove,
-    /// Set their data permission to what a viewer with this mute gets.
-    ApplyMute { muted: bool },
+    /// Set their permission and stage attributes to what their standing gives.
+    Update { muted: bool, stage: StageStanding },
 }
 
 /// The stream a participant is in, as Postgres has it.
@@ -35,7 +37,7 @@ pub fn correction(
     livekit: &LiveKit,
     stream: &StreamState,
     participant: &Presence,
-    restrictions: Option<Restrictions>,
+    standing: Option<Standing>,
 ) -> Option<Correction> {
     if participant.hidden {
         return None;
@@ -47,15 +49,15 @@ pub fn correction(
     if user == stream.streamer {
         return None;
     }
-    let Restrictions { banned, muted } = restrictions.unwrap_or(Restrictions {
-        banned: false,
-        muted: false,
-    });
+    let Standing { banned, muted, stage } = standing.unwrap_or_default();
     if banned {
         return Some(Correction::Remove);
     }
-    (participant.can_publish_data != livekit.viewer_can_publish_data(muted))
-        .then_some(Correction::ApplyMute { muted })
+    let expected = livekit.viewer_permission(muted, stage.on_stage);
+    let differs = participant.can_publish_data != expected.can_publish_data
+        || participant.can_publish != expected.can_publish
+        || participant.stage != stage;
+    differs.then_some(Correction::Update { muted, stage })
 }
 
 /// Makes the correction in LiveKit.
@@ -72,7 +74,7 @@ pub async fn apply(
                 .remove_participant(room, identity, Some(revoke_before))
                 .await
         }
-        Correction::ApplyMute { muted } => livekit.apply_viewer_mute(room, identity, muted).await,
+        Correction::Update { muted, stage } => livekit.update_viewer(room, identity, muted, stage).await,
     }
 }
 

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::{RoomName, Stream, Title};
 use crate::error::ApiError;
+use crate::stage::StageStanding;
 
 /// What `/live/start` finds or makes of a room name (the function
 /// `live_start_stream`, migration 0007).
@@ -191,6 +192,8 @@ pub struct RoomAccess {
     pub is_live: bool,
     pub banned: bool,
     pub muted: bool,
+    /// Their place on the stage (read by [`token_access`] only).
+    pub stage: StageStanding,
 }
 
 pub async fn access(client: &Client, room: &RoomName, user: Uuid) -> Result<Option<RoomAccess>, ApiError> {
@@ -209,13 +212,15 @@ pub async fn access(client: &Client, room: &RoomName, user: Uuid) -> Result<Opti
             is_live: row.try_get("is_live").map_err(ApiError::internal)?,
             banned: row.try_get("banned").map_err(ApiError::internal)?,
             muted: row.try_get("muted").map_err(ApiError::internal)?,
+            stage: StageStanding::default(),
         })
     })
     .transpose()
 }
 
 /// [`access`] and the caller's token rate limit together, in one round trip:
-/// the function `live_token_access` (migration 0005), planned once per connection.
+/// the function `live_token_access` (migration 0012), planned once per
+/// connection; it also reads the caller's place on the stage.
 pub async fn token_access(
     client: &Client,
     room: &RoomName,
@@ -226,7 +231,8 @@ pub async fn token_access(
     let (window, max) = (limit.window_seconds(), limit.max_hits());
     let row = client
         .query_typed_one(
-            "SELECT retry_after, streamer_id, is_live, banned, muted FROM live_token_access($1, $2, $3, $4, $5)",
+            "SELECT retry_after, streamer_id, is_live, banned, muted, hand_raised, invited, on_stage
+             FROM live_token_access($1, $2, $3, $4, $5)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
@@ -251,6 +257,11 @@ pub async fn token_access(
         is_live: row.try_get("is_live").map_err(ApiError::internal)?,
         banned: row.try_get("banned").map_err(ApiError::internal)?,
         muted: row.try_get("muted").map_err(ApiError::internal)?,
+        stage: StageStanding {
+            hand_raised: row.try_get("hand_raised").map_err(ApiError::internal)?,
+            invited: row.try_get("invited").map_err(ApiError::internal)?,
+            on_stage: row.try_get("on_stage").map_err(ApiError::internal)?,
+        },
     }))
 }
 

@@ -16,18 +16,24 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
-use crate::chat::Restrictions;
+use crate::chat::Standing;
 use crate::domain::RoomName;
 use crate::error::ApiError;
+use crate::stage::StageStanding;
 
 /// A participant as LiveKit reports it, in a webhook or a listing: the
 /// streamer and hidden participants are not viewers.
 pub struct Presence {
     pub sid: String,
     pub identity: String,
+    /// The display name from their token (shown in the viewer list).
+    pub name: String,
     pub hidden: bool,
     /// The permission the participant has in the room now.
+    pub can_publish: bool,
     pub can_publish_data: bool,
+    /// What their attributes say of the stage.
+    pub stage: StageStanding,
 }
 
 impl From<&livekit_protocol::ParticipantInfo> for Presence {
@@ -36,8 +42,11 @@ impl From<&livekit_protocol::ParticipantInfo> for Presence {
         Presence {
             sid: participant.sid.clone(),
             identity: participant.identity.clone(),
+            name: participant.name.clone(),
             hidden: permission.is_some_and(|p| p.hidden),
+            can_publish: permission.is_some_and(|p| p.can_publish),
             can_publish_data: permission.is_some_and(|p| p.can_publish_data),
+            stage: StageStanding::from_attributes(&participant.attributes),
         }
     }
 }
@@ -64,7 +73,7 @@ pub struct EventApplied {
     /// `None` for a room we do not know (or another instance of it).
     pub streamer: Option<Uuid>,
     pub is_live: bool,
-    pub restrictions: Restrictions,
+    pub standing: Standing,
     /// The count this event wrote into `live_streams` (at most once a second
     /// per room), to push into the room too.
     pub count_written: Option<i32>,
@@ -85,8 +94,8 @@ pub async fn participant_event(
     };
     let row = client
         .query_typed_one(
-            "SELECT outcome, streamer_id, is_live, banned, muted, count_written
-             FROM live_participant_event($1, $2, $3, $4, $5, $6, $7, $8)",
+            "SELECT outcome, streamer_id, is_live, banned, muted, hand_raised, invited, on_stage, count_written
+             FROM live_participant_event($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 (&event_id, Type::TEXT),
                 (&room.as_str(), Type::TEXT),
@@ -96,6 +105,7 @@ pub async fn participant_event(
                 (&who.identity.as_str(), Type::TEXT),
                 (&who.user(), Type::UUID),
                 (&who.hidden, Type::BOOL),
+                (&who.name.as_str(), Type::TEXT),
             ],
         )
         .await?;
@@ -109,9 +119,14 @@ pub async fn participant_event(
         outcome: row.try_get("outcome").map_err(ApiError::internal)?,
         streamer: row.try_get("streamer_id").map_err(ApiError::internal)?,
         is_live: flag("is_live")?,
-        restrictions: Restrictions {
+        standing: Standing {
             banned: flag("banned")?,
             muted: flag("muted")?,
+            stage: StageStanding {
+                hand_raised: flag("hand_raised")?,
+                invited: flag("invited")?,
+                on_stage: flag("on_stage")?,
+            },
         },
         count_written: row.try_get("count_written").map_err(ApiError::internal)?,
     })
@@ -132,19 +147,21 @@ pub async fn sync(
 ) -> Result<i32, ApiError> {
     let sids: Vec<&str> = present.iter().map(|p| p.sid.as_str()).collect();
     let identities: Vec<&str> = present.iter().map(|p| p.identity.as_str()).collect();
+    let names: Vec<&str> = present.iter().map(|p| p.name.as_str()).collect();
     let counted: Vec<bool> = present
         .iter()
         .map(|p| !p.hidden && p.user() != Some(streamer))
         .collect();
     let row = client
         .query_typed_one(
-            "SELECT live_sync_sessions($1, $2, $3, $4, $5)",
+            "SELECT live_sync_sessions($1, $2, $3, $4, $5, $6)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&listed_at, Type::TIMESTAMPTZ),
                 (&sids, Type::TEXT_ARRAY),
                 (&identities, Type::TEXT_ARRAY),
                 (&counted, Type::BOOL_ARRAY),
+                (&names, Type::TEXT_ARRAY),
             ],
         )
         .await?;
@@ -189,4 +206,69 @@ pub async fn flush(client: &Client) -> Result<Vec<(RoomName, i32)>, ApiError> {
             ))
         })
         .collect()
+}
+
+/// A viewer present in a room now, for the viewer list.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Viewer {
+    /// Their LiveKit identity: the user id for every token this API mints.
+    pub user_id: String,
+    pub display_name: Option<String>,
+    /// When they arrived (their first session of those present).
+    pub joined_at: DateTime<Utc>,
+}
+
+/// Where a page of viewers starts: after this one (arrival order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewerKey {
+    pub joined_at: DateTime<Utc>,
+    pub identity: String,
+}
+
+/// The room's present viewers in arrival order, from the presence rows the
+/// webhooks keep (never a `ListParticipants` per request): the streamer and
+/// hidden participants are not in them. One index range scan.
+pub async fn present_page(
+    client: &Client,
+    room: &RoomName,
+    after: Option<&ViewerKey>,
+    limit: i64,
+) -> Result<Vec<Viewer>, ApiError> {
+    let (after_at, after_identity) = match after {
+        Some(key) => (Some(key.joined_at), Some(key.identity.as_str())),
+        None => (None, None),
+    };
+    let rows = client
+        .query_typed(
+            "SELECT identity, display_name, joined_at FROM live_presence
+             WHERE room_name = $1
+               AND ($2::timestamptz IS NULL OR (joined_at, identity) > ($2, $3::text))
+             ORDER BY joined_at, identity
+             LIMIT $4",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&after_at, Type::TIMESTAMPTZ),
+                (&after_identity, Type::TEXT),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Viewer {
+                user_id: row.try_get(0).map_err(ApiError::internal)?,
+                display_name: row.try_get(1).map_err(ApiError::internal)?,
+                joined_at: row.try_get(2).map_err(ApiError::internal)?,
+            })
+        })
+        .collect()
+}
+
+/// The exact count of a room: its shards summed (16 rows).
+pub async fn count(client: &Client, room: &RoomName) -> Result<i32, ApiError> {
+    let row = client
+        .query_typed_one("SELECT live_viewer_count($1)", &[(&room.as_str(), Type::TEXT)])
+        .await?;
+    row.try_get(0).map_err(ApiError::internal)
 }

@@ -4,7 +4,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::chat::{self, Action, Restrictions};
+use crate::chat::{self, Action, Standing};
 use crate::domain::{ModerationAction, ModerationRequest, RoomName};
 use crate::error::{ApiError, Dependency};
 use crate::http::Reply;
@@ -65,7 +65,7 @@ pub async fn moderate(
         ));
     }
 
-    let (restrictions, room_updated) = if request.action == ModerationAction::Kick {
+    let (standing, room_updated) = if request.action == ModerationAction::Kick {
         drop(client);
         state
             .livekit
@@ -74,7 +74,7 @@ pub async fn moderate(
             .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?;
         let client = state.db.get().await?;
         let moderated = chat::moderate(&client, &room, user.id, target, Action::Kick).await?;
-        (moderated.restrictions, true)
+        (moderated.standing, true)
     } else {
         let moderated = chat::moderate(&client, &room, user.id, target, request.action.into()).await?;
         drop(client);
@@ -86,8 +86,11 @@ pub async fn moderate(
                     .remove_participant(&room, &identity, Some(moderated.at_unix_seconds + 1))
                     .await
             }
-            ModerationAction::Mute => state.livekit.apply_viewer_mute(&room, &identity, true).await,
-            ModerationAction::Unmute => state.livekit.apply_viewer_mute(&room, &identity, false).await,
+            // A guest on stage keeps their camera and microphone through a chat mute.
+            ModerationAction::Mute | ModerationAction::Unmute => {
+                let Standing { muted, stage, .. } = moderated.standing;
+                state.livekit.update_viewer(&room, &identity, muted, stage).await
+            }
             ModerationAction::Unban | ModerationAction::Kick => Ok(()),
         };
         let room_updated = match in_room {
@@ -98,10 +101,10 @@ pub async fn moderate(
                 false
             }
         };
-        (moderated.restrictions, room_updated)
+        (moderated.standing, room_updated)
     };
     tracing::info!(%room, moderator = %user.id, %target, action = ?request.action, room_updated, "moderation applied");
-    let Restrictions { banned, muted } = restrictions;
+    let Standing { banned, muted, .. } = standing;
     Ok(Reply::ok(ModerationOutcome {
         room_name: room,
         user_id: target,

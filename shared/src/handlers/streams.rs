@@ -1,9 +1,6 @@
 //! `GET /live/streams` (live streams, newest first, keyset-paginated) and
 //! `GET /live/streams/{id}` (one stream, live or ended).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::DateTime;
 use lambda_http::http::Method;
 use lambda_http::{Request, RequestExt};
 use serde::Serialize;
@@ -34,17 +31,7 @@ impl FromRequest for ListStreamsQuery {
         let mut after = None;
         for (name, value) in params.iter() {
             match name {
-                "limit" => {
-                    limit = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::InvalidRequest(format!(
-                                "limit must be a whole number from 1 to {MAX_PAGE_SIZE}"
-                            ))
-                        })?
-                }
+                "limit" => limit = crate::http::page_limit(value, MAX_PAGE_SIZE)?,
                 "cursor" => after = Some(decode_cursor(value)?),
                 other => {
                     return Err(ApiError::InvalidRequest(format!(
@@ -57,24 +44,15 @@ impl FromRequest for ListStreamsQuery {
     }
 }
 
-/// The cursor is opaque to clients: base64url of `<created_at µs>.<id>`.
+/// The cursor is opaque to clients: the last stream's `created_at` and id.
 fn encode_cursor(key: &PageKey) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}.{}", key.created_at.timestamp_micros(), key.id))
+    crate::http::encode_cursor(key.created_at, &key.id)
 }
 
 fn decode_cursor(cursor: &str) -> Result<PageKey, ApiError> {
-    let invalid = || ApiError::InvalidRequest("cursor is not one this API returned".into());
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let (micros, id) = text.split_once('.').ok_or_else(invalid)?;
-    let created_at = micros
-        .parse::<i64>()
-        .ok()
-        // Only times this API can have written: Postgres refuses dates before 4713 BC.
-        .filter(|micros| (0..=253_402_300_799_999_999).contains(micros))
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(invalid)?;
-    let id = RoomName::parse(id.to_owned()).map_err(|_| invalid())?;
+    let (created_at, id) = crate::http::decode_cursor(cursor)?;
+    let id = RoomName::parse(id)
+        .map_err(|_| ApiError::InvalidRequest("cursor is not one this API returned".into()))?;
     Ok(PageKey {
         created_at,
         id: id.to_string(),

@@ -27,7 +27,10 @@ pub async fn issue_token(
     } else if access.banned {
         return Err(ApiError::Banned);
     } else {
-        Role::Viewer { muted: access.muted }
+        Role::Viewer {
+            muted: access.muted,
+            stage: access.stage,
+        }
     };
     let token =
         state

@@ -127,7 +127,7 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
             is_live: applied.is_live,
         };
         if let Some(correction) =
-            room_rules::correction(&state.livekit, &stream, &who, Some(applied.restrictions))
+            room_rules::correction(&state.livekit, &stream, &who, Some(applied.standing))
         {
             room_rules::apply_all(&state.livekit, &room, &[(who.identity.clone(), correction)]).await;
         }

@@ -81,6 +81,7 @@ fn the_busy_routes_have_throttles_of_their_own() {
         ("TokenSourceFunction", "TokenSource"),
         ("WebhookFunction", "Webhook"),
         ("ChatFunction", "Chat"),
+        ("ReactionsFunction", "Reactions"),
     ] {
         let settings =
             &template["Resources"][function]["Properties"]["Events"][event]["Properties"]["RouteSettings"];

@@ -1,0 +1,244 @@
+//! The stage: `POST /live/stage/hand`, `GET /live/stage`, and
+//! `POST /live/stage/invite`, `/accept`, `/decline`, `/remove`.
+//!
+//! Each change is committed in Postgres first (one statement, see
+//! [`crate::stage`]) and then applied in the room with `UpdateParticipant`:
+//! the user's permission (camera and microphone while on stage) and the
+//! stage attributes every client draws. A LiveKit outage delays the room's
+//! view, never the decision: `roomUpdated: false` says so, the webhook and
+//! the reconciler correct the participant, and a fresh `/live/token` carries
+//! the same grant.
+
+use lambda_http::http::Method;
+use lambda_http::{Request, RequestExt};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::domain::{HandRequest, InviteRequest, RoomName, StageAnswerRequest, StageRemoveRequest};
+use crate::error::ApiError;
+use crate::http::{FromRequest, Reply};
+use crate::rate_limit;
+use crate::stage::{self, HandKey, StageAction, StageEntry, StageStanding};
+use crate::state::AppState;
+use crate::streams;
+
+pub const DEFAULT_HANDS_PAGE: i64 = 50;
+pub const MAX_HANDS_PAGE: i64 = 100;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageOutcome {
+    pub room_name: RoomName,
+    pub user_id: Uuid,
+    #[serde(flatten)]
+    pub standing: StageStanding,
+    /// Whether LiveKit has the change already. False when it could not be
+    /// reached: the change stands, and the room catches up (the webhook, the
+    /// reconciler, or the user's next token).
+    pub room_updated: bool,
+}
+
+/// One stage change by `user` about `target`, then the room.
+async fn change(
+    state: &AppState,
+    user: &AuthUser,
+    room: RoomName,
+    target: Uuid,
+    action: StageAction,
+) -> Result<Reply<StageOutcome>, ApiError> {
+    user.require_participant(&state.rules)?;
+    let changed = {
+        let client = state.db.get().await?;
+        rate_limit::hit(&client, &format!("stage:{}", user.id), state.limits.stage).await?;
+        stage::change(
+            &client,
+            &room,
+            user.id,
+            target,
+            action,
+            state.rules.max_stage_guests,
+        )
+        .await?
+    };
+    let room_updated = if changed.changed {
+        match state
+            .livekit
+            .update_viewer(&room, &target.to_string(), changed.muted, changed.standing)
+            .await
+        {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%room, %target, ?action, %error,
+                    "stage change committed; LiveKit gets it from the webhook, the reconciler or the next token");
+                false
+            }
+        }
+    } else {
+        true
+    };
+    tracing::info!(%room, actor = %user.id, %target, ?action, changed = changed.changed, room_updated, "stage");
+    Ok(Reply::ok(StageOutcome {
+        room_name: room,
+        user_id: target,
+        standing: changed.standing,
+        room_updated,
+    }))
+}
+
+/// A viewer raises or lowers their hand.
+pub async fn raise_hand(
+    state: &AppState,
+    user: AuthUser,
+    request: HandRequest,
+) -> Result<Reply<StageOutcome>, ApiError> {
+    let action = if request.raised {
+        StageAction::Raise
+    } else {
+        StageAction::Lower
+    };
+    change(state, &user, request.room_name, user.id, action).await
+}
+
+/// The streamer invites a viewer who is watching.
+pub async fn invite(
+    state: &AppState,
+    user: AuthUser,
+    request: InviteRequest,
+) -> Result<Reply<StageOutcome>, ApiError> {
+    change(
+        state,
+        &user,
+        request.room_name,
+        request.user_id,
+        StageAction::Invite,
+    )
+    .await
+}
+
+/// The invitee comes on stage.
+pub async fn accept(
+    state: &AppState,
+    user: AuthUser,
+    request: StageAnswerRequest,
+) -> Result<Reply<StageOutcome>, ApiError> {
+    change(state, &user, request.room_name, user.id, StageAction::Accept).await
+}
+
+/// The invitee says no (and lowers their hand).
+pub async fn decline(
+    state: &AppState,
+    user: AuthUser,
+    request: StageAnswerRequest,
+) -> Result<Reply<StageOutcome>, ApiError> {
+    change(state, &user, request.room_name, user.id, StageAction::Decline).await
+}
+
+/// The streamer takes someone off the stage, or a guest leaves it.
+pub async fn remove(
+    state: &AppState,
+    user: AuthUser,
+    request: StageRemoveRequest,
+) -> Result<Reply<StageOutcome>, ApiError> {
+    let target = request.user_id.unwrap_or(user.id);
+    change(state, &user, request.room_name, target, StageAction::Remove).await
+}
+
+/// `?roomName=…&limit=1..100&cursor=<opaque>`: the cursor pages the raised hands.
+#[derive(Debug)]
+pub struct StageQuery {
+    pub room_name: RoomName,
+    pub limit: i64,
+    pub after: Option<HandKey>,
+}
+
+impl FromRequest for StageQuery {
+    const METHOD: Method = Method::GET;
+
+    fn from_request(request: &Request) -> Result<Self, ApiError> {
+        let params = request.query_string_parameters();
+        let mut room_name = None;
+        let mut limit = DEFAULT_HANDS_PAGE;
+        let mut after = None;
+        for (name, value) in params.iter() {
+            match name {
+                "roomName" => {
+                    room_name = Some(RoomName::parse(value.to_owned()).map_err(ApiError::InvalidRequest)?)
+                }
+                "limit" => limit = crate::http::page_limit(value, MAX_HANDS_PAGE)?,
+                "cursor" => {
+                    let (raised_at, user) = crate::http::decode_cursor(value)?;
+                    let user_id = Uuid::parse_str(&user).map_err(|_| {
+                        ApiError::InvalidRequest("cursor is not one this API returned".into())
+                    })?;
+                    after = Some(HandKey { raised_at, user_id });
+                }
+                other => {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "unknown query parameter `{other}`; expected `roomName`, `limit` or `cursor`"
+                    )));
+                }
+            }
+        }
+        let room_name = room_name
+            .ok_or_else(|| ApiError::InvalidRequest("the query parameter roomName is required".into()))?;
+        Ok(StageQuery {
+            room_name,
+            limit,
+            after,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageListing {
+    pub room_name: RoomName,
+    /// On stage now, the earliest first (`since`: when they came on).
+    pub guests: Vec<StageEntry>,
+    /// Invited, not answered yet (`since`: when invited).
+    pub invited: Vec<StageEntry>,
+    /// Raised hands not invited yet, oldest first (`since`: when raised).
+    pub hands: Vec<StageEntry>,
+    /// Pass as `cursor` for the next page of hands; `null` on the last page.
+    pub next_cursor: Option<String>,
+    pub max_guests: u32,
+}
+
+/// The streamer's view of the stage.
+pub async fn stage_state(
+    state: &AppState,
+    user: AuthUser,
+    query: StageQuery,
+) -> Result<Reply<StageListing>, ApiError> {
+    let client = state.db.get().await?;
+    let access = streams::access(&client, &query.room_name, user.id)
+        .await?
+        .ok_or(ApiError::StreamNotFound)?;
+    if access.streamer_id != user.id {
+        return Err(ApiError::Forbidden(
+            "Only the streamer can see the stage's raised hands.",
+        ));
+    }
+    if !access.is_live {
+        return Err(ApiError::StreamEnded);
+    }
+    let mut listing = stage::state(&client, &query.room_name, query.after.as_ref(), query.limit + 1).await?;
+    let next_cursor = if listing.hands.len() as i64 > query.limit {
+        listing.hands.truncate(query.limit as usize);
+        listing
+            .hands
+            .last()
+            .map(|hand| crate::http::encode_cursor(hand.since, &hand.user_id.to_string()))
+    } else {
+        None
+    };
+    Ok(Reply::ok(StageListing {
+        room_name: query.room_name,
+        guests: listing.guests,
+        invited: listing.invited,
+        hands: listing.hands,
+        next_cursor,
+        max_guests: state.rules.max_stage_guests,
+    }))
+}

@@ -1,0 +1,280 @@
+//! The stage (migration 0012): viewers raise hands, the streamer invites one,
+//! the viewer accepts, and while on stage they may publish camera and
+//! microphone beside the streamer. Both sides must agree before anyone is on
+//! camera: an invitation alone grants nothing.
+//!
+//! Postgres holds the state (`live_stage`, changed by `live_stage_change`,
+//! serialised per room so the guest limit holds). LiveKit enforces it: the
+//! guest's permission (`canPublish` with camera and microphone sources only)
+//! and the participant attributes every client draws the stage from
+//! (`hand_raised`, `stage_invited`, `on_stage`: `"true"` or `"false"`, set
+//! only by the backend, since viewer tokens cannot update their own
+//! attributes). Tokens minted while on stage carry the same grant and
+//! attributes; the webhook corrects a participant whose token is out of date.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::domain::RoomName;
+use crate::error::ApiError;
+
+/// The participant attribute keys the backend keeps in step with the stage.
+pub const HAND_RAISED_ATTRIBUTE: &str = "hand_raised";
+pub const INVITED_ATTRIBUTE: &str = "stage_invited";
+pub const ON_STAGE_ATTRIBUTE: &str = "on_stage";
+
+/// Where a user is on the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStanding {
+    pub hand_raised: bool,
+    pub invited: bool,
+    pub on_stage: bool,
+}
+
+impl StageStanding {
+    /// The participant attributes that say so, every key spelled out.
+    pub fn attributes(self) -> HashMap<String, String> {
+        [
+            (HAND_RAISED_ATTRIBUTE, self.hand_raised),
+            (INVITED_ATTRIBUTE, self.invited),
+            (ON_STAGE_ATTRIBUTE, self.on_stage),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_string()))
+        .collect()
+    }
+
+    /// What a participant's attributes say (a missing key is `false`).
+    pub fn from_attributes(attributes: &HashMap<String, String>) -> StageStanding {
+        let set = |key: &str| attributes.get(key).is_some_and(|value| value == "true");
+        StageStanding {
+            hand_raised: set(HAND_RAISED_ATTRIBUTE),
+            invited: set(INVITED_ATTRIBUTE),
+            on_stage: set(ON_STAGE_ATTRIBUTE),
+        }
+    }
+}
+
+/// One change of the stage, by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageAction {
+    Raise,
+    Lower,
+    Invite,
+    Accept,
+    Decline,
+    Remove,
+}
+
+impl StageAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            StageAction::Raise => "raise",
+            StageAction::Lower => "lower",
+            StageAction::Invite => "invite",
+            StageAction::Accept => "accept",
+            StageAction::Decline => "decline",
+            StageAction::Remove => "remove",
+        }
+    }
+}
+
+/// The user's place on the stage after a change.
+#[derive(Debug, Clone, Copy)]
+pub struct StageChanged {
+    /// Whether anything changed (a repeated request changes nothing).
+    pub changed: bool,
+    pub standing: StageStanding,
+    pub hand_raised_at: Option<DateTime<Utc>>,
+    pub on_stage_since: Option<DateTime<Utc>>,
+    /// Their chat mute, which their permission in the room keeps.
+    pub muted: bool,
+}
+
+/// Applies `action` by `actor` to `user`'s place on the stage, in one
+/// statement (`live_stage_change`), and maps its refusals to API errors.
+pub async fn change(
+    client: &Client,
+    room: &RoomName,
+    actor: Uuid,
+    user: Uuid,
+    action: StageAction,
+    max_guests: u32,
+) -> Result<StageChanged, ApiError> {
+    let max = i32::try_from(max_guests).unwrap_or(i32::MAX);
+    let row = client
+        .query_typed_one(
+            "SELECT outcome, changed, hand_raised_at, invited_at, on_stage_since, muted
+             FROM live_stage_change($1, $2, $3, $4, $5)",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&actor, Type::UUID),
+                (&user, Type::UUID),
+                (&action.as_str(), Type::TEXT),
+                (&max, Type::INT4),
+            ],
+        )
+        .await?;
+    let outcome: String = row.try_get("outcome").map_err(ApiError::internal)?;
+    match outcome.as_str() {
+        "ok" => {}
+        "not_found" => return Err(ApiError::StreamNotFound),
+        "not_live" => return Err(ApiError::StreamEnded),
+        "banned" if actor == user => return Err(ApiError::Banned),
+        "banned" => return Err(ApiError::Forbidden("That user is banned from this stream.")),
+        "not_host" => return Err(ApiError::Forbidden("Only the streamer can do that.")),
+        "host" => {
+            return Err(ApiError::InvalidRequest(
+                "The streamer is always on their own stage; this is for viewers.".into(),
+            ));
+        }
+        "not_watching" => return Err(ApiError::NotWatching),
+        "not_invited" => return Err(ApiError::NotInvited),
+        "stage_full" => return Err(ApiError::StageFull { max_guests }),
+        other => return Err(ApiError::internal(format!("live_stage_change said {other}"))),
+    }
+    let hand_raised_at: Option<DateTime<Utc>> = row.try_get("hand_raised_at").map_err(ApiError::internal)?;
+    let invited_at: Option<DateTime<Utc>> = row.try_get("invited_at").map_err(ApiError::internal)?;
+    let on_stage_since: Option<DateTime<Utc>> = row.try_get("on_stage_since").map_err(ApiError::internal)?;
+    Ok(StageChanged {
+        changed: row.try_get("changed").map_err(ApiError::internal)?,
+        standing: StageStanding {
+            hand_raised: hand_raised_at.is_some(),
+            invited: invited_at.is_some(),
+            on_stage: on_stage_since.is_some(),
+        },
+        hand_raised_at,
+        on_stage_since,
+        muted: row
+            .try_get::<_, Option<bool>>("muted")
+            .map_err(ApiError::internal)?
+            .unwrap_or(false),
+    })
+}
+
+/// A viewer on the stage list.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageEntry {
+    pub user_id: Uuid,
+    /// The name LiveKit reports for them while they are in the room.
+    pub display_name: Option<String>,
+    /// When they raised their hand, invitation or not.
+    pub since: DateTime<Utc>,
+}
+
+/// Where a page of raised hands starts: after this hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandKey {
+    pub raised_at: DateTime<Utc>,
+    pub user_id: Uuid,
+}
+
+/// The room's stage: guests, invitations, and a page of raised hands
+/// (oldest first, those not invited or on stage), in one statement.
+pub struct StageState {
+    pub guests: Vec<StageEntry>,
+    pub invited: Vec<StageEntry>,
+    pub hands: Vec<StageEntry>,
+}
+
+pub async fn state(
+    client: &Client,
+    room: &RoomName,
+    after: Option<&HandKey>,
+    hands: i64,
+) -> Result<StageState, ApiError> {
+    let (after_at, after_user) = match after {
+        Some(key) => (Some(key.raised_at), Some(key.user_id)),
+        None => (None, None),
+    };
+    let rows = client
+        .query_typed(
+            "(SELECT 'guest' AS place, g.user_id, p.display_name, g.on_stage_since AS since
+              FROM live_stage g
+              LEFT JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
+              WHERE g.room_name = $1 AND g.on_stage_since IS NOT NULL)
+             UNION ALL
+             (SELECT 'invited', g.user_id, p.display_name, g.invited_at
+              FROM live_stage g
+              LEFT JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
+              WHERE g.room_name = $1 AND g.invited_at IS NOT NULL AND g.on_stage_since IS NULL)
+             UNION ALL
+             (SELECT 'hand', g.user_id, p.display_name, g.hand_raised_at
+              FROM live_stage g
+              LEFT JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
+              WHERE g.room_name = $1 AND g.hand_raised_at IS NOT NULL
+                AND g.invited_at IS NULL AND g.on_stage_since IS NULL
+                AND ($2::timestamptz IS NULL OR (g.hand_raised_at, g.user_id) > ($2, $3::uuid))
+              ORDER BY g.hand_raised_at, g.user_id
+              LIMIT $4)
+             ORDER BY 1, 4, 2",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&after_at, Type::TIMESTAMPTZ),
+                (&after_user, Type::UUID),
+                (&hands, Type::INT8),
+            ],
+        )
+        .await?;
+    let mut state = StageState {
+        guests: Vec::new(),
+        invited: Vec::new(),
+        hands: Vec::new(),
+    };
+    for row in rows {
+        let place: String = row.try_get("place").map_err(ApiError::internal)?;
+        let entry = StageEntry {
+            user_id: row.try_get("user_id").map_err(ApiError::internal)?,
+            display_name: row.try_get("display_name").map_err(ApiError::internal)?,
+            since: row.try_get("since").map_err(ApiError::internal)?,
+        };
+        match place.as_str() {
+            "guest" => state.guests.push(entry),
+            "invited" => state.invited.push(entry),
+            _ => state.hands.push(entry),
+        }
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_round_trip_and_spell_out_every_key() {
+        for standing in [
+            StageStanding::default(),
+            StageStanding {
+                hand_raised: true,
+                invited: false,
+                on_stage: false,
+            },
+            StageStanding {
+                hand_raised: false,
+                invited: true,
+                on_stage: false,
+            },
+            StageStanding {
+                hand_raised: false,
+                invited: false,
+                on_stage: true,
+            },
+        ] {
+            let attributes = standing.attributes();
+            assert_eq!(attributes.len(), 3);
+            assert_eq!(StageStanding::from_attributes(&attributes), standing);
+        }
+        assert_eq!(
+            StageStanding::from_attributes(&HashMap::new()),
+            StageStanding::default()
+        );
+    }
+}

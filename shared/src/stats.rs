@@ -1,0 +1,112 @@
+//! A stream's stats, kept as events arrive (migration 0012) and read in one
+//! statement of a few dozen rows whatever the audience: nothing is counted
+//! by scanning sessions, messages or reactions at read time.
+//!
+//! - viewers now, unique viewers, watch time: the 16 count shards. Each keeps
+//!   the watch time of viewers who left and the sum of the present viewers'
+//!   arrival times, so the watch time so far is `left + present × now − Σ arrivals`;
+//!   when the stream ends the present viewers' time is added and the shards close;
+//! - peak and when: sampled each time the Realtime copy is written (at most
+//!   once a second per room, and by the flusher within about a second of any
+//!   change), and the count at the end; a live stream's current count counts too;
+//! - chat messages: added once per chat batch; reactions: their shards;
+//!   stage guests: once per viewer who ever went on stage.
+//!
+//! An ended stream's figures are final: its shards are closed, and chat,
+//! reactions and the stage refuse an ended stream.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::domain::RoomName;
+use crate::error::ApiError;
+use crate::reactions::ReactionCounts;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStats {
+    pub stream_id: RoomName,
+    pub is_live: bool,
+    pub started_at: DateTime<Utc>,
+    /// `null` while live.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Until the end, or until now while live.
+    pub duration_seconds: f64,
+    pub viewer_count: i32,
+    pub peak_viewers: i32,
+    /// `null` if nobody ever watched.
+    pub peak_at: Option<DateTime<Utc>>,
+    pub unique_viewers: i32,
+    pub total_watch_seconds: f64,
+    /// Total watch time per unique viewer; 0 without viewers.
+    pub average_watch_seconds: f64,
+    pub chat_messages: i64,
+    /// Per kind; kinds nobody sent are left out.
+    pub reactions: ReactionCounts,
+    /// Viewers who went on stage, each counted once.
+    pub stage_guests: i32,
+}
+
+/// The stream's stats and its streamer (the caller checks who may see
+/// them), or `None` for an unknown stream.
+pub async fn read(client: &Client, room: &RoomName) -> Result<Option<(Uuid, StreamStats)>, ApiError> {
+    let row = client
+        .query_typed_opt(
+            "SELECT s.streamer_id, s.is_live, s.created_at, s.ended_at,
+                    extract(epoch FROM coalesce(s.ended_at, now()) - s.created_at)::float8 AS duration,
+                    c.viewers,
+                    greatest(coalesce(t.peak_viewers, 0), c.viewers) AS peak,
+                    CASE WHEN c.viewers > coalesce(t.peak_viewers, 0) THEN now() ELSE t.peak_at END AS peak_at,
+                    c.unique_viewers,
+                    greatest(c.watched + c.viewers * extract(epoch FROM now())::float8 - c.arrivals, 0) AS watch,
+                    coalesce(t.chat_messages, 0) AS chat_messages,
+                    coalesce(t.stage_guests, 0) AS stage_guests,
+                    (SELECT jsonb_object_agg(k.kind, k.n)::text
+                     FROM (SELECT r.kind, sum(r.n)::int8 AS n FROM live_reaction_counts r
+                           WHERE r.room_name = s.id GROUP BY r.kind) k) AS reactions
+             FROM live_streams s
+             LEFT JOIN live_stream_stats t ON t.room_name = s.id
+             CROSS JOIN LATERAL (
+                 SELECT coalesce(sum(v.viewers), 0)::int AS viewers,
+                        coalesce(sum(v.unique_viewers), 0)::int AS unique_viewers,
+                        coalesce(sum(v.watch_seconds), 0)::float8 AS watched,
+                        coalesce(sum(v.present_since_sum), 0)::float8 AS arrivals
+                 FROM live_viewer_counts v WHERE v.room_name = s.id
+             ) c
+             WHERE s.id = $1",
+            &[(&room.as_str(), Type::TEXT)],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let get_err = ApiError::internal;
+    let unique_viewers: i32 = row.try_get("unique_viewers").map_err(get_err)?;
+    let total_watch_seconds: f64 = row.try_get("watch").map_err(get_err)?;
+    let reactions: Option<String> = row.try_get("reactions").map_err(get_err)?;
+    let stats = StreamStats {
+        stream_id: room.clone(),
+        is_live: row.try_get("is_live").map_err(get_err)?,
+        started_at: row.try_get("created_at").map_err(get_err)?,
+        ended_at: row.try_get("ended_at").map_err(get_err)?,
+        duration_seconds: row.try_get("duration").map_err(get_err)?,
+        viewer_count: row.try_get("viewers").map_err(get_err)?,
+        peak_viewers: row.try_get("peak").map_err(get_err)?,
+        peak_at: row.try_get("peak_at").map_err(get_err)?,
+        unique_viewers,
+        total_watch_seconds,
+        average_watch_seconds: if unique_viewers > 0 {
+            total_watch_seconds / f64::from(unique_viewers)
+        } else {
+            0.0
+        },
+        chat_messages: row.try_get("chat_messages").map_err(get_err)?,
+        reactions: match reactions {
+            Some(text) => serde_json::from_str(&text).map_err(ApiError::internal)?,
+            None => ReactionCounts::new(),
+        },
+        stage_guests: row.try_get("stage_guests").map_err(get_err)?,
+    };
+    Ok(Some((row.try_get("streamer_id").map_err(get_err)?, stats)))
+}
