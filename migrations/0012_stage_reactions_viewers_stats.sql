@@ -9,8 +9,9 @@
 --                               watch time of a live stream is 16 rows away
 --   live_viewers_seen           identities ever present (unique viewers)
 --   live_stream_stats           what changes rarely: the peak (sampled with
---                               the Realtime copy, at most once a second),
---                               chat messages (once per chat batch), guests
+--                               the Realtime copy, at most once a second)
+--                               and stage guests
+--   live_chat_broadcasts        chat messages sent, once per chat batch
 --   live_stage                  raised hands, invitations, turns on stage
 --   live_reaction_counts        reactions per kind in 16 shards (by user)
 --   live_reaction_broadcasts    what the room was last told, and the lease
@@ -34,9 +35,12 @@ CREATE TABLE live_stream_stats (
     room_name     TEXT PRIMARY KEY REFERENCES live_streams (id) ON DELETE CASCADE,
     peak_viewers  INTEGER NOT NULL DEFAULT 0,
     peak_at       TIMESTAMPTZ,
-    chat_messages BIGINT NOT NULL DEFAULT 0,
     stage_guests  INTEGER NOT NULL DEFAULT 0
 );
+
+-- Chat messages, counted by the batch that sends them, on the row the batch
+-- already writes (a chat post never waits on a lock the stats hold).
+ALTER TABLE live_chat_broadcasts ADD COLUMN messages_sent BIGINT NOT NULL DEFAULT 0;
 
 CREATE TABLE live_stage (
     room_name      TEXT NOT NULL REFERENCES live_streams (id) ON DELETE CASCADE,
@@ -66,7 +70,7 @@ CREATE TABLE live_reaction_broadcasts (
 );
 
 -- What can be recovered of earlier streams: who was ever counted, the
--- present viewers' arrival, chat messages. Watch time before this migration
+-- present viewers' arrival, chat messages sent. Watch time before this migration
 -- is not known (sessions did not keep it) and starts at 0.
 INSERT INTO live_viewers_seen (room_name, identity)
 SELECT DISTINCT room_name, identity FROM live_participant_sessions WHERE counted AND joined;
@@ -79,10 +83,10 @@ UPDATE live_viewer_counts c SET present_since_sum = p.since
 FROM (SELECT room_name, hashtext(identity) & 15 AS shard, sum(extract(epoch FROM joined_at)) AS since
       FROM live_presence GROUP BY 1, 2) p
 WHERE c.room_name = p.room_name AND c.shard = p.shard;
-INSERT INTO live_stream_stats (room_name, peak_viewers, peak_at, chat_messages)
-SELECT s.id, s.viewer_count, CASE WHEN s.viewer_count > 0 THEN now() END,
-       (SELECT count(*) FROM live_messages m WHERE m.room_name = s.id)
-FROM live_streams s;
+INSERT INTO live_stream_stats (room_name, peak_viewers, peak_at)
+SELECT s.id, s.viewer_count, CASE WHEN s.viewer_count > 0 THEN now() END FROM live_streams s;
+UPDATE live_chat_broadcasts b
+SET messages_sent = (SELECT count(*) FROM live_messages m WHERE m.room_name = b.room_name AND m.seq <= b.sent_up_to);
 
 ALTER TABLE live_viewers_seen ENABLE ROW LEVEL SECURITY;
 ALTER TABLE live_stream_stats ENABLE ROW LEVEL SECURITY;
@@ -472,24 +476,19 @@ BEGIN
 END
 $$;
 
--- Chat batches count the messages they cover into the stream's stats: once
--- per batch, not per message.
+-- Chat batches count the messages they cover, in the update that records
+-- the batch: once per batch, not per message.
 CREATE OR REPLACE FUNCTION live_chat_batch_sent(p_room TEXT, p_sent BIGINT) RETURNS BOOLEAN
 LANGUAGE plpgsql
 AS $$
-DECLARE
-    v_before BIGINT;
 BEGIN
-    SELECT sent_up_to INTO v_before FROM live_chat_broadcasts WHERE room_name = p_room FOR UPDATE;
-    UPDATE live_chat_broadcasts
-    SET sent_up_to = greatest(sent_up_to, p_sent), lease_until = '-infinity'
-    WHERE room_name = p_room;
-    IF p_sent > v_before THEN
-        INSERT INTO live_stream_stats AS t (room_name, chat_messages)
-        SELECT p_room, count(*) FROM live_messages m
-        WHERE m.room_name = p_room AND m.seq > v_before AND m.seq <= p_sent
-        ON CONFLICT (room_name) DO UPDATE SET chat_messages = t.chat_messages + EXCLUDED.chat_messages;
-    END IF;
+    UPDATE live_chat_broadcasts b
+    SET messages_sent = b.messages_sent + (
+            SELECT count(*) FROM live_messages m
+            WHERE m.room_name = p_room AND m.seq > b.sent_up_to AND m.seq <= p_sent),
+        sent_up_to = greatest(b.sent_up_to, p_sent),
+        lease_until = '-infinity'
+    WHERE b.room_name = p_room;
     RETURN EXISTS (
         SELECT FROM live_messages m, live_chat_broadcasts b
         WHERE m.room_name = p_room AND b.room_name = p_room AND m.seq > b.sent_up_to

@@ -9,7 +9,8 @@
 //! - peak and when: sampled each time the Realtime copy is written (at most
 //!   once a second per room, and by the flusher within about a second of any
 //!   change), and the count at the end; a live stream's current count counts too;
-//! - chat messages: added once per chat batch; reactions: their shards;
+//! - chat messages: added once per chat batch (with the few a batch has not
+//!   sent yet); reactions: their shards;
 //!   stage guests: once per viewer who ever went on stage.
 //!
 //! An ended stream's figures are final: its shards are closed, and chat,
@@ -62,13 +63,16 @@ pub async fn read(client: &Client, room: &RoomName) -> Result<Option<(Uuid, Stre
                     CASE WHEN c.viewers > coalesce(t.peak_viewers, 0) THEN now() ELSE t.peak_at END AS peak_at,
                     c.unique_viewers,
                     greatest(c.watched + c.viewers * extract(epoch FROM now())::float8 - c.arrivals, 0) AS watch,
-                    coalesce(t.chat_messages, 0) AS chat_messages,
+                    coalesce(b.messages_sent, 0)
+                      + (SELECT count(*) FROM live_messages m
+                         WHERE m.room_name = s.id AND m.seq > coalesce(b.sent_up_to, 0)) AS chat_messages,
                     coalesce(t.stage_guests, 0) AS stage_guests,
                     (SELECT jsonb_object_agg(k.kind, k.n)::text
                      FROM (SELECT r.kind, sum(r.n)::int8 AS n FROM live_reaction_counts r
                            WHERE r.room_name = s.id GROUP BY r.kind) k) AS reactions
              FROM live_streams s
              LEFT JOIN live_stream_stats t ON t.room_name = s.id
+             LEFT JOIN live_chat_broadcasts b ON b.room_name = s.id
              CROSS JOIN LATERAL (
                  SELECT coalesce(sum(v.viewers), 0)::int AS viewers,
                         coalesce(sum(v.unique_viewers), 0)::int AS unique_viewers,

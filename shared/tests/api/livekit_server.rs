@@ -482,6 +482,18 @@ impl Participant {
     }
 
     /// Leaves the room cleanly.
+    /// The attributes of every other participant, as this client knows them now.
+    pub async fn remote_attributes(&mut self) -> Value {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.send(json!({"cmd": "participants", "id": id})).await;
+        let answer = self
+            .wait_for("the participant list", |e| {
+                e["event"] == "participants" && e["id"] == id
+            })
+            .await;
+        answer["attributes"].clone()
+    }
+
     pub async fn leave(&mut self) {
         self.send(json!({"cmd": "disconnect"})).await;
         self.wait_for("left", |e| e["event"] == "left" || e["event"] == "exited")

@@ -20,8 +20,9 @@ use lambda_http::Request;
 use lambda_http::http::Method;
 use serde_json::{Value, json};
 use shared::handlers::{
-    chat_history, delete_message, end_stream, get_stream, issue_standard_token, issue_token, list_streams,
-    moderate, post_message, start_stream,
+    accept_stage, chat_history, decline_stage, delete_message, end_stream, get_stream, invite_to_stage,
+    issue_standard_token, issue_token, list_streams, list_viewers, moderate, post_message, raise_hand, react,
+    remove_from_stage, stage_state, start_stream, stream_stats,
 };
 use shared::http::{FromRequest, Handler, MAX_BODY_BYTES};
 use uuid::Uuid;
@@ -85,6 +86,42 @@ const MODERATION: Route = Route {
 const TOKEN_SOURCE: Route = Route {
     method: "post",
     path: "/live/token-source",
+};
+const VIEWERS: Route = Route {
+    method: "get",
+    path: "/live/streams/{id}/viewers",
+};
+const STATS: Route = Route {
+    method: "get",
+    path: "/live/streams/{id}/stats",
+};
+const STAGE: Route = Route {
+    method: "get",
+    path: "/live/stage",
+};
+const HAND: Route = Route {
+    method: "post",
+    path: "/live/stage/hand",
+};
+const INVITE: Route = Route {
+    method: "post",
+    path: "/live/stage/invite",
+};
+const ACCEPT: Route = Route {
+    method: "post",
+    path: "/live/stage/accept",
+};
+const DECLINE: Route = Route {
+    method: "post",
+    path: "/live/stage/decline",
+};
+const REMOVE: Route = Route {
+    method: "post",
+    path: "/live/stage/remove",
+};
+const REACTIONS: Route = Route {
+    method: "post",
+    path: "/live/reactions",
 };
 
 fn repo_file(name: &str) -> String {
@@ -681,6 +718,9 @@ fn the_error_code_enum_is_every_code_the_api_has() {
         },
         ApiError::RoomTaken,
         ApiError::StreamEnded,
+        ApiError::NotWatching,
+        ApiError::NotInvited,
+        ApiError::StageFull { max_guests: 3 },
         ApiError::PayloadTooLarge { limit: 1 },
         ApiError::unavailable(Dependency::Database, "down"),
         ApiError::internal("bug"),
@@ -818,6 +858,15 @@ impl Checker {
             CHAT_DELETE,
             MODERATION,
             TOKEN_SOURCE,
+            VIEWERS,
+            STATS,
+            STAGE,
+            HAND,
+            INVITE,
+            ACCEPT,
+            DECLINE,
+            REMOVE,
+            REACTIONS,
         ] {
             for status in self.doc.documented_statuses(route) {
                 if status != 500 && !self.seen.contains(&(route, status)) {
@@ -1757,6 +1806,548 @@ async fn every_route_answers_as_the_document_says() {
         .await;
     assert_eq!(after.status, 200, "history stays readable");
 
+    Box::pin(interactive_routes(&mut c, &app, &outage)).await;
+
     c.assert_everything_seen();
     c.assert_error_examples_are_real();
+}
+
+/// Sends the stream's room a signed `participant_joined` for `user`.
+async fn joins(app: &TestApp, room: &str, user: Uuid) {
+    let event = webhook_event(
+        &format!("join-{}", Uuid::new_v4()),
+        "participant_joined",
+        room,
+        Some((&user.to_string(), &format!("PA_{}", user.simple()), false)),
+    );
+    let response = app.deliver(signed_webhook(&event, LIVEKIT_API_SECRET)).await;
+    assert_eq!(response.body["outcome"], "applied", "{}", response.body);
+}
+
+/// Sends `request` until the route answers 429, and checks that answer.
+async fn until_limited<Req, Resp, H>(
+    c: &mut Checker,
+    app: &TestApp,
+    route: Route,
+    handler: H,
+    bearer: &str,
+    body: &str,
+) where
+    Req: FromRequest,
+    Resp: serde::Serialize,
+    H: for<'a> Handler<'a, Req, Resp> + Copy,
+{
+    for _ in 0..100 {
+        let response = Box::pin(app.call(handler, Some(bearer), body)).await;
+        if response.status == 429 {
+            c.check(route, Some(body), &response);
+            response.assert_error(429, "rate_limited");
+            return;
+        }
+    }
+    panic!("{route:?} is never rate-limited");
+}
+
+/// The stage, reactions, the viewer list and the stats: every documented
+/// status of each, against a live room, an ended one, and an outage.
+async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
+    let (host, ended_host) = (Uuid::new_v4(), Uuid::new_v4());
+    let viewers: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let (banned, anonymous) = (Uuid::new_v4(), Uuid::new_v4());
+    let room = "stage-room";
+    let ended = "stage-ended";
+    app.start_stream(host, room).await;
+    app.start_stream(ended_host, ended).await;
+    for viewer in viewers.iter().chain([&banned]) {
+        joins(app, room, *viewer).await;
+    }
+    let db = app.db().await;
+    db.execute(
+        "INSERT INTO live_room_restrictions (room_name, user_id, banned) VALUES ($1, $2, true)",
+        &[&room, &banned],
+    )
+    .await
+    .unwrap();
+    db.execute("SELECT live_end_stream($1, $2)", &[&ended, &ended_host])
+        .await
+        .unwrap();
+    let host_t = app.token_for(host);
+    let t: Vec<String> = viewers.iter().map(|v| app.token_for(*v)).collect();
+    let banned_t = app.token_for(banned);
+    let anonymous_t = app.anonymous_token_for(anonymous);
+    let put = |bearer: &str| request_with(Method::PUT, Some(bearer), &[], None);
+    let in_room = |extra: Value| {
+        let mut body = json!({"roomName": room});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body.to_string()
+    };
+    let raise = in_room(json!({"raised": true}));
+
+    // POST /live/stage/hand
+    for (token, body) in [
+        (&t[0], &raise),
+        (&t[0], &in_room(json!({"raised": false}))),
+        (&t[0], &raise),
+        (&t[4], &raise),
+    ] {
+        let response = c.post(app, HAND, raise_hand, Some(token), body).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    c.post(app, HAND, raise_hand, Some(&host_t), &raise)
+        .await
+        .assert_error(400, "invalid_request");
+    c.refused(app, HAND, raise_hand, &t[0], json!({"roomName": room}))
+        .await;
+    c.refused(
+        app,
+        HAND,
+        raise_hand,
+        &t[0],
+        json!({"roomName": room, "raised": "yes"}),
+    )
+    .await;
+    c.post(app, HAND, raise_hand, None, &raise)
+        .await
+        .assert_error(401, "unauthorized");
+    c.post(app, HAND, raise_hand, Some(&banned_t), &raise)
+        .await
+        .assert_error(403, "banned");
+    c.post(app, HAND, raise_hand, Some(&anonymous_t), &raise)
+        .await
+        .assert_error(403, "anonymous_not_allowed");
+    let nowhere = json!({"roomName": "nowhere", "raised": true}).to_string();
+    c.post(app, HAND, raise_hand, Some(&t[0]), &nowhere)
+        .await
+        .assert_error(404, "stream_not_found");
+    c.send(app, HAND, raise_hand, put(&t[0]))
+        .await
+        .assert_error(405, "method_not_allowed");
+    let in_ended = json!({"roomName": ended, "raised": true}).to_string();
+    c.post(app, HAND, raise_hand, Some(&t[0]), &in_ended)
+        .await
+        .assert_error(409, "stream_ended");
+    c.post(app, HAND, raise_hand, Some(&t[0]), &too_large("roomName"))
+        .await
+        .assert_error(413, "payload_too_large");
+    until_limited(c, app, HAND, raise_hand, &app.token_for(Uuid::new_v4()), &raise).await;
+    c.post(
+        outage,
+        HAND,
+        raise_hand,
+        Some(&outage.token_for(viewers[0])),
+        &raise,
+    )
+    .await
+    .assert_error(503, "unavailable");
+
+    // GET /live/stage
+    let stage_of = |bearer: &str, query: &[(&str, &str)]| get_request(Some(bearer), query, None);
+    let first = c
+        .send(
+            app,
+            STAGE,
+            stage_state,
+            stage_of(&host_t, &[("roomName", room), ("limit", "1")]),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(
+        first.body["hands"][0]["userId"],
+        viewers[0].to_string(),
+        "oldest hand first"
+    );
+    let cursor = first.body["nextCursor"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let second = c
+        .send(
+            app,
+            STAGE,
+            stage_state,
+            stage_of(&host_t, &[("roomName", room), ("cursor", &cursor)]),
+        )
+        .await;
+    assert_eq!(second.body["hands"][0]["userId"], viewers[4].to_string());
+    assert_eq!(second.body["nextCursor"], Value::Null);
+    for query in [
+        vec![],
+        vec![("roomName", room), ("limit", "0")],
+        vec![("roomName", room), ("cursor", "bad")],
+        vec![("roomName", room), ("page", "2")],
+    ] {
+        c.send(app, STAGE, stage_state, stage_of(&host_t, &query))
+            .await
+            .assert_error(400, "invalid_request");
+    }
+    c.send(
+        app,
+        STAGE,
+        stage_state,
+        get_request(None, &[("roomName", room)], None),
+    )
+    .await
+    .assert_error(401, "unauthorized");
+    c.send(app, STAGE, stage_state, stage_of(&t[0], &[("roomName", room)]))
+        .await
+        .assert_error(403, "forbidden");
+    c.send(
+        app,
+        STAGE,
+        stage_state,
+        stage_of(&host_t, &[("roomName", "nowhere")]),
+    )
+    .await
+    .assert_error(404, "stream_not_found");
+    c.send(
+        app,
+        STAGE,
+        stage_state,
+        request_with(Method::POST, Some(&host_t), &[("roomName", room)], None),
+    )
+    .await
+    .assert_error(405, "method_not_allowed");
+    c.send(
+        app,
+        STAGE,
+        stage_state,
+        stage_of(&app.token_for(ended_host), &[("roomName", ended)]),
+    )
+    .await
+    .assert_error(409, "stream_ended");
+    c.send(
+        outage,
+        STAGE,
+        stage_state,
+        stage_of(&outage.token_for(host), &[("roomName", room)]),
+    )
+    .await
+    .assert_error(503, "unavailable");
+
+    // POST /live/stage/invite, /accept, /decline, /remove: three guests fill the stage.
+    let invite = |user: Uuid| in_room(json!({"userId": user}));
+    let answer = in_room(json!({}));
+    for (i, viewer) in viewers.iter().take(3).enumerate() {
+        let invited = c
+            .post(app, INVITE, invite_to_stage, Some(&host_t), &invite(*viewer))
+            .await;
+        assert_eq!(
+            (invited.status, &invited.body["invited"]),
+            (200, &json!(true)),
+            "{}",
+            invited.body
+        );
+        if i == 2 {
+            // The fourth invitation goes out before the third guest comes on.
+            let fourth = c
+                .post(app, INVITE, invite_to_stage, Some(&host_t), &invite(viewers[3]))
+                .await;
+            assert_eq!(fourth.status, 200);
+        }
+        let accepted = c.post(app, ACCEPT, accept_stage, Some(&t[i]), &answer).await;
+        assert_eq!(
+            (accepted.status, &accepted.body["onStage"]),
+            (200, &json!(true)),
+            "{}",
+            accepted.body
+        );
+    }
+    c.post(app, ACCEPT, accept_stage, Some(&t[3]), &answer)
+        .await
+        .assert_error(409, "stage_full");
+    c.post(app, INVITE, invite_to_stage, Some(&host_t), &invite(viewers[4]))
+        .await
+        .assert_error(409, "stage_full");
+    c.post(app, ACCEPT, accept_stage, Some(&t[4]), &answer)
+        .await
+        .assert_error(409, "not_invited");
+    let declined = c.post(app, DECLINE, decline_stage, Some(&t[3]), &answer).await;
+    assert_eq!((declined.status, &declined.body["invited"]), (200, &json!(false)));
+    let removed = c
+        .post(app, REMOVE, remove_from_stage, Some(&host_t), &invite(viewers[0]))
+        .await;
+    assert_eq!((removed.status, &removed.body["onStage"]), (200, &json!(false)));
+    let left = c.post(app, REMOVE, remove_from_stage, Some(&t[1]), &answer).await;
+    assert_eq!((left.status, &left.body["onStage"]), (200, &json!(false)));
+    c.post(app, REMOVE, remove_from_stage, Some(&t[4]), &invite(viewers[2]))
+        .await
+        .assert_error(403, "forbidden");
+    c.post(app, INVITE, invite_to_stage, Some(&t[4]), &invite(viewers[3]))
+        .await
+        .assert_error(403, "forbidden");
+    c.post(app, INVITE, invite_to_stage, Some(&host_t), &invite(banned))
+        .await
+        .assert_error(403, "forbidden");
+    c.post(
+        app,
+        INVITE,
+        invite_to_stage,
+        Some(&host_t),
+        &invite(Uuid::new_v4()),
+    )
+    .await
+    .assert_error(409, "not_watching");
+    c.post(app, INVITE, invite_to_stage, Some(&host_t), &invite(host))
+        .await
+        .assert_error(400, "invalid_request");
+    c.post(app, REMOVE, remove_from_stage, Some(&host_t), &answer)
+        .await
+        .assert_error(400, "invalid_request");
+    c.post(app, ACCEPT, accept_stage, Some(&host_t), &answer)
+        .await
+        .assert_error(400, "invalid_request");
+    c.post(app, DECLINE, decline_stage, Some(&host_t), &answer)
+        .await
+        .assert_error(400, "invalid_request");
+    c.refused(app, INVITE, invite_to_stage, &host_t, json!({"roomName": room}))
+        .await;
+    c.refused(
+        app,
+        INVITE,
+        invite_to_stage,
+        &host_t,
+        json!({"roomName": room, "userId": "me"}),
+    )
+    .await;
+    c.refused(app, ACCEPT, accept_stage, &t[0], json!({})).await;
+    c.refused(
+        app,
+        DECLINE,
+        decline_stage,
+        &t[0],
+        json!({"roomName": room, "why": "shy"}),
+    )
+    .await;
+    c.refused(
+        app,
+        REMOVE,
+        remove_from_stage,
+        &t[0],
+        json!({"roomName": room, "userId": 7}),
+    )
+    .await;
+    c.post(app, ACCEPT, accept_stage, Some(&banned_t), &answer)
+        .await
+        .assert_error(403, "banned");
+    c.post(app, DECLINE, decline_stage, Some(&banned_t), &answer)
+        .await
+        .assert_error(403, "banned");
+    c.post(app, REMOVE, remove_from_stage, Some(&banned_t), &answer)
+        .await
+        .assert_error(403, "banned");
+    c.post(
+        app,
+        INVITE,
+        invite_to_stage,
+        Some(&anonymous_t),
+        &invite(viewers[4]),
+    )
+    .await
+    .assert_error(403, "anonymous_not_allowed");
+    let nowhere_answer = json!({"roomName": "nowhere"}).to_string();
+    let ended_answer = json!({"roomName": ended}).to_string();
+    let ended_invite = json!({"roomName": ended, "userId": viewers[0]}).to_string();
+    let nowhere_invite = json!({"roomName": "nowhere", "userId": viewers[0]}).to_string();
+    let eager = app.token_for(Uuid::new_v4());
+    let ended_host_t = app.token_for(ended_host);
+    macro_rules! every_refusal {
+        ($route:expr, $handler:expr, $ok_body:expr, $nowhere:expr, $ended:expr, $ended_bearer:expr) => {{
+            c.post(app, $route, $handler, None, $ok_body)
+                .await
+                .assert_error(401, "unauthorized");
+            c.post(app, $route, $handler, Some(&t[4]), $nowhere)
+                .await
+                .assert_error(404, "stream_not_found");
+            c.send(app, $route, $handler, put(&t[4]))
+                .await
+                .assert_error(405, "method_not_allowed");
+            c.post(app, $route, $handler, Some($ended_bearer), $ended)
+                .await
+                .assert_error(409, "stream_ended");
+            c.post(app, $route, $handler, Some(&t[4]), &too_large("roomName"))
+                .await
+                .assert_error(413, "payload_too_large");
+            until_limited(c, app, $route, $handler, &eager, $ok_body).await;
+            c.post(outage, $route, $handler, Some(&outage.token_for(host)), $ok_body)
+                .await
+                .assert_error(503, "unavailable");
+        }};
+    }
+    every_refusal!(
+        INVITE,
+        invite_to_stage,
+        &invite(viewers[4]),
+        &nowhere_invite,
+        &ended_invite,
+        &ended_host_t
+    );
+    every_refusal!(
+        ACCEPT,
+        accept_stage,
+        &answer,
+        &nowhere_answer,
+        &ended_answer,
+        &t[0]
+    );
+    every_refusal!(
+        DECLINE,
+        decline_stage,
+        &answer,
+        &nowhere_answer,
+        &ended_answer,
+        &t[0]
+    );
+    every_refusal!(
+        REMOVE,
+        remove_from_stage,
+        &answer,
+        &nowhere_answer,
+        &ended_answer,
+        &t[0]
+    );
+
+    // POST /live/reactions
+    let heart = in_room(json!({"kind": "heart"}));
+    let tapped = c.post(app, REACTIONS, react, Some(&t[0]), &heart).await;
+    assert_eq!(
+        (tapped.status, &tapped.body["broadcast"]),
+        (200, &json!(true)),
+        "{}",
+        tapped.body
+    );
+    let again = c
+        .post(
+            app,
+            REACTIONS,
+            react,
+            Some(&t[1]),
+            &in_room(json!({"kind": "fire"})),
+        )
+        .await;
+    assert_eq!(again.status, 200);
+    c.refused(
+        app,
+        REACTIONS,
+        react,
+        &t[0],
+        json!({"roomName": room, "kind": "poop"}),
+    )
+    .await;
+    c.refused(app, REACTIONS, react, &t[0], json!({"roomName": room}))
+        .await;
+    c.post(app, REACTIONS, react, Some(&banned_t), &heart)
+        .await
+        .assert_error(403, "banned");
+    c.post(app, REACTIONS, react, Some(&anonymous_t), &heart)
+        .await
+        .assert_error(403, "anonymous_not_allowed");
+    let nowhere_heart = json!({"roomName": "nowhere", "kind": "heart"}).to_string();
+    let ended_heart = json!({"roomName": ended, "kind": "heart"}).to_string();
+    every_refusal!(REACTIONS, react, &heart, &nowhere_heart, &ended_heart, &t[0]);
+
+    // GET /live/streams/{id}/viewers
+    let of = |bearer: &str, id: &str, query: &[(&str, &str)]| get_request(Some(bearer), query, Some(id));
+    let listed = c
+        .send(app, VIEWERS, list_viewers, of(&host_t, room, &[("limit", "2")]))
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["viewerCount"], 6);
+    assert_eq!(listed.body["viewers"].as_array().unwrap().len(), 2);
+    let cursor = listed.body["nextCursor"]
+        .as_str()
+        .expect("more viewers")
+        .to_owned();
+    let rest = c
+        .send(
+            app,
+            VIEWERS,
+            list_viewers,
+            of(&host_t, room, &[("cursor", &cursor), ("limit", "200")]),
+        )
+        .await;
+    assert_eq!(rest.body["viewers"].as_array().unwrap().len(), 4, "{}", rest.body);
+    let count_only = c.send(app, VIEWERS, list_viewers, of(&t[0], room, &[])).await;
+    assert_eq!(
+        (count_only.status, &count_only.body["viewers"]),
+        (200, &Value::Null)
+    );
+    assert_eq!(count_only.body["viewerCount"], 6);
+    for query in [[("limit", "0")], [("cursor", "bad")], [("page", "2")]] {
+        c.send(app, VIEWERS, list_viewers, of(&host_t, room, &query))
+            .await
+            .assert_error(400, "invalid_request");
+    }
+    c.send(app, VIEWERS, list_viewers, get_request(None, &[], Some(room)))
+        .await
+        .assert_error(401, "unauthorized");
+    c.send(app, VIEWERS, list_viewers, of(&banned_t, room, &[]))
+        .await
+        .assert_error(403, "banned");
+    c.send(app, VIEWERS, list_viewers, of(&host_t, "nowhere", &[]))
+        .await
+        .assert_error(404, "stream_not_found");
+    c.send(
+        app,
+        VIEWERS,
+        list_viewers,
+        request_with(Method::POST, Some(&host_t), &[], Some(room)),
+    )
+    .await
+    .assert_error(405, "method_not_allowed");
+    c.send(app, VIEWERS, list_viewers, of(&ended_host_t, ended, &[]))
+        .await
+        .assert_error(409, "stream_ended");
+    c.send(
+        outage,
+        VIEWERS,
+        list_viewers,
+        of(&outage.token_for(host), room, &[]),
+    )
+    .await
+    .assert_error(503, "unavailable");
+
+    // GET /live/streams/{id}/stats
+    let stats = c.send(app, STATS, stream_stats, of(&host_t, room, &[])).await;
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    assert_eq!(stats.body["stats"]["stageGuests"], 3);
+    assert_eq!(stats.body["stats"]["reactions"]["fire"], 1);
+    assert!(
+        stats.body["stats"]["reactions"]["heart"].as_i64().unwrap() >= 11,
+        "{}",
+        stats.body
+    );
+    let ended_stats = c
+        .send(app, STATS, stream_stats, of(&ended_host_t, ended, &[]))
+        .await;
+    assert_eq!(
+        (ended_stats.status, &ended_stats.body["stats"]["isLive"]),
+        (200, &json!(false))
+    );
+    c.send(app, STATS, stream_stats, get_request(None, &[], Some(room)))
+        .await
+        .assert_error(401, "unauthorized");
+    c.send(app, STATS, stream_stats, of(&t[0], room, &[]))
+        .await
+        .assert_error(403, "forbidden");
+    c.send(app, STATS, stream_stats, of(&host_t, "nowhere", &[]))
+        .await
+        .assert_error(404, "stream_not_found");
+    c.send(
+        app,
+        STATS,
+        stream_stats,
+        request_with(Method::POST, Some(&host_t), &[], Some(room)),
+    )
+    .await
+    .assert_error(405, "method_not_allowed");
+    c.send(
+        outage,
+        STATS,
+        stream_stats,
+        of(&outage.token_for(host), room, &[]),
+    )
+    .await
+    .assert_error(503, "unavailable");
 }

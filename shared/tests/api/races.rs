@@ -112,7 +112,7 @@ async fn chat_moderation_and_other_joins_do_not_wait_for_a_webhook_in_progress()
     let webhook = webhook_connection.transaction().await.unwrap();
     let outcome: String = webhook
         .query_one(
-            "SELECT outcome FROM live_participant_event('EV_held', 'busy', '', 'join', 'PA_held', $1, $2, false)",
+            "SELECT outcome FROM live_participant_event('EV_held', 'busy', '', 'join', 'PA_held', $1, $2, false, '')",
             &[&viewer.to_string(), &viewer],
         )
         .await

@@ -303,3 +303,173 @@ async fn the_room_is_told_its_viewer_count() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+fn attribute_of(
+    identity: String,
+    key: &'static str,
+    value: &'static str,
+) -> impl Fn(&serde_json::Value) -> bool {
+    move |e| e["event"] == "attributes_changed" && e["identity"] == identity && e["attributes"][key] == value
+}
+
+/// Polls what `client` knows of `identity`'s attributes until `key` is
+/// `value`. (The Python SDK updates a remote participant's attributes
+/// without always emitting its change event, so the state is what counts.)
+async fn until_attribute(client: &mut Participant, identity: Uuid, key: &str, value: &str) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let attributes = client.remote_attributes().await;
+        if attributes[identity.to_string()][key] == value {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{identity}'s {key} is not {value} within {SETTLE:?}: {attributes}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
+    use shared::handlers::{accept_stage, invite_to_stage, raise_hand, remove_from_stage};
+    let app = TestApp::spawn().await;
+    let (host, mut host_client) = live_host(&app).await;
+    let (viewer, mut guest) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    let (host_t, viewer_t) = (app.token_for(host), app.token_for(viewer));
+    let call_ok = |response: crate::helpers::TestResponse| {
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(response.body["roomUpdated"], true, "{}", response.body);
+        response
+    };
+
+    // The hand and the invitation are attributes every client sees; neither
+    // lets the viewer publish.
+    call_ok(
+        app.call(
+            raise_hand,
+            Some(&viewer_t),
+            &json!({"roomName": ROOM, "raised": true}).to_string(),
+        )
+        .await,
+    );
+    until_attribute(&mut host_client, viewer, "hand_raised", "true").await;
+    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
+    call_ok(app.call(invite_to_stage, Some(&host_t), &invite).await);
+    guest
+        .wait_for(
+            "the invitation",
+            attribute_of(viewer.to_string(), "stage_invited", "true"),
+        )
+        .await;
+
+    // Accepted: LiveKit lets them publish, and the host receives their media.
+    let accepted = call_ok(
+        app.call(
+            accept_stage,
+            Some(&viewer_t),
+            &json!({"roomName": ROOM}).to_string(),
+        )
+        .await,
+    );
+    assert_eq!(accepted.body["onStage"], true);
+    guest
+        .wait_for("permission to publish", |e| {
+            e["event"] == "permissions_changed" && e["can_publish"] == true
+        })
+        .await;
+    guest
+        .publish_tracks()
+        .await
+        .expect("a guest on stage may publish");
+    for kind in ["video", "audio"] {
+        host_client
+            .wait_for("the guest's media", |e| {
+                e["event"] == "media_received" && e["kind"] == kind && e["participant"] == viewer.to_string()
+            })
+            .await;
+    }
+    until_attribute(&mut host_client, viewer, "on_stage", "true").await;
+    // A token they get while on stage carries the grant (camera and microphone only).
+    let token = app.request_token(&viewer_t, ROOM).await;
+    let claims = crate::helpers::verify_livekit_token(token.body["token"].as_str().unwrap());
+    assert_eq!(claims.video.can_publish, Some(true));
+    assert_eq!(claims.video.can_publish_sources, ["camera", "microphone"]);
+    assert_eq!(claims.attributes["on_stage"], "true");
+
+    // Removed: LiveKit takes the permission and unpublishes their tracks.
+    call_ok(app.call(remove_from_stage, Some(&host_t), &invite).await);
+    for kind in ["video", "audio"] {
+        host_client
+            .wait_for("the guest's tracks stopping", |e| {
+                e["event"] == "track_unsubscribed"
+                    && e["kind"] == kind
+                    && e["participant"] == viewer.to_string()
+            })
+            .await;
+    }
+    guest
+        .wait_for("the permission gone", |e| {
+            e["event"] == "permissions_changed" && e["can_publish"] == false
+        })
+        .await;
+    until_attribute(&mut host_client, viewer, "on_stage", "false").await;
+    let after = app.request_token(&viewer_t, ROOM).await;
+    let claims = crate::helpers::verify_livekit_token(after.body["token"].as_str().unwrap());
+    assert_eq!(claims.video.can_publish, Some(false));
+    assert!(claims.video.can_publish_sources.is_empty());
+}
+
+#[tokio::test]
+async fn a_guest_who_leaves_the_room_leaves_the_stage_and_an_old_token_cannot_publish() {
+    use shared::handlers::{accept_stage, invite_to_stage};
+    let app = TestApp::spawn().await;
+    let (host, host_client) = live_host(&app).await;
+    let (viewer, mut guest) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    let viewer_t = app.token_for(viewer);
+    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
+    assert_eq!(
+        app.call(invite_to_stage, Some(&app.token_for(host)), &invite)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.call(
+            accept_stage,
+            Some(&viewer_t),
+            &json!({"roomName": ROOM}).to_string()
+        )
+        .await
+        .status,
+        200
+    );
+    // A token minted on stage, kept for later.
+    let on_stage = app.request_token(&viewer_t, ROOM).await;
+    let old_token = on_stage.body["token"].as_str().unwrap().to_owned();
+
+    guest.leave().await;
+    app.wait_for_viewer_count(ROOM, 0).await;
+    let row = app
+        .db()
+        .await
+        .query_one(
+            "SELECT on_stage_since IS NULL FROM live_stage WHERE room_name = $1 AND user_id = $2",
+            &[&ROOM, &viewer],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "leaving the room ended the turn");
+
+    // Back with the token minted on stage: the webhook takes the grant away.
+    let mut back = app.join(&old_token).await.expect("the old token still joins");
+    back.wait_for("the stage grant taken back", |e| {
+        e["event"] == "permissions_changed" && e["can_publish"] == false
+    })
+    .await;
+    let refused = back.publish_tracks().await;
+    assert!(refused.is_err(), "off stage, publishing is refused: {refused:?}");
+    drop(host_client);
+}

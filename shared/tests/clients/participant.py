@@ -8,13 +8,15 @@ play a host's phone or a viewer's:
                                                      {"event": "connect_failed", "error"}
   {"cmd": "publish_tracks"}                          {"event": "published"} | {"event": "publish_failed", "error"}
   {"cmd": "publish_data", "topic", "payload"}        {"event": "data_sent"} | {"event": "data_failed", "error"}
+  {"cmd": "participants", "id"}                      {"event": "participants", "id", "attributes": {identity: {…}}}
   {"cmd": "disconnect"}                              {"event": "left"}
   {"cmd": "exit"}
 
 and, whenever they happen: track_subscribed, media_received (the first
 decoded frame of a subscribed track), track_unsubscribed, data_received (with
 the sending participant's identity, or null for the server), participant_connected,
-participant_disconnected, permissions_changed, disconnected (with LiveKit's reason).
+participant_disconnected, permissions_changed, attributes_changed (any
+participant's, with all their attributes), disconnected (with LiveKit's reason).
 
 Killing the process is a phone that loses its network: no clean leave.
 """
@@ -74,6 +76,11 @@ class Participant:
         @room.on("participant_disconnected")
         def on_participant_disconnected(participant):
             emit("participant_disconnected", identity=participant.identity)
+
+        @room.on("participant_attributes_changed")
+        def on_attributes(changed, participant):
+            # Every client draws the stage from these (set by the backend only).
+            emit("attributes_changed", identity=participant.identity, attributes=dict(participant.attributes))
 
         @room.on("participant_permissions_changed")
         def on_permissions(participant, permissions):
@@ -172,6 +179,12 @@ async def main():
             await participant.publish_tracks()
         elif name == "publish_data":
             await participant.publish_data(command["topic"], command["payload"])
+        elif name == "participants":
+            emit(
+                "participants",
+                id=command.get("id"),
+                attributes={p.identity: dict(p.attributes) for p in participant.room.remote_participants.values()},
+            )
         elif name == "disconnect":
             await participant.disconnect()
         elif name == "exit":
