@@ -16,6 +16,7 @@ mod chat;
 mod end;
 mod faults;
 mod fuzz;
+mod interactive;
 mod listing;
 mod logs;
 mod migrations;

@@ -1,0 +1,550 @@
+//! The stage, reactions, the viewer list and the stats beyond their statuses
+//! (those are in `openapi.rs`): what the numbers say after real events, what
+//! the room is told, and which layer enforces what.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shared::handlers::{
+    accept_stage, invite_to_stage, list_viewers, moderate, post_message, react, remove_from_stage,
+    stream_stats,
+};
+use uuid::Uuid;
+
+use crate::helpers::{
+    AppOptions, LIVEKIT_API_SECRET, LiveKitMode, SETTLE, TestApp, get_request, signed_webhook,
+};
+
+/// A participant webhook as LiveKit sends it, with the display name.
+async fn participant(
+    app: &TestApp,
+    event: &str,
+    room: &str,
+    identity: &str,
+    sid: &str,
+    name: &str,
+    hidden: bool,
+) {
+    let body = json!({
+        "id": format!("EV_{}", Uuid::new_v4().simple()),
+        "event": event,
+        "room": {"name": room},
+        "participant": {
+            "sid": sid, "identity": identity, "name": name, "state": "ACTIVE",
+            "permission": {"canSubscribe": true, "canPublishData": true, "hidden": hidden},
+        },
+        "createdAt": chrono::Utc::now().timestamp().to_string(),
+    })
+    .to_string();
+    let response = app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+}
+
+async fn stats(app: &TestApp, host: Uuid, room: &str) -> Value {
+    let response = app
+        .send(
+            stream_stats,
+            get_request(Some(&app.token_for(host)), &[], Some(room)),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    response.body["stats"].clone()
+}
+
+/// Flushes until the Realtime copy of the count (and so the sampled peak)
+/// says `count`: the flusher writes it at most once a second.
+async fn flushed(app: &TestApp, room: &str, count: i32) {
+    let deadline = Instant::now() + SETTLE;
+    while app.realtime_viewer_count(room).await != count {
+        assert!(Instant::now() < deadline, "the copy never said {count}");
+        shared::flush::flush_once(&app.state).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn stats_follow_the_events_and_are_final_once_the_stream_ends() {
+    let app = TestApp::spawn().await;
+    let (host, ada, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let room = "stats-room";
+    app.start_stream(host, room).await;
+    let fresh = stats(&app, host, room).await;
+    assert_eq!(
+        (
+            &fresh["uniqueViewers"],
+            &fresh["peakViewers"],
+            &fresh["peakAt"],
+            &fresh["averageWatchSeconds"]
+        ),
+        (&json!(0), &json!(0), &Value::Null, &json!(0.0))
+    );
+
+    // Ada on two devices, Bob once; the host and a hidden recorder are not viewers.
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &ada.to_string(),
+        "PA_ada1",
+        "Ada",
+        false,
+    )
+    .await;
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &ada.to_string(),
+        "PA_ada2",
+        "Ada",
+        false,
+    )
+    .await;
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &bob.to_string(),
+        "PA_bob",
+        "Bob",
+        false,
+    )
+    .await;
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &host.to_string(),
+        "PA_host",
+        "Host",
+        false,
+    )
+    .await;
+    participant(&app, "participant_joined", room, "recorder", "PA_rec", "", true).await;
+    flushed(&app, room, 2).await;
+    participant(
+        &app,
+        "participant_left",
+        room,
+        &bob.to_string(),
+        "PA_bob",
+        "Bob",
+        false,
+    )
+    .await;
+    // Bob again: still one unique viewer.
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &bob.to_string(),
+        "PA_bob2",
+        "Bob",
+        false,
+    )
+    .await;
+    participant(
+        &app,
+        "participant_left",
+        room,
+        &bob.to_string(),
+        "PA_bob2",
+        "Bob",
+        false,
+    )
+    .await;
+
+    for text in ["one", "two", "three"] {
+        let posted = app
+            .call(
+                post_message,
+                Some(&app.token_for(ada)),
+                &json!({"roomName": room, "text": text}).to_string(),
+            )
+            .await;
+        assert_eq!(posted.status, 201, "{}", posted.body);
+    }
+    for (user, kind) in [(ada, "heart"), (bob, "heart"), (bob, "fire")] {
+        let tapped = app
+            .call(
+                react,
+                Some(&app.token_for(user)),
+                &json!({"roomName": room, "kind": kind}).to_string(),
+            )
+            .await;
+        assert_eq!(tapped.status, 200, "{}", tapped.body);
+    }
+    let invite = json!({"roomName": room, "userId": ada}).to_string();
+    assert_eq!(
+        app.call(invite_to_stage, Some(&app.token_for(host)), &invite)
+            .await
+            .status,
+        200
+    );
+    let answer = json!({"roomName": room}).to_string();
+    assert_eq!(
+        app.call(accept_stage, Some(&app.token_for(ada)), &answer)
+            .await
+            .status,
+        200
+    );
+    // Off and on again: one guest.
+    assert_eq!(
+        app.call(remove_from_stage, Some(&app.token_for(ada)), &answer)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.call(invite_to_stage, Some(&app.token_for(host)), &invite)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.call(accept_stage, Some(&app.token_for(ada)), &answer)
+            .await
+            .status,
+        200
+    );
+
+    let live = stats(&app, host, room).await;
+    assert_eq!(live["isLive"], true);
+    assert_eq!(live["viewerCount"], 1, "{live}");
+    assert_eq!(live["uniqueViewers"], 2, "{live}");
+    assert_eq!(live["peakViewers"], 2, "{live}");
+    assert!(live["peakAt"].is_string());
+    assert_eq!(live["chatMessages"], 3, "{live}");
+    assert_eq!(live["reactions"], json!({"heart": 2, "fire": 1}));
+    assert_eq!(live["stageGuests"], 1);
+    let watched = live["totalWatchSeconds"].as_f64().unwrap();
+    let duration = live["durationSeconds"].as_f64().unwrap();
+    assert!(watched > 0.0 && watched <= 2.0 * duration + 0.01, "{live}");
+    assert!((live["averageWatchSeconds"].as_f64().unwrap() - watched / 2.0).abs() < 1e-6);
+    // While live, Ada's time keeps adding up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = stats(&app, host, room).await;
+    assert!(
+        later["totalWatchSeconds"].as_f64().unwrap() >= watched + 0.25,
+        "{later}"
+    );
+
+    let ended = app
+        .call(shared::handlers::end_stream, Some(&app.token_for(host)), &answer)
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    let last = stats(&app, host, room).await;
+    assert_eq!(
+        (&last["isLive"], &last["viewerCount"]),
+        (&json!(false), &json!(0))
+    );
+    assert!(last["endedAt"].is_string());
+    assert_eq!(
+        (&last["peakViewers"], &last["uniqueViewers"]),
+        (&json!(2), &json!(2))
+    );
+    // Events after the end change nothing: the figures are final.
+    participant(
+        &app,
+        "participant_left",
+        room,
+        &ada.to_string(),
+        "PA_ada1",
+        "Ada",
+        false,
+    )
+    .await;
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &Uuid::new_v4().to_string(),
+        "PA_late",
+        "Late",
+        false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stats(&app, host, room).await, last);
+    let stranger = app
+        .send(
+            stream_stats,
+            get_request(Some(&app.token_for(ada)), &[], Some(room)),
+        )
+        .await;
+    stranger.assert_error(403, "forbidden");
+}
+
+#[tokio::test]
+async fn the_viewer_list_shows_present_viewers_only_and_others_what_the_setting_allows() {
+    for (visible_to, others_see_list) in [("host", false), ("viewers", true)] {
+        let app = TestApp::spawn_with(AppOptions {
+            settings: vec![("VIEWER_LIST_VISIBLE_TO", visible_to.to_owned())],
+            ..AppOptions::default()
+        })
+        .await;
+        let (host, ada, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let room = "watchers";
+        app.start_stream(host, room).await;
+        participant(
+            &app,
+            "participant_joined",
+            room,
+            &host.to_string(),
+            "PA_host",
+            "Host",
+            false,
+        )
+        .await;
+        participant(
+            &app,
+            "participant_joined",
+            room,
+            "egress-1",
+            "PA_egress",
+            "",
+            true,
+        )
+        .await;
+        participant(
+            &app,
+            "participant_joined",
+            room,
+            &ada.to_string(),
+            "PA_ada",
+            "Ada",
+            false,
+        )
+        .await;
+        participant(
+            &app,
+            "participant_joined",
+            room,
+            &bob.to_string(),
+            "PA_bob",
+            "Bob",
+            false,
+        )
+        .await;
+        participant(
+            &app,
+            "participant_left",
+            room,
+            &bob.to_string(),
+            "PA_bob",
+            "Bob",
+            false,
+        )
+        .await;
+
+        let list = |user: Uuid| {
+            app.send(
+                list_viewers,
+                get_request(Some(&app.token_for(user)), &[], Some(room)),
+            )
+        };
+        let hosts = list(host).await;
+        assert_eq!(hosts.status, 200, "{}", hosts.body);
+        assert_eq!(hosts.body["viewerCount"], 1);
+        let viewers = hosts.body["viewers"].as_array().unwrap();
+        assert_eq!(
+            viewers.len(),
+            1,
+            "no streamer, no hidden participant, no one who left: {viewers:?}"
+        );
+        assert_eq!(
+            (&viewers[0]["userId"], &viewers[0]["displayName"]),
+            (&json!(ada.to_string()), &json!("Ada"))
+        );
+        let adas = list(ada).await;
+        assert_eq!(adas.body["viewerCount"], 1);
+        assert_eq!(
+            adas.body["viewers"].is_array(),
+            others_see_list,
+            "{visible_to}: {}",
+            adas.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn reactions_reach_the_room_aggregated_with_no_sender() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "applause";
+    app.start_stream(host, room).await;
+    let (_, listener) = app.viewer_in(room).await;
+    let tappers: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
+    let started = Instant::now();
+    // 10 users, 3 taps each, all at once.
+    let taps = tappers.iter().flat_map(|user| {
+        let app = &app;
+        (0..3).map(move |_| async move {
+            let body = json!({"roomName": room, "kind": "heart"}).to_string();
+            app.call(react, Some(&app.token_for(*user)), &body).await
+        })
+    });
+    let answered = futures::future::join_all(taps).await;
+    let elapsed = started.elapsed();
+    assert!(
+        answered.iter().all(|r| r.status == 200),
+        "{:?}",
+        answered.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    let sent_by_taps = answered.iter().filter(|r| r.body["broadcast"] == true).count();
+    let bound = (elapsed.as_millis() / 250 + 1) as usize;
+    assert!(
+        sent_by_taps <= bound,
+        "{sent_by_taps} packets from taps in {elapsed:?}"
+    );
+
+    // The trailing taps reach the room through the flusher.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let packets = listener.data_on("reactions");
+        let counted: i64 = packets
+            .iter()
+            .map(|p| p.payload["counts"]["heart"].as_i64().unwrap_or(0))
+            .sum();
+        if counted == 30 {
+            assert!(packets.len() <= sent_by_taps + 1, "{} packets", packets.len());
+            for packet in &packets {
+                assert_eq!(packet.sender, None, "from the server: {:?}", packet.payload);
+                assert!(!packet.reliable, "lossy: the next packet supersedes it");
+                assert_eq!(packet.payload["event"], "reactions");
+                assert_eq!(packet.payload["roomName"], room);
+            }
+            assert_eq!(packets.last().unwrap().payload["totals"]["heart"], 30);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counted} of 30 taps told: {packets:?}"
+        );
+        shared::flush::flush_once(&app.state).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_chat_mute_keeps_a_guest_on_camera_and_a_ban_ends_their_turn() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "guests";
+    app.start_stream(host, room).await;
+    let (guest, _client) = app.viewer_in(room).await;
+    app.wait_for_viewer_count(room, 1).await;
+    let invite = json!({"roomName": room, "userId": guest}).to_string();
+    assert_eq!(
+        app.call(invite_to_stage, Some(&app.token_for(host)), &invite)
+            .await
+            .status,
+        200
+    );
+    let answer = json!({"roomName": room}).to_string();
+    assert_eq!(
+        app.call(accept_stage, Some(&app.token_for(guest)), &answer)
+            .await
+            .status,
+        200
+    );
+
+    let moderation = |action: &str| json!({"roomName": room, "userId": guest, "action": action}).to_string();
+    let muted = app
+        .call(moderate, Some(&app.token_for(host)), &moderation("mute"))
+        .await;
+    assert_eq!(
+        (muted.status, &muted.body["roomUpdated"]),
+        (200, &json!(true)),
+        "{}",
+        muted.body
+    );
+    let permission = app.livekit().participants(room).await[0]
+        .permission
+        .clone()
+        .unwrap();
+    assert!(
+        permission.can_publish && !permission.can_publish_data,
+        "{permission:?}"
+    );
+
+    let banned = app
+        .call(moderate, Some(&app.token_for(host)), &moderation("ban"))
+        .await;
+    assert_eq!(banned.status, 200, "{}", banned.body);
+    let row = app
+        .db()
+        .await
+        .query_one(
+            "SELECT on_stage_since IS NULL AND invited_at IS NULL FROM live_stage WHERE room_name = $1 AND user_id = $2",
+            &[&room, &guest],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the ban took them off the stage");
+    let again = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    again.assert_error(403, "forbidden");
+}
+
+#[tokio::test]
+async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "stubborn";
+    app.start_stream(host, room).await;
+    let (guest, _client) = app.viewer_in(room).await;
+    app.wait_for_viewer_count(room, 1).await;
+    let invite = json!({"roomName": room, "userId": guest}).to_string();
+    assert_eq!(
+        app.call(invite_to_stage, Some(&app.token_for(host)), &invite)
+            .await
+            .status,
+        200
+    );
+    let accepted = app
+        .call(
+            accept_stage,
+            Some(&app.token_for(guest)),
+            &json!({"roomName": room}).to_string(),
+        )
+        .await;
+    assert_eq!(accepted.body["roomUpdated"], true);
+    assert!(
+        app.livekit().participants(room).await[0]
+            .permission
+            .as_ref()
+            .unwrap()
+            .can_publish
+    );
+
+    app.set_livekit_mode(LiveKitMode::Failing);
+    let removed = app
+        .call(remove_from_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(
+        (removed.status, &removed.body["roomUpdated"]),
+        (200, &json!(false)),
+        "{}",
+        removed.body
+    );
+    app.set_livekit_mode(LiveKitMode::Up);
+    assert!(
+        app.livekit().participants(room).await[0]
+            .permission
+            .as_ref()
+            .unwrap()
+            .can_publish,
+        "LiveKit still lets them publish"
+    );
+    shared::reconcile::reconcile(&app.state, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let participant = app.livekit().participants(room).await.remove(0);
+    assert!(
+        !participant.permission.unwrap().can_publish,
+        "the reconciler took the grant back"
+    );
+    assert_eq!(participant.attributes["on_stage"], "false");
+}
