@@ -74,6 +74,51 @@ async fn the_committed_events_start_join_and_end_a_stream() {
         "the webhook's viewer is counted"
     );
 
+    // The joined viewer raises a hand, is invited, comes on stage and reacts;
+    // the streamer sees them in the list, the stage and the stats.
+    use shared::handlers as h;
+    let ok = |response: &crate::helpers::TestResponse, what: &str| {
+        assert_eq!(response.status, 200, "{what}: {}", response.body);
+    };
+    ok(
+        &app.send(h::raise_hand, event("stage-hand.json")).await,
+        "stage-hand",
+    );
+    let stage = app.send(h::stage_state, event("stage.json")).await;
+    ok(&stage, "stage");
+    assert_eq!(
+        stage.body["hands"][0]["userId"],
+        "00000000-0000-4000-8000-000000000002"
+    );
+    ok(
+        &app.send(h::invite_to_stage, event("stage-invite.json")).await,
+        "stage-invite",
+    );
+    let accepted = app.send(h::accept_stage, event("stage-accept.json")).await;
+    ok(&accepted, "stage-accept");
+    assert_eq!(accepted.body["onStage"], true);
+    ok(&app.send(h::react, event("reactions.json")).await, "reactions");
+    let viewers = app.send(h::list_viewers, event("stream-viewers.json")).await;
+    ok(&viewers, "stream-viewers");
+    assert_eq!(
+        viewers.body["viewers"][0]["userId"],
+        "00000000-0000-4000-8000-000000000002"
+    );
+    let stats = app.send(h::stream_stats, event("stream-stats.json")).await;
+    ok(&stats, "stream-stats");
+    assert_eq!(
+        (
+            &stats.body["stats"]["stageGuests"],
+            &stats.body["stats"]["reactions"]["heart"]
+        ),
+        (&serde_json::json!(1), &serde_json::json!(1))
+    );
+    let removed = app.send(h::remove_from_stage, event("stage-remove.json")).await;
+    ok(&removed, "stage-remove");
+    assert_eq!(removed.body["onStage"], false);
+    let declined = app.send(h::decline_stage, event("stage-decline.json")).await;
+    ok(&declined, "stage-decline (no invitation: nothing changes)");
+
     let schedule: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(format!("{}/../events/reconcile.json", env!("CARGO_MANIFEST_DIR"))).unwrap(),
     )
