@@ -139,6 +139,44 @@ async def main():
             sender = got and (got["participant"] or "the server")
             print(f"    {client.name}: {'got it from ' + sender if got else 'nothing'}")
 
+        step("the host sees who is watching (the viewer list) and the raised hands")
+        status, listed = call("GET", f"/live/streams/{ROOM}/viewers", host_token)
+        show(f"GET /live/streams/{ROOM}/viewers", status, listed)
+        show("POST /live/stage/hand as ada", *call("POST", "/live/stage/hand", ada_token, {"roomName": ROOM, "raised": True}))
+        status, stage = call("GET", f"/live/stage?roomName={ROOM}", host_token)
+        show("GET /live/stage", status, {"hands": [h["displayName"] for h in stage.get("hands", [])]})
+
+        step("the host invites ada on stage; she accepts and publishes; the host receives her")
+        show("POST /live/stage/invite", *call("POST", "/live/stage/invite", host_token, {"roomName": ROOM, "userId": ada_id}))
+        show("POST /live/stage/accept as ada", *call("POST", "/live/stage/accept", ada_token, {"roomName": ROOM}))
+        allowed = await viewers["ada"].wait(lambda e: e["event"] == "permissions_changed" and e["can_publish"])
+        print(f"    ada: canPublish {'on' if allowed else 'unchanged'}")
+        await viewers["ada"].send({"cmd": "publish_tracks"})
+        published = await viewers["ada"].wait(lambda e: e["event"] in ("published", "publish_failed"))
+        print(f"    ada: {published['event'] if published else 'no answer'}")
+        for kind in ("video", "audio"):
+            got = await host.wait(lambda e, k=kind: e["event"] == "media_received" and e["kind"] == k and e["participant"] == ada_id)
+            print(f"    host: ada's {kind} {'received' if got else 'NOT received'}")
+
+        step("ada and bob tap reactions; the room gets them aggregated, a packet at most every 250 ms")
+        taps = 0
+        for _ in range(4):
+            for token in (ada_token, bob_token):
+                status, _ = call("POST", "/live/reactions", token, {"roomName": ROOM, "kind": "heart"})
+                taps += status == 200
+        status, _ = call("POST", "/live/reactions", bob_token, {"roomName": ROOM, "kind": "fire"})
+        taps += status == 200
+        got = await host.wait(lambda e: e["event"] == "data_received" and e["topic"] == "reactions"
+                              and sum(json.loads(e["payload"])["totals"].values()) == taps, limit=5)
+        packets = [e for e in host.events if e["event"] == "data_received" and e["topic"] == "reactions"]
+        totals = json.loads(got["payload"])["totals"] if got else None
+        print(f"    host: {len(packets)} packets for {taps} taps, totals {totals}")
+
+        step("the host takes ada off the stage: LiveKit stops her tracks")
+        show("POST /live/stage/remove", *call("POST", "/live/stage/remove", host_token, {"roomName": ROOM, "userId": ada_id}))
+        stopped = await host.wait(lambda e: e["event"] == "track_unsubscribed" and e["participant"] == ada_id)
+        print(f"    host: ada's tracks {'stopped' if stopped else 'still arriving'}")
+
         step("the host mutes ada: her chat is refused and her data permission taken away")
         show("POST /live/moderation mute", *call("POST", "/live/moderation", host_token,
                                                 {"roomName": ROOM, "userId": ada_id, "action": "mute"}))
@@ -161,6 +199,10 @@ async def main():
             print(f"    {client.name}: {'disconnected (' + gone['reason'] + ')' if gone else 'still connected'}")
         status, stream = call("GET", f"/live/streams/{ROOM}", host_token)
         show(f"GET /live/streams/{ROOM}", status, stream)
+        status, stats = call("GET", f"/live/streams/{ROOM}/stats", host_token)
+        print(f"    GET /live/streams/{ROOM}/stats: {status}")
+        for name, value in stats.get("stats", {}).items():
+            print(f"      {name}: {value}")
         print("\ndemo finished")
     finally:
         for client in clients:
