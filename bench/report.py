@@ -616,7 +616,24 @@ def hot_room_section(results):
         [name.split("_")[1], fmt_num(v["today_us"]), fmt_num(v["today_logged_us"]), fmt_num(v["previous_us"])]
         for name, v in sorted(per.items(), key=lambda kv: int(kv[0].split("_")[1]))
     ]))
+    lines.append("")
+    lines.append(reactions_paragraph(hot.get("reactions")))
     return "\n".join(lines)
+
+
+def reactions_paragraph(r):
+    if not r:
+        return "**5. Reactions:** " + NOT_MEASURED + " (this run's hot-room output has no reactions phase)"
+    taps = r["taps"]
+    counted_ok = r["accepted"] == r["expected_accepted"] == r["counted"] and r["rate_limited"] == r["expected_rate_limited"]
+    told_ok = r["told_totals_match_counts"] and r["told_counts_add_up"] and r["packets_without_sender"]
+    bound_ok = r["most_packets_in_one_second"] <= r["bound_per_second"]
+    return (f"**5. Reactions:** {taps['requests']:,} taps in {r['seconds']:.0f} s ({r['taps_per_s']:,.0f}/s) from {r['users']:,} viewers and a few over their limit on {r['containers']} containers: "
+            f"{r['accepted']:,} counted (expected {r['expected_accepted']:,}; in the database {r['counted']:,}), {r['rate_limited']} refused by the rate limit (expected {r['expected_rate_limited']}) ({verdict(counted_ok)}); "
+            f"a real participant received {r['packets']} packets with no sender whose counts add up to every tap and whose last totals are the database's ({verdict(told_ok)}); "
+            f"at most {r['most_packets_in_one_second']} packets in any one second (bound {r['bound_per_second']}: {verdict(bound_ok)}); "
+            f"LiveKit `SendData` calls: {r['send_data_calls']} ({r['send_data_calls_per_s']:.1f}/s, against {r['taps_per_s']:,.0f} taps/s); "
+            f"tap p50 {ms(taps['p50_us'])}, p99 {ms(taps['p99_us'])}, answers {taps['by_status']}.")
 
 
 def main():

@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use lambda_http::{Body, Request};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use uuid::Uuid;
 
-use crate::fleet;
-use crate::{Setup, admin};
+use crate::listener::Listener;
+use crate::{Setup, admin, fleet};
 
-/// The template's ChatConcurrency.
-const CHAT_CONTAINERS: usize = 20;
 const ROOM: &str = "hot-room-chat";
 const USERS: usize = 10_000;
 const SPAMMERS: usize = 20;
@@ -29,73 +26,17 @@ fn post(setup: &Setup, user: Uuid, text: &str) -> (String, String) {
     )
 }
 
-/// The room's SendData calls so far, from LiveKit's log.
-fn send_data_calls(setup: &Setup) -> usize {
-    std::fs::read_to_string(&setup.livekit_log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains("RoomService.SendData") && line.contains(ROOM))
-        .count()
-}
-
 pub async fn run(setup: &Setup) -> Value {
-    let starter = fleet::container(setup, &[]);
-    let host = Uuid::new_v4();
-    let mut start = Request::new(Body::Text(
-        json!({"title": "Busy chat", "roomName": ROOM}).to_string(),
-    ));
-    *start.method_mut() = lambda_http::http::Method::POST;
-    let bearer = format!("Bearer {}", crate::supabase_token(&setup.supabase_secret, host));
-    start
-        .headers_mut()
-        .insert("authorization", bearer.parse().expect("header"));
-    let started = shared::http::handle(&starter, start, &shared::handlers::start_stream).await;
-    assert_eq!(started.status(), 201, "the chat room starts");
-    let body: Value = serde_json::from_slice(started.body().as_ref()).expect("JSON");
-
-    // A real viewer in the room, listening.
-    let mut listener = tokio::process::Command::new(&setup.python)
-        .arg(format!(
-            "{}/../../shared/tests/clients/participant.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("LiveKit's Python SDK in the tools venv");
-    let mut stdin = listener.stdin.take().expect("stdin");
-    let connect = json!({"cmd": "connect", "url": body["serverUrl"], "token": body["token"]});
-    stdin
-        .write_all(format!("{connect}\n").as_bytes())
-        .await
-        .expect("connect");
-    let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
-    let received: Arc<tokio::sync::Mutex<Vec<String>>> = Arc::default();
-    let packets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let connected = lines.next_line().await.ok().flatten().unwrap_or_default();
-    assert!(
-        connected.contains("\"connected\""),
-        "the listener joined: {connected}"
-    );
-    let (sink, counted) = (received.clone(), packets.clone());
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if event["event"] != "data_received" || event["topic"] != "chat" {
-                continue;
-            }
-            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let payload: Value =
-                serde_json::from_str(event["payload"].as_str().unwrap_or("{}")).unwrap_or_default();
-            let ids = payload["messages"].as_array().cloned().unwrap_or_default();
-            let mut sink = sink.lock().await;
-            sink.extend(ids.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)));
-        }
-    });
+    let body = fleet::start_stream(setup, ROOM, "Busy chat").await;
+    let url = body["serverUrl"].as_str().unwrap_or_default();
+    let listener = Listener::join(setup, url, body["token"].as_str().unwrap_or_default(), "chat").await;
+    let received_ids = |packets: Vec<crate::listener::Packet>| -> Vec<String> {
+        packets
+            .iter()
+            .flat_map(|p| p.payload["messages"].as_array().cloned().unwrap_or_default())
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect()
+    };
 
     let users: Vec<Uuid> = (0..USERS).map(|_| Uuid::new_v4()).collect();
     let total = setup.chat_rate * setup.window.as_secs() as usize;
@@ -113,10 +54,11 @@ pub async fn run(setup: &Setup) -> Value {
         }
     }
     jobs.sort_by_key(|(at, _)| *at);
-    let containers: Vec<Arc<shared::AppState>> = (0..CHAT_CONTAINERS)
+    let chat_containers = fleet::template_default("ChatConcurrency");
+    let containers: Vec<Arc<shared::AppState>> = (0..chat_containers)
         .map(|_| Arc::new(fleet::container(setup, &[])))
         .collect();
-    let calls_before = send_data_calls(setup);
+    let calls_before = fleet::send_data_calls(setup, ROOM);
     let outcomes = fleet::run(
         containers,
         jobs,
@@ -148,17 +90,21 @@ pub async fn run(setup: &Setup) -> Value {
         .collect();
     let flusher = fleet::container(setup, &[]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while received.lock().await.len() < stored.len() && tokio::time::Instant::now() < deadline {
+    while received_ids(listener.packets().await).len() < stored.len()
+        && tokio::time::Instant::now() < deadline
+    {
         let _ = shared::flush::flush_once(&flusher).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let got = received.lock().await.clone();
-    let calls = send_data_calls(setup).saturating_sub(calls_before);
-    let _ = stdin.write_all(b"{\"cmd\": \"exit\"}\n").await;
-    reader.abort();
+    let packets = listener.packets().await;
+    let from_the_backend = packets.iter().all(|p| p.sender.is_none());
+    let chat_packets = packets.len();
+    let got = received_ids(packets);
+    let calls = fleet::send_data_calls(setup, ROOM).saturating_sub(calls_before);
+    listener.leave().await;
     let refused = outcomes.iter().filter(|o| o.status == 429).count();
     json!({
-        "containers": CHAT_CONTAINERS,
+        "containers": chat_containers,
         "users": USERS,
         "posts": fleet::summary(&outcomes),
         "stored": stored.len(),
@@ -167,7 +113,8 @@ pub async fn run(setup: &Setup) -> Value {
         "expected_rate_limited": SPAMMERS * (SPAM_EACH - 5),
         "received": got.len(),
         "received_in_order": got == stored,
-        "chat_packets": packets.load(std::sync::atomic::Ordering::Relaxed),
+        "chat_packets": chat_packets,
+        "packets_without_sender": from_the_backend,
         "send_data_calls": calls,
         "seconds": setup.window.as_secs(),
         "send_data_calls_per_s": calls as f64 / setup.window.as_secs_f64(),

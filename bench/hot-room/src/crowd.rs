@@ -16,9 +16,12 @@ use uuid::Uuid;
 use crate::fleet::{self, Outcome};
 use crate::{Setup, admin};
 
-pub const ROOM: &str = "hot-room";
 /// The template's WebhookConcurrency.
-const WEBHOOK_CONTAINERS: usize = 40;
+fn webhook_containers() -> usize {
+    fleet::template_default("WebhookConcurrency")
+}
+
+pub const ROOM: &str = "hot-room";
 
 fn signed(setup: &Setup, body: &str) -> String {
     let digest = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body.as_bytes()));
@@ -230,7 +233,7 @@ pub async fn run(setup: &Setup) -> Value {
     .expect("log the copy's writes");
 
     let plan = plan(setup, &room_sid);
-    let containers: Vec<Arc<shared::AppState>> = (0..WEBHOOK_CONTAINERS)
+    let containers: Vec<Arc<shared::AppState>> = (0..webhook_containers())
         .map(|_| Arc::new(fleet::container(setup, &[])))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -280,7 +283,7 @@ pub async fn run(setup: &Setup) -> Value {
         "leaves": {"events": leave_events, "webhooks": fleet::summary(&all[join_events.min(all.len())..])},
         "all": fleet::summary(&all),
         "non_2xx": non_2xx,
-        "containers": WEBHOOK_CONTAINERS,
+        "containers": webhook_containers(),
         "duplicates": plan.duplicates,
         "reordered": plan.reordered,
         "aborted": plan.aborted,
@@ -294,7 +297,7 @@ pub async fn run(setup: &Setup) -> Value {
         "copy_last": writes.last().map(|w| w.1),
         "peak_postgres_sessions": peak_sessions,
         // The webhook containers, the flusher, and the start container.
-        "session_budget": WEBHOOK_CONTAINERS + 2,
+        "session_budget": webhook_containers() + 2,
         "designs": comparison,
     })
 }
@@ -403,7 +406,7 @@ where
 {
     let counter = Arc::new(AtomicI64::new(0));
     let until = Instant::now() + seconds;
-    let tasks: Vec<_> = (0..WEBHOOK_CONTAINERS)
+    let tasks: Vec<_> = (0..webhook_containers())
         .map(|_| {
             let (url, counter, join) = (setup.api_url.clone(), counter.clone(), join.clone());
             tokio::spawn(async move {

@@ -105,3 +105,46 @@ pub fn summary(outcomes: &[Outcome]) -> serde_json::Value {
         "by_status": by_status,
     })
 }
+
+/// A parameter's default in `template.yaml` (the reserved concurrencies the
+/// bench deploys as many containers as), so the bench follows the template.
+pub fn template_default(parameter: &str) -> usize {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
+    let template = std::fs::read_to_string(path).expect("template.yaml");
+    let heading = format!("  {parameter}:");
+    let mut lines = template.lines().skip_while(|line| *line != heading);
+    lines
+        .nth(1)
+        .into_iter()
+        .chain(lines.take_while(|line| line.starts_with("    ")))
+        .find_map(|line| line.trim().strip_prefix("Default:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("template.yaml has no numeric Default for {parameter}"))
+}
+
+/// `POST /live/start` for `room` by a new host, through the adapter; the
+/// answer's JSON (the host's LiveKit token and server URL).
+pub async fn start_stream(setup: &Setup, room: &str, title: &str) -> serde_json::Value {
+    let starter = container(setup, &[]);
+    let host = uuid::Uuid::new_v4();
+    let mut start = lambda_http::Request::new(lambda_http::Body::Text(
+        serde_json::json!({"title": title, "roomName": room}).to_string(),
+    ));
+    *start.method_mut() = lambda_http::http::Method::POST;
+    let bearer = format!("Bearer {}", crate::supabase_token(&setup.supabase_secret, host));
+    start
+        .headers_mut()
+        .insert("authorization", bearer.parse().expect("header"));
+    let started = shared::http::handle(&starter, start, &shared::handlers::start_stream).await;
+    assert_eq!(started.status(), 201, "the room {room} starts");
+    serde_json::from_slice(started.body().as_ref()).expect("JSON")
+}
+
+/// The SendData calls for `room` LiveKit has logged so far.
+pub fn send_data_calls(setup: &Setup, room: &str) -> usize {
+    std::fs::read_to_string(&setup.livekit_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("RoomService.SendData") && line.contains(room))
+        .count()
+}

@@ -11,18 +11,23 @@
 //! 2. join rush: a token for each of those viewers within a minute;
 //! 3. busy chat: 200 messages a second from 10,000 users, a real participant
 //!    checking what the room receives, LiveKit's SendData calls counted;
-//! 4. the rate limiter at limits 60 and 100,000, next to the previous one.
+//! 4. the rate limiter at limits 60 and 100,000, next to the previous one;
+//! 5. reactions: 10,000 viewers tapping, a real participant counting the
+//!    aggregated packets the room receives, LiveKit's SendData calls counted.
 //!
 //! Environment: BENCH_ADMIN_URL (superuser), BENCH_LIVEKIT_URL and its key and
 //! secret, BENCH_LIVEKIT_LOG, BENCH_PYTHON, SUPABASE_JWT_SECRET; scale knobs
-//! HOT_ROOM_VIEWERS (50000), HOT_ROOM_SECONDS (60), HOT_ROOM_CHAT_RATE (200).
+//! HOT_ROOM_VIEWERS (50000), HOT_ROOM_SECONDS (60), HOT_ROOM_CHAT_RATE (200),
+//! HOT_ROOM_REACTION_RATE (1000, the template's ReactionsRouteRateLimit).
 //! Prints one JSON object.
 
 mod chat;
 mod crowd;
 mod fleet;
 mod limiter;
+mod listener;
 mod proxy;
+mod reactions;
 mod tokens;
 
 use std::time::Duration;
@@ -40,6 +45,7 @@ pub struct Setup {
     pub viewers: usize,
     pub window: Duration,
     pub chat_rate: usize,
+    pub reaction_rate: usize,
     pub proxy: proxy::LatencyProxy,
 }
 
@@ -104,6 +110,7 @@ fn main() {
             viewers: knob("HOT_ROOM_VIEWERS", 50_000),
             window: Duration::from_secs(knob("HOT_ROOM_SECONDS", 60) as u64),
             chat_rate: knob("HOT_ROOM_CHAT_RATE", 200),
+            reaction_rate: knob("HOT_ROOM_REACTION_RATE", 1000),
             proxy,
         };
         let limiter = limiter::run(&setup).await;
@@ -114,6 +121,8 @@ fn main() {
         eprintln!("hot-room: join rush {tokens}");
         let chat = chat::run(&setup).await;
         eprintln!("hot-room: busy chat {chat}");
+        let reactions = reactions::run(&setup).await;
+        eprintln!("hot-room: reactions {reactions}");
         println!(
             "{}",
             serde_json::json!({
@@ -124,6 +133,7 @@ fn main() {
                 "join_rush": tokens,
                 "busy_chat": chat,
                 "rate_limiter": limiter,
+                "reactions": reactions,
             })
         );
     });

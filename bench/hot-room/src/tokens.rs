@@ -12,8 +12,6 @@ use uuid::Uuid;
 use crate::Setup;
 use crate::fleet;
 
-/// The template's TokenConcurrency.
-const TOKEN_CONTAINERS: usize = 40;
 const ROOM: &str = "hot-room-tokens";
 
 pub async fn run(setup: &Setup) -> Value {
@@ -35,7 +33,8 @@ pub async fn run(setup: &Setup) -> Value {
             (setup.window.mul_f64(i as f64 / n as f64), bearer)
         })
         .collect();
-    let containers: Vec<Arc<shared::AppState>> = (0..TOKEN_CONTAINERS)
+    let token_containers = fleet::template_default("TokenConcurrency");
+    let containers: Vec<Arc<shared::AppState>> = (0..token_containers)
         .map(|_| Arc::new(fleet::container(setup, &[])))
         .collect();
     // Each container's connection is opened before the rush, as a warm one is.
@@ -60,7 +59,7 @@ pub async fn run(setup: &Setup) -> Value {
     .await;
     let round_trips = setup.proxy.requests.load(Ordering::Relaxed) - before;
     json!({
-        "containers": TOKEN_CONTAINERS,
+        "containers": token_containers,
         "tokens": fleet::summary(&outcomes),
         "round_trips_per_token": round_trips as f64 / outcomes.len().max(1) as f64,
     })
