@@ -27,7 +27,7 @@ if (!path) {
 }
 const input = JSON.parse(readFileSync(path, "utf8"));
 
-// Minting exactly as the backend does for a viewer (shared/src/livekit.rs):
+// Minting exactly as the backend does for a viewer (shared/src/livekit/mod.rs):
 // identity = user id, display name, TTL, and every grant written out.
 async function mint() {
   const at = new AccessToken(input.livekit_api_key, input.livekit_api_secret, {

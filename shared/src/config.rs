@@ -6,8 +6,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::rate_limit::Limit;
 use crate::secrets::SecretSource;
+use crate::store::rate_limit::Limit;
 
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const DATABASE_CA_CERT: &str = "DATABASE_CA_CERT";

@@ -303,7 +303,7 @@ pub struct StageRemoveRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReactionRequest {
     pub room_name: RoomName,
-    pub kind: crate::reactions::ReactionKind,
+    pub kind: crate::store::reactions::ReactionKind,
 }
 
 crate::json_body!(

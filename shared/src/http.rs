@@ -210,12 +210,15 @@ where
 /// Runs a request's work under the request deadline (`REQUEST_DEADLINE_SECONDS`):
 /// past it the work is dropped and the client gets a 503. The database
 /// connections the work held then cancel their statements (see
-/// [`crate::db::Conn`]).
+/// [`crate::store::db::Conn`]).
 pub async fn within_deadline(state: &AppState, work: impl Future<Output = Response<Body>>) -> Response<Body> {
     let limit = state.rules.request_deadline;
     // On the heap: a handler's future is large, and moving it through the
     // deadline and timeout wrappers would copy it on the stack each time.
-    let work = Box::pin(crate::db::with_request_deadline(Instant::now() + limit, work));
+    let work = Box::pin(crate::store::db::with_request_deadline(
+        Instant::now() + limit,
+        work,
+    ));
     match tokio::time::timeout(limit, work).await {
         Ok(response) => response,
         Err(_) => error_response(&ApiError::unavailable(

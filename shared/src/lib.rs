@@ -1,34 +1,33 @@
-//! Everything the live-streaming Lambda functions share: configuration, Supabase
-//! authentication, LiveKit tokens and room calls, the Postgres store, the HTTP
-//! adapter and the endpoint handlers themselves.
+//! Everything the live-streaming Lambda functions share. An endpoint's whole
+//! path, in the order a request takes it:
 //!
-//! Each function binary is a thin entry point that calls [`http::serve`] with one
-//! of the handlers in [`handlers`].
+//! - `functions/<name>/src/main.rs` calls [`http::serve`] with one handler;
+//! - [`http`]: the adapter (method, bearer check by [`auth`], body parsing
+//!   into [`domain`] types, the one mapping of [`ApiError`] to a response);
+//! - [`handlers`]: one module per endpoint, plain async functions of the
+//!   state, the caller and the request;
+//! - [`store`]: Postgres, one module per table family (streams, viewers,
+//!   chat, the stage, reactions, stats, rate limits) and the pool;
+//! - [`livekit`]: tokens, RoomService calls, and the rules LiveKit must
+//!   enforce because of what Postgres says;
+//! - [`scheduled`]: what EventBridge runs (the count flusher, the reconciler).
+//!
+//! Built once per cold start: [`config`] (with [`secrets`]), [`tls`],
+//! [`jwt_crypto`], gathered in [`AppState`].
 
 pub mod auth;
-pub mod chat;
-pub mod chat_broadcast;
 pub mod config;
-pub mod db;
 pub mod domain;
 pub mod error;
-pub mod flush;
 pub mod handlers;
 pub mod http;
 pub mod jwt_crypto;
 pub mod livekit;
-pub mod migrate;
-pub mod rate_limit;
-pub mod reactions;
-pub mod reconcile;
-pub mod room_rules;
+pub mod scheduled;
 pub mod secrets;
-pub mod stage;
 pub mod state;
-pub mod stats;
-pub mod streams;
+pub mod store;
 pub mod tls;
-pub mod viewers;
 
 pub use error::ApiError;
 pub use state::AppState;

@@ -1,6 +1,6 @@
 //! What a function builds once per cold start and lends to every invocation.
 
-use crate::db::Database;
+use crate::store::db::Database;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
@@ -27,7 +27,7 @@ impl AppState {
                 reason: e.to_string(),
             })?;
         Ok(AppState {
-            db: crate::db::build_pool(&config.database)?,
+            db: crate::store::db::build_pool(&config.database)?,
             auth: Authenticator::new(&config.supabase, http),
             livekit: LiveKit::new(&config.livekit),
             reconcile_grace: config.reconcile_grace,

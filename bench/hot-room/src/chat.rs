@@ -93,7 +93,7 @@ pub async fn run(setup: &Setup) -> Value {
     while received_ids(listener.packets().await).len() < stored.len()
         && tokio::time::Instant::now() < deadline
     {
-        let _ = shared::flush::flush_once(&flusher).await;
+        let _ = shared::scheduled::flush::flush_once(&flusher).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let packets = listener.packets().await;

@@ -160,8 +160,8 @@ fn sample_sessions(setup: &Setup, stop: Arc<AtomicBool>) -> tokio::task::JoinHan
 fn run_flusher(state: Arc<shared::AppState>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
-            let _ = shared::flush::flush_once(&state).await;
-            tokio::time::sleep(shared::flush::TICK).await;
+            let _ = shared::scheduled::flush::flush_once(&state).await;
+            tokio::time::sleep(shared::scheduled::flush::TICK).await;
         }
     })
 }

@@ -3,7 +3,7 @@
 //! over it, on the template's reactions containers. A real participant counts
 //! the packets the room receives and adds up what they carry; LiveKit's log
 //! counts the SendData calls. The aggregation bounds both at about one per
-//! [`shared::reactions::BROADCAST_INTERVAL`] however fast the room taps.
+//! [`shared::store::reactions::BROADCAST_INTERVAL`] however fast the room taps.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lambda_http::{Body, Request};
 use serde_json::{Value, json};
-use shared::reactions::{BROADCAST_INTERVAL, ReactionKind};
+use shared::store::reactions::{BROADCAST_INTERVAL, ReactionKind};
 use uuid::Uuid;
 
 use crate::listener::{self, Listener, Packet};
@@ -122,7 +122,7 @@ pub async fn run(setup: &Setup) -> Value {
     let flusher = fleet::container(setup, &[]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while told_totals(&listener.packets().await) != counted && tokio::time::Instant::now() < deadline {
-        let _ = shared::flush::flush_once(&flusher).await;
+        let _ = shared::scheduled::flush::flush_once(&flusher).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let packets = listener.packets().await;

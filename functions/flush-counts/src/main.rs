@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::flush::serve().await
+    shared::scheduled::flush::serve().await
 }

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::reconcile::serve().await
+    shared::scheduled::reconcile::serve().await
 }

@@ -9,7 +9,7 @@ async fn main() -> ExitCode {
         eprintln!("migrate: set DATABASE_URL to the database to migrate");
         return ExitCode::FAILURE;
     };
-    match shared::migrate::migrate_url(&url).await {
+    match shared::store::migrate::migrate_url(&url).await {
         Ok(applied) if applied.is_empty() => {
             println!("migrate: database is up to date");
             ExitCode::SUCCESS

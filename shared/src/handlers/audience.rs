@@ -13,9 +13,9 @@ use crate::domain::RoomName;
 use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
 use crate::state::AppState;
-use crate::stats::{self, StreamStats};
-use crate::streams;
-use crate::viewers::{self, Viewer, ViewerKey};
+use crate::store::stats::{self, StreamStats};
+use crate::store::streams;
+use crate::store::viewers::{self, Viewer, ViewerKey};
 
 pub const DEFAULT_VIEWERS_PAGE: i64 = 50;
 pub const MAX_VIEWERS_PAGE: i64 = 200;

@@ -6,17 +6,17 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::chat::{self, Action, ChatMessage};
 use crate::domain::{ChatRequest, RoomName};
 use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
 use crate::state::AppState;
-use crate::{rate_limit, streams};
+use crate::store::chat::{self, Action, ChatMessage};
+use crate::store::{rate_limit, streams};
 
-pub use crate::chat_broadcast::CHAT_TOPIC;
+pub use crate::store::chat_broadcast::CHAT_TOPIC;
 
 /// What the room is told when a message is deleted (messages themselves go
-/// out in batches, see [`crate::chat_broadcast`]).
+/// out in batches, see [`crate::store::chat_broadcast`]).
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChatEvent<'a> {
@@ -63,8 +63,8 @@ pub async fn post_message(
         chat::insert(&client, &room, user.id, request.text.as_str()).await?
     };
     let (message, seq) = message;
-    let delivery = crate::chat_broadcast::send_batches(state, &room, Some(seq)).await;
-    let broadcast = delivery != crate::chat_broadcast::Delivery::Failed;
+    let delivery = crate::store::chat_broadcast::send_batches(state, &room, Some(seq)).await;
+    let broadcast = delivery != crate::store::chat_broadcast::Delivery::Failed;
     Ok(Reply::new(
         StatusCode::CREATED,
         PostedMessage { message, broadcast },

@@ -3,7 +3,7 @@ use crate::domain::{EndRequest, EndResponse, EndedStream};
 use crate::error::ApiError;
 use crate::http::Reply;
 use crate::state::AppState;
-use crate::streams::{self, EndOutcome};
+use crate::store::streams::{self, EndOutcome};
 
 /// `POST /live/end`: the streamer ends the stream and LiveKit closes the room.
 ///

@@ -4,12 +4,12 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::chat::{self, Action, Standing};
 use crate::domain::{ModerationAction, ModerationRequest, RoomName};
 use crate::error::{ApiError, Dependency};
 use crate::http::Reply;
 use crate::state::AppState;
-use crate::streams;
+use crate::store::chat::{self, Action, Standing};
+use crate::store::streams;
 
 impl From<ModerationAction> for Action {
     fn from(action: ModerationAction) -> Action {

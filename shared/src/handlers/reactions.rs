@@ -1,5 +1,5 @@
 //! `POST /live/reactions`: a viewer's tap, counted per stream and kind and
-//! told to the room in aggregate (see [`crate::reactions`]).
+//! told to the room in aggregate (see [`crate::store::reactions`]).
 
 use serde::Serialize;
 
@@ -7,8 +7,8 @@ use crate::auth::AuthUser;
 use crate::domain::{ReactionRequest, RoomName};
 use crate::error::ApiError;
 use crate::http::Reply;
-use crate::reactions::{self, REACTIONS_TOPIC, ReactionKind};
 use crate::state::AppState;
+use crate::store::reactions::{self, REACTIONS_TOPIC, ReactionKind};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -2,7 +2,7 @@
 //! `POST /live/stage/invite`, `/accept`, `/decline`, `/remove`.
 //!
 //! Each change is committed in Postgres first (one statement, see
-//! [`crate::stage`]) and then applied in the room with `UpdateParticipant`:
+//! [`crate::store::stage`]) and then applied in the room with `UpdateParticipant`:
 //! the user's permission (camera and microphone while on stage) and the
 //! stage attributes every client draws. A LiveKit outage delays the room's
 //! view, never the decision: `roomUpdated: false` says so, the webhook and
@@ -18,10 +18,10 @@ use crate::auth::AuthUser;
 use crate::domain::{HandRequest, InviteRequest, RoomName, StageAnswerRequest, StageRemoveRequest};
 use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
-use crate::rate_limit;
-use crate::stage::{self, HandKey, StageAction, StageEntry, StageStanding};
 use crate::state::AppState;
-use crate::streams;
+use crate::store::rate_limit;
+use crate::store::stage::{self, HandKey, StageAction, StageEntry, StageStanding};
+use crate::store::streams;
 
 pub const DEFAULT_HANDS_PAGE: i64 = 50;
 pub const MAX_HANDS_PAGE: i64 = 100;

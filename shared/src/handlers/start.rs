@@ -5,9 +5,9 @@ use crate::domain::{RoomName, StartRequest, StartResponse};
 use crate::error::{ApiError, Dependency};
 use crate::http::Reply;
 use crate::livekit::Role;
-use crate::rate_limit;
 use crate::state::AppState;
-use crate::streams::{self, StartOutcome};
+use crate::store::rate_limit;
+use crate::store::streams::{self, StartOutcome};
 
 /// `POST /live/start`: the caller goes live in a new room (201), or gets their
 /// still-live stream of that name back with a fresh token (200, a retried start).

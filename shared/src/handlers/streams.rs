@@ -10,7 +10,7 @@ use crate::domain::{RoomName, Stream};
 use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
 use crate::state::AppState;
-use crate::streams::{self, PageKey};
+use crate::store::streams::{self, PageKey};
 
 pub const DEFAULT_PAGE_SIZE: i64 = 20;
 pub const MAX_PAGE_SIZE: i64 = 100;

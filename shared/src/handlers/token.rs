@@ -4,7 +4,7 @@ use crate::error::ApiError;
 use crate::http::Reply;
 use crate::livekit::Role;
 use crate::state::AppState;
-use crate::streams;
+use crate::store::streams;
 
 /// `POST /live/token`: a token to join a live stream. The streamer gets publish
 /// rights; everyone else watches and chats, unless banned (no token) or muted

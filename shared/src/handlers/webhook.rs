@@ -12,9 +12,9 @@ use tokio_postgres::types::Type;
 use crate::domain::RoomName;
 use crate::error::ApiError;
 use crate::http::{BoxFuture, Endpoint, error_response, json_response, within_deadline};
-use crate::room_rules::{self, StreamState};
+use crate::livekit::room_rules::{self, StreamState};
 use crate::state::AppState;
-use crate::viewers::{self, Presence, SessionChange};
+use crate::store::viewers::{self, Presence, SessionChange};
 
 /// Webhook bodies carry a room and a participant: a few KiB at most.
 const MAX_WEBHOOK_BYTES: usize = 64 * 1024;

@@ -124,7 +124,7 @@ async fn the_committed_events_start_join_and_end_a_stream() {
     )
     .unwrap();
     assert_eq!(schedule["detail-type"], "Scheduled Event");
-    let report = shared::reconcile::reconcile(&app.state, app.state.reconcile_grace)
+    let report = shared::scheduled::reconcile::reconcile(&app.state, app.state.reconcile_grace)
         .await
         .unwrap();
     assert_eq!((report.live, report.synced), (1, 1));

@@ -120,7 +120,7 @@ async fn on_a_bare_postgres_the_migrations_apply_and_the_functions_work() {
         .unwrap()
         .get(0);
     assert_eq!(supabase_roles, 0, "a bare cluster");
-    shared::migrate::migrate_url(&cluster.url())
+    shared::store::migrate::migrate_url(&cluster.url())
         .await
         .expect("migrations apply on a bare Postgres");
     let app = TestApp::spawn_with(AppOptions {

@@ -456,7 +456,7 @@ async fn a_batch_livekit_refused_is_sent_later_by_the_flusher() {
     let deadline = std::time::Instant::now() + crate::helpers::SETTLE;
     while listener.data_on("chat").is_empty() {
         assert!(std::time::Instant::now() < deadline, "the flusher never sent it");
-        shared::flush::flush_once(&app.state).await.unwrap();
+        shared::scheduled::flush::flush_once(&app.state).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let sent = batched_messages(&broadcasts(&listener, 1).await);

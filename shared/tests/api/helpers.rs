@@ -148,7 +148,7 @@ pub async fn prepare_like_supabase(url: &str) {
 pub async fn migrated_database() -> String {
     let url = create_database().await;
     prepare_like_supabase(&url).await;
-    shared::migrate::migrate_url(&url)
+    shared::store::migrate::migrate_url(&url)
         .await
         .expect("migrations apply");
     url

@@ -57,7 +57,7 @@ async fn flushed(app: &TestApp, room: &str, count: i32) {
     let deadline = Instant::now() + SETTLE;
     while app.realtime_viewer_count(room).await != count {
         assert!(Instant::now() < deadline, "the copy never said {count}");
-        shared::flush::flush_once(&app.state).await.unwrap();
+        shared::scheduled::flush::flush_once(&app.state).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -421,7 +421,7 @@ async fn reactions_reach_the_room_aggregated_with_no_sender() {
             Instant::now() < deadline,
             "{counted} of 30 taps told: {packets:?}"
         );
-        shared::flush::flush_once(&app.state).await.unwrap();
+        shared::scheduled::flush::flush_once(&app.state).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -538,7 +538,7 @@ async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
             .can_publish,
         "LiveKit still lets them publish"
     );
-    shared::reconcile::reconcile(&app.state, Duration::from_secs(60))
+    shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(60))
         .await
         .unwrap();
     let participant = app.livekit().participants(room).await.remove(0);

@@ -13,23 +13,26 @@ async fn applied_versions(client: &tokio_postgres::Client) -> Vec<i32> {
 #[tokio::test]
 async fn migrations_apply_once_and_are_idempotent() {
     let url = create_database().await;
-    let first = shared::migrate::migrate_url(&url).await.unwrap();
-    assert_eq!(first.len(), shared::migrate::MIGRATIONS.len());
-    let second = shared::migrate::migrate_url(&url).await.unwrap();
+    let first = shared::store::migrate::migrate_url(&url).await.unwrap();
+    assert_eq!(first.len(), shared::store::migrate::MIGRATIONS.len());
+    let second = shared::store::migrate::migrate_url(&url).await.unwrap();
     assert!(second.is_empty(), "{second:?}");
     let client = connect(&url).await;
-    let every_version: Vec<i32> = shared::migrate::MIGRATIONS.iter().map(|m| m.version).collect();
+    let every_version: Vec<i32> = shared::store::migrate::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
     assert_eq!(applied_versions(&client).await, every_version);
 }
 
 #[tokio::test]
 async fn concurrent_migration_runs_do_not_collide() {
     let url = create_database().await;
-    let runs = futures::future::join_all((0..4).map(|_| shared::migrate::migrate_url(&url))).await;
+    let runs = futures::future::join_all((0..4).map(|_| shared::store::migrate::migrate_url(&url))).await;
     let applied: usize = runs.into_iter().map(|r| r.unwrap().len()).sum();
     assert_eq!(
         applied,
-        shared::migrate::MIGRATIONS.len(),
+        shared::store::migrate::MIGRATIONS.len(),
         "each migration applied exactly once"
     );
 }
@@ -37,7 +40,7 @@ async fn concurrent_migration_runs_do_not_collide() {
 #[tokio::test]
 async fn the_schema_keeps_stream_state_consistent() {
     let url = create_database().await;
-    shared::migrate::migrate_url(&url).await.unwrap();
+    shared::store::migrate::migrate_url(&url).await.unwrap();
     let client = connect(&url).await;
     let user = uuid::Uuid::new_v4();
     client
@@ -104,7 +107,7 @@ async fn the_profile_key_exists_only_where_profiles_exist() {
             .is_some()
     };
     let bare = create_database().await;
-    shared::migrate::migrate_url(&bare).await.unwrap();
+    shared::store::migrate::migrate_url(&bare).await.unwrap();
     assert!(!has_fk(connect(&bare).await).await);
 
     let supabase_like = create_database().await;
@@ -113,7 +116,7 @@ async fn the_profile_key_exists_only_where_profiles_exist() {
         .batch_execute("CREATE TABLE public.profiles (id UUID PRIMARY KEY)")
         .await
         .unwrap();
-    shared::migrate::migrate_url(&supabase_like).await.unwrap();
+    shared::store::migrate::migrate_url(&supabase_like).await.unwrap();
     assert!(has_fk(connect(&supabase_like).await).await);
 }
 
@@ -134,14 +137,14 @@ async fn tables_join_the_supabase_realtime_publication_where_it_exists() {
         .batch_execute("CREATE PUBLICATION supabase_realtime")
         .await
         .unwrap();
-    shared::migrate::migrate_url(&supabase_like).await.unwrap();
+    shared::store::migrate::migrate_url(&supabase_like).await.unwrap();
     assert_eq!(
         published(connect(&supabase_like).await).await,
         vec!["live_messages", "live_streams"]
     );
 
     let bare = create_database().await;
-    shared::migrate::migrate_url(&bare).await.unwrap();
+    shared::store::migrate::migrate_url(&bare).await.unwrap();
     let publications: i64 = connect(&bare)
         .await
         .query_one("SELECT count(*) FROM pg_publication", &[])

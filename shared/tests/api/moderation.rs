@@ -298,9 +298,10 @@ async fn when_livekit_is_down_a_ban_or_mute_still_holds_and_the_reconciler_appli
     assert_eq!(recorded_actions(&room.app).await, 2);
 
     room.app.set_livekit_mode(LiveKitMode::Up);
-    let report = shared::reconcile::reconcile(&room.app.state, std::time::Duration::from_secs(120))
-        .await
-        .unwrap();
+    let report =
+        shared::scheduled::reconcile::reconcile(&room.app.state, std::time::Duration::from_secs(120))
+            .await
+            .unwrap();
     assert_eq!(report.corrected, 2, "{report:?}");
     room.viewer_client.wait_disconnected().await;
     muted_client
@@ -322,9 +323,10 @@ async fn when_livekit_is_down_a_ban_or_mute_still_holds_and_the_reconciler_appli
     assert!(!muted.permission.as_ref().unwrap().can_publish_data);
 
     // Once the room matches, a run corrects nothing.
-    let report = shared::reconcile::reconcile(&room.app.state, std::time::Duration::from_secs(120))
-        .await
-        .unwrap();
+    let report =
+        shared::scheduled::reconcile::reconcile(&room.app.state, std::time::Duration::from_secs(120))
+            .await
+            .unwrap();
     assert_eq!(report.corrected, 0, "{report:?}");
 }
 

@@ -106,7 +106,7 @@ async fn a_database_that_accepts_but_never_answers_is_a_503_within_seconds() {
 #[tokio::test]
 async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers() {
     let cluster = crate::helpers::RestartableCluster::start().await;
-    shared::migrate::migrate_url(&cluster.url())
+    shared::store::migrate::migrate_url(&cluster.url())
         .await
         .expect("migrations apply");
     let app = TestApp::spawn_with(AppOptions {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use livekit_stub::participant;
 use serde_json::json;
 use shared::handlers::{end_stream, get_stream, moderate, post_message, start_stream};
-use shared::reconcile::reconcile;
+use shared::scheduled::reconcile::reconcile;
 use uuid::Uuid;
 
 use crate::helpers::{

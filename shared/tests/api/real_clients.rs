@@ -299,7 +299,7 @@ async fn the_room_is_told_its_viewer_count() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "counts pushed: {counts:?}");
-        shared::flush::flush_once(&app.state).await.unwrap();
+        shared::scheduled::flush::flush_once(&app.state).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

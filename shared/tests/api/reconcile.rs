@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use livekit_api::access_token::VideoGrants;
-use shared::reconcile::{ReconcileReport, reconcile};
+use shared::scheduled::reconcile::{ReconcileReport, reconcile};
 use uuid::Uuid;
 
 use crate::helpers::{AppOptions, LIVEKIT_API_SECRET, LiveKitMode, TestApp, signed_webhook, webhook_event};

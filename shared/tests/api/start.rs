@@ -200,7 +200,7 @@ async fn app_with_profiles_table() -> TestApp {
         .batch_execute("CREATE TABLE public.profiles (id UUID PRIMARY KEY, username TEXT)")
         .await
         .unwrap();
-    shared::migrate::migrate_url(&url).await.unwrap();
+    shared::store::migrate::migrate_url(&url).await.unwrap();
     TestApp::spawn_with(AppOptions {
         database_url: Some(url),
         ..AppOptions::default()

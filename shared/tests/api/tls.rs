@@ -145,7 +145,7 @@ fn an_unverified_remote_connection_is_warned_about() {
             settings.insert("DATABASE_CA_CERT", ca.to_owned());
         }
         let config = shared::config::Config::from_lookup(|n| settings.get(n).cloned()).unwrap();
-        shared::db::unverified_server_warning(&config.database)
+        shared::store::db::unverified_server_warning(&config.database)
     };
     let remote = "postgres://u:p@db.abc.supabase.co:5432/postgres";
     for mode in ["require", "prefer", "disable"] {

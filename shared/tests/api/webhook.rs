@@ -458,7 +458,9 @@ async fn a_burst_writes_the_realtime_copy_at_most_once_a_second_and_the_flusher_
             std::time::Instant::now() < deadline,
             "the trailing copy was never written"
         );
-        shared::flush::flush_once(&room.app.state).await.unwrap();
+        shared::scheduled::flush::flush_once(&room.app.state)
+            .await
+            .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let writes: Vec<(chrono::DateTime<chrono::Utc>, i32)> = admin

@@ -21,13 +21,13 @@ use serde::Serialize;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use crate::chat;
 use crate::domain::RoomName;
 use crate::error::{ApiError, Dependency};
-use crate::room_rules::{self, StreamState};
+use crate::livekit::room_rules::{self, StreamState};
 use crate::state::AppState;
-use crate::streams;
-use crate::viewers::{self, Presence};
+use crate::store::chat;
+use crate::store::streams;
+use crate::store::viewers::{self, Presence};
 
 /// Webhook event ids are kept this long for deduplication; LiveKit retries
 /// within minutes.
@@ -63,7 +63,7 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
                 &[],
             )
             .await?;
-        crate::rate_limit::prune(&client, PRUNE_BATCH).await?;
+        crate::store::rate_limit::prune(&client, PRUNE_BATCH).await?;
         report.sessions_pruned = prune_sessions(&client, state.rules.session_retention).await?;
         // Read before any LiveKit call: a session written after this is newer
         // than every listing this run gets.

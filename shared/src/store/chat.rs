@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::RoomName;
 use crate::error::ApiError;
-use crate::stage::StageStanding;
+use crate::store::stage::StageStanding;
 
 /// A chat message as clients see it, in responses and in the broadcast.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -17,7 +17,7 @@ macro_rules! migration {
         Migration {
             version: $version,
             name: $name,
-            sql: include_str!(concat!("../../migrations/", $name, ".sql")),
+            sql: include_str!(concat!("../../../migrations/", $name, ".sql")),
         }
     };
 }

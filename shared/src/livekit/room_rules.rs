@@ -9,11 +9,11 @@
 
 use uuid::Uuid;
 
-use crate::chat::Standing;
 use crate::domain::RoomName;
 use crate::livekit::{LiveKit, RoomServiceError};
-use crate::stage::StageStanding;
-use crate::viewers::Presence;
+use crate::store::chat::Standing;
+use crate::store::stage::StageStanding;
+use crate::store::viewers::Presence;
 
 /// One change LiveKit must make about one participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

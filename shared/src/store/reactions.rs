@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::domain::RoomName;
 use crate::error::ApiError;
-use crate::rate_limit::Limit;
+use crate::store::rate_limit::Limit;
 
 /// The topic of the aggregated reaction packets.
 pub const REACTIONS_TOPIC: &str = "reactions";
@@ -114,7 +114,7 @@ pub async fn react(
         .await?;
     let retry_after: Option<i64> = row.try_get("retry_after").map_err(ApiError::internal)?;
     if retry_after.is_some() {
-        return Err(crate::rate_limit::limited(retry_after));
+        return Err(crate::store::rate_limit::limited(retry_after));
     }
     let streamer: Option<Uuid> = row.try_get("streamer_id").map_err(ApiError::internal)?;
     if streamer.is_none() {

@@ -1,4 +1,4 @@
-//! The viewer-count flusher. Counts live in shards (see [`crate::viewers`]);
+//! The viewer-count flusher. Counts live in shards (see [`crate::store::viewers`]);
 //! `live_streams.viewer_count`, which Supabase Realtime sends to subscribers,
 //! is a copy written at most once a second per room. An event writes it when
 //! the last copy is a second old; the events of a burst's last second find it
@@ -7,14 +7,14 @@
 //! nearly over, so a count reaches `live_streams` within about two seconds of
 //! its last change, bursts or not, and pushes each new count into its room.
 //! It also sends the chat a batch holder left behind (see
-//! [`crate::chat_broadcast`]) and the reactions the last taps only counted
-//! (see [`crate::reactions`]).
+//! [`crate::store::chat_broadcast`]) and the reactions the last taps only counted
+//! (see [`crate::store::reactions`]).
 
 use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::viewers;
+use crate::store::viewers;
 
 /// How often the copies are brought up to date.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -31,15 +31,19 @@ pub async fn flush_once(state: &AppState) -> Result<i32, ApiError> {
             tracing::warn!(%room, %error, "viewer count not pushed into the room");
         }
     }
-    crate::chat_broadcast::send_stale(state).await?;
+    crate::store::chat_broadcast::send_stale(state).await?;
     let reactions = {
         let client = state.db.get().await?;
-        crate::reactions::flush(&client).await?
+        crate::store::reactions::flush(&client).await?
     };
     for due in &reactions {
         let sent = state
             .livekit
-            .send_lossy(&due.room_name, crate::reactions::REACTIONS_TOPIC, due.payload()?)
+            .send_lossy(
+                &due.room_name,
+                crate::store::reactions::REACTIONS_TOPIC,
+                due.payload()?,
+            )
             .await;
         if let Err(error) = sent {
             tracing::warn!(room = %due.room_name, %error, "reactions not pushed into the room");

@@ -4,7 +4,7 @@
 //! message since the room's last batch in order, in as few packets as fit.
 //! Everyone else stores their message and returns. The holder starts the next
 //! batch itself when messages arrived while it was sending; the scheduled
-//! flusher sends whatever a holder left (see [`crate::flush`]).
+//! flusher sends whatever a holder left (see [`crate::scheduled::flush`]).
 //!
 //! The packet, reliable on topic `chat`, carries no sender (it comes from the
 //! server) and is `{"event":"chat_messages","messages":[…in order…]}`.
@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::chat::{self, ChatMessage};
 use crate::domain::RoomName;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::chat::{self, ChatMessage};
 
 /// Data packets for chat use this topic, so clients can tell them apart.
 pub const CHAT_TOPIC: &str = "chat";

@@ -1,4 +1,7 @@
-//! LiveKit: access tokens for clients and RoomService calls.
+//! LiveKit: access tokens for clients and RoomService calls; what LiveKit
+//! must enforce because of what Postgres says is in [`room_rules`].
+
+pub mod room_rules;
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,7 +18,7 @@ use uuid::Uuid;
 use crate::config::{LiveKitConfig, RoomOptions};
 use crate::domain::{ParticipantName, RoomName};
 use crate::error::ApiError;
-use crate::stage::StageStanding;
+use crate::store::stage::StageStanding;
 
 /// The topic of the viewer counts pushed into rooms.
 pub const VIEWERS_TOPIC: &str = "viewers";

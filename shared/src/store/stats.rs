@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::domain::RoomName;
 use crate::error::ApiError;
-use crate::reactions::ReactionCounts;
+use crate::store::reactions::ReactionCounts;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -16,10 +16,10 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
-use crate::chat::Standing;
 use crate::domain::RoomName;
 use crate::error::ApiError;
-use crate::stage::StageStanding;
+use crate::store::chat::Standing;
+use crate::store::stage::StageStanding;
 
 /// A participant as LiveKit reports it, in a webhook or a listing: the
 /// streamer and hidden participants are not viewers.

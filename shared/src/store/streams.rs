@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::{RoomName, Stream, Title};
 use crate::error::ApiError;
-use crate::stage::StageStanding;
+use crate::store::stage::StageStanding;
 
 /// What `/live/start` finds or makes of a room name (the function
 /// `live_start_stream`, migration 0007).
@@ -225,7 +225,7 @@ pub async fn token_access(
     client: &Client,
     room: &RoomName,
     user: Uuid,
-    limit: crate::rate_limit::Limit,
+    limit: crate::store::rate_limit::Limit,
 ) -> Result<Option<RoomAccess>, ApiError> {
     let key = format!("token:{user}");
     let (window, max) = (limit.window_seconds(), limit.max_hits());
@@ -244,7 +244,7 @@ pub async fn token_access(
         .await?;
     let retry_after: Option<i64> = row.try_get("retry_after").map_err(ApiError::internal)?;
     if retry_after.is_some() {
-        return Err(crate::rate_limit::limited(retry_after));
+        return Err(crate::store::rate_limit::limited(retry_after));
     }
     let Some(streamer_id) = row
         .try_get::<_, Option<Uuid>>("streamer_id")
