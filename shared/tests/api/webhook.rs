@@ -485,6 +485,39 @@ async fn a_burst_writes_the_realtime_copy_at_most_once_a_second_and_the_flusher_
     );
 }
 
+/// A flush-counts invocation with no time left (cargo-lambda's short local
+/// deadline, or a late start) still makes one pass, so a trailing count is
+/// never left unwritten for a whole invocation.
+#[tokio::test]
+async fn a_flush_invocation_out_of_time_still_writes_the_trailing_count() {
+    let room = live_room().await;
+    for i in 0..2 {
+        let body = webhook_event(
+            &format!("EV_trailing_{i}"),
+            "participant_joined",
+            ROOM,
+            Some((&Uuid::new_v4().to_string(), &format!("PA_trailing_{i}"), false)),
+        );
+        assert_eq!(
+            room.app
+                .deliver(signed_webhook(&body, LIVEKIT_API_SECRET))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(room.count().await, 2);
+    let deadline = std::time::Instant::now() + crate::helpers::SETTLE;
+    while room.app.realtime_viewer_count(ROOM).await != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an invocation without time left never flushed"
+        );
+        shared::scheduled::flush::flush_until(&room.app.state, std::time::Instant::now()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// LiveKit's leave overtaking its join, both at once for a session never
 /// seen: both answer 200 (neither fails on the other's insert), and the
 /// session never counts.
