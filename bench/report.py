@@ -618,7 +618,24 @@ def hot_room_section(results):
     ]))
     lines.append("")
     lines.append(reactions_paragraph(hot.get("reactions")))
+    lines.append("")
+    lines.append(real_participants_paragraph(hot.get("real_participants")))
     return "\n".join(lines)
+
+
+def real_participants_paragraph(r):
+    if not r or "skipped" in r:
+        why = r["skipped"] if r else "this run's hot-room output has no such phase"
+        return f"**6. Real participants:** {NOT_MEASURED} ({why})"
+    hooks = r["webhooks"]
+    joined, left = r["count_exact_after_joins_s"], r["count_zero_after_leaves_s"]
+    ok = r["non_2xx"] == 0 and joined is not None and left is not None
+    events = ", ".join(f"{n} {name}" for name, n in r["webhooks_by_event"].items())
+    return (f"**6. Real participants:** {r['participants']} viewers of LiveKit's Python SDK joined at once with tokens from `/live/token` "
+            f"(all connected after {r['connected_after_s']:.1f} s); LiveKit's server sent {hooks['requests']} webhooks over HTTP ({events}) to `/live/webhook` through the same adapter, "
+            f"{r['non_2xx']} not 2xx, handler p50 {ms(hooks['p50_us'])}, p99 {ms(hooks['p99_us'])}; the count was exact "
+            f"{joined if joined is None else f'{joined:.1f}'} s after the joins began, and 0 {left if left is None else f'{left:.1f}'} s after "
+            f"half left and {r['killed']} were killed (LiveKit notices a vanished client after its own timeout) ({verdict(ok)}).")
 
 
 def reactions_paragraph(r):

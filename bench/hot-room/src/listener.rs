@@ -21,7 +21,7 @@ pub struct Packet {
 }
 
 pub struct Listener {
-    _process: Child,
+    process: Child,
     stdin: ChildStdin,
     packets: Arc<Mutex<Vec<Packet>>>,
     reader: tokio::task::JoinHandle<()>,
@@ -73,7 +73,7 @@ impl Listener {
             }
         });
         Listener {
-            _process: process,
+            process,
             stdin,
             packets,
             reader,
@@ -84,8 +84,11 @@ impl Listener {
         self.packets.lock().await.clone()
     }
 
+    /// A clean leave: the client disconnects from the room and exits (killed
+    /// if it has not within 10 s).
     pub async fn leave(mut self) {
         let _ = self.stdin.write_all(b"{\"cmd\": \"exit\"}\n").await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.process.wait()).await;
         self.reader.abort();
     }
 }

@@ -13,12 +13,16 @@
 //!    checking what the room receives, LiveKit's SendData calls counted;
 //! 4. the rate limiter at limits 60 and 100,000, next to the previous one;
 //! 5. reactions: 10,000 viewers tapping, a real participant counting the
-//!    aggregated packets the room receives, LiveKit's SendData calls counted.
+//!    aggregated packets the room receives, LiveKit's SendData calls counted;
+//! 6. real participants: LiveKit's own webhooks for viewers of its Python SDK
+//!    joining, leaving and killed, over HTTP through the same adapter.
 //!
 //! Environment: BENCH_ADMIN_URL (superuser), BENCH_LIVEKIT_URL and its key and
 //! secret, BENCH_LIVEKIT_LOG, BENCH_PYTHON, SUPABASE_JWT_SECRET; scale knobs
 //! HOT_ROOM_VIEWERS (50000), HOT_ROOM_SECONDS (60), HOT_ROOM_CHAT_RATE (200),
-//! HOT_ROOM_REACTION_RATE (1000, the template's ReactionsRouteRateLimit).
+//! HOT_ROOM_REACTION_RATE (1000, the template's ReactionsRouteRateLimit),
+//! HOT_ROOM_REAL_VIEWERS (20); BENCH_WEBHOOK_PORT, where LiveKit's server
+//! sends its webhooks (phase 6 is skipped without it).
 //! Prints one JSON object.
 
 mod chat;
@@ -28,6 +32,7 @@ mod limiter;
 mod listener;
 mod proxy;
 mod reactions;
+mod real;
 mod tokens;
 
 use std::time::Duration;
@@ -46,6 +51,8 @@ pub struct Setup {
     pub window: Duration,
     pub chat_rate: usize,
     pub reaction_rate: usize,
+    pub real_viewers: usize,
+    pub webhook_port: Option<u16>,
     pub proxy: proxy::LatencyProxy,
 }
 
@@ -111,6 +118,10 @@ fn main() {
             window: Duration::from_secs(knob("HOT_ROOM_SECONDS", 60) as u64),
             chat_rate: knob("HOT_ROOM_CHAT_RATE", 200),
             reaction_rate: knob("HOT_ROOM_REACTION_RATE", 1000),
+            real_viewers: knob("HOT_ROOM_REAL_VIEWERS", 20),
+            webhook_port: std::env::var("BENCH_WEBHOOK_PORT")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             proxy,
         };
         let limiter = limiter::run(&setup).await;
@@ -123,6 +134,8 @@ fn main() {
         eprintln!("hot-room: busy chat {chat}");
         let reactions = reactions::run(&setup).await;
         eprintln!("hot-room: reactions {reactions}");
+        let real = real::run(&setup).await;
+        eprintln!("hot-room: real participants {real}");
         println!(
             "{}",
             serde_json::json!({
@@ -134,6 +147,7 @@ fn main() {
                 "busy_chat": chat,
                 "rate_limiter": limiter,
                 "reactions": reactions,
+                "real_participants": real,
             })
         );
     });
