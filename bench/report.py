@@ -170,7 +170,9 @@ def machine_section(results, root, command):
     machine = results.json("machine.json") or {}
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"- **Command:** `{command}` (from the repository root; one run produced every figure below)",
+        f"- **Command:** `{command}` (from the repository root; "
+        + ("the later run replaced only the measurements it names, on the same machine; every ratio compares figures of one run)" if ", then " in command
+           else "one run produced every figure below)"),
         f"- **Date:** {date}",
         f"- **Machine:** {os.cpu_count()} CPUs (`nproc`), {cpu or 'CPU model unknown'}, "
         f"{mem or 'memory unknown'} RAM, {os.uname().sysname} {os.uname().release} {os.uname().machine}",
@@ -666,7 +668,7 @@ def main():
 
     doc = f"""# Benchmarks
 
-Written by `{args.command}`; do not edit by hand. Every figure comes from the same run.
+Written by `scripts/bench`; do not edit by hand. Ratios always compare figures of the same run.
 
 {machine_section(results, args.root, args.command)}
 - **Tools:** {tool_versions(results, args.root)}
