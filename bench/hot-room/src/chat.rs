@@ -4,10 +4,8 @@
 //! in the room checks that every stored message arrives once and in order;
 //! LiveKit's own log counts the SendData calls.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use lambda_http::{Body, Request};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -54,20 +52,14 @@ pub async fn run(setup: &Setup) -> Value {
         }
     }
     jobs.sort_by_key(|(at, _)| *at);
-    let chat_containers = fleet::template_default("ChatConcurrency");
-    let containers: Vec<Arc<shared::AppState>> = (0..chat_containers)
-        .map(|_| Arc::new(fleet::container(setup, &[])))
-        .collect();
+    let containers = fleet::containers(setup, "ChatConcurrency");
+    let chat_containers = containers.len();
     let calls_before = fleet::send_data_calls(setup, ROOM);
     let outcomes = fleet::run(
         containers,
         jobs,
         |state, (bearer, body): (String, String)| async move {
-            let mut request = Request::new(Body::Text(body));
-            *request.method_mut() = lambda_http::http::Method::POST;
-            request
-                .headers_mut()
-                .insert("authorization", bearer.parse().expect("a header value"));
+            let request = fleet::post(&bearer, body);
             shared::http::handle(&state, request, &shared::handlers::post_message)
                 .await
                 .status()

@@ -233,9 +233,7 @@ pub async fn run(setup: &Setup) -> Value {
     .expect("log the copy's writes");
 
     let plan = plan(setup, &room_sid);
-    let containers: Vec<Arc<shared::AppState>> = (0..webhook_containers())
-        .map(|_| Arc::new(fleet::container(setup, &[])))
-        .collect();
+    let containers = fleet::containers(setup, "WebhookConcurrency");
     let stop = Arc::new(AtomicBool::new(false));
     let sessions = sample_sessions(setup, stop.clone());
     let flusher = run_flusher(Arc::new(fleet::container(setup, &[])), stop.clone());

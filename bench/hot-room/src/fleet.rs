@@ -126,15 +126,14 @@ pub fn template_default(parameter: &str) -> usize {
 /// answer's JSON (the host's LiveKit token and server URL).
 pub async fn start_stream(setup: &Setup, room: &str, title: &str) -> serde_json::Value {
     let starter = container(setup, &[]);
-    let host = uuid::Uuid::new_v4();
-    let mut start = lambda_http::Request::new(lambda_http::Body::Text(
+    let bearer = format!(
+        "Bearer {}",
+        crate::supabase_token(&setup.supabase_secret, uuid::Uuid::new_v4())
+    );
+    let start = post(
+        &bearer,
         serde_json::json!({"title": title, "roomName": room}).to_string(),
-    ));
-    *start.method_mut() = lambda_http::http::Method::POST;
-    let bearer = format!("Bearer {}", crate::supabase_token(&setup.supabase_secret, host));
-    start
-        .headers_mut()
-        .insert("authorization", bearer.parse().expect("header"));
+    );
     let started = shared::http::handle(&starter, start, &shared::handlers::start_stream).await;
     assert_eq!(started.status(), 201, "the room {room} starts");
     serde_json::from_slice(started.body().as_ref()).expect("JSON")
@@ -147,4 +146,21 @@ pub fn send_data_calls(setup: &Setup, room: &str) -> usize {
         .lines()
         .filter(|line| line.contains("RoomService.SendData") && line.contains(room))
         .count()
+}
+
+/// As many containers as the template reserves for `concurrency_parameter`.
+pub fn containers(setup: &Setup, concurrency_parameter: &str) -> Vec<Arc<AppState>> {
+    (0..template_default(concurrency_parameter))
+        .map(|_| Arc::new(container(setup, &[])))
+        .collect()
+}
+
+/// A `POST` with `body` from the app, as API Gateway hands it over.
+pub fn post(bearer: &str, body: String) -> lambda_http::Request {
+    let mut request = lambda_http::Request::new(lambda_http::Body::Text(body));
+    *request.method_mut() = lambda_http::http::Method::POST;
+    request
+        .headers_mut()
+        .insert("authorization", bearer.parse().expect("a header value"));
+    request
 }

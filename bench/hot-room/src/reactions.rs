@@ -6,10 +6,8 @@
 //! [`shared::store::reactions::BROADCAST_INTERVAL`] however fast the room taps.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use lambda_http::{Body, Request};
 use serde_json::{Value, json};
 use shared::store::reactions::{BROADCAST_INTERVAL, ReactionKind};
 use uuid::Uuid;
@@ -82,20 +80,14 @@ pub async fn run(setup: &Setup) -> Value {
         }
     }
     jobs.sort_by_key(|(at, _)| *at);
-    let reaction_containers = fleet::template_default("ReactionsConcurrency");
-    let containers: Vec<Arc<shared::AppState>> = (0..reaction_containers)
-        .map(|_| Arc::new(fleet::container(setup, &[])))
-        .collect();
+    let containers = fleet::containers(setup, "ReactionsConcurrency");
+    let reaction_containers = containers.len();
     let calls_before = fleet::send_data_calls(setup, ROOM);
     let outcomes = fleet::run(
         containers,
         jobs,
         |state, (bearer, body): (String, String)| async move {
-            let mut request = Request::new(Body::Text(body));
-            *request.method_mut() = lambda_http::http::Method::POST;
-            request
-                .headers_mut()
-                .insert("authorization", bearer.parse().expect("a header value"));
+            let request = fleet::post(&bearer, body);
             shared::http::handle(&state, request, &shared::handlers::react)
                 .await
                 .status()

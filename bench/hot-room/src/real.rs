@@ -28,11 +28,7 @@ type Delivered = Arc<Mutex<Vec<(String, Outcome)>>>;
 
 /// `POST /live/webhook` on `port`, for LiveKit's server.
 async fn serve_webhooks(setup: &Setup, port: u16, delivered: Delivered) -> tokio::task::JoinHandle<()> {
-    let containers: Arc<Vec<shared::AppState>> = Arc::new(
-        (0..fleet::template_default("WebhookConcurrency"))
-            .map(|_| fleet::container(setup, &[]))
-            .collect(),
-    );
+    let containers = Arc::new(fleet::containers(setup, "WebhookConcurrency"));
     let next = Arc::new(AtomicUsize::new(0));
     let router = axum::Router::new().route(
         "/live/webhook",
@@ -81,13 +77,10 @@ async fn viewer_token(setup: &Setup, state: &shared::AppState, i: usize) -> Valu
         "Bearer {}",
         crate::supabase_token(&setup.supabase_secret, Uuid::new_v4())
     );
-    let mut request = Request::new(Body::Text(
+    let request = fleet::post(
+        &bearer,
         json!({"roomName": ROOM, "participantName": format!("Viewer {i}")}).to_string(),
-    ));
-    *request.method_mut() = lambda_http::http::Method::POST;
-    request
-        .headers_mut()
-        .insert("authorization", bearer.parse().expect("a header value"));
+    );
     let response = shared::http::handle(state, request, &shared::handlers::issue_token).await;
     assert_eq!(response.status(), 200, "a viewer token for {ROOM}");
     serde_json::from_slice(response.body().as_ref()).expect("JSON")

@@ -2,10 +2,8 @@
 //! minute, through the adapter (JWT check, one round trip, token minting), on
 //! the template's token containers.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use lambda_http::{Body, Request};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -33,10 +31,8 @@ pub async fn run(setup: &Setup) -> Value {
             (setup.window.mul_f64(i as f64 / n as f64), bearer)
         })
         .collect();
-    let token_containers = fleet::template_default("TokenConcurrency");
-    let containers: Vec<Arc<shared::AppState>> = (0..token_containers)
-        .map(|_| Arc::new(fleet::container(setup, &[])))
-        .collect();
+    let containers = fleet::containers(setup, "TokenConcurrency");
+    let token_containers = containers.len();
     // Each container's connection is opened before the rush, as a warm one is.
     for state in &containers {
         let _ = state.db.get().await;
@@ -45,11 +41,7 @@ pub async fn run(setup: &Setup) -> Value {
     let outcomes = fleet::run(containers, jobs, move |state, bearer: String| {
         let body = body.clone();
         async move {
-            let mut request = Request::new(Body::Text(body));
-            *request.method_mut() = lambda_http::http::Method::POST;
-            request
-                .headers_mut()
-                .insert("authorization", bearer.parse().expect("a header value"));
+            let request = fleet::post(&bearer, body);
             shared::http::handle(&state, request, &shared::handlers::issue_token)
                 .await
                 .status()
