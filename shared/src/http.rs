@@ -119,8 +119,9 @@ where
 }
 
 /// Runs one function: builds the state once per cold start and answers every
-/// invocation with `endpoint`. Every `functions/*/src/main.rs` calls this from
-/// tokio's current-thread runtime: a Lambda container handles one invocation
+/// invocation with `endpoint`. Every `functions/*/src/main.rs` (this, or a
+/// scheduled function's own `serve`) runs on tokio's current-thread runtime:
+/// a Lambda container handles one invocation
 /// at a time, so a second worker thread only adds cross-thread wake-ups (with
 /// it, `/live/token`'s p99 under bench/lambda-harness was 3.3–3.8 ms against
 /// 2.3–2.8 ms without, p50 unchanged, four interleaved runs on 2 vCPUs).
