@@ -36,6 +36,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010_chat_batches_and_count_push"),
     migration!(11, "0011_concurrent_events_of_one_session"),
     migration!(12, "0012_stage_reactions_viewers_stats"),
+    migration!(13, "0013_rate_limits_hot_updates"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.
