@@ -1,5 +1,5 @@
 //! The floor of every end-to-end figure: a Lambda on the same runtime crate as
-//! ours (`lambda_runtime`, tokio's multi-threaded runtime) that answers every
+//! ours (`lambda_runtime`, tokio's current-thread runtime) that answers every
 //! event with a bare 200 without looking at it. What `lambda-harness` measures
 //! for it is the Runtime API round trip, the event's JSON parse and the
 //! response's serialization: the part of a function's latency that is not its
