@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(11, "0011_concurrent_events_of_one_session"),
     migration!(12, "0012_stage_reactions_viewers_stats"),
     migration!(13, "0013_rate_limits_hot_updates"),
+    migration!(14, "0014_token_access_procedure"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -219,8 +219,9 @@ pub async fn access(client: &Client, room: &RoomName, user: Uuid) -> Result<Opti
 }
 
 /// [`access`] and the caller's token rate limit together, in one round trip:
-/// the function `live_token_access` (migration 0012), planned once per
-/// connection; it also reads the caller's place on the stage.
+/// the procedure `live_token_access` (migration 0014), planned once per
+/// connection; it also reads the caller's place on the stage. Its INOUT
+/// parameters come back as the row.
 pub async fn token_access(
     client: &Client,
     room: &RoomName,
@@ -231,8 +232,7 @@ pub async fn token_access(
     let (window, max) = (limit.window_seconds(), limit.max_hits());
     let row = client
         .query_typed_one(
-            "SELECT retry_after, streamer_id, is_live, banned, muted, hand_raised, invited, on_stage
-             FROM live_token_access($1, $2, $3, $4, $5)",
+            "CALL live_token_access($1, $2, $3, $4, $5)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),

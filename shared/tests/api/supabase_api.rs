@@ -174,7 +174,7 @@ async fn api_users_cannot_call_our_functions() {
             // Locking a victim out of chat, or growing a row without bound.
             format!("SELECT rate_limit_hit('chat:{ROOM}:{}', 86400, 1)", f.host),
             format!(
-                "SELECT * FROM live_token_access('{ROOM}', '{}', 'token:x', 60, 1000000)",
+                "CALL live_token_access('{ROOM}', '{}', 'token:x', 60, 1000000)",
                 f.viewer
             ),
         ] {
