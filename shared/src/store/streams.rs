@@ -221,7 +221,8 @@ pub async fn access(client: &Client, room: &RoomName, user: Uuid) -> Result<Opti
 /// [`access`] and the caller's token rate limit together, in one round trip:
 /// the procedure `live_token_access` (migration 0014), planned once per
 /// connection; it also reads the caller's place on the stage. Its INOUT
-/// parameters come back as the row.
+/// parameters come back as the row; the NULLs stand for them (see the
+/// migration for why they are not left to their defaults).
 pub async fn token_access(
     client: &Client,
     room: &RoomName,
@@ -232,7 +233,7 @@ pub async fn token_access(
     let (window, max) = (limit.window_seconds(), limit.max_hits());
     let row = client
         .query_typed_one(
-            "CALL live_token_access($1, $2, $3, $4, $5)",
+            "CALL live_token_access($1, $2, $3, $4, $5, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
