@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_stage_reactions_viewers_stats"),
     migration!(13, "0013_rate_limits_hot_updates"),
     migration!(14, "0014_token_access_procedure"),
+    migration!(15, "0015_rate_limit_upsert_first"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.
