@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(13, "0013_rate_limits_hot_updates"),
     migration!(14, "0014_token_access_procedure"),
     migration!(15, "0015_rate_limit_upsert_first"),
+    migration!(16, "0016_token_access_calls_rate_limit_hit"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.
