@@ -130,7 +130,7 @@ where
 /// Secrets Manager unreachable), the function stays up, answers 503 and tries
 /// again at most every few seconds, instead of failing every cold start.
 pub async fn serve_endpoint(endpoint: impl Endpoint) -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
+    crate::logging::init();
     let state = LazyState::default();
     state.get().await.ok();
     let state = &state;

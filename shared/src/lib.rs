@@ -12,8 +12,8 @@
 //!   enforce because of what Postgres says;
 //! - [`scheduled`]: what EventBridge runs (the count flusher, the reconciler).
 //!
-//! Built once per cold start: [`config`] (with [`secrets`]), [`tls`],
-//! [`jwt_crypto`], gathered in [`AppState`].
+//! Built once per cold start: [`logging`], [`config`] (with [`secrets`]),
+//! [`tls`], [`jwt_crypto`], gathered in [`AppState`].
 
 pub mod auth;
 pub mod config;
@@ -23,6 +23,7 @@ pub mod handlers;
 pub mod http;
 pub mod jwt_crypto;
 pub mod livekit;
+pub mod logging;
 pub mod scheduled;
 pub mod secrets;
 pub mod state;

@@ -76,7 +76,7 @@ pub async fn flush_until(state: &AppState, until: Instant) -> i64 {
 /// before its deadline (the template gives it 60 s, started every minute).
 pub async fn serve() -> Result<(), lambda_http::Error> {
     use lambda_http::lambda_runtime::{self, LambdaEvent, service_fn};
-    lambda_http::tracing::init_default_subscriber();
+    crate::logging::init();
     let state = crate::http::LazyState::default();
     state.get().await.ok();
     let state = &state;

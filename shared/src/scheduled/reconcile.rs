@@ -223,7 +223,7 @@ async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Res
 /// next scheduled run tries again.
 pub async fn serve() -> Result<(), lambda_http::Error> {
     use lambda_http::lambda_runtime::{self, LambdaEvent, service_fn};
-    lambda_http::tracing::init_default_subscriber();
+    crate::logging::init();
     let state = crate::http::LazyState::default();
     state.get().await.ok();
     let state = &state;

@@ -48,7 +48,7 @@ impl Captured {
     }
 }
 
-/// What `lambda_http::tracing::init_default_subscriber` builds (no target, no
+/// What `shared::logging::init` builds (no target, no
 /// time; JSON when `AWS_LAMBDA_LOG_FORMAT=JSON`, as `template.yaml` sets), at
 /// TRACE instead of INFO, once as JSON and once as plain text.
 fn subscriber(captured: &Captured) -> impl tracing::Subscriber + Send + Sync {

@@ -1,0 +1,72 @@
+//! The functions' log subscriber, set up once per cold start.
+//!
+//! Lambda's advanced logging controls decide the level and the format:
+//! `AWS_LAMBDA_LOG_LEVEL` (else `RUST_LOG`, else `info`) and
+//! `AWS_LAMBDA_LOG_FORMAT=JSON`, which the template sets. lambda_runtime's
+//! `init_default_subscriber` reads the same variables, but through
+//! `EnvFilter`, whose per-target directives bring a regex engine into every
+//! function (about 180 KiB of machine code, measured with `cargo bloat`) to
+//! parse the one level the template ever passes. A single level filter does
+//! that without it; a `RUST_LOG` that is not a plain level falls back to
+//! `info` and says so on stderr.
+
+use tracing_subscriber::filter::LevelFilter;
+
+/// Installs the subscriber. Idempotent: a second call (or another subscriber
+/// already installed, as in tests) leaves the first in place.
+pub fn init() {
+    let setting = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok();
+    let (level, unparsed) = level_from(setting.as_deref());
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .with_max_level(level);
+    let installed = if json {
+        builder.json().try_init().is_ok()
+    } else {
+        builder.try_init().is_ok()
+    };
+    if installed && let Some(setting) = unparsed {
+        tracing::warn!(
+            setting,
+            "log level is not one of error, warn, info, debug, trace, off: logging at info"
+        );
+    }
+}
+
+/// The level a setting names, and the setting itself when it names none.
+fn level_from(setting: Option<&str>) -> (LevelFilter, Option<&str>) {
+    match setting.map(str::trim) {
+        None | Some("") => (LevelFilter::INFO, None),
+        Some(text) => match text.parse::<LevelFilter>() {
+            Ok(level) => (level, None),
+            Err(_) => (LevelFilter::INFO, Some(text)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_levels_the_template_passes_in_either_case() {
+        assert_eq!(level_from(Some("debug")), (LevelFilter::DEBUG, None));
+        assert_eq!(level_from(Some("WARN")), (LevelFilter::WARN, None));
+        assert_eq!(level_from(Some("error")), (LevelFilter::ERROR, None));
+        assert_eq!(level_from(Some("off")), (LevelFilter::OFF, None));
+    }
+
+    #[test]
+    fn defaults_to_info_and_reports_what_it_could_not_read() {
+        assert_eq!(level_from(None), (LevelFilter::INFO, None));
+        assert_eq!(level_from(Some(" ")), (LevelFilter::INFO, None));
+        assert_eq!(
+            level_from(Some("shared=debug,hyper=warn")),
+            (LevelFilter::INFO, Some("shared=debug,hyper=warn"))
+        );
+    }
+}
