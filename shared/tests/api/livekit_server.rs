@@ -229,53 +229,70 @@ impl LiveKitServer {
 
 impl Inner {
     async fn server(&self) -> &ServerProcess {
-        self.server
-            .get_or_init(|| async {
-                let dir =
-                    std::env::temp_dir().join(format!("livekit-test-{}", uuid::Uuid::new_v4().simple()));
-                let script = format!("{}/../scripts/livekit-server", env!("CARGO_MANIFEST_DIR"));
-                let mut child = Command::new(&script)
-                    .arg("run")
-                    .arg(&dir)
-                    .args([
-                        &self.launch.api_key,
-                        &self.launch.api_secret,
-                        &self.launch.webhook_url,
-                        &self.launch.departure_timeout.to_string(),
-                    ])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .expect("scripts/livekit-server runs (scripts/test builds LiveKit's server first)");
-                let mut port_line = String::new();
-                BufReader::new(child.stdout.take().unwrap())
-                    .read_line(&mut port_line)
-                    .await
-                    .unwrap();
-                let port: u16 = port_line
-                    .trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("scripts/livekit-server printed {port_line:?}, not a port"));
-                let deadline = Instant::now() + SETTLE;
-                while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                    let log = std::fs::read_to_string(dir.join("livekit.log")).unwrap_or_default();
-                    assert!(
-                        Instant::now() < deadline,
-                        "LiveKit's server did not listen on {port}:\n{log}"
-                    );
-                    if let Ok(Some(status)) = child.try_wait() {
-                        panic!("LiveKit's server exited with {status}:\n{log}");
+        self.server.get_or_init(|| self.launch_server()).await
+    }
+
+    /// Starts LiveKit's server on ports the script picks. A port that was free
+    /// when picked can be taken before the server binds it (the kernel hands
+    /// the same range to outgoing connections, and the tests open many), so a
+    /// server that exits with "address already in use" is started again on new
+    /// ports; any other exit fails the test.
+    async fn launch_server(&self) -> ServerProcess {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let dir = std::env::temp_dir().join(format!("livekit-test-{}", uuid::Uuid::new_v4().simple()));
+            let script = format!("{}/../scripts/livekit-server", env!("CARGO_MANIFEST_DIR"));
+            let mut child = Command::new(&script)
+                .arg("run")
+                .arg(&dir)
+                .args([
+                    &self.launch.api_key,
+                    &self.launch.api_secret,
+                    &self.launch.webhook_url,
+                    &self.launch.departure_timeout.to_string(),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("scripts/livekit-server runs (scripts/test builds LiveKit's server first)");
+            let mut port_line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut port_line)
+                .await
+                .unwrap();
+            let port: u16 = port_line
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("scripts/livekit-server printed {port_line:?}, not a port"));
+            let deadline = Instant::now() + SETTLE;
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return ServerProcess {
+                        port,
+                        _child: child,
+                        dir,
+                    };
+                }
+                let log = std::fs::read_to_string(dir.join("livekit.log")).unwrap_or_default();
+                assert!(
+                    Instant::now() < deadline,
+                    "LiveKit's server did not listen on {port}:\n{log}"
+                );
+                if let Ok(Some(status)) = child.try_wait() {
+                    if log.contains("address already in use") && attempt < ATTEMPTS {
+                        eprintln!(
+                            "LiveKit's server lost a port it was given (attempt {attempt}); starting it again"
+                        );
+                        let _ = std::fs::remove_dir_all(&dir);
+                        break;
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    panic!("LiveKit's server exited with {status}:\n{log}");
                 }
-                ServerProcess {
-                    port,
-                    _child: child,
-                    dir,
-                }
-            })
-            .await
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     async fn forward(self: Arc<Self>, inbound: TcpStream) {
