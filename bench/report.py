@@ -597,9 +597,12 @@ def node_token_section(results):
         out.append(f"**{title}**\n\n" + table(headers, rows) +
                    f"\n\nBudget, in every round: p50 ≤ 1/3 of Node's ({verdict(met50)}), p99 ≤ 1/10 ({verdict(met99)}); "
                    f"errors (5xx or invocation errors) over all these runs: {errors}.")
-    return "\n\n".join(out) + """
+    users = sorted({r["users"] for r in runs if "users" in r})
+    who = f"{users[0]:,} distinct users, each asking once per run" if len(users) == 1 else "many users"
+    return "\n\n".join(out) + f"""
 
-Every run: the same events (many users, production rate limits), the same Postgres with production durability, one
+Every run: the same events ({who}; production rate limits, so the first run's hits insert their rate-limit rows
+and later runs find them), the same Postgres with production durability, one
 container, the order of the four reversed from one round to the next. The one-round-trip floor is what any function
 pays that asks Postgres one thing per request (the issue asks /live/token to stay at one round trip): a budget below
 it cannot be met by the handler's own work."""
