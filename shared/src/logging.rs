@@ -10,7 +10,12 @@
 //! that without it; a `RUST_LOG` that is not a plain level falls back to
 //! `info` and says so on stderr.
 
+use tracing::Subscriber;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the subscriber. Idempotent: a second call (or another subscriber
 /// already installed, as in tests) leaves the first in place.
@@ -20,21 +25,32 @@ pub fn init() {
         .ok();
     let (level, unparsed) = level_from(setting.as_deref());
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_target(false)
-        .without_time()
-        .with_max_level(level);
-    let installed = if json {
-        builder.json().try_init().is_ok()
-    } else {
-        builder.try_init().is_ok()
-    };
+    let installed = tracing_subscriber::registry()
+        .with(level)
+        .with(format_layer(json, std::io::stdout))
+        .try_init()
+        .is_ok();
     if installed && let Some(setting) = unparsed {
         tracing::warn!(
             setting,
             "log level is not one of error, warn, info, debug, trace, off: logging at info"
         );
     }
+}
+
+/// How a line looks: no target and no time (CloudWatch stamps each line), as
+/// JSON when `json` is set, written to `writer`. [`init`] writes to stdout;
+/// tests capture the same format in memory.
+pub fn format_layer<S, W>(json: bool, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .without_time()
+        .with_writer(writer);
+    if json { layer.json().boxed() } else { layer.boxed() }
 }
 
 /// The level a setting names, and the setting itself when it names none.

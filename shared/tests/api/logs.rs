@@ -48,26 +48,15 @@ impl Captured {
     }
 }
 
-/// What `shared::logging::init` builds (no target, no
-/// time; JSON when `AWS_LAMBDA_LOG_FORMAT=JSON`, as `template.yaml` sets), at
-/// TRACE instead of INFO, once as JSON and once as plain text.
+/// What `shared::logging::init` installs, at TRACE instead of INFO, with its
+/// format written twice: as JSON (`AWS_LAMBDA_LOG_FORMAT=JSON`, as
+/// `template.yaml` sets) and as plain text.
 fn subscriber(captured: &Captured) -> impl tracing::Subscriber + Send + Sync {
     let (json, plain) = (captured.clone(), captured.clone());
     tracing_subscriber::registry()
         .with(LevelFilter::TRACE)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_target(false)
-                .without_time()
-                .with_writer(move || json.clone()),
-        )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_target(false)
-                .without_time()
-                .with_writer(move || plain.clone()),
-        )
+        .with(shared::logging::format_layer(true, move || json.clone()))
+        .with(shared::logging::format_layer(false, move || plain.clone()))
 }
 
 /// The settings `TestApp` builds its state from, as a Lambda would read them.
