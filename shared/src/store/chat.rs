@@ -33,6 +33,8 @@ fn message_from_row(row: &Row) -> Result<ChatMessage, ApiError> {
 }
 
 /// Stores a message; returns it and its place in the room's order (`seq`).
+/// `live_chat_post` (migration 0017) holds the room's chat-order lock from
+/// the seq to the commit, so [`unsent`] never reads past a post in flight.
 pub async fn insert(
     client: &Client,
     room: &RoomName,
@@ -41,8 +43,7 @@ pub async fn insert(
 ) -> Result<(ChatMessage, i64), ApiError> {
     let row = client
         .query_typed_one(
-            "INSERT INTO live_messages (room_name, user_id, text) VALUES ($1, $2, $3)
-             RETURNING id, room_name, user_id, text, created_at, seq",
+            "SELECT id, room_name, user_id, text, created_at, seq FROM live_chat_post($1, $2, $3)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
@@ -75,6 +76,8 @@ pub async fn take_batch_lease(
 
 /// The room's messages after `after` in order, at most `limit`, each with its
 /// seq: `None` for a deleted one (it is not sent, but counts as sent).
+/// `live_chat_unsent` first waits for the room's posts in flight: one that
+/// took a smaller seq but commits later is read, not skipped.
 pub async fn unsent(
     client: &Client,
     room: &RoomName,
@@ -83,8 +86,7 @@ pub async fn unsent(
 ) -> Result<Vec<(Option<ChatMessage>, i64)>, ApiError> {
     let rows = client
         .query_typed(
-            "SELECT id, room_name, user_id, text, created_at, seq, deleted_at IS NOT NULL AS deleted
-             FROM live_messages WHERE room_name = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT id, room_name, user_id, text, created_at, seq, deleted FROM live_chat_unsent($1, $2, $3)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&after, Type::INT8),

@@ -40,6 +40,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(14, "0014_token_access_procedure"),
     migration!(15, "0015_rate_limit_upsert_first"),
     migration!(16, "0016_token_access_calls_rate_limit_hit"),
+    migration!(17, "0017_chat_posts_in_commit_order"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use livekit_stub::participant;
 use serde_json::json;
+use shared::domain::RoomName;
 use shared::handlers::{end_stream, get_stream, moderate, post_message, start_stream};
 use shared::scheduled::reconcile::reconcile;
+use shared::store::chat;
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -424,4 +426,71 @@ async fn old_sessions_are_pruned_in_bounded_batches() {
     );
     assert!(left.contains(&"PA_recent".to_owned()), "{left:?}");
     assert_eq!(app.viewer_count("long-running").await, 1);
+}
+
+/// Two posts of one room commit out of their seq order: the first is still in
+/// its transaction when the second commits. The batch read waits for the
+/// first instead of reading past it (and recording the room as sent beyond
+/// it), so both are sent, in order.
+#[tokio::test]
+async fn a_post_that_commits_after_a_later_one_is_read_by_the_batch_in_its_place() {
+    let app = TestApp::spawn().await;
+    let (host, early, late) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "interleaved").await;
+    let room = RoomName::parse("interleaved".to_owned()).unwrap();
+
+    let mut slow_connection = connect(&app.api_database_url).await;
+    let slow_post = slow_connection.transaction().await.unwrap();
+    let early_seq: i64 = slow_post
+        .query_one(
+            "SELECT seq FROM live_chat_post('interleaved', $1, 'first')",
+            &[&early],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (_, late_seq) = chat::insert(&app.state.db.get().await.unwrap(), &room, late, "second")
+        .await
+        .unwrap();
+    assert!(late_seq > early_seq);
+
+    let state = app.state.clone();
+    let read = tokio::spawn(async move {
+        let client = state.db.get().await.unwrap();
+        chat::unsent(&client, &room, 0, 10).await
+    });
+    let admin = app.db().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE l.locktype = 'advisory' AND l.classid = 1818782568 AND NOT l.granted
+                   AND d.datname = current_database())",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting {
+            break;
+        }
+        assert!(
+            !read.is_finished(),
+            "the batch read did not wait for the post in flight: {:?}",
+            read.await.unwrap().map(|m| m.len())
+        );
+        assert!(Instant::now() < deadline, "the batch read never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    slow_post.commit().await.unwrap();
+
+    let unsent = read.await.unwrap().unwrap();
+    let texts: Vec<&str> = unsent
+        .iter()
+        .filter_map(|(message, _)| message.as_ref().map(|m| m.text.as_str()))
+        .collect();
+    assert_eq!(texts, ["first", "second"]);
+    let seqs: Vec<i64> = unsent.iter().map(|(_, seq)| *seq).collect();
+    assert_eq!(seqs, [early_seq, late_seq]);
 }
