@@ -623,14 +623,18 @@ def hot_room_section(results):
     ok_2xx = crowd["non_2xx"] == 0
     peak_ok = crowd["peak_exact_after_s"] is not None and crowd["peak_copy_after_s"] is not None and crowd["peak_copy_after_s"] <= 2.0
     end_ok = crowd["end_exact_after_s"] is not None and crowd["end_copy_after_s"] is not None and crowd["end_copy_after_s"] <= 2.0
-    writes_ok = crowd["copy_min_gap_ms"] >= 990 or crowd["copy_writes"] <= 1
+    # The writers' own stamps are what the one-second rule compares; the
+    # trigger's times also carry each backend's wait for a CPU before it ran.
+    writes_ok = crowd["copy_min_gap_ms"] >= 1000 or crowd["copy_writes"] <= 1
+    logged_gap = crowd.get("copy_min_logged_gap_ms")
+    logged_note = f" ({logged_gap} ms as a trigger logged them)" if logged_gap is not None else ""
     sessions_ok = crowd["peak_postgres_sessions"] <= crowd["session_budget"]
     rows = [
         ["webhooks answered 2xx", f"{allw['requests'] - crowd['non_2xx']:,} of {allw['requests']:,}", verdict(ok_2xx)],
         ["webhook p50 / p99", f"{ms(allw['p50_us'])} / {ms(allw['p99_us'])}", verdict(ok_p99) + " (p99 < 250 ms)"],
         ["exact count at the peak after the last join", f"{crowd['peak_expected']:,} after {crowd['peak_exact_after_s']} s; Realtime copy after {crowd['peak_copy_after_s']} s", verdict(peak_ok) + " (≤ 2 s)"],
         ["count 0 after the last leave", f"exact after {crowd['end_exact_after_s']} s; copy after {crowd['end_copy_after_s']} s (last copy {crowd['copy_last']})", verdict(end_ok and crowd['copy_last'] == 0)],
-        ["`live_streams` writes during the run", f"{crowd['copy_writes']}, at least {crowd['copy_min_gap_ms']} ms apart", verdict(writes_ok) + " (≤ 1/s)"],
+        ["`live_streams` writes during the run", f"{crowd['copy_writes']}, at least {crowd['copy_min_gap_ms']} ms apart by their writers' stamps{logged_note}", verdict(writes_ok) + " (≤ 1/s)"],
         ["peak Postgres sessions", f"{crowd['peak_postgres_sessions']} (budget {crowd['session_budget']})", verdict(sessions_ok)],
     ]
     lines.append(table(["", "measured", "verdict"], rows))

@@ -218,11 +218,19 @@ pub async fn run(setup: &Setup) -> Value {
         .expect("the stream")
         .get::<_, Option<String>>(0)
         .unwrap_or_default();
-    // Every write of the Realtime copy, to check it stays at one a second.
+    // Every write of the Realtime copy, to check it stays at one a second:
+    // `written` is the time the writer stamped (what the next writer's
+    // one-second rule compares), `at` the time this trigger ran, later by
+    // however long the writing backend waited for a CPU in between.
     db.batch_execute(
-        "CREATE TABLE IF NOT EXISTS bench_copy_writes (at timestamptz NOT NULL DEFAULT clock_timestamp(), count int);
+        "DROP TABLE IF EXISTS bench_copy_writes;
+         CREATE TABLE bench_copy_writes (
+             at timestamptz NOT NULL DEFAULT clock_timestamp(), written timestamptz, count int);
          CREATE OR REPLACE FUNCTION bench_log_copy_write() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN INSERT INTO bench_copy_writes (count) VALUES (NEW.viewer_count); RETURN NEW; END $$;
+         BEGIN
+             INSERT INTO bench_copy_writes (written, count) VALUES (NEW.viewer_count_written_at, NEW.viewer_count);
+             RETURN NEW;
+         END $$;
          DROP TRIGGER IF EXISTS bench_log_copy_write ON live_streams;
          CREATE TRIGGER bench_log_copy_write AFTER UPDATE OF viewer_count ON live_streams
          FOR EACH ROW WHEN (NEW.id = 'hot-room' AND OLD.viewer_count IS DISTINCT FROM NEW.viewer_count)
@@ -258,21 +266,28 @@ pub async fn run(setup: &Setup) -> Value {
     let _ = flusher.await;
     let peak_sessions = sessions.await.unwrap_or(0);
 
-    let writes: Vec<(chrono::DateTime<chrono::Utc>, i32)> = db
+    type Stamp = chrono::DateTime<chrono::Utc>;
+    let writes: Vec<(Stamp, Stamp, i32)> = db
         .query(
-            "SELECT at, count FROM bench_copy_writes WHERE at >= $1 ORDER BY at",
+            "SELECT written, at, count FROM bench_copy_writes WHERE at >= $1 ORDER BY written",
             &[&burst_started],
         )
         .await
         .expect("the copy's writes")
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
-    let min_gap_ms = writes
-        .windows(2)
-        .map(|w| (w[1].0 - w[0].0).num_milliseconds())
-        .min()
-        .unwrap_or(0);
+    let min_gap_ms = |stamps: Vec<Stamp>| {
+        stamps
+            .windows(2)
+            .map(|w| (w[1] - w[0]).num_milliseconds())
+            .min()
+            .unwrap_or(0)
+    };
+    let min_written_gap_ms = min_gap_ms(writes.iter().map(|w| w.0).collect());
+    let mut logged: Vec<Stamp> = writes.iter().map(|w| w.1).collect();
+    logged.sort();
+    let min_logged_gap_ms = min_gap_ms(logged);
     let all: Vec<Outcome> = joined.into_iter().chain(left).collect();
     let non_2xx = all.iter().filter(|o| !(200..300).contains(&o.status)).count();
     let comparison = compare_designs(setup).await;
@@ -291,8 +306,9 @@ pub async fn run(setup: &Setup) -> Value {
         "end_exact_after_s": end_exact_s,
         "end_copy_after_s": end_copy_s,
         "copy_writes": writes.len(),
-        "copy_min_gap_ms": min_gap_ms,
-        "copy_last": writes.last().map(|w| w.1),
+        "copy_min_gap_ms": min_written_gap_ms,
+        "copy_min_logged_gap_ms": min_logged_gap_ms,
+        "copy_last": writes.last().map(|w| w.2),
         "peak_postgres_sessions": peak_sessions,
         // The webhook containers, the flusher, and the start container.
         "session_budget": webhook_containers() + 2,
