@@ -53,18 +53,32 @@ BEGIN
 END
 $$;
 
--- Supabase's default privileges grant new functions to anon and
--- authenticated (see 0006): only the functions' role may call these.
-DO $$
+-- Supabase's default privileges grant every new routine to anon and
+-- authenticated (see 0006), and Postgres grants it to PUBLIC. Migrations up
+-- to here each revoked those grants with a loop of their own; this procedure
+-- is that loop, for this migration and the ones after it. It skips the roles
+-- a bare Postgres does not have, and it restricts itself first: only the
+-- migrating role (its owner) may call it.
+CREATE PROCEDURE live_revoke_from_api_roles(p_routines REGPROCEDURE[])
+LANGUAGE plpgsql
+AS $$
 DECLARE
     grantee TEXT;
+    routine REGPROCEDURE;
 BEGIN
     FOREACH grantee IN ARRAY ARRAY['PUBLIC', 'anon', 'authenticated'] LOOP
         IF grantee = 'PUBLIC' OR EXISTS (SELECT FROM pg_roles WHERE rolname = grantee) THEN
-            EXECUTE format('REVOKE ALL ON FUNCTION live_chat_post(TEXT, UUID, TEXT) FROM %s', grantee);
-            EXECUTE format('REVOKE ALL ON FUNCTION live_chat_unsent(TEXT, BIGINT, BIGINT) FROM %s', grantee);
+            FOREACH routine IN ARRAY p_routines LOOP
+                EXECUTE format('REVOKE ALL ON ROUTINE %s FROM %s', routine, grantee);
+            END LOOP;
         END IF;
     END LOOP;
 END
 $$;
+
+CALL live_revoke_from_api_roles(ARRAY[
+    'live_revoke_from_api_roles(REGPROCEDURE[])',
+    'live_chat_post(TEXT, UUID, TEXT)',
+    'live_chat_unsent(TEXT, BIGINT, BIGINT)'
+]::REGPROCEDURE[]);
 GRANT EXECUTE ON FUNCTION live_chat_post(TEXT, UUID, TEXT), live_chat_unsent(TEXT, BIGINT, BIGINT) TO live_api;
