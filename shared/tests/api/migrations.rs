@@ -120,6 +120,47 @@ async fn the_profile_key_exists_only_where_profiles_exist() {
     assert!(has_fk(connect(&supabase_like).await).await);
 }
 
+/// The viewer rows that lost their foreign key in migration 0018 still go
+/// with their stream, and still pin its id, as the keys did.
+#[tokio::test]
+async fn a_deleted_stream_takes_its_viewer_rows_with_it() {
+    let url = create_database().await;
+    shared::store::migrate::migrate_url(&url).await.unwrap();
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "INSERT INTO live_streams (id, streamer_id, title) VALUES ('gone', gen_random_uuid(), 't'), ('kept', gen_random_uuid(), 't');
+             INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined)
+                 VALUES ('gone', 'PA_1', 'ade', true, true), ('kept', 'PA_2', 'ade', true, true);
+             INSERT INTO live_presence (room_name, identity, sessions) VALUES ('gone', 'ade', 1), ('kept', 'ade', 1);
+             INSERT INTO live_viewers_seen (room_name, identity) VALUES ('gone', 'ade'), ('kept', 'ade');",
+        )
+        .await
+        .unwrap();
+    let renamed = client
+        .execute("UPDATE live_streams SET id = 'renamed' WHERE id = 'kept'", &[])
+        .await
+        .expect_err("a stream with viewer rows keeps its id");
+    assert_eq!(
+        renamed.code(),
+        Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+    );
+    client
+        .execute("DELETE FROM live_streams WHERE id = 'gone'", &[])
+        .await
+        .unwrap();
+    for table in ["live_participant_sessions", "live_presence", "live_viewers_seen"] {
+        let rooms: Vec<String> = client
+            .query(&format!("SELECT room_name FROM {table} ORDER BY room_name"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(rooms, ["kept"], "{table}");
+    }
+}
+
 #[tokio::test]
 async fn tables_join_the_supabase_realtime_publication_where_it_exists() {
     let published = |client: tokio_postgres::Client| async move {

@@ -161,6 +161,54 @@ async fn chat_moderation_and_other_joins_do_not_wait_for_a_webhook_in_progress()
     assert_eq!(app.viewer_count("busy").await, 2);
 }
 
+/// A join writes no lock into its stream's row (migration 0018): a foreign key
+/// from the session, presence or first-viewer rows would take `FOR KEY SHARE`
+/// on it, which every join of a viral room would then share and rewrite.
+/// `FOR UPDATE NOWAIT` conflicts with every row lock, that one included.
+#[tokio::test]
+async fn an_open_join_holds_no_lock_on_the_stream_row() {
+    let app = TestApp::spawn().await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "viral").await;
+    let admin = app.db().await;
+    // A room past its first joins: its 16 count shards exist (a shard's own
+    // first insert still checks its key). And the Realtime copy is not due,
+    // so the join's own writes are all that could lock the row (a due copy
+    // updates it, as it should).
+    admin
+        .batch_execute(
+            "INSERT INTO live_viewer_counts (room_name, shard) SELECT 'viral', g FROM generate_series(0, 15) g
+                 ON CONFLICT DO NOTHING;
+             UPDATE live_streams SET viewer_count_written_at = 'infinity' WHERE id = 'viral';",
+        )
+        .await
+        .unwrap();
+    let mut webhook_connection = connect(&app.api_database_url).await;
+    let webhook = webhook_connection.transaction().await.unwrap();
+    let outcome: String = webhook
+        .query_one(
+            "SELECT outcome FROM live_participant_event('EV_open', 'viral', '', 'join', 'PA_open', $1, $2, false, 'Ade')",
+            &[&viewer.to_string(), &viewer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "applied");
+
+    let mut probe_connection = app.db().await;
+    let probe = probe_connection.transaction().await.unwrap();
+    let locked = probe
+        .query_opt(
+            "SELECT 1 FROM live_streams WHERE id = 'viral' FOR UPDATE NOWAIT",
+            &[],
+        )
+        .await;
+    assert!(locked.is_ok(), "the open join locks the stream row: {locked:?}");
+    probe.rollback().await.unwrap();
+    webhook.commit().await.unwrap();
+    assert_eq!(app.viewer_count("viral").await, 1);
+}
+
 /// A statement blocked on a row lock gives up after the role's `lock_timeout`
 /// (2 s): a clean 503, long before the request deadline, and nothing changes.
 #[tokio::test]
