@@ -37,6 +37,29 @@ async fn join(app: &TestApp, id: &str, room: &str, identity: &str, sid: &str) {
     assert_eq!(response.status, 200, "{}", response.body);
 }
 
+/// `viewer`'s join into `room` as the webhook applies it (as `live_api`), in a
+/// transaction left open on `connection`, so a test can act while it holds
+/// whatever the join holds.
+async fn open_join<'c>(
+    connection: &'c mut tokio_postgres::Client,
+    event_id: &str,
+    room: &str,
+    sid: &str,
+    viewer: Uuid,
+) -> tokio_postgres::Transaction<'c> {
+    let webhook = connection.transaction().await.unwrap();
+    let outcome: String = webhook
+        .query_one(
+            "SELECT outcome FROM live_participant_event($1, $2, '', 'join', $3, $4, $5, false, 'Ade')",
+            &[&event_id, &room, &sid, &viewer.to_string(), &viewer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "applied");
+    webhook
+}
+
 /// A join that commits after the reconciler read `ListParticipants` (which
 /// did not have that viewer yet) but before it took the row lock is newer than
 /// the listing: the run must not close it.
@@ -111,16 +134,7 @@ async fn chat_moderation_and_other_joins_do_not_wait_for_a_webhook_in_progress()
     let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
     app.start_stream(host, "busy").await;
     let mut webhook_connection = connect(&app.api_database_url).await;
-    let webhook = webhook_connection.transaction().await.unwrap();
-    let outcome: String = webhook
-        .query_one(
-            "SELECT outcome FROM live_participant_event('EV_held', 'busy', '', 'join', 'PA_held', $1, $2, false, '')",
-            &[&viewer.to_string(), &viewer],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(outcome, "applied");
+    let webhook = open_join(&mut webhook_connection, "EV_held", "busy", "PA_held", viewer).await;
 
     let started = Instant::now();
     let chat = app
@@ -184,16 +198,7 @@ async fn an_open_join_holds_no_lock_on_the_stream_row() {
         .await
         .unwrap();
     let mut webhook_connection = connect(&app.api_database_url).await;
-    let webhook = webhook_connection.transaction().await.unwrap();
-    let outcome: String = webhook
-        .query_one(
-            "SELECT outcome FROM live_participant_event('EV_open', 'viral', '', 'join', 'PA_open', $1, $2, false, 'Ade')",
-            &[&viewer.to_string(), &viewer],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(outcome, "applied");
+    let webhook = open_join(&mut webhook_connection, "EV_open", "viral", "PA_open", viewer).await;
 
     let mut probe_connection = app.db().await;
     let probe = probe_connection.transaction().await.unwrap();
