@@ -223,17 +223,41 @@ async fn viewer_counts_follow_the_servers_webhooks() {
     assert_eq!(app.viewer_count(ROOM).await, 1);
 }
 
-/// The host's phone drops (process killed) and comes back within the room's
-/// departure timeout: the room and the stream survive. Without the host
-/// coming back, the room closes after the timeout and `room_finished` ends
-/// the stream.
+/// The host's phone drops (process killed, no clean leave) while the room is
+/// otherwise empty, and comes back within the room's departure timeout: once
+/// LiveKit gives up on the dropped connection the departure timer runs, and
+/// the host's return keeps the same room instance and the stream live, with
+/// the count exact at each step. Without the host coming back, the room
+/// closes after the timeout and `room_finished` ends the stream.
 #[tokio::test]
 async fn the_host_may_reconnect_within_the_departure_timeout_and_after_it_the_stream_ends() {
-    let app = app_with_departure(3).await;
+    use std::time::{Duration, Instant};
+    // Long enough for a new client process to connect, short beside the bounds.
+    const DEPARTURE: Duration = Duration::from_secs(10);
+    let app = app_with_departure(DEPARTURE.as_secs() as u32).await;
     let (host, mut host_phone) = live_host(&app).await;
-    let (_, _viewer) = app.viewer_in(ROOM).await;
+    let (_, mut viewer) = app.viewer_in(ROOM).await;
     app.wait_for_viewer_count(ROOM, 1).await;
+    let room_sid = app.livekit().room(ROOM).await.expect("the room is open").sid;
+
+    viewer.leave().await;
+    app.wait_for_viewer_count(ROOM, 0).await;
     host_phone.kill().await;
+    // LiveKit reports the dropped host gone once its ICE timeouts run out;
+    // from then on the room is empty and its departure timer runs.
+    let deadline = Instant::now() + ICE_GIVE_UP;
+    while !app.livekit().participants(ROOM).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped host is still in the room after {ICE_GIVE_UP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let emptied = Instant::now();
+    app.wait_for_webhooks("participant_left", 2).await;
+    assert_eq!(app.viewer_count(ROOM).await, 0, "the host never counts");
+
+    // The app retries the start and the host connects with its token.
     let started = app
         .call(
             shared::handlers::start_stream,
@@ -242,27 +266,52 @@ async fn the_host_may_reconnect_within_the_departure_timeout_and_after_it_the_st
         )
         .await;
     assert_eq!(started.status, 200, "a retried start: {}", started.body);
-    let started = started.body;
-    let _back = Participant::connect(
-        started["serverUrl"].as_str().unwrap(),
-        started["token"].as_str().unwrap(),
+    let mut back = Participant::connect(
+        started.body["serverUrl"].as_str().unwrap(),
+        started.body["token"].as_str().unwrap(),
     )
     .await
     .expect("the host reconnects");
+    assert!(
+        emptied.elapsed() < DEPARTURE,
+        "the host took {:?} to come back, longer than the departure timeout: the test proves nothing",
+        emptied.elapsed()
+    );
+
+    // Past the moment the empty room would have closed: the same instance is
+    // open, the stream live, and no room_finished came. (Proving that nothing
+    // happens takes waiting past its deadline.)
+    tokio::time::sleep(
+        (emptied + DEPARTURE + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let room = app
+        .livekit()
+        .room(ROOM)
+        .await
+        .expect("the room outlived its departure timeout");
+    assert_eq!(room.sid, room_sid, "the same room instance, not a new one");
     assert!(app.stream_row(ROOM).await.unwrap().get::<_, bool>("is_live"));
-    assert_eq!(app.viewer_count(ROOM).await, 1, "the viewer is still counted");
-    drop(_back);
-    drop(_viewer);
+    assert!(
+        !app.delivered_webhooks().iter().any(|(e, _)| e == "room_finished"),
+        "{:?}",
+        app.delivered_webhooks()
+    );
+    let (_, mut late_viewer) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    late_viewer.leave().await;
+    app.wait_for_viewer_count(ROOM, 0).await;
+    back.leave().await;
 
     // Everyone gone: after the departure timeout LiveKit closes the room.
-    let deadline = std::time::Instant::now() + SETTLE * 4;
+    let deadline = Instant::now() + DEPARTURE + SETTLE * 3;
     while app.stream_row(ROOM).await.unwrap().get::<_, bool>("is_live") {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "room_finished did not end the stream; webhooks: {:?}",
             app.delivered_webhooks()
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
         app.delivered_webhooks()
