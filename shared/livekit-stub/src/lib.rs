@@ -4,7 +4,10 @@
 //! - hold one call at an exact point while the test does something else
 //!   ([`LiveKitStub::hold`]), for deterministic interleavings;
 //! - list participants who are not really there, or leave out one who is
-//!   ([`LiveKitStub::set_participants`]): a stale view of the room.
+//!   ([`LiveKitStub::set_participants`]): a stale view of the room;
+//! - show what a `RemoveParticipant` asked for ([`LiveKitStub::removals`]):
+//!   the real server (1.13.5) ignores `revoke_token_ts`, so only a recording
+//!   of the call shows which tokens we asked LiveKit to refuse.
 //!
 //! It speaks the Twirp API the backend calls, in protobuf on loopback, checks
 //! each call's bearer token and grants the way LiveKit does, and keeps rooms in
@@ -13,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -26,16 +28,6 @@ use livekit_protocol as proto;
 use prost::Message;
 use serde_json::json;
 use tokio::net::TcpListener;
-
-/// How the server answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Up,
-    /// Every call gets Twirp `unavailable` (HTTP 503).
-    Failing,
-    /// Calls are accepted and never answered.
-    Hanging,
-}
 
 /// A room as the server holds it.
 #[derive(Clone, Debug, Default)]
@@ -53,7 +45,8 @@ struct Inner {
     rooms: BTreeMap<String, StubRoom>,
     /// How many times each name was created, for the rooms' sids.
     generations: BTreeMap<String, u32>,
-    mode: Mode,
+    /// Every `RemoveParticipant` request, in the order they came.
+    removals: Vec<proto::RoomParticipantIdentity>,
     /// Methods whose next call waits for the test (see [`LiveKitStub::hold`]).
     holds: BTreeMap<String, Arc<Hold>>,
 }
@@ -92,7 +85,7 @@ impl LiveKitStub {
             api_secret: api_secret.to_owned(),
             rooms: BTreeMap::new(),
             generations: BTreeMap::new(),
-            mode: Mode::Up,
+            removals: Vec::new(),
             holds: BTreeMap::new(),
         }));
         let router = Router::new()
@@ -117,8 +110,10 @@ impl LiveKitStub {
         format!("ws://{}", self.addr)
     }
 
-    pub fn set_mode(&self, mode: Mode) {
-        self.lock().mode = mode;
+    /// Every `RemoveParticipant` request so far (room, identity,
+    /// `revoke_token_ts`), whether or not the participant was there.
+    pub fn removals(&self) -> Vec<proto::RoomParticipantIdentity> {
+        self.lock().removals.clone()
     }
 
     /// Holds the next call to `method` (e.g. `ListParticipants`) before it is
@@ -197,10 +192,9 @@ async fn room_service(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (mode, verifier, hold) = {
+    let (verifier, hold) = {
         let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
         (
-            inner.mode,
             TokenVerifier::with_api_key(&inner.api_key, &inner.api_secret),
             inner.holds.remove(&method),
         )
@@ -208,11 +202,6 @@ async fn room_service(
     if let Some(hold) = hold {
         hold.arrived.notify_one();
         hold.release.notified().await;
-    }
-    match mode {
-        Mode::Up => {}
-        Mode::Failing => return twirp_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server down"),
-        Mode::Hanging => tokio::time::sleep(Duration::from_secs(3600)).await,
     }
     let token = headers
         .get("authorization")
@@ -317,6 +306,9 @@ async fn room_service(
                 let Ok(request) = proto::RoomParticipantIdentity::decode(body) else {
                     return malformed();
                 };
+                if room_admin(&claims, &request.room) {
+                    inner.removals.push(request.clone());
+                }
                 (request.room, request.identity, None)
             } else {
                 let Ok(request) = proto::UpdateParticipantRequest::decode(body) else {

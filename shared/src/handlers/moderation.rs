@@ -7,6 +7,7 @@ use crate::auth::AuthUser;
 use crate::domain::{ModerationAction, ModerationRequest, RoomName};
 use crate::error::{ApiError, Dependency};
 use crate::http::Reply;
+use crate::livekit::Revocation;
 use crate::state::AppState;
 use crate::store::chat::{self, Action, Standing};
 use crate::store::streams;
@@ -69,7 +70,7 @@ pub async fn moderate(
         drop(client);
         state
             .livekit
-            .remove_participant(&room, &identity, None)
+            .remove_participant(&room, &identity, Revocation::Nothing)
             .await
             .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?;
         let client = state.db.get().await?;
@@ -83,7 +84,11 @@ pub async fn moderate(
             ModerationAction::Ban => {
                 state
                     .livekit
-                    .remove_participant(&room, &identity, Some(moderated.at_unix_seconds + 1))
+                    .remove_participant(
+                        &room,
+                        &identity,
+                        Revocation::IssuedBefore(moderated.at_unix_seconds + 1),
+                    )
                     .await
             }
             // A guest on stage keeps their camera and microphone through a chat mute.

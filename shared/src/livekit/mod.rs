@@ -26,6 +26,31 @@ pub const VIEWERS_TOPIC: &str = "viewers";
 /// A RoomService call must answer within this, or the caller moves on.
 const ROOM_SERVICE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Which tokens of a removed participant LiveKit should refuse from then on
+/// (`RemoveParticipant`'s `revoke_token_ts`, compared with a token's `nbf`).
+/// Where the server enforces it (LiveKit's open-source server 1.13.5 does
+/// not), a banned user's old tokens stop working; our webhook removes them on
+/// `participant_joined` wherever it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// None: a kicked viewer may come back with a new token at once. LiveKit
+    /// reads an unset (0) `revoke_token_ts` as "now plus a minute of leeway",
+    /// which would refuse that new token too, so this asks for the tokens
+    /// issued before 1970-01-01T00:00:01: none.
+    Nothing,
+    /// Every token issued before this Unix second.
+    IssuedBefore(i64),
+}
+
+impl Revocation {
+    pub fn revoke_token_ts(self) -> i64 {
+        match self {
+            Revocation::Nothing => 1,
+            Revocation::IssuedBefore(unix_seconds) => unix_seconds,
+        }
+    }
+}
+
 /// What a participant may do in a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -182,19 +207,16 @@ impl LiveKit {
         bounded(self.rooms.send_data(room.as_str(), payload, options)).await
     }
 
-    /// Disconnects `identity` from the room. Someone who is not there is fine.
-    /// With `revoke_before` (Unix seconds), LiveKit is also asked to refuse
-    /// the tokens of that identity whose `nbf` is earlier, so a token minted
-    /// before a ban cannot join again where the server enforces it; the
-    /// webhook removes them on `participant_joined` wherever it does not.
+    /// Disconnects `identity` from the room, and tells LiveKit which of their
+    /// tokens to refuse from now on. Someone who is not there is fine.
     pub async fn remove_participant(
         &self,
         room: &RoomName,
         identity: &str,
-        revoke_before: Option<i64>,
+        revocation: Revocation,
     ) -> Result<(), RoomServiceError> {
         let options = RemoveParticipantOptions {
-            revoke_token_ts: revoke_before.unwrap_or_default(),
+            revoke_token_ts: revocation.revoke_token_ts(),
         };
         match bounded(
             self.rooms

@@ -10,7 +10,7 @@
 use uuid::Uuid;
 
 use crate::domain::RoomName;
-use crate::livekit::{LiveKit, RoomServiceError};
+use crate::livekit::{LiveKit, Revocation, RoomServiceError};
 use crate::store::chat::Standing;
 use crate::store::stage::StageStanding;
 use crate::store::viewers::Presence;
@@ -71,7 +71,7 @@ pub async fn apply(
         Correction::Remove => {
             let revoke_before = chrono::Utc::now().timestamp() + 1;
             livekit
-                .remove_participant(room, identity, Some(revoke_before))
+                .remove_participant(room, identity, Revocation::IssuedBefore(revoke_before))
                 .await
         }
         Correction::Update { muted, stage } => livekit.update_viewer(room, identity, muted, stage).await,

@@ -330,16 +330,10 @@ impl TestApp {
         }
     }
 
-    /// Makes LiveKit refuse, hang, or work again.
+    /// Makes LiveKit refuse, hang, or work again (the real server, behind
+    /// the proxy that is the app's `LIVEKIT_URL`).
     pub fn set_livekit_mode(&self, mode: LiveKitMode) {
-        match &self.livekit {
-            LiveKitUnderTest::Real(server) => server.set_mode(mode),
-            LiveKitUnderTest::Stub(stub) => stub.set_mode(match mode {
-                LiveKitMode::Up => livekit_stub::Mode::Up,
-                LiveKitMode::Failing => livekit_stub::Mode::Failing,
-                LiveKitMode::Hanging => livekit_stub::Mode::Hanging,
-            }),
-        }
+        self.livekit().set_mode(mode);
     }
 
     pub async fn has_room(&self, room: &str) -> bool {

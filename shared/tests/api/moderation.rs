@@ -5,7 +5,7 @@ use serde_json::json;
 use shared::handlers::{issue_token, moderate, post_message};
 use uuid::Uuid;
 
-use crate::helpers::{LiveKitMode, Participant, TestApp, verify_livekit_token};
+use crate::helpers::{AppOptions, LiveKitChoice, LiveKitMode, Participant, TestApp, verify_livekit_token};
 
 const ROOM: &str = "moderated";
 
@@ -393,4 +393,53 @@ async fn moderating_someone_not_in_the_room_still_applies() {
         .await
         .assert_error(403, "banned");
     assert_eq!(act(&room.app, room.host, absent, "mute").await.status, 200);
+}
+
+/// What a removal asks LiveKit to refuse from then on: a ban, every token
+/// issued before it; a kick, none, so the viewer may come back with a new token
+/// at once (an unset `revoke_token_ts` would mean "now plus a minute" to a
+/// server that enforces it). LiveKit's open-source server ignores the field,
+/// so the RoomService stand-in records the calls.
+#[tokio::test]
+async fn a_ban_revokes_the_tokens_issued_before_it_and_a_kick_revokes_none() {
+    let app = TestApp::spawn_with(AppOptions {
+        livekit: LiveKitChoice::Stub,
+        ..AppOptions::default()
+    })
+    .await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, ROOM).await;
+    let (kicked, banned) = (Uuid::new_v4(), Uuid::new_v4());
+    app.stub().set_participants(
+        ROOM,
+        vec![
+            livekit_stub::participant(&kicked.to_string(), "PA_kicked", false),
+            livekit_stub::participant(&banned.to_string(), "PA_banned", false),
+        ],
+    );
+    let before = chrono::Utc::now().timestamp();
+    let kick = act(&app, host, kicked, "kick").await;
+    assert_eq!(kick.status, 200, "{}", kick.body);
+    let ban = act(&app, host, banned, "ban").await;
+    assert_eq!(ban.status, 200, "{}", ban.body);
+    let after = chrono::Utc::now().timestamp();
+
+    let removals = app.stub().removals();
+    let revoked_before = |user: Uuid| {
+        let asked: Vec<i64> = removals
+            .iter()
+            .filter(|r| r.room == ROOM && r.identity == user.to_string())
+            .map(|r| r.revoke_token_ts)
+            .collect();
+        assert_eq!(asked.len(), 1, "one removal of {user}: {removals:?}");
+        asked[0]
+    };
+    assert_eq!(revoked_before(kicked), 1, "a kick revokes no token");
+    let ban_ts = revoked_before(banned);
+    assert!(
+        (before + 1..=after + 1).contains(&ban_ts),
+        "a ban revokes the tokens issued up to its second: {ban_ts} not in {}..={}",
+        before + 1,
+        after + 1
+    );
 }
