@@ -481,6 +481,33 @@ async fn old_sessions_are_pruned_in_bounded_batches() {
     assert_eq!(app.viewer_count("long-running").await, 1);
 }
 
+/// Webhook ids past their day of retention go, in statements of at most
+/// 5,000 each until none is left; newer ones stay for deduplication.
+#[tokio::test]
+async fn old_webhook_ids_are_pruned_in_bounded_batches() {
+    let app = TestApp::spawn().await;
+    let admin = app.db().await;
+    admin
+        .batch_execute(
+            "INSERT INTO live_webhook_events (id, received_at)
+             SELECT 'EV_old_' || n, now() - interval '2 days' FROM generate_series(1, 5003) AS n;
+             INSERT INTO live_webhook_events (id, received_at)
+             VALUES ('EV_recent', now() - interval '23 hours'), ('EV_now', now());",
+        )
+        .await
+        .unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.webhook_ids_pruned, 5_003, "two batches in one run");
+    let left: Vec<String> = admin
+        .query("SELECT id FROM live_webhook_events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, ["EV_now", "EV_recent"]);
+}
+
 /// Two posts of one room commit out of their seq order: the first is still in
 /// its transaction when the second commits. The batch read waits for the
 /// first instead of reading past it (and recording the room as sent beyond
