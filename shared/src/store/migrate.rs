@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(16, "0016_token_access_calls_rate_limit_hit"),
     migration!(17, "0017_chat_posts_in_commit_order"),
     migration!(18, "0018_joins_without_a_key_share_lock"),
+    migration!(19, "0019_no_create_on_public_for_every_role"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

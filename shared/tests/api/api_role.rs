@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     API_ROLE, AppOptions, LIVEKIT_API_SECRET, RestartableCluster, TestApp, as_api_role, connect,
-    signed_webhook, webhook_event,
+    create_database, prepare_like_supabase, signed_webhook, webhook_event,
 };
 
 #[tokio::test]
@@ -83,6 +83,29 @@ async fn the_functions_role_cannot_change_the_schema_or_destroy_data() {
         );
     }
     assert!(app.stream_row("kept").await.is_some());
+}
+
+/// A database from before PostgreSQL 15 (kept across upgrades) grants CREATE
+/// on `public` to PUBLIC, and so to every role: after the migrations the
+/// functions' role cannot create there.
+#[tokio::test]
+async fn a_database_from_before_postgres_15_leaves_the_functions_role_no_create_on_public() {
+    let url = create_database().await;
+    prepare_like_supabase(&url).await;
+    connect(&url)
+        .await
+        .batch_execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .await
+        .unwrap();
+    shared::store::migrate::migrate_url(&url)
+        .await
+        .expect("migrations apply");
+    let error = connect(&as_api_role(&url))
+        .await
+        .batch_execute("CREATE TABLE public.intruder (id int)")
+        .await
+        .expect_err("live_api created a table in public");
+    assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{error}");
 }
 
 #[tokio::test]
