@@ -432,15 +432,15 @@ where
 /// `http://` to this machine only (a local Supabase, the tests): anywhere else
 /// the JWKS that decides who is who must come over TLS.
 fn is_loopback_http(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    // Parsed as an HTTP client reads it: `http://localhost:80@evil.example`
+    // is a request to evil.example.
+    let Ok(url) = reqwest::Url::parse(url) else {
         return false;
     };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let host = url.host_str().unwrap_or_default();
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    url.scheme() == "http"
+        && (host == "localhost" || ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
 }
 
 /// An optional `true`/`false` (also `1`/`0`, `yes`/`no`), or `default` when unset.
@@ -600,6 +600,8 @@ mod tests {
             (SUPABASE_URL, "http://abc.supabase.co"),
             (SUPABASE_URL, "http://10.0.0.5:54321"),
             (SUPABASE_URL, "http://localhost.evil.example"),
+            (SUPABASE_URL, "http://localhost:80@evil.example"),
+            (SUPABASE_URL, "http://127.0.0.1@evil.example"),
             (MAX_LIVE_STREAMS_PER_STREAMER, "0"),
             (ALLOW_ANONYMOUS_PARTICIPATION, "maybe"),
             (LIVEKIT_VIEWER_CAN_PUBLISH_DATA, "2"),
