@@ -51,6 +51,12 @@ async def wait_count(token, expected):
     return viewer_count(token)
 
 
+async def show_count(token, expected):
+    """The count the API reports once it settles on `expected` (or after SETTLE)."""
+    count = await wait_count(token, expected)
+    print(f"    viewer count: {count}" + ("" if count == expected else f" (expected {expected})"))
+
+
 class Client:
     def __init__(self, name):
         self.name = name
@@ -116,6 +122,7 @@ async def main():
         await host.send({"cmd": "publish_tracks"})
         published = await host.wait(lambda e: e["event"] in ("published", "publish_failed"))
         print(f"    host: {published['event']}")
+        await show_count(host_token, 0)
 
         step("two viewers join with tokens from /live/token and receive the host's media")
         viewers = {}
@@ -129,7 +136,7 @@ async def main():
             for kind in ("video", "audio"):
                 got = await client.wait(lambda e, k=kind: e["event"] == "media_received" and e["kind"] == k)
                 print(f"    {name}: {kind} {'received' if got else 'NOT received'}")
-        print(f"    viewer count: {await wait_count(host_token, 2)}")
+        await show_count(host_token, 2)
 
         step("ada chats through the API; everyone gets it from the server (no sender)")
         status, posted = call("POST", "/live/chat", ada_token, {"roomName": ROOM, "text": "Hello from Ada!"})
@@ -138,6 +145,7 @@ async def main():
             got = await client.wait(lambda e: e["event"] == "data_received" and e["topic"] == "chat")
             sender = got and (got["participant"] or "the server")
             print(f"    {client.name}: {'got it from ' + sender if got else 'nothing'}")
+        await show_count(host_token, 2)
 
         step("the host sees who is watching (the viewer list) and the raised hands")
         status, listed = call("GET", f"/live/streams/{ROOM}/viewers", host_token)
@@ -145,6 +153,7 @@ async def main():
         show("POST /live/stage/hand as ada", *call("POST", "/live/stage/hand", ada_token, {"roomName": ROOM, "raised": True}))
         status, stage = call("GET", f"/live/stage?roomName={ROOM}", host_token)
         show("GET /live/stage", status, {"hands": [h["displayName"] for h in stage.get("hands", [])]})
+        await show_count(host_token, 2)
 
         step("the host invites ada on stage; she accepts and publishes; the host receives her")
         show("POST /live/stage/invite", *call("POST", "/live/stage/invite", host_token, {"roomName": ROOM, "userId": ada_id}))
@@ -157,6 +166,7 @@ async def main():
         for kind in ("video", "audio"):
             got = await host.wait(lambda e, k=kind: e["event"] == "media_received" and e["kind"] == k and e["participant"] == ada_id)
             print(f"    host: ada's {kind} {'received' if got else 'NOT received'}")
+        await show_count(host_token, 2)  # a guest on stage is still a viewer
 
         step("ada and bob tap reactions; the room gets them aggregated, a packet at most every 250 ms")
         taps = 0
@@ -171,11 +181,13 @@ async def main():
         packets = [e for e in host.events if e["event"] == "data_received" and e["topic"] == "reactions"]
         totals = json.loads(got["payload"])["totals"] if got else None
         print(f"    host: {len(packets)} packets for {taps} taps, totals {totals}")
+        await show_count(host_token, 2)
 
         step("the host takes ada off the stage: LiveKit stops her tracks")
         show("POST /live/stage/remove", *call("POST", "/live/stage/remove", host_token, {"roomName": ROOM, "userId": ada_id}))
         stopped = await host.wait(lambda e: e["event"] == "track_unsubscribed" and e["participant"] == ada_id)
         print(f"    host: ada's tracks {'stopped' if stopped else 'still arriving'}")
+        await show_count(host_token, 2)
 
         step("the host mutes ada: her chat is refused and her data permission taken away")
         show("POST /live/moderation mute", *call("POST", "/live/moderation", host_token,
@@ -183,6 +195,7 @@ async def main():
         changed = await viewers["ada"].wait(lambda e: e["event"] == "permissions_changed" and not e["can_publish_data"])
         print(f"    ada: canPublishData {'off' if changed else 'unchanged'}")
         show("POST /live/chat as ada", *call("POST", "/live/chat", ada_token, {"roomName": ROOM, "text": "still here?"}))
+        await show_count(host_token, 2)
 
         step("the host bans bob: he is removed, and refused a new token")
         show("POST /live/moderation ban", *call("POST", "/live/moderation", host_token,
@@ -190,7 +203,7 @@ async def main():
         gone = await viewers["bob"].wait(lambda e: e["event"] == "disconnected")
         print(f"    bob: {'disconnected (' + gone['reason'] + ')' if gone else 'still connected'}")
         show("POST /live/token as bob", *call("POST", "/live/token", bob_token, {"roomName": ROOM, "participantName": "Bob"}))
-        print(f"    viewer count: {await wait_count(host_token, 1)}")
+        await show_count(host_token, 1)
 
         step("the host ends the stream: the room is deleted and everyone disconnected")
         show("POST /live/end", *call("POST", "/live/end", host_token, {"roomName": ROOM}))
@@ -199,6 +212,7 @@ async def main():
             print(f"    {client.name}: {'disconnected (' + gone['reason'] + ')' if gone else 'still connected'}")
         status, stream = call("GET", f"/live/streams/{ROOM}", host_token)
         show(f"GET /live/streams/{ROOM}", status, stream)
+        await show_count(host_token, 0)
         status, stats = call("GET", f"/live/streams/{ROOM}/stats", host_token)
         print(f"    GET /live/streams/{ROOM}/stats: {status}")
         for name, value in stats.get("stats", {}).items():
