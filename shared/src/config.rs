@@ -670,6 +670,20 @@ mod tests {
     }
 
     #[test]
+    fn limits_default_to_the_documented_ones() {
+        let per = |max, seconds| Limit {
+            max,
+            window: Duration::from_secs(seconds),
+        };
+        let config = Config::from_lookup(lookup(COMPLETE)).unwrap();
+        assert_eq!(config.limits.chat, per(5, 10));
+        assert_eq!(config.limits.start, per(10, 60));
+        assert_eq!(config.limits.token, per(60, 60));
+        assert_eq!(config.limits.reaction, per(10, 10));
+        assert_eq!(config.limits.stage, per(30, 60));
+    }
+
+    #[test]
     fn rules_default_to_the_safe_choice() {
         let config = Config::from_lookup(lookup(COMPLETE)).unwrap();
         assert_eq!(
