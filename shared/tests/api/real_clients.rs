@@ -412,6 +412,19 @@ async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
             attribute_of(viewer.to_string(), "stage_invited", "true"),
         )
         .await;
+    let in_livekit = app.livekit().participants(ROOM).await;
+    let invited = in_livekit
+        .iter()
+        .find(|p| p.identity == viewer.to_string())
+        .expect("the invited viewer is in the room");
+    let permission = invited.permission.clone().unwrap_or_default();
+    assert!(
+        !permission.can_publish,
+        "invited, not yet accepted: {permission:?}"
+    );
+    let token = app.request_token(&viewer_t, ROOM).await;
+    let claims = crate::helpers::verify_livekit_token(token.body["token"].as_str().unwrap());
+    assert_eq!(claims.video.can_publish, Some(false), "an invitation's token");
 
     // Accepted: LiveKit lets them publish, and the host receives their media.
     let accepted = call_ok(
@@ -446,6 +459,18 @@ async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
     assert_eq!(claims.video.can_publish, Some(true));
     assert_eq!(claims.video.can_publish_sources, ["camera", "microphone"]);
     assert_eq!(claims.attributes["on_stage"], "true");
+    // So does one from LiveKit's standard token endpoint.
+    let standard = app
+        .call(
+            shared::handlers::issue_standard_token,
+            Some(&viewer_t),
+            &json!({"room_name": ROOM, "participant_name": "Guest"}).to_string(),
+        )
+        .await;
+    assert_eq!(standard.status, 201, "{}", standard.body);
+    let claims = crate::helpers::verify_livekit_token(standard.body["participant_token"].as_str().unwrap());
+    assert_eq!(claims.video.can_publish, Some(true));
+    assert_eq!(claims.video.can_publish_sources, ["camera", "microphone"]);
 
     // Removed: LiveKit takes the permission and unpublishes their tracks.
     call_ok(app.call(remove_from_stage, Some(&host_t), &invite).await);
