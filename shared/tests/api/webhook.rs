@@ -387,30 +387,18 @@ async fn events_of_another_instance_of_the_room_are_ignored() {
 
     // A join the first instance reported late changes no count; the same
     // join in the current instance does.
-    let in_instance = |body: String, sid: &str| {
+    let viewer = Uuid::new_v4().to_string();
+    let join_in = |id: &str, sid: &str| {
+        let body = webhook_event(id, "participant_joined", ROOM, Some((&viewer, "PA_late", false)));
         let mut event: serde_json::Value = serde_json::from_str(&body).unwrap();
         event["room"]["sid"] = sid.into();
-        event.to_string()
+        signed_webhook(&event.to_string(), LIVEKIT_API_SECRET)
     };
-    let viewer = Uuid::new_v4().to_string();
     let count = room.app.viewer_count(ROOM).await;
-    let join = |id: &str| webhook_event(id, "participant_joined", ROOM, Some((&viewer, "PA_late", false)));
-    let response = room
-        .app
-        .deliver(signed_webhook(
-            &in_instance(join("EV_old_join"), &first),
-            LIVEKIT_API_SECRET,
-        ))
-        .await;
+    let response = room.app.deliver(join_in("EV_old_join", &first)).await;
     assert_eq!(response.body["outcome"], "ignored", "{}", response.body);
     assert_eq!(room.app.viewer_count(ROOM).await, count);
-    let response = room
-        .app
-        .deliver(signed_webhook(
-            &in_instance(join("EV_join"), &second),
-            LIVEKIT_API_SECRET,
-        ))
-        .await;
+    let response = room.app.deliver(join_in("EV_join", &second)).await;
     assert_eq!(response.body["outcome"], "applied", "{}", response.body);
     assert_eq!(room.app.viewer_count(ROOM).await, count + 1);
 
