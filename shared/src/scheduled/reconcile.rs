@@ -134,18 +134,16 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
 /// (each its own transaction), until none is left or
 /// [`WEBHOOK_ID_PRUNE_BATCHES`] statements ran.
 async fn prune_webhook_ids(client: &tokio_postgres::Client) -> Result<usize, ApiError> {
+    let statement = format!(
+        "DELETE FROM live_webhook_events WHERE id IN (
+             SELECT id FROM live_webhook_events
+             WHERE received_at < now() - interval '{EVENT_ID_RETENTION}'
+             LIMIT $1)"
+    );
     let mut pruned = 0;
     for _ in 0..WEBHOOK_ID_PRUNE_BATCHES {
         let deleted = client
-            .execute_typed(
-                &format!(
-                    "DELETE FROM live_webhook_events WHERE id IN (
-                         SELECT id FROM live_webhook_events
-                         WHERE received_at < now() - interval '{EVENT_ID_RETENTION}'
-                         LIMIT $1)"
-                ),
-                &[(&PRUNE_BATCH, Type::INT8)],
-            )
+            .execute_typed(&statement, &[(&PRUNE_BATCH, Type::INT8)])
             .await? as usize;
         pruned += deleted;
         if deleted < PRUNE_BATCH as usize {

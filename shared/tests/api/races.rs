@@ -435,6 +435,12 @@ async fn the_reconciler_closes_the_room_of_a_stream_that_ended_while_livekit_was
     assert_eq!((report.rooms_closed, report.failed), (0, 0), "closed once");
 }
 
+/// The first column of every row `sql` returns, as text.
+async fn first_column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let rows = client.query(sql, &[]).await.unwrap();
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
 /// The reconciler prunes closed sessions and the sessions of ended streams
 /// past the retention period, in bounded batches, and keeps the rest.
 #[tokio::test]
@@ -465,13 +471,7 @@ async fn old_sessions_are_pruned_in_bounded_batches() {
     );
     let second = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(second.sessions_pruned, 3);
-    let left: Vec<String> = admin
-        .query("SELECT sid FROM live_participant_sessions ORDER BY sid", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let left = first_column(&admin, "SELECT sid FROM live_participant_sessions ORDER BY sid").await;
     assert_eq!(
         left.len(),
         2,
@@ -498,13 +498,7 @@ async fn old_webhook_ids_are_pruned_in_bounded_batches() {
         .unwrap();
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report.webhook_ids_pruned, 5_003, "two batches in one run");
-    let left: Vec<String> = admin
-        .query("SELECT id FROM live_webhook_events ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let left = first_column(&admin, "SELECT id FROM live_webhook_events ORDER BY id").await;
     assert_eq!(left, ["EV_now", "EV_recent"]);
 }
 
