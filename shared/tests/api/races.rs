@@ -242,8 +242,10 @@ async fn a_request_blocked_on_a_lock_is_a_503_after_the_lock_timeout() {
 }
 
 /// A request cut off by its deadline while its statement waits: the statement
-/// is cancelled and its connection closed, so it neither runs later (after the
-/// client was told 503) nor holds up the next request on the pool.
+/// is cancelled and its connection closed, so it neither runs once the lock it
+/// waited for is free (after the client was told 503) nor holds up the next
+/// request on the pool. Without the cancel only the role's lock_timeout would
+/// end the wait, which this test lifts so that it cannot pass for it.
 #[tokio::test]
 async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
     let app = TestApp::spawn_with(AppOptions {
@@ -254,9 +256,18 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
         ..AppOptions::default()
     })
     .await;
+    let admin = app.db().await;
+    // Only the cancel may end the wait: the role's lock_timeout (2 s) would
+    // otherwise give up on the statement soon after the deadline by itself.
+    // Set before the functions' first connection, which reads it.
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER ROLE {API_ROLE} IN DATABASE %I SET lock_timeout = ''60s''', current_database()); END $$"
+        ))
+        .await
+        .unwrap();
     let host = Uuid::new_v4();
     app.start_stream(host, "slow").await;
-    let admin = app.db().await;
     let mut holder = app.db().await;
     let held = holder.transaction().await.unwrap();
     held.execute("SELECT 1 FROM live_streams WHERE id = 'slow' FOR UPDATE", &[])
@@ -267,7 +278,8 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
         .await;
     end.assert_error(503, "unavailable");
 
-    // Cancelled on the server: no statement of the functions still waits.
+    // Cancelled on the server while the lock is still held: no statement of
+    // the functions waits for it any more.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let waiting: i64 = admin
