@@ -23,18 +23,23 @@ file_hash() { sha256sum "$1" | cut -d' ' -f1; }
 # Run "$@" while holding an exclusive lock on $TOOLS_DIR/$1.lock, so two
 # scripts started at the same time don't both pip/npm install into the same
 # directory. flock is util-linux; without it we just run unlocked.
+#
+# Stops the script when COMMAND fails. Its own `die` only ends the locked
+# subshell, and callers run under `step`'s `||`, where `set -e` is off: a
+# status returned here would be dropped and a failed install reported as ok.
 with_lock() {
-    local name=$1
+    local name=$1 rc=0
     shift
     mkdir -p "$TOOLS_DIR"
     if command -v flock >/dev/null 2>&1; then
         (
             flock 9
             "$@"
-        ) 9>"$TOOLS_DIR/$name.lock"
+        ) 9>"$TOOLS_DIR/$name.lock" || rc=$?
     else
-        "$@"
+        "$@" || rc=$?
     fi
+    [ "$rc" -eq 0 ] || die "setting up $name failed (exit $rc; the reason is above)"
 }
 
 # ---------------------------------------------------------------------------
@@ -58,7 +63,8 @@ _install_python_tools() {
     want="$(file_hash "$req")"
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
         log "installing python dev tools from scripts/requirements-dev.txt"
-        "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+        "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req" ||
+            die "pip install -r scripts/requirements-dev.txt failed (see above)"
         printf '%s\n' "$want" >"$stamp"
     fi
 }
@@ -84,7 +90,8 @@ _install_node_tools() {
     want="$(file_hash "$lock")"
     if [ ! -d "$NODE_DIR/node_modules" ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
         log "installing node test tools in shared/tests/node (npm ci)"
-        (cd "$NODE_DIR" && npm ci --no-audit --no-fund --no-update-notifier --loglevel=error)
+        (cd "$NODE_DIR" && npm ci --no-audit --no-fund --no-update-notifier --loglevel=error) ||
+            die "npm ci in shared/tests/node failed (see above)"
         printf '%s\n' "$want" >"$stamp"
     fi
 }
