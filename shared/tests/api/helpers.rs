@@ -356,7 +356,14 @@ impl TestApp {
     /// Waits (at most [`SETTLE`]) until LiveKit delivered a webhook `event`
     /// that applied (or was ignored, or a duplicate), `count` times in all.
     pub async fn wait_for_webhooks(&self, event: &str, count: usize) {
-        let deadline = std::time::Instant::now() + SETTLE;
+        self.wait_for_webhooks_within(event, count, SETTLE).await;
+    }
+
+    /// [`Self::wait_for_webhooks`] with a bound of its own, for events LiveKit
+    /// sends late by design (a vanished client is reported after its ICE
+    /// timeouts).
+    pub async fn wait_for_webhooks_within(&self, event: &str, count: usize, bound: std::time::Duration) {
+        let deadline = std::time::Instant::now() + bound;
         loop {
             let seen = self
                 .delivered_webhooks()
@@ -368,7 +375,7 @@ impl TestApp {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{count} {event} webhooks not delivered within {SETTLE:?}: {:?}",
+                "{count} {event} webhooks not delivered within {bound:?}: {:?}",
                 self.delivered_webhooks()
             );
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;

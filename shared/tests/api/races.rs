@@ -493,6 +493,31 @@ async fn old_sessions_are_pruned_in_bounded_batches() {
     assert_eq!(app.viewer_count("long-running").await, 1);
 }
 
+/// `SESSION_RETENTION_DAYS` sets the retention: at 2 days, a session closed
+/// three days ago goes and one closed yesterday stays.
+#[tokio::test]
+async fn the_session_retention_is_a_setting() {
+    let app = TestApp::spawn_with(AppOptions {
+        settings: vec![("SESSION_RETENTION_DAYS", "2".into())],
+        ..AppOptions::default()
+    })
+    .await;
+    app.start_stream(Uuid::new_v4(), "kept-briefly").await;
+    let admin = app.db().await;
+    admin
+        .batch_execute(
+            "INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined, left_at, updated_at)
+             VALUES ('kept-briefly', 'PA_three_days', 'someone', true, true, now() - interval '3 days', now() - interval '3 days'),
+                    ('kept-briefly', 'PA_yesterday', 'someone', true, true, now() - interval '1 day', now() - interval '1 day');",
+        )
+        .await
+        .unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.sessions_pruned, 1);
+    let left = first_column(&admin, "SELECT sid FROM live_participant_sessions").await;
+    assert_eq!(left, ["PA_yesterday"]);
+}
+
 /// Webhook ids past their day of retention go, in statements of at most
 /// 5,000 each until none is left; newer ones stay for deduplication.
 #[tokio::test]

@@ -170,42 +170,51 @@ async fn a_token_for_an_ended_stream_is_refused_and_a_leftover_token_cannot_brin
 }
 
 /// Joins and leaves of several viewers, one user on two devices, and a viewer
-/// whose process dies: the count follows the server's webhooks.
+/// whose process dies: the count follows the server's webhooks. Each step
+/// first waits for the webhooks that step makes LiveKit send, then reads the
+/// count, so a step whose events were misread cannot pass on the count the
+/// previous step left.
 #[tokio::test]
 async fn viewer_counts_follow_the_servers_webhooks() {
     let app = TestApp::spawn().await;
     let (_, _host) = live_host(&app).await;
-    app.wait_for_viewer_count(ROOM, 0).await;
     let (_, mut ada) = app.viewer_in(ROOM).await;
     let (_, _bob) = app.viewer_in(ROOM).await;
     let (carol, carol_phone) = app.viewer_in(ROOM).await;
-    app.wait_for_viewer_count(ROOM, 3).await;
+    app.wait_for_webhooks("participant_joined", 4).await; // the host and three viewers
+    assert_eq!(app.viewer_count(ROOM).await, 3);
 
     // Carol on a second device: LiveKit keeps one connection per identity
-    // (the new one replaces the old), and she counts once either way.
+    // (the new one replaces the old, whose departure it reports too), and she
+    // counts once either way, whatever order the two events arrive in.
     let carol_tablet = app.join_as(carol, ROOM).await;
     carol_phone.wait_disconnected().await;
-    app.wait_for_viewer_count(ROOM, 3).await;
+    app.wait_for_webhooks("participant_joined", 5).await;
+    app.wait_for_webhooks("participant_left", 1).await;
+    assert_eq!(
+        app.viewer_count(ROOM).await,
+        3,
+        "the replaced phone's departure must not take Carol out: {:?}",
+        app.delivered_webhooks()
+    );
 
     ada.leave().await;
-    app.wait_for_viewer_count(ROOM, 2).await;
+    app.wait_for_webhooks("participant_left", 2).await;
+    assert_eq!(app.viewer_count(ROOM).await, 2);
 
     // The tablet's process dies: no clean leave. LiveKit reports the
     // participant gone once its ICE timeouts run out (fixed in LiveKit
-    // 1.13.5's code: about 20 s measured here), and the count follows at once.
+    // 1.13.5's code: about 20 s measured here), and the count follows.
     let started = std::time::Instant::now();
     let mut tablet = carol_tablet;
     tablet.kill().await;
-    let deadline = started + ICE_GIVE_UP;
-    while app.viewer_count(ROOM).await != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the killed viewer still counts after {ICE_GIVE_UP:?}: {:?}",
-            app.delivered_webhooks()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    eprintln!("a killed viewer left the count after {:?}", started.elapsed());
+    app.wait_for_webhooks_within("participant_left", 3, ICE_GIVE_UP)
+        .await;
+    eprintln!(
+        "LiveKit reported the killed viewer gone after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.viewer_count(ROOM).await, 1);
 
     // A hidden participant (a recorder) never counts.
     let recorder = app.livekit().token(
