@@ -548,3 +548,61 @@ async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
     );
     assert_eq!(participant.attributes["on_stage"], "false");
 }
+
+/// Six invited viewers accept at the same moment, with room for three on the
+/// stage: three get on and three are told the stage is full, never four on
+/// it (the stage's changes of one room run one after another).
+#[tokio::test]
+async fn concurrent_accepts_never_put_more_guests_on_stage_than_allowed() {
+    // A connection for each accept, so that all six run in Postgres at once.
+    let app = TestApp::spawn_with(AppOptions {
+        settings: vec![("DATABASE_POOL_SIZE", "6".into())],
+        ..AppOptions::default()
+    })
+    .await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "crowded-stage").await;
+    let viewers: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    for (n, viewer) in viewers.iter().enumerate() {
+        let (identity, sid) = (viewer.to_string(), format!("PA_guest_{n}"));
+        participant(
+            &app,
+            "participant_joined",
+            "crowded-stage",
+            &identity,
+            &sid,
+            "Guest",
+            false,
+        )
+        .await;
+        let invite = json!({"roomName": "crowded-stage", "userId": viewer}).to_string();
+        let invited = app
+            .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+            .await;
+        assert_eq!(invited.status, 200, "{}", invited.body);
+    }
+    let tokens: Vec<String> = viewers.iter().map(|viewer| app.token_for(*viewer)).collect();
+    let accept = json!({"roomName": "crowded-stage"}).to_string();
+    let answers = futures::future::join_all(
+        tokens
+            .iter()
+            .map(|token| app.call(accept_stage, Some(token), &accept)),
+    )
+    .await;
+    let on_stage = answers.iter().filter(|answer| answer.status == 200).count();
+    for answer in answers.iter().filter(|answer| answer.status != 200) {
+        answer.assert_error(409, "stage_full");
+    }
+    assert_eq!(on_stage, 3, "MAX_STAGE_GUESTS defaults to 3");
+    let guests: i64 = app
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM live_stage WHERE room_name = 'crowded-stage' AND on_stage_since IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(guests, 3);
+}

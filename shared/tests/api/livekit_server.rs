@@ -365,12 +365,26 @@ impl Participant {
             .arg(script)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("python with LiveKit's SDK (scripts/test installs it into target/tools/venv)");
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
+        // The last lines the client wrote to stderr (an SDK traceback, say),
+        // kept for the "exited" event, so a client that dies says why.
+        let stderr = child.stderr.take().unwrap();
+        let stderr_tail = tokio::spawn(async move {
+            let mut tail = std::collections::VecDeque::new();
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tail.len() == 20 {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            Vec::from(tail).join("\n")
+        });
         let events = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Notify::new());
         let (sink, notify) = (events.clone(), arrived.clone());
@@ -382,7 +396,14 @@ impl Participant {
                     notify.notify_waiters();
                 }
             }
-            sink.lock().unwrap().push(json!({"event": "exited"}));
+            let stderr = tokio::time::timeout(Duration::from_secs(2), stderr_tail)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            sink.lock()
+                .unwrap()
+                .push(json!({"event": "exited", "stderr": stderr}));
             notify.notify_waiters();
         });
         let mut participant = Participant {
@@ -408,10 +429,10 @@ impl Participant {
                 participant.identity = outcome["identity"].as_str().unwrap_or_default().to_owned();
                 Ok(participant)
             }
-            _ => Err(outcome["error"]
-                .as_str()
-                .unwrap_or("the client exited")
-                .to_owned()),
+            _ => Err(match outcome["error"].as_str() {
+                Some(error) => error.to_owned(),
+                None => format!("the client exited; its stderr: {}", outcome["stderr"]),
+            }),
         }
     }
 
@@ -498,7 +519,6 @@ impl Participant {
         }
     }
 
-    /// Leaves the room cleanly.
     /// The attributes of every other participant, as this client knows them now.
     pub async fn remote_attributes(&mut self) -> Value {
         let id = uuid::Uuid::new_v4().to_string();
@@ -511,6 +531,7 @@ impl Participant {
         answer["attributes"].clone()
     }
 
+    /// Leaves the room cleanly.
     pub async fn leave(&mut self) {
         self.send(json!({"cmd": "disconnect"})).await;
         self.wait_for("left", |e| e["event"] == "left" || e["event"] == "exited")

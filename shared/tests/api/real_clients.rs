@@ -450,6 +450,22 @@ async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
             e["event"] == "permissions_changed" && e["can_publish"] == true
         })
         .await;
+    // Camera and microphone only, as LiveKit holds it: no screen share.
+    let on_stage = app.livekit().participants(ROOM).await;
+    let permission = on_stage
+        .iter()
+        .find(|p| p.identity == viewer.to_string())
+        .and_then(|p| p.permission.clone())
+        .expect("the guest is in the room, with a permission");
+    assert!(permission.can_publish, "{permission:?}");
+    let mut sources = permission.can_publish_sources.clone();
+    sources.sort_unstable();
+    let mut camera_and_microphone = vec![
+        livekit_protocol::TrackSource::Camera as i32,
+        livekit_protocol::TrackSource::Microphone as i32,
+    ];
+    camera_and_microphone.sort_unstable();
+    assert_eq!(sources, camera_and_microphone, "{permission:?}");
     guest
         .publish_tracks()
         .await
