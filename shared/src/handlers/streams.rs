@@ -87,7 +87,9 @@ pub async fn list_streams(
     }))
 }
 
-/// The `{id}` of `/live/streams/{id}`.
+/// The `{id}` of `/live/streams/{id}` (and of its `/stats`), routes that
+/// take no query parameter: one is refused, as the listings refuse one they
+/// do not know, rather than silently ignored.
 #[derive(Debug)]
 pub struct StreamId(pub RoomName);
 
@@ -95,6 +97,11 @@ impl FromRequest for StreamId {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
+        if let Some((name, _)) = request.query_string_parameters().iter().next() {
+            return Err(ApiError::InvalidRequest(format!(
+                "unknown query parameter `{name}`; this route takes none"
+            )));
+        }
         RoomName::parse(crate::http::path_id(request))
             .map(StreamId)
             .map_err(|_| ApiError::StreamNotFound)

@@ -1379,6 +1379,14 @@ async fn every_route_answers_as_the_document_says() {
         .await
         .assert_error(404, "stream_not_found");
     }
+    c.send(
+        &app,
+        STREAM,
+        get_stream,
+        get_request(Some(&viewer_t), &[("fields", "title")], Some(room)),
+    )
+    .await
+    .assert_error(400, "invalid_request");
     c.send(&app, STREAM, get_stream, get_request(None, &[], Some(room)))
         .await
         .assert_error(401, "unauthorized");
@@ -2334,6 +2342,14 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
     c.send(app, STATS, stream_stats, of(&host_t, "nowhere", &[]))
         .await
         .assert_error(404, "stream_not_found");
+    c.send(
+        app,
+        STATS,
+        stream_stats,
+        of(&host_t, room, &[("since", "yesterday")]),
+    )
+    .await
+    .assert_error(400, "invalid_request");
     c.send(
         app,
         STATS,
