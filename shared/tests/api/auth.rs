@@ -333,6 +333,11 @@ async fn anonymous_sign_ins_watch_but_take_part_only_when_allowed() {
                 chat.body,
                 start.body
             );
+            // The anonymous streamer moderates their own stream.
+            let moderation =
+                json!({"roomName": "guest-room", "userId": Uuid::new_v4(), "action": "mute"}).to_string();
+            let muted = app.call(moderate, Some(&guest), &moderation).await;
+            assert_eq!(muted.status, 200, "{}", muted.body);
         } else {
             chat.assert_error(403, "anonymous_not_allowed");
             start.assert_error(403, "anonymous_not_allowed");
