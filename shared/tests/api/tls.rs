@@ -42,6 +42,16 @@ async fn sslmode_require_encrypts_the_connection() {
     assert_eq!(connection_is_encrypted(&app).await, Ok(true));
 }
 
+/// libpq's two modes below `require`: `disable` never encrypts; `prefer`
+/// (libpq's default) encrypts when the server offers TLS, as this one does.
+#[tokio::test]
+async fn sslmode_disable_stays_plain_and_prefer_encrypts_when_offered() {
+    let plain = app_with("?sslmode=disable", "127.0.0.1", None).await;
+    assert_eq!(connection_is_encrypted(&plain).await, Ok(false));
+    let preferred = app_with("?sslmode=prefer", "127.0.0.1", None).await;
+    assert_eq!(connection_is_encrypted(&preferred).await, Ok(true));
+}
+
 #[tokio::test]
 async fn a_configured_ca_authenticates_the_server() {
     let app = app_with("?sslmode=require", "localhost", Some(server_ca_pem())).await;
