@@ -17,6 +17,20 @@ CLIENT = os.path.join(ROOT, "shared", "tests", "clients", "participant.py")
 API = os.environ["API"]
 ROOM = f"demo-{int(time.time())}"
 SETTLE = 30.0
+# What did not happen as the product says it should; the demo exits non-zero
+# when this is not empty, so a broken step is never a "demo finished".
+PROBLEMS = []
+
+
+def check(ok, what):
+    """Records `what` as a problem unless `ok`; returns `ok`."""
+    if not ok:
+        PROBLEMS.append(what)
+    return ok
+
+
+def outcome(event):
+    return event["event"] if event else "no answer"
 
 
 def step(text):
@@ -55,6 +69,7 @@ async def show_count(token, expected):
     """The count the API reports once it settles on `expected` (or after SETTLE)."""
     count = await wait_count(token, expected)
     print(f"    viewer count: {count}" + ("" if count == expected else f" (expected {expected})"))
+    check(count == expected, f"viewer count {count}, expected {expected}")
 
 
 class Client:
@@ -118,24 +133,34 @@ async def main():
             sys.exit("the start failed; is scripts/dev running with LiveKit?")
         host = Client("host")
         clients.append(host)
-        print(f"    host: {(await host.start(started['serverUrl'], started['token']))['event']}")
+        connected = await host.start(started["serverUrl"], started["token"])
+        print(f"    host: {outcome(connected)}")
+        if outcome(connected) != "connected":
+            sys.exit(f"the host could not join the room: {connected}")
         await host.send({"cmd": "publish_tracks"})
         published = await host.wait(lambda e: e["event"] in ("published", "publish_failed"))
-        print(f"    host: {published['event']}")
+        print(f"    host: {outcome(published)}")
+        check(outcome(published) == "published", "the host could not publish")
         await show_count(host_token, 0)
 
         step("two viewers join with tokens from /live/token and receive the host's media")
         viewers = {}
         for name, token in (("ada", ada_token), ("bob", bob_token)):
             status, joined = call("POST", "/live/token", token, {"roomName": ROOM, "participantName": name.title()})
+            if status != 200:
+                sys.exit(f"POST /live/token for {name} answered {status}: {joined}")
             client = Client(name)
             clients.append(client)
-            print(f"    {name}: token {status}, {(await client.start(joined['serverUrl'], joined['token']))['event']}")
+            connected = await client.start(joined["serverUrl"], joined["token"])
+            print(f"    {name}: token {status}, {outcome(connected)}")
+            if outcome(connected) != "connected":
+                sys.exit(f"{name} could not join the room: {connected}")
             viewers[name] = client
         for name, client in viewers.items():
             for kind in ("video", "audio"):
                 got = await client.wait(lambda e, k=kind: e["event"] == "media_received" and e["kind"] == k)
                 print(f"    {name}: {kind} {'received' if got else 'NOT received'}")
+                check(got, f"{name} did not receive the host's {kind}")
         await show_count(host_token, 2)
 
         step("ada chats through the API; everyone gets it from the server (no sender)")
@@ -145,6 +170,7 @@ async def main():
             got = await client.wait(lambda e: e["event"] == "data_received" and e["topic"] == "chat")
             sender = got and (got["participant"] or "the server")
             print(f"    {client.name}: {'got it from ' + sender if got else 'nothing'}")
+            check(got and not got["participant"], f"{client.name} did not get the chat message from the server")
         await show_count(host_token, 2)
 
         step("the host sees who is watching (the viewer list) and the raised hands")
@@ -160,12 +186,15 @@ async def main():
         show("POST /live/stage/accept as ada", *call("POST", "/live/stage/accept", ada_token, {"roomName": ROOM}))
         allowed = await viewers["ada"].wait(lambda e: e["event"] == "permissions_changed" and e["can_publish"])
         print(f"    ada: canPublish {'on' if allowed else 'unchanged'}")
+        check(allowed, "accepting the stage did not let ada publish")
         await viewers["ada"].send({"cmd": "publish_tracks"})
         published = await viewers["ada"].wait(lambda e: e["event"] in ("published", "publish_failed"))
-        print(f"    ada: {published['event'] if published else 'no answer'}")
+        print(f"    ada: {outcome(published)}")
+        check(outcome(published) == "published", "ada could not publish on stage")
         for kind in ("video", "audio"):
             got = await host.wait(lambda e, k=kind: e["event"] == "media_received" and e["kind"] == k and e["participant"] == ada_id)
             print(f"    host: ada's {kind} {'received' if got else 'NOT received'}")
+            check(got, f"the host did not receive ada's {kind}")
         await show_count(host_token, 2)  # a guest on stage is still a viewer
 
         step("ada and bob tap reactions; the room gets them aggregated, a packet at most every 250 ms")
@@ -181,12 +210,14 @@ async def main():
         packets = [e for e in host.events if e["event"] == "data_received" and e["topic"] == "reactions"]
         totals = json.loads(got["payload"])["totals"] if got else None
         print(f"    host: {len(packets)} packets for {taps} taps, totals {totals}")
+        check(got, f"the reaction packets never added up to the {taps} taps")
         await show_count(host_token, 2)
 
         step("the host takes ada off the stage: LiveKit stops her tracks")
         show("POST /live/stage/remove", *call("POST", "/live/stage/remove", host_token, {"roomName": ROOM, "userId": ada_id}))
         stopped = await host.wait(lambda e: e["event"] == "track_unsubscribed" and e["participant"] == ada_id)
         print(f"    host: ada's tracks {'stopped' if stopped else 'still arriving'}")
+        check(stopped, "ada's tracks kept arriving after she left the stage")
         await show_count(host_token, 2)
 
         step("the host mutes ada: her chat is refused and her data permission taken away")
@@ -194,7 +225,10 @@ async def main():
                                                 {"roomName": ROOM, "userId": ada_id, "action": "mute"}))
         changed = await viewers["ada"].wait(lambda e: e["event"] == "permissions_changed" and not e["can_publish_data"])
         print(f"    ada: canPublishData {'off' if changed else 'unchanged'}")
-        show("POST /live/chat as ada", *call("POST", "/live/chat", ada_token, {"roomName": ROOM, "text": "still here?"}))
+        check(changed, "the mute did not take ada's data permission")
+        status, refused = call("POST", "/live/chat", ada_token, {"roomName": ROOM, "text": "still here?"})
+        show("POST /live/chat as ada", status, refused)
+        check(status == 403, f"a muted viewer's chat answered {status}, not 403")
         await show_count(host_token, 2)
 
         step("the host bans bob: he is removed, and refused a new token")
@@ -202,7 +236,10 @@ async def main():
                                                {"roomName": ROOM, "userId": bob_id, "action": "ban"}))
         gone = await viewers["bob"].wait(lambda e: e["event"] == "disconnected")
         print(f"    bob: {'disconnected (' + gone['reason'] + ')' if gone else 'still connected'}")
-        show("POST /live/token as bob", *call("POST", "/live/token", bob_token, {"roomName": ROOM, "participantName": "Bob"}))
+        check(gone, "the ban did not disconnect bob")
+        status, refused = call("POST", "/live/token", bob_token, {"roomName": ROOM, "participantName": "Bob"})
+        show("POST /live/token as bob", status, refused)
+        check(status == 403, f"a banned viewer's token request answered {status}, not 403")
         await show_count(host_token, 1)
 
         step("the host ends the stream: the room is deleted and everyone disconnected")
@@ -210,6 +247,7 @@ async def main():
         for client in (host, viewers["ada"]):
             gone = await client.wait(lambda e: e["event"] == "disconnected")
             print(f"    {client.name}: {'disconnected (' + gone['reason'] + ')' if gone else 'still connected'}")
+            check(gone, f"{client.name} stayed connected after the end")
         status, stream = call("GET", f"/live/streams/{ROOM}", host_token)
         show(f"GET /live/streams/{ROOM}", status, stream)
         await show_count(host_token, 0)
@@ -217,7 +255,12 @@ async def main():
         print(f"    GET /live/streams/{ROOM}/stats: {status}")
         for name, value in stats.get("stats", {}).items():
             print(f"      {name}: {value}")
-        print("\ndemo finished")
+        if PROBLEMS:
+            print("\ndemo finished with problems:")
+            for problem in PROBLEMS:
+                print(f"  - {problem}")
+            sys.exit(1)
+        print("\ndemo finished: every step did what the API says")
     finally:
         for client in clients:
             await client.stop()
