@@ -177,7 +177,10 @@ pub struct HandKey {
 }
 
 /// The room's stage: guests, invitations, and a page of raised hands
-/// (oldest first, those not invited or on stage), in one statement.
+/// (oldest first, those not invited or on stage), in one statement. A hand
+/// is listed only while its viewer is in the room: one raised by a user who
+/// never joined (or before their join's webhook arrived) waits unseen, and
+/// leaving the room lowers it.
 pub struct StageState {
     pub guests: Vec<StageEntry>,
     pub invited: Vec<StageEntry>,
@@ -208,7 +211,7 @@ pub async fn state(
              UNION ALL
              (SELECT 'hand', g.user_id, p.display_name, g.hand_raised_at
               FROM live_stage g
-              LEFT JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
+              JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
               WHERE g.room_name = $1 AND g.hand_raised_at IS NOT NULL
                 AND g.invited_at IS NULL AND g.on_stage_since IS NULL
                 AND ($2::timestamptz IS NULL OR (g.hand_raised_at, g.user_id) > ($2, $3::uuid))

@@ -606,3 +606,58 @@ async fn concurrent_accepts_never_put_more_guests_on_stage_than_allowed() {
         .get(0);
     assert_eq!(guests, 3);
 }
+
+/// The streamer's list of raised hands shows only viewers in the room: a
+/// hand raised before its viewer's join arrived shows once it does, and
+/// leaving the room takes it away (no hands of users who are not watching).
+#[tokio::test]
+async fn only_the_hands_of_viewers_in_the_room_are_listed() {
+    use shared::handlers::{raise_hand, stage_state};
+    let app = TestApp::spawn().await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "hands").await;
+    let hands = || async {
+        let listed = app
+            .send(
+                stage_state,
+                get_request(Some(&app.token_for(host)), &[("roomName", "hands")], None),
+            )
+            .await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        listed.body["hands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hand| hand["userId"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let raise = json!({"roomName": "hands", "raised": true}).to_string();
+    let raised = app.call(raise_hand, Some(&app.token_for(viewer)), &raise).await;
+    assert_eq!(raised.status, 200, "{}", raised.body);
+    assert!(hands().await.is_empty(), "not in the room yet");
+
+    let identity = viewer.to_string();
+    participant(
+        &app,
+        "participant_joined",
+        "hands",
+        &identity,
+        "PA_hand",
+        "Hand",
+        false,
+    )
+    .await;
+    assert_eq!(hands().await, [identity.clone()]);
+
+    participant(
+        &app,
+        "participant_left",
+        "hands",
+        &identity,
+        "PA_hand",
+        "Hand",
+        false,
+    )
+    .await;
+    assert!(hands().await.is_empty(), "gone with its viewer");
+}
