@@ -41,6 +41,8 @@ pub const REACTION_RATE_LIMIT_TAPS: &str = "REACTION_RATE_LIMIT_TAPS";
 pub const REACTION_RATE_LIMIT_WINDOW_SECONDS: &str = "REACTION_RATE_LIMIT_WINDOW_SECONDS";
 pub const STAGE_RATE_LIMIT_REQUESTS: &str = "STAGE_RATE_LIMIT_REQUESTS";
 pub const STAGE_RATE_LIMIT_WINDOW_SECONDS: &str = "STAGE_RATE_LIMIT_WINDOW_SECONDS";
+pub const READ_RATE_LIMIT_REQUESTS: &str = "READ_RATE_LIMIT_REQUESTS";
+pub const READ_RATE_LIMIT_WINDOW_SECONDS: &str = "READ_RATE_LIMIT_WINDOW_SECONDS";
 
 const DEFAULT_TOKEN_TTL_SECONDS: u64 = 600;
 const DEFAULT_POOL_SIZE: usize = 2;
@@ -132,6 +134,9 @@ pub struct Limits {
     /// Stage requests (hands, invitations, answers) one user may make: each
     /// changes what every client in the room draws.
     pub stage: Limit,
+    /// Reads of a live room's audience and stage (the viewer list, the raised
+    /// hands, the stats), together: polling them is bounded.
+    pub read: Limit,
 }
 
 #[derive(Clone)]
@@ -300,6 +305,7 @@ impl Config {
                 10,
             )?,
             stage: limit(STAGE_RATE_LIMIT_REQUESTS, 30, STAGE_RATE_LIMIT_WINDOW_SECONDS, 60)?,
+            read: limit(READ_RATE_LIMIT_REQUESTS, 120, READ_RATE_LIMIT_WINDOW_SECONDS, 60)?,
         };
 
         Ok(Config {
@@ -681,6 +687,7 @@ mod tests {
         assert_eq!(config.limits.token, per(60, 60));
         assert_eq!(config.limits.reaction, per(10, 10));
         assert_eq!(config.limits.stage, per(30, 60));
+        assert_eq!(config.limits.read, per(120, 60));
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub async fn list_viewers(
 ) -> Result<Reply<ViewerPage>, ApiError> {
     let room = query.room_name;
     let client = state.db.get().await?;
-    let access = streams::access(&client, &room, user.id)
+    let access = streams::limited_access(&client, &room, user.id, &read_key(&user), state.limits.read)
         .await?
         .ok_or(ApiError::StreamNotFound)?;
     let is_host = access.streamer_id == user.id;
@@ -113,6 +113,13 @@ pub async fn list_viewers(
     }))
 }
 
+/// The rate-limit key the reads of a live room share (the viewer list, the
+/// stage, the stats): one budget per user, so polling several of them at once
+/// is bounded as a whole.
+pub(crate) fn read_key(user: &AuthUser) -> String {
+    format!("read:{}", user.id)
+}
+
 #[derive(Debug, Serialize)]
 pub struct StatsEnvelope {
     pub stats: StreamStats,
@@ -124,6 +131,7 @@ pub async fn stream_stats(
     id: super::streams::StreamId,
 ) -> Result<Reply<StatsEnvelope>, ApiError> {
     let client = state.db.get().await?;
+    crate::store::rate_limit::hit(&client, &read_key(&user), state.limits.read).await?;
     let (streamer, stats) = stats::read(&client, &id.0)
         .await?
         .ok_or(ApiError::StreamNotFound)?;

@@ -212,7 +212,8 @@ pub async fn stage_state(
     query: StageQuery,
 ) -> Result<Reply<StageListing>, ApiError> {
     let client = state.db.get().await?;
-    let access = streams::access(&client, &query.room_name, user.id)
+    let read_key = super::audience::read_key(&user);
+    let access = streams::limited_access(&client, &query.room_name, user.id, &read_key, state.limits.read)
         .await?
         .ok_or(ApiError::StreamNotFound)?;
     if access.streamer_id != user.id {

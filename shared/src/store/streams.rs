@@ -218,18 +218,30 @@ pub async fn access(client: &Client, room: &RoomName, user: Uuid) -> Result<Opti
     .transpose()
 }
 
-/// [`access`] and the caller's token rate limit together, in one round trip:
-/// the procedure `live_token_access` (migration 0014), planned once per
-/// connection; it also reads the caller's place on the stage. Its INOUT
-/// parameters come back as the row; the NULLs stand for them (see the
-/// migration for why they are not left to their defaults).
+/// [`access`] and the caller's token rate limit together, in one round trip
+/// (see [`limited_access`]).
 pub async fn token_access(
     client: &Client,
     room: &RoomName,
     user: Uuid,
     limit: crate::store::rate_limit::Limit,
 ) -> Result<Option<RoomAccess>, ApiError> {
-    let key = format!("token:{user}");
+    limited_access(client, room, user, &format!("token:{user}"), limit).await
+}
+
+/// [`access`] and a hit on the caller's rate limit `key` together, in one
+/// round trip: the procedure `live_token_access` (migration 0014, named for
+/// its first caller), planned once per connection; it also reads the caller's
+/// place on the stage. Over the limit, the error is 429 with `Retry-After`.
+/// Its INOUT parameters come back as the row; the NULLs stand for them (see
+/// the migration for why they are not left to their defaults).
+pub async fn limited_access(
+    client: &Client,
+    room: &RoomName,
+    user: Uuid,
+    key: &str,
+    limit: crate::store::rate_limit::Limit,
+) -> Result<Option<RoomAccess>, ApiError> {
     let (window, max) = (limit.window_seconds(), limit.max_hits());
     let row = client
         .query_typed_one(

@@ -1856,6 +1856,30 @@ async fn until_limited<Req, Resp, H>(
     panic!("{route:?} is never rate-limited");
 }
 
+/// Sends GET requests made by `request` until the route answers 429, and
+/// checks that answer.
+async fn until_read_limited<Req, Resp, H>(
+    c: &mut Checker,
+    app: &TestApp,
+    route: Route,
+    handler: H,
+    request: impl Fn() -> Request,
+) where
+    Req: FromRequest,
+    Resp: serde::Serialize,
+    H: for<'a> Handler<'a, Req, Resp> + Copy,
+{
+    for _ in 0..200 {
+        let response = Box::pin(app.send(handler, request())).await;
+        if response.status == 429 {
+            c.check(route, None, &response);
+            response.assert_error(429, "rate_limited");
+            return;
+        }
+    }
+    panic!("{route:?} is never rate-limited");
+}
+
 /// The stage, reactions, the viewer list and the stats: every documented
 /// status of each, against a live room, an ended one, and an outage.
 async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
@@ -2366,4 +2390,15 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
     )
     .await
     .assert_error(503, "unavailable");
+
+    // The three reads share one rate limit per user; each answers 429 over it.
+    let poller = app.token_for(Uuid::new_v4());
+    until_read_limited(c, app, VIEWERS, list_viewers, || of(&poller, room, &[])).await;
+    let poller = app.token_for(Uuid::new_v4());
+    until_read_limited(c, app, STATS, stream_stats, || of(&poller, room, &[])).await;
+    let poller = app.token_for(Uuid::new_v4());
+    until_read_limited(c, app, STAGE, stage_state, || {
+        get_request(Some(&poller), &[("roomName", room)], None)
+    })
+    .await;
 }
