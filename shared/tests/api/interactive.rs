@@ -647,7 +647,7 @@ async fn only_the_hands_of_viewers_in_the_room_are_listed() {
         false,
     )
     .await;
-    assert_eq!(hands().await, [identity.clone()]);
+    assert_eq!(hands().await, std::slice::from_ref(&identity));
 
     participant(
         &app,
