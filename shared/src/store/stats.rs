@@ -6,9 +6,11 @@
 //!   the watch time of viewers who left and the sum of the present viewers'
 //!   arrival times, so the watch time so far is `left + present × now − Σ arrivals`;
 //!   when the stream ends the present viewers' time is added and the shards close;
-//! - peak and when: sampled each time the Realtime copy is written (at most
-//!   once a second per room, and by the flusher within about a second of any
-//!   change), and the count at the end; a live stream's current count counts too;
+//! - peak and when: exact per event (migration 0020): every join notes, on its
+//!   own count shard, the total it brought the room to, and the peak is the
+//!   highest of the shards'; the samples taken when the Realtime copy is
+//!   written, and the count at the end, are kept as a floor (streams from
+//!   before 0020); a live stream's current count counts too;
 //! - chat messages: added once per chat batch (with the few a batch has not
 //!   sent yet); reactions: their shards;
 //!   stage guests: once per viewer who ever went on stage.
@@ -59,8 +61,12 @@ pub async fn read(client: &Client, room: &RoomName) -> Result<Option<(Uuid, Stre
             "SELECT s.streamer_id, s.is_live, s.created_at, s.ended_at,
                     extract(epoch FROM coalesce(s.ended_at, now()) - s.created_at)::float8 AS duration,
                     c.viewers,
-                    greatest(coalesce(t.peak_viewers, 0), c.viewers) AS peak,
-                    CASE WHEN c.viewers > coalesce(t.peak_viewers, 0) THEN now() ELSE t.peak_at END AS peak_at,
+                    greatest(coalesce(t.peak_viewers, 0), coalesce(p.peak_seen, 0), c.viewers) AS peak,
+                    CASE WHEN c.viewers > greatest(coalesce(t.peak_viewers, 0), coalesce(p.peak_seen, 0)) THEN now()
+                         WHEN coalesce(p.peak_seen, 0) > coalesce(t.peak_viewers, 0) THEN p.peak_seen_at
+                         WHEN coalesce(p.peak_seen, 0) = coalesce(t.peak_viewers, 0) AND p.peak_seen > 0
+                           THEN least(p.peak_seen_at, t.peak_at)
+                         ELSE t.peak_at END AS peak_at,
                     c.unique_viewers,
                     greatest(c.watched + c.viewers * extract(epoch FROM now())::float8 - c.arrivals, 0) AS watch,
                     coalesce(b.messages_sent, 0)
@@ -80,6 +86,12 @@ pub async fn read(client: &Client, room: &RoomName) -> Result<Option<(Uuid, Stre
                         coalesce(sum(v.present_since_sum), 0)::float8 AS arrivals
                  FROM live_viewer_counts v WHERE v.room_name = s.id
              ) c
+             LEFT JOIN LATERAL (
+                 SELECT v.peak_seen, v.peak_seen_at FROM live_viewer_counts v
+                 WHERE v.room_name = s.id
+                 ORDER BY v.peak_seen DESC, v.peak_seen_at
+                 LIMIT 1
+             ) p ON true
              WHERE s.id = $1",
             &[(&room.as_str(), Type::TEXT)],
         )

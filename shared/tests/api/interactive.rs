@@ -661,3 +661,50 @@ async fn only_the_hands_of_viewers_in_the_room_are_listed() {
     .await;
     assert!(hands().await.is_empty(), "gone with its viewer");
 }
+
+/// A crowd that comes and goes between two writes of the Realtime copy (at
+/// most one a second) still sets the peak: each join notes the total it
+/// brought the room to.
+#[tokio::test]
+async fn a_peak_shorter_than_a_second_is_kept() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "flash").await;
+    let viewers: Vec<String> = (0..5).map(|_| Uuid::new_v4().to_string()).collect();
+    for (n, viewer) in viewers.iter().enumerate() {
+        participant(
+            &app,
+            "participant_joined",
+            "flash",
+            viewer,
+            &format!("PA_flash_{n}"),
+            "Fan",
+            false,
+        )
+        .await;
+    }
+    let joined_by = chrono::Utc::now();
+    for (n, viewer) in viewers.iter().enumerate() {
+        participant(
+            &app,
+            "participant_left",
+            "flash",
+            viewer,
+            &format!("PA_flash_{n}"),
+            "Fan",
+            false,
+        )
+        .await;
+    }
+    let stats = stats(&app, host, "flash").await;
+    assert_eq!(
+        (stats["viewerCount"].as_i64(), stats["peakViewers"].as_i64()),
+        (Some(0), Some(5)),
+        "{stats}"
+    );
+    let peak_at: chrono::DateTime<chrono::Utc> = stats["peakAt"].as_str().unwrap().parse().unwrap();
+    assert!(
+        peak_at <= joined_by,
+        "the peak was reached by the fifth join: {stats}"
+    );
+}
