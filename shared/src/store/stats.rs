@@ -61,12 +61,7 @@ pub async fn read(client: &Client, room: &RoomName) -> Result<Option<(Uuid, Stre
             "SELECT s.streamer_id, s.is_live, s.created_at, s.ended_at,
                     extract(epoch FROM coalesce(s.ended_at, now()) - s.created_at)::float8 AS duration,
                     c.viewers,
-                    greatest(coalesce(t.peak_viewers, 0), coalesce(p.peak_seen, 0), c.viewers) AS peak,
-                    CASE WHEN c.viewers > greatest(coalesce(t.peak_viewers, 0), coalesce(p.peak_seen, 0)) THEN now()
-                         WHEN coalesce(p.peak_seen, 0) > coalesce(t.peak_viewers, 0) THEN p.peak_seen_at
-                         WHEN coalesce(p.peak_seen, 0) = coalesce(t.peak_viewers, 0) AND p.peak_seen > 0
-                           THEN least(p.peak_seen_at, t.peak_at)
-                         ELSE t.peak_at END AS peak_at,
+                    coalesce(p.n, 0) AS peak, p.at AS peak_at,
                     c.unique_viewers,
                     greatest(c.watched + c.viewers * extract(epoch FROM now())::float8 - c.arrivals, 0) AS watch,
                     coalesce(b.messages_sent, 0)
@@ -86,10 +81,17 @@ pub async fn read(client: &Client, room: &RoomName) -> Result<Option<(Uuid, Stre
                         coalesce(sum(v.present_since_sum), 0)::float8 AS arrivals
                  FROM live_viewer_counts v WHERE v.room_name = s.id
              ) c
+             -- The peak: the highest of the shards' peaks, the sampled one
+             -- and the count now, reached first (a tie keeps the earliest).
              LEFT JOIN LATERAL (
-                 SELECT v.peak_seen, v.peak_seen_at FROM live_viewer_counts v
-                 WHERE v.room_name = s.id
-                 ORDER BY v.peak_seen DESC, v.peak_seen_at
+                 SELECT x.n, x.at FROM (
+                     SELECT v.peak_seen AS n, v.peak_seen_at AS at FROM live_viewer_counts v
+                     WHERE v.room_name = s.id
+                     UNION ALL SELECT t.peak_viewers, t.peak_at
+                     UNION ALL SELECT c.viewers, now()
+                 ) x
+                 WHERE x.n > 0
+                 ORDER BY x.n DESC, x.at
                  LIMIT 1
              ) p ON true
              WHERE s.id = $1",

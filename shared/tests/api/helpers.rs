@@ -463,17 +463,7 @@ impl TestApp {
         Resp: serde::Serialize,
         H: for<'a> shared::http::Handler<'a, Req, Resp>,
     {
-        let mut request = Request::new(Body::Text(body.to_owned()));
-        *request.method_mut() = lambda_http::http::Method::POST;
-        request
-            .headers_mut()
-            .insert("content-type", "application/json".parse().unwrap());
-        if let Some(token) = bearer {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        }
-        self.send(handler, request).await
+        self.send(handler, post_request(bearer, body)).await
     }
 
     pub async fn send<Req, Resp, H>(&self, handler: H, request: Request) -> TestResponse
@@ -728,6 +718,21 @@ pub async fn node_sdk_rejects(token: &str) -> bool {
 }
 
 /// A GET request as API Gateway delivers it, with query and path parameters.
+/// A JSON `POST` as API Gateway passes it on, with `bearer` if given.
+pub fn post_request(bearer: Option<&str>, body: &str) -> Request {
+    let mut request = Request::new(Body::Text(body.to_owned()));
+    *request.method_mut() = lambda_http::http::Method::POST;
+    request
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    if let Some(token) = bearer {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
 pub fn get_request(bearer: Option<&str>, query: &[(&str, &str)], path_id: Option<&str>) -> Request {
     request_with(lambda_http::http::Method::GET, bearer, query, path_id)
 }

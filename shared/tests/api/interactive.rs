@@ -637,28 +637,10 @@ async fn only_the_hands_of_viewers_in_the_room_are_listed() {
     assert!(hands().await.is_empty(), "not in the room yet");
 
     let identity = viewer.to_string();
-    participant(
-        &app,
-        "participant_joined",
-        "hands",
-        &identity,
-        "PA_hand",
-        "Hand",
-        false,
-    )
-    .await;
+    let viewer_event = |event| participant(&app, event, "hands", &identity, "PA_hand", "Hand", false);
+    viewer_event("participant_joined").await;
     assert_eq!(hands().await, std::slice::from_ref(&identity));
-
-    participant(
-        &app,
-        "participant_left",
-        "hands",
-        &identity,
-        "PA_hand",
-        "Hand",
-        false,
-    )
-    .await;
+    viewer_event("participant_left").await;
     assert!(hands().await.is_empty(), "gone with its viewer");
 }
 
@@ -671,31 +653,26 @@ async fn a_peak_shorter_than_a_second_is_kept() {
     let host = Uuid::new_v4();
     app.start_stream(host, "flash").await;
     let viewers: Vec<String> = (0..5).map(|_| Uuid::new_v4().to_string()).collect();
-    for (n, viewer) in viewers.iter().enumerate() {
-        participant(
-            &app,
-            "participant_joined",
-            "flash",
-            viewer,
-            &format!("PA_flash_{n}"),
-            "Fan",
-            false,
-        )
-        .await;
-    }
+    let everyone = |event: &'static str| {
+        let (app, viewers) = (&app, &viewers);
+        async move {
+            for (n, viewer) in viewers.iter().enumerate() {
+                participant(
+                    app,
+                    event,
+                    "flash",
+                    viewer,
+                    &format!("PA_flash_{n}"),
+                    "Fan",
+                    false,
+                )
+                .await;
+            }
+        }
+    };
+    everyone("participant_joined").await;
     let joined_by = chrono::Utc::now();
-    for (n, viewer) in viewers.iter().enumerate() {
-        participant(
-            &app,
-            "participant_left",
-            "flash",
-            viewer,
-            &format!("PA_flash_{n}"),
-            "Fan",
-            false,
-        )
-        .await;
-    }
+    everyone("participant_left").await;
     let stats = stats(&app, host, "flash").await;
     assert_eq!(
         (stats["viewerCount"].as_i64(), stats["peakViewers"].as_i64()),

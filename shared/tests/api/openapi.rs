@@ -28,8 +28,8 @@ use shared::http::{FromRequest, Handler, MAX_BODY_BYTES};
 use uuid::Uuid;
 
 use crate::helpers::{
-    AppOptions, LIVEKIT_API_SECRET, LiveKitMode, TestApp, TestResponse, get_request, request_with,
-    signed_webhook, webhook_event, webhook_request,
+    AppOptions, LIVEKIT_API_SECRET, LiveKitMode, TestApp, TestResponse, get_request, post_request,
+    request_with, signed_webhook, webhook_event, webhook_request,
 };
 
 /// The base URI the document is registered under, so `$ref`s resolve in it.
@@ -1832,7 +1832,7 @@ async fn joins(app: &TestApp, room: &str, user: Uuid) {
     assert_eq!(response.body["outcome"], "applied", "{}", response.body);
 }
 
-/// Sends `request` until the route answers 429, and checks that answer.
+/// Sends `body` as a POST until the route answers 429, and checks that answer.
 async fn until_limited<Req, Resp, H>(
     c: &mut Checker,
     app: &TestApp,
@@ -1845,24 +1845,20 @@ async fn until_limited<Req, Resp, H>(
     Resp: serde::Serialize,
     H: for<'a> Handler<'a, Req, Resp> + Copy,
 {
-    for _ in 0..100 {
-        let response = Box::pin(app.call(handler, Some(bearer), body)).await;
-        if response.status == 429 {
-            c.check(route, Some(body), &response);
-            response.assert_error(429, "rate_limited");
-            return;
-        }
-    }
-    panic!("{route:?} is never rate-limited");
+    until_limited_with(c, app, route, handler, Some(body), || {
+        post_request(Some(bearer), body)
+    })
+    .await;
 }
 
-/// Sends GET requests made by `request` until the route answers 429, and
-/// checks that answer.
-async fn until_read_limited<Req, Resp, H>(
+/// Sends the requests `request` makes until the route answers 429, and checks
+/// that answer (against `body`, the request's, if it has one).
+async fn until_limited_with<Req, Resp, H>(
     c: &mut Checker,
     app: &TestApp,
     route: Route,
     handler: H,
+    body: Option<&str>,
     request: impl Fn() -> Request,
 ) where
     Req: FromRequest,
@@ -1872,7 +1868,7 @@ async fn until_read_limited<Req, Resp, H>(
     for _ in 0..200 {
         let response = Box::pin(app.send(handler, request())).await;
         if response.status == 429 {
-            c.check(route, None, &response);
+            c.check(route, body, &response);
             response.assert_error(429, "rate_limited");
             return;
         }
@@ -2393,11 +2389,11 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
 
     // The three reads share one rate limit per user; each answers 429 over it.
     let poller = app.token_for(Uuid::new_v4());
-    until_read_limited(c, app, VIEWERS, list_viewers, || of(&poller, room, &[])).await;
+    until_limited_with(c, app, VIEWERS, list_viewers, None, || of(&poller, room, &[])).await;
     let poller = app.token_for(Uuid::new_v4());
-    until_read_limited(c, app, STATS, stream_stats, || of(&poller, room, &[])).await;
+    until_limited_with(c, app, STATS, stream_stats, None, || of(&poller, room, &[])).await;
     let poller = app.token_for(Uuid::new_v4());
-    until_read_limited(c, app, STAGE, stage_state, || {
+    until_limited_with(c, app, STAGE, stage_state, None, || {
         get_request(Some(&poller), &[("roomName", room)], None)
     })
     .await;
