@@ -44,6 +44,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(18, "0018_joins_without_a_key_share_lock"),
     migration!(19, "0019_no_create_on_public_for_every_role"),
     migration!(20, "0020_exact_peak_per_event"),
+    migration!(21, "0021_a_retried_start_is_not_over_its_limit"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.
