@@ -717,22 +717,32 @@ pub async fn node_sdk_rejects(token: &str) -> bool {
     !output.status.success() && !output.stderr.is_empty()
 }
 
-/// A GET request as API Gateway delivers it, with query and path parameters.
 /// A JSON `POST` as API Gateway passes it on, with `bearer` if given.
 pub fn post_request(bearer: Option<&str>, body: &str) -> Request {
+    post_with(
+        "application/json",
+        bearer.map(|token| format!("Bearer {token}")).as_deref(),
+        body,
+    )
+}
+
+/// A `POST` of `body` with its content type and, if given, the whole
+/// `Authorization` header.
+fn post_with(content_type: &str, authorization: Option<&str>, body: &str) -> Request {
     let mut request = Request::new(Body::Text(body.to_owned()));
     *request.method_mut() = lambda_http::http::Method::POST;
     request
         .headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    if let Some(token) = bearer {
+        .insert("content-type", content_type.parse().unwrap());
+    if let Some(value) = authorization {
         request
             .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            .insert("authorization", value.parse().unwrap());
     }
     request
 }
 
+/// A GET request as API Gateway delivers it, with query and path parameters.
 pub fn get_request(bearer: Option<&str>, query: &[(&str, &str)], path_id: Option<&str>) -> Request {
     request_with(lambda_http::http::Method::GET, bearer, query, path_id)
 }
@@ -775,18 +785,9 @@ pub fn signed_webhook(body: &str, api_secret: &str) -> Request {
     webhook_request(body, Some(&token))
 }
 
+/// A webhook as LiveKit posts it: `authorization` is its signed JWT, sent bare.
 pub fn webhook_request(body: &str, authorization: Option<&str>) -> Request {
-    let mut request = Request::new(Body::Text(body.to_owned()));
-    *request.method_mut() = lambda_http::http::Method::POST;
-    request
-        .headers_mut()
-        .insert("content-type", "application/webhook+json".parse().unwrap());
-    if let Some(token) = authorization {
-        request
-            .headers_mut()
-            .insert("authorization", token.parse().unwrap());
-    }
-    request
+    post_with("application/webhook+json", authorization, body)
 }
 
 /// A LiveKit webhook event body.
