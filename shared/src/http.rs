@@ -6,7 +6,9 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use lambda_http::http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use lambda_http::http::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use lambda_http::http::{HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, Response, service_fn};
 use serde::Serialize;
@@ -361,16 +363,22 @@ fn cap(message: &str) -> String {
 
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     match serde_json::to_string(body) {
-        Ok(json) => {
-            let mut response = Response::new(Body::Text(json));
-            *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
+        Ok(json) => json_text_response(status, json),
         Err(e) => error_response(&ApiError::internal(e)),
     }
+}
+
+/// Every answer of the API: JSON, and never stored by a cache. Answers carry
+/// LiveKit tokens and per-user state (RFC 6749 asks token responses for
+/// `no-store`), and a phone's HTTP cache has no business replaying a live
+/// count or a refusal.
+fn json_text_response(status: StatusCode, json: String) -> Response<Body> {
+    let mut response = Response::new(Body::Text(json));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The single place an [`ApiError`] becomes a response, and is logged.
@@ -384,10 +392,8 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
     let json = serde_json::to_string(&error.body()).unwrap_or_else(|_| {
         r#"{"error":{"code":"internal","message":"Something went wrong on our side."}}"#.into()
     });
-    let mut response = Response::new(Body::Text(json));
-    *response.status_mut() = status;
+    let mut response = json_text_response(status, json);
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     match error {
         ApiError::Unauthorized => {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -287,3 +287,31 @@ async fn error_bodies_never_carry_internal_details() {
     );
     assert_eq!(response.headers.get("retry-after").unwrap(), "2");
 }
+
+#[tokio::test]
+async fn no_answer_may_be_stored_by_a_cache() {
+    let app = dev_app().await;
+    let started = app.send(start_stream, event("start.json")).await;
+    let token = app.send(issue_token, event("token.json")).await;
+    let mut unauthenticated = event("token.json");
+    unauthenticated.headers_mut().remove("authorization");
+    let refused = app.send(issue_token, unauthenticated).await;
+    let mut wrong_method = event("token.json");
+    *wrong_method.method_mut() = Method::GET;
+    let not_allowed = app.send(issue_token, wrong_method).await;
+    let webhook = app.deliver(event("webhook.json")).await;
+    for (what, response, status) in [
+        ("a stream with its host token", &started, 201),
+        ("a viewer token", &token, 200),
+        ("a refusal without a bearer", &refused, 401),
+        ("a wrong method", &not_allowed, 405),
+        ("a webhook's answer", &webhook, 200),
+    ] {
+        assert_eq!(response.status, status, "{what}: {}", response.body);
+        assert_eq!(
+            response.headers.get("cache-control").map(|v| v.to_str().unwrap()),
+            Some("no-store"),
+            "{what}"
+        );
+    }
+}
