@@ -253,13 +253,7 @@ async fn bodies_over_16_kib_are_413() {
     let body = format!(r#"{{"title":"{}"}}"#, "x".repeat(MAX_BODY_BYTES));
     let response = app.call(start_stream, Some(&token), &body).await;
     response.assert_error(413, "payload_too_large");
-    let count: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM live_streams", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = app.db_value("SELECT count(*) FROM live_streams", &[]).await;
     assert_eq!(count, 0);
 }
 

@@ -299,11 +299,8 @@ async fn requests_without_a_valid_bearer_are_401_before_the_body_is_read() {
 async fn anonymous_sign_ins_watch_but_take_part_only_when_allowed() {
     use shared::handlers::{moderate, post_message, start_stream};
     for allowed in [false, true] {
-        let app = TestApp::spawn_with(AppOptions {
-            settings: vec![("ALLOW_ANONYMOUS_PARTICIPATION", allowed.to_string())],
-            ..AppOptions::default()
-        })
-        .await;
+        let app =
+            TestApp::spawn_with_settings(vec![("ALLOW_ANONYMOUS_PARTICIPATION", allowed.to_string())]).await;
         let host = Uuid::new_v4();
         app.start_stream(host, "open-stream").await;
         let guest = app.anonymous_token_for(Uuid::new_v4());

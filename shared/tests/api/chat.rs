@@ -167,13 +167,7 @@ async fn the_sixth_message_in_ten_seconds_is_429_with_retry_after() {
     assert!((1..=10).contains(&retry_after), "{retry_after}");
     // Per user and room: someone else may still talk.
     assert_eq!(say(&app, Uuid::new_v4(), "my turn").await.status, 201);
-    let stored: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM live_messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored: i64 = app.db_value("SELECT count(*) FROM live_messages", &[]).await;
     assert_eq!(stored, 6, "the limited message was not stored");
 }
 
@@ -203,13 +197,10 @@ async fn concurrent_senders_in_separate_containers_share_the_limit() {
 
 #[tokio::test]
 async fn the_limit_is_configurable() {
-    let app = TestApp::spawn_with(AppOptions {
-        settings: vec![
-            ("CHAT_RATE_LIMIT_MESSAGES", "2".into()),
-            ("CHAT_RATE_LIMIT_WINDOW_SECONDS", "1".into()),
-        ],
-        ..AppOptions::default()
-    })
+    let app = TestApp::spawn_with_settings(vec![
+        ("CHAT_RATE_LIMIT_MESSAGES", "2".into()),
+        ("CHAT_RATE_LIMIT_WINDOW_SECONDS", "1".into()),
+    ])
     .await;
     app.start_stream(Uuid::new_v4(), ROOM).await;
     let viewer = Uuid::new_v4();

@@ -202,11 +202,7 @@ async fn a_failed_cold_start_answers_503_and_retries_without_a_crash_loop() {
 
 #[tokio::test]
 async fn a_signing_key_removed_from_the_jwks_stops_verifying_once_the_cache_expires() {
-    let app = TestApp::spawn_with(AppOptions {
-        settings: vec![("SUPABASE_JWKS_CACHE_SECONDS", "1".into())],
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::spawn_with_settings(vec![("SUPABASE_JWKS_CACHE_SECONDS", "1".into())]).await;
     let user = Uuid::new_v4();
     let old = asymmetric("es256-a", &app.claims_for(user));
     assert_eq!(app.state.auth.authenticate(&old).await.unwrap().id, user);
@@ -225,13 +221,10 @@ async fn a_signing_key_removed_from_the_jwks_stops_verifying_once_the_cache_expi
 
 #[tokio::test]
 async fn starts_and_tokens_are_rate_limited_per_user_across_containers() {
-    let app = TestApp::spawn_with(AppOptions {
-        settings: vec![
-            ("START_RATE_LIMIT_REQUESTS", "3".into()),
-            ("TOKEN_RATE_LIMIT_REQUESTS", "4".into()),
-        ],
-        ..AppOptions::default()
-    })
+    let app = TestApp::spawn_with_settings(vec![
+        ("START_RATE_LIMIT_REQUESTS", "3".into()),
+        ("TOKEN_RATE_LIMIT_REQUESTS", "4".into()),
+    ])
     .await;
     let other = TestApp::spawn_with(AppOptions {
         database_url: Some(app.api_database_url.clone()),

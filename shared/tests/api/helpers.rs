@@ -226,6 +226,15 @@ impl TestApp {
         TestApp::spawn_with(AppOptions::default()).await
     }
 
+    /// The default app with these settings on top.
+    pub async fn spawn_with_settings(settings: Vec<(&'static str, String)>) -> TestApp {
+        TestApp::spawn_with(AppOptions {
+            settings,
+            ..AppOptions::default()
+        })
+        .await
+    }
+
     pub async fn spawn_with(options: AppOptions) -> TestApp {
         let (database_url, api_database_url) = match options.database_url {
             Some(url) => (url.clone(), url),
@@ -454,6 +463,19 @@ impl TestApp {
 
     pub async fn db(&self) -> tokio_postgres::Client {
         connect(&self.database_url).await
+    }
+
+    /// The one value (first column of the one row) `sql` reads from the test database.
+    pub async fn db_value<T>(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> T
+    where
+        T: for<'r> tokio_postgres::types::FromSql<'r>,
+    {
+        self.db()
+            .await
+            .query_one(sql, params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
     }
 
     /// Sends `body` to an endpoint through the HTTP adapter, as API Gateway would.

@@ -11,9 +11,7 @@ use shared::handlers::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{
-    AppOptions, LIVEKIT_API_SECRET, LiveKitMode, SETTLE, TestApp, get_request, signed_webhook,
-};
+use crate::helpers::{LIVEKIT_API_SECRET, LiveKitMode, SETTLE, TestApp, get_request, signed_webhook};
 
 /// A participant webhook as LiveKit sends it, with the display name.
 async fn participant(
@@ -278,11 +276,7 @@ async fn stats_follow_the_events_and_are_final_once_the_stream_ends() {
 #[tokio::test]
 async fn the_viewer_list_shows_present_viewers_only_and_others_what_the_setting_allows() {
     for (visible_to, others_see_list) in [("host", false), ("viewers", true)] {
-        let app = TestApp::spawn_with(AppOptions {
-            settings: vec![("VIEWER_LIST_VISIBLE_TO", visible_to.to_owned())],
-            ..AppOptions::default()
-        })
-        .await;
+        let app = TestApp::spawn_with_settings(vec![("VIEWER_LIST_VISIBLE_TO", visible_to.to_owned())]).await;
         let (host, ada, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let room = "watchers";
         app.start_stream(host, room).await;
@@ -555,11 +549,7 @@ async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
 #[tokio::test]
 async fn concurrent_accepts_never_put_more_guests_on_stage_than_allowed() {
     // A connection for each accept, so that all six run in Postgres at once.
-    let app = TestApp::spawn_with(AppOptions {
-        settings: vec![("DATABASE_POOL_SIZE", "6".into())],
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::spawn_with_settings(vec![("DATABASE_POOL_SIZE", "6".into())]).await;
     let host = Uuid::new_v4();
     app.start_stream(host, "crowded-stage").await;
     let viewers: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
@@ -594,16 +584,7 @@ async fn concurrent_accepts_never_put_more_guests_on_stage_than_allowed() {
         answer.assert_error(409, "stage_full");
     }
     assert_eq!(on_stage, 3, "MAX_STAGE_GUESTS defaults to 3");
-    let guests: i64 = app
-        .db()
-        .await
-        .query_one(
-            "SELECT count(*) FROM live_stage WHERE room_name = 'crowded-stage' AND on_stage_since IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let guests: i64 = app.db_value("SELECT count(*) FROM live_stage WHERE room_name = 'crowded-stage' AND on_stage_since IS NOT NULL", &[]).await;
     assert_eq!(guests, 3);
 }
 

@@ -50,12 +50,8 @@ async fn chat(app: &TestApp, user: Uuid) -> crate::helpers::TestResponse {
 }
 
 async fn recorded_actions(app: &TestApp) -> i64 {
-    app.db()
+    app.db_value("SELECT count(*) FROM live_moderation_actions", &[])
         .await
-        .query_one("SELECT count(*) FROM live_moderation_actions", &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 async fn in_room(app: &TestApp, user: Uuid) -> bool {

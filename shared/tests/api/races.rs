@@ -248,13 +248,10 @@ async fn a_request_blocked_on_a_lock_is_a_503_after_the_lock_timeout() {
 /// end the wait, which this test lifts so that it cannot pass for it.
 #[tokio::test]
 async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
-    let app = TestApp::spawn_with(AppOptions {
-        settings: vec![
-            ("REQUEST_DEADLINE_SECONDS", "1".into()),
-            ("DATABASE_POOL_SIZE", "1".into()),
-        ],
-        ..AppOptions::default()
-    })
+    let app = TestApp::spawn_with_settings(vec![
+        ("REQUEST_DEADLINE_SECONDS", "1".into()),
+        ("DATABASE_POOL_SIZE", "1".into()),
+    ])
     .await;
     let admin = app.db().await;
     // Only the cancel may end the wait: the role's lock_timeout (2 s) would
@@ -388,11 +385,8 @@ async fn a_streamer_has_one_live_stream_at_a_time_by_default() {
 #[tokio::test]
 async fn concurrent_starts_of_one_streamer_leave_at_most_the_allowed_live_streams() {
     for allowed in [1_usize, 2] {
-        let app = TestApp::spawn_with(AppOptions {
-            settings: vec![("MAX_LIVE_STREAMS_PER_STREAMER", allowed.to_string())],
-            ..AppOptions::default()
-        })
-        .await;
+        let app =
+            TestApp::spawn_with_settings(vec![("MAX_LIVE_STREAMS_PER_STREAMER", allowed.to_string())]).await;
         let bearer = app.token_for(Uuid::new_v4());
         let starts = (0..5).map(|i| {
             let body = json!({"title": "Spam", "roomName": format!("spam-{i}")}).to_string();
@@ -405,12 +399,8 @@ async fn concurrent_starts_of_one_streamer_leave_at_most_the_allowed_live_stream
         assert_eq!(created, allowed, "{responses:?}");
         assert!(responses.iter().all(|r| r.status == 201 || r.status == 409));
         let live: i64 = app
-            .db()
-            .await
-            .query_one("SELECT count(*) FROM live_streams WHERE is_live", &[])
-            .await
-            .unwrap()
-            .get(0);
+            .db_value("SELECT count(*) FROM live_streams WHERE is_live", &[])
+            .await;
         assert_eq!(live as usize, allowed);
     }
 }
@@ -497,11 +487,7 @@ async fn old_sessions_are_pruned_in_bounded_batches() {
 /// three days ago goes and one closed yesterday stays.
 #[tokio::test]
 async fn the_session_retention_is_a_setting() {
-    let app = TestApp::spawn_with(AppOptions {
-        settings: vec![("SESSION_RETENTION_DAYS", "2".into())],
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::spawn_with_settings(vec![("SESSION_RETENTION_DAYS", "2".into())]).await;
     app.start_stream(Uuid::new_v4(), "kept-briefly").await;
     let admin = app.db().await;
     admin

@@ -8,7 +8,7 @@ use serde_json::json;
 use shared::handlers::{end_stream, issue_standard_token, post_message};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, Participant, SETTLE, TestApp};
+use crate::helpers::{Participant, SETTLE, TestApp};
 
 const ROOM: &str = "live-show";
 
@@ -18,10 +18,10 @@ const ICE_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// An app whose rooms outlive their last participant by `departure` seconds.
 async fn app_with_departure(departure: u32) -> TestApp {
-    TestApp::spawn_with(AppOptions {
-        settings: vec![("LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS", departure.to_string())],
-        ..AppOptions::default()
-    })
+    TestApp::spawn_with_settings(vec![(
+        "LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS",
+        departure.to_string(),
+    )])
     .await
 }
 

@@ -7,7 +7,7 @@ use livekit_api::access_token::VideoGrants;
 use shared::scheduled::reconcile::{ReconcileReport, reconcile};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, LIVEKIT_API_SECRET, LiveKitMode, TestApp, signed_webhook, webhook_event};
+use crate::helpers::{LIVEKIT_API_SECRET, LiveKitMode, TestApp, signed_webhook, webhook_event};
 
 const GRACE: Duration = Duration::from_secs(120);
 
@@ -130,11 +130,7 @@ async fn a_room_that_comes_back_within_grace_clears_the_clock() {
 
 #[tokio::test]
 async fn two_runs_at_once_agree() {
-    let app = TestApp::spawn_with(AppOptions {
-        settings: vec![("RECONCILE_GRACE_SECONDS", "0".into())],
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::spawn_with_settings(vec![("RECONCILE_GRACE_SECONDS", "0".into())]).await;
     app.lose_webhooks(true);
     let mut viewers = Vec::new();
     for i in 0..4 {

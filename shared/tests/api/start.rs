@@ -78,13 +78,7 @@ async fn retried_start_by_the_same_streamer_returns_the_live_stream_with_200() {
         "the existing stream, unchanged"
     );
     verify_livekit_token(second.body["token"].as_str().unwrap());
-    let count: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM live_streams", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = app.db_value("SELECT count(*) FROM live_streams", &[]).await;
     assert_eq!(count, 1);
 }
 
@@ -170,13 +164,7 @@ async fn invalid_titles_and_room_names_are_rejected_with_400() {
         let message = response.body["error"]["message"].as_str().unwrap();
         assert!(message.contains(mentions), "{body}: {message}");
     }
-    let count: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM live_streams", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = app.db_value("SELECT count(*) FROM live_streams", &[]).await;
     assert_eq!(count, 0);
 }
 
@@ -238,14 +226,11 @@ async fn with_a_profiles_table_a_user_with_a_profile_goes_live() {
 
 #[tokio::test]
 async fn start_creates_the_livekit_room_with_the_configured_options() {
-    let app = TestApp::spawn_with(AppOptions {
-        settings: vec![
-            ("LIVEKIT_ROOM_EMPTY_TIMEOUT_SECONDS", "90".into()),
-            ("LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS", "45".into()),
-            ("LIVEKIT_ROOM_MAX_PARTICIPANTS", "500".into()),
-        ],
-        ..AppOptions::default()
-    })
+    let app = TestApp::spawn_with_settings(vec![
+        ("LIVEKIT_ROOM_EMPTY_TIMEOUT_SECONDS", "90".into()),
+        ("LIVEKIT_ROOM_DEPARTURE_TIMEOUT_SECONDS", "45".into()),
+        ("LIVEKIT_ROOM_MAX_PARTICIPANTS", "500".into()),
+    ])
     .await;
     let user = Uuid::new_v4();
     app.start_stream(user, "configured").await;
