@@ -66,26 +66,71 @@ fn is_bidi_control(c: char) -> bool {
 
 /// Characters that draw nothing, or nothing distinguishable: with them two
 /// different names look the same in the room ("Ada" and "A\u{200B}da"), or a
-/// name looks empty. The zero-width joiner is allowed where emoji sequences
-/// use it (between two characters that are not letters or digits).
+/// name looks empty. Unicode's whole Default_Ignorable_Code_Point set
+/// (DerivedCoreProperties.txt, unassigned ranges included, as they are for
+/// what later versions assign), and the blanks that set leaves out (the
+/// Braille blank). Three uses inside emoji stay allowed and are checked on
+/// their own: the zero-width joiner ([`has_stray_joiner`]), the emoji
+/// presentation selector U+FE0F ("❤️"), and the tags of a subdivision flag
+/// ([`has_stray_tag`]).
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
             | '\u{034F}'
-            | '\u{115F}'
-            | '\u{1160}'
-            | '\u{17B4}'
-            | '\u{17B5}'
-            | '\u{180E}'
-            | '\u{200B}'
-            | '\u{200C}'
-            | '\u{2060}'..='\u{2064}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200C}'
+            | '\u{200E}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
             | '\u{3164}'
             | '\u{FE00}'..='\u{FE0E}'
             | '\u{FEFF}'
             | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E001F}'
+            | '\u{E0080}'..='\u{E0FFF}'
     )
+}
+
+const BLACK_FLAG: char = '\u{1F3F4}';
+const CANCEL_TAG: char = '\u{E007F}';
+
+fn is_tag(c: char) -> bool {
+    ('\u{E0020}'..='\u{E007E}').contains(&c)
+}
+
+/// A tag character (U+E0020–E007F) outside a flag's tag sequence ("🏴" then
+/// tags then the cancel tag, as in the flag of Scotland): anywhere else tags
+/// draw nothing and can spell hidden text.
+fn has_stray_tag(text: &str) -> bool {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == BLACK_FLAG {
+            let mut tags = 0;
+            while chars.next_if(|&next| is_tag(next)).is_some() {
+                tags += 1;
+            }
+            if tags > 0 && chars.next_if_eq(&CANCEL_TAG).is_none() {
+                return true;
+            }
+        } else if is_tag(c) || c == CANCEL_TAG {
+            return true;
+        }
+    }
+    false
+}
+
+/// Controls, and the line and paragraph separators: names and titles are one
+/// line.
+fn is_control_or_line_break(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// A zero-width joiner outside an emoji sequence: joining letters, at an end.
@@ -113,15 +158,17 @@ fn trimmed_text(raw: &str, field: &str, max_chars: usize) -> Result<String, Stri
             "{field} must be 1-{max_chars} characters after trimming spaces"
         ));
     }
-    if trimmed.chars().any(char::is_control) {
-        return Err(format!("{field} must not contain control characters"));
+    if trimmed.chars().any(is_control_or_line_break) {
+        return Err(format!(
+            "{field} must not contain control characters or line breaks"
+        ));
     }
     if trimmed.chars().any(is_bidi_control) {
         return Err(format!(
             "{field} must not contain bidirectional formatting characters"
         ));
     }
-    if trimmed.chars().any(is_invisible) || has_stray_joiner(trimmed) {
+    if trimmed.chars().any(is_invisible) || has_stray_joiner(trimmed) || has_stray_tag(trimmed) {
         return Err(format!("{field} must not contain invisible characters"));
     }
     Ok(trimmed.to_owned())
@@ -423,16 +470,25 @@ mod tests {
     #[test]
     fn names_and_titles_refuse_what_lets_one_user_pass_for_another() {
         for bad in [
-            "Ada\u{202E}nimda",    // right-to-left override
-            "\u{2067}Ada\u{2069}", // isolate
-            "A\u{200B}da",         // zero-width space
-            "Ada\u{200C}",         // zero-width non-joiner
-            "A\u{2060}da",         // word joiner
-            "\u{FEFF}Ada",         // byte order mark
-            "Ad\u{00AD}a",         // soft hyphen
-            "\u{3164}",            // Hangul filler: a name that looks empty
-            "A\u{200D}da",         // a joiner between letters
-            "Ada\u{200F}",         // right-to-left mark
+            "Ada\u{202E}nimda",            // right-to-left override
+            "\u{2067}Ada\u{2069}",         // isolate
+            "A\u{200B}da",                 // zero-width space
+            "Ada\u{200C}",                 // zero-width non-joiner
+            "A\u{2060}da",                 // word joiner
+            "\u{FEFF}Ada",                 // byte order mark
+            "Ad\u{00AD}a",                 // soft hyphen
+            "\u{3164}",                    // Hangul filler: a name that looks empty
+            "A\u{200D}da",                 // a joiner between letters
+            "Ada\u{200F}",                 // right-to-left mark
+            "A\u{206F}da",                 // nominal digit shapes (deprecated format)
+            "Ada\u{E0100}",                // variation selector 17
+            "A\u{E0041}da",                // a tag outside a flag: hidden text
+            "\u{1F3F4}\u{E0067}\u{E0062}", // a flag's tags without the cancel tag
+            "A\u{180B}da",                 // Mongolian free variation selector
+            "A\u{1D173}da",                // musical symbol begin beam
+            "\u{2800}",                    // Braille blank: a name that looks empty
+            "Ada\u{2028}Admin",            // line separator
+            "Ada\u{2029}Admin",            // paragraph separator
         ] {
             assert!(ParticipantName::parse(bad).is_err(), "{bad:?}");
             assert!(Title::parse(bad).is_err(), "{bad:?}");
@@ -443,6 +499,10 @@ mod tests {
             "محمد",
             "Ada 👩\u{200D}💻",
             "👨\u{200D}👩\u{200D}👧 family",
+            "Ada \u{2764}\u{FE0F}",
+            // The flag of Scotland: the black flag, the tags "gbsct", the cancel tag.
+            "Ada \u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+            "Ada \u{1F3F4}",
         ] {
             assert!(ParticipantName::parse(good).is_ok(), "{good:?}");
         }
