@@ -92,6 +92,8 @@ pub const DEFAULT_HISTORY_PAGE: i64 = 50;
 pub const MAX_HISTORY_PAGE: i64 = 100;
 
 /// `?roomName=…&before=<message id>&limit=1..100`
+const BEFORE_MUST_BE_IN_ROOM: &str = "before must be the id of a message from this room";
+
 #[derive(Debug)]
 pub struct ChatHistoryQuery {
     pub room_name: RoomName,
@@ -111,9 +113,10 @@ impl FromRequest for ChatHistoryQuery {
                     room_name = Some(RoomName::parse(value.to_owned()).map_err(ApiError::InvalidRequest)?)
                 }
                 "before" => {
-                    before = Some(Uuid::parse_str(value).map_err(|_| {
-                        ApiError::InvalidRequest("before must be the id of a message from this room".into())
-                    })?)
+                    before = Some(
+                        Uuid::parse_str(value)
+                            .map_err(|_| ApiError::InvalidRequest(BEFORE_MUST_BE_IN_ROOM.into()))?,
+                    )
                 }
                 "limit" => {
                     limit = value
@@ -157,8 +160,14 @@ pub async fn chat_history(
     query: ChatHistoryQuery,
 ) -> Result<Reply<ChatPage>, ApiError> {
     let client = state.db.get().await?;
-    if !chat::room_exists(&client, &query.room_name).await? {
+    let (room_exists, before_is_in_room) =
+        chat::history_start(&client, &query.room_name, query.before).await?;
+    if !room_exists {
         return Err(ApiError::StreamNotFound);
+    }
+    if !before_is_in_room {
+        // Not an empty page: a client would take that for the start of the chat.
+        return Err(ApiError::InvalidRequest(BEFORE_MUST_BE_IN_ROOM.into()));
     }
     let mut messages = chat::page(&client, &query.room_name, query.before, query.limit + 1).await?;
     let next_before = if messages.len() as i64 > query.limit {

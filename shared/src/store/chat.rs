@@ -143,15 +143,25 @@ pub async fn rooms_with_stale_messages(client: &Client) -> Result<Vec<RoomName>,
         .collect()
 }
 
-/// Whether the room exists at all (history is readable after the stream ends).
-pub async fn room_exists(client: &Client, room: &RoomName) -> Result<bool, ApiError> {
+/// Whether the room exists at all (history is readable after the stream
+/// ends), and whether `before`, when given, is one of its messages (a deleted
+/// one still marks a place).
+pub async fn history_start(
+    client: &Client,
+    room: &RoomName,
+    before: Option<Uuid>,
+) -> Result<(bool, bool), ApiError> {
     let row = client
-        .query_typed_opt(
-            "SELECT 1 FROM live_streams WHERE id = $1",
-            &[(&room.as_str(), Type::TEXT)],
+        .query_typed_one(
+            "SELECT EXISTS (SELECT 1 FROM live_streams WHERE id = $1),
+                    $2::uuid IS NULL OR EXISTS (SELECT 1 FROM live_messages WHERE id = $2 AND room_name = $1)",
+            &[(&room.as_str(), Type::TEXT), (&before, Type::UUID)],
         )
         .await?;
-    Ok(row.is_some())
+    Ok((
+        row.try_get(0).map_err(ApiError::internal)?,
+        row.try_get(1).map_err(ApiError::internal)?,
+    ))
 }
 
 /// A page of a room's visible messages, newest first, older than `before`.

@@ -270,6 +270,68 @@ async fn history_is_newest_first_paginated_and_skips_deleted_messages() {
 }
 
 #[tokio::test]
+async fn history_before_a_message_of_another_room_is_refused_and_a_deleted_one_still_marks_its_place() {
+    let (app, host) = chat_room().await;
+    let elsewhere_host = Uuid::new_v4();
+    app.start_stream(elsewhere_host, "elsewhere").await;
+    let elsewhere = app
+        .call(
+            post_message,
+            Some(&app.token_for(elsewhere_host)),
+            &json!({"roomName": "elsewhere", "text": "over there"}).to_string(),
+        )
+        .await;
+    assert_eq!(elsewhere.status, 201, "{}", elsewhere.body);
+    let elsewhere_id = elsewhere.body["message"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(say(&app, host, "first").await.status, 201);
+    let second = say(&app, host, "second").await;
+    let second_id = second.body["message"]["id"].as_str().unwrap().to_owned();
+
+    let reader = app.token_for(Uuid::new_v4());
+    // An empty page would tell the client it has reached the start of the chat.
+    for before in [elsewhere_id, Uuid::new_v4().to_string()] {
+        let page = app
+            .send(
+                chat_history,
+                get_request(Some(&reader), &[("roomName", ROOM), ("before", &before)], None),
+            )
+            .await;
+        page.assert_error(400, "invalid_request");
+        assert_eq!(
+            page.body["error"]["message"],
+            "before must be the id of a message from this room"
+        );
+    }
+
+    let deleted = app
+        .send(
+            delete_message,
+            request_with(
+                lambda_http::http::Method::DELETE,
+                Some(&app.token_for(host)),
+                &[],
+                Some(&second_id),
+            ),
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let page = app
+        .send(
+            chat_history,
+            get_request(Some(&reader), &[("roomName", ROOM), ("before", &second_id)], None),
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let texts: Vec<&str> = page.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["first"]);
+}
+
+#[tokio::test]
 async fn history_parameters_are_checked() {
     let (app, _) = chat_room().await;
     let token = app.token_for(Uuid::new_v4());
