@@ -328,6 +328,11 @@ pub fn decode_cursor(cursor: &str) -> Result<(chrono::DateTime<chrono::Utc>, Str
         .filter(|micros| (0..=253_402_300_799_999_999).contains(micros))
         .and_then(chrono::DateTime::from_timestamp_micros)
         .ok_or_else(invalid)?;
+    // Every key this API writes is an id or a LiveKit identity; Postgres
+    // refuses a NUL in text outright, and no control character is ours.
+    if key.chars().any(char::is_control) {
+        return Err(invalid());
+    }
     Ok((at, key.to_owned()))
 }
 

@@ -19,7 +19,8 @@ use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestCaseResult, TestR
 use serde_json::{Value, json};
 use shared::auth::AuthError;
 use shared::handlers::{
-    chat_history, end_stream, issue_token, list_streams, moderate, post_message, start_stream,
+    chat_history, end_stream, issue_token, list_streams, list_viewers, moderate, post_message, stage_state,
+    start_stream,
 };
 use shared::http::MAX_BODY_BYTES;
 use uuid::Uuid;
@@ -874,6 +875,8 @@ fn cursor() -> impl Strategy<Value = String> {
             2 => "[A-Za-z0-9_-]{1,128}",
             1 => "[A-Za-z0-9_.-]{0,130}",
             1 => any::<String>(),
+            // Postgres refuses a NUL in text: it must be refused before it.
+            1 => any::<String>().prop_map(|id| format!("{id}\0")),
         ],
     )
         .prop_map(|(micros, id)| b64(format!("{micros}.{id}").as_bytes()))
@@ -932,8 +935,49 @@ fn well_formed_cursors_with_any_timestamp_are_never_5xx() {
             pairs.push(("limit", limit));
         }
         let response = rt.block_on(app.send(list_streams, get_request(Some(&token), &pairs, None)));
-        client_side(&response, &pairs)
+        client_side(&response, &pairs)?;
+        // The same cursor grammar pages the stream's viewers and raised hands
+        // (the caller is the streamer: both lists are theirs to read).
+        let viewers = rt.block_on(app.send(list_viewers, get_request(Some(&token), &pairs, Some(ROOM))));
+        client_side(&viewers, &("viewers", &pairs))?;
+        pairs.push(("roomName", ROOM));
+        let hands = rt.block_on(app.send(stage_state, get_request(Some(&token), &pairs, None)));
+        client_side(&hands, &("stage", &pairs))
     });
+}
+
+/// Postgres refuses a NUL in text (SQLSTATE 22021), so a cursor whose key
+/// carries one is refused before it, on every list that pages.
+#[tokio::test]
+async fn a_cursor_key_with_a_nul_is_400_on_every_paged_list() {
+    let (app, token) = app_with_rooms().await;
+    let cursor = b64("1700000000000000.a\0b".as_bytes());
+    let with_cursor = [("cursor", cursor.as_str())];
+    let with_room = [("cursor", cursor.as_str()), ("roomName", ROOM)];
+    for (list, response) in [
+        (
+            "streams",
+            app.send(list_streams, get_request(Some(&token), &with_cursor, None))
+                .await,
+        ),
+        (
+            "viewers",
+            app.send(list_viewers, get_request(Some(&token), &with_cursor, Some(ROOM)))
+                .await,
+        ),
+        (
+            "stage",
+            app.send(stage_state, get_request(Some(&token), &with_room, None))
+                .await,
+        ),
+    ] {
+        assert_eq!(
+            (response.status, response.error_code()),
+            (400, "invalid_request"),
+            "{list}: {}",
+            response.body
+        );
+    }
 }
 
 /// A cursor whose timestamp chrono accepts but Postgres cannot store (before
