@@ -10,8 +10,8 @@ use crate::domain::{ChatRequest, RoomName};
 use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
 use crate::state::AppState;
-use crate::store::chat::{self, Action, ChatMessage};
-use crate::store::{rate_limit, streams};
+use crate::store::chat::{self, Action, ChatMessage, PostOutcome};
+use crate::store::rate_limit;
 
 pub use crate::store::chat_broadcast::CHAT_TOPIC;
 
@@ -45,24 +45,27 @@ pub async fn post_message(
 ) -> Result<Reply<PostedMessage>, ApiError> {
     user.require_participant(&state.rules)?;
     let room = request.room_name;
-    let message = {
+    let (message, seq) = {
         let client = state.db.get().await?;
-        let access = streams::access(&client, &room, user.id)
-            .await?
-            .ok_or(ApiError::StreamNotFound)?;
-        if !access.is_live {
-            return Err(ApiError::StreamEnded);
+        let limit_key = format!("chat:{room}:{}", user.id);
+        match chat::post(
+            &client,
+            &room,
+            user.id,
+            request.text.as_str(),
+            &limit_key,
+            state.limits.chat,
+        )
+        .await?
+        {
+            PostOutcome::Posted(message, seq) => (message, seq),
+            PostOutcome::NotFound => return Err(ApiError::StreamNotFound),
+            PostOutcome::Ended => return Err(ApiError::StreamEnded),
+            PostOutcome::Banned => return Err(ApiError::Banned),
+            PostOutcome::Muted => return Err(ApiError::Muted),
+            PostOutcome::RateLimited(retry_after) => return Err(rate_limit::limited(Some(retry_after))),
         }
-        if access.banned {
-            return Err(ApiError::Banned);
-        }
-        if access.muted {
-            return Err(ApiError::Muted);
-        }
-        rate_limit::hit(&client, &format!("chat:{room}:{}", user.id), state.limits.chat).await?;
-        chat::insert(&client, &room, user.id, request.text.as_str()).await?
     };
-    let (message, seq) = message;
     let delivery = crate::store::chat_broadcast::send_batches(state, &room, Some(seq)).await;
     let broadcast = delivery != crate::store::chat_broadcast::Delivery::Failed;
     Ok(Reply::new(

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::RoomName;
 use crate::error::ApiError;
+use crate::store::rate_limit::Limit;
 use crate::store::stage::StageStanding;
 
 /// A chat message as clients see it, in responses and in the broadcast.
@@ -32,29 +33,59 @@ fn message_from_row(row: &Row) -> Result<ChatMessage, ApiError> {
     })
 }
 
-/// Stores a message; returns it and its place in the room's order (`seq`).
-/// `live_chat_post` (migration 0017) holds the room's chat-order lock from
-/// the seq to the commit, so [`unsent`] never reads past a post in flight.
-pub async fn insert(
+/// What became of a post (`live_chat_say`, migration 0022).
+pub enum PostOutcome {
+    /// Stored: the message and its place in the room's order (`seq`).
+    Posted(ChatMessage, i64),
+    NotFound,
+    Ended,
+    Banned,
+    Muted,
+    /// Over the caller's limit for this room; seconds until a post is admitted.
+    RateLimited(i64),
+}
+
+/// Checks and stores a message in one round trip: under the room's standing
+/// lock (so an end or a ban is either seen or ordered after the post), the
+/// stream and the caller's restrictions, then the rate-limit hit, then the
+/// insert, which holds the room's chat-order lock from its `seq` to its
+/// commit, so [`unsent`] never reads past a post in flight.
+pub async fn post(
     client: &Client,
     room: &RoomName,
     user: Uuid,
     text: &str,
-) -> Result<(ChatMessage, i64), ApiError> {
+    limit_key: &str,
+    limit: Limit,
+) -> Result<PostOutcome, ApiError> {
+    let (window, max) = (limit.window_seconds(), limit.max_hits());
     let row = client
         .query_typed_one(
-            "SELECT id, room_name, user_id, text, created_at, seq FROM live_chat_post($1, $2, $3)",
+            "SELECT outcome, retry_after, id, room_name, user_id, text, created_at, seq
+             FROM live_chat_say($1, $2, $3, $4, $5, $6)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
                 (&text, Type::TEXT),
+                (&limit_key, Type::TEXT),
+                (&window, Type::FLOAT8),
+                (&max, Type::INT8),
             ],
         )
         .await?;
-    Ok((
-        message_from_row(&row)?,
-        row.try_get("seq").map_err(ApiError::internal)?,
-    ))
+    let outcome: String = row.try_get("outcome").map_err(ApiError::internal)?;
+    Ok(match outcome.as_str() {
+        "posted" => PostOutcome::Posted(
+            message_from_row(&row)?,
+            row.try_get("seq").map_err(ApiError::internal)?,
+        ),
+        "not_found" => PostOutcome::NotFound,
+        "ended" => PostOutcome::Ended,
+        "banned" => PostOutcome::Banned,
+        "muted" => PostOutcome::Muted,
+        "rate_limited" => PostOutcome::RateLimited(row.try_get("retry_after").map_err(ApiError::internal)?),
+        other => return Err(ApiError::internal(format!("live_chat_say answered {other:?}"))),
+    })
 }
 
 /// Takes the room's batch lease for `hold` (`live_chat_take_lease`): the

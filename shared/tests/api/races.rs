@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 use livekit_stub::participant;
 use serde_json::json;
 use shared::domain::RoomName;
-use shared::handlers::{end_stream, get_stream, moderate, post_message, start_stream};
+use shared::handlers::{
+    accept_stage, end_stream, get_stream, invite_to_stage, moderate, post_message, react, start_stream,
+};
 use shared::scheduled::reconcile::reconcile;
-use shared::store::chat;
+use shared::store::chat::{self, PostOutcome};
+use shared::store::rate_limit::Limit;
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -540,15 +543,22 @@ async fn a_post_that_commits_after_a_later_one_is_read_by_the_batch_in_its_place
     let slow_post = slow_connection.transaction().await.unwrap();
     let early_seq: i64 = slow_post
         .query_one(
-            "SELECT seq FROM live_chat_post('interleaved', $1, 'first')",
+            "SELECT seq FROM live_chat_say('interleaved', $1, 'first', 'test:early', 10, 5)",
             &[&early],
         )
         .await
         .unwrap()
         .get(0);
-    let (_, late_seq) = chat::insert(&app.state.db.get().await.unwrap(), &room, late, "second")
-        .await
-        .unwrap();
+    let limit = Limit {
+        max: 5,
+        window: Duration::from_secs(10),
+    };
+    let client = app.state.db.get().await.unwrap();
+    let late_seq = match chat::post(&client, &room, late, "second", "test:late", limit).await {
+        Ok(PostOutcome::Posted(_, seq)) => seq,
+        _ => panic!("the second post was not stored"),
+    };
+    drop(client);
     assert!(late_seq > early_seq);
 
     let state = app.state.clone();
@@ -590,4 +600,121 @@ async fn a_post_that_commits_after_a_later_one_is_read_by_the_batch_in_its_place
     assert_eq!(texts, ["first", "second"]);
     let seqs: Vec<i64> = unsent.iter().map(|(_, seq)| *seq).collect();
     assert_eq!(seqs, [early_seq, late_seq]);
+}
+
+/// Whether at least `count` transactions wait for a room's standing lock
+/// (migration 0022), in this test's database.
+async fn standing_waiters(admin: &tokio_postgres::Client, count: i64) -> bool {
+    let waiting: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+             WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()
+               AND l.classid::bigint = hashtext('live_room_standing')::bigint & 4294967295",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    waiting >= count
+}
+
+/// Commits `change` once `count` requests wait for the standing lock it holds.
+async fn commit_once_waited_for(
+    admin: &tokio_postgres::Client,
+    change: tokio_postgres::Transaction<'_>,
+    count: i64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !standing_waiters(admin, count).await {
+        assert!(
+            Instant::now() < deadline,
+            "the requests in flight did not wait for the change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    change.commit().await.unwrap();
+}
+
+/// A ban or an end that is committing while a post, a tap or a stage answer
+/// is in flight: the request waits for it and is refused by it, never stored
+/// after it (a message the streamer was told could not come, a tap in an
+/// ended stream's final figures, a banned guest on the stage). The ban and
+/// the end are plain writes of the API role, so the lock is the triggers'.
+#[tokio::test]
+async fn posts_taps_and_stage_answers_in_flight_wait_for_an_end_or_a_ban_and_are_refused_by_it() {
+    let app = TestApp::spawn_with_settings(vec![("DATABASE_POOL_SIZE", "3".into())]).await;
+    let admin = app.db().await;
+    let (host, banned, viewer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "standing").await;
+    join(
+        &app,
+        "EV_standing_banned",
+        "standing",
+        &banned.to_string(),
+        "PA_banned",
+    )
+    .await;
+    let invite = json!({"roomName": "standing", "userId": banned}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+
+    let mut ban_connection = connect(&app.api_database_url).await;
+    let ban = ban_connection.transaction().await.unwrap();
+    ban.execute(
+        "INSERT INTO live_room_restrictions (room_name, user_id, banned) VALUES ('standing', $1, true)",
+        &[&banned],
+    )
+    .await
+    .unwrap();
+    let banned_token = app.token_for(banned);
+    let last_word = json!({"roomName": "standing", "text": "one last word"}).to_string();
+    let answer = json!({"roomName": "standing"}).to_string();
+    let (posted, accepted, ()) = tokio::join!(
+        app.call(post_message, Some(&banned_token), &last_word),
+        app.call(accept_stage, Some(&banned_token), &answer),
+        commit_once_waited_for(&admin, ban, 2),
+    );
+    posted.assert_error(403, "banned");
+    accepted.assert_error(403, "banned");
+
+    let mut end_connection = connect(&app.api_database_url).await;
+    let end = end_connection.transaction().await.unwrap();
+    end.execute(
+        "UPDATE live_streams SET is_live = false, ended_at = now() WHERE id = 'standing'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let viewer_token = app.token_for(viewer);
+    let question = json!({"roomName": "standing", "text": "still here?"}).to_string();
+    let heart = json!({"roomName": "standing", "kind": "heart"}).to_string();
+    let (posted, tapped, ()) = tokio::join!(
+        app.call(post_message, Some(&viewer_token), &question),
+        app.call(react, Some(&viewer_token), &heart),
+        commit_once_waited_for(&admin, end, 2),
+    );
+    posted.assert_error(409, "stream_ended");
+    tapped.assert_error(409, "stream_ended");
+
+    let stored: i64 = app
+        .db_value(
+            "SELECT count(*) FROM live_messages WHERE room_name = 'standing'",
+            &[],
+        )
+        .await;
+    let taps: i64 = app
+        .db_value(
+            "SELECT coalesce(sum(n), 0)::int8 FROM live_reaction_counts WHERE room_name = 'standing'",
+            &[],
+        )
+        .await;
+    let on_stage: i64 = app
+        .db_value(
+            "SELECT count(*) FROM live_stage WHERE room_name = 'standing' AND on_stage_since IS NOT NULL",
+            &[],
+        )
+        .await;
+    assert_eq!((stored, taps, on_stage), (0, 0, 0));
 }
