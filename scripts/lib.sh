@@ -12,6 +12,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_DIR="$ROOT/target/tools"
 VENV_DIR="$TOOLS_DIR/venv"
 NODE_DIR="$ROOT/shared/tests/node"
+# pip's and npm's download caches live under target/ like everything else
+# (not in ~/.cache or ~/.npm), so `rm -rf target` forgets every download.
+export PIP_CACHE_DIR="$TOOLS_DIR/cache/pip"
+export npm_config_cache="$TOOLS_DIR/cache/npm"
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -49,18 +53,23 @@ with_lock() {
 _install_python_tools() {
     local req="$ROOT/scripts/requirements-dev.txt"
     local stamp="$VENV_DIR/.requirements-dev.sha256"
-    # A venv whose interpreter vanished (python upgraded/removed) is rebuilt.
-    if [ -d "$VENV_DIR" ] && ! "$VENV_DIR/bin/python" -c '' >/dev/null 2>&1; then
-        log "python venv at $VENV_DIR is broken; recreating it"
+    # A venv whose interpreter vanished (python upgraded/removed), or one left
+    # half-built without pip (python3-venv missing, an interrupted run), is
+    # rebuilt rather than failing the same way on every run.
+    if [ -d "$VENV_DIR" ] && ! "$VENV_DIR/bin/python" -m pip --version >/dev/null 2>&1; then
+        log "python venv at $VENV_DIR is broken or half-built; recreating it"
         rm -rf "$VENV_DIR"
     fi
     if [ ! -d "$VENV_DIR" ]; then
         log "creating python venv at $VENV_DIR"
-        python3 -m venv "$VENV_DIR" ||
+        if ! python3 -m venv "$VENV_DIR"; then
+            rm -rf "$VENV_DIR"
             die "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
+        fi
     fi
+    # The stamp names the interpreter too: a new python gets its packages anew.
     local want
-    want="$(file_hash "$req")"
+    want="$(file_hash "$req") $("$VENV_DIR/bin/python" -c 'import sys; print(sys.version.split()[0])')"
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
         log "installing python dev tools from scripts/requirements-dev.txt"
         "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req" ||
@@ -650,9 +659,17 @@ start_livekit() {
 }
 
 # Idempotent; meant for a `trap ... EXIT`.
+# A server that ignores SIGTERM for 5 s (stuck closing rooms) is killed, so a
+# stop never hangs the script that calls it.
 stop_livekit() {
     if [ -n "${LIVEKIT_PID:-}" ]; then
+        local _
         kill "$LIVEKIT_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$LIVEKIT_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$LIVEKIT_PID" 2>/dev/null || true
         wait "$LIVEKIT_PID" 2>/dev/null || true
     fi
     unset LIVEKIT_PID
