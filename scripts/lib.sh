@@ -642,18 +642,28 @@ wait_for_livekit() {
 # start_livekit DIR API_KEY API_SECRET WEBHOOK_URL
 # Runs the server in the background (config and log in DIR). Exports
 # LIVEKIT_PORT, LIVEKIT_PID, LIVEKIT_DIR. Needs ensure_livekit_server first.
+# A port that was free when picked can be taken before the server binds it:
+# a server that exits with "address already in use" is started again on new
+# ports (three attempts); any other failure stops the script.
 start_livekit() {
     local dir=${1:?usage: start_livekit DIR KEY SECRET WEBHOOK_URL}
     mkdir -p "$dir"
-    local port
-    port="$(write_livekit_config "$dir/livekit.yaml" "${2:?}" "${3:?}" "${4:?}" "${LIVEKIT_DEPARTURE_TIMEOUT:-20}")"
-    "$LIVEKIT_SERVER_BIN" --config "$dir/livekit.yaml" >"$dir/livekit.log" 2>&1 &
-    LIVEKIT_PID=$!
-    if ! wait_for_livekit "$port" "$LIVEKIT_PID"; then
+    local port attempt
+    for attempt in 1 2 3; do
+        port="$(write_livekit_config "$dir/livekit.yaml" "${2:?}" "${3:?}" "${4:?}" "${LIVEKIT_DEPARTURE_TIMEOUT:-20}")"
+        "$LIVEKIT_SERVER_BIN" --config "$dir/livekit.yaml" >"$dir/livekit.log" 2>&1 &
+        LIVEKIT_PID=$!
+        wait_for_livekit "$port" "$LIVEKIT_PID" && break
+        stop_livekit
+        if [ "$attempt" -lt 3 ] && [ -z "${LIVEKIT_LISTEN_PORT:-}" ] &&
+            grep -q "address already in use" "$dir/livekit.log"; then
+            log "LiveKit's server lost a port it was given (attempt $attempt); starting it again"
+            continue
+        fi
         log "---- last lines of $dir/livekit.log ----"
         tail -n 30 "$dir/livekit.log" >&2 || true
         die "LiveKit's server did not start on 127.0.0.1:$port"
-    fi
+    done
     export LIVEKIT_PORT=$port LIVEKIT_PID LIVEKIT_DIR=$dir
     log "LiveKit $LIVEKIT_SERVER_VERSION ready on ws://127.0.0.1:$port (webhooks to $4; log $dir/livekit.log)"
 }
