@@ -295,13 +295,18 @@ stop_postgres() {
             _pg "${PG_BINDIR:-$(find_pg_bindir)}/pg_ctl" -D "$PG_DIR/data" -m immediate \
                 -w -t 30 stop >/dev/null 2>&1 || true
             # pg_ctl returns once the pid file is gone, a moment before the
-            # postmaster has exited: wait for it (and insist if it hangs).
+            # postmaster has exited: wait for it (and insist if it hangs, as
+            # long as that pid is still a postgres process and not a new one
+            # that was given the number after ours exited).
             if [ -n "$pid" ]; then
                 for _ in $(seq 1 50); do
                     kill -0 "$pid" 2>/dev/null || break
                     sleep 0.1
                 done
-                kill -KILL "$pid" 2>/dev/null || true
+                if kill -0 "$pid" 2>/dev/null &&
+                    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ]; then
+                    kill -KILL "$pid" 2>/dev/null || true
+                fi
             fi
         fi
         rm -rf "$PG_DIR"
