@@ -22,6 +22,15 @@ die() { log "error: $*"; exit 1; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
+# kill_if_still PID NAME: SIGKILL PID if it is still alive and still the
+# program NAME. The daemons (postgres, pgbouncer) are not this shell's
+# children, so their pid can be given to another process once they exit.
+kill_if_still() {
+    if kill -0 "$1" 2>/dev/null && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; then
+        kill -KILL "$1" 2>/dev/null || true
+    fi
+}
+
 file_hash() { sha256sum "$1" | cut -d' ' -f1; }
 
 # Run "$@" while holding an exclusive lock on $TOOLS_DIR/$1.lock, so two
@@ -303,10 +312,7 @@ stop_postgres() {
                     kill -0 "$pid" 2>/dev/null || break
                     sleep 0.1
                 done
-                if kill -0 "$pid" 2>/dev/null &&
-                    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ]; then
-                    kill -KILL "$pid" 2>/dev/null || true
-                fi
+                kill_if_still "$pid" postgres
             fi
         fi
         rm -rf "$PG_DIR"
@@ -468,7 +474,7 @@ _stop_pgbouncer_process() {
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -KILL "$pid" 2>/dev/null || true
+        kill_if_still "$pid" pgbouncer
     fi
 }
 
