@@ -22,13 +22,21 @@ die() { log "error: $*"; exit 1; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
-# kill_if_still PID NAME: SIGKILL PID if it is still alive and still the
-# program NAME. The daemons (postgres, pgbouncer) are not this shell's
-# children, so their pid can be given to another process once they exit.
-kill_if_still() {
-    if kill -0 "$1" 2>/dev/null && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; then
-        kill -KILL "$1" 2>/dev/null || true
+# wait_or_kill PID [NAME]: after the caller asked PID to stop, wait up to 5 s
+# for it to exit, then SIGKILL it, so a stop never hangs the script. With
+# NAME, only while PID is still that program: the daemons (postgres,
+# pgbouncer) are not this shell's children, so their pid can be given to
+# another process once they exit.
+wait_or_kill() {
+    local pid=$1 name=${2:-} _
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    if [ -n "$name" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != "$name" ]; then
+        return 0
     fi
+    kill -KILL "$pid" 2>/dev/null || true
 }
 
 file_hash() { sha256sum "$1" | cut -d' ' -f1; }
@@ -299,21 +307,13 @@ EOF
 stop_postgres() {
     if [ -n "${PG_DIR:-}" ]; then
         if [ -f "$PG_DIR/data/postmaster.pid" ]; then
-            local pid _
+            local pid
             pid="$(head -n 1 "$PG_DIR/data/postmaster.pid" 2>/dev/null || true)"
             _pg "${PG_BINDIR:-$(find_pg_bindir)}/pg_ctl" -D "$PG_DIR/data" -m immediate \
                 -w -t 30 stop >/dev/null 2>&1 || true
             # pg_ctl returns once the pid file is gone, a moment before the
-            # postmaster has exited: wait for it (and insist if it hangs, as
-            # long as that pid is still a postgres process and not a new one
-            # that was given the number after ours exited).
-            if [ -n "$pid" ]; then
-                for _ in $(seq 1 50); do
-                    kill -0 "$pid" 2>/dev/null || break
-                    sleep 0.1
-                done
-                kill_if_still "$pid" postgres
-            fi
+            # postmaster has exited: wait for it (and insist if it hangs).
+            if [ -n "$pid" ]; then wait_or_kill "$pid" postgres; fi
         fi
         rm -rf "$PG_DIR"
     fi
@@ -466,15 +466,11 @@ EOF
 
 # Stops the daemon whose pid is in $PGBOUNCER_DIR/pgbouncer.pid and waits for it.
 _stop_pgbouncer_process() {
-    local pid _
+    local pid
     pid="$(cat "${PGBOUNCER_DIR:-/nonexistent}/pgbouncer.pid" 2>/dev/null || true)"
     if [ -n "$pid" ]; then
         kill -TERM "$pid" 2>/dev/null || true # SIGTERM: immediate shutdown
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill_if_still "$pid" pgbouncer
+        wait_or_kill "$pid" pgbouncer
     fi
 }
 
@@ -684,13 +680,8 @@ start_livekit() {
 # stop never hangs the script that calls it.
 stop_livekit() {
     if [ -n "${LIVEKIT_PID:-}" ]; then
-        local _
         kill "$LIVEKIT_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$LIVEKIT_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$LIVEKIT_PID" 2>/dev/null || true
+        wait_or_kill "$LIVEKIT_PID"
         wait "$LIVEKIT_PID" 2>/dev/null || true
     fi
     unset LIVEKIT_PID
