@@ -8,7 +8,7 @@
 //! Python SDK (`shared/tests/clients/participant.py`) in processes of their own.
 
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::{Notify, OnceCell, watch};
 
 /// How the proxy in front of the server behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +65,11 @@ struct Inner {
     launch: Launch,
     server: OnceCell<ServerProcess>,
     mode: AtomicU8,
-    /// Bumped on every mode change, so pipes opened before it can be cut.
-    generation: AtomicUsize,
+    /// Bumped on every mode change: it cuts the pipes opened before it at
+    /// once, as an outage cuts every open connection. Cut only when data next
+    /// passed, a keep-alive connection left idle through an outage would fail
+    /// its first request after LiveKit came back.
+    generation: watch::Sender<u64>,
 }
 
 /// One LiveKit server behind its proxy. Clones share the server (several
@@ -93,7 +96,7 @@ impl LiveKitServer {
             },
             server: OnceCell::new(),
             mode: AtomicU8::new(UP),
-            generation: AtomicUsize::new(0),
+            generation: watch::Sender::new(0),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_port = listener.local_addr().unwrap().port();
@@ -118,8 +121,9 @@ impl LiveKitServer {
             Mode::Failing => FAILING,
             Mode::Hanging => HANGING,
         };
-        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        // The mode first: a pipe woken by the new generation reads it.
         self.inner.mode.store(value, Ordering::SeqCst);
+        self.inner.generation.send_modify(|generation| *generation += 1);
     }
 
     /// The server's own address, for the test's RoomService calls and for
@@ -296,7 +300,9 @@ impl Inner {
     }
 
     async fn forward(self: Arc<Self>, inbound: TcpStream) {
-        let born = self.generation.load(Ordering::SeqCst);
+        // Subscribed before the mode is read, so no change in between is missed.
+        let mut changes = self.generation.subscribe();
+        changes.borrow_and_update();
         match self.mode.load(Ordering::SeqCst) {
             FAILING => return,
             HANGING => {
@@ -312,26 +318,27 @@ impl Inner {
         };
         let (client_read, client_write) = inbound.into_split();
         let (server_read, server_write) = outbound.into_split();
-        let up = {
-            let inner = self.clone();
-            move || inner.generation.load(Ordering::SeqCst) == born
-        };
         let pipe = |mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf| {
-            let (up, inner) = (up.clone(), self.clone());
+            let (mut changes, inner) = (changes.clone(), self.clone());
             tokio::spawn(async move {
                 let mut buffer = vec![0u8; 16 * 1024];
-                while let Ok(n) = from.read(&mut buffer).await {
-                    if n == 0 {
-                        break;
-                    }
-                    if !up() {
-                        if inner.mode.load(Ordering::SeqCst) == HANGING {
-                            std::future::pending::<()>().await;
+                loop {
+                    tokio::select! {
+                        read = from.read(&mut buffer) => match read {
+                            Ok(n) if n > 0 => {
+                                if to.write_all(&buffer[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            _ => break,
+                        },
+                        _ = changes.changed() => {
+                            if inner.mode.load(Ordering::SeqCst) == HANGING {
+                                // Stalled, not closed: the connection stays open and silent.
+                                std::future::pending::<()>().await;
+                            }
+                            break; // cut: LiveKit went away
                         }
-                        break; // cut: LiveKit went away
-                    }
-                    if to.write_all(&buffer[..n]).await.is_err() {
-                        break;
                     }
                 }
             })
