@@ -16,6 +16,9 @@ NODE_DIR="$ROOT/shared/tests/node"
 # (not in ~/.cache or ~/.npm), so `rm -rf target` forgets every download.
 export PIP_CACHE_DIR="$TOOLS_DIR/cache/pip"
 export npm_config_cache="$TOOLS_DIR/cache/npm"
+# The HS256 secret of local development's Supabase tokens (scripts/dev,
+# scripts/demo, the committed events/ and the tests sign with it).
+DEV_SUPABASE_JWT_SECRET=local-dev-supabase-jwt-secret-at-least-32-chars
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
