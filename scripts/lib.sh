@@ -585,6 +585,11 @@ _install_livekit_server() {
     fi
     "$LIVEKIT_SERVER_BIN" --version >/dev/null 2>&1 ||
         die "the LiveKit server built at $LIVEKIT_SERVER_BIN does not run"
+    # Only another version's build would read Go's caches again, and that
+    # fetches what it needs: they are a gigabyte and 3,500 directories under
+    # target/ (CI's cache, an editor's file watchers).
+    # A failed build keeps them for the next attempt.
+    rm -rf "$TOOLS_DIR/go"
 }
 
 ensure_livekit_server() {
