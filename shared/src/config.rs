@@ -95,7 +95,8 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
     /// Supabase anonymous sign-ins (`is_anonymous`) may watch; with this they
-    /// may also go live, chat and moderate.
+    /// may also go live, chat, delete messages, react, use the stage and
+    /// moderate.
     pub allow_anonymous_participation: bool,
     /// Live streams one streamer may have at once.
     pub max_live_streams_per_streamer: u32,
