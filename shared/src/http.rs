@@ -4,13 +4,13 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use lambda_http::http::header::{
     ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use lambda_http::http::{HeaderValue, Method, StatusCode};
-use lambda_http::{Body, Request, Response, service_fn};
+use lambda_http::{Body, Request, RequestExt, Response, service_fn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -138,7 +138,18 @@ pub async fn serve_endpoint(endpoint: impl Endpoint) -> Result<(), lambda_http::
     let state = &state;
     let endpoint = &endpoint;
     lambda_http::run(service_fn(move |request: Request| async move {
-        let response = match state.get().await {
+        // A retried cold-start load (Secrets Manager, then the settings) must
+        // not outlive the invocation either.
+        let loaded = match invocation_time_left(&request) {
+            Some(left) => tokio::time::timeout(left, state.get()).await.unwrap_or_else(|_| {
+                Err(ApiError::unavailable(
+                    Dependency::Configuration,
+                    "startup did not finish before the invocation's deadline",
+                ))
+            }),
+            None => state.get().await,
+        };
+        let response = match loaded {
             Ok(app) => endpoint.respond(app, request).await,
             Err(error) => error_response(&error),
         };
@@ -207,7 +218,7 @@ where
     Resp: Serialize,
     H: for<'a> Handler<'a, Req, Resp>,
 {
-    within_deadline(state, async {
+    within_deadline(state, invocation_time_left(&request), async {
         match try_handle(state, request, handler).await {
             Ok(response) => response,
             Err(error) => error_response(&error),
@@ -216,12 +227,38 @@ where
     .await
 }
 
-/// Runs a request's work under the request deadline (`REQUEST_DEADLINE_SECONDS`):
-/// past it the work is dropped and the client gets a 503. The database
-/// connections the work held then cancel their statements (see
+/// What an invocation keeps for answering: the response goes back through the
+/// Runtime API, and the work cut off at the deadline closes its connections.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long this invocation may still work before Lambda ends it (its
+/// deadline, less [`ANSWER_MARGIN`]); `None` outside Lambda (no context, as in
+/// tests that build requests by hand).
+pub fn invocation_time_left(request: &Request) -> Option<Duration> {
+    let context = request
+        .lambda_context_ref()
+        .filter(|context| context.deadline > 0)?;
+    let left = context
+        .deadline()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Some(left.saturating_sub(ANSWER_MARGIN))
+}
+
+/// Runs a request's work under the request deadline (`REQUEST_DEADLINE_SECONDS`,
+/// and never past `lambda_time_left`, so a setting longer than the function's
+/// timeout, or time a cold start spent, still ends in our 503 rather than
+/// Lambda's timeout): past it the work is dropped and the client gets a 503.
+/// The database connections the work held then cancel their statements (see
 /// [`crate::store::db::Conn`]).
-pub async fn within_deadline(state: &AppState, work: impl Future<Output = Response<Body>>) -> Response<Body> {
-    let limit = state.rules.request_deadline;
+pub async fn within_deadline(
+    state: &AppState,
+    lambda_time_left: Option<Duration>,
+    work: impl Future<Output = Response<Body>>,
+) -> Response<Body> {
+    let limit = lambda_time_left.map_or(state.rules.request_deadline, |left| {
+        left.min(state.rules.request_deadline)
+    });
     // On the heap: a handler's future is large, and moving it through the
     // deadline and timeout wrappers would copy it on the stack each time.
     let work = Box::pin(crate::store::db::with_request_deadline(

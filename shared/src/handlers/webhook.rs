@@ -11,7 +11,9 @@ use tokio_postgres::types::Type;
 
 use crate::domain::RoomName;
 use crate::error::ApiError;
-use crate::http::{BoxFuture, Endpoint, error_response, json_response, within_deadline};
+use crate::http::{
+    BoxFuture, Endpoint, error_response, invocation_time_left, json_response, within_deadline,
+};
 use crate::livekit::room_rules::{self, StreamState};
 use crate::state::AppState;
 use crate::store::viewers::{self, Presence, SessionChange};
@@ -24,12 +26,16 @@ pub struct LiveKitWebhook;
 
 impl Endpoint for LiveKitWebhook {
     fn respond<'a>(&'a self, state: &'a AppState, request: Request) -> BoxFuture<'a, Response<Body>> {
-        Box::pin(within_deadline(state, async move {
-            match receive_webhook(state, &request).await {
-                Ok(ack) => json_response(lambda_http::http::StatusCode::OK, &ack),
-                Err(error) => error_response(&error),
-            }
-        }))
+        Box::pin(within_deadline(
+            state,
+            invocation_time_left(&request),
+            async move {
+                match receive_webhook(state, &request).await {
+                    Ok(ack) => json_response(lambda_http::http::StatusCode::OK, &ack),
+                    Err(error) => error_response(&error),
+                }
+            },
+        ))
     }
 }
 

@@ -5,8 +5,9 @@
 //! stand-in can do; those tests use it and say so. The rest run against
 //! LiveKit's real server.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lambda_http::RequestExt;
 use livekit_stub::participant;
 use serde_json::json;
 use shared::domain::RoomName;
@@ -20,7 +21,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     API_ROLE, AppOptions, LIVEKIT_API_SECRET, LiveKitChoice, LiveKitMode, TestApp, connect, get_request,
-    signed_webhook, webhook_event,
+    post_request, signed_webhook, webhook_event,
 };
 
 /// An app on the RoomService stand-in (see the module's comment).
@@ -314,6 +315,67 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
         started.elapsed() < Duration::from_millis(800),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// The request deadline never outlives the invocation: with a setting longer
+/// than the function's timeout (25 s against the 2.5 s this invocation has
+/// left), a request stuck behind a lock still gets our 503 a second before
+/// Lambda would end the invocation, not Lambda's timeout. The role's
+/// lock_timeout is lifted and its statement_timeout (5 s) is past the
+/// invocation's end, so only the invocation's deadline can answer in time.
+#[tokio::test]
+async fn the_request_deadline_never_outlives_the_invocation() {
+    let app = TestApp::spawn_with_settings(vec![("REQUEST_DEADLINE_SECONDS", "25".into())]).await;
+    let admin = app.db().await;
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER ROLE {API_ROLE} IN DATABASE %I SET lock_timeout = ''60s''', current_database()); END $$"
+        ))
+        .await
+        .unwrap();
+    let host = Uuid::new_v4();
+    app.start_stream(host, "short").await;
+    let mut holder = app.db().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute("SELECT 1 FROM live_streams WHERE id = 'short' FOR UPDATE", &[])
+        .await
+        .unwrap();
+
+    let mut context = lambda_http::Context::default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    context.deadline = u64::try_from((now + Duration::from_millis(2_500)).as_millis()).unwrap();
+    let request =
+        post_request(Some(&app.token_for(host)), r#"{"roomName":"short"}"#).with_lambda_context(context);
+    let started = Instant::now();
+    let end = app.send(end_stream, request).await;
+    let waited = started.elapsed();
+    end.assert_error(503, "unavailable");
+    assert!(
+        (Duration::from_millis(1_200)..Duration::from_millis(2_400)).contains(&waited),
+        "answered after {waited:?}, not a second before the invocation's end"
+    );
+    // As any request cut by its deadline: its statement is cancelled (the
+    // cancel travels on a connection of its own, so wait for it), and the
+    // stream is not ended once the lock is free.
+    let cancelled_by = Instant::now() + Duration::from_secs(3);
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
+            &[&API_ROLE],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(Instant::now() < cancelled_by, "the abandoned statement still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.rollback().await.unwrap();
+    assert!(
+        app.stream_row("short").await.unwrap().get::<_, bool>("is_live"),
+        "the request answered 503 must not end the stream later"
     );
 }
 
