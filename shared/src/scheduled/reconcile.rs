@@ -14,7 +14,7 @@
 //! nothing to close a run is a few indexed statements and no LiveKit call.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -40,6 +40,10 @@ const PRUNE_BATCH: i64 = 5_000;
 const WEBHOOK_ID_PRUNE_BATCHES: usize = 12;
 /// Most ended streams whose room one run tries to close.
 const CLOSE_BATCH: i64 = 50;
+/// A scheduled run starts no room later than this before its invocation's
+/// deadline: the room it starts may need a bounded RoomService call (6 s)
+/// and its statements, and the run's report must still be logged.
+const RUN_MARGIN: Duration = Duration::from_secs(8);
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -55,9 +59,25 @@ pub struct ReconcileReport {
     pub sessions_pruned: usize,
     pub webhook_ids_pruned: usize,
     pub failed: usize,
+    /// Rooms (live, or ended and unclosed) this run had no time left for;
+    /// the next run starts from a different room, so none waits for ever.
+    pub left_for_next_run: usize,
 }
 
 pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileReport, ApiError> {
+    reconcile_until(state, grace, None).await
+}
+
+/// [`reconcile`], starting no room after `until`: with LiveKit slow, each
+/// room may take seconds, and a run cut by Lambda's timeout would log
+/// nothing. The rooms are taken from a random starting point, so a list too
+/// long for one run is covered across runs rather than its head every time.
+pub async fn reconcile_until(
+    state: &AppState,
+    grace: Duration,
+    until: Option<Instant>,
+) -> Result<ReconcileReport, ApiError> {
+    let out_of_time = || until.is_some_and(|until| Instant::now() >= until);
     let mut report = ReconcileReport::default();
     let (live, listed_at, unclosed) = {
         let client = state.db.get().await?;
@@ -78,8 +98,13 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
         )
     };
     report.live = live.len();
+    let (unclosed, live) = (from_random_start(unclosed), from_random_start(live));
 
-    for room in &unclosed {
+    for (done, room) in unclosed.iter().enumerate() {
+        if out_of_time() {
+            report.left_for_next_run += unclosed.len() - done;
+            break;
+        }
         match state.livekit.delete_room(room).await {
             Ok(()) => {
                 let client = state.db.get().await?;
@@ -92,7 +117,8 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
             }
         }
     }
-    if live.is_empty() {
+    if live.is_empty() || out_of_time() {
+        report.left_for_next_run += live.len();
         tracing::info!(?report, "reconciled");
         return Ok(report);
     }
@@ -106,7 +132,11 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
         .into_iter()
         .collect();
 
-    for (room, streamer) in &live {
+    for (done, (room, streamer)) in live.iter().enumerate() {
+        if out_of_time() {
+            report.left_for_next_run += live.len() - done;
+            break;
+        }
         let outcome = if open.contains(room.as_str()) {
             sync_room(state, room, *streamer, listed_at)
                 .await
@@ -128,6 +158,15 @@ pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileRep
     }
     tracing::info!(?report, "reconciled live streams with LiveKit");
     Ok(report)
+}
+
+/// `items` rotated to start at a random one (the random bits of a v4 UUID).
+fn from_random_start<T>(mut items: Vec<T>) -> Vec<T> {
+    if !items.is_empty() {
+        let start = Uuid::new_v4().as_u128() % items.len() as u128;
+        items.rotate_left(usize::try_from(start).unwrap_or(0));
+    }
+    items
 }
 
 /// Deletes webhook ids past their retention, [`PRUNE_BATCH`] per statement
@@ -250,10 +289,16 @@ pub async fn serve() -> Result<(), lambda_http::Error> {
     state.get().await.ok();
     let state = &state;
     lambda_runtime::run(service_fn(
-        move |_event: LambdaEvent<serde_json::Value>| async move {
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            let remaining = event
+                .context
+                .deadline()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            let until = Instant::now() + remaining.saturating_sub(RUN_MARGIN);
             let run = async {
                 let app = state.get().await?;
-                reconcile(app, app.reconcile_grace).await
+                reconcile_until(app, app.reconcile_grace, Some(until)).await
             };
             run.await.map_err(|error| {
                 tracing::error!(%error, "reconciliation failed");

@@ -1,10 +1,10 @@
 //! The scheduled reconciler against LiveKit's real server: webhooks are lost
 //! on purpose (the app's endpoint drops them) and the next run repairs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use livekit_api::access_token::VideoGrants;
-use shared::scheduled::reconcile::{ReconcileReport, reconcile};
+use shared::scheduled::reconcile::{ReconcileReport, reconcile, reconcile_until};
 use uuid::Uuid;
 
 use crate::helpers::{LIVEKIT_API_SECRET, LiveKitMode, TestApp, signed_webhook, webhook_event};
@@ -165,5 +165,36 @@ async fn an_unreachable_livekit_fails_the_run_and_changes_nothing() {
     assert!(
         row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("room_missing_since")
             .is_none()
+    );
+}
+
+/// A run that has no time left starts no room and says how many it left; the
+/// next run with time does them all. (A scheduled run stops starting rooms
+/// 8 s before its invocation's deadline, so a slow LiveKit cannot make
+/// Lambda cut it off unlogged.)
+#[tokio::test]
+async fn a_run_out_of_time_leaves_the_rest_to_the_next_run() {
+    let app = TestApp::spawn().await;
+    for (host, room) in [
+        (Uuid::new_v4(), "budget-a"),
+        (Uuid::new_v4(), "budget-b"),
+        (Uuid::new_v4(), "budget-c"),
+    ] {
+        app.start_stream(host, room).await;
+    }
+    let report = reconcile_until(&app.state, GRACE, Some(Instant::now()))
+        .await
+        .unwrap();
+    assert_eq!(report.live, 3);
+    assert_eq!(report.left_for_next_run, 3, "{report:?}");
+    assert_eq!(report.synced + report.missing, 0, "{report:?}");
+
+    let report = reconcile_until(&app.state, GRACE, Some(Instant::now() + Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.live, report.synced, report.left_for_next_run),
+        (3, 3, 0),
+        "{report:?}"
     );
 }
