@@ -232,17 +232,22 @@ where
 const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// How long this invocation may still work before Lambda ends it (its
-/// deadline, less [`ANSWER_MARGIN`]); `None` outside Lambda (no context, as in
-/// tests that build requests by hand).
+/// deadline, less [`ANSWER_MARGIN`]); `None` without a usable deadline.
 pub fn invocation_time_left(request: &Request) -> Option<Duration> {
-    let context = request
-        .lambda_context_ref()
-        .filter(|context| context.deadline > 0)?;
-    let left = context
-        .deadline()
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+    let left = time_to_deadline(request.lambda_context_ref()?)?;
     Some(left.saturating_sub(ANSWER_MARGIN))
+}
+
+/// The time until an invocation's deadline. `None` when there is none to
+/// trust: no deadline (requests built by hand in tests), or one already past
+/// when asked, which Lambda never hands out but `cargo lambda watch` does (a
+/// fixed 600,000 ms after the epoch). Lambda itself ends an invocation that
+/// outlives its deadline, so nothing is lost by not enforcing a past one.
+pub fn time_to_deadline(context: &lambda_http::Context) -> Option<Duration> {
+    if context.deadline == 0 {
+        return None;
+    }
+    context.deadline().duration_since(SystemTime::now()).ok()
 }
 
 /// Runs a request's work under the request deadline (`REQUEST_DEADLINE_SECONDS`,
@@ -454,4 +459,31 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
         _ => {}
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::time_to_deadline;
+
+    fn context_with_deadline(deadline_ms: u64) -> lambda_http::Context {
+        let mut context = lambda_http::Context::default();
+        context.deadline = deadline_ms;
+        context
+    }
+
+    #[test]
+    fn only_a_deadline_still_ahead_is_trusted() {
+        let now_ms =
+            u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap();
+        assert_eq!(time_to_deadline(&context_with_deadline(0)), None, "no deadline");
+        // What cargo lambda watch sends with every event.
+        assert_eq!(time_to_deadline(&context_with_deadline(600_000)), None);
+        let left = time_to_deadline(&context_with_deadline(now_ms + 5_000)).unwrap();
+        assert!(
+            (Duration::from_millis(4_000)..=Duration::from_millis(5_000)).contains(&left),
+            "{left:?}"
+        );
+    }
 }

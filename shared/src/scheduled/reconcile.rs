@@ -290,15 +290,11 @@ pub async fn serve() -> Result<(), lambda_http::Error> {
     let state = &state;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
-            let remaining = event
-                .context
-                .deadline()
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            let until = Instant::now() + remaining.saturating_sub(RUN_MARGIN);
+            let until = crate::http::time_to_deadline(&event.context)
+                .map(|left| Instant::now() + left.saturating_sub(RUN_MARGIN));
             let run = async {
                 let app = state.get().await?;
-                reconcile_until(app, app.reconcile_grace, Some(until)).await
+                reconcile_until(app, app.reconcile_grace, until).await
             };
             run.await.map_err(|error| {
                 tracing::error!(%error, "reconciliation failed");
