@@ -83,11 +83,8 @@ pub async fn serve() -> Result<(), lambda_http::Error> {
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
             let app = state.get().await.map_err(lambda_http::Error::from)?;
-            let remaining = event
-                .context
-                .deadline()
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
+            // No usable deadline (cargo lambda watch): flush once.
+            let remaining = crate::http::time_to_deadline(&event.context).unwrap_or_default();
             let until = Instant::now() + remaining.saturating_sub(Duration::from_secs(2));
             let written = flush_until(app, until).await;
             if written > 0 {

@@ -261,12 +261,7 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
     // Only the cancel may end the wait: the role's lock_timeout (2 s) would
     // otherwise give up on the statement soon after the deadline by itself.
     // Set before the functions' first connection, which reads it.
-    admin
-        .batch_execute(&format!(
-            "DO $$ BEGIN EXECUTE format('ALTER ROLE {API_ROLE} IN DATABASE %I SET lock_timeout = ''60s''', current_database()); END $$"
-        ))
-        .await
-        .unwrap();
+    lift_api_lock_timeout(&admin).await;
     let host = Uuid::new_v4();
     app.start_stream(host, "slow").await;
     let mut holder = app.db().await;
@@ -281,22 +276,7 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
 
     // Cancelled on the server while the lock is still held: no statement of
     // the functions waits for it any more.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let waiting: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
-                &[&API_ROLE],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the abandoned statement still runs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_no_api_statement_runs(&admin).await;
     held.rollback().await.unwrap();
     assert!(
         app.stream_row("slow").await.unwrap().get::<_, bool>("is_live"),
@@ -328,12 +308,7 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
 async fn the_request_deadline_never_outlives_the_invocation() {
     let app = TestApp::spawn_with_settings(vec![("REQUEST_DEADLINE_SECONDS", "25".into())]).await;
     let admin = app.db().await;
-    admin
-        .batch_execute(&format!(
-            "DO $$ BEGIN EXECUTE format('ALTER ROLE {API_ROLE} IN DATABASE %I SET lock_timeout = ''60s''', current_database()); END $$"
-        ))
-        .await
-        .unwrap();
+    lift_api_lock_timeout(&admin).await;
     let host = Uuid::new_v4();
     app.start_stream(host, "short").await;
     let mut holder = app.db().await;
@@ -358,20 +333,7 @@ async fn the_request_deadline_never_outlives_the_invocation() {
     // As any request cut by its deadline: its statement is cancelled (the
     // cancel travels on a connection of its own, so wait for it), and the
     // stream is not ended once the lock is free.
-    let cancelled_by = Instant::now() + Duration::from_secs(3);
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
-            &[&API_ROLE],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        > 0
-    {
-        assert!(Instant::now() < cancelled_by, "the abandoned statement still runs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_no_api_statement_runs(&admin).await;
     held.rollback().await.unwrap();
     assert!(
         app.stream_row("short").await.unwrap().get::<_, bool>("is_live"),
@@ -779,4 +741,35 @@ async fn posts_taps_and_stage_answers_in_flight_wait_for_an_end_or_a_ban_and_are
         )
         .await;
     assert_eq!((stored, taps, on_stage), (0, 0, 0));
+}
+
+/// Lifts the functions' role's lock_timeout (2 s) in the test database, so
+/// that only a cancel can end a statement's wait for a lock. Set before the
+/// functions' first connection, which reads it.
+async fn lift_api_lock_timeout(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER ROLE {API_ROLE} IN DATABASE %I SET lock_timeout = ''60s''', current_database()); END $$"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Waits (at most 3 s) until no statement of the functions runs: the cancel
+/// of an abandoned one travels on a connection of its own.
+async fn wait_until_no_api_statement_runs(admin: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
+            &[&API_ROLE],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the abandoned statement still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
