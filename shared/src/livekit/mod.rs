@@ -135,7 +135,7 @@ impl LiveKit {
             metadata,
             ..CreateRoomOptions::default()
         };
-        bounded(self.rooms.create_room(room.as_str(), options))
+        idempotent(|| self.rooms.create_room(room.as_str(), options.clone()))
             .await
             .map(|created| created.sid)
     }
@@ -143,7 +143,7 @@ impl LiveKit {
     /// Closes the room, disconnecting everyone. A room LiveKit no longer has
     /// counts as closed.
     pub async fn delete_room(&self, room: &RoomName) -> Result<(), RoomServiceError> {
-        match bounded(self.rooms.delete_room(room.as_str())).await {
+        match idempotent(|| self.rooms.delete_room(room.as_str())).await {
             Err(RoomServiceError::NotFound) => Ok(()),
             other => other,
         }
@@ -151,7 +151,7 @@ impl LiveKit {
 
     /// The names of those of `rooms` that LiveKit has open.
     pub async fn existing_rooms(&self, rooms: Vec<String>) -> Result<Vec<String>, RoomServiceError> {
-        let found = bounded(self.rooms.list_rooms(rooms)).await?;
+        let found = idempotent(|| self.rooms.list_rooms(rooms.clone())).await?;
         Ok(found.into_iter().map(|room| room.name).collect())
     }
 
@@ -160,7 +160,7 @@ impl LiveKit {
         &self,
         room: &RoomName,
     ) -> Result<Vec<proto::ParticipantInfo>, RoomServiceError> {
-        match bounded(self.rooms.list_participants(room.as_str())).await {
+        match idempotent(|| self.rooms.list_participants(room.as_str())).await {
             Err(RoomServiceError::NotFound) => Ok(Vec::new()),
             other => other,
         }
@@ -218,10 +218,10 @@ impl LiveKit {
         let options = RemoveParticipantOptions {
             revoke_token_ts: revocation.revoke_token_ts(),
         };
-        match bounded(
+        match idempotent(|| {
             self.rooms
-                .remove_participant_with_options(room.as_str(), identity, options),
-        )
+                .remove_participant_with_options(room.as_str(), identity, options.clone())
+        })
         .await
         {
             Err(RoomServiceError::NotFound) => Ok(()),
@@ -246,7 +246,12 @@ impl LiveKit {
             attributes: stage.attributes(),
             ..UpdateParticipantOptions::default()
         };
-        match bounded(self.rooms.update_participant(room.as_str(), identity, options)).await {
+        match idempotent(|| {
+            self.rooms
+                .update_participant(room.as_str(), identity, options.clone())
+        })
+        .await
+        {
             Err(RoomServiceError::NotFound) => Ok(()),
             other => other.map(drop),
         }
@@ -306,6 +311,45 @@ async fn bounded<T>(call: impl Future<Output = Result<T, ServiceError>>) -> Resu
         Ok(Err(e)) => Err(RoomServiceError::Failed(e.to_string())),
         Err(_) => Err(RoomServiceError::TimedOut),
     }
+}
+
+/// How many times an idempotent call is sent when its connection closes
+/// without an answer: every keep-alive connection of a container can be
+/// stale at once, and each stale one fails at once.
+const SENDS_ON_CLOSED_CONNECTIONS: usize = 3;
+
+/// [`bounded`], for a call that may be sent twice: sent again when the
+/// connection it went out on closed before any answer. A load balancer, a
+/// proxy or a restarted LiveKit closes idle keep-alive connections, and a
+/// Lambda container frozen between invocations does not see it happen, so
+/// its first call after a pause goes out on a closed connection. livekit-api
+/// retries only for LiveKit Cloud hosts (region failover), so a self-hosted
+/// server would otherwise cost that call a 503. Calls that are not idempotent
+/// (`SendData`) are sent once: their callers retry later themselves.
+async fn idempotent<T, F, Fut>(call: F) -> Result<T, RoomServiceError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, ServiceError>>,
+{
+    bounded(async {
+        let mut sends = 1;
+        loop {
+            match call().await {
+                Err(error) if sends < SENDS_ON_CLOSED_CONNECTIONS && closed_unanswered(&error) => {
+                    tracing::info!(%error, sends, "LiveKit connection closed unanswered; sending again");
+                    sends += 1;
+                }
+                answered => return answered,
+            }
+        }
+    })
+    .await
+}
+
+/// The request went out (a connection was there) and no answer came back,
+/// within the time allowed: the connection was closed or reset under it.
+fn closed_unanswered(error: &ServiceError) -> bool {
+    matches!(error, ServiceError::Twirp(ServerError::Request(e)) if !e.is_timeout() && !e.is_connect())
 }
 
 impl LiveKit {

@@ -30,11 +30,17 @@ pub enum Mode {
     Failing,
     /// Connections are accepted and nothing passes, either way: LiveKit hangs.
     Hanging,
+    /// Connections open now are closed by the far end the moment they carry
+    /// the next request, which gets no answer; new ones work. A keep-alive
+    /// connection that a load balancer, a proxy or a restarted server closed
+    /// while the Lambda container was frozen looks like this on thaw.
+    ClosingIdle,
 }
 
 const UP: u8 = 0;
 const FAILING: u8 = 1;
 const HANGING: u8 = 2;
+const CLOSING_IDLE: u8 = 3;
 
 /// How long a test waits for something LiveKit does asynchronously.
 pub const SETTLE: Duration = Duration::from_secs(10);
@@ -120,6 +126,7 @@ impl LiveKitServer {
             Mode::Up => UP,
             Mode::Failing => FAILING,
             Mode::Hanging => HANGING,
+            Mode::ClosingIdle => CLOSING_IDLE,
         };
         // The mode first: a pipe woken by the new generation reads it.
         self.inner.mode.store(value, Ordering::SeqCst);
@@ -322,22 +329,26 @@ impl Inner {
             let (mut changes, inner) = (changes.clone(), self.clone());
             tokio::spawn(async move {
                 let mut buffer = vec![0u8; 16 * 1024];
+                let mut closing = false;
                 loop {
                     tokio::select! {
                         read = from.read(&mut buffer) => match read {
                             Ok(n) if n > 0 => {
-                                if to.write_all(&buffer[..n]).await.is_err() {
+                                if closing || to.write_all(&buffer[..n]).await.is_err() {
                                     break;
                                 }
                             }
                             _ => break,
                         },
                         _ = changes.changed() => {
-                            if inner.mode.load(Ordering::SeqCst) == HANGING {
+                            match inner.mode.load(Ordering::SeqCst) {
                                 // Stalled, not closed: the connection stays open and silent.
-                                std::future::pending::<()>().await;
+                                HANGING => std::future::pending::<()>().await,
+                                // Dropped unanswered when next used (the other
+                                // direction then ends with the server's close).
+                                CLOSING_IDLE => closing = true,
+                                _ => break, // cut: LiveKit went away
                             }
-                            break; // cut: LiveKit went away
                         }
                     }
                 }

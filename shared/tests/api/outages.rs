@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use shared::handlers::start_stream;
+use shared::handlers::{end_stream, start_stream};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, TestApp, free_port};
+use crate::helpers::{AppOptions, LiveKitMode, TestApp, free_port};
 
 /// Forwards every connection on `listen` to `target`, like a network path to the database.
 async fn start_proxy(listen: SocketAddr, target: SocketAddr) {
@@ -150,4 +150,37 @@ async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers
         app.stream_row("during-restart").await.is_none(),
         "the refused start left nothing behind"
     );
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_closed_while_the_container_slept_costs_no_request() {
+    // A load balancer, a proxy or a restarted LiveKit closes idle keep-alive
+    // connections; a frozen Lambda container does not notice, and its next
+    // RoomService call goes out on a closed connection and gets no answer.
+    let app = TestApp::spawn().await;
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(first, "before-the-nap").await;
+
+    app.set_livekit_mode(LiveKitMode::ClosingIdle);
+    let started = app
+        .call(
+            start_stream,
+            Some(&app.token_for(second)),
+            r#"{"title":"x","roomName":"after-the-nap"}"#,
+        )
+        .await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    assert!(app.has_room("after-the-nap").await);
+
+    app.set_livekit_mode(LiveKitMode::ClosingIdle);
+    let ended = app
+        .call(
+            end_stream,
+            Some(&app.token_for(first)),
+            r#"{"roomName":"before-the-nap"}"#,
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    assert_eq!(ended.body["roomClosed"], true, "{}", ended.body);
+    assert!(!app.has_room("before-the-nap").await);
 }
