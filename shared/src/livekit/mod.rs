@@ -135,7 +135,7 @@ impl LiveKit {
             metadata,
             ..CreateRoomOptions::default()
         };
-        idempotent(|| self.rooms.create_room(room.as_str(), options.clone()))
+        repeatable(|| self.rooms.create_room(room.as_str(), options.clone()))
             .await
             .map(|created| created.sid)
     }
@@ -143,7 +143,7 @@ impl LiveKit {
     /// Closes the room, disconnecting everyone. A room LiveKit no longer has
     /// counts as closed.
     pub async fn delete_room(&self, room: &RoomName) -> Result<(), RoomServiceError> {
-        match idempotent(|| self.rooms.delete_room(room.as_str())).await {
+        match repeatable(|| self.rooms.delete_room(room.as_str())).await {
             Err(RoomServiceError::NotFound) => Ok(()),
             other => other,
         }
@@ -151,7 +151,7 @@ impl LiveKit {
 
     /// The names of those of `rooms` that LiveKit has open.
     pub async fn existing_rooms(&self, rooms: Vec<String>) -> Result<Vec<String>, RoomServiceError> {
-        let found = idempotent(|| self.rooms.list_rooms(rooms.clone())).await?;
+        let found = repeatable(|| self.rooms.list_rooms(rooms.clone())).await?;
         Ok(found.into_iter().map(|room| room.name).collect())
     }
 
@@ -160,13 +160,15 @@ impl LiveKit {
         &self,
         room: &RoomName,
     ) -> Result<Vec<proto::ParticipantInfo>, RoomServiceError> {
-        match idempotent(|| self.rooms.list_participants(room.as_str())).await {
+        match repeatable(|| self.rooms.list_participants(room.as_str())).await {
             Err(RoomServiceError::NotFound) => Ok(Vec::new()),
             other => other,
         }
     }
 
     /// Sends `payload` to everyone in the room over the reliable data channel.
+    /// Repeated if its connection closed unanswered, so a client may receive
+    /// it twice (see [`repeatable`]).
     pub async fn broadcast(
         &self,
         room: &RoomName,
@@ -178,7 +180,11 @@ impl LiveKit {
             topic: Some(topic.to_owned()),
             ..SendDataOptions::default()
         };
-        bounded(self.rooms.send_data(room.as_str(), payload, options)).await
+        repeatable(|| {
+            self.rooms
+                .send_data(room.as_str(), payload.clone(), options.clone())
+        })
+        .await
     }
 
     /// Tells everyone in the room its viewer count: a lossy packet on topic
@@ -218,7 +224,7 @@ impl LiveKit {
         let options = RemoveParticipantOptions {
             revoke_token_ts: revocation.revoke_token_ts(),
         };
-        match idempotent(|| {
+        match repeatable(|| {
             self.rooms
                 .remove_participant_with_options(room.as_str(), identity, options.clone())
         })
@@ -246,7 +252,7 @@ impl LiveKit {
             attributes: stage.attributes(),
             ..UpdateParticipantOptions::default()
         };
-        match idempotent(|| {
+        match repeatable(|| {
             self.rooms
                 .update_participant(room.as_str(), identity, options.clone())
         })
@@ -313,20 +319,23 @@ async fn bounded<T>(call: impl Future<Output = Result<T, ServiceError>>) -> Resu
     }
 }
 
-/// How many times an idempotent call is sent when its connection closes
+/// How many times a repeatable call is sent when its connection closes
 /// without an answer: every keep-alive connection of a container can be
 /// stale at once, and each stale one fails at once.
 const SENDS_ON_CLOSED_CONNECTIONS: usize = 3;
 
-/// [`bounded`], for a call that may be sent twice: sent again when the
+/// [`bounded`], for a call whose repetition does no harm: sent again when the
 /// connection it went out on closed before any answer. A load balancer, a
 /// proxy or a restarted LiveKit closes idle keep-alive connections, and a
 /// Lambda container frozen between invocations does not see it happen, so
 /// its first call after a pause goes out on a closed connection. livekit-api
 /// retries only for LiveKit Cloud hosts (region failover), so a self-hosted
-/// server would otherwise cost that call a 503. Calls that are not idempotent
-/// (`SendData`) are sent once: their callers retry later themselves.
-async fn idempotent<T, F, Fut>(call: F) -> Result<T, RoomServiceError>
+/// server would otherwise cost that call a 503 or a late chat message.
+/// Repeatable: the RoomService calls that set or read state, and the reliable
+/// chat packets (clients key messages by id; a deletion twice is one). Lossy
+/// packets (counts, reaction tallies) are sent once: the next one follows
+/// within a second, and a tally shown twice would double the taps.
+async fn repeatable<T, F, Fut>(call: F) -> Result<T, RoomServiceError>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, ServiceError>>,

@@ -116,6 +116,26 @@ async fn when_the_broadcast_fails_the_message_stays_stored() {
 }
 
 #[tokio::test]
+async fn a_post_after_livekit_closed_the_idle_connection_is_broadcast_once() {
+    let (app, _, listener) = chat_room_with_listener().await;
+    // The join's webhook pushes the count into the room: after it, nothing
+    // else of ours talks to LiveKit, so the post meets the closed connection.
+    app.wait_for_webhooks("participant_joined", 1).await;
+    app.set_livekit_mode(LiveKitMode::ClosingIdle);
+    let response = say(&app, Uuid::new_v4(), "after the nap").await;
+    assert_eq!(response.status, 201, "{}", response.body);
+    assert_eq!(response.body["broadcast"], true, "{}", response.body);
+    // A copy sent twice would reach the listener before the next message:
+    // the reliable channel keeps the order.
+    assert_eq!(say(&app, Uuid::new_v4(), "next").await.status, 201);
+    let texts: Vec<Value> = batched_messages(&broadcasts(&listener, 2).await)
+        .iter()
+        .map(|message| message["text"].clone())
+        .collect();
+    assert_eq!(texts, vec![json!("after the nap"), json!("next")]);
+}
+
+#[tokio::test]
 async fn chat_needs_a_live_stream_and_valid_text() {
     let (app, host) = chat_room().await;
     let viewer = Uuid::new_v4();
