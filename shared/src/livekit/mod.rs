@@ -355,10 +355,15 @@ where
     .await
 }
 
-/// The request went out (a connection was there) and no answer came back,
-/// within the time allowed: the connection was closed or reset under it.
+/// The request went out on a connection that was there, and the connection
+/// closed or was reset before any answer: not a refused connection, not a
+/// timeout, and not an answer whose body failed to arrive or decode (LiveKit
+/// had acted on that one).
 fn closed_unanswered(error: &ServiceError) -> bool {
-    matches!(error, ServiceError::Twirp(ServerError::Request(e)) if !e.is_timeout() && !e.is_connect())
+    matches!(
+        error,
+        ServiceError::Twirp(ServerError::Request(e)) if e.is_request() && !e.is_timeout() && !e.is_connect()
+    )
 }
 
 impl LiveKit {
