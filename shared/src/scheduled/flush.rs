@@ -52,22 +52,44 @@ pub async fn flush_once(state: &AppState) -> Result<i32, ApiError> {
     Ok(written.len() as i32)
 }
 
+/// What one invocation's flushes did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlushReport {
+    /// Rooms whose count was written, over all ticks.
+    pub written: i64,
+    pub ticks: u32,
+    pub failed_ticks: u32,
+}
+
+impl FlushReport {
+    /// Not one flush got through: the invocation reports an error, which is
+    /// what Lambda's `Errors` metric (and the template's alarm) counts. A tick
+    /// that failed among good ones is logged only; the next one repairs it.
+    pub fn all_failed(&self) -> bool {
+        self.ticks > 0 && self.failed_ticks == self.ticks
+    }
+}
+
 /// Flushes every [`TICK`] until `until`, and at least once: an invocation
 /// with little time left (a short local timeout) still does one pass. A
-/// failed flush is logged and the next tick tries again. Returns the rooms
-/// written in all.
-pub async fn flush_until(state: &AppState, until: Instant) -> i64 {
-    let mut written = 0i64;
+/// failed flush is logged and the next tick tries again.
+pub async fn flush_until(state: &AppState, until: Instant) -> FlushReport {
+    let mut report = FlushReport::default();
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        report.ticks += 1;
         match flush_once(state).await {
-            Ok(rooms) => written += i64::from(rooms),
-            Err(error) => tracing::warn!(%error, "flushing viewer counts failed; the next tick retries"),
+            Ok(rooms) => report.written += i64::from(rooms),
+            Err(error) => {
+                report.failed_ticks += 1;
+                tracing::warn!(%error, "flushing viewer counts failed; the next tick retries");
+            }
         }
         if Instant::now() + TICK >= until {
-            return written;
+            return report;
         }
     }
 }
@@ -86,11 +108,18 @@ pub async fn serve() -> Result<(), lambda_http::Error> {
             // No usable deadline (cargo lambda watch): flush once.
             let remaining = crate::http::time_to_deadline(&event.context).unwrap_or_default();
             let until = Instant::now() + remaining.saturating_sub(Duration::from_secs(2));
-            let written = flush_until(app, until).await;
-            if written > 0 {
-                tracing::info!(written, "flushed viewer counts");
+            let report = flush_until(app, until).await;
+            if report.all_failed() {
+                tracing::error!(?report, "every flush of this invocation failed");
+                return Err(lambda_http::Error::from(format!(
+                    "every flush of this invocation failed ({} of {})",
+                    report.failed_ticks, report.ticks
+                )));
             }
-            Ok::<_, lambda_http::Error>(serde_json::json!({ "written": written }))
+            if report.written > 0 || report.failed_ticks > 0 {
+                tracing::info!(?report, "flushed viewer counts");
+            }
+            Ok::<_, lambda_http::Error>(report)
         },
     ))
     .await

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shared::handlers::{end_stream, start_stream};
+use shared::scheduled::flush::flush_until;
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
@@ -137,6 +138,10 @@ async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers
         "two 503s took {:?}",
         started.elapsed()
     );
+    // The flusher's invocation fails as a whole, so Lambda's Errors metric
+    // (the template's alarm) sees a minute of counts not copied.
+    let flushed = flush_until(&app.state, Instant::now()).await;
+    assert!(flushed.all_failed(), "{flushed:?}");
 
     cluster.resume().await;
     let up = app.request_token(&viewer_token, "before-restart").await;
@@ -146,6 +151,9 @@ async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers
         up.body
     );
     app.start_stream(Uuid::new_v4(), "after-restart").await;
+    let flushed = flush_until(&app.state, Instant::now()).await;
+    assert_eq!((flushed.ticks, flushed.failed_ticks), (1, 0), "{flushed:?}");
+    assert!(!flushed.all_failed());
     assert!(
         app.stream_row("during-restart").await.is_none(),
         "the refused start left nothing behind"

@@ -1,7 +1,8 @@
 //! `template.yaml`'s limits, as deployed with its defaults: every function's
 //! containers times its pool size fit the database's connection budget, and
-//! the busy routes have throttles of their own. The arithmetic is in the
-//! README ("Limits and how to size them").
+//! the busy routes have throttles of their own (the arithmetic is in the
+//! README, "Limits and how to size them"); and its alarms watch metrics this
+//! stack's API and functions publish.
 
 use serde_norway::Value;
 
@@ -105,4 +106,83 @@ fn the_busy_routes_have_throttles_of_their_own() {
         "token",
     );
     assert!(token_rate >= 833, "{token_rate}");
+}
+
+/// `!Ref <name>` as the YAML parser sees it.
+fn is_ref_to(value: &Value, name: &str) -> bool {
+    matches!(value, Value::Tagged(tagged) if tagged.tag == "!Ref" && tagged.value.as_str() == Some(name))
+}
+
+#[test]
+fn the_alarms_watch_this_stacks_api_and_scheduled_functions() {
+    let template = template();
+    let resources = &template["Resources"];
+    let dimension = |metric: &Value, name: &str| -> Value {
+        metric["Dimensions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|d| d["Name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} dimension in {metric:?}"))["Value"]
+            .clone()
+    };
+
+    // HTTP APIs publish `5xx` and `Count` (REST APIs' `5XXError` would never fire here).
+    let api = &resources["ApiServerErrorsAlarm"]["Properties"];
+    let metrics = api["Metrics"].as_sequence().unwrap();
+    for (id, name) in [("serverErrors", "5xx"), ("requests", "Count")] {
+        let stat = &metrics.iter().find(|m| m["Id"].as_str() == Some(id)).unwrap()["MetricStat"];
+        assert_eq!(stat["Metric"]["Namespace"].as_str(), Some("AWS/ApiGateway"));
+        assert_eq!(stat["Metric"]["MetricName"].as_str(), Some(name));
+        assert!(is_ref_to(&dimension(&stat["Metric"], "ApiId"), "LiveApi"));
+    }
+    let returned: Vec<_> = metrics
+        .iter()
+        .filter(|m| m["ReturnData"].as_bool() == Some(true))
+        .collect();
+    assert_eq!(
+        returned.len(),
+        1,
+        "an alarm on metric math watches exactly one series"
+    );
+    let expression = returned[0]["Expression"].as_str().unwrap();
+    assert!(
+        expression.contains("serverErrors / requests"),
+        "a share of requests: {expression}"
+    );
+
+    for (alarm, function) in [
+        ("ReconcileFailingAlarm", "ReconcileFunction"),
+        ("FlushCountsFailingAlarm", "FlushCountsFunction"),
+    ] {
+        let alarm = &resources[alarm]["Properties"];
+        assert_eq!(alarm["Namespace"].as_str(), Some("AWS/Lambda"));
+        assert_eq!(alarm["MetricName"].as_str(), Some("Errors"));
+        assert!(is_ref_to(&dimension(alarm, "FunctionName"), function));
+    }
+
+    let alarms: Vec<_> = resources
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
+        .collect();
+    assert_eq!(alarms.len(), 3);
+    for (name, alarm) in alarms {
+        let properties = &alarm["Properties"];
+        assert_eq!(
+            properties["TreatMissingData"].as_str(),
+            Some("notBreaching"),
+            "{name:?}: a quiet stack is not an outage"
+        );
+        for actions in ["AlarmActions", "OKActions"] {
+            let Value::Tagged(condition) = &properties[actions] else {
+                panic!("{name:?} {actions}: not an !If on HasAlarmTopic");
+            };
+            assert_eq!(condition.tag.to_string(), "!If");
+            let branches = condition.value.as_sequence().unwrap();
+            assert_eq!(branches[0].as_str(), Some("HasAlarmTopic"), "{name:?}");
+            assert!(is_ref_to(&branches[1][0], "AlarmTopicArn"), "{name:?} {actions}");
+        }
+    }
 }
