@@ -225,11 +225,7 @@ async fn a_request_blocked_on_a_lock_is_a_503_after_the_lock_timeout() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     app.start_stream(host, "locked").await;
-    let mut holder = app.db().await;
-    let held = holder.transaction().await.unwrap();
-    held.execute("SELECT 1 FROM live_streams WHERE id = 'locked' FOR UPDATE", &[])
-        .await
-        .unwrap();
+    let held = hold_stream_row(&app, "locked").await;
     let started = Instant::now();
     let end = app
         .call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"locked"}"#)
@@ -241,7 +237,7 @@ async fn a_request_blocked_on_a_lock_is_a_503_after_the_lock_timeout() {
         (Duration::from_millis(1500)..Duration::from_secs(5)).contains(&waited),
         "gave up after {waited:?}"
     );
-    held.rollback().await.unwrap();
+    held.batch_execute("ROLLBACK").await.unwrap();
     assert!(app.stream_row("locked").await.unwrap().get::<_, bool>("is_live"));
 }
 
@@ -264,11 +260,7 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
     lift_api_lock_timeout(&admin).await;
     let host = Uuid::new_v4();
     app.start_stream(host, "slow").await;
-    let mut holder = app.db().await;
-    let held = holder.transaction().await.unwrap();
-    held.execute("SELECT 1 FROM live_streams WHERE id = 'slow' FOR UPDATE", &[])
-        .await
-        .unwrap();
+    let held = hold_stream_row(&app, "slow").await;
     let end = app
         .call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"slow"}"#)
         .await;
@@ -277,7 +269,7 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
     // Cancelled on the server while the lock is still held: no statement of
     // the functions waits for it any more.
     wait_until_no_api_statement_runs(&admin).await;
-    held.rollback().await.unwrap();
+    held.batch_execute("ROLLBACK").await.unwrap();
     assert!(
         app.stream_row("slow").await.unwrap().get::<_, bool>("is_live"),
         "the request answered 503 must not end the stream later"
@@ -311,11 +303,7 @@ async fn the_request_deadline_never_outlives_the_invocation() {
     lift_api_lock_timeout(&admin).await;
     let host = Uuid::new_v4();
     app.start_stream(host, "short").await;
-    let mut holder = app.db().await;
-    let held = holder.transaction().await.unwrap();
-    held.execute("SELECT 1 FROM live_streams WHERE id = 'short' FOR UPDATE", &[])
-        .await
-        .unwrap();
+    let held = hold_stream_row(&app, "short").await;
 
     let mut context = lambda_http::Context::default();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
@@ -334,7 +322,7 @@ async fn the_request_deadline_never_outlives_the_invocation() {
     // cancel travels on a connection of its own, so wait for it), and the
     // stream is not ended once the lock is free.
     wait_until_no_api_statement_runs(&admin).await;
-    held.rollback().await.unwrap();
+    held.batch_execute("ROLLBACK").await.unwrap();
     assert!(
         app.stream_row("short").await.unwrap().get::<_, bool>("is_live"),
         "the request answered 503 must not end the stream later"
@@ -741,6 +729,18 @@ async fn posts_taps_and_stage_answers_in_flight_wait_for_an_end_or_a_ban_and_are
         )
         .await;
     assert_eq!((stored, taps, on_stage), (0, 0, 0));
+}
+
+/// A connection of the test's own holding the stream's row lock (`FOR UPDATE`)
+/// in an open transaction, until `ROLLBACK` on it.
+async fn hold_stream_row(app: &TestApp, room: &str) -> tokio_postgres::Client {
+    let holder = app.db().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute("SELECT 1 FROM live_streams WHERE id = $1 FOR UPDATE", &[&room])
+        .await
+        .unwrap();
+    holder
 }
 
 /// Lifts the functions' role's lock_timeout (2 s) in the test database, so
