@@ -9,10 +9,17 @@ benchmark would measure 429s no real user sees. So the rate-limited and
 state-changing functions get events from many users instead, signed like the
 committed ones:
 
-- token.jsonl, token-source.jsonl, chat.jsonl: the same request from count/3
-  viewers in turn (at most 3 hits per user, as in production);
+- token.jsonl, token-source.jsonl, chat.jsonl, reactions.jsonl, stage-hand.jsonl:
+  the same request from count/3 viewers of `demo-room` in turn (at most 3 hits
+  per user, as in production);
 - start.jsonl: a new stream per invocation (user k goes live in `bench-start-k`),
   the 201 path of a real go-live, not the 200 of a retried start;
+- stage.jsonl, stream-stats.jsonl, stream-viewers.jsonl: the streamer's reads
+  (the raised hands, the stats, the viewer list), which only the host of a
+  stream may make and which share one per-user limit: host k reads
+  `bench-start-k`, so scripts/bench runs `start` before them. Those streams
+  have no audience: the figures are a read's fixed cost (the rate-limit hit,
+  the access check, the queries), not a long page's;
 - webhook.jsonl: a distinct signed `participant_joined` per invocation (new event
   id, session and identity), the "applied" path, not the duplicate one.
 
@@ -75,6 +82,21 @@ def start_event(base, k):
     return event
 
 
+def host_read_event(base, k):
+    """Host k's read of their own stream, `bench-start-k` (see start_event)."""
+    event = as_user(base, user(k))
+    room = f"bench-start-{k}"
+    if event.get("pathParameters"):  # /live/streams/{id}/...
+        event["pathParameters"]["id"] = room
+        event["rawPath"] = event["rawPath"].replace("/demo-room/", f"/{room}/")
+        http = event["requestContext"]["http"]
+        http["path"] = http["path"].replace("/demo-room/", f"/{room}/")
+    else:  # ?roomName=
+        event["rawQueryString"] = event["rawQueryString"].replace("roomName=demo-room", f"roomName={room}")
+        event["queryStringParameters"]["roomName"] = room
+    return event
+
+
 def webhook_event(base, k):
     event = copy.deepcopy(base)
     body = json.loads(event["body"])
@@ -105,10 +127,13 @@ def main():
     # At most 3 hits per viewer: within every default limit (token 60/min,
     # chat 5 per 10 s), with both the first-hit insert and the update path.
     users = max(1, -(-args.count // 3))
-    for name in ("token", "token-source", "chat"):
+    for name in ("token", "token-source", "chat", "reactions", "stage-hand"):
         if os.path.exists(os.path.join("events", f"{name}.json")):
             base = load(name)
             write(os.path.join(args.out, f"{name}.jsonl"), (as_user(base, user(k)) for k in range(users)))
+    for name in ("stage", "stream-stats", "stream-viewers"):
+        base = load(name)
+        write(os.path.join(args.out, f"{name}.jsonl"), (host_read_event(base, k) for k in range(users)))
     base = load("start")
     write(os.path.join(args.out, "start.jsonl"), (start_event(base, k) for k in range(args.count)))
     base = load("webhook")

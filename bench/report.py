@@ -505,14 +505,18 @@ NOTES = """\
   (`target/bench/jwts.json`): the same LiveKit key, identity, name, grants and TTL, and the
   same Supabase tokens. Node verifies ES256 with the public JWK imported once.
 - **Events.** The committed `events/*.json` come from one dev user. Replayed thousands of
-  times a second by one user, the rate-limit row of that user (every hit in the window)
-  would grow to thousands of entries, a cost no real user causes. So `bench/make_events.py`
-  signs variants: token, token-source and chat come from invocations/3 viewers in turn
-  (at most 3 hits each, within the default limits, which stay as configured); every
-  start is a new stream of a new user (the 201 path); every webhook is a new signed
-  `participant_joined` (the "applied" path, not a duplicate). The other functions replay
-  their committed event (`moderate` mutes the same viewer again; `end` ends `demo-room`
-  once, then answers the repeat with the original `endedAt`).
+  times a second by one user, they would meet that user's rate limit at once, and the
+  figures would be of 429s no real user sees. So `bench/make_events.py` signs variants:
+  token, token-source, chat, reactions and stage-hand come from invocations/3 viewers in
+  turn (at most 3 hits each, within the default limits, which stay as configured); every
+  start is a new stream of a new user (the 201 path, run first); the streamer's reads
+  (stage, stream-stats, stream-viewers) come from invocations/3 of those streamers, each
+  reading their own stream, which has no audience (a read's fixed cost, not a long
+  page's); every webhook is a new signed `participant_joined` (the "applied" path, not a
+  duplicate). The other functions replay their committed event (`moderate` mutes the same
+  viewer again; the stage's invite, accept, decline and remove are one host's and one
+  viewer's, so past their first answers they measure the refusals their statuses show;
+  `end` ends `demo-room` once, then answers the repeat with the original `endedAt`).
 - **End to end.** `bench/lambda-harness` is a Lambda Runtime API of ours on loopback. It
   starts the release binary with a clean Lambda-like environment (`AWS_LAMBDA_*`,
   `AWS_REGION`, 256 MB). **Init** is spawn until the process's first
