@@ -25,6 +25,15 @@ die() { log "error: $*"; exit 1; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
+# The Lambda functions, one per line: a package per functions/<name>, its
+# binary of the same name.
+lambda_functions() {
+    local dir
+    for dir in "$ROOT"/functions/*/; do
+        if [ -f "$dir/Cargo.toml" ]; then basename "$dir"; fi
+    done
+}
+
 # wait_or_kill PID [NAME]: after the caller asked PID to stop, wait up to 5 s
 # for it to exit, then SIGKILL it, so a stop never hangs the script. With
 # NAME, only while PID is still that program: the daemons (postgres,
@@ -688,6 +697,8 @@ start_livekit() {
 # stop never hangs the script that calls it.
 stop_livekit() {
     if [ -n "${LIVEKIT_PID:-}" ]; then
+        # A paused server (scripts/bench pauses it) acts on SIGTERM only once continued.
+        kill -CONT "$LIVEKIT_PID" 2>/dev/null || true
         kill "$LIVEKIT_PID" 2>/dev/null || true
         wait_or_kill "$LIVEKIT_PID"
         wait "$LIVEKIT_PID" 2>/dev/null || true
