@@ -21,7 +21,16 @@ committed ones:
   have no audience: the figures are a read's fixed cost (the rate-limit hit,
   the access check, the queries), not a long page's;
 - webhook.jsonl: a distinct signed `participant_joined` per invocation (new event
-  id, session and identity), the "applied" path, not the duplicate one.
+  id, session and identity), the "applied" path, not the duplicate one: stage
+  viewer j joins `bench-start-(j // 2)`, so the first count/2 of those streams
+  have two viewers each, whom the stage's events then use;
+- stage-invite.jsonl, stage-accept.jsonl, stage-decline.jsonl, stage-remove.jsonl:
+  one stage round per stream with an audience, each request a first one, so
+  every answer is a change, not a refusal: host r invites both viewers of
+  `bench-start-r` (count invites), the first accepts and the second declines
+  (count/2 each), and the host takes the guest off the stage again (count/2).
+  scripts/bench runs them in that order, after `webhook`, and gives each of the
+  last three no more invocations than its file has events.
 
 Standard library only. The secrets are the public development ones of
 scripts/dev (events/README.md).
@@ -97,12 +106,47 @@ def host_read_event(base, k):
     return event
 
 
+def stage_viewer(j):
+    """Viewer j of the stage events, watching `bench-start-(j // 2)`."""
+    return f"00000000-0000-4000-8000-2{j:011d}"
+
+
+def with_body(event, **fields):
+    body = json.loads(event["body"])
+    body.update(fields)
+    event["body"] = json.dumps(body, separators=(",", ":"))
+    return event
+
+
+def stage_events(count):
+    """The stage round of make_events's docstring, one list per function."""
+    rooms = count // 2
+    invite, accept, decline, remove = load("stage-invite"), load("stage-accept"), load("stage-decline"), load("stage-remove")
+    return {
+        "stage-invite": [
+            with_body(as_user(invite, user(j // 2)), roomName=f"bench-start-{j // 2}", userId=stage_viewer(j))
+            for j in range(2 * rooms)
+        ],
+        "stage-accept": [
+            with_body(as_user(accept, stage_viewer(2 * r)), roomName=f"bench-start-{r}") for r in range(rooms)
+        ],
+        "stage-decline": [
+            with_body(as_user(decline, stage_viewer(2 * r + 1)), roomName=f"bench-start-{r}") for r in range(rooms)
+        ],
+        "stage-remove": [
+            with_body(as_user(remove, user(r)), roomName=f"bench-start-{r}", userId=stage_viewer(2 * r))
+            for r in range(rooms)
+        ],
+    }
+
+
 def webhook_event(base, k):
     event = copy.deepcopy(base)
     body = json.loads(event["body"])
     body["id"] = f"EV_bench_join_{k}"
+    body["room"]["name"] = f"bench-start-{k // 2}"
     body["participant"]["sid"] = f"PA_bench_{k}"
-    body["participant"]["identity"] = user(k)
+    body["participant"]["identity"] = stage_viewer(k)
     raw = json.dumps(body, separators=(",", ":"))
     event["body"] = raw
     # LiveKit's signature: a JWT from the API key carrying the body's SHA-256.
@@ -138,6 +182,8 @@ def main():
     write(os.path.join(args.out, "start.jsonl"), (start_event(base, k) for k in range(args.count)))
     base = load("webhook")
     write(os.path.join(args.out, "webhook.jsonl"), (webhook_event(base, k) for k in range(args.count)))
+    for name, events in stage_events(args.count).items():
+        write(os.path.join(args.out, f"{name}.jsonl"), events)
 
 
 if __name__ == "__main__":

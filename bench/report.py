@@ -511,12 +511,19 @@ NOTES = """\
   turn (at most 3 hits each, within the default limits, which stay as configured); every
   start is a new stream of a new user (the 201 path, run first); the streamer's reads
   (stage, stream-stats, stream-viewers) come from invocations/3 of those streamers, each
-  reading their own stream, which has no audience (a read's fixed cost, not a long
-  page's); every webhook is a new signed `participant_joined` (the "applied" path, not a
-  duplicate). The other functions replay their committed event (`moderate` mutes the same
-  viewer again; the stage's invite, accept, decline and remove are one host's and one
-  viewer's, so past their first answers they measure the refusals their statuses show;
-  `end` ends `demo-room` once, then answers the repeat with the original `endedAt`).
+  reading their own stream, which has at most two viewers (a read's fixed cost, not a
+  long page's); every webhook is a new signed `participant_joined` (the "applied" path,
+  not a duplicate) of a new viewer, two into each of the first invocations/2 of those
+  streams; then the stage's round runs in its order, each request a first one and every
+  answer a change: each host invites both viewers (invocations invites), the first
+  accepts, the second declines, and the host takes the guest off the stage again
+  (invocations/2 of each, so those three rows have half the invocations). Their viewers
+  are not connected to LiveKit (no media clients at this rate), so the `UpdateParticipant`
+  each change makes is answered with LiveKit's not-found, which the backend takes as done
+  (nobody to update; their next token carries the grant): the same round trip to the real
+  server as a connected viewer's. The other functions replay their committed event
+  (`moderate` mutes the same viewer again; `end` ends `demo-room` once, then answers the
+  repeat with the original `endedAt`).
 - **End to end.** `bench/lambda-harness` is a Lambda Runtime API of ours on loopback. It
   starts the release binary with a clean Lambda-like environment (`AWS_LAMBDA_*`,
   `AWS_REGION`, 256 MB). **Init** is spawn until the process's first
