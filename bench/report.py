@@ -514,7 +514,9 @@ NOTES = """\
   reading their own stream, which has at most two viewers (a read's fixed cost, not a
   long page's); every webhook is a new signed `participant_joined` (the "applied" path,
   not a duplicate) of a new viewer, two into each of the first invocations/2 of those
-  streams; then the stage's round runs in its order, each request a first one and every
+  streams (so each writes its room's count and pushes it into the LiveKit room, as a
+  room's first viewers do; in a busy room that happens at most once a second: the
+  hot-room section); then the stage's round runs in its order, each request a first one and every
   answer a change: each host invites both viewers (invocations invites), the first
   accepts, the second declines, and the host takes the guest off the stage again
   (invocations/2 of each, so those three rows have half the invocations). Their viewers
