@@ -502,7 +502,7 @@ NOTES = """\
 - **Hot paths.** Ours are criterion medians (`cargo bench -p shared`); Node's are the
   median over 30 batches of ~50 ms each, after 1 s of warm-up per operation
   (`bench/node/peer.mjs`, `process.hrtime.bigint()`), on the very inputs criterion used
-  (`target/bench/jwts.json`): the same LiveKit key, identity, name, grants and TTL, and the
+  (`target/bench/jwts.json`): the same LiveKit key, identity, name, stage attributes, grants and TTL, and the
   same Supabase tokens. Node verifies ES256 with the public JWK imported once.
 - **Events.** The committed `events/*.json` come from one dev user. Replayed thousands of
   times a second by one user, they would meet that user's rate limit at once, and the

@@ -112,7 +112,7 @@ impl LiveKit {
             .with_ttl(self.token_ttl)
             .with_grants(self.grants_for(room, role));
         let token = match role {
-            Role::Viewer { stage, .. } => token.with_attributes(stage.attributes()),
+            Role::Viewer { stage, .. } => token.with_attributes(stage.attribute_pairs()),
             Role::Host => token,
         };
         token.to_jwt().map_err(ApiError::internal)

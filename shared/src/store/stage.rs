@@ -40,14 +40,21 @@ pub struct StageStanding {
 impl StageStanding {
     /// The participant attributes that say so, every key spelled out.
     pub fn attributes(self) -> HashMap<String, String> {
+        self.attribute_pairs()
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect()
+    }
+
+    /// [`Self::attributes`] as borrowed pairs, for a consumer that builds its
+    /// own map (a LiveKit token's claims): one map per token, not two.
+    pub fn attribute_pairs(self) -> [(&'static str, &'static str); 3] {
+        let spelled = |set: bool| if set { "true" } else { "false" };
         [
-            (HAND_RAISED_ATTRIBUTE, self.hand_raised),
-            (INVITED_ATTRIBUTE, self.invited),
-            (ON_STAGE_ATTRIBUTE, self.on_stage),
+            (HAND_RAISED_ATTRIBUTE, spelled(self.hand_raised)),
+            (INVITED_ATTRIBUTE, spelled(self.invited)),
+            (ON_STAGE_ATTRIBUTE, spelled(self.on_stage)),
         ]
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value.to_string()))
-        .collect()
     }
 
     /// What a participant's attributes say (a missing key is `false`).
@@ -273,6 +280,14 @@ mod tests {
         ] {
             let attributes = standing.attributes();
             assert_eq!(attributes.len(), 3);
+            assert_eq!(
+                attributes,
+                standing
+                    .attribute_pairs()
+                    .into_iter()
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .collect::<HashMap<_, _>>()
+            );
             assert_eq!(StageStanding::from_attributes(&attributes), standing);
         }
         assert_eq!(
