@@ -218,7 +218,7 @@ def criterion_lookup(criterion, word):
 def hot_paths_section(results):
     peer = results.json("peer.json")
     ops = [
-        ("Mint a LiveKit token (identity, name, grants, TTL)", "mint", "mint_ns"),
+        ("Mint a LiveKit token (identity, name, stage attributes, grants, TTL)", "mint", "mint_ns"),
         ("Verify a Supabase JWT, HS256", "hs256", "verify_hs256_ns"),
         ("Verify a Supabase JWT, ES256", "es256", "verify_es256_ns"),
     ]
