@@ -29,8 +29,11 @@ committed ones:
   every answer is a change, not a refusal: host r invites both viewers of
   `bench-start-r` (count invites), the first accepts and the second declines
   (count/2 each), and the host takes the guest off the stage again (count/2).
-  scripts/bench runs them in that order, after `webhook`, and gives each of the
-  last three no more invocations than its file has events.
+  scripts/bench runs them in that order, after `webhook`.
+
+Each file holds one event per invocation, in the order they are to run (at most
+count; fewer where there are fewer first requests to make, as for the stage's
+answers): scripts/bench runs no more invocations than a file has events.
 
 Standard library only. The secrets are the public development ones of
 scripts/dev (events/README.md).
@@ -174,10 +177,10 @@ def main():
     for name in ("token", "token-source", "chat", "reactions", "stage-hand"):
         if os.path.exists(os.path.join("events", f"{name}.json")):
             base = load(name)
-            write(os.path.join(args.out, f"{name}.jsonl"), (as_user(base, user(k)) for k in range(users)))
+            write(os.path.join(args.out, f"{name}.jsonl"), (as_user(base, user(k % users)) for k in range(args.count)))
     for name in ("stage", "stream-stats", "stream-viewers"):
         base = load(name)
-        write(os.path.join(args.out, f"{name}.jsonl"), (host_read_event(base, k) for k in range(users)))
+        write(os.path.join(args.out, f"{name}.jsonl"), (host_read_event(base, k % users) for k in range(args.count)))
     base = load("start")
     write(os.path.join(args.out, "start.jsonl"), (start_event(base, k) for k in range(args.count)))
     base = load("webhook")

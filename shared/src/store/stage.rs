@@ -280,14 +280,6 @@ mod tests {
         ] {
             let attributes = standing.attributes();
             assert_eq!(attributes.len(), 3);
-            assert_eq!(
-                attributes,
-                standing
-                    .attribute_pairs()
-                    .into_iter()
-                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                    .collect::<HashMap<_, _>>()
-            );
             assert_eq!(StageStanding::from_attributes(&attributes), standing);
         }
         assert_eq!(
