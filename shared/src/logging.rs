@@ -6,12 +6,18 @@
 //! `init_default_subscriber` reads the same variables, but through
 //! `EnvFilter`, whose per-target directives bring a regex engine into every
 //! function (about 180 KiB of machine code, measured with `cargo bloat`) to
-//! parse the one level the template ever passes. A single level filter does
-//! that without it; a `RUST_LOG` that is not a plain level falls back to
-//! `info` and says so on stderr.
+//! parse the one level the template ever passes. A per-target filter without
+//! regexes does that without it; a `RUST_LOG` that is not a plain level falls
+//! back to `info` and says so on stderr.
+//!
+//! The level applies to our own crate. Dependencies log at most at DEBUG:
+//! at TRACE they write what they carry, and that is what our logs must never
+//! hold. lambda_runtime logs every raw event (the `Authorization` header with
+//! the caller's Supabase token, LiveKit's signed webhook JWT, every body), and
+//! the AWS SDK the Secrets Manager response with its secret.
 
 use tracing::Subscriber;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -26,7 +32,7 @@ pub fn init() {
     let (level, unparsed) = level_from(setting.as_deref());
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
     let installed = tracing_subscriber::registry()
-        .with(level)
+        .with(filter(level))
         .with(format_layer(json, std::io::stdout))
         .try_init()
         .is_ok();
@@ -36,6 +42,14 @@ pub fn init() {
             "log level is not one of error, warn, info, debug, trace, off: logging at info"
         );
     }
+}
+
+/// What is logged at `level`: our crate at that level, every dependency at
+/// most at DEBUG (see the module's comment).
+pub fn filter(level: LevelFilter) -> Targets {
+    Targets::new()
+        .with_default(level.min(LevelFilter::DEBUG))
+        .with_target(env!("CARGO_CRATE_NAME"), level)
 }
 
 /// How a line looks: no target and no time (CloudWatch stamps each line), as
@@ -74,6 +88,22 @@ mod tests {
         assert_eq!(level_from(Some("WARN")), (LevelFilter::WARN, None));
         assert_eq!(level_from(Some("error")), (LevelFilter::ERROR, None));
         assert_eq!(level_from(Some("off")), (LevelFilter::OFF, None));
+    }
+
+    #[test]
+    fn dependencies_never_log_at_trace() {
+        use tracing::Level;
+        let trace = filter(LevelFilter::TRACE);
+        assert!(trace.would_enable("shared::handlers::token", &Level::TRACE));
+        assert!(!trace.would_enable("lambda_runtime::layers::api_response", &Level::TRACE));
+        assert!(!trace.would_enable("aws_smithy_runtime::client::http", &Level::TRACE));
+        assert!(trace.would_enable("lambda_runtime::runtime", &Level::DEBUG));
+        let info = filter(LevelFilter::INFO);
+        assert!(info.would_enable("shared::http", &Level::INFO));
+        assert!(!info.would_enable("shared::http", &Level::DEBUG));
+        assert!(!info.would_enable("tokio_postgres::query", &Level::DEBUG));
+        assert!(info.would_enable("tokio_postgres::connection", &Level::WARN));
+        assert!(!filter(LevelFilter::OFF).would_enable("shared::http", &Level::ERROR));
     }
 
     #[test]

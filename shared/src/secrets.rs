@@ -93,9 +93,19 @@ pub async fn fetch_json_secret(
 }
 
 fn parse_secret(text: &str) -> Result<HashMap<String, String>, String> {
-    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-        // serde_json's message names the position, never the content.
-        .map_err(|e| format!("expected a JSON object of settings: {e}"))?;
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| match e.classify() {
+            // A type error quotes the value it found: the whole secret, when it
+            // is a string (an object stored as one quoted string, or a bare
+            // password). Its line and column are all this says of it.
+            serde_json::error::Category::Data => format!(
+                "expected a JSON object of settings, found another JSON value (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+            // Syntax errors name the position, never the content.
+            _ => format!("expected a JSON object of settings: {e}"),
+        })?;
     object
         .into_iter()
         .map(|(key, value)| match value {
@@ -128,5 +138,22 @@ mod tests {
             err.contains("LIVEKIT_API_SECRET") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_secret_stored_as_one_json_value_is_not_echoed() {
+        // The settings object stored as one quoted string, a bare password, a number.
+        for text in [
+            r#""{\"DATABASE_URL\":\"postgres://api:hunter2@db/postgres\"}""#,
+            r#""hunter2""#,
+            "4242424242",
+            r#"["hunter2"]"#,
+        ] {
+            let err = parse_secret(text).unwrap_err();
+            assert!(
+                err.contains("JSON object") && !err.contains("hunter2") && !err.contains("4242"),
+                "{err}"
+            );
+        }
     }
 }

@@ -54,7 +54,7 @@ impl Captured {
 fn subscriber(captured: &Captured) -> impl tracing::Subscriber + Send + Sync {
     let (json, plain) = (captured.clone(), captured.clone());
     tracing_subscriber::registry()
-        .with(LevelFilter::TRACE)
+        .with(shared::logging::filter(LevelFilter::TRACE))
         .with(shared::logging::format_layer(true, move || json.clone()))
         .with(shared::logging::format_layer(false, move || plain.clone()))
 }
@@ -517,4 +517,23 @@ fn lines_with<'a>(logs: &'a str, needle: &str) -> String {
         .take(5)
         .collect::<Vec<&'a str>>()
         .join("\n")
+}
+
+/// lambda_runtime traces every raw event it receives (headers and body, the
+/// caller's bearer token among them) under its own target: at the template's
+/// TRACE level, our code logs at TRACE and that line is still left out.
+#[test]
+fn the_raw_events_lambda_runtime_traces_stay_out_of_the_logs_at_trace() {
+    let captured = Captured::default();
+    tracing::subscriber::with_default(subscriber(&captured), || {
+        tracing::trace!(
+            target: "lambda_runtime::layers::api_response",
+            body = r#"{"headers":{"authorization":"Bearer eyJraw-event-marker"}}"#,
+            "raw JSON event received from Lambda"
+        );
+        tracing::trace!(target: "shared::handlers::token", "our own trace line");
+    });
+    let text = captured.text();
+    assert!(!text.contains("raw-event-marker"), "{text}");
+    assert!(text.contains("our own trace line"), "{text}");
 }
