@@ -169,9 +169,12 @@ async fn room_finished(
             return Ok(Outcome::Duplicate);
         }
     }
+    // Under the row lock a retried /live/start takes to record a new
+    // instance: read without it, the old sid could pass the check below and
+    // the end then land on the stream the start had just moved.
     let instance: Option<Option<String>> = tx
         .query_typed_opt(
-            "SELECT room_sid FROM live_streams WHERE id = $1",
+            "SELECT room_sid FROM live_streams WHERE id = $1 FOR NO KEY UPDATE",
             &[(&room.as_str(), Type::TEXT)],
         )
         .await?

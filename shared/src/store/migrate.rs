@@ -46,6 +46,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(20, "0020_exact_peak_per_event"),
     migration!(21, "0021_a_retried_start_is_not_over_its_limit"),
     migration!(22, "0022_posts_taps_and_stage_changes_wait_for_ends_and_bans"),
+    migration!(23, "0023_ends_take_locks_in_the_webhooks_order"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -731,6 +731,178 @@ async fn posts_taps_and_stage_answers_in_flight_wait_for_an_end_or_a_ban_and_are
     assert_eq!((stored, taps, on_stage), (0, 0, 0));
 }
 
+/// A viewer's leave in flight (its session and presence row locked, its
+/// count shard next, as live_session_change takes them) and `/live/end` meet
+/// without a deadlock: the end takes its locks in the webhooks' order, the
+/// shards last (migration 0023), so it waits for the leave's session and the
+/// leave then takes its shard at once. Before, the end held every shard and
+/// waited for the presence row while the leave waited for its shard, until
+/// Postgres failed one of them after deadlock_timeout.
+#[tokio::test]
+async fn an_end_and_a_leave_in_flight_do_not_deadlock() {
+    let app = TestApp::spawn().await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4().to_string());
+    app.start_stream(host, "closing").await;
+    join(&app, "EV_in", "closing", &viewer, "PA_in").await;
+    assert_eq!(app.viewer_count("closing").await, 1);
+
+    let mut leave_connection = app.db().await;
+    let leave = leave_connection.transaction().await.unwrap();
+    let step = leave
+        .query_one(
+            "SELECT delta, arrived, watched FROM live_presence_change('closing', 'PA_in', $1, true, 'leave', '')",
+            &[&viewer],
+        )
+        .await
+        .unwrap();
+    assert_eq!(step.get::<_, i32>(0), -1);
+    let (arrived, watched): (f64, f64) = (step.get(1), step.get(2));
+
+    let admin = app.db().await;
+    let host_token = app.token_for(host);
+    let end = app.call(end_stream, Some(&host_token), r#"{"roomName":"closing"}"#);
+    let rest_of_the_leave = async {
+        until_a_statement_waits_for_a_lock(&admin).await;
+        let counted: bool = leave
+            .query_one(
+                "SELECT live_count_add('closing', hashtext($1) & 15, -1, 0, $2, $3)",
+                &[&viewer, &-arrived, &watched],
+            )
+            .await
+            .expect("the leave takes its shard")
+            .get(0);
+        leave.commit().await.unwrap();
+        counted
+    };
+    let (end, counted) = tokio::join!(end, rest_of_the_leave);
+    assert_eq!(end.status, 200, "{}", end.body);
+    assert!(counted, "the leave counted before the end closed the shards");
+    assert_eq!(app.viewer_count("closing").await, 0);
+    let present: i64 = app
+        .db_value(
+            "SELECT count(*) FROM live_presence WHERE room_name = 'closing'",
+            &[],
+        )
+        .await;
+    assert_eq!(present, 0);
+}
+
+/// A late `room_finished` of the room's old instance, delivered while a
+/// retried `/live/start` records the new instance, ends nothing: the webhook
+/// reads the instance under the stream's row lock, so it waits for the start
+/// and reads what it committed. Before, it read the old sid without a lock,
+/// waited for the row in its update, and then ended the stream the start had
+/// just moved to a new room.
+#[tokio::test]
+async fn a_late_room_finished_does_not_end_a_stream_a_retried_start_moved_to_a_new_room() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "moved").await;
+    let old_sid: String = app
+        .db_value("SELECT room_sid FROM live_streams WHERE id = 'moved'", &[])
+        .await;
+    let mut start_connection = app.db().await;
+    let start = start_connection.transaction().await.unwrap();
+    start
+        .execute(
+            "UPDATE live_streams SET room_sid = 'RM_new_instance' WHERE id = 'moved'",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let admin = app.db().await;
+    let finished = json!({
+        "id": "EV_old_instance_finished",
+        "event": "room_finished",
+        "room": {"name": "moved", "sid": old_sid},
+        "createdAt": chrono::Utc::now().timestamp().to_string(),
+    })
+    .to_string();
+    let delivered = app.deliver(signed_webhook(&finished, LIVEKIT_API_SECRET));
+    let the_start_commits = async {
+        until_a_statement_waits_for_a_lock(&admin).await;
+        start.commit().await.unwrap();
+    };
+    let (delivered, ()) = tokio::join!(delivered, the_start_commits);
+    assert_eq!(delivered.status, 200, "{}", delivered.body);
+    let row = app.stream_row("moved").await.unwrap();
+    assert!(row.get::<_, bool>("is_live"), "the moved stream is still live");
+    assert!(
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("room_closed_at")
+            .is_none()
+    );
+}
+
+/// The reconciler finds a viewer gone whose leave it never saw and another
+/// present whose join it never saw: the count stays 1, and so does the peak.
+/// It applies its shards' losses before their gains; before, a gaining shard
+/// that came first in shard order read the gone viewer's shard for the peak
+/// and recorded 2.
+#[tokio::test]
+async fn a_reconcile_that_swaps_one_viewer_for_another_records_no_higher_peak() {
+    let app = app_on_the_stand_in().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "swapped").await;
+    let admin = app.db().await;
+    let shard_of = |identity: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT hashtext($1) & 15", &[&identity])
+                .await
+                .unwrap()
+                .get::<_, i32>(0)
+        }
+    };
+    let mut gone = Uuid::new_v4().to_string();
+    while shard_of(gone.clone()).await == 0 {
+        gone = Uuid::new_v4().to_string();
+    }
+    let mut arrived = Uuid::new_v4().to_string();
+    while shard_of(arrived.clone()).await >= shard_of(gone.clone()).await {
+        arrived = Uuid::new_v4().to_string();
+    }
+    join(&app, "EV_gone", "swapped", &gone, "PA_gone").await;
+    app.stub().set_participants(
+        "swapped",
+        vec![
+            participant(&host.to_string(), "PA_host", false),
+            participant(&arrived, "PA_arrived", false),
+        ],
+    );
+    reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(app.viewer_count("swapped").await, 1);
+    let peak: i32 = app
+        .db_value(
+            "SELECT max(peak_seen) FROM live_viewer_counts WHERE room_name = 'swapped'",
+            &[],
+        )
+        .await;
+    assert_eq!(peak, 1, "never more than one viewer at a time");
+}
+
+/// Returns once a statement in this test's database waits for a lock, within
+/// a few seconds.
+async fn until_a_statement_waits_for_a_lock(admin: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no statement waited for a lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A connection of the test's own holding the stream's row lock (`FOR UPDATE`)
 /// in an open transaction, until `ROLLBACK` on it.
 async fn hold_stream_row(app: &TestApp, room: &str) -> tokio_postgres::Client {
