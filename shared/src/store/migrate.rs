@@ -47,6 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(21, "0021_a_retried_start_is_not_over_its_limit"),
     migration!(22, "0022_posts_taps_and_stage_changes_wait_for_ends_and_bans"),
     migration!(23, "0023_ends_take_locks_in_the_webhooks_order"),
+    migration!(24, "0024_stage_changes_lock_their_row"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

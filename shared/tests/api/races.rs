@@ -882,6 +882,54 @@ async fn a_reconcile_that_swaps_one_viewer_for_another_records_no_higher_peak() 
     assert_eq!(peak, 1, "never more than one viewer at a time");
 }
 
+/// An invited viewer's last leave in flight (their session and presence row
+/// locked, their stage row cleared, their count shard next) and their
+/// accept: the accept waits for the leave and reads what it left, so it is
+/// refused and nobody is on stage (migration 0024). Before, the accept read
+/// the row without a lock, waited only to write it, and put on stage a
+/// viewer who had gone, holding a guest slot.
+#[tokio::test]
+async fn an_accept_racing_the_viewers_leave_puts_nobody_on_stage() {
+    let app = TestApp::spawn().await;
+    let (host, guest) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "stage-race").await;
+    join(&app, "EV_guest_in", "stage-race", &guest.to_string(), "PA_guest").await;
+    let invite = json!({"roomName": "stage-race", "userId": guest}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+
+    let mut leave_connection = app.db().await;
+    let leave = leave_connection.transaction().await.unwrap();
+    let step = leave
+        .query_one(
+            "SELECT delta FROM live_presence_change('stage-race', 'PA_guest', $1, true, 'leave', '')",
+            &[&guest.to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(step.get::<_, i32>(0), -1);
+    let admin = app.db().await;
+    let guest_token = app.token_for(guest);
+    let answer = json!({"roomName": "stage-race"}).to_string();
+    let accepting = app.call(accept_stage, Some(&guest_token), &answer);
+    let the_leave_commits = async {
+        until_a_statement_waits_for_a_lock(&admin).await;
+        leave.commit().await.unwrap();
+    };
+    let (accepted, ()) = tokio::join!(accepting, the_leave_commits);
+    accepted.assert_error(409, "not_invited");
+    let standing: i64 = app
+        .db_value(
+            "SELECT count(*) FROM live_stage WHERE room_name = 'stage-race'
+               AND (on_stage_since IS NOT NULL OR invited_at IS NOT NULL)",
+            &[],
+        )
+        .await;
+    assert_eq!(standing, 0);
+}
+
 /// Returns once a statement in this test's database waits for a lock, within
 /// a few seconds.
 async fn until_a_statement_waits_for_a_lock(admin: &tokio_postgres::Client) {
