@@ -14,6 +14,8 @@ use crate::state::AppState;
 /// The request body of LiveKit's standard token endpoint. Every field is
 /// optional in LiveKit's schema; here `room_name` is required, identity stays
 /// bound to the authenticated user, and what a client may not decide is refused.
+/// A field sent as `null` counts as left out: SDKs whose encoders write unset
+/// fields as `null` send the same request as those that leave them out.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StandardTokenRequest {
@@ -65,8 +67,9 @@ pub async fn issue_standard_token(
             "other participants would trust what a client wrote",
         );
     }
+    // Compared as ids, not as text: the caller's own id in capitals is theirs.
     if let Some(identity) = &request.participant_identity
-        && identity != &user.id.to_string()
+        && uuid::Uuid::parse_str(identity).ok() != Some(user.id)
     {
         return Err(ApiError::Forbidden(
             "participant_identity must be absent or your own user id.",

@@ -163,6 +163,43 @@ async fn participant_identity_may_only_be_the_callers_own_id() {
     assert_eq!(own.status, 201, "{}", own.body);
     let claims = verify_livekit_token(own.body["participant_token"].as_str().unwrap());
     assert_eq!(claims.sub, viewer.to_string());
+    // The same id written in capitals is still the caller's; the token's
+    // identity is its canonical form.
+    let capitals = fetch(
+        &app,
+        viewer,
+        json!({"room_name": ROOM, "participant_identity": viewer.to_string().to_uppercase()}),
+    )
+    .await;
+    assert_eq!(capitals.status, 201, "{}", capitals.body);
+    let claims = verify_livekit_token(capitals.body["participant_token"].as_str().unwrap());
+    assert_eq!(claims.sub, viewer.to_string());
+}
+
+/// SDKs whose encoders write unset fields as `null` send the same request as
+/// those that leave them out: a `null` sets nothing, and is not refused.
+#[tokio::test]
+async fn a_field_sent_as_null_counts_as_left_out() {
+    let (app, _) = live_room().await;
+    let viewer = Uuid::new_v4();
+    let response = fetch(
+        &app,
+        viewer,
+        json!({
+            "room_name": ROOM,
+            "participant_name": null,
+            "participant_identity": null,
+            "participant_metadata": null,
+            "participant_attributes": null,
+            "room_config": null,
+        }),
+    )
+    .await;
+    assert_eq!(response.status, 201, "{}", response.body);
+    let claims = verify_livekit_token(response.body["participant_token"].as_str().unwrap());
+    assert_eq!(claims.sub, viewer.to_string());
+    assert_eq!(claims.name, viewer.to_string(), "no name: the user id");
+    assert!(claims.metadata.is_empty(), "{:?}", claims.metadata);
 }
 
 #[tokio::test]
