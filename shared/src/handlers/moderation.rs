@@ -40,7 +40,9 @@ pub struct ModerationOutcome {
     pub room_updated: bool,
 }
 
-/// A kick is LiveKit's alone: it happens there or not at all (503). Every
+/// A kick is LiveKit's alone: it happens there or not at all (503). Its record
+/// follows; if Postgres fails to write it, the answer is 503 as well, and the
+/// retry removes nobody twice (gone counts as removed) and records it. Every
 /// other action is committed in Postgres first, in one statement and with no
 /// transaction held across the LiveKit call, and then applied in the room:
 /// a LiveKit outage can delay it in the room, never undo it.
