@@ -86,12 +86,15 @@ def as_user(event, uid):
     return event
 
 
-def start_event(base, k):
-    event = as_user(base, user(k))
+def with_body(event, **fields):
     body = json.loads(event["body"])
-    body["roomName"] = f"bench-start-{k}"
+    body.update(fields)
     event["body"] = json.dumps(body, separators=(",", ":"))
     return event
+
+
+def start_event(base, k):
+    return with_body(as_user(base, user(k)), roomName=f"bench-start-{k}")
 
 
 def host_read_event(base, k):
@@ -112,13 +115,6 @@ def host_read_event(base, k):
 def stage_viewer(j):
     """Viewer j of the stage events, watching `bench-start-(j // 2)`."""
     return f"00000000-0000-4000-8000-2{j:011d}"
-
-
-def with_body(event, **fields):
-    body = json.loads(event["body"])
-    body.update(fields)
-    event["body"] = json.dumps(body, separators=(",", ":"))
-    return event
 
 
 def stage_events(count):

@@ -154,19 +154,9 @@ async fn chat_moderation_and_other_joins_do_not_wait_for_a_webhook_in_progress()
     assert_eq!(banned.status, 200, "{}", banned.body);
     // Another viewer, counted in another of the room's shards.
     let admin = app.db().await;
-    let shard_of = |identity: String| {
-        let admin = &admin;
-        async move {
-            admin
-                .query_one("SELECT hashtext($1) & 15", &[&identity])
-                .await
-                .unwrap()
-                .get::<_, i32>(0)
-        }
-    };
-    let held_shard = shard_of(viewer.to_string()).await;
+    let held_shard = shard_of(&admin, &viewer.to_string()).await;
     let mut other = Uuid::new_v4();
-    while shard_of(other.to_string()).await == held_shard {
+    while shard_of(&admin, &other.to_string()).await == held_shard {
         other = Uuid::new_v4();
     }
     join(&app, "EV_other", "busy", &other.to_string(), "PA_other").await;
@@ -614,20 +604,50 @@ async fn a_post_that_commits_after_a_later_one_is_read_by_the_batch_in_its_place
     assert_eq!(seqs, [early_seq, late_seq]);
 }
 
-/// Whether at least `count` transactions wait for a room's standing lock
-/// (migration 0022), in this test's database.
-async fn standing_waiters(admin: &tokio_postgres::Client, count: i64) -> bool {
-    let waiting: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-             WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()
-               AND l.classid::bigint = hashtext('live_room_standing')::bigint & 4294967295",
-            &[],
-        )
+/// The room's count shard of `identity` (as live_session_change picks it).
+async fn shard_of(admin: &tokio_postgres::Client, identity: &str) -> i32 {
+    admin
+        .query_one("SELECT hashtext($1) & 15", &[&identity])
         .await
         .unwrap()
-        .get(0);
-    waiting >= count
+        .get(0)
+}
+
+/// Which waits [`until_waiting`] counts.
+#[derive(Clone, Copy)]
+enum Waiting {
+    /// For any lock.
+    AnyLock,
+    /// For a room's standing lock (migration 0022).
+    Standing,
+}
+
+/// Returns once at least `count` transactions of this test's database wait
+/// for a lock of the kind `what`, within a few seconds.
+async fn until_waiting(admin: &tokio_postgres::Client, what: Waiting, count: i64) {
+    let standing_only = matches!(what, Waiting::Standing);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE NOT l.granted AND a.datname = current_database()
+                   AND (NOT $1 OR (l.locktype = 'advisory'
+                        AND l.classid::bigint = hashtext('live_room_standing')::bigint & 4294967295))",
+                &[&standing_only],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} transactions wait for the lock, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Commits `change` once `count` requests wait for the standing lock it holds.
@@ -636,14 +656,7 @@ async fn commit_once_waited_for(
     change: tokio_postgres::Transaction<'_>,
     count: i64,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !standing_waiters(admin, count).await {
-        assert!(
-            Instant::now() < deadline,
-            "the requests in flight did not wait for the change"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_waiting(admin, Waiting::Standing, count).await;
     change.commit().await.unwrap();
 }
 
@@ -762,7 +775,7 @@ async fn an_end_and_a_leave_in_flight_do_not_deadlock() {
     let host_token = app.token_for(host);
     let end = app.call(end_stream, Some(&host_token), r#"{"roomName":"closing"}"#);
     let rest_of_the_leave = async {
-        until_a_statement_waits_for_a_lock(&admin).await;
+        until_waiting(&admin, Waiting::AnyLock, 1).await;
         let counted: bool = leave
             .query_one(
                 "SELECT live_count_add('closing', hashtext($1) & 15, -1, 0, $2, $3)",
@@ -821,7 +834,7 @@ async fn a_late_room_finished_does_not_end_a_stream_a_retried_start_moved_to_a_n
     .to_string();
     let delivered = app.deliver(signed_webhook(&finished, LIVEKIT_API_SECRET));
     let the_start_commits = async {
-        until_a_statement_waits_for_a_lock(&admin).await;
+        until_waiting(&admin, Waiting::AnyLock, 1).await;
         start.commit().await.unwrap();
     };
     let (delivered, ()) = tokio::join!(delivered, the_start_commits);
@@ -845,22 +858,12 @@ async fn a_reconcile_that_swaps_one_viewer_for_another_records_no_higher_peak() 
     let host = Uuid::new_v4();
     app.start_stream(host, "swapped").await;
     let admin = app.db().await;
-    let shard_of = |identity: String| {
-        let admin = &admin;
-        async move {
-            admin
-                .query_one("SELECT hashtext($1) & 15", &[&identity])
-                .await
-                .unwrap()
-                .get::<_, i32>(0)
-        }
-    };
     let mut gone = Uuid::new_v4().to_string();
-    while shard_of(gone.clone()).await == 0 {
+    while shard_of(&admin, &gone).await == 0 {
         gone = Uuid::new_v4().to_string();
     }
     let mut arrived = Uuid::new_v4().to_string();
-    while shard_of(arrived.clone()).await >= shard_of(gone.clone()).await {
+    while shard_of(&admin, &arrived).await >= shard_of(&admin, &gone).await {
         arrived = Uuid::new_v4().to_string();
     }
     join(&app, "EV_gone", "swapped", &gone, "PA_gone").await;
@@ -915,7 +918,7 @@ async fn an_accept_racing_the_viewers_leave_puts_nobody_on_stage() {
     let answer = json!({"roomName": "stage-race"}).to_string();
     let accepting = app.call(accept_stage, Some(&guest_token), &answer);
     let the_leave_commits = async {
-        until_a_statement_waits_for_a_lock(&admin).await;
+        until_waiting(&admin, Waiting::AnyLock, 1).await;
         leave.commit().await.unwrap();
     };
     let (accepted, ()) = tokio::join!(accepting, the_leave_commits);
@@ -928,27 +931,6 @@ async fn an_accept_racing_the_viewers_leave_puts_nobody_on_stage() {
         )
         .await;
     assert_eq!(standing, 0);
-}
-
-/// Returns once a statement in this test's database waits for a lock, within
-/// a few seconds.
-async fn until_a_statement_waits_for_a_lock(admin: &tokio_postgres::Client) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let waiting: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no statement waited for a lock");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A connection of the test's own holding the stream's row lock (`FOR UPDATE`)
