@@ -19,9 +19,33 @@ use crate::store::viewers;
 /// How often the copies are brought up to date.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// One flush of every stale copy, each new count pushed into its room, and
-/// the chat any batch left unsent. Returns the rooms whose count was written.
+/// One flush of every stale copy, each new count pushed into its room, the
+/// chat any batch left unsent and the reactions the last taps only counted.
+/// The three parts stand alone: each runs whatever another did, so a failing
+/// one (its query refused, its table locked) holds back nothing else. Each
+/// failure is logged with its part; the first is returned, which makes the
+/// tick a failed one. Returns the rooms whose count was written.
 pub async fn flush_once(state: &AppState) -> Result<i32, ApiError> {
+    let counts = flush_counts(state).await;
+    let chat = crate::store::chat_broadcast::send_stale(state).await;
+    let reactions = flush_reactions(state).await;
+    for (part, failure) in [
+        ("viewer counts", counts.as_ref().err()),
+        ("chat", chat.as_ref().err()),
+        ("reactions", reactions.as_ref().err()),
+    ] {
+        if let Some(error) = failure {
+            tracing::warn!(part, %error, "this part of the flush failed; the next tick retries it");
+        }
+    }
+    let written = counts?;
+    chat?;
+    reactions?;
+    Ok(written)
+}
+
+/// Copies every stale count into `live_streams` and pushes each into its room.
+async fn flush_counts(state: &AppState) -> Result<i32, ApiError> {
     let written = {
         let client = state.db.get().await?;
         viewers::flush(&client).await?
@@ -31,25 +55,29 @@ pub async fn flush_once(state: &AppState) -> Result<i32, ApiError> {
             tracing::warn!(%room, %error, "viewer count not pushed into the room");
         }
     }
-    crate::store::chat_broadcast::send_stale(state).await?;
-    let reactions = {
+    Ok(written.len() as i32)
+}
+
+/// Sends each live room the reactions counted since its last packet.
+async fn flush_reactions(state: &AppState) -> Result<(), ApiError> {
+    let due = {
         let client = state.db.get().await?;
         crate::store::reactions::flush(&client).await?
     };
-    for due in &reactions {
+    for broadcast in &due {
         let sent = state
             .livekit
             .send_lossy(
-                &due.room_name,
+                &broadcast.room_name,
                 crate::store::reactions::REACTIONS_TOPIC,
-                due.payload()?,
+                broadcast.payload()?,
             )
             .await;
         if let Err(error) = sent {
-            tracing::warn!(room = %due.room_name, %error, "reactions not pushed into the room");
+            tracing::warn!(room = %broadcast.room_name, %error, "reactions not pushed into the room");
         }
     }
-    Ok(written.len() as i32)
+    Ok(())
 }
 
 /// What one invocation's flushes did.
@@ -83,10 +111,8 @@ pub async fn flush_until(state: &AppState, until: Instant) -> FlushReport {
         report.ticks += 1;
         match flush_once(state).await {
             Ok(rooms) => report.written += i64::from(rooms),
-            Err(error) => {
-                report.failed_ticks += 1;
-                tracing::warn!(%error, "flushing viewer counts failed; the next tick retries");
-            }
+            // flush_once logged what failed.
+            Err(_) => report.failed_ticks += 1,
         }
         if Instant::now() + TICK >= until {
             return report;

@@ -421,6 +421,52 @@ async fn reactions_reach_the_room_aggregated_with_no_sender() {
 }
 
 #[tokio::test]
+async fn the_flusher_sends_the_trailing_reactions_while_its_chat_part_fails() {
+    let app = TestApp::spawn().await;
+    let room = "chat-part-down";
+    app.start_stream(Uuid::new_v4(), room).await;
+    let (_, listener) = app.viewer_in(room).await;
+    // The chat part's query is refused from now on; the rest of the flush
+    // must not be.
+    crate::helpers::connect(&app.database_url)
+        .await
+        .batch_execute("REVOKE SELECT ON live_chat_broadcasts FROM live_api")
+        .await
+        .unwrap();
+    let taps = (0..10).map(|_| {
+        let app = &app;
+        async move {
+            let body = json!({"roomName": room, "kind": "clap"}).to_string();
+            app.call(react, Some(&app.token_for(Uuid::new_v4())), &body).await
+        }
+    });
+    let answered = futures::future::join_all(taps).await;
+    assert!(answered.iter().all(|r| r.status == 200), "{answered:?}");
+    assert!(
+        answered.iter().any(|r| r.body["broadcast"] == false),
+        "taps inside one interval leave some for the flusher: {answered:?}"
+    );
+
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let flushed = shared::scheduled::flush::flush_once(&app.state).await;
+        assert!(flushed.is_err(), "the chat part was refused: {flushed:?}");
+        let packets = listener.data_on("reactions");
+        if packets
+            .last()
+            .is_some_and(|last| last.payload["totals"]["clap"] == 10)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trailing taps never reached the room: {packets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_chat_mute_keeps_a_guest_on_camera_and_a_ban_ends_their_turn() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
