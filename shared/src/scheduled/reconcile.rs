@@ -7,7 +7,8 @@
 //!   during `/live/end`): `DeleteRoom` again;
 //! - what grows with use is pruned in bounded batches: webhook ids, idle
 //!   rate-limit rows, closed participant sessions and the sessions of ended
-//!   streams past the retention period.
+//!   streams past the retention period, and any presence row an ended stream
+//!   still has (a first join that committed while the end ran).
 //!
 //! Each write is conditional or made under the stream's row lock, so two runs
 //! at once do the same work twice, never anything wrong; with nothing live and
@@ -57,6 +58,9 @@ pub struct ReconcileReport {
     /// Participants removed or re-muted to match the database.
     pub corrected: usize,
     pub sessions_pruned: usize,
+    /// Presence rows of ended streams: a first join whose row committed while
+    /// the end ran, which the end could not see (migration 0023).
+    pub presence_pruned: usize,
     pub webhook_ids_pruned: usize,
     pub failed: usize,
     /// Rooms (live, or ended and unclosed) this run had no time left for;
@@ -84,6 +88,7 @@ pub async fn reconcile_until(
         report.webhook_ids_pruned = prune_webhook_ids(&client).await?;
         crate::store::rate_limit::prune(&client, PRUNE_BATCH).await?;
         report.sessions_pruned = prune_sessions(&client, state.rules.session_retention).await?;
+        report.presence_pruned = prune_presence_of_ended(&client).await?;
         // Read before any LiveKit call: a session written after this is newer
         // than every listing this run gets.
         let listed_at: DateTime<Utc> = client
@@ -213,6 +218,26 @@ async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) ->
              WHERE p.room_name = doomed.room_name AND p.sid = doomed.sid
              RETURNING 1",
             &[(&retention_seconds, Type::FLOAT8), (&PRUNE_BATCH, Type::INT8)],
+        )
+        .await?;
+    Ok(rows.len())
+}
+
+/// Deletes the presence rows of ended streams. An end deletes its stream's
+/// rows, but not one a first join inserts and commits while the end runs;
+/// nothing counts or lists such a row (the stream's shards are closed), so
+/// it would only stay. Ended streams never go live again, so no later event
+/// needs it.
+async fn prune_presence_of_ended(client: &tokio_postgres::Client) -> Result<usize, ApiError> {
+    let rows = client
+        .query_typed(
+            "DELETE FROM live_presence WHERE (room_name, identity) IN (
+                 SELECT p.room_name, p.identity
+                 FROM live_presence p JOIN live_streams s ON s.id = p.room_name
+                 WHERE NOT s.is_live
+                 LIMIT $1)
+             RETURNING 1",
+            &[(&PRUNE_BATCH, Type::INT8)],
         )
         .await?;
     Ok(rows.len())

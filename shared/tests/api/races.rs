@@ -800,6 +800,58 @@ async fn an_end_and_a_leave_in_flight_do_not_deadlock() {
     assert_eq!(present, 0);
 }
 
+/// A viewer's first join in flight (its session and presence row inserted,
+/// not yet committed) when `/live/end` runs: the end cannot see those rows,
+/// so the join commits a presence row into a stream that has ended. Nothing
+/// counts it (the shards are closed), and the reconciler deletes it.
+#[tokio::test]
+async fn a_presence_row_a_join_commits_during_the_end_is_pruned() {
+    let app = TestApp::spawn().await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4().to_string());
+    app.start_stream(host, "late-arrival").await;
+
+    let mut join_connection = app.db().await;
+    let join = join_connection.transaction().await.unwrap();
+    let step = join
+        .query_one(
+            "SELECT delta, arrived FROM live_presence_change('late-arrival', 'PA_late', $1, true, 'join', '')",
+            &[&viewer],
+        )
+        .await
+        .unwrap();
+    assert_eq!(step.get::<_, i32>(0), 1);
+    let arrived: f64 = step.get(1);
+    let end = app
+        .call(
+            end_stream,
+            Some(&app.token_for(host)),
+            r#"{"roomName":"late-arrival"}"#,
+        )
+        .await;
+    assert_eq!(end.status, 200, "{}", end.body);
+    let counted: bool = join
+        .query_one(
+            "SELECT live_count_add('late-arrival', hashtext($1) & 15, 1, 1, $2, 0)",
+            &[&viewer, &arrived],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!counted, "the end closed the shards first");
+    join.commit().await.unwrap();
+    let present = "SELECT count(*) FROM live_presence WHERE room_name = 'late-arrival'";
+    assert_eq!(
+        app.db_value::<i64>(present, &[]).await,
+        1,
+        "the end could not see the join's row"
+    );
+    assert_eq!(app.viewer_count("late-arrival").await, 0);
+
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.presence_pruned, 1, "{report:?}");
+    assert_eq!(app.db_value::<i64>(present, &[]).await, 0);
+}
+
 /// A late `room_finished` of the room's old instance, delivered while a
 /// retried `/live/start` records the new instance, ends nothing: the webhook
 /// reads the instance under the stream's row lock, so it waits for the start
