@@ -70,8 +70,8 @@ fn is_bidi_control(c: char) -> bool {
 /// (DerivedCoreProperties.txt, unassigned ranges included, as they are for
 /// what later versions assign), and the blanks that set leaves out (the
 /// Braille blank). Three uses inside emoji stay allowed and are checked on
-/// their own: the zero-width joiner ([`has_stray_joiner`]), the emoji
-/// presentation selector U+FE0F ("❤️"), and the tags of a subdivision flag
+/// their own: the zero-width joiner and the emoji presentation selector
+/// U+FE0F ([`has_stray_emoji_mark`]), and the tags of a subdivision flag
 /// ([`has_stray_tag`]).
 fn is_invisible(c: char) -> bool {
     matches!(
@@ -101,23 +101,32 @@ fn is_invisible(c: char) -> bool {
 
 const BLACK_FLAG: char = '\u{1F3F4}';
 const CANCEL_TAG: char = '\u{E007F}';
+const EMOJI_PRESENTATION: char = '\u{FE0F}';
+const ZERO_WIDTH_JOINER: char = '\u{200D}';
+const KEYCAP: char = '\u{20E3}';
 
 fn is_tag(c: char) -> bool {
     ('\u{E0020}'..='\u{E007E}').contains(&c)
 }
 
-/// A tag character (U+E0020–E007F) outside a flag's tag sequence ("🏴" then
-/// tags then the cancel tag, as in the flag of Scotland): anywhere else tags
-/// draw nothing and can spell hidden text.
+/// The subdivision flags Unicode recommends (RGI): England, Scotland, Wales.
+/// Any other tag sequence draws as a plain black flag whatever it spells.
+const FLAG_TAGS: [&str; 3] = ["gbeng", "gbsct", "gbwls"];
+
+/// A tag character (U+E0020–E007F) outside one of the [`FLAG_TAGS`] flags
+/// ("🏴", the tags, the cancel tag): anywhere else, or spelling anything
+/// else, tags draw nothing and carry hidden text.
 fn has_stray_tag(text: &str) -> bool {
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if c == BLACK_FLAG {
-            let mut tags = 0;
-            while chars.next_if(|&next| is_tag(next)).is_some() {
-                tags += 1;
+            let mut spelled = String::new();
+            while let Some(tag) = chars.next_if(|&next| is_tag(next)) {
+                spelled.push(char::from_u32(u32::from(tag) - 0xE0000).unwrap_or('?'));
             }
-            if tags > 0 && chars.next_if_eq(&CANCEL_TAG).is_none() {
+            if !spelled.is_empty()
+                && (chars.next_if_eq(&CANCEL_TAG).is_none() || !FLAG_TAGS.contains(&spelled.as_str()))
+            {
                 return true;
             }
         } else if is_tag(c) || c == CANCEL_TAG {
@@ -127,23 +136,51 @@ fn has_stray_tag(text: &str) -> bool {
     false
 }
 
+/// A pictograph an emoji sequence is built of: any non-ASCII character with
+/// Unicode's Emoji property (the ASCII ones are the digits, `#` and `*`).
+fn is_pictograph(c: char) -> bool {
+    use unicode_properties::UnicodeEmoji;
+    !c.is_ascii() && c.is_emoji_char()
+}
+
+/// Whether `c` draws as text unless U+FE0F follows it ("❤" and "❤️"); after
+/// any other character U+FE0F changes nothing on screen.
+fn takes_emoji_presentation(c: char) -> bool {
+    use unicode_properties::{EmojiStatus, UnicodeEmoji};
+    matches!(
+        c.emoji_status(),
+        EmojiStatus::EmojiOther | EmojiStatus::EmojiModifierBase | EmojiStatus::EmojiOtherAndEmojiComponent
+    )
+}
+
+/// A zero-width joiner or U+FE0F outside an emoji sequence. The joiner must
+/// join two pictographs ("👩‍💻", "🏳️‍🌈"); U+FE0F must follow a character
+/// it turns into an emoji, and after a digit, `#` or `*` only as a keycap
+/// ("#️⃣"). Anywhere else both draw nothing: "A\u{FE0F}da" looks like "Ada".
+fn has_stray_emoji_mark(text: &str) -> bool {
+    let chars: Vec<char> = text.chars().collect();
+    chars.iter().enumerate().any(|(i, &c)| {
+        let before = i.checked_sub(1).and_then(|j| chars.get(j)).copied();
+        let after = chars.get(i + 1).copied();
+        match c {
+            ZERO_WIDTH_JOINER => {
+                let joined_after = before.is_some_and(|b| is_pictograph(b) || b == EMOJI_PRESENTATION);
+                !(joined_after && after.is_some_and(is_pictograph))
+            }
+            EMOJI_PRESENTATION => match before {
+                Some(b) if b.is_ascii() => !(takes_emoji_presentation(b) && after == Some(KEYCAP)),
+                Some(b) => !takes_emoji_presentation(b),
+                None => true,
+            },
+            _ => false,
+        }
+    })
+}
+
 /// Controls, and the line and paragraph separators: names and titles are one
 /// line.
 fn is_control_or_line_break(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
-}
-
-/// A zero-width joiner outside an emoji sequence: joining letters, at an end.
-fn has_stray_joiner(text: &str) -> bool {
-    let chars: Vec<char> = text.chars().collect();
-    chars.iter().enumerate().any(|(i, &c)| {
-        c == '\u{200D}' && {
-            let joins = |neighbour: Option<&char>| {
-                neighbour.is_some_and(|n| !n.is_alphanumeric() && !n.is_whitespace())
-            };
-            !(i > 0 && joins(chars.get(i - 1)) && joins(chars.get(i + 1)))
-        }
-    })
 }
 
 /// Trims `raw` and checks its length in characters. These strings are shown
@@ -168,7 +205,7 @@ fn trimmed_text(raw: &str, field: &str, max_chars: usize) -> Result<String, Stri
             "{field} must not contain bidirectional formatting characters"
         ));
     }
-    if trimmed.chars().any(is_invisible) || has_stray_joiner(trimmed) || has_stray_tag(trimmed) {
+    if trimmed.chars().any(is_invisible) || has_stray_emoji_mark(trimmed) || has_stray_tag(trimmed) {
         return Err(format!("{field} must not contain invisible characters"));
     }
     Ok(trimmed.to_owned())
@@ -489,6 +526,14 @@ mod tests {
             "\u{2800}",                    // Braille blank: a name that looks empty
             "Ada\u{2028}Admin",            // line separator
             "Ada\u{2029}Admin",            // paragraph separator
+            "A\u{FE0F}da",                 // U+FE0F after a letter draws nothing
+            "Ada1\u{FE0F}",                // after a digit, only as a keycap
+            "\u{1F980}\u{FE0F}",           // after an emoji that is one already
+            "\u{2764}\u{FE0F}\u{FE0F}",    // twice
+            "Ada!\u{200D}!",               // a joiner between punctuation
+            "Ada \u{1F469}\u{200D}",       // a joiner at the end
+            // A flag's tags spelling hidden text ("ignore") behind a black flag.
+            "\u{1F3F4}\u{E0069}\u{E0067}\u{E006E}\u{E006F}\u{E0072}\u{E0065}\u{E007F}",
         ] {
             assert!(ParticipantName::parse(bad).is_err(), "{bad:?}");
             assert!(Title::parse(bad).is_err(), "{bad:?}");
@@ -503,6 +548,12 @@ mod tests {
             // The flag of Scotland: the black flag, the tags "gbsct", the cancel tag.
             "Ada \u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
             "Ada \u{1F3F4}",
+            "#\u{FE0F}\u{20E3} 1\u{FE0F}\u{20E3}", // keycaps
+            "\u{1F3F3}\u{FE0F}\u{200D}\u{1F308}",  // rainbow flag
+            "\u{1F469}\u{1F3FD}\u{200D}\u{1F4BB}", // a skin tone, then a joiner
+            "\u{2764}\u{FE0F}\u{200D}\u{1F525}",   // heart on fire
+            "\u{1F3F4}\u{200D}\u{2620}\u{FE0F}",   // pirate flag
+            "\u{1F3F4}\u{E0067}\u{E0062}\u{E0077}\u{E006C}\u{E0073}\u{E007F}", // Wales
         ] {
             assert!(ParticipantName::parse(good).is_ok(), "{good:?}");
         }
