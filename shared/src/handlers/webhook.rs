@@ -118,7 +118,22 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
     };
     let applied = {
         let client = state.db.get().await?;
-        viewers::participant_event(&client, &event.id, &room, room_sid, change, &who).await?
+        let mut applied =
+            viewers::participant_event(&client, &event.id, &room, room_sid, change, &who).await?;
+        // LiveKit delivers again what was not answered 2xx: the first delivery
+        // may have committed and then died (a timeout) before it made LiveKit
+        // enforce the standing, so a repeated join still gets its correction.
+        if change == SessionChange::Joined
+            && applied.outcome == "duplicate"
+            && let Some(user) = who.user()
+            && let Some((streamer, is_live, standing)) =
+                viewers::standing_at_join(&client, &room, room_sid, user).await?
+        {
+            applied.streamer = Some(streamer);
+            applied.is_live = is_live;
+            applied.standing = standing;
+        }
+        applied
     };
     if let Some(count) = applied.count_written
         && let Err(error) = state.livekit.push_viewer_count(&room, count).await

@@ -132,6 +132,50 @@ pub async fn participant_event(
     })
 }
 
+/// The stream of `room` (that instance of it) and `user`'s standing there,
+/// for a join LiveKit delivered again: the first delivery recorded the event
+/// but may have died before LiveKit was made to enforce the standing, and the
+/// retry is all that is left to do it. `None` for a room we do not know or
+/// another instance of it.
+pub async fn standing_at_join(
+    client: &Client,
+    room: &RoomName,
+    room_sid: &str,
+    user: Uuid,
+) -> Result<Option<(Uuid, bool, Standing)>, ApiError> {
+    let row = client
+        .query_typed_opt(
+            "SELECT s.streamer_id, s.is_live, coalesce(r.banned, false), coalesce(r.muted, false),
+                    g.hand_raised_at IS NOT NULL, g.invited_at IS NOT NULL, g.on_stage_since IS NOT NULL
+             FROM live_streams s
+             LEFT JOIN live_room_restrictions r ON r.room_name = s.id AND r.user_id = $3
+             LEFT JOIN live_stage g ON g.room_name = s.id AND g.user_id = $3
+             WHERE s.id = $1 AND ($2 = '' OR s.room_sid IS NULL OR s.room_sid = $2)",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&room_sid, Type::TEXT),
+                (&user, Type::UUID),
+            ],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let get = |i: usize| row.try_get::<_, bool>(i).map_err(ApiError::internal);
+    let streamer = row.try_get(0).map_err(ApiError::internal)?;
+    Ok(Some((
+        streamer,
+        get(1)?,
+        Standing {
+            banned: get(2)?,
+            muted: get(3)?,
+            stage: StageStanding {
+                hand_raised: get(4)?,
+                invited: get(5)?,
+                on_stage: get(6)?,
+            },
+        },
+    )))
+}
+
 /// Makes the sessions match who LiveKit listed in the room at `listed_at`
 /// (the database's clock, read before `ListParticipants` was called); see
 /// `live_sync_sessions`. A session written after `listed_at` (a join that

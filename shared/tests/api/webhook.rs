@@ -300,6 +300,71 @@ async fn a_banned_user_who_joins_is_removed_and_a_muted_one_muted_again() {
     drop(fine_client);
 }
 
+/// A join whose first delivery committed but never made LiveKit act (LiveKit
+/// unreachable here; a Lambda timeout between the commit and the call in
+/// production) is delivered again, and that repeat is a duplicate for the
+/// counts: it must still remove a banned participant.
+#[tokio::test]
+async fn a_repeated_join_of_a_banned_user_still_removes_them() {
+    let room = live_room().await;
+    let banned = Uuid::new_v4();
+    let token = room
+        .app
+        .request_token(&room.app.token_for(banned), ROOM)
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ban = serde_json::json!({"roomName": ROOM, "userId": banned, "action": "ban"}).to_string();
+    let response = room
+        .app
+        .call(
+            shared::handlers::moderate,
+            Some(&room.app.token_for(room.streamer)),
+            &ban,
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Failing);
+    let client = room
+        .app
+        .join(&token)
+        .await
+        .expect("this LiveKit version lets a token from before the ban join");
+    room.app.wait_for_webhooks("participant_joined", 1).await;
+    let present = room
+        .app
+        .livekit()
+        .wait_for_participants(ROOM, "the banned viewer in the room", |ps| {
+            ps.iter().any(|p| p.identity == banned.to_string())
+        })
+        .await;
+    let sid = present[0].sid.clone();
+    let identity = banned.to_string();
+    let first = room
+        .send(
+            "EV_delivered_twice",
+            "participant_joined",
+            Some((&identity, &sid, false)),
+        )
+        .await;
+    assert_eq!(first, "applied");
+
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
+    let again = room
+        .send(
+            "EV_delivered_twice",
+            "participant_joined",
+            Some((&identity, &sid, false)),
+        )
+        .await;
+    assert_eq!(again, "duplicate");
+    client.wait_disconnected().await;
+    assert_eq!(room.count().await, 0, "the duplicate counted nothing");
+}
+
 /// A stream ended while LiveKit was down keeps its room open for a while: a
 /// viewer with a token from before the end is removed as they join, and no
 /// webhook changes the ended stream's counts.
