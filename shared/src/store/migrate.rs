@@ -48,6 +48,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(22, "0022_posts_taps_and_stage_changes_wait_for_ends_and_bans"),
     migration!(23, "0023_ends_take_locks_in_the_webhooks_order"),
     migration!(24, "0024_stage_changes_lock_their_row"),
+    migration!(25, "0025_nothing_scans_the_history"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.
@@ -135,4 +136,32 @@ pub async fn migrate_url(url: &str) -> Result<Vec<&'static str>, Box<dyn std::er
     drop(client);
     let _ = connection.await;
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// A file added to `migrations/` but not to [`MIGRATIONS`] would never
+    /// run, and every test would pass without it.
+    #[test]
+    fn every_file_in_migrations_is_listed_once_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter_map(|name| name.strip_suffix(".sql").map(str::to_owned))
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(listed, files);
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version as usize, index + 1, "{}", migration.name);
+            assert!(
+                migration.name.starts_with(&format!("{:04}_", migration.version)),
+                "{}",
+                migration.name
+            );
+        }
+    }
 }
