@@ -348,54 +348,6 @@ async fn a_start_retried_while_the_stream_ends_gets_no_token_and_leaves_no_room(
     assert!(!app.stream_row("ending").await.unwrap().get::<_, bool>("is_live"));
 }
 
-/// Two streamers start the same name at once. CreateRoom hands both the one
-/// room; the first commits its stream, the second's commit is refused (it
-/// has no profile, which only the insert checks). The refused start must not
-/// close the room: it is the first streamer's now.
-#[tokio::test]
-async fn a_refused_start_does_not_close_the_room_another_start_of_its_name_committed() {
-    let url = crate::helpers::create_database().await;
-    connect(&url)
-        .await
-        .batch_execute("CREATE TABLE public.profiles (id UUID PRIMARY KEY)")
-        .await
-        .unwrap();
-    shared::store::migrate::migrate_url(&url).await.unwrap();
-    let app = TestApp::spawn_with(AppOptions {
-        livekit: LiveKitChoice::Stub,
-        database_url: Some(url),
-        ..AppOptions::default()
-    })
-    .await;
-    let (first, profileless) = (Uuid::new_v4(), Uuid::new_v4());
-    app.db()
-        .await
-        .execute("INSERT INTO public.profiles (id) VALUES ($1)", &[&first])
-        .await
-        .unwrap();
-    let body = r#"{"title":"Same name","roomName":"same-name"}"#;
-    let create = app.stub().hold("CreateRoom");
-    let refused_start = app.call(start_stream, Some(&app.token_for(profileless)), body);
-    let first_start_meanwhile = async {
-        create.arrived().await;
-        let started = app
-            .call(start_stream, Some(&app.token_for(first)), body)
-            .await;
-        create.release();
-        started
-    };
-    let (refused, started) = tokio::join!(refused_start, first_start_meanwhile);
-    assert_eq!(started.status, 201, "{}", started.body);
-    assert!(refused.status >= 400, "{}: {}", refused.status, refused.body);
-    assert!(
-        app.has_room("same-name").await,
-        "the room of the live stream stays open"
-    );
-    let stream = app.stream_row("same-name").await.unwrap();
-    assert!(stream.get::<_, bool>("is_live"));
-    assert_eq!(stream.get::<_, Uuid>("streamer_id"), first);
-}
-
 #[tokio::test]
 async fn a_streamer_has_one_live_stream_at_a_time_by_default() {
     let app = TestApp::spawn().await;
