@@ -54,6 +54,11 @@ const LEEWAY_SECONDS: u64 = 30;
 /// The least time between two fetches triggered by an unknown `kid`.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(60);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// While the JWKS cannot be fetched, the previous copy keeps verifying for
+/// this many cache periods after it was fetched (an hour at the default ten
+/// minutes, an access token's default lifetime), then requests get 503: a
+/// key withdrawn while Supabase Auth is unreachable is not trusted for ever.
+const JWKS_STALE_PERIODS: u32 = 6;
 
 #[derive(Deserialize)]
 struct SupabaseClaims {
@@ -180,6 +185,12 @@ impl JwksState {
         self.fetched_at.is_some_and(|at| at.elapsed() < self.ttl)
     }
 
+    /// Whether the copy may still verify while it cannot be refreshed.
+    fn usable(&self) -> bool {
+        self.fetched_at
+            .is_some_and(|at| at.elapsed() < self.ttl * JWKS_STALE_PERIODS)
+    }
+
     fn may_refetch(&self) -> bool {
         self.last_attempt
             .is_none_or(|at| at.elapsed() >= JWKS_MIN_REFETCH.min(self.ttl))
@@ -189,7 +200,11 @@ impl JwksState {
     /// A fresh copy answers alone; a stale or missing key fetches, but never more
     /// often than `JWKS_MIN_REFETCH`, so a flood of unknown `kid`s costs one fetch.
     fn cached(&self, kid: &str, alg: Algorithm) -> Result<Option<Arc<DecodingKey>>, AuthError> {
-        let found = self.lookup(kid, alg)?;
+        let found = if self.usable() {
+            self.lookup(kid, alg)?
+        } else {
+            None
+        };
         if self.may_refetch() && (found.is_none() || !self.fresh()) {
             return Ok(None);
         }
@@ -197,6 +212,9 @@ impl JwksState {
             Some(key) => Ok(Some(key)),
             None if self.fetched_at.is_none() => Err(AuthError::KeysUnavailable(
                 "the JWKS could not be fetched yet".into(),
+            )),
+            None if !self.usable() => Err(AuthError::KeysUnavailable(
+                "the JWKS could not be refreshed for too long".into(),
             )),
             None => Err(AuthError::Rejected("unknown kid")),
         }
@@ -245,9 +263,10 @@ impl JwksCache {
                 state.keys = keys;
                 state.fetched_at = Some(Instant::now());
             }
-            // A stale copy beats no copy while the auth server is down; with no
-            // copy at all the caller gets 503, not 401: the token may be fine.
-            Err(e) if state.keys.is_empty() => return Err(e),
+            // A stale copy beats no copy while the auth server is down, for
+            // JWKS_STALE_PERIODS; with no usable copy the caller gets 503,
+            // not 401: the token may be fine.
+            Err(e) if state.keys.is_empty() || !state.usable() => return Err(e),
             Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; using the previous keys"),
         }
         state.lookup(kid, alg)?.ok_or(AuthError::Rejected("unknown kid"))

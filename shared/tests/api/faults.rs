@@ -219,6 +219,44 @@ async fn a_signing_key_removed_from_the_jwks_stops_verifying_once_the_cache_expi
     assert_eq!(app.jwks.fetches(), 2);
 }
 
+/// Supabase Auth unreachable: the keys fetched before keep verifying past
+/// the cache period, but not for ever (six periods): after that a token is
+/// a 503 (the keys are unknown), never a pass on a key that may have been
+/// withdrawn meanwhile. Once the JWKS answers again, tokens verify.
+#[tokio::test]
+async fn while_the_jwks_cannot_be_fetched_the_previous_keys_verify_for_a_bounded_time() {
+    let app = TestApp::spawn_with_settings(vec![("SUPABASE_JWKS_CACHE_SECONDS", "1".into())]).await;
+    let user = Uuid::new_v4();
+    let token = asymmetric("es256-a", &app.claims_for(user));
+    assert_eq!(app.state.auth.authenticate(&token).await.unwrap().id, user);
+    app.jwks.set_failing(true);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        app.state.auth.authenticate(&token).await.unwrap().id,
+        user,
+        "a stale copy beats none"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match app.state.auth.authenticate(&token).await {
+            Ok(_) => assert!(Instant::now() < deadline, "the stale keys verified for ever"),
+            Err(error) => break error,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        matches!(refused, shared::auth::AuthError::KeysUnavailable(_)),
+        "{refused:?}"
+    );
+    app.jwks.set_failing(false);
+    // The next fetch waits out the refetch interval (here the cache period).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.state.auth.authenticate(&token).await.is_err() {
+        assert!(Instant::now() < deadline, "never verified again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn starts_and_tokens_are_rate_limited_per_user_across_containers() {
     let app = TestApp::spawn_with_settings(vec![
