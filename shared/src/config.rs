@@ -214,12 +214,15 @@ impl Config {
         let pool_size = number(&get, DATABASE_POOL_SIZE, DEFAULT_POOL_SIZE, 1..=64)?;
 
         let client_url = require(LIVEKIT_URL)?;
-        let api_url = livekit_api_url(&client_url).ok_or_else(|| {
-            invalid(
-                LIVEKIT_URL,
-                "expected a ws:// or wss:// URL with a host, e.g. wss://my-project.livekit.cloud",
-            )
-        })?;
+        let api_url = livekit_api_url(&client_url)
+            .filter(|api_url| api_url.starts_with("https://") || is_loopback_http(api_url))
+            .ok_or_else(|| {
+                invalid(
+                    LIVEKIT_URL,
+                    "expected a wss:// URL with a host, e.g. wss://my-project.livekit.cloud \
+                     (plain ws:// only on loopback: RoomService calls carry admin tokens)",
+                )
+            })?;
         let token_ttl = Duration::from_secs(number(
             &get,
             LIVEKIT_TOKEN_TTL_SECONDS,
@@ -436,8 +439,9 @@ where
         })
 }
 
-/// `http://` to this machine only (a local Supabase, the tests): anywhere else
-/// the JWKS that decides who is who must come over TLS.
+/// `http://` to this machine only (a local Supabase or LiveKit, the tests):
+/// anywhere else the JWKS that decides who is who, and RoomService calls that
+/// carry admin tokens, must go over TLS.
 fn is_loopback_http(url: &str) -> bool {
     // Parsed as an HTTP client reads it: `http://localhost:80@evil.example`
     // is a request to evil.example.
@@ -660,6 +664,23 @@ mod tests {
             assert_eq!(pg.get_hosts().len(), 1, "{url}");
         }
         assert!(parse_database_url("postgres://db/x?sslmode=verify-everything").is_err());
+    }
+
+    #[test]
+    fn livekit_url_is_wss_except_on_loopback() {
+        for (url, accepted) in [
+            ("wss://my-project.livekit.cloud", true),
+            ("ws://127.0.0.1:7880", true),
+            ("ws://localhost:7880/", true),
+            ("ws://livekit.internal:7880", false),
+            ("ws://10.0.0.5:7880", false),
+            ("ws://localhost:7880@evil.example", false),
+            ("https://my-project.livekit.cloud", false),
+        ] {
+            let mut pairs = without(LIVEKIT_URL);
+            pairs.push((LIVEKIT_URL, url));
+            assert_eq!(Config::from_lookup(lookup(&pairs)).is_ok(), accepted, "{url}");
+        }
     }
 
     #[test]
