@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(23, "0023_ends_take_locks_in_the_webhooks_order"),
     migration!(24, "0024_stage_changes_lock_their_row"),
     migration!(25, "0025_nothing_scans_the_history"),
+    migration!(26, "0026_the_reconciler_touches_only_what_differs"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.
