@@ -172,7 +172,8 @@ pub struct StageEntry {
     pub user_id: Uuid,
     /// The name LiveKit reports for them while they are in the room.
     pub display_name: Option<String>,
-    /// When they raised their hand, invitation or not.
+    /// A guest: since they came on stage; an invitee: since the invitation;
+    /// a raised hand: since it was raised.
     pub since: DateTime<Utc>,
 }
 
