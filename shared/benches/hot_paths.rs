@@ -132,6 +132,7 @@ fn benches(c: &mut Criterion) {
                     Role::Viewer {
                         muted: false,
                         stage: Default::default(),
+                        anonymous: false,
                     },
                 )
                 .unwrap()

@@ -168,6 +168,10 @@ pub struct LiveKitConfig {
     /// Whether viewers' tokens carry `canPublishData` (chat-like packets of
     /// their own). Off for apps that want no client data in their rooms.
     pub viewer_can_publish_data: bool,
+    /// Whether Supabase anonymous sign-ins may publish data too: only when
+    /// they may take part (`ALLOW_ANONYMOUS_PARTICIPATION`); otherwise they
+    /// watch, in LiveKit as in the API.
+    pub anonymous_can_publish_data: bool,
 }
 
 /// What `CreateRoom` asks LiveKit for.
@@ -328,6 +332,7 @@ impl Config {
                 token_ttl,
                 room,
                 viewer_can_publish_data: flag(&get, LIVEKIT_VIEWER_CAN_PUBLISH_DATA, true)?,
+                anonymous_can_publish_data: rules.allow_anonymous_participation,
             },
             supabase: SupabaseConfig {
                 jwt_secret,

@@ -30,6 +30,7 @@ pub async fn issue_token(
         Role::Viewer {
             muted: access.muted,
             stage: access.stage,
+            anonymous: user.is_anonymous,
         }
     };
     let token =

@@ -58,8 +58,24 @@ pub enum Role {
     Host,
     /// Everyone else: watches, chats unless the streamer muted them, and
     /// publishes camera and microphone while on stage.
-    Viewer { muted: bool, stage: StageStanding },
+    Viewer {
+        muted: bool,
+        stage: StageStanding,
+        /// A Supabase anonymous sign-in: no data packets unless anonymous
+        /// sign-ins may take part.
+        anonymous: bool,
+    },
 }
+
+/// Whether a participant's attributes mark an anonymous sign-in.
+pub fn is_anonymous(attributes: &std::collections::HashMap<String, String>) -> bool {
+    attributes.get(ANONYMOUS_ATTRIBUTE).is_some_and(|v| v == "true")
+}
+
+/// The participant attribute, set in the token, that marks a Supabase
+/// anonymous sign-in (`"true"`). Viewer tokens cannot change their own
+/// attributes, so LiveKit's listings and webhooks carry it as we set it.
+pub const ANONYMOUS_ATTRIBUTE: &str = "anonymous";
 
 /// The track sources a guest on stage may publish (no screen share).
 const GUEST_SOURCES: [proto::TrackSource; 2] = [proto::TrackSource::Camera, proto::TrackSource::Microphone];
@@ -71,6 +87,7 @@ pub struct LiveKit {
     token_ttl: Duration,
     room_options: RoomOptions,
     viewer_can_publish_data: bool,
+    anonymous_can_publish_data: bool,
     rooms: RoomClient,
     webhooks: WebhookReceiver,
 }
@@ -84,6 +101,7 @@ impl LiveKit {
             token_ttl: config.token_ttl,
             room_options: config.room,
             viewer_can_publish_data: config.viewer_can_publish_data,
+            anonymous_can_publish_data: config.anonymous_can_publish_data,
             webhooks: WebhookReceiver::new(TokenVerifier::with_api_key(&config.api_key, &config.api_secret)),
             rooms: RoomClient::with_api_key(&config.api_url, &config.api_key, &config.api_secret)
                 .with_request_timeout(ROOM_SERVICE_TIMEOUT),
@@ -112,7 +130,12 @@ impl LiveKit {
             .with_ttl(self.token_ttl)
             .with_grants(self.grants_for(room, role));
         let token = match role {
-            Role::Viewer { stage, .. } => token.with_attributes(stage.attribute_pairs()),
+            Role::Viewer { stage, anonymous, .. } => token.with_attributes(
+                stage
+                    .attribute_pairs()
+                    .into_iter()
+                    .chain(anonymous.then_some((ANONYMOUS_ATTRIBUTE, "true"))),
+            ),
             Role::Host => token,
         };
         token.to_jwt().map_err(ApiError::internal)
@@ -240,6 +263,11 @@ impl LiveKit {
     /// `LIVEKIT_VIEWER_CAN_PUBLISH_DATA`), camera and microphone while on
     /// stage (LiveKit unpublishes their tracks when that goes), and the stage
     /// attributes every client draws. Someone not in the room is fine.
+    ///
+    /// The database does not know who signed in anonymously; the participant
+    /// does (the attribute its token set). An update that gave data to an
+    /// anonymous sign-in who may only watch (an unmute, a stage change) is
+    /// followed at once by one that takes it back.
     pub async fn update_viewer(
         &self,
         room: &RoomName,
@@ -247,20 +275,29 @@ impl LiveKit {
         muted: bool,
         stage: StageStanding,
     ) -> Result<(), RoomServiceError> {
-        let options = UpdateParticipantOptions {
-            permission: Some(self.viewer_permission(muted, stage.on_stage)),
-            attributes: stage.attributes(),
-            ..UpdateParticipantOptions::default()
+        let update = |muted: bool| {
+            let options = UpdateParticipantOptions {
+                permission: Some(self.viewer_permission(muted, stage.on_stage)),
+                attributes: stage.attributes(),
+                ..UpdateParticipantOptions::default()
+            };
+            repeatable(move || {
+                self.rooms
+                    .update_participant(room.as_str(), identity, options.clone())
+            })
         };
-        match repeatable(|| {
-            self.rooms
-                .update_participant(room.as_str(), identity, options.clone())
-        })
-        .await
-        {
-            Err(RoomServiceError::NotFound) => Ok(()),
-            other => other.map(drop),
+        let updated = match update(muted).await {
+            Err(RoomServiceError::NotFound) => return Ok(()),
+            other => other?,
+        };
+        let granted_data = updated.permission.as_ref().is_some_and(|p| p.can_publish_data);
+        if granted_data && self.withholds_data_from(is_anonymous(&updated.attributes)) {
+            match update(true).await {
+                Err(RoomServiceError::NotFound) => return Ok(()),
+                other => drop(other?),
+            }
         }
+        Ok(())
     }
 
     /// The permission a viewer with this mute and place on the stage has.
@@ -281,6 +318,13 @@ impl LiveKit {
     /// Whether a viewer, muted or not, may publish data packets.
     pub fn viewer_can_publish_data(&self, muted: bool) -> bool {
         self.viewer_can_publish_data && !muted
+    }
+
+    /// Whether a participant is kept from publishing data for being an
+    /// anonymous sign-in (who may only watch unless anonymous sign-ins may
+    /// take part): as if muted.
+    pub fn withholds_data_from(&self, anonymous: bool) -> bool {
+        anonymous && !self.anonymous_can_publish_data
     }
 
     /// Checks a webhook's signature (a JWT signed with our API secret carrying
@@ -372,15 +416,22 @@ impl LiveKit {
     fn grants_for(&self, room: &RoomName, role: Role) -> VideoGrants {
         match role {
             Role::Host => video_grants(room, true, true, Vec::new()),
-            Role::Viewer { muted, stage } if stage.on_stage => video_grants(
+            Role::Viewer {
+                muted,
+                stage,
+                anonymous,
+            } if stage.on_stage => video_grants(
                 room,
                 true,
-                self.viewer_can_publish_data(muted),
+                self.viewer_can_publish_data(muted || self.withholds_data_from(anonymous)),
                 vec!["camera".to_owned(), "microphone".to_owned()],
             ),
-            Role::Viewer { muted, .. } => {
-                video_grants(room, false, self.viewer_can_publish_data(muted), Vec::new())
-            }
+            Role::Viewer { muted, anonymous, .. } => video_grants(
+                room,
+                false,
+                self.viewer_can_publish_data(muted || self.withholds_data_from(anonymous)),
+                Vec::new(),
+            ),
         }
     }
 }

@@ -53,6 +53,7 @@ pub fn correction(
     if banned {
         return Some(Correction::Remove);
     }
+    let muted = muted || livekit.withholds_data_from(participant.anonymous);
     let expected = livekit.viewer_permission(muted, stage.on_stage);
     let differs = participant.can_publish_data != expected.can_publish_data
         || participant.can_publish != expected.can_publish

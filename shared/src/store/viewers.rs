@@ -34,6 +34,8 @@ pub struct Presence {
     pub can_publish_data: bool,
     /// What their attributes say of the stage.
     pub stage: StageStanding,
+    /// Their token marked them a Supabase anonymous sign-in.
+    pub anonymous: bool,
 }
 
 impl From<&livekit_protocol::ParticipantInfo> for Presence {
@@ -47,6 +49,7 @@ impl From<&livekit_protocol::ParticipantInfo> for Presence {
             can_publish: permission.is_some_and(|p| p.can_publish),
             can_publish_data: permission.is_some_and(|p| p.can_publish_data),
             stage: StageStanding::from_attributes(&participant.attributes),
+            anonymous: crate::livekit::is_anonymous(&participant.attributes),
         }
     }
 }

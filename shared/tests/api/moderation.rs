@@ -214,6 +214,40 @@ async fn a_mute_makes_the_viewers_data_packets_fail_until_unmute() {
     assert_eq!(chat(&room.app, room.viewer).await.status, 201);
 }
 
+/// A Supabase anonymous sign-in may only watch (by default): its token has
+/// no data permission, and neither the join's webhook (which compares the
+/// participant with the database, where nobody is muted) nor an unmute
+/// gives it one. LiveKit holds the rule, not only the API.
+#[tokio::test]
+async fn an_anonymous_viewer_gets_no_data_permission_from_a_join_or_an_unmute() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, ROOM).await;
+    let guest = Uuid::new_v4();
+    let token = app.request_token(&app.anonymous_token_for(guest), ROOM).await;
+    assert_eq!(token.status, 200, "{}", token.body);
+    let _client = app
+        .join(token.body["token"].as_str().unwrap())
+        .await
+        .expect("a guest may watch");
+    app.wait_for_webhooks("participant_joined", 1).await;
+    let data_permission = || async {
+        app.livekit()
+            .participants(ROOM)
+            .await
+            .iter()
+            .find(|p| p.identity == guest.to_string())
+            .and_then(|p| p.permission.clone())
+            .expect("the guest is in the room")
+            .can_publish_data
+    };
+    assert!(!data_permission().await, "the join's webhook left it alone");
+    for action in ["mute", "unmute"] {
+        assert_eq!(act(&app, host, guest, action).await.status, 200, "{action}");
+    }
+    assert!(!data_permission().await, "the unmute gave nothing back");
+}
+
 #[tokio::test]
 async fn every_action_is_recorded() {
     let room = room_with_viewer().await;
