@@ -659,7 +659,7 @@ def hot_room_section(results):
     allw = crowd["all"]
     lines = [f"One room, {hot['viewers']:,} viewers, a {hot['window_s']} s window for each phase, Postgres with production durability behind a proxy adding {hot['proxy_delay_ms']} ms to every round trip, every function in as many containers as the template reserves (pool size 1 each). "
              "Issue 13's results 1 to 4 are the first four below; its fifth, the whole `/live/token` against the seed's Node function, is the next section's (step `node-token`); "
-             "5 and 6 here are issue 14's reactions and the real server's own webhooks.", ""]
+             "5 and 6 here are issue 14's reactions and the real server's own webhooks, 7 the scheduled jobs at this scale.", ""]
     lines.append("**1. Flash crowd** (signed webhooks; LiveKit's habits: "
                  f"{crowd['duplicates']} duplicates, {crowd['reordered']} leaves before their joins, {crowd['aborted']} aborted connections)")
     lines.append("")
@@ -716,7 +716,28 @@ def hot_room_section(results):
     lines.append(reactions_paragraph(hot.get("reactions")))
     lines.append("")
     lines.append(real_participants_paragraph(hot.get("real_participants")))
+    lines.append("")
+    lines.append(scheduled_jobs_paragraph(hot.get("scheduled_jobs")))
     return "\n".join(lines)
+
+
+def scheduled_jobs_paragraph(r):
+    if not r:
+        return "**7. Scheduled jobs:** " + NOT_MEASURED + " (this run's hot-room output has no such phase)"
+    budget = r["statement_timeout_s"]
+    repair_ok = r["repair_s"] < budget and r["count_after_repair"] == r["viewers"]
+    steady_ok = r["steady_today_s"] < budget
+    flush_ok = r["flush_today_s"] < 1.0
+
+    def secs(s):
+        return f"{s * 1000:,.0f} ms" if s < 10 else f"{s:,.1f} s"
+
+    return (f"**7. Scheduled jobs at this scale** (directly on Postgres, medians; the functions' statement timeout is {budget:.0f} s, the flusher ticks every second): "
+            f"the reconciler's run over the room with all {r['viewers']:,} viewers listed takes {secs(r['repair_s'])} when every webhook was lost (count {r['count_after_repair']:,} after it; {verdict(repair_ok)}) "
+            f"and {secs(r['steady_today_s'])} when nothing differs, against {secs(r['steady_previous_s'])} for the previous run (which locked and rewrote every listed session; "
+            f"{r['steady_previous_s'] / r['steady_today_s']:,.0f}× longer; {verdict(steady_ok)}); "
+            f"a flush tick behind {r['ended_streams']:,} ended streams takes {secs(r['flush_today_s'])}, against {secs(r['flush_previous_s'])} for the previous flush, which summed every ended stream's shards "
+            f"({r['flush_previous_s'] / r['flush_today_s']:,.0f}× longer; {verdict(flush_ok)}).")
 
 
 def real_participants_paragraph(r):

@@ -15,13 +15,16 @@
 //! 5. reactions: 10,000 viewers tapping, a real participant counting the
 //!    aggregated packets the room receives, LiveKit's SendData calls counted;
 //! 6. real participants: LiveKit's own webhooks for viewers of its Python SDK
-//!    joining, leaving and killed, over HTTP through the same adapter.
+//!    joining, leaving and killed, over HTTP through the same adapter;
+//! 7. the scheduled jobs at that scale: the reconciler's run over the room
+//!    with every viewer listed, the flusher's tick behind a long history of
+//!    ended streams, each next to the previous design's function.
 //!
 //! Environment: BENCH_ADMIN_URL (superuser), BENCH_LIVEKIT_URL and its key and
 //! secret, BENCH_LIVEKIT_LOG, BENCH_PYTHON, SUPABASE_JWT_SECRET; scale knobs
 //! HOT_ROOM_VIEWERS (50000), HOT_ROOM_SECONDS (60), HOT_ROOM_CHAT_RATE (200),
 //! HOT_ROOM_REACTION_RATE (1000, the template's ReactionsRouteRateLimit),
-//! HOT_ROOM_REAL_VIEWERS (20); BENCH_WEBHOOK_PORT, where LiveKit's server
+//! HOT_ROOM_REAL_VIEWERS (20), HOT_ROOM_ENDED_STREAMS (200000); BENCH_WEBHOOK_PORT, where LiveKit's server
 //! sends its webhooks (phase 6 is skipped without it).
 //! Prints one JSON object.
 
@@ -33,6 +36,7 @@ mod listener;
 mod proxy;
 mod reactions;
 mod real;
+mod scheduled;
 mod tokens;
 
 use std::time::Duration;
@@ -136,6 +140,9 @@ fn main() {
         eprintln!("hot-room: reactions {reactions}");
         let real = real::run(&setup).await;
         eprintln!("hot-room: real participants {real}");
+        // Last: it leaves a long history of ended streams behind.
+        let scheduled = scheduled::run(&setup).await;
+        eprintln!("hot-room: scheduled jobs {scheduled}");
         println!(
             "{}",
             serde_json::json!({
@@ -148,6 +155,7 @@ fn main() {
                 "rate_limiter": limiter,
                 "reactions": reactions,
                 "real_participants": real,
+                "scheduled_jobs": scheduled,
             })
         );
     });
