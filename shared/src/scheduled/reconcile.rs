@@ -256,18 +256,16 @@ async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) ->
 /// it would only stay. Ended streams never go live again, so no later event
 /// needs it.
 async fn prune_presence_of_ended(client: &tokio_postgres::Client) -> Result<usize, ApiError> {
-    let rows = client
-        .query_typed(
+    Ok(client
+        .execute_typed(
             "DELETE FROM live_presence WHERE (room_name, identity) IN (
                  SELECT p.room_name, p.identity
                  FROM live_presence p JOIN live_streams s ON s.id = p.room_name
                  WHERE NOT s.is_live
-                 LIMIT $1)
-             RETURNING 1",
+                 LIMIT $1)",
             &[(&PRUNE_BATCH, Type::INT8)],
         )
-        .await?;
-    Ok(rows.len())
+        .await? as usize)
 }
 
 /// Makes the room's sessions match LiveKit's listing, then corrects the room

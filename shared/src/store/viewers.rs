@@ -146,37 +146,21 @@ pub async fn standing_at_join(
     room_sid: &str,
     user: Uuid,
 ) -> Result<Option<(Uuid, bool, Standing)>, ApiError> {
-    let row = client
+    let stream = client
         .query_typed_opt(
-            "SELECT s.streamer_id, s.is_live, coalesce(r.banned, false), coalesce(r.muted, false),
-                    g.hand_raised_at IS NOT NULL, g.invited_at IS NOT NULL, g.on_stage_since IS NOT NULL
-             FROM live_streams s
-             LEFT JOIN live_room_restrictions r ON r.room_name = s.id AND r.user_id = $3
-             LEFT JOIN live_stage g ON g.room_name = s.id AND g.user_id = $3
-             WHERE s.id = $1 AND ($2 = '' OR s.room_sid IS NULL OR s.room_sid = $2)",
-            &[
-                (&room.as_str(), Type::TEXT),
-                (&room_sid, Type::TEXT),
-                (&user, Type::UUID),
-            ],
+            "SELECT streamer_id, is_live FROM live_streams
+             WHERE id = $1 AND ($2 = '' OR room_sid IS NULL OR room_sid = $2)",
+            &[(&room.as_str(), Type::TEXT), (&room_sid, Type::TEXT)],
         )
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    let get = |i: usize| row.try_get::<_, bool>(i).map_err(ApiError::internal);
-    let streamer = row.try_get(0).map_err(ApiError::internal)?;
-    Ok(Some((
-        streamer,
-        get(1)?,
-        Standing {
-            banned: get(2)?,
-            muted: get(3)?,
-            stage: StageStanding {
-                hand_raised: get(4)?,
-                invited: get(5)?,
-                on_stage: get(6)?,
-            },
-        },
-    )))
+    let Some(stream) = stream else { return Ok(None) };
+    let streamer = stream.try_get(0).map_err(ApiError::internal)?;
+    let is_live = stream.try_get(1).map_err(ApiError::internal)?;
+    let standing = crate::store::chat::standings_among(client, room, &[user])
+        .await?
+        .remove(&user)
+        .unwrap_or_default();
+    Ok(Some((streamer, is_live, standing)))
 }
 
 /// Makes the sessions match who LiveKit listed in the room at `listed_at`
