@@ -1,4 +1,5 @@
 use lambda_http::http::StatusCode;
+use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::domain::{RoomName, StartRequest, StartResponse};
@@ -12,11 +13,14 @@ use crate::store::streams::{self, StartOutcome};
 /// `POST /live/start`: the caller goes live in a new room (201), or gets their
 /// still-live stream of that name back with a fresh token (200, a retried start).
 ///
-/// The name is checked first, so a taken or ended name never reaches LiveKit;
-/// then LiveKit creates the room (no transaction is open meanwhile); then one
-/// locked statement commits the stream, which is reported live only once its
-/// room exists. A failed `CreateRoom` leaves nothing behind, nor does a commit
-/// refused or failed after it (the new room is deleted).
+/// The name is checked first, so a taken or ended name never reaches LiveKit,
+/// and a new name is claimed for the caller, so no other streamer's start
+/// gets to `CreateRoom` with it meanwhile (migration 0027); then LiveKit
+/// creates the room (no transaction is open meanwhile); then one locked
+/// statement commits the stream, which is reported live only once its room
+/// exists, and releases the claim. A failed `CreateRoom` leaves nothing behind,
+/// nor does a commit refused or failed after it (the new room is deleted, and
+/// only then the claim released: the room closed is never another's).
 pub async fn start_stream(
     state: &AppState,
     user: AuthUser,
@@ -36,11 +40,19 @@ pub async fn start_stream(
     };
     // Also for a retried start: CreateRoom returns the room if it exists, and
     // recreates it if it was closed for being empty before the host joined.
-    let room_sid = state
+    let room_sid = match state
         .livekit
         .create_room(&room, user.id, request.title.as_str())
         .await
-        .map_err(|error| ApiError::unavailable(Dependency::LiveKit, error))?;
+    {
+        Ok(sid) => sid,
+        Err(error) => {
+            if new_room {
+                release_claim(state, &room, user.id).await;
+            }
+            return Err(ApiError::unavailable(Dependency::LiveKit, error));
+        }
+    };
     let outcome = async {
         let client = state.db.get().await?;
         streams::start(&client, &room, user.id, &request.title, max_live, Some(&room_sid)).await
@@ -55,7 +67,7 @@ pub async fn start_stream(
         Ok(outcome) => outcome,
         Err(error) => {
             if new_room {
-                close_unused_room(state, &room).await;
+                close_unused_room(state, &room, user.id).await;
             }
             return Err(error);
         }
@@ -67,9 +79,9 @@ pub async fn start_stream(
             // Lost a race after the check (an end of this stream committed,
             // or another start of the caller's took the last live slot): the
             // room just made serves no live stream. A name another streamer
-            // took is theirs, and so is its room.
+            // took (past a claim that lapsed) is theirs, and so is its room.
             if !matches!(refused, StartOutcome::RoomTaken) {
-                close_unused_room(state, &room).await;
+                close_unused_room(state, &room, user.id).await;
             }
             return Err(refusal(refused));
         }
@@ -89,9 +101,25 @@ pub async fn start_stream(
     ))
 }
 
-async fn close_unused_room(state: &AppState, room: &RoomName) {
-    if let Err(error) = state.livekit.delete_room(room).await {
-        tracing::warn!(%room, %error, "could not close a room no live stream uses");
+/// Closes the room a failed start made, then lets the name go. A room that
+/// could not be closed keeps the claim until it lapses, so no other streamer
+/// adopts that room meanwhile.
+async fn close_unused_room(state: &AppState, room: &RoomName, streamer: Uuid) {
+    match state.livekit.delete_room(room).await {
+        Ok(()) => release_claim(state, room, streamer).await,
+        Err(error) => tracing::warn!(%room, %error, "could not close a room no live stream uses"),
+    }
+}
+
+/// Best effort: a claim not released lapses by itself (migration 0027).
+async fn release_claim(state: &AppState, room: &RoomName, streamer: Uuid) {
+    let released = async {
+        let client = state.db.get().await?;
+        streams::release_claim(&client, room, streamer).await
+    }
+    .await;
+    if let Err(error) = released {
+        tracing::warn!(%room, %error, "could not release the claim on a room name");
     }
 }
 

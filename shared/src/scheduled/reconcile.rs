@@ -65,6 +65,10 @@ pub struct ReconcileReport {
     /// the end ran, which the end could not see (migration 0023).
     pub presence_pruned: usize,
     pub webhook_ids_pruned: usize,
+    /// Claims on room names left by starts that died before committing or
+    /// releasing them (migration 0027). Their rooms had no host token and
+    /// close themselves once empty for `empty_timeout`.
+    pub claims_pruned: usize,
     pub failed: usize,
     /// Rooms (live, or ended and unclosed) this run had no time left for;
     /// the next run starts from a different room, so none waits for ever.
@@ -92,6 +96,7 @@ pub async fn reconcile_until(
         in_batches(|| crate::store::rate_limit::prune(&client, PRUNE_BATCH)).await?;
         report.sessions_pruned = prune_sessions(&client, state.rules.session_retention).await?;
         report.presence_pruned = in_batches(|| prune_presence_of_ended(&client)).await?;
+        report.claims_pruned = in_batches(|| prune_lapsed_claims(&client)).await?;
         // Read before any LiveKit call: a session written after this is newer
         // than every listing this run gets.
         let listed_at: DateTime<Utc> = client
@@ -248,6 +253,20 @@ async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) ->
     })
     .await?;
     Ok(closed + open_in_ended)
+}
+
+/// Deletes claims on room names past the lifetime after which a start may
+/// take them over (60 s, migration 0027).
+async fn prune_lapsed_claims(client: &tokio_postgres::Client) -> Result<usize, ApiError> {
+    Ok(client
+        .execute_typed(
+            "DELETE FROM live_room_claims WHERE room_name IN (
+                 SELECT room_name FROM live_room_claims
+                 WHERE claimed_at < now() - interval '60 seconds'
+                 LIMIT $1)",
+            &[(&PRUNE_BATCH, Type::INT8)],
+        )
+        .await? as usize)
 }
 
 /// Deletes the presence rows of ended streams. An end deletes its stream's

@@ -50,6 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(24, "0024_stage_changes_lock_their_row"),
     migration!(25, "0025_nothing_scans_the_history"),
     migration!(26, "0026_the_reconciler_touches_only_what_differs"),
+    migration!(27, "0027_a_start_claims_its_name_before_the_room"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -11,14 +11,16 @@ use crate::error::ApiError;
 use crate::store::stage::StageStanding;
 
 /// What `/live/start` finds or makes of a room name (the function
-/// `live_start_stream`, migration 0007).
+/// `live_start_stream`, migrations 0007, 0021 and 0027).
 pub enum StartOutcome {
-    /// Checked only: the caller may start a stream under this name.
+    /// Checked only: the caller may start a stream under this name, and holds
+    /// a claim on it until the stream commits or the claim is released.
     Available,
     Created(Stream),
     /// The caller's own stream under that name is still live: a retried start.
     AlreadyLive(Stream),
-    /// Another streamer's stream has this name.
+    /// Another streamer's stream has this name, or another streamer is
+    /// starting one under it.
     RoomTaken,
     /// The caller's stream of this name has ended; names are never reused.
     RoomEnded,
@@ -78,6 +80,18 @@ pub async fn start(
             )));
         }
     })
+}
+
+/// Lets go of the caller's claim on a name it did not start a stream under
+/// (migration 0027). Another streamer's claim is never touched.
+pub async fn release_claim(client: &Client, room: &RoomName, streamer: Uuid) -> Result<(), ApiError> {
+    client
+        .execute_typed(
+            "DELETE FROM live_room_claims WHERE room_name = $1 AND streamer_id = $2",
+            &[(&room.as_str(), Type::TEXT), (&streamer, Type::UUID)],
+        )
+        .await?;
+    Ok(())
 }
 
 fn stream_from_row(row: &Row) -> Result<Stream, ApiError> {

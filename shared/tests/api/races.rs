@@ -394,6 +394,125 @@ async fn a_start_retried_while_the_stream_ends_gets_no_token_and_leaves_no_room(
     assert!(!app.stream_row("ending").await.unwrap().get::<_, bool>("is_live"));
 }
 
+/// Two streamers start one new name at once. The first's commit is refused
+/// after its `CreateRoom` (another start of its own took its only live slot),
+/// so it closes the room it made. That room must never be one another
+/// streamer's stream committed with: while the first holds its claim on the
+/// name, the second is refused before LiveKit is asked for anything, and may
+/// start it once the first has let go.
+#[tokio::test]
+async fn a_start_refused_after_making_its_room_never_closes_another_streamers_room() {
+    let app = app_on_the_stand_in().await;
+    let first = app.token_for(Uuid::new_v4());
+    let second = app.token_for(Uuid::new_v4());
+    let create = app.stub().hold("CreateRoom");
+    let refused_late = app.call(
+        start_stream,
+        Some(&first),
+        r#"{"title":"First","roomName":"contested"}"#,
+    );
+    let meanwhile = async {
+        create.arrived().await;
+        let own_other = app
+            .call(
+                start_stream,
+                Some(&first),
+                r#"{"title":"Other","roomName":"elsewhere"}"#,
+            )
+            .await;
+        assert_eq!(own_other.status, 201, "{}", own_other.body);
+        app.call(
+            start_stream,
+            Some(&second),
+            r#"{"title":"Second","roomName":"contested"}"#,
+        )
+        .await
+        .assert_error(409, "room_taken");
+        create.release();
+    };
+    let (refused_late, ()) = tokio::join!(refused_late, meanwhile);
+    refused_late.assert_error(409, "already_live");
+    assert!(
+        !app.has_room("contested").await,
+        "the room the refused start made is closed"
+    );
+    let claims: i64 = app.db_value("SELECT count(*) FROM live_room_claims", &[]).await;
+    assert_eq!(claims, 0, "and its claim released");
+
+    let second_start = app
+        .call(
+            start_stream,
+            Some(&second),
+            r#"{"title":"Second","roomName":"contested"}"#,
+        )
+        .await;
+    assert_eq!(second_start.status, 201, "{}", second_start.body);
+    assert!(app.has_room("contested").await);
+}
+
+/// A start that died between its check and its commit (its Lambda timed out)
+/// leaves its claim; the name is another streamer's to take once the claim
+/// has lapsed, not before, and the reconciler deletes lapsed claims.
+#[tokio::test]
+async fn a_claim_left_by_a_start_that_died_lapses() {
+    let app = app_on_the_stand_in().await;
+    let admin = app.db().await;
+    let dead_start = Uuid::new_v4();
+    admin
+        .execute(
+            "INSERT INTO live_room_claims (room_name, streamer_id) VALUES ('orphaned', $1), ('fresh', $1)",
+            &[&dead_start],
+        )
+        .await
+        .unwrap();
+    let other = app.token_for(Uuid::new_v4());
+    app.call(
+        start_stream,
+        Some(&other),
+        r#"{"title":"t","roomName":"orphaned"}"#,
+    )
+    .await
+    .assert_error(409, "room_taken");
+    admin
+        .batch_execute("UPDATE live_room_claims SET claimed_at = now() - interval '61 seconds' WHERE room_name = 'orphaned'")
+        .await
+        .unwrap();
+    let taken_over = app
+        .call(
+            start_stream,
+            Some(&other),
+            r#"{"title":"t","roomName":"orphaned"}"#,
+        )
+        .await;
+    assert_eq!(taken_over.status, 201, "{}", taken_over.body);
+    // The one who claimed it may always go on with its own claim.
+    let own = app
+        .call(
+            start_stream,
+            Some(&app.token_for(dead_start)),
+            r#"{"title":"t","roomName":"fresh"}"#,
+        )
+        .await;
+    assert_eq!(own.status, 201, "{}", own.body);
+
+    admin
+        .execute(
+            "INSERT INTO live_room_claims (room_name, streamer_id, claimed_at)
+             VALUES ('lapsed', $1, now() - interval '61 seconds'), ('recent', $1, now())",
+            &[&dead_start],
+        )
+        .await
+        .unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.claims_pruned, 1, "{report:?}");
+    let left = first_column(&admin, "SELECT room_name FROM live_room_claims ORDER BY 1").await;
+    assert_eq!(
+        left,
+        vec!["recent".to_owned()],
+        "committed starts left no claim either"
+    );
+}
+
 #[tokio::test]
 async fn a_streamer_has_one_live_stream_at_a_time_by_default() {
     let app = TestApp::spawn().await;

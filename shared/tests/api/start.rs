@@ -210,6 +210,8 @@ async fn with_a_profiles_table_a_user_without_a_profile_cannot_go_live() {
     // The foreign key refuses the insert after CreateRoom: the room made for
     // it is deleted, not left for whoever starts that name next.
     assert!(!app.livekit().has_room("no-profile").await);
+    let claims: i64 = app.db_value("SELECT count(*) FROM live_room_claims", &[]).await;
+    assert_eq!(claims, 0, "nor a claim on its name once the room is closed");
 }
 
 #[tokio::test]
