@@ -36,6 +36,7 @@ pub const LIVEKIT_VIEWER_CAN_PUBLISH_DATA: &str = "LIVEKIT_VIEWER_CAN_PUBLISH_DA
 pub const REQUEST_DEADLINE_SECONDS: &str = "REQUEST_DEADLINE_SECONDS";
 pub const SESSION_RETENTION_DAYS: &str = "SESSION_RETENTION_DAYS";
 pub const MAX_STAGE_GUESTS: &str = "MAX_STAGE_GUESTS";
+pub const STAGE_RETURN_SECONDS: &str = "STAGE_RETURN_SECONDS";
 pub const VIEWER_LIST_VISIBLE_TO: &str = "VIEWER_LIST_VISIBLE_TO";
 pub const REACTION_RATE_LIMIT_TAPS: &str = "REACTION_RATE_LIMIT_TAPS";
 pub const REACTION_RATE_LIMIT_WINDOW_SECONDS: &str = "REACTION_RATE_LIMIT_WINDOW_SECONDS";
@@ -108,6 +109,10 @@ pub struct Rules {
     pub session_retention: Duration,
     /// Viewers on stage (publishing beside the streamer) at once.
     pub max_stage_guests: u32,
+    /// How long a guest whose connection was lost keeps their place on the
+    /// stage (and a viewer their raised hand or invitation) for LiveKit's
+    /// client to reconnect; the reconciler ends the turn after this.
+    pub stage_return: Duration,
     /// Who may list a stream's viewers; everyone else sees only the count.
     pub viewer_list: ViewerListVisibility,
 }
@@ -296,6 +301,7 @@ impl Config {
                 )? * 86_400,
             ),
             max_stage_guests: number(&get, MAX_STAGE_GUESTS, 3, 1..=16)?,
+            stage_return: Duration::from_secs(number(&get, STAGE_RETURN_SECONDS, 60, 0..=3_600)?),
             viewer_list: match get(VIEWER_LIST_VISIBLE_TO).as_deref() {
                 None | Some("host") => ViewerListVisibility::Host,
                 Some("viewers") => ViewerListVisibility::Viewers,
@@ -728,6 +734,7 @@ mod tests {
                 request_deadline: Duration::from_secs(8),
                 session_retention: Duration::from_secs(7 * 86_400),
                 max_stage_guests: 3,
+                stage_return: Duration::from_secs(60),
                 viewer_list: ViewerListVisibility::Host,
             }
         );

@@ -107,15 +107,19 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
     else {
         return Ok(Outcome::Ignored);
     };
-    let change = match event.event.as_str() {
-        "participant_joined" => SessionChange::Joined,
-        "participant_left" | "participant_connection_aborted" => SessionChange::Left,
-        "room_finished" => return room_finished(state, event, &room, room_sid).await,
-        _ => return Ok(Outcome::Ignored),
-    };
-    let Some(who) = event.participant.as_ref().map(Presence::from) else {
+    if event.event == "room_finished" {
+        return room_finished(state, event, &room, room_sid).await;
+    }
+    let Some(participant) = event.participant.as_ref() else {
         return Ok(Outcome::Ignored);
     };
+    let change = match event.event.as_str() {
+        "participant_joined" => SessionChange::Joined,
+        "participant_left" => SessionChange::left_because(participant.disconnect_reason),
+        "participant_connection_aborted" => SessionChange::Dropped,
+        _ => return Ok(Outcome::Ignored),
+    };
+    let who = Presence::from(participant);
     let applied = {
         let client = state.db.get().await?;
         let mut applied =

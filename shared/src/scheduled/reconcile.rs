@@ -69,6 +69,9 @@ pub struct ReconcileReport {
     /// releasing them (migration 0027). Their rooms had no host token and
     /// close themselves once empty for `empty_timeout`.
     pub claims_pruned: usize,
+    /// Guests (or raised hands, or invitations) of viewers whose connection
+    /// was lost longer than `STAGE_RETURN_SECONDS` ago and who are not back.
+    pub stage_turns_ended: usize,
     pub failed: usize,
     /// Rooms (live, or ended and unclosed) this run had no time left for;
     /// the next run starts from a different room, so none waits for ever.
@@ -97,6 +100,7 @@ pub async fn reconcile_until(
         report.sessions_pruned = prune_sessions(&client, state.rules.session_retention).await?;
         report.presence_pruned = in_batches(|| prune_presence_of_ended(&client)).await?;
         report.claims_pruned = in_batches(|| prune_lapsed_claims(&client)).await?;
+        report.stage_turns_ended = end_stage_turns_of_the_gone(&client, state.rules.stage_return).await?;
         // Read before any LiveKit call: a session written after this is newer
         // than every listing this run gets.
         let listed_at: DateTime<Utc> = client
@@ -267,6 +271,55 @@ async fn prune_lapsed_claims(client: &tokio_postgres::Client) -> Result<usize, A
             &[(&PRUNE_BATCH, Type::INT8)],
         )
         .await? as usize)
+}
+
+/// Ends the stage standing (turn, invitation, raised hand) of viewers whose
+/// connection was lost more than `stage_return` ago (migration 0028) and who
+/// have not come back. A row a stage change or a join holds now is left for
+/// the next run rather than waited for; one whose viewer is back (their join
+/// raced the mark) only loses the mark. Nobody in the room needs telling:
+/// the viewer is not there, and the join of a token minted on stage is
+/// corrected by the webhook.
+async fn end_stage_turns_of_the_gone(
+    client: &tokio_postgres::Client,
+    stage_return: Duration,
+) -> Result<usize, ApiError> {
+    let stage_return_seconds = stage_return.as_secs_f64();
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+        [(&stage_return_seconds, Type::FLOAT8), (&PRUNE_BATCH, Type::INT8)];
+    let ended = std::cell::Cell::new(0);
+    in_batches(|| async {
+        let rows = client
+            .query_typed(
+                "WITH lapsed AS (
+                     SELECT a.room_name, a.user_id,
+                            EXISTS (SELECT FROM live_presence p
+                                    WHERE p.room_name = a.room_name AND p.identity = a.user_id::text) AS back
+                     FROM live_stage a
+                     WHERE a.away_since < now() - make_interval(secs => $1)
+                     ORDER BY a.away_since
+                     LIMIT $2
+                     FOR UPDATE OF a SKIP LOCKED)
+                 UPDATE live_stage g
+                 SET hand_raised_at = CASE WHEN l.back THEN g.hand_raised_at END,
+                     invited_at = CASE WHEN l.back THEN g.invited_at END,
+                     on_stage_since = CASE WHEN l.back THEN g.on_stage_since END,
+                     away_since = NULL
+                 FROM lapsed l
+                 WHERE g.room_name = l.room_name AND g.user_id = l.user_id
+                 RETURNING NOT l.back AS turn_ended",
+                &params,
+            )
+            .await?;
+        for row in &rows {
+            if row.try_get::<_, bool>(0).map_err(ApiError::internal)? {
+                ended.set(ended.get() + 1);
+            }
+        }
+        Ok(rows.len())
+    })
+    .await?;
+    Ok(ended.get())
 }
 
 /// Deletes the presence rows of ended streams. An end deletes its stream's

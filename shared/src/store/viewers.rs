@@ -65,7 +65,34 @@ impl Presence {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionChange {
     Joined,
+    /// They left, were removed, or the room closed.
     Left,
+    /// Their connection was lost, or replaced by a new one of theirs (a
+    /// client's full reconnect joins as a new participant): for the count a
+    /// leave, but a guest keeps the stage for `STAGE_RETURN_SECONDS`
+    /// (migration 0028).
+    Dropped,
+}
+
+impl SessionChange {
+    /// A `participant_left` by LiveKit's `disconnect_reason`. Servers that
+    /// report none (`UNKNOWN_REASON`) get the leave they always got.
+    pub fn left_because(reason: i32) -> SessionChange {
+        use livekit_protocol::DisconnectReason as Reason;
+        match Reason::try_from(reason) {
+            Ok(
+                Reason::DuplicateIdentity
+                | Reason::Migration
+                | Reason::ServerShutdown
+                | Reason::SignalClose
+                | Reason::ConnectionTimeout
+                | Reason::MediaFailure
+                | Reason::JoinFailure
+                | Reason::StateMismatch,
+            ) => SessionChange::Dropped,
+            _ => SessionChange::Left,
+        }
+    }
 }
 
 /// What a participant event did, and what the room must enforce about them.
@@ -94,6 +121,7 @@ pub async fn participant_event(
     let change = match change {
         SessionChange::Joined => "join",
         SessionChange::Left => "leave",
+        SessionChange::Dropped => "drop",
     };
     let row = client
         .query_typed_one(

@@ -38,6 +38,26 @@ async fn participant(
     assert_eq!(response.status, 200, "{}", response.body);
 }
 
+/// A `participant_left` for which LiveKit gives `reason` (its
+/// `DisconnectReason`, as the server's JSON names it).
+async fn left_because(app: &TestApp, room: &str, identity: &str, sid: &str, reason: &str) {
+    let body = json!({
+        "id": format!("EV_{}", Uuid::new_v4().simple()),
+        "event": "participant_left",
+        "room": {"name": room},
+        "participant": {
+            "sid": sid, "identity": identity, "name": "Guest", "state": "DISCONNECTED",
+            "permission": {"canSubscribe": true, "canPublish": true, "canPublishData": true},
+            "disconnectReason": reason,
+        },
+        "createdAt": chrono::Utc::now().timestamp().to_string(),
+    })
+    .to_string();
+    let response = app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.body["outcome"], "applied", "{}", response.body);
+}
+
 async fn stats(app: &TestApp, host: Uuid, room: &str) -> Value {
     let response = app
         .send(
@@ -711,4 +731,118 @@ async fn a_peak_shorter_than_a_second_is_kept() {
         peak_at <= joined_by,
         "the peak was reached by the fifth join: {stats}"
     );
+}
+
+/// A guest's phone switching networks: LiveKit's client rejoins as a new
+/// participant and the old one leaves as `DUPLICATE_IDENTITY` (or times out
+/// first). That is no choice to leave the stage: the turn stays while they
+/// come back, and ends only if they are not back within
+/// `STAGE_RETURN_SECONDS` (the reconciler ends it). Leaving on purpose ends
+/// it at once, as before.
+#[tokio::test]
+async fn a_guest_whose_connection_drops_keeps_the_stage_until_the_time_to_return_passes() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "comeback";
+    app.start_stream(host, room).await;
+    let on_stage = |guest: Uuid| {
+        let app = &app;
+        async move {
+            let row = app
+                .db()
+                .await
+                .query_one(
+                    "SELECT on_stage_since IS NOT NULL, away_since IS NOT NULL FROM live_stage
+                     WHERE room_name = $1 AND user_id = $2",
+                    &[&room, &guest],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, bool>(0), row.get::<_, bool>(1))
+        }
+    };
+    let bring_on_stage = |guest: Uuid, sid: &'static str| {
+        let app = &app;
+        async move {
+            participant(
+                app,
+                "participant_joined",
+                room,
+                &guest.to_string(),
+                sid,
+                "Guest",
+                false,
+            )
+            .await;
+            let invite = json!({"roomName": room, "userId": guest}).to_string();
+            let invited = app
+                .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+                .await;
+            assert_eq!(invited.status, 200, "{}", invited.body);
+            let accept = json!({"roomName": room}).to_string();
+            let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
+            assert_eq!(accepted.status, 200, "{}", accepted.body);
+        }
+    };
+    let reconcile = || shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120));
+
+    let (roaming, leaving) = (Uuid::new_v4(), Uuid::new_v4());
+    bring_on_stage(roaming, "PA_roam_1").await;
+    bring_on_stage(leaving, "PA_leave").await;
+    let roaming_id = roaming.to_string();
+
+    // Replaced by their own new connection: still on stage, marked away until
+    // the new connection's join arrives.
+    left_because(&app, room, &roaming_id, "PA_roam_1", "DUPLICATE_IDENTITY").await;
+    assert_eq!(
+        on_stage(roaming).await,
+        (true, true),
+        "the turn outlives the lost connection"
+    );
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &roaming_id,
+        "PA_roam_2",
+        "Guest",
+        false,
+    )
+    .await;
+    assert_eq!(on_stage(roaming).await, (true, false), "back: no longer away");
+    assert_eq!(app.viewer_count(room).await, 2);
+
+    // Timed out and not back: the turn holds its place until the time to
+    // return has passed, then the reconciler ends it.
+    left_because(&app, room, &roaming_id, "PA_roam_2", "CONNECTION_TIMEOUT").await;
+    assert_eq!(app.viewer_count(room).await, 1, "a dropped viewer is not counted");
+    let report = reconcile().await.unwrap();
+    assert_eq!(report.stage_turns_ended, 0, "{report:?}");
+    assert_eq!(on_stage(roaming).await, (true, true));
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
+            &[&room, &roaming],
+        )
+        .await
+        .unwrap();
+    let report = reconcile().await.unwrap();
+    assert_eq!(report.stage_turns_ended, 1, "{report:?}");
+    assert_eq!(
+        on_stage(roaming).await,
+        (false, false),
+        "not back within STAGE_RETURN_SECONDS"
+    );
+
+    // Leaving on purpose ends the turn at once.
+    left_because(&app, room, &leaving.to_string(), "PA_leave", "CLIENT_INITIATED").await;
+    assert_eq!(on_stage(leaving).await, (false, false));
+    let guests: i64 = app
+        .db_value(
+            "SELECT count(*) FROM live_stage WHERE room_name = 'comeback' AND on_stage_since IS NOT NULL",
+            &[],
+        )
+        .await;
+    assert_eq!(guests, 0);
 }

@@ -572,3 +572,89 @@ async fn a_guest_who_leaves_the_room_leaves_the_stage_and_an_old_token_cannot_pu
     assert!(refused.is_err(), "off stage, publishing is refused: {refused:?}");
     drop(host_client);
 }
+
+/// A guest's client reconnecting in full (a network switch): it joins again
+/// as a new participant with the token it has, and the server replaces the
+/// old one (`DUPLICATE_IDENTITY`). The guest is still on stage and publishes
+/// from the new connection; the host receives it.
+#[tokio::test]
+async fn a_guest_whose_client_rejoins_stays_on_stage() {
+    use shared::handlers::{accept_stage, invite_to_stage};
+    let app = TestApp::spawn().await;
+    let (host, host_client) = live_host(&app).await;
+    let (viewer, first_connection) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    let viewer_t = app.token_for(viewer);
+    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let accept = json!({"roomName": ROOM}).to_string();
+    let accepted = app.call(accept_stage, Some(&viewer_t), &accept).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    first_connection
+        .wait_for("permission to publish", |e| {
+            e["event"] == "permissions_changed" && e["can_publish"] == true
+        })
+        .await;
+    let token = app.request_token(&viewer_t, ROOM).await;
+
+    let mut second_connection = app
+        .join(token.body["token"].as_str().unwrap())
+        .await
+        .expect("the guest's client joins again");
+    first_connection.wait_disconnected().await;
+    // Both webhooks handled: the replaced session closed, the new one open.
+    let identity = viewer.to_string();
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let (open, closed): (i64, i64) = {
+            let row = app
+                .db()
+                .await
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE left_at IS NULL), count(*) FILTER (WHERE left_at IS NOT NULL)
+                     FROM live_participant_sessions WHERE room_name = $1 AND identity = $2",
+                    &[&ROOM, &identity],
+                )
+                .await
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        if (open, closed) == (1, 1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions open/closed: {open}/{closed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let row = app
+        .db()
+        .await
+        .query_one(
+            "SELECT on_stage_since IS NOT NULL, away_since IS NULL FROM live_stage WHERE room_name = $1 AND user_id = $2",
+            &[&ROOM, &viewer],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, bool>(1)),
+        (true, true),
+        "still on stage, not away"
+    );
+    second_connection
+        .publish_tracks()
+        .await
+        .expect("back on the same turn, the guest publishes");
+    for kind in ["video", "audio"] {
+        host_client
+            .wait_for("the guest's media from the new connection", |e| {
+                e["event"] == "media_received" && e["kind"] == kind && e["participant"] == identity
+            })
+            .await;
+    }
+    app.wait_for_viewer_count(ROOM, 1).await;
+}
