@@ -338,6 +338,35 @@ pub fn path_id(request: &Request) -> String {
         .unwrap_or_default()
 }
 
+/// The query string's parameters, in order, each one of `expected` and given
+/// at most once. An unknown one, or one given twice (`?limit=5&limit=50`),
+/// is a 400 rather than ignored or one of its values silently chosen.
+pub fn query_parameters(request: &Request, expected: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let mut parameters: Vec<(String, String)> = Vec::new();
+    for (name, value) in request.query_string_parameters().iter() {
+        if !expected.contains(&name) {
+            let expected = match expected {
+                [] => "this route takes none".to_owned(),
+                [only] => format!("expected `{only}`"),
+                [init @ .., last] => {
+                    let init: Vec<String> = init.iter().map(|name| format!("`{name}`")).collect();
+                    format!("expected {} or `{last}`", init.join(", "))
+                }
+            };
+            return Err(ApiError::InvalidRequest(format!(
+                "unknown query parameter `{name}`; {expected}"
+            )));
+        }
+        if parameters.iter().any(|(seen, _)| seen == name) {
+            return Err(ApiError::InvalidRequest(format!(
+                "the query parameter `{name}` is given more than once"
+            )));
+        }
+        parameters.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(parameters)
+}
+
 /// A `limit` query parameter: a whole number from 1 to `max`.
 pub fn page_limit(value: &str, max: i64) -> Result<i64, ApiError> {
     value

@@ -3,8 +3,8 @@
 //! streamer; others see the viewer count, and the list only where
 //! `VIEWER_LIST_VISIBLE_TO=viewers`.
 
+use lambda_http::Request;
 use lambda_http::http::Method;
-use lambda_http::{Request, RequestExt};
 use serde::Serialize;
 
 use crate::auth::AuthUser;
@@ -36,18 +36,16 @@ impl FromRequest for ViewersQuery {
             RoomName::parse(crate::http::path_id(request)).map_err(|_| ApiError::StreamNotFound)?;
         let mut limit = DEFAULT_VIEWERS_PAGE;
         let mut after = None;
-        for (name, value) in request.query_string_parameters().iter() {
-            match name {
+        for (name, value) in crate::http::query_parameters(request, &["limit", "cursor"])? {
+            let value = value.as_str();
+            match name.as_str() {
                 "limit" => limit = crate::http::page_limit(value, MAX_VIEWERS_PAGE)?,
                 "cursor" => {
                     let (joined_at, identity) = crate::http::decode_cursor(value)?;
                     after = Some(ViewerKey { joined_at, identity });
                 }
-                other => {
-                    return Err(ApiError::InvalidRequest(format!(
-                        "unknown query parameter `{other}`; expected `limit` or `cursor`"
-                    )));
-                }
+                // query_parameters lets only the names above through.
+                _ => {}
             }
         }
         Ok(ViewersQuery {

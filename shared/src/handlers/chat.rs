@@ -1,7 +1,7 @@
 //! `POST /live/chat`, `GET /live/chat` and `DELETE /live/chat/{id}`.
 
+use lambda_http::Request;
 use lambda_http::http::{Method, StatusCode};
-use lambda_http::{Request, RequestExt};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -108,10 +108,10 @@ impl FromRequest for ChatHistoryQuery {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        let params = request.query_string_parameters();
         let (mut room_name, mut before, mut limit) = (None, None, DEFAULT_HISTORY_PAGE);
-        for (name, value) in params.iter() {
-            match name {
+        for (name, value) in crate::http::query_parameters(request, &["roomName", "before", "limit"])? {
+            let value = value.as_str();
+            match name.as_str() {
                 "roomName" => {
                     room_name = Some(RoomName::parse(value.to_owned()).map_err(ApiError::InvalidRequest)?)
                 }
@@ -132,11 +132,8 @@ impl FromRequest for ChatHistoryQuery {
                             ))
                         })?
                 }
-                other => {
-                    return Err(ApiError::InvalidRequest(format!(
-                        "unknown query parameter `{other}`; expected roomName, before or limit"
-                    )));
-                }
+                // query_parameters lets only the names above through.
+                _ => {}
             }
         }
         let room_name = room_name.ok_or_else(|| ApiError::InvalidRequest("roomName is required".into()))?;
@@ -193,6 +190,7 @@ impl FromRequest for MessageId {
     const METHOD: Method = Method::DELETE;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
+        crate::http::query_parameters(request, &[])?;
         Uuid::parse_str(&crate::http::path_id(request))
             .map(MessageId)
             .map_err(|_| ApiError::MessageNotFound)

@@ -9,8 +9,8 @@
 //! the reconciler correct the participant, and a fresh `/live/token` carries
 //! the same grant.
 
+use lambda_http::Request;
 use lambda_http::http::Method;
-use lambda_http::{Request, RequestExt};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -156,12 +156,12 @@ impl FromRequest for StageQuery {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        let params = request.query_string_parameters();
         let mut room_name = None;
         let mut limit = DEFAULT_HANDS_PAGE;
         let mut after = None;
-        for (name, value) in params.iter() {
-            match name {
+        for (name, value) in crate::http::query_parameters(request, &["roomName", "limit", "cursor"])? {
+            let value = value.as_str();
+            match name.as_str() {
                 "roomName" => {
                     room_name = Some(RoomName::parse(value.to_owned()).map_err(ApiError::InvalidRequest)?)
                 }
@@ -173,11 +173,8 @@ impl FromRequest for StageQuery {
                     })?;
                     after = Some(HandKey { raised_at, user_id });
                 }
-                other => {
-                    return Err(ApiError::InvalidRequest(format!(
-                        "unknown query parameter `{other}`; expected `roomName`, `limit` or `cursor`"
-                    )));
-                }
+                // query_parameters lets only the names above through.
+                _ => {}
             }
         }
         let room_name = room_name

@@ -1,8 +1,8 @@
 //! `GET /live/streams` (live streams, newest first, keyset-paginated) and
 //! `GET /live/streams/{id}` (one stream, live or ended).
 
+use lambda_http::Request;
 use lambda_http::http::Method;
-use lambda_http::{Request, RequestExt};
 use serde::Serialize;
 
 use crate::auth::AuthUser;
@@ -26,18 +26,15 @@ impl FromRequest for ListStreamsQuery {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        let params = request.query_string_parameters();
         let mut limit = DEFAULT_PAGE_SIZE;
         let mut after = None;
-        for (name, value) in params.iter() {
-            match name {
+        for (name, value) in crate::http::query_parameters(request, &["limit", "cursor"])? {
+            let value = value.as_str();
+            match name.as_str() {
                 "limit" => limit = crate::http::page_limit(value, MAX_PAGE_SIZE)?,
                 "cursor" => after = Some(decode_cursor(value)?),
-                other => {
-                    return Err(ApiError::InvalidRequest(format!(
-                        "unknown query parameter `{other}`; expected `limit` or `cursor`"
-                    )));
-                }
+                // query_parameters lets only the names above through.
+                _ => {}
             }
         }
         Ok(ListStreamsQuery { limit, after })
@@ -97,11 +94,7 @@ impl FromRequest for StreamId {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        if let Some((name, _)) = request.query_string_parameters().iter().next() {
-            return Err(ApiError::InvalidRequest(format!(
-                "unknown query parameter `{name}`; this route takes none"
-            )));
-        }
+        crate::http::query_parameters(request, &[])?;
         RoomName::parse(crate::http::path_id(request))
             .map(StreamId)
             .map_err(|_| ApiError::StreamNotFound)

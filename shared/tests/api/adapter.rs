@@ -309,3 +309,55 @@ async fn no_answer_may_be_stored_by_a_cache() {
         );
     }
 }
+
+/// API Gateway passes a repeated query parameter on (`rawQueryString`); a
+/// listing refuses it rather than pick one of its values, and a route that
+/// takes no parameters refuses any, `DELETE` included.
+#[tokio::test]
+async fn repeated_or_unexpected_query_parameters_are_400_through_the_adapter() {
+    let app = dev_app().await;
+    let with_query = |name: &str, query: &str| {
+        let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json["rawQueryString"] = query.into();
+        lambda_http::request::from_str(&json.to_string()).unwrap()
+    };
+    let repeated = app
+        .send(
+            shared::handlers::list_streams,
+            with_query("streams.json", "limit=5&limit=50"),
+        )
+        .await;
+    repeated.assert_error(400, "invalid_request");
+    assert!(
+        repeated.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than once"),
+        "{}",
+        repeated.body
+    );
+    let listed = app
+        .send(
+            shared::handlers::list_streams,
+            with_query("streams.json", "limit=5"),
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let delete = app
+        .send(
+            shared::handlers::delete_message,
+            with_query("chat-delete.json", "force=true"),
+        )
+        .await;
+    delete.assert_error(400, "invalid_request");
+    assert!(
+        delete.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this route takes none"),
+        "{}",
+        delete.body
+    );
+}

@@ -361,6 +361,7 @@ async fn history_parameters_are_checked() {
         vec![("roomName", ROOM), ("limit", "0")],
         vec![("roomName", ROOM), ("before", "nope")],
         vec![("roomName", ROOM), ("page", "1")],
+        vec![("roomName", ROOM), ("roomName", "another-room")],
     ] {
         app.send(chat_history, get_request(Some(&token), &query, None))
             .await

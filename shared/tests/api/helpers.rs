@@ -783,11 +783,15 @@ pub fn request_with(
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
-    let query: HashMap<String, String> = query
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut request = request.with_query_string_parameters(query);
+    // Every value of a repeated name, as a raw query string parses.
+    let mut parameters: HashMap<String, Vec<String>> = HashMap::new();
+    for (name, value) in query {
+        parameters
+            .entry(name.to_string())
+            .or_default()
+            .push(value.to_string());
+    }
+    let mut request = request.with_query_string_parameters(parameters);
     if let Some(id) = path_id {
         request = request.with_path_parameters(HashMap::from([("id".to_string(), id.to_string())]));
     }

@@ -111,6 +111,7 @@ async fn bad_list_parameters_are_400() {
         vec![("cursor", "garbage!")],
         vec![("cursor", "bm90LWEtY3Vyc29y")],
         vec![("page", "2")],
+        vec![("limit", "5"), ("limit", "50")],
     ] {
         let response = app
             .send(list_streams, get_request(Some(&token), &query, None))

@@ -1599,6 +1599,14 @@ async fn every_route_answers_as_the_document_says() {
     .assert_error(503, "unavailable");
 
     let delete = |bearer: &str, id: &str| request_with(Method::DELETE, Some(bearer), &[], Some(id));
+    c.send(
+        &app,
+        CHAT_DELETE,
+        delete_message,
+        request_with(Method::DELETE, Some(&viewer_t), &[("force", "true")], Some(&id)),
+    )
+    .await
+    .assert_error(400, "invalid_request");
     c.send(&app, CHAT_DELETE, delete_message, delete(&other_t, &id))
         .await
         .assert_error(403, "forbidden");
