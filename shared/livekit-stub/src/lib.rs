@@ -284,6 +284,24 @@ async fn room_service(
                 ),
             }
         }
+        "GetParticipant" => {
+            let Ok(request) = proto::RoomParticipantIdentity::decode(body) else {
+                return malformed();
+            };
+            if !room_admin(&claims, &request.room) {
+                return denied("roomAdmin for this room required");
+            }
+            let found = inner.rooms.get(&request.room).and_then(|room| {
+                room.participants
+                    .iter()
+                    .find(|p| p.identity == request.identity)
+                    .cloned()
+            });
+            match found {
+                Some(participant) => protobuf(participant),
+                None => twirp_error(StatusCode::NOT_FOUND, "not_found", "participant not found"),
+            }
+        }
         "SendData" => {
             let Ok(request) = proto::SendDataRequest::decode(body) else {
                 return malformed();

@@ -265,9 +265,10 @@ impl LiveKit {
     /// attributes every client draws. Someone not in the room is fine.
     ///
     /// The database does not know who signed in anonymously; the participant
-    /// does (the attribute its token set). An update that gave data to an
-    /// anonymous sign-in who may only watch (an unmute, a stage change) is
-    /// followed at once by one that takes it back.
+    /// does (the attribute its token set, which viewer tokens cannot change).
+    /// So when the update would give data (an unmute, a stage change), the
+    /// participant is read first, and an anonymous sign-in who may only watch
+    /// gets the update without it: never data for a moment.
     pub async fn update_viewer(
         &self,
         room: &RoomName,
@@ -275,29 +276,41 @@ impl LiveKit {
         muted: bool,
         stage: StageStanding,
     ) -> Result<(), RoomServiceError> {
-        let update = |muted: bool| {
-            let options = UpdateParticipantOptions {
-                permission: Some(self.viewer_permission(muted, stage.on_stage)),
-                attributes: stage.attributes(),
-                ..UpdateParticipantOptions::default()
-            };
-            repeatable(move || {
-                self.rooms
-                    .update_participant(room.as_str(), identity, options.clone())
-            })
-        };
-        let updated = match update(muted).await {
-            Err(RoomServiceError::NotFound) => return Ok(()),
-            other => other?,
-        };
-        let granted_data = updated.permission.as_ref().is_some_and(|p| p.can_publish_data);
-        if granted_data && self.withholds_data_from(is_anonymous(&updated.attributes)) {
-            match update(true).await {
+        let muted = if self.viewer_can_publish_data(muted) && self.withholds_data_from(true) {
+            match repeatable(|| self.rooms.get_participant(room.as_str(), identity)).await {
+                Ok(participant) => self.withholds_data_from(is_anonymous(&participant.attributes)),
                 Err(RoomServiceError::NotFound) => return Ok(()),
-                other => drop(other?),
+                Err(error) => return Err(error),
             }
+        } else {
+            muted
+        };
+        self.set_viewer(room, identity, muted, stage).await
+    }
+
+    /// [`LiveKit::update_viewer`] for a participant whose anonymity is known
+    /// (from a webhook or a listing) and already in `muted`.
+    pub async fn set_viewer(
+        &self,
+        room: &RoomName,
+        identity: &str,
+        muted: bool,
+        stage: StageStanding,
+    ) -> Result<(), RoomServiceError> {
+        let options = UpdateParticipantOptions {
+            permission: Some(self.viewer_permission(muted, stage.on_stage)),
+            attributes: stage.attributes(),
+            ..UpdateParticipantOptions::default()
+        };
+        match repeatable(|| {
+            self.rooms
+                .update_participant(room.as_str(), identity, options.clone())
+        })
+        .await
+        {
+            Err(RoomServiceError::NotFound) => Ok(()),
+            other => other.map(drop),
         }
-        Ok(())
     }
 
     /// The permission a viewer with this mute and place on the stage has.

@@ -75,7 +75,7 @@ pub async fn apply(
                 .remove_participant(room, identity, Revocation::IssuedBefore(revoke_before))
                 .await
         }
-        Correction::Update { muted, stage } => livekit.update_viewer(room, identity, muted, stage).await,
+        Correction::Update { muted, stage } => livekit.set_viewer(room, identity, muted, stage).await,
     }
 }
 

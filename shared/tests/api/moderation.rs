@@ -226,7 +226,7 @@ async fn an_anonymous_viewer_gets_no_data_permission_from_a_join_or_an_unmute() 
     let guest = Uuid::new_v4();
     let token = app.request_token(&app.anonymous_token_for(guest), ROOM).await;
     assert_eq!(token.status, 200, "{}", token.body);
-    let _client = app
+    let client = app
         .join(token.body["token"].as_str().unwrap())
         .await
         .expect("a guest may watch");
@@ -246,6 +246,20 @@ async fn an_anonymous_viewer_gets_no_data_permission_from_a_join_or_an_unmute() 
         assert_eq!(act(&app, host, guest, action).await.status, 200, "{action}");
     }
     assert!(!data_permission().await, "the unmute gave nothing back");
+    // Not even for a moment: the guest's own client, which hears every change
+    // of its permission in order, never saw one with data. The kick's leave
+    // comes after everything the unmute sent.
+    assert_eq!(act(&app, host, guest, "kick").await.status, 200);
+    client.wait_disconnected().await;
+    let granted: Vec<_> = client
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "permissions_changed" && e["can_publish_data"] == true)
+        .collect();
+    assert!(
+        granted.is_empty(),
+        "the guest could publish data for a moment: {granted:?}"
+    );
 }
 
 #[tokio::test]
