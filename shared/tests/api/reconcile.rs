@@ -111,6 +111,79 @@ async fn a_stream_whose_room_is_gone_ends_after_the_grace_period() {
     );
 }
 
+/// The stream of a room that vanished (its webhooks lost) ends when the room
+/// was first found missing, not a grace period and a run later: its duration
+/// and the watch time of the viewers it still counted stop there.
+#[tokio::test]
+async fn a_stream_whose_room_vanished_ends_when_it_was_found_missing() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "gone-early").await;
+    let viewer = Uuid::new_v4().to_string();
+    let joined = webhook_event(
+        "EV_gone_join",
+        "participant_joined",
+        "gone-early",
+        Some((&viewer, "PA_v", false)),
+    );
+    assert_eq!(
+        app.deliver(signed_webhook(&joined, LIVEKIT_API_SECRET))
+            .await
+            .status,
+        200
+    );
+    // Started 15 minutes ago, the viewer there for 10, the room missing for
+    // the last 5 (its closing and the viewer's leave never arrived).
+    app.lose_webhooks(true);
+    app.livekit().delete_room("gone-early").await;
+    app.db()
+        .await
+        .batch_execute(
+            "UPDATE live_streams SET created_at = now() - interval '15 minutes',
+                                     room_missing_since = now() - interval '5 minutes'
+             WHERE id = 'gone-early';
+             UPDATE live_presence SET joined_at = joined_at - interval '10 minutes' WHERE room_name = 'gone-early';
+             UPDATE live_viewer_counts SET present_since_sum = present_since_sum - 600 * viewers
+             WHERE room_name = 'gone-early';",
+        )
+        .await
+        .unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.ended, 1, "{report:?}");
+    let row = app.stream_row("gone-early").await.unwrap();
+    assert_eq!(
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("ended_at"),
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("room_missing_since"),
+        "ended when the room was found missing"
+    );
+    let stats = app
+        .send(
+            shared::handlers::stream_stats,
+            crate::helpers::get_request(Some(&app.token_for(host)), &[], Some("gone-early")),
+        )
+        .await;
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    let seconds = |field: &str| stats.body["stats"][field].as_f64().unwrap();
+    assert!(
+        (599.0..605.0).contains(&seconds("durationSeconds")),
+        "{}",
+        stats.body
+    );
+    assert!(
+        (299.0..305.0).contains(&seconds("totalWatchSeconds")),
+        "{}",
+        stats.body
+    );
+    let left_at_end: bool = app
+        .db_value(
+            "SELECT bool_and(p.left_at = s.ended_at) FROM live_participant_sessions p
+             JOIN live_streams s ON s.id = p.room_name WHERE p.room_name = 'gone-early'",
+            &[],
+        )
+        .await;
+    assert!(left_at_end, "the sessions it closed left at its end");
+}
+
 #[tokio::test]
 async fn a_room_that_comes_back_within_grace_clears_the_clock() {
     let app = TestApp::spawn().await;
