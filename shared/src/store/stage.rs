@@ -175,6 +175,10 @@ pub struct StageEntry {
     /// A guest: since they came on stage; an invitee: since the invitation;
     /// a raised hand: since it was raised.
     pub since: DateTime<Utc>,
+    /// Since when their connection is lost, while they have
+    /// `STAGE_RETURN_SECONDS` to come back (migration 0028); a guest away
+    /// still holds their place. `null` while they are in the room.
+    pub away_since: Option<DateTime<Utc>>,
 }
 
 /// Where a page of raised hands starts: after this hand.
@@ -188,7 +192,8 @@ pub struct HandKey {
 /// (oldest first, those not invited or on stage), in one statement. A hand
 /// is listed only while its viewer is in the room: one raised by a user who
 /// never joined (or before their join's webhook arrived) waits unseen, and
-/// leaving the room lowers it.
+/// leaving the room lowers it. Guests and invitees whose connection was lost
+/// are listed with `away_since` while they may still come back.
 pub struct StageState {
     pub guests: Vec<StageEntry>,
     pub invited: Vec<StageEntry>,
@@ -207,17 +212,17 @@ pub async fn state(
     };
     let rows = client
         .query_typed(
-            "(SELECT 'guest' AS place, g.user_id, p.display_name, g.on_stage_since AS since
+            "(SELECT 'guest' AS place, g.user_id, p.display_name, g.on_stage_since AS since, g.away_since
               FROM live_stage g
               LEFT JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
               WHERE g.room_name = $1 AND g.on_stage_since IS NOT NULL)
              UNION ALL
-             (SELECT 'invited', g.user_id, p.display_name, g.invited_at
+             (SELECT 'invited', g.user_id, p.display_name, g.invited_at, g.away_since
               FROM live_stage g
               LEFT JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
               WHERE g.room_name = $1 AND g.invited_at IS NOT NULL AND g.on_stage_since IS NULL)
              UNION ALL
-             (SELECT 'hand', g.user_id, p.display_name, g.hand_raised_at
+             (SELECT 'hand', g.user_id, p.display_name, g.hand_raised_at, NULL::timestamptz
               FROM live_stage g
               JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
               WHERE g.room_name = $1 AND g.hand_raised_at IS NOT NULL
@@ -245,6 +250,7 @@ pub async fn state(
             user_id: row.try_get("user_id").map_err(ApiError::internal)?,
             display_name: row.try_get("display_name").map_err(ApiError::internal)?,
             since: row.try_get("since").map_err(ApiError::internal)?,
+            away_since: row.try_get("away_since").map_err(ApiError::internal)?,
         };
         match place.as_str() {
             "guest" => state.guests.push(entry),

@@ -793,12 +793,31 @@ async fn a_guest_whose_connection_drops_keeps_the_stage_until_the_time_to_return
 
     // Replaced by their own new connection: still on stage, marked away until
     // the new connection's join arrives.
+    let listed_away = || async {
+        use shared::handlers::stage_state;
+        let listed = app
+            .send(
+                stage_state,
+                get_request(Some(&app.token_for(host)), &[("roomName", room)], None),
+            )
+            .await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        let guest = listed.body["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["userId"] == roaming_id.as_str())
+            .cloned()
+            .expect("still listed as a guest");
+        !guest["awaySince"].is_null()
+    };
     left_because(&app, room, &roaming_id, "PA_roam_1", "DUPLICATE_IDENTITY").await;
     assert_eq!(
         on_stage(roaming).await,
         (true, true),
         "the turn outlives the lost connection"
     );
+    assert!(listed_away().await, "the streamer's list shows the guest away");
     participant(
         &app,
         "participant_joined",
@@ -810,6 +829,7 @@ async fn a_guest_whose_connection_drops_keeps_the_stage_until_the_time_to_return
     )
     .await;
     assert_eq!(on_stage(roaming).await, (true, false), "back: no longer away");
+    assert!(!listed_away().await, "and back");
     assert_eq!(app.viewer_count(room).await, 2);
 
     // Timed out and not back: the turn holds its place until the time to
