@@ -407,7 +407,10 @@ pub fn decode_cursor(cursor: &str) -> Result<(chrono::DateTime<chrono::Utc>, Str
     Ok((at, key.to_owned()))
 }
 
-/// Reads a JSON request body of at most [`MAX_BODY_BYTES`].
+/// Reads a JSON request body of at most [`MAX_BODY_BYTES`], as a JSON object,
+/// whatever the `Content-Type` says: React Native's `fetch` labels a string
+/// body `text/plain` unless the app sets the header, and refusing those with
+/// 415 would fail working clients.
 pub fn parse_json_body<Req: DeserializeOwned>(request: &Request) -> Result<Req, ApiError> {
     let body = request.body().as_ref();
     if body.len() > MAX_BODY_BYTES {

@@ -361,3 +361,21 @@ async fn repeated_or_unexpected_query_parameters_are_400_through_the_adapter() {
         delete.body
     );
 }
+
+/// React Native's `fetch` sends a string body as `text/plain;charset=UTF-8`
+/// unless the app sets the header: the body is read as JSON all the same.
+#[tokio::test]
+async fn a_json_body_labelled_text_plain_is_read_as_json() {
+    let app = dev_app().await;
+    let path = format!("{}/../events/start.json", env!("CARGO_MANIFEST_DIR"));
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["headers"]["content-type"] = "text/plain;charset=UTF-8".into();
+    let request = lambda_http::request::from_str(&json.to_string()).unwrap();
+    assert_eq!(
+        request.headers()["content-type"],
+        "text/plain;charset=UTF-8",
+        "the event carries the label"
+    );
+    let started = app.send(start_stream, request).await;
+    assert_eq!(started.status, 201, "{}", started.body);
+}
