@@ -338,14 +338,18 @@ pub fn path_id(request: &Request) -> String {
         .unwrap_or_default()
 }
 
-/// The query string's parameters, in order, each one of `expected` and given
-/// at most once. An unknown one, or one given twice (`?limit=5&limit=50`),
-/// is a 400 rather than ignored or one of its values silently chosen.
-pub fn query_parameters(request: &Request, expected: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
-    let mut parameters: Vec<(String, String)> = Vec::new();
+/// The values of the query parameters named in `expected`, in that order
+/// (`None` for one not given). An unknown parameter, or one given twice
+/// (`?limit=5&limit=50`), is a 400 rather than ignored or one of its values
+/// silently chosen.
+pub fn query_parameters<const N: usize>(
+    request: &Request,
+    expected: [&str; N],
+) -> Result<[Option<String>; N], ApiError> {
+    let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
     for (name, value) in request.query_string_parameters().iter() {
-        if !expected.contains(&name) {
-            let expected = match expected {
+        let Some(index) = expected.iter().position(|known| *known == name) else {
+            let expected = match expected.as_slice() {
                 [] => "this route takes none".to_owned(),
                 [only] => format!("expected `{only}`"),
                 [init @ .., last] => {
@@ -356,15 +360,14 @@ pub fn query_parameters(request: &Request, expected: &[&str]) -> Result<Vec<(Str
             return Err(ApiError::InvalidRequest(format!(
                 "unknown query parameter `{name}`; {expected}"
             )));
-        }
-        if parameters.iter().any(|(seen, _)| seen == name) {
+        };
+        if values[index].replace(value.to_owned()).is_some() {
             return Err(ApiError::InvalidRequest(format!(
                 "the query parameter `{name}` is given more than once"
             )));
         }
-        parameters.push((name.to_owned(), value.to_owned()));
     }
-    Ok(parameters)
+    Ok(values)
 }
 
 /// A `limit` query parameter: a whole number from 1 to `max`.

@@ -34,20 +34,17 @@ impl FromRequest for ViewersQuery {
     fn from_request(request: &Request) -> Result<Self, ApiError> {
         let room_name =
             RoomName::parse(crate::http::path_id(request)).map_err(|_| ApiError::StreamNotFound)?;
-        let mut limit = DEFAULT_VIEWERS_PAGE;
-        let mut after = None;
-        for (name, value) in crate::http::query_parameters(request, &["limit", "cursor"])? {
-            let value = value.as_str();
-            match name.as_str() {
-                "limit" => limit = crate::http::page_limit(value, MAX_VIEWERS_PAGE)?,
-                "cursor" => {
-                    let (joined_at, identity) = crate::http::decode_cursor(value)?;
-                    after = Some(ViewerKey { joined_at, identity });
-                }
-                // query_parameters lets only the names above through.
-                _ => {}
-            }
-        }
+        let [limit, cursor] = crate::http::query_parameters(request, ["limit", "cursor"])?;
+        let limit = limit
+            .map(|limit| crate::http::page_limit(&limit, MAX_VIEWERS_PAGE))
+            .transpose()?
+            .unwrap_or(DEFAULT_VIEWERS_PAGE);
+        let after = cursor
+            .map(|cursor| {
+                let (joined_at, identity) = crate::http::decode_cursor(&cursor)?;
+                Ok::<_, ApiError>(ViewerKey { joined_at, identity })
+            })
+            .transpose()?;
         Ok(ViewersQuery {
             room_name,
             limit,

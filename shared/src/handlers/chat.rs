@@ -108,35 +108,19 @@ impl FromRequest for ChatHistoryQuery {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        let (mut room_name, mut before, mut limit) = (None, None, DEFAULT_HISTORY_PAGE);
-        for (name, value) in crate::http::query_parameters(request, &["roomName", "before", "limit"])? {
-            let value = value.as_str();
-            match name.as_str() {
-                "roomName" => {
-                    room_name = Some(RoomName::parse(value.to_owned()).map_err(ApiError::InvalidRequest)?)
-                }
-                "before" => {
-                    before = Some(
-                        Uuid::parse_str(value)
-                            .map_err(|_| ApiError::InvalidRequest(BEFORE_MUST_BE_IN_ROOM.into()))?,
-                    )
-                }
-                "limit" => {
-                    limit = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_HISTORY_PAGE).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::InvalidRequest(format!(
-                                "limit must be a whole number from 1 to {MAX_HISTORY_PAGE}"
-                            ))
-                        })?
-                }
-                // query_parameters lets only the names above through.
-                _ => {}
-            }
-        }
+        let [room_name, before, limit] =
+            crate::http::query_parameters(request, ["roomName", "before", "limit"])?;
         let room_name = room_name.ok_or_else(|| ApiError::InvalidRequest("roomName is required".into()))?;
+        let room_name = RoomName::parse(room_name).map_err(ApiError::InvalidRequest)?;
+        let before = before
+            .map(|id| {
+                Uuid::parse_str(&id).map_err(|_| ApiError::InvalidRequest(BEFORE_MUST_BE_IN_ROOM.into()))
+            })
+            .transpose()?;
+        let limit = limit
+            .map(|limit| crate::http::page_limit(&limit, MAX_HISTORY_PAGE))
+            .transpose()?
+            .unwrap_or(DEFAULT_HISTORY_PAGE);
         Ok(ChatHistoryQuery {
             room_name,
             before,
@@ -190,7 +174,7 @@ impl FromRequest for MessageId {
     const METHOD: Method = Method::DELETE;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        crate::http::query_parameters(request, &[])?;
+        let [] = crate::http::query_parameters(request, [])?;
         Uuid::parse_str(&crate::http::path_id(request))
             .map(MessageId)
             .map_err(|_| ApiError::MessageNotFound)

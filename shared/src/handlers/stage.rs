@@ -156,29 +156,23 @@ impl FromRequest for StageQuery {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        let mut room_name = None;
-        let mut limit = DEFAULT_HANDS_PAGE;
-        let mut after = None;
-        for (name, value) in crate::http::query_parameters(request, &["roomName", "limit", "cursor"])? {
-            let value = value.as_str();
-            match name.as_str() {
-                "roomName" => {
-                    room_name = Some(RoomName::parse(value.to_owned()).map_err(ApiError::InvalidRequest)?)
-                }
-                "limit" => limit = crate::http::page_limit(value, MAX_HANDS_PAGE)?,
-                "cursor" => {
-                    let (raised_at, user) = crate::http::decode_cursor(value)?;
-                    let user_id = Uuid::parse_str(&user).map_err(|_| {
-                        ApiError::InvalidRequest("cursor is not one this API returned".into())
-                    })?;
-                    after = Some(HandKey { raised_at, user_id });
-                }
-                // query_parameters lets only the names above through.
-                _ => {}
-            }
-        }
+        let [room_name, limit, cursor] =
+            crate::http::query_parameters(request, ["roomName", "limit", "cursor"])?;
         let room_name = room_name
             .ok_or_else(|| ApiError::InvalidRequest("the query parameter roomName is required".into()))?;
+        let room_name = RoomName::parse(room_name).map_err(ApiError::InvalidRequest)?;
+        let limit = limit
+            .map(|limit| crate::http::page_limit(&limit, MAX_HANDS_PAGE))
+            .transpose()?
+            .unwrap_or(DEFAULT_HANDS_PAGE);
+        let after = cursor
+            .map(|cursor| {
+                let (raised_at, user) = crate::http::decode_cursor(&cursor)?;
+                let user_id = Uuid::parse_str(&user)
+                    .map_err(|_| ApiError::InvalidRequest("cursor is not one this API returned".into()))?;
+                Ok::<_, ApiError>(HandKey { raised_at, user_id })
+            })
+            .transpose()?;
         Ok(StageQuery {
             room_name,
             limit,

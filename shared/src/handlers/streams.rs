@@ -26,17 +26,12 @@ impl FromRequest for ListStreamsQuery {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        let mut limit = DEFAULT_PAGE_SIZE;
-        let mut after = None;
-        for (name, value) in crate::http::query_parameters(request, &["limit", "cursor"])? {
-            let value = value.as_str();
-            match name.as_str() {
-                "limit" => limit = crate::http::page_limit(value, MAX_PAGE_SIZE)?,
-                "cursor" => after = Some(decode_cursor(value)?),
-                // query_parameters lets only the names above through.
-                _ => {}
-            }
-        }
+        let [limit, cursor] = crate::http::query_parameters(request, ["limit", "cursor"])?;
+        let limit = limit
+            .map(|limit| crate::http::page_limit(&limit, MAX_PAGE_SIZE))
+            .transpose()?
+            .unwrap_or(DEFAULT_PAGE_SIZE);
+        let after = cursor.map(|cursor| decode_cursor(&cursor)).transpose()?;
         Ok(ListStreamsQuery { limit, after })
     }
 }
@@ -94,7 +89,7 @@ impl FromRequest for StreamId {
     const METHOD: Method = Method::GET;
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
-        crate::http::query_parameters(request, &[])?;
+        let [] = crate::http::query_parameters(request, [])?;
         RoomName::parse(crate::http::path_id(request))
             .map(StreamId)
             .map_err(|_| ApiError::StreamNotFound)

@@ -433,18 +433,20 @@ impl LiveKit {
                 muted,
                 stage,
                 anonymous,
-            } if stage.on_stage => video_grants(
-                room,
-                true,
-                self.viewer_can_publish_data(muted || self.withholds_data_from(anonymous)),
-                vec!["camera".to_owned(), "microphone".to_owned()],
-            ),
-            Role::Viewer { muted, anonymous, .. } => video_grants(
-                room,
-                false,
-                self.viewer_can_publish_data(muted || self.withholds_data_from(anonymous)),
-                Vec::new(),
-            ),
+            } => {
+                let can_publish_data =
+                    self.viewer_can_publish_data(muted || self.withholds_data_from(anonymous));
+                // Tokens name sources as LiveKit's JSON does: "camera", "microphone".
+                let sources = if stage.on_stage {
+                    GUEST_SOURCES
+                        .iter()
+                        .map(|source| source.as_str_name().to_ascii_lowercase())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                video_grants(room, stage.on_stage, can_publish_data, sources)
+            }
         }
     }
 }

@@ -99,7 +99,7 @@ pub async fn reconcile_until(
         in_batches(|| crate::store::rate_limit::prune(&client, PRUNE_BATCH)).await?;
         report.sessions_pruned = prune_sessions(&client, state.rules.session_retention).await?;
         report.presence_pruned = in_batches(|| prune_presence_of_ended(&client)).await?;
-        report.claims_pruned = in_batches(|| prune_lapsed_claims(&client)).await?;
+        report.claims_pruned = in_batches(|| streams::prune_lapsed_claims(&client, PRUNE_BATCH)).await?;
         report.stage_turns_ended = end_stage_turns_of_the_gone(&client, state.rules.stage_return).await?;
         // Read before any LiveKit call: a session written after this is newer
         // than every listing this run gets.
@@ -257,20 +257,6 @@ async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) ->
     })
     .await?;
     Ok(closed + open_in_ended)
-}
-
-/// Deletes claims on room names past the lifetime after which a start may
-/// take them over (60 s, migration 0027).
-async fn prune_lapsed_claims(client: &tokio_postgres::Client) -> Result<usize, ApiError> {
-    Ok(client
-        .execute_typed(
-            "DELETE FROM live_room_claims WHERE room_name IN (
-                 SELECT room_name FROM live_room_claims
-                 WHERE claimed_at < now() - interval '60 seconds'
-                 LIMIT $1)",
-            &[(&PRUNE_BATCH, Type::INT8)],
-        )
-        .await? as usize)
 }
 
 /// Ends the stage standing (turn, invitation, raised hand) of viewers whose

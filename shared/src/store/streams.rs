@@ -82,6 +82,23 @@ pub async fn start(
     })
 }
 
+/// How long a claim on a room name holds before another streamer's start may
+/// take it over: far longer than any start runs (10 s at most). It is the
+/// interval `live_start_stream` (migration 0027) compares with.
+pub const CLAIM_LIFETIME: &str = "60 seconds";
+
+/// Deletes at most `limit` claims past [`CLAIM_LIFETIME`] (left by starts
+/// that died between `CreateRoom` and their commit); returns how many.
+pub async fn prune_lapsed_claims(client: &Client, limit: i64) -> Result<usize, ApiError> {
+    let statement = format!(
+        "DELETE FROM live_room_claims WHERE room_name IN (
+             SELECT room_name FROM live_room_claims
+             WHERE claimed_at < now() - interval '{CLAIM_LIFETIME}'
+             LIMIT $1)"
+    );
+    Ok(client.execute_typed(&statement, &[(&limit, Type::INT8)]).await? as usize)
+}
+
 /// Lets go of the caller's claim on a name it did not start a stream under
 /// (migration 0027). Another streamer's claim is never touched.
 pub async fn release_claim(client: &Client, room: &RoomName, streamer: Uuid) -> Result<(), ApiError> {

@@ -194,3 +194,26 @@ async fn tables_join_the_supabase_realtime_publication_where_it_exists() {
         .get(0);
     assert_eq!(publications, 0);
 }
+
+/// The reconciler prunes claims on room names after the same lifetime that
+/// `live_start_stream` lets another streamer take one over after: one value,
+/// [`shared::store::streams::CLAIM_LIFETIME`], written in two languages.
+#[tokio::test]
+async fn the_claim_lifetime_is_the_one_the_start_function_uses() {
+    let url = create_database().await;
+    shared::store::migrate::migrate_url(&url).await.unwrap();
+    let source: String = connect(&url)
+        .await
+        .query_one(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'live_start_stream'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let lifetime = format!("interval '{}'", shared::store::streams::CLAIM_LIFETIME);
+    assert!(
+        source.contains(&lifetime),
+        "live_start_stream does not use {lifetime}"
+    );
+}
