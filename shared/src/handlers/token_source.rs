@@ -67,6 +67,12 @@ pub async fn issue_standard_token(
             "other participants would trust what a client wrote",
         );
     }
+    let room_name = request
+        .room_name
+        .ok_or_else(|| ApiError::InvalidRequest("room_name is required".into()))
+        .and_then(|room| {
+            RoomName::parse(room).map_err(|e| ApiError::InvalidRequest(e.replace("roomName", "room_name")))
+        })?;
     // Compared as ids, not as text: the caller's own id in capitals is theirs.
     if let Some(identity) = &request.participant_identity
         && uuid::Uuid::parse_str(identity).ok() != Some(user.id)
@@ -75,12 +81,6 @@ pub async fn issue_standard_token(
             "participant_identity must be absent or your own user id.",
         ));
     }
-    let room_name = request
-        .room_name
-        .ok_or_else(|| ApiError::InvalidRequest("room_name is required".into()))
-        .and_then(|room| {
-            RoomName::parse(room).map_err(|e| ApiError::InvalidRequest(e.replace("roomName", "room_name")))
-        })?;
     let participant_name = match request.participant_name {
         Some(name) => ParticipantName::parse(&name)
             .map_err(|e| ApiError::InvalidRequest(e.replace("participantName", "participant_name")))?,

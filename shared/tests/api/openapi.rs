@@ -741,6 +741,9 @@ struct Checker {
     seen: BTreeSet<(Route, u16)>,
     /// Every error body received, to hold the document's error examples against.
     error_bodies: Vec<Value>,
+    /// The claims of every LiveKit token a route answered, to hold the
+    /// document's example tokens against.
+    token_claims: HashMap<Route, Vec<Value>>,
 }
 
 impl Checker {
@@ -771,6 +774,14 @@ impl Checker {
         self.seen.insert((route, response.status));
         if response.status >= 400 && !self.error_bodies.contains(&response.body) {
             self.error_bodies.push(response.body.clone());
+        }
+        if (200..300).contains(&response.status)
+            && let Some(token) = example_token(&response.body)
+        {
+            self.token_claims
+                .entry(route)
+                .or_default()
+                .push(token_claims(token));
         }
     }
 
@@ -892,7 +903,94 @@ impl Checker {
     }
 }
 
+/// The LiveKit token of a `/live/start`, `/live/token` or `/live/token-source` body.
+fn example_token(body: &Value) -> Option<&str> {
+    body.get("token")
+        .or_else(|| body.get("participant_token"))
+        .and_then(Value::as_str)
+}
+
+/// A token's claims, checked against the test server's key.
+fn token_claims(token: &str) -> Value {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    // Examples are recorded once; their lifetime has long passed.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(LIVEKIT_API_SECRET.as_bytes()),
+        &validation,
+    )
+    .unwrap_or_else(|e| panic!("{token} is not signed with the test key: {e}"))
+    .claims
+}
+
+/// What a token grants, without what differs from one user, room or minute
+/// to the next.
+fn grant_shape(claims: &Value) -> Value {
+    let mut shape = claims.clone();
+    let object = shape.as_object_mut().expect("claims are an object");
+    for per_token in ["exp", "nbf", "sub", "name", "jti"] {
+        object.remove(per_token);
+    }
+    if let Some(video) = object.get_mut("video").and_then(Value::as_object_mut) {
+        video.remove("room");
+    }
+    shape
+}
+
 impl Checker {
+    /// Every token in the document's examples grants what a token the same
+    /// route answered above grants (identity, name, room and times aside),
+    /// for the room its example names.
+    fn assert_token_examples_are_real(&self) {
+        let mut checked = 0;
+        for route in [START, TOKEN, TOKEN_SOURCE] {
+            let real: Vec<Value> = self
+                .token_claims
+                .get(&route)
+                .into_iter()
+                .flatten()
+                .map(grant_shape)
+                .collect();
+            assert!(!real.is_empty(), "{route:?} answered no token");
+            let operation = self.doc.at(&Document::operation(route)).clone();
+            let mut examples = Vec::new();
+            for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                if !status.starts_with('2') {
+                    continue;
+                }
+                let content = &response["content"]["application/json"];
+                for (name, example) in content["examples"].as_object().into_iter().flatten() {
+                    examples.push((format!("{status} {name}"), example["value"].clone()));
+                }
+            }
+            assert!(!examples.is_empty(), "{route:?} has no token example");
+            for (name, body) in examples {
+                let token = example_token(&body).unwrap_or_else(|| panic!("{route:?} {name} has a token"));
+                let claims = token_claims(token);
+                assert!(
+                    real.contains(&grant_shape(&claims)),
+                    "{route:?} example {name} grants {claims}, which no token of this route did:\n{}",
+                    real.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+                );
+                if let Some(stream) = body.get("stream") {
+                    assert_eq!(
+                        claims["video"]["room"], stream["id"],
+                        "{route:?} {name}: the token is for its stream's room"
+                    );
+                    assert_eq!(
+                        claims["sub"], stream["streamerId"],
+                        "{route:?} {name}: the host's token is the streamer's"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "{checked} token examples");
+    }
+
     /// Every error body in the document's examples is one the handlers
     /// answered above, word for word, or (for what no test here provokes: the
     /// JWKS or configuration outages, a timeout, a bug) one the code produces.
@@ -984,6 +1082,7 @@ async fn every_route_answers_as_the_document_says() {
         doc: Document::load(),
         seen: BTreeSet::new(),
         error_bodies: Vec::new(),
+        token_claims: HashMap::new(),
     };
     let (host, viewer, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let (host_t, viewer_t, other_t) = (app.token_for(host), app.token_for(viewer), app.token_for(other));
@@ -1826,6 +1925,7 @@ async fn every_route_answers_as_the_document_says() {
 
     c.assert_everything_seen();
     c.assert_error_examples_are_real();
+    c.assert_token_examples_are_real();
 }
 
 /// Sends the stream's room a signed `participant_joined` for `user`.

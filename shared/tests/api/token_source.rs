@@ -154,6 +154,11 @@ async fn participant_identity_may_only_be_the_callers_own_id() {
             response.body
         );
     }
+    // A request without a room is malformed before it is forbidden: 400, as
+    // the contract says for a missing room_name, whatever else it asks for.
+    let no_room = fetch(&app, viewer, json!({"participant_identity": host.to_string()})).await;
+    no_room.assert_error(400, "invalid_request");
+    assert!(message(&no_room).contains("room_name"), "{}", no_room.body);
     let own = fetch(
         &app,
         viewer,
