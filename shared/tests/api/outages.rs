@@ -140,7 +140,7 @@ async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers
     );
     // The flusher's invocation fails as a whole, so Lambda's Errors metric
     // (the template's alarm) sees a minute of counts not copied.
-    let flushed = flush_until(&app.state, Instant::now()).await;
+    let flushed = flush_until(&app.state, Instant::now(), None).await;
     assert!(flushed.all_failed(), "{flushed:?}");
 
     cluster.resume().await;
@@ -151,7 +151,7 @@ async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers
         up.body
     );
     app.start_stream(Uuid::new_v4(), "after-restart").await;
-    let flushed = flush_until(&app.state, Instant::now()).await;
+    let flushed = flush_until(&app.state, Instant::now(), None).await;
     assert_eq!((flushed.ticks, flushed.failed_ticks), (1, 0), "{flushed:?}");
     assert!(!flushed.all_failed());
     assert!(

@@ -595,9 +595,59 @@ async fn a_flush_invocation_out_of_time_still_writes_the_trailing_count() {
             std::time::Instant::now() < deadline,
             "an invocation without time left never flushed"
         );
-        shared::scheduled::flush::flush_until(&room.app.state, std::time::Instant::now()).await;
+        shared::scheduled::flush::flush_until(&room.app.state, std::time::Instant::now(), None).await;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// With LiveKit hanging, a flush still writes the counts (Postgres first),
+/// and a tick whose packets are still waiting for LiveKit at the
+/// invocation's cut-off is stopped there, before Lambda's timeout would be,
+/// rather than after every room's call has timed out.
+#[tokio::test]
+async fn a_flush_waiting_on_a_hanging_livekit_stops_at_its_cut_off() {
+    use std::time::{Duration, Instant};
+    let room = live_room().await;
+    room.send(
+        "EV_hang_0",
+        "participant_joined",
+        Some((&Uuid::new_v4().to_string(), "PA_hang_0", false)),
+    )
+    .await;
+    room.send(
+        "EV_hang_1",
+        "participant_joined",
+        Some((&Uuid::new_v4().to_string(), "PA_hang_1", false)),
+    )
+    .await;
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Hanging);
+    // The copy is written at most once a second: the flushes before then
+    // have nothing to write, nor any packet to send.
+    let settle = Instant::now() + crate::helpers::SETTLE;
+    let (report, took) = loop {
+        assert!(Instant::now() < settle, "the count was never flushed");
+        let started = Instant::now();
+        let cut_off = started + Duration::from_millis(500);
+        let report = shared::scheduled::flush::flush_until(&room.app.state, started, Some(cut_off)).await;
+        if report.written > 0 || report.failed_ticks > 0 {
+            break (report, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        room.app.realtime_viewer_count(ROOM).await,
+        2,
+        "written before the packets: {report:?}"
+    );
+    assert_eq!(
+        (report.ticks, report.failed_ticks),
+        (1, 1),
+        "the tick was stopped: {report:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "stopped at its cut-off, not after LiveKit's call timed out: {took:?}"
+    );
 }
 
 /// LiveKit's leave overtaking its join, both at once for a session never
