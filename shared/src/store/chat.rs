@@ -364,8 +364,11 @@ pub async fn moderate(
                  INSERT INTO live_moderation_actions (room_name, moderator_id, target_id, action)
                  VALUES ($1, $5, $2, $6)
              )
-             -- The second of the action, rounded down (a cast would round half up).
-             SELECT c.banned, c.muted, floor(extract(epoch FROM now()))::int8,
+             -- The second of the action, rounded down (a cast would round half up):
+             -- read once the row is written, so after the room's standing lock,
+             -- which a ban may wait for; the statement's start (now()) would
+             -- leave out the tokens checked while it waited.
+             SELECT c.banned, c.muted, floor(extract(epoch FROM clock_timestamp()))::int8,
                     -- A ban empties the user's stage (a trigger this snapshot cannot see).
                     NOT c.banned AND g.hand_raised_at IS NOT NULL,
                     NOT c.banned AND g.invited_at IS NOT NULL,

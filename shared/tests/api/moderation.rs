@@ -487,3 +487,64 @@ async fn a_ban_revokes_the_tokens_issued_before_it_and_a_kick_revokes_none() {
         after + 1
     );
 }
+
+/// A ban waits for the room's standing lock (a post or a token check holding
+/// it); the tokens it revokes are those issued up to the moment it got the
+/// lock, not up to the moment its statement began: a token checked while the
+/// ban waited, and minted a second later, is revoked too.
+#[tokio::test]
+async fn a_ban_that_waited_for_its_lock_revokes_the_tokens_issued_meanwhile() {
+    use std::time::{Duration, Instant};
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, ROOM).await;
+    let banned = Uuid::new_v4();
+    let room = shared::domain::RoomName::parse(ROOM.to_owned()).unwrap();
+
+    let holder = app.db().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute(
+            "SELECT pg_advisory_xact_lock_shared(hashtext('live_room_standing'), hashtext($1))",
+            &[&ROOM],
+        )
+        .await
+        .unwrap();
+    let state = app.state.clone();
+    let ban = tokio::spawn(async move {
+        let client = state.db.get().await.unwrap();
+        shared::store::chat::moderate(&client, &room, host, banned, shared::store::chat::Action::Ban)
+            .await
+            .map(|moderated| moderated.at_unix_seconds)
+    });
+    let settle = Instant::now() + crate::helpers::SETTLE;
+    let waiting_since: f64 = loop {
+        let row = holder
+            .query_opt(
+                "SELECT extract(epoch FROM a.query_start)::float8 FROM pg_locks l
+                 JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND NOT l.granted",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(Instant::now() < settle, "the ban never waited for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Held past the second the ban's statement began in.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let released: f64 = holder
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    holder.batch_execute("COMMIT").await.unwrap();
+    let at = ban.await.unwrap().unwrap();
+    assert!(
+        at >= released.floor() as i64,
+        "the ban's moment {at} is before the lock was released at {released} (it began waiting at {waiting_since})"
+    );
+}
