@@ -866,3 +866,168 @@ async fn a_guest_whose_connection_drops_keeps_the_stage_until_the_time_to_return
         .await;
     assert_eq!(guests, 0);
 }
+
+/// The invitee's last leave and the streamer's invitation at the same
+/// moment, the invitation first: the leave waits for it and clears it, so no
+/// one who is gone can accept and hold a guest slot.
+#[tokio::test]
+async fn an_invitation_racing_the_invitees_leave_never_puts_someone_gone_on_stage() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "invite-race";
+    app.start_stream(host, room).await;
+    let viewer = Uuid::new_v4();
+    let viewer_id = viewer.to_string();
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &viewer_id,
+        "PA_gone",
+        "Viewer",
+        false,
+    )
+    .await;
+
+    // The invitation, its transaction left open; the viewer never raised a
+    // hand, so there is no stage row of theirs to lock.
+    let inviting = app.db().await;
+    inviting.batch_execute("BEGIN").await.unwrap();
+    let outcome: String = inviting
+        .query_one(
+            "SELECT outcome FROM live_stage_change($1, $2, $3, 'invite', 3)",
+            &[&room, &host, &viewer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "ok");
+
+    let left = AtomicBool::new(false);
+    let leave = async {
+        left_because(&app, room, &viewer_id, "PA_gone", "CLIENT_INITIATED").await;
+        left.store(true, Ordering::SeqCst);
+    };
+    let commit = async {
+        let observer = app.db().await;
+        let settle = Instant::now() + SETTLE;
+        // The leave waits for the invitation (or, without the lock, is done).
+        while !left.load(Ordering::SeqCst) && Instant::now() < settle {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        inviting.batch_execute("COMMIT").await.unwrap();
+    };
+    tokio::join!(leave, commit);
+
+    let invited: bool = app
+        .db_value(
+            "SELECT coalesce(bool_or(invited_at IS NOT NULL), false) FROM live_stage
+             WHERE room_name = $1 AND user_id = $2",
+            &[&room, &viewer],
+        )
+        .await;
+    assert!(!invited, "the leave cleared the invitation it waited for");
+    let accept = json!({"roomName": room}).to_string();
+    let accepted = app
+        .call(accept_stage, Some(&app.token_for(viewer)), &accept)
+        .await;
+    accepted.assert_error(409, "not_invited");
+}
+
+/// A session the reconciler closes (its leave never told) may have been a
+/// lost connection: a guest keeps the stage, away, for the time to return,
+/// as after a drop; the late leave, if it says it was chosen, ends the turn.
+#[tokio::test]
+async fn a_guest_session_the_reconciler_closes_keeps_the_stage_for_the_time_to_return() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "closed-by-reconciler";
+    app.start_stream(host, room).await;
+    let mut guests = Vec::new();
+    for sid in ["PA_quiet_1", "PA_quiet_2"] {
+        // Told joined by a webhook, never connected to the real server: the
+        // reconciler's listing does not have them.
+        let guest = Uuid::new_v4();
+        participant(
+            &app,
+            "participant_joined",
+            room,
+            &guest.to_string(),
+            sid,
+            "Guest",
+            false,
+        )
+        .await;
+        let invite = json!({"roomName": room, "userId": guest}).to_string();
+        let invited = app
+            .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+            .await;
+        assert_eq!(invited.status, 200, "{}", invited.body);
+        let accept = json!({"roomName": room}).to_string();
+        let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
+        assert_eq!(accepted.status, 200, "{}", accepted.body);
+        guests.push(guest);
+    }
+    let standing = |guest: Uuid| {
+        let app = &app;
+        async move {
+            let row = app
+                .db()
+                .await
+                .query_one(
+                    "SELECT on_stage_since IS NOT NULL, away_since IS NOT NULL FROM live_stage
+                     WHERE room_name = $1 AND user_id = $2",
+                    &[&room, &guest],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, bool>(0), row.get::<_, bool>(1))
+        }
+    };
+    let report = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(app.viewer_count(room).await, 0, "closed: {report:?}");
+    assert_eq!(report.stage_turns_ended, 0, "{report:?}");
+    for guest in &guests {
+        assert_eq!(standing(*guest).await, (true, true), "on stage, away");
+    }
+
+    // The first one's leave arrives late, chosen: their turn ends now.
+    left_because(
+        &app,
+        room,
+        &guests[0].to_string(),
+        "PA_quiet_1",
+        "CLIENT_INITIATED",
+    )
+    .await;
+    assert_eq!(standing(guests[0]).await, (false, false));
+    // The second is not back in time: the reconciler ends their turn.
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
+            &[&room, &guests[1]],
+        )
+        .await
+        .unwrap();
+    let report = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(report.stage_turns_ended, 1, "{report:?}");
+    assert_eq!(standing(guests[1]).await, (false, false));
+}
