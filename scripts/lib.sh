@@ -359,7 +359,8 @@ find_pgbouncer() {
 # the Debian PACKAGE (as root, or with passwordless sudo), then CHECK again.
 ensure_debian_package() {
     local check=$1 package=$2
-    "$check" >/dev/null && return 0
+    # shellcheck disable=SC2086 # CHECK may be a command with its arguments
+    $check >/dev/null && return 0
     local sudo=()
     if ! is_root; then
         sudo -n true >/dev/null 2>&1 ||
@@ -371,11 +372,18 @@ ensure_debian_package() {
         die "apt-get update failed while installing the package '$package'"
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null ||
         die "apt-get install $package failed"
-    "$check" >/dev/null || die "the package '$package' is installed but $check still finds nothing"
+    # shellcheck disable=SC2086
+    $check >/dev/null || die "the package '$package' is installed but $check still finds nothing"
 }
 
 ensure_pgbouncer() { ensure_debian_package find_pgbouncer pgbouncer; }
 ensure_postgres() { ensure_debian_package find_pg_bindir postgresql; }
+# pgrep lists a step's process tree to stop it (scripts/test), curl asks the
+# local API (scripts/check-dev); both are on most machines, not on all.
+ensure_process_tools() {
+    ensure_debian_package "command -v pgrep" procps
+    ensure_debian_package "command -v curl" curl
+}
 
 _pgbouncer_log_tail() {
     if [ -n "${PGBOUNCER_DIR:-}" ] && [ -f "$PGBOUNCER_DIR/pgbouncer.log" ]; then
