@@ -216,11 +216,12 @@ start_postgres() {
     if is_root; then
         chown postgres: "$dir"
         # The postgres user needs to traverse every parent of DIR. If it
-        # can't (DIR under /root, say), use a directory under /tmp instead.
+        # can't (DIR under /root, say), use a directory under /tmp instead
+        # (/tmp itself: root's TMPDIR may be as unreachable as DIR).
         if ! runuser -u postgres -- test -w "$dir"; then
             log "note: user postgres cannot reach $dir; using a directory under /tmp instead"
             rmdir "$dir"
-            dir="$(mktemp -d "${TMPDIR:-/tmp}/pg.XXXXXX")"
+            dir="$(mktemp -d /tmp/pg.XXXXXX)"
             chmod 755 "$dir"
             chown postgres: "$dir"
         fi
@@ -231,7 +232,7 @@ start_postgres() {
     # private directory when DIR is too deep. (We connect over TCP anyway.)
     local sockdir="$dir"
     if [ ${#sockdir} -gt 80 ]; then
-        sockdir="$(mktemp -d "${TMPDIR:-/tmp}/pgsock.XXXXXX")"
+        if is_root; then sockdir="$(mktemp -d /tmp/pgsock.XXXXXX)"; else sockdir="$(mktemp -d "${TMPDIR:-/tmp}/pgsock.XXXXXX")"; fi
         if is_root; then chown postgres: "$sockdir"; fi
         PG_SOCKDIR_EXTRA="$sockdir"
     fi
