@@ -95,8 +95,7 @@ pub async fn moderate(
             }
             // A guest on stage keeps their camera and microphone through a chat mute.
             ModerationAction::Mute | ModerationAction::Unmute => {
-                let Standing { muted, stage, .. } = moderated.standing;
-                state.livekit.update_viewer(&room, &identity, muted, stage).await
+                super::stage::apply_standing_in_room(state, &room, target, moderated.standing).await
             }
             ModerationAction::Unban | ModerationAction::Kick => Ok(()),
         };

@@ -18,7 +18,9 @@ use crate::auth::AuthUser;
 use crate::domain::{HandRequest, InviteRequest, RoomName, StageAnswerRequest, StageRemoveRequest};
 use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
+use crate::livekit::RoomServiceError;
 use crate::state::AppState;
+use crate::store::chat::{self, Standing};
 use crate::store::rate_limit;
 use crate::store::stage::{self, HandKey, StageAction, StageEntry, StageStanding};
 use crate::store::streams;
@@ -62,11 +64,12 @@ async fn change(
         .await?
     };
     let room_updated = if changed.changed {
-        match state
-            .livekit
-            .update_viewer(&room, &target.to_string(), changed.muted, changed.standing)
-            .await
-        {
+        let committed = Standing {
+            banned: false,
+            muted: changed.muted,
+            stage: changed.standing,
+        };
+        match apply_standing_in_room(state, &room, target, committed).await {
             Ok(()) => true,
             Err(error) => {
                 tracing::warn!(%room, %target, ?action, %error,
@@ -84,6 +87,54 @@ async fn change(
         standing: changed.standing,
         room_updated,
     }))
+}
+
+/// How many times [`apply_standing_in_room`] tells LiveKit a standing that
+/// moved on while it did; a user's standing does not change faster than that.
+const STANDING_ROUNDS: usize = 3;
+
+/// Tells LiveKit `user`'s standing as just committed (`UpdateParticipant`:
+/// their permission and stage attributes), then reads it again and tells the
+/// newer one while it has moved on meanwhile. Two changes committed close
+/// together (the streamer's removal and the guest's accept, a mute and an
+/// unmute) can reach LiveKit in the other order, and the older would stand in
+/// the room until the reconciler's next run. Each caller's last call follows
+/// its read of the latest commit, so whichever finishes last leaves the
+/// latest. A banned user is LiveKit's to remove, not to update. A failed
+/// read after a good call is only logged: the room has this change, and the
+/// reconciler compares the rest.
+pub async fn apply_standing_in_room(
+    state: &AppState,
+    room: &RoomName,
+    user: Uuid,
+    committed: Standing,
+) -> Result<(), RoomServiceError> {
+    let identity = user.to_string();
+    let mut told = committed;
+    for _ in 0..STANDING_ROUNDS {
+        state
+            .livekit
+            .update_viewer(room, &identity, told.muted, told.stage)
+            .await?;
+        let now = async {
+            let client = state.db.get().await?;
+            let mut standings = chat::standings_among(&**client, room, &[user]).await?;
+            Ok::<_, ApiError>(standings.remove(&user).unwrap_or_default())
+        }
+        .await;
+        match now {
+            Ok(now) if now.banned || (now.muted, now.stage) == (told.muted, told.stage) => return Ok(()),
+            Ok(now) => {
+                tracing::info!(%room, %user, ?told, ?now, "the standing moved on while LiveKit was told; telling it again");
+                told = now;
+            }
+            Err(error) => {
+                tracing::warn!(%room, %user, %error, "could not check the standing LiveKit was told");
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A viewer raises or lowers their hand.

@@ -1031,3 +1031,65 @@ async fn a_guest_session_the_reconciler_closes_keeps_the_stage_for_the_time_to_r
     assert_eq!(report.stage_turns_ended, 1, "{report:?}");
     assert_eq!(standing(guests[1]).await, (false, false));
 }
+
+/// The guest's accept and the streamer's removal committed close together,
+/// their `UpdateParticipant`s reaching LiveKit in the other order: the
+/// accept's, now out of date, arrives last. Told a standing the database has
+/// moved on from, the room gets the newer one as well, at once, instead of
+/// keeping the guest's camera until the reconciler's next run.
+#[tokio::test]
+async fn a_standing_told_late_is_followed_by_the_one_committed_since() {
+    use shared::store::chat::Standing;
+    use shared::store::stage::StageStanding;
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "late-accept";
+    app.start_stream(host, room).await;
+    let (guest, _client) = app.viewer_in(room).await;
+    app.wait_for_viewer_count(room, 1).await;
+    let invite = json!({"roomName": room, "userId": guest}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let answer = json!({"roomName": room}).to_string();
+    let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &answer).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    let removed = app
+        .call(remove_from_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    let can_publish = || async {
+        app.livekit().participants(room).await[0]
+            .permission
+            .clone()
+            .unwrap()
+            .can_publish
+    };
+    assert!(!can_publish().await, "removed");
+
+    // The accept's call, arriving after the removal's.
+    let accepted_standing = Standing {
+        banned: false,
+        muted: false,
+        stage: StageStanding {
+            hand_raised: false,
+            invited: false,
+            on_stage: true,
+        },
+    };
+    let room_name = shared::domain::RoomName::parse(room.to_owned()).unwrap();
+    shared::handlers::stage::apply_standing_in_room(&app.state, &room_name, guest, accepted_standing)
+        .await
+        .unwrap();
+    assert!(
+        !can_publish().await,
+        "the removal, committed last, is what the room has"
+    );
+    let attributes = app.livekit().participants(room).await[0].attributes.clone();
+    assert_eq!(
+        attributes.get("on_stage").map(String::as_str),
+        Some("false"),
+        "{attributes:?}"
+    );
+}
