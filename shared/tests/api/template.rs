@@ -108,6 +108,33 @@ fn the_busy_routes_have_throttles_of_their_own() {
     assert!(token_rate >= 833, "{token_rate}");
 }
 
+/// A raise of hands in a big room arrives at once. Lambda past its reserved
+/// concurrency answers API Gateway with a throttle, which the client gets as
+/// a bare 500; the route's own throttle answers 429 instead, so its burst is
+/// at most the function's containers, and its rate at most what they serve
+/// at about a tenth of a second a raise (two LiveKit calls).
+#[test]
+fn raised_hands_past_capacity_get_429_from_the_route_not_500_from_lambda() {
+    let template = template();
+    let function = &template["Resources"]["StageHandFunction"]["Properties"];
+    let containers = number(&template, &function["ReservedConcurrentExecutions"], "stage-hand");
+    let settings = &function["Events"]["StageHand"]["Properties"]["RouteSettings"];
+    let burst = number(&template, &settings["ThrottlingBurstLimit"], "stage-hand burst");
+    let rate = number(&template, &settings["ThrottlingRateLimit"], "stage-hand rate");
+    assert!(
+        burst <= containers,
+        "a burst of {burst} over {containers} containers"
+    );
+    assert!(
+        rate <= containers * 10,
+        "{rate}/s over what {containers} containers serve"
+    );
+    assert!(
+        containers > 3,
+        "a room's raised hands need more than the owners' routes' 3"
+    );
+}
+
 /// `!Ref <name>` as the YAML parser sees it.
 fn is_ref_to(value: &Value, name: &str) -> bool {
     matches!(value, Value::Tagged(tagged) if tagged.tag == "!Ref" && tagged.value.as_str() == Some(name))
