@@ -276,6 +276,10 @@ impl Config {
         if jwt_secret.is_none() && supabase_url.is_none() {
             return Err(ConfigError::NoAuthMethod);
         }
+        if let Some(secret) = &jwt_secret {
+            let local_supabase = supabase_url.as_deref().is_some_and(is_loopback_http);
+            check_signing_secret(SUPABASE_JWT_SECRET, secret, local_supabase)?;
+        }
 
         let limit = |max_name, default_max, window_name, default_window| -> Result<Limit, ConfigError> {
             Ok(Limit {
@@ -322,6 +326,9 @@ impl Config {
             read: limit(READ_RATE_LIMIT_REQUESTS, 120, READ_RATE_LIMIT_WINDOW_SECONDS, 60)?,
         };
 
+        let livekit_secret = require(LIVEKIT_API_SECRET)?;
+        check_signing_secret(LIVEKIT_API_SECRET, &livekit_secret, is_loopback_http(&api_url))?;
+
         Ok(Config {
             database: DatabaseConfig {
                 pg,
@@ -334,7 +341,7 @@ impl Config {
                 client_url,
                 api_url,
                 api_key: require(LIVEKIT_API_KEY)?,
-                api_secret: require(LIVEKIT_API_SECRET)?,
+                api_secret: livekit_secret,
                 token_ttl,
                 room,
                 viewer_can_publish_data: flag(&get, LIVEKIT_VIEWER_CAN_PUBLISH_DATA, true)?,
@@ -453,6 +460,41 @@ where
 /// `http://` to this machine only (a local Supabase or LiveKit, the tests):
 /// anywhere else the JWKS that decides who is who, and RoomService calls that
 /// carry admin tokens, must go over TLS.
+/// HS256 secrets shorter than this can be found offline from one token or one
+/// webhook the attacker holds; LiveKit asks for at least 32 characters, and
+/// Supabase's JWT secrets have at least as many.
+const MIN_SIGNING_SECRET_CHARS: usize = 32;
+
+/// Secrets printed in public examples: Supabase's self-hosted `.env` and its
+/// CLI's local stack. Whoever holds one can sign any user's token.
+const PUBLIC_EXAMPLE_SECRETS: &[&str] = &[
+    "your-super-secret-jwt-token-with-at-least-32-characters-long",
+    "super-secret-jwt-token-with-at-least-32-characters-long",
+];
+
+/// Refuses a signing secret anyone could guess, except for a server on this
+/// machine (`local`: `livekit-server --dev`'s `secret`, a local Supabase).
+fn check_signing_secret(name: &'static str, secret: &str, local: bool) -> Result<(), ConfigError> {
+    if local {
+        return Ok(());
+    }
+    if secret.chars().count() < MIN_SIGNING_SECRET_CHARS {
+        return Err(invalid(
+            name,
+            format!(
+                "shorter than {MIN_SIGNING_SECRET_CHARS} characters: a short HMAC secret can be found from one signed token; use the one your server generated (allowed only for a server on loopback)"
+            ),
+        ));
+    }
+    if PUBLIC_EXAMPLE_SECRETS.contains(&secret) {
+        return Err(invalid(
+            name,
+            "the example secret of Supabase's self-hosting guide or CLI, which anyone can read: generate your own (allowed only for a Supabase on loopback)",
+        ));
+    }
+    Ok(())
+}
+
 fn is_loopback_http(url: &str) -> bool {
     // Parsed as an HTTP client reads it: `http://localhost:80@evil.example`
     // is a request to evil.example.
@@ -538,8 +580,8 @@ mod tests {
         ),
         (LIVEKIT_URL, "wss://demo.livekit.cloud/"),
         (LIVEKIT_API_KEY, "key"),
-        (LIVEKIT_API_SECRET, "secret"),
-        (SUPABASE_JWT_SECRET, "jwt-secret"),
+        (LIVEKIT_API_SECRET, "livekit-secret-of-at-least-32-characters"),
+        (SUPABASE_JWT_SECRET, "jwt-secret-of-at-least-32-characters-long"),
     ];
 
     fn without(name: &str) -> Vec<(&'static str, &'static str)> {
@@ -765,7 +807,46 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("pw"), "{printed}");
         assert!(!printed.contains("jwt-secret"), "{printed}");
-        assert!(!printed.contains("\"secret\""), "{printed}");
+        assert!(!printed.contains("livekit-secret"), "{printed}");
+    }
+
+    #[test]
+    fn a_guessable_signing_secret_is_refused_unless_its_server_is_on_loopback() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut settings = COMPLETE.to_vec();
+            settings.retain(|(k, _)| !pairs.iter().any(|(name, _)| name == k));
+            settings.extend_from_slice(pairs);
+            Config::from_lookup(lookup(&settings))
+        };
+        let refused = |result: Result<Config, ConfigError>, name: &str| match result {
+            Err(ConfigError::Invalid {
+                name: refused,
+                reason,
+            }) => {
+                assert_eq!(refused, name, "{reason}");
+            }
+            Err(other) => panic!("{name}: {other}"),
+            Ok(_) => panic!("{name} accepted"),
+        };
+        // livekit-server --dev's secret, against LiveKit Cloud.
+        refused(with(&[(LIVEKIT_API_SECRET, "secret")]), LIVEKIT_API_SECRET);
+        refused(
+            with(&[(SUPABASE_JWT_SECRET, "a-secret-of-31-characters-long!")]),
+            SUPABASE_JWT_SECRET,
+        );
+        for example in PUBLIC_EXAMPLE_SECRETS {
+            refused(with(&[(SUPABASE_JWT_SECRET, example)]), SUPABASE_JWT_SECRET);
+        }
+        // The same on this machine: a development server's.
+        let local = with(&[
+            (LIVEKIT_URL, "ws://localhost:7880"),
+            (LIVEKIT_API_SECRET, "secret"),
+            (SUPABASE_URL, "http://127.0.0.1:54321"),
+            (SUPABASE_JWT_SECRET, PUBLIC_EXAMPLE_SECRETS[1]),
+        ])
+        .unwrap();
+        assert_eq!(local.livekit.api_secret, "secret");
+        assert!(with(&[(SUPABASE_JWT_SECRET, "a-secret-of-32-characters-long!!")]).is_ok());
     }
 
     #[test]
@@ -775,6 +856,9 @@ mod tests {
             .collect();
         let config = Config::from_secret_and_env(&secret, lookup(COMPLETE)).unwrap();
         assert_eq!(config.livekit.api_key, "from-secret");
-        assert_eq!(config.livekit.api_secret, "secret");
+        assert_eq!(
+            config.livekit.api_secret,
+            "livekit-secret-of-at-least-32-characters"
+        );
     }
 }

@@ -21,6 +21,9 @@ impl AppState {
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(crate::tls::web_client_config())
             .connect_timeout(std::time::Duration::from_secs(2))
+            // The JWKS is at a URL of our settings; a redirect elsewhere is
+            // not the project's key set.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ConfigError::Invalid {
                 name: "HTTP client",
@@ -41,6 +44,13 @@ impl AppState {
     pub async fn load() -> Result<AppState, ConfigError> {
         let config = Config::load().await?;
         tracing::info!(?config, "configuration loaded");
+        if config.supabase.jwt_secret.is_some() && config.supabase.url.is_some() {
+            // Supabase cannot tell us it revoked the legacy secret; only its
+            // removal here stops tokens signed with it.
+            tracing::warn!(
+                "SUPABASE_JWT_SECRET is set beside SUPABASE_URL: tokens signed with the legacy HS256 secret are still accepted; remove it once the project has moved to its signing keys and revoked the legacy secret"
+            );
+        }
         AppState::new(&config)
     }
 }

@@ -178,7 +178,10 @@ async fn a_failed_cold_start_answers_503_and_retries_without_a_crash_loop() {
                         ("LIVEKIT_URL", "ws://127.0.0.1:7880".to_owned()),
                         ("LIVEKIT_API_KEY", "k".to_owned()),
                         ("LIVEKIT_API_SECRET", "s".to_owned()),
-                        ("SUPABASE_JWT_SECRET", "j".to_owned()),
+                        (
+                            "SUPABASE_JWT_SECRET",
+                            "a-test-secret-of-at-least-32-characters".to_owned(),
+                        ),
                     ]);
                     let config = shared::config::Config::from_lookup(|n| settings.get(n).cloned())?;
                     shared::AppState::new(&config)

@@ -13,8 +13,8 @@ async fn settings_come_from_the_json_secret_and_fill_in_from_the_environment() {
     let secret = serde_json::json!({
         "DATABASE_URL": "postgres://app:s3cret@db.internal:6543/postgres?sslmode=require",
         "LIVEKIT_API_KEY": "APIkey",
-        "LIVEKIT_API_SECRET": "from-secrets-manager",
-        "SUPABASE_JWT_SECRET": "jwt-secret",
+        "LIVEKIT_API_SECRET": "from-secrets-manager-at-least-32-characters",
+        "SUPABASE_JWT_SECRET": "jwt-secret-of-at-least-32-characters",
         "LIVEKIT_TOKEN_TTL_SECONDS": 900
     });
     let id = create_secret(&client, &secret.to_string()).await;
@@ -22,12 +22,12 @@ async fn settings_come_from_the_json_secret_and_fill_in_from_the_environment() {
     let values = fetch_json_secret(&client, &id).await.unwrap();
     let environment = |name: &str| match name {
         "LIVEKIT_URL" => Some("wss://demo.livekit.cloud".to_owned()),
-        "LIVEKIT_API_SECRET" => Some("from-the-environment".to_owned()),
+        "LIVEKIT_API_SECRET" => Some("from-the-environment-at-least-32-characters".to_owned()),
         _ => None,
     };
     let config = Config::from_secret_and_env(&values, environment).unwrap();
     assert_eq!(
-        config.livekit.api_secret, "from-secrets-manager",
+        config.livekit.api_secret, "from-secrets-manager-at-least-32-characters",
         "the secret wins"
     );
     assert_eq!(
@@ -36,7 +36,10 @@ async fn settings_come_from_the_json_secret_and_fill_in_from_the_environment() {
     );
     assert_eq!(config.livekit.token_ttl.as_secs(), 900);
     assert_eq!(config.database.pg.get_ports(), &[6543]);
-    assert_eq!(config.supabase.jwt_secret.as_deref(), Some("jwt-secret"));
+    assert_eq!(
+        config.supabase.jwt_secret.as_deref(),
+        Some("jwt-secret-of-at-least-32-characters")
+    );
 }
 
 #[tokio::test]

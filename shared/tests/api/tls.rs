@@ -77,7 +77,10 @@ async fn a_malformed_ca_setting_is_a_configuration_error_naming_it() {
         ("LIVEKIT_URL", "ws://127.0.0.1:7880".to_owned()),
         ("LIVEKIT_API_KEY", "k".to_owned()),
         ("LIVEKIT_API_SECRET", "s".to_owned()),
-        ("SUPABASE_JWT_SECRET", "j".to_owned()),
+        (
+            "SUPABASE_JWT_SECRET",
+            "a-test-secret-of-at-least-32-characters".to_owned(),
+        ),
     ]);
     let config = shared::config::Config::from_lookup(|n| settings.get(n).cloned()).unwrap();
     let error = shared::AppState::new(&config)
@@ -131,7 +134,10 @@ async fn verify_ca_checks_the_chain_but_not_the_host_name() {
         ("LIVEKIT_URL", "ws://127.0.0.1:7880".to_owned()),
         ("LIVEKIT_API_KEY", "k".to_owned()),
         ("LIVEKIT_API_SECRET", "s".to_owned()),
-        ("SUPABASE_JWT_SECRET", "j".to_owned()),
+        (
+            "SUPABASE_JWT_SECRET",
+            "a-test-secret-of-at-least-32-characters".to_owned(),
+        ),
     ]);
     let config = shared::config::Config::from_lookup(|n| settings.get(n).cloned()).unwrap();
     let error = shared::AppState::new(&config)
@@ -149,7 +155,10 @@ fn an_unverified_remote_connection_is_warned_about() {
             ("LIVEKIT_URL", "ws://127.0.0.1:7880".to_owned()),
             ("LIVEKIT_API_KEY", "k".to_owned()),
             ("LIVEKIT_API_SECRET", "s".to_owned()),
-            ("SUPABASE_JWT_SECRET", "j".to_owned()),
+            (
+                "SUPABASE_JWT_SECRET",
+                "a-test-secret-of-at-least-32-characters".to_owned(),
+            ),
         ]);
         if let Some(ca) = ca {
             settings.insert("DATABASE_CA_CERT", ca.to_owned());
