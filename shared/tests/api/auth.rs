@@ -167,6 +167,48 @@ async fn an_es256_token_relabelled_with_another_kid_or_alg_is_refused() {
     }
 }
 
+/// Properly signed by a key of the project's JWKS, yet naming a key of its
+/// own (or a place to fetch one from), or an extension we would have to
+/// understand: refused for what the header says, not for its signature.
+#[tokio::test]
+async fn a_signed_token_naming_keys_of_its_own_is_refused_for_it() {
+    use crate::helpers::asymmetric_with_header;
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    let claims = app.claims_for(user);
+    let control = asymmetric_with_header("es256-a", &claims, |_| {});
+    assert_eq!(
+        verdict(&app, &control).await,
+        Ok(user),
+        "the same token, its header plain"
+    );
+    let embedded: jsonwebtoken::jwk::Jwk = serde_json::from_value(public_jwk("es256-a")).unwrap();
+    type HeaderEdit = Box<dyn FnOnce(&mut jsonwebtoken::Header)>;
+    let key_references: [(&str, HeaderEdit); 4] = [
+        (
+            "jku",
+            Box::new(|h| h.jku = Some("https://evil.example/jwks.json".into())),
+        ),
+        ("jwk", Box::new(move |h| h.jwk = Some(embedded))),
+        (
+            "x5u",
+            Box::new(|h| h.x5u = Some("https://evil.example/cert.pem".into())),
+        ),
+        ("x5c", Box::new(|h| h.x5c = Some(vec!["MIIB".into()]))),
+    ];
+    for (field, edit) in key_references {
+        let token = asymmetric_with_header("es256-a", &claims, edit);
+        let refused = verdict(&app, &token).await.expect_err(field);
+        assert!(
+            refused.contains("embedded or remote key references"),
+            "{field}: {refused}"
+        );
+    }
+    let critical = asymmetric_with_header("es256-a", &claims, |h| h.crit = Some(vec!["exp".into()]));
+    let refused = verdict(&app, &critical).await.expect_err("crit");
+    assert!(refused.contains("critical header extensions"), "{refused}");
+}
+
 #[tokio::test]
 async fn the_jwks_is_fetched_once_and_cached() {
     let app = TestApp::spawn().await;

@@ -595,6 +595,12 @@ pub fn hs256_with_secret(claims: &Value, secret: &[u8]) -> String {
 
 /// Signs with one of the fixture keys (`es256-a`, `es256-b`, `rs256`), `kid` = key name.
 pub fn asymmetric(key: &str, claims: &Value) -> String {
+    asymmetric_with_header(key, claims, |_| {})
+}
+
+/// [`asymmetric`], its header changed by `edit` before signing: a token
+/// whose signature is good, so only what the header says can refuse it.
+pub fn asymmetric_with_header(key: &str, claims: &Value, edit: impl FnOnce(&mut Header)) -> String {
     shared::jwt_crypto::install();
     let pem = fixture(&format!("{key}.pem"));
     let (alg, encoding_key) = if key.starts_with("es256") {
@@ -610,6 +616,7 @@ pub fn asymmetric(key: &str, claims: &Value) -> String {
     };
     let mut header = Header::new(alg);
     header.kid = Some(key.to_owned());
+    edit(&mut header);
     jsonwebtoken::encode(&header, claims, &encoding_key).unwrap()
 }
 

@@ -1093,3 +1093,25 @@ async fn a_standing_told_late_is_followed_by_the_one_committed_since() {
         "{attributes:?}"
     );
 }
+
+/// Every kind the API accepts is one the database counts (its CHECK lists
+/// them too) and the stats report by its name.
+#[tokio::test]
+async fn every_reaction_kind_is_counted_and_reported_by_name() {
+    use shared::store::reactions::ReactionKind;
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "every-kind";
+    app.start_stream(host, room).await;
+    for kind in ReactionKind::ALL {
+        let body = json!({"roomName": room, "kind": kind.as_str()}).to_string();
+        let tapped = app.call(react, Some(&app.token_for(Uuid::new_v4())), &body).await;
+        assert_eq!(tapped.status, 200, "{}: {}", kind.as_str(), tapped.body);
+    }
+    let reported = stats(&app, host, room).await;
+    let expected: serde_json::Map<String, Value> = ReactionKind::ALL
+        .iter()
+        .map(|kind| (kind.as_str().to_owned(), json!(1)))
+        .collect();
+    assert_eq!(reported["reactions"], Value::Object(expected), "{reported}");
+}

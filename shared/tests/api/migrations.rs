@@ -59,13 +59,28 @@ async fn the_schema_keeps_stream_state_consistent() {
         .unwrap()
         .get(0);
     assert_eq!(viewer_count_type, "integer");
-    for bad in [
-        "UPDATE live_streams SET viewer_count = -1",
-        "UPDATE live_streams SET is_live = false",
-        "INSERT INTO live_streams (id, streamer_id, title) VALUES ('bad room', gen_random_uuid(), 't')",
-        "INSERT INTO live_messages (room_name, user_id, text) VALUES ('nope', gen_random_uuid(), 'hi')",
+    use tokio_postgres::error::SqlState;
+    for (bad, by) in [
+        (
+            "UPDATE live_streams SET viewer_count = -1",
+            SqlState::CHECK_VIOLATION,
+        ),
+        // Ended without ended_at.
+        (
+            "UPDATE live_streams SET is_live = false",
+            SqlState::CHECK_VIOLATION,
+        ),
+        (
+            "INSERT INTO live_streams (id, streamer_id, title) VALUES ('bad room', gen_random_uuid(), 't')",
+            SqlState::CHECK_VIOLATION,
+        ),
+        (
+            "INSERT INTO live_messages (room_name, user_id, text) VALUES ('nope', gen_random_uuid(), 'hi')",
+            SqlState::FOREIGN_KEY_VIOLATION,
+        ),
     ] {
-        assert!(client.execute(bad, &[]).await.is_err(), "{bad} must be refused");
+        let refused = client.execute(bad, &[]).await.expect_err(bad);
+        assert_eq!(refused.code(), Some(&by), "{bad}: {refused}");
     }
     client
         .execute(

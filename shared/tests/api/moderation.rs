@@ -122,17 +122,21 @@ async fn a_ban_disconnects_and_an_old_token_no_longer_gets_them_in() {
         .assert_error(403, "banned");
     chat(&room.app, room.viewer).await.assert_error(403, "banned");
 
+    // Measured on the pinned server (1.13.5): it does not enforce
+    // revoke_token_ts and admits the old token, so the webhook's removal on
+    // participant_joined is what keeps the banned viewer out. A server that
+    // refuses it fails here: then the README's note on revocation changes.
     let started = std::time::Instant::now();
-    match room.app.join(&old_token).await {
-        Err(refused) => eprintln!("LiveKit refused the revoked token itself: {refused}"),
-        Ok(rejoined) => {
-            let reason = rejoined.wait_disconnected().await;
-            eprintln!(
-                "LiveKit let the revoked token in; the webhook removed it after {:?} ({reason})",
-                started.elapsed()
-            );
-        }
-    }
+    let rejoined = room
+        .app
+        .join(&old_token)
+        .await
+        .expect("LiveKit 1.13.5 admits a token issued before the ban (README, \"Security\")");
+    let reason = rejoined.wait_disconnected().await;
+    eprintln!(
+        "LiveKit let the revoked token in; the webhook removed it after {:?} ({reason})",
+        started.elapsed()
+    );
     room.app
         .livekit()
         .wait_for_participants(ROOM, "the banned viewer out", |ps| {

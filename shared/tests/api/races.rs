@@ -186,7 +186,6 @@ async fn chat_moderation_and_other_joins_do_not_wait_for_a_webhook_in_progress()
     let mut webhook_connection = connect(&app.api_database_url).await;
     let webhook = open_join(&mut webhook_connection, "EV_held", "busy", "PA_held", viewer).await;
 
-    let started = Instant::now();
     let chat = app
         .call(
             post_message,
@@ -205,12 +204,10 @@ async fn chat_moderation_and_other_joins_do_not_wait_for_a_webhook_in_progress()
     while shard_of(&admin, &other.to_string()).await == held_shard {
         other = Uuid::new_v4();
     }
+    // Each of these answered its success status above: one that waited for
+    // the webhook's transaction would have given up at lock_timeout (2 s)
+    // with a 503, since that transaction commits only below.
     join(&app, "EV_other", "busy", &other.to_string(), "PA_other").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "waited {:?} for the webhook in progress",
-        started.elapsed()
-    );
     webhook.commit().await.unwrap();
     assert_eq!(app.viewer_count("busy").await, 2);
 }
@@ -310,8 +307,8 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
         app.stream_row("slow").await.unwrap().get::<_, bool>("is_live"),
         "the request answered 503 must not end the stream later"
     );
-    // The pool's one connection slot serves the next request at once.
-    let started = Instant::now();
+    // The pool's one connection slot serves the next request: still held by
+    // the abandoned statement, it would answer 503 after the pool's wait.
     let stream = app
         .send(
             get_stream,
@@ -319,11 +316,6 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
         )
         .await;
     assert_eq!(stream.status, 200, "{}", stream.body);
-    assert!(
-        started.elapsed() < Duration::from_millis(800),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 /// The request deadline never outlives the invocation: with a setting longer
@@ -613,6 +605,34 @@ async fn first_column(client: &tokio_postgres::Client, sql: &str) -> Vec<String>
     rows.iter().map(|row| row.get(0)).collect()
 }
 
+/// Records how many rows each statement deletes from `table` (a statement
+/// trigger), to hold the reconciler's batches to their bound.
+async fn log_deletes(admin: &tokio_postgres::Client, table: &str) {
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS deletes_by_statement (tbl text, n bigint);
+             GRANT INSERT ON deletes_by_statement TO live_api;
+             CREATE OR REPLACE FUNCTION log_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO deletes_by_statement SELECT TG_TABLE_NAME, count(*) FROM gone; RETURN NULL; END $$;
+             CREATE TRIGGER log_deletes AFTER DELETE ON {table}
+             REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION log_deletes();"
+        ))
+        .await
+        .unwrap();
+}
+
+/// The rows each statement deleted from `table`, those that deleted any.
+async fn deletes_by_statement(admin: &tokio_postgres::Client, table: &str) -> Vec<i64> {
+    let rows = admin
+        .query(
+            "SELECT n FROM deletes_by_statement WHERE tbl = $1 AND n > 0",
+            &[&table],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
 /// The reconciler prunes closed sessions and the sessions of ended streams
 /// past the retention period, in bounded batches (as many as it takes, up to
 /// 48 a run), and keeps the rest.
@@ -637,11 +657,18 @@ async fn old_sessions_are_pruned_in_bounded_batches() {
         )
         .await
         .unwrap();
+    log_deletes(&admin, "live_participant_sessions").await;
     let first = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(
         first.sessions_pruned, 5_004,
         "the 5,003 closed ones in two batches, and the ended stream's open one"
     );
+    let batches = deletes_by_statement(&admin, "live_participant_sessions").await;
+    assert!(
+        batches.len() >= 2 && batches.iter().all(|n| *n <= 5_000),
+        "statements of at most 5,000 rows: {batches:?}"
+    );
+    assert_eq!(batches.iter().sum::<i64>(), 5_004, "{batches:?}");
     let second = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(second.sessions_pruned, 0);
     let left = first_column(&admin, "SELECT sid FROM live_participant_sessions ORDER BY sid").await;
@@ -690,8 +717,15 @@ async fn old_webhook_ids_are_pruned_in_bounded_batches() {
         )
         .await
         .unwrap();
+    log_deletes(&admin, "live_webhook_events").await;
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report.webhook_ids_pruned, 5_003, "two batches in one run");
+    let batches = deletes_by_statement(&admin, "live_webhook_events").await;
+    assert_eq!(batches.iter().sum::<i64>(), 5_003, "{batches:?}");
+    assert!(
+        batches.len() == 2 && batches.iter().all(|n| *n <= 5_000),
+        "two statements of at most 5,000 rows: {batches:?}"
+    );
     let left = first_column(&admin, "SELECT id FROM live_webhook_events ORDER BY id").await;
     assert_eq!(left, ["EV_now", "EV_recent"]);
 }

@@ -100,15 +100,18 @@ async fn a_password_rotated_while_warm_is_read_again_from_the_secret() {
         .await
         .unwrap();
     put_database_url(&secret_id, &url_for(&admin_url, &role, "second-password")).await;
+    // Terminated, and each session waited for until it is gone (the timeout
+    // argument), so the pool's connection is dead before the next request.
     admin
         .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1",
             &[&role],
         )
         .await
         .unwrap();
+    let left: i64 = admin.query_one(sessions, &[&role]).await.unwrap().get(0);
+    assert_eq!(left, 0, "every session of {role} closed");
     assert!(refused(&first_url).await, "the old password no longer works");
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let viewer = app
         .request_token(&app.token_for(Uuid::new_v4()), "before-rotation")
