@@ -507,6 +507,17 @@ impl Participant {
         .await
     }
 
+    /// Asks the server to set this participant's own attributes, as a client
+    /// may try whatever its token says; the server's view says what it did.
+    pub async fn set_own_attributes(&mut self, attributes: Value) -> Result<(), String> {
+        self.command(
+            json!({"cmd": "set_attributes", "attributes": attributes}),
+            "attributes_sent",
+            "attributes_failed",
+        )
+        .await
+    }
+
     /// Sends `command` and waits for its answer, `ok` or `failed` (with the
     /// SDK's error). Publishing a track the server refuses times out in the
     /// SDK after about 10 s, so this waits up to twice [`SETTLE`].

@@ -87,6 +87,44 @@ async fn viewers_receive_the_hosts_video_and_audio_and_cannot_publish_their_own(
     assert_eq!(tracks, 2, "only the host's camera and microphone are in the room");
 }
 
+/// The stage attributes are the backend's: a viewer's client that sets its
+/// own (`on_stage`, to be drawn on stage) changes nothing on the server, as
+/// its token has no `canUpdateOwnMetadata`.
+#[tokio::test]
+async fn a_viewer_cannot_set_its_own_stage_attributes() {
+    let app = TestApp::spawn().await;
+    let (_, _host) = live_host(&app).await;
+    let (viewer, mut client) = app.viewer_in(ROOM).await;
+    let token = app.request_token(&app.token_for(viewer), ROOM).await;
+    let claims = crate::helpers::verify_livekit_token(token.body["token"].as_str().unwrap());
+    assert_eq!(
+        claims.video.can_update_own_metadata,
+        Some(false),
+        "{:?}",
+        claims.video
+    );
+
+    let asked = client
+        .set_own_attributes(json!({"on_stage": "true", "hand_raised": "true"}))
+        .await;
+    let attributes = app
+        .livekit()
+        .participants(ROOM)
+        .await
+        .into_iter()
+        .find(|p| p.identity == viewer.to_string())
+        .expect("the viewer is in the room")
+        .attributes;
+    assert_eq!(
+        (
+            attributes.get("on_stage").map(String::as_str),
+            attributes.get("hand_raised").map(String::as_str)
+        ),
+        (Some("false"), Some("false")),
+        "the server kept the backend's attributes (the client's request: {asked:?})"
+    );
+}
+
 #[tokio::test]
 async fn chat_reaches_every_viewer_from_the_server_and_a_viewers_own_packet_shows_its_sender() {
     let app = TestApp::spawn().await;

@@ -9,6 +9,7 @@ play a host's phone or a viewer's:
   {"cmd": "publish_tracks"}                          {"event": "published"} | {"event": "publish_failed", "error"}
   {"cmd": "publish_data", "topic", "payload"}        {"event": "data_sent"} | {"event": "data_failed", "error"}
   {"cmd": "participants", "id"}                      {"event": "participants", "id", "attributes": {identity: {…}}}
+  {"cmd": "set_attributes", "attributes": {…}}        {"event": "attributes_sent"} | {"event": "attributes_failed", "error"}
   {"cmd": "disconnect"}                              {"event": "left"}
   {"cmd": "exit"}
 
@@ -157,6 +158,16 @@ class Participant:
             return
         emit("data_sent")
 
+    async def set_attributes(self, attributes):
+        # The SDK returns once the server has answered the request (or it
+        # timed out); whether it applied it is for the server's view to say.
+        try:
+            await self.room.local_participant.set_attributes(attributes)
+        except Exception as error:
+            emit("attributes_failed", error=str(error))
+            return
+        emit("attributes_sent")
+
     async def disconnect(self):
         await self.room.disconnect()
         emit("left")
@@ -185,6 +196,8 @@ async def main():
                 id=command.get("id"),
                 attributes={p.identity: dict(p.attributes) for p in participant.room.remote_participants.values()},
             )
+        elif name == "set_attributes":
+            await participant.set_attributes(command["attributes"])
         elif name == "disconnect":
             await participant.disconnect()
         elif name == "exit":
