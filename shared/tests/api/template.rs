@@ -108,31 +108,50 @@ fn the_busy_routes_have_throttles_of_their_own() {
     assert!(token_rate >= 833, "{token_rate}");
 }
 
-/// A raise of hands in a big room arrives at once. Lambda past its reserved
-/// concurrency answers API Gateway with a throttle, which the client gets as
-/// a bare 500; the route's own throttle answers 429 instead, so its burst is
-/// at most the function's containers, and its rate at most what they serve
-/// at about a tenth of a second a raise (two LiveKit calls).
+/// The routes whose requests wait for a LiveKit call (a tenth of a second or
+/// more) have few containers. Lambda past its reserved concurrency answers
+/// API Gateway with a throttle, which the client gets as a bare 500 (and the
+/// 5xx alarm counts); the route's own throttle answers 429 instead, so its
+/// burst is at most the function's containers, and its rate at most what
+/// they serve at about a tenth of a second a request.
 #[test]
-fn raised_hands_past_capacity_get_429_from_the_route_not_500_from_lambda() {
+fn routes_that_wait_for_livekit_answer_429_before_their_containers_run_out() {
     let template = template();
-    let function = &template["Resources"]["StageHandFunction"]["Properties"];
-    let containers = number(&template, &function["ReservedConcurrentExecutions"], "stage-hand");
-    let settings = &function["Events"]["StageHand"]["Properties"]["RouteSettings"];
-    let burst = number(&template, &settings["ThrottlingBurstLimit"], "stage-hand burst");
-    let rate = number(&template, &settings["ThrottlingRateLimit"], "stage-hand rate");
-    assert!(
-        burst <= containers,
-        "a burst of {burst} over {containers} containers"
+    let mut checked = Vec::new();
+    for (name, function) in functions(&template) {
+        let properties = &function["Properties"];
+        let concurrency = &properties["ReservedConcurrentExecutions"];
+        let waits_for_livekit =
+            is_ref_to(concurrency, "OtherConcurrency") || is_ref_to(concurrency, "HandConcurrency");
+        if !waits_for_livekit {
+            continue;
+        }
+        let containers = number(&template, concurrency, &name);
+        let events = properties["Events"].as_mapping().expect("an HTTP route");
+        for (_, event) in events {
+            let settings = &event["Properties"]["RouteSettings"];
+            assert!(!settings.is_null(), "{name} has no throttle of its own");
+            let burst = number(&template, &settings["ThrottlingBurstLimit"], &name);
+            let rate = number(&template, &settings["ThrottlingRateLimit"], &name);
+            assert!(
+                burst <= containers,
+                "{name}: a burst of {burst} over {containers} containers"
+            );
+            assert!(
+                rate <= containers * 10,
+                "{name}: {rate}/s over what {containers} containers serve"
+            );
+        }
+        checked.push(name);
+    }
+    assert_eq!(
+        checked.len(),
+        9,
+        "start, end, chat-delete, moderate and the five stage changes: {checked:?}"
     );
-    assert!(
-        rate <= containers * 10,
-        "{rate}/s over what {containers} containers serve"
-    );
-    assert!(
-        containers > 3,
-        "a room's raised hands need more than the owners' routes' 3"
-    );
+    // A room's raised hands arrive at once: more than the owners' three.
+    let hands = &template["Resources"]["StageHandFunction"]["Properties"]["ReservedConcurrentExecutions"];
+    assert!(number(&template, hands, "stage-hand") > 3);
 }
 
 /// `!Ref <name>` as the YAML parser sees it.
