@@ -91,7 +91,10 @@ async fn change(
 
 /// How many times [`apply_standing_in_room`] tells LiveKit a standing that
 /// moved on while it did; a user's standing does not change faster than that.
-const STANDING_ROUNDS: usize = 3;
+const STANDING_FOLLOW_UPS: usize = 2;
+/// How long one of those follow-up calls may take: a LiveKit that slow is
+/// left to the reconciler rather than holding the request to its deadline.
+const FOLLOW_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Tells LiveKit `user`'s standing as just committed (`UpdateParticipant`:
 /// their permission and stage attributes), then reads it again and tells the
@@ -100,9 +103,10 @@ const STANDING_ROUNDS: usize = 3;
 /// unmute) can reach LiveKit in the other order, and the older would stand in
 /// the room until the reconciler's next run. Each caller's last call follows
 /// its read of the latest commit, so whichever finishes last leaves the
-/// latest. A banned user is LiveKit's to remove, not to update. A failed
-/// read after a good call is only logged: the room has this change, and the
-/// reconciler compares the rest.
+/// latest. A banned user is LiveKit's to remove, not to update. The first
+/// call's failure is the caller's (`roomUpdated: false`); a follow-up that
+/// fails, or a read that does, is only logged: the room has this change, and
+/// the reconciler compares the rest.
 pub async fn apply_standing_in_room(
     state: &AppState,
     room: &RoomName,
@@ -110,12 +114,12 @@ pub async fn apply_standing_in_room(
     committed: Standing,
 ) -> Result<(), RoomServiceError> {
     let identity = user.to_string();
+    state
+        .livekit
+        .update_viewer(room, &identity, committed.muted, committed.stage)
+        .await?;
     let mut told = committed;
-    for _ in 0..STANDING_ROUNDS {
-        state
-            .livekit
-            .update_viewer(room, &identity, told.muted, told.stage)
-            .await?;
+    for _ in 0..STANDING_FOLLOW_UPS {
         let now = async {
             let client = state.db.get().await?;
             let mut standings = chat::standings_among(&**client, room, &[user]).await?;
@@ -124,12 +128,24 @@ pub async fn apply_standing_in_room(
         .await;
         match now {
             Ok(now) if now.banned || (now.muted, now.stage) == (told.muted, told.stage) => return Ok(()),
-            Ok(now) => {
-                tracing::info!(%room, %user, ?told, ?now, "the standing moved on while LiveKit was told; telling it again");
-                told = now;
-            }
+            Ok(now) => told = now,
             Err(error) => {
                 tracing::warn!(%room, %user, %error, "could not check the standing LiveKit was told");
+                return Ok(());
+            }
+        }
+        tracing::info!(%room, %user, ?told, "the standing moved on while LiveKit was told; telling it again");
+        let follow_up = state
+            .livekit
+            .update_viewer(room, &identity, told.muted, told.stage);
+        match tokio::time::timeout(FOLLOW_UP_LIMIT, follow_up).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%room, %user, %error, "the newer standing was not told; the reconciler compares it");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::warn!(%room, %user, "LiveKit too slow for the newer standing; the reconciler compares it");
                 return Ok(());
             }
         }

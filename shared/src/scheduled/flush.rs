@@ -112,7 +112,7 @@ impl FlushReport {
 }
 
 /// Flushes every [`TICK`] until `until`, and at least once: an invocation
-/// with little time left (a short local timeout) still does one pass. A
+/// with little time left (a short local timeout) still starts one pass. A
 /// failed flush is logged and the next tick tries again. A tick still
 /// running at `cut_off` (LiveKit slow for many rooms) is stopped there and
 /// counted as failed, so the invocation ends before Lambda's timeout does:
@@ -126,7 +126,13 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
         ticks.tick().await;
         report.ticks += 1;
         let flushed = match cut_off {
-            Some(cut_off) => tokio::time::timeout_at(cut_off.into(), flush_once(state)).await,
+            // Under the cut-off as a request's deadline, so a statement still
+            // running when the tick is stopped is cancelled, not handed to
+            // the next invocation on the pooled connection.
+            Some(cut_off) => {
+                let pass = crate::store::db::with_request_deadline(cut_off, flush_once(state));
+                tokio::time::timeout_at(cut_off.into(), pass).await
+            }
             None => Ok(flush_once(state).await),
         };
         match flushed {

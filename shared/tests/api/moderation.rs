@@ -523,12 +523,16 @@ async fn a_ban_that_waited_for_its_lock_revokes_the_tokens_issued_meanwhile() {
     });
     let settle = Instant::now() + crate::helpers::SETTLE;
     let waiting_since: f64 = loop {
+        // This database's waiter of the room's standing lock (other tests
+        // share the server, not the database).
         let row = holder
             .query_opt(
                 "SELECT extract(epoch FROM a.query_start)::float8 FROM pg_locks l
                  JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND NOT l.granted",
-                &[],
+                 WHERE l.locktype = 'advisory' AND NOT l.granted
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND l.objid = hashtext($1)::oid",
+                &[&ROOM],
             )
             .await
             .unwrap();
@@ -538,8 +542,15 @@ async fn a_ban_that_waited_for_its_lock_revokes_the_tokens_issued_meanwhile() {
         assert!(Instant::now() < settle, "the ban never waited for the lock");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // Held past the second the ban's statement began in.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Held into the next second after the one the ban's statement began in
+    // (the ban waits up to its lock_timeout, 2 s).
+    let next_second = waiting_since.floor() + 1.05;
+    let now: f64 = holder
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_secs_f64((next_second - now).max(0.0))).await;
     let released: f64 = holder
         .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
         .await

@@ -318,6 +318,51 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
     assert_eq!(stream.status, 200, "{}", stream.body);
 }
 
+/// A flush tick stopped at its invocation's cut-off while its statement
+/// waits (here for a row lock held elsewhere) cancels that statement: the
+/// pooled connection goes to the next invocation clean, not queued behind it.
+#[tokio::test]
+async fn a_flush_stopped_at_its_cut_off_leaves_no_statement_behind() {
+    let app = TestApp::spawn_with_settings(vec![("DATABASE_POOL_SIZE", "1".into())]).await;
+    let admin = app.db().await;
+    // Only the cancel may end the wait (the role's lock_timeout is 2 s).
+    lift_api_lock_timeout(&admin).await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "flushed").await;
+    join(
+        &app,
+        "EV_flushed",
+        "flushed",
+        &Uuid::new_v4().to_string(),
+        "PA_flushed",
+    )
+    .await;
+    // The copy behind the count and old enough to be written: the flush
+    // updates the stream's row, which is held.
+    admin
+        .execute(
+            "UPDATE live_streams SET viewer_count = 0, viewer_count_written_at = now() - interval '10 seconds' WHERE id = 'flushed'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let held = hold_stream_row(&app, "flushed").await;
+    let started = Instant::now();
+    let report = shared::scheduled::flush::flush_until(
+        &app.state,
+        started,
+        Some(started + Duration::from_millis(700)),
+    )
+    .await;
+    assert_eq!((report.ticks, report.failed_ticks), (1, 1), "{report:?}");
+    wait_until_no_api_statement_runs(&admin).await;
+    held.batch_execute("ROLLBACK").await.unwrap();
+    // The next invocation's tick, on the same (only) connection, writes it.
+    let report = shared::scheduled::flush::flush_until(&app.state, Instant::now(), None).await;
+    assert_eq!((report.written, report.failed_ticks), (1, 0), "{report:?}");
+    assert_eq!(app.realtime_viewer_count("flushed").await, 1);
+}
+
 /// The request deadline never outlives the invocation: with a setting longer
 /// than the function's timeout (25 s against the 2.5 s this invocation has
 /// left), a request stuck behind a lock still gets our 503 a second before
