@@ -370,8 +370,10 @@ pub fn query_parameters<const N: usize>(
     Ok(values)
 }
 
-/// A `limit` query parameter: a whole number from 1 to `max`.
-pub fn page_limit(value: &str, max: i64) -> Result<i64, ApiError> {
+/// A `limit` query parameter: a whole number from 1 to `max`, or `default`
+/// when it is not given.
+pub fn page_limit(value: Option<String>, max: i64, default: i64) -> Result<i64, ApiError> {
+    let Some(value) = value else { return Ok(default) };
     value
         .parse()
         .ok()

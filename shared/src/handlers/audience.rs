@@ -35,10 +35,7 @@ impl FromRequest for ViewersQuery {
         let room_name =
             RoomName::parse(crate::http::path_id(request)).map_err(|_| ApiError::StreamNotFound)?;
         let [limit, cursor] = crate::http::query_parameters(request, ["limit", "cursor"])?;
-        let limit = limit
-            .map(|limit| crate::http::page_limit(&limit, MAX_VIEWERS_PAGE))
-            .transpose()?
-            .unwrap_or(DEFAULT_VIEWERS_PAGE);
+        let limit = crate::http::page_limit(limit, MAX_VIEWERS_PAGE, DEFAULT_VIEWERS_PAGE)?;
         let after = cursor
             .map(|cursor| {
                 let (joined_at, identity) = crate::http::decode_cursor(&cursor)?;

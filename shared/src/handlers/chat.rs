@@ -117,10 +117,7 @@ impl FromRequest for ChatHistoryQuery {
                 Uuid::parse_str(&id).map_err(|_| ApiError::InvalidRequest(BEFORE_MUST_BE_IN_ROOM.into()))
             })
             .transpose()?;
-        let limit = limit
-            .map(|limit| crate::http::page_limit(&limit, MAX_HISTORY_PAGE))
-            .transpose()?
-            .unwrap_or(DEFAULT_HISTORY_PAGE);
+        let limit = crate::http::page_limit(limit, MAX_HISTORY_PAGE, DEFAULT_HISTORY_PAGE)?;
         Ok(ChatHistoryQuery {
             room_name,
             before,

@@ -228,10 +228,7 @@ impl FromRequest for StageQuery {
         let room_name = room_name
             .ok_or_else(|| ApiError::InvalidRequest("the query parameter roomName is required".into()))?;
         let room_name = RoomName::parse(room_name).map_err(ApiError::InvalidRequest)?;
-        let limit = limit
-            .map(|limit| crate::http::page_limit(&limit, MAX_HANDS_PAGE))
-            .transpose()?
-            .unwrap_or(DEFAULT_HANDS_PAGE);
+        let limit = crate::http::page_limit(limit, MAX_HANDS_PAGE, DEFAULT_HANDS_PAGE)?;
         let after = cursor
             .map(|cursor| {
                 let (raised_at, user) = crate::http::decode_cursor(&cursor)?;

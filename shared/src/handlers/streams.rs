@@ -27,10 +27,7 @@ impl FromRequest for ListStreamsQuery {
 
     fn from_request(request: &Request) -> Result<Self, ApiError> {
         let [limit, cursor] = crate::http::query_parameters(request, ["limit", "cursor"])?;
-        let limit = limit
-            .map(|limit| crate::http::page_limit(&limit, MAX_PAGE_SIZE))
-            .transpose()?
-            .unwrap_or(DEFAULT_PAGE_SIZE);
+        let limit = crate::http::page_limit(limit, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE)?;
         let after = cursor.map(|cursor| decode_cursor(&cursor)).transpose()?;
         Ok(ListStreamsQuery { limit, after })
     }

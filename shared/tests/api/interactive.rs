@@ -739,51 +739,64 @@ async fn a_peak_shorter_than_a_second_is_kept() {
 /// come back, and ends only if they are not back within
 /// `STAGE_RETURN_SECONDS` (the reconciler ends it). Leaving on purpose ends
 /// it at once, as before.
+/// Whether `guest` is on `room`'s stage, and whether marked away.
+async fn on_stage_and_away(app: &TestApp, room: &str, guest: Uuid) -> (bool, bool) {
+    let row = app
+        .db()
+        .await
+        .query_one(
+            "SELECT on_stage_since IS NOT NULL, away_since IS NOT NULL FROM live_stage
+             WHERE room_name = $1 AND user_id = $2",
+            &[&room, &guest],
+        )
+        .await
+        .unwrap();
+    (row.get::<_, bool>(0), row.get::<_, bool>(1))
+}
+
+/// `guest` joins (a webhook for session `sid`, no real connection), is
+/// invited by `host` and accepts.
+async fn join_and_take_stage(app: &TestApp, host: Uuid, room: &str, guest: Uuid, sid: &str) {
+    participant(
+        app,
+        "participant_joined",
+        room,
+        &guest.to_string(),
+        sid,
+        "Guest",
+        false,
+    )
+    .await;
+    let invite = json!({"roomName": room, "userId": guest}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let accept = json!({"roomName": room}).to_string();
+    let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+}
+
+/// Backdates `guest`'s away mark past `STAGE_RETURN_SECONDS` (60 s).
+async fn away_past_the_time_to_return(app: &TestApp, room: &str, guest: Uuid) {
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
+            &[&room, &guest],
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_guest_whose_connection_drops_keeps_the_stage_until_the_time_to_return_passes() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     let room = "comeback";
     app.start_stream(host, room).await;
-    let on_stage = |guest: Uuid| {
-        let app = &app;
-        async move {
-            let row = app
-                .db()
-                .await
-                .query_one(
-                    "SELECT on_stage_since IS NOT NULL, away_since IS NOT NULL FROM live_stage
-                     WHERE room_name = $1 AND user_id = $2",
-                    &[&room, &guest],
-                )
-                .await
-                .unwrap();
-            (row.get::<_, bool>(0), row.get::<_, bool>(1))
-        }
-    };
-    let bring_on_stage = |guest: Uuid, sid: &'static str| {
-        let app = &app;
-        async move {
-            participant(
-                app,
-                "participant_joined",
-                room,
-                &guest.to_string(),
-                sid,
-                "Guest",
-                false,
-            )
-            .await;
-            let invite = json!({"roomName": room, "userId": guest}).to_string();
-            let invited = app
-                .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-                .await;
-            assert_eq!(invited.status, 200, "{}", invited.body);
-            let accept = json!({"roomName": room}).to_string();
-            let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
-            assert_eq!(accepted.status, 200, "{}", accepted.body);
-        }
-    };
+    let on_stage = |guest: Uuid| on_stage_and_away(&app, room, guest);
+    let bring_on_stage = |guest: Uuid, sid: &'static str| join_and_take_stage(&app, host, room, guest, sid);
     let reconcile = || shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120));
 
     let (roaming, leaving) = (Uuid::new_v4(), Uuid::new_v4());
@@ -839,14 +852,7 @@ async fn a_guest_whose_connection_drops_keeps_the_stage_until_the_time_to_return
     let report = reconcile().await.unwrap();
     assert_eq!(report.stage_turns_ended, 0, "{report:?}");
     assert_eq!(on_stage(roaming).await, (true, true));
-    app.db()
-        .await
-        .execute(
-            "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
-            &[&room, &roaming],
-        )
-        .await
-        .unwrap();
+    away_past_the_time_to_return(&app, room, roaming).await;
     let report = reconcile().await.unwrap();
     assert_eq!(report.stage_turns_ended, 1, "{report:?}");
     assert_eq!(
@@ -961,42 +967,10 @@ async fn a_guest_session_the_reconciler_closes_keeps_the_stage_for_the_time_to_r
         // Told joined by a webhook, never connected to the real server: the
         // reconciler's listing does not have them.
         let guest = Uuid::new_v4();
-        participant(
-            &app,
-            "participant_joined",
-            room,
-            &guest.to_string(),
-            sid,
-            "Guest",
-            false,
-        )
-        .await;
-        let invite = json!({"roomName": room, "userId": guest}).to_string();
-        let invited = app
-            .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-            .await;
-        assert_eq!(invited.status, 200, "{}", invited.body);
-        let accept = json!({"roomName": room}).to_string();
-        let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
-        assert_eq!(accepted.status, 200, "{}", accepted.body);
+        join_and_take_stage(&app, host, room, guest, sid).await;
         guests.push(guest);
     }
-    let standing = |guest: Uuid| {
-        let app = &app;
-        async move {
-            let row = app
-                .db()
-                .await
-                .query_one(
-                    "SELECT on_stage_since IS NOT NULL, away_since IS NOT NULL FROM live_stage
-                     WHERE room_name = $1 AND user_id = $2",
-                    &[&room, &guest],
-                )
-                .await
-                .unwrap();
-            (row.get::<_, bool>(0), row.get::<_, bool>(1))
-        }
-    };
+    let standing = |guest: Uuid| on_stage_and_away(&app, room, guest);
     let report = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
         .await
         .unwrap();
@@ -1017,14 +991,7 @@ async fn a_guest_session_the_reconciler_closes_keeps_the_stage_for_the_time_to_r
     .await;
     assert_eq!(standing(guests[0]).await, (false, false));
     // The second is not back in time: the reconciler ends their turn.
-    app.db()
-        .await
-        .execute(
-            "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
-            &[&room, &guests[1]],
-        )
-        .await
-        .unwrap();
+    away_past_the_time_to_return(&app, room, guests[1]).await;
     let report = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
         .await
         .unwrap();
