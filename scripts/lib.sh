@@ -185,6 +185,37 @@ _pg() {
     fi
 }
 
+# Free space, in GB, of the filesystem holding DIR (default: target/).
+free_disk_gb() {
+    local kb
+    kb="$(df -Pk "${1:-$ROOT/target}" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+    printf '%s\n' "$(( ${kb:-0} / 1024 / 1024 ))"
+}
+
+# The debug build cache only grows: a change of features, profile or
+# dependency versions leaves the old artifacts beside the new ones, and CI
+# keeps target/ from run to run. Past TARGET_DEBUG_LIMIT_GB (default 20) it is
+# dropped and rebuilt: a disk that fills up during a build stops the tests'
+# Postgres, which cannot write its WAL, and every test after it fails to
+# connect. Warns when little space is left even so.
+prune_build_cache() {
+    local dir="$ROOT/target/debug" limit_gb=${TARGET_DEBUG_LIMIT_GB:-20} used_gb free_gb
+    if [ -d "$dir" ]; then
+        used_gb="$(( $(du -sk "$dir" | cut -f1) / 1024 / 1024 ))"
+        if [ "$used_gb" -ge "$limit_gb" ]; then
+            log "target/debug holds ${used_gb} GB (limit ${limit_gb} GB): removing it, this run rebuilds it"
+            rm -rf "$dir"
+        else
+            log "target/debug holds ${used_gb} GB (limit ${limit_gb} GB)"
+        fi
+    fi
+    free_gb="$(free_disk_gb)"
+    log "free disk: ${free_gb} GB"
+    if [ "$free_gb" -lt 6 ]; then
+        log "warning: less than 6 GB free; a fresh build of the workspace and its tests writes about 4 GB (a full disk stops the tests' Postgres)"
+    fi
+}
+
 _pg_log_tail() {
     if [ -n "${PG_DIR:-}" ] && [ -f "$PG_DIR/postgres.log" ]; then
         log "---- last lines of $PG_DIR/postgres.log ----"
