@@ -27,13 +27,32 @@ pub const LIVEKIT_API_SECRET: &str = "test-api-secret-that-is-long-enough-for-hs
 /// The same secret `scripts/dev` uses, so the committed `events/` files verify.
 pub const SUPABASE_JWT_SECRET: &str = "local-dev-supabase-jwt-secret-at-least-32-chars";
 
-/// A loopback port with nothing listening on it (at the time of the call).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("a bound socket has an address")
-        .port()
+/// A loopback port that is bound but not listening: connections to it are
+/// refused, like a server that is down, and no other process can take it
+/// meanwhile (the socket does not set `SO_REUSEADDR`), which a port merely
+/// seen free could not promise. `listen` brings the "server" up on it.
+pub struct ClosedPort {
+    socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl ClosedPort {
+    pub fn bind() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("bind an ephemeral port");
+        let port = socket.local_addr().expect("a bound socket has an address").port();
+        ClosedPort { socket, port }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self.socket.listen(128).expect("listen on the reserved port")
+    }
 }
 
 /// A Secrets Manager client for the `moto_server` that `scripts/test` starts.

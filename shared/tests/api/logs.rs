@@ -19,8 +19,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use uuid::Uuid;
 
 use crate::helpers::{
-    AppOptions, LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LiveKitMode, SUPABASE_JWT_SECRET, TestApp, TestResponse,
-    free_port, get_request, hs256, hs256_with_secret, migrated_database, signed_webhook, webhook_event,
+    AppOptions, ClosedPort, LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LiveKitMode, SUPABASE_JWT_SECRET, TestApp,
+    TestResponse, get_request, hs256, hs256_with_secret, migrated_database, signed_webhook, webhook_event,
 };
 
 /// The database password of this run. The test cluster uses trust auth and
@@ -381,9 +381,10 @@ async fn a_full_run_logs_no_token_or_secret_and_5xx_bodies_no_internals() {
 
     // The database down: nothing listens on its port.
     let database = plain_url.rsplit_once('/').unwrap().1;
+    let database_port = ClosedPort::bind();
     let down_url = format!(
         "postgres://postgres:{DB_PASSWORD}@127.0.0.1:{}/{database}",
-        free_port()
+        database_port.port()
     );
     let down = TestApp::spawn_with(AppOptions {
         database_url: Some(down_url.clone()),

@@ -9,11 +9,10 @@ use shared::scheduled::flush::flush_until;
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, LiveKitMode, TestApp, free_port};
+use crate::helpers::{AppOptions, ClosedPort, LiveKitMode, TestApp};
 
-/// Forwards every connection on `listen` to `target`, like a network path to the database.
-async fn start_proxy(listen: SocketAddr, target: SocketAddr) {
-    let listener = TcpListener::bind(listen).await.expect("proxy port is free");
+/// Forwards every connection on `listener` to `target`, like a network path to the database.
+async fn start_proxy(listener: TcpListener, target: SocketAddr) {
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -34,7 +33,8 @@ fn postgres_addr(url: &str) -> SocketAddr {
 #[tokio::test]
 async fn a_database_down_at_cold_start_is_a_503_and_the_warm_state_recovers() {
     let real_url = crate::helpers::migrated_database().await;
-    let port = free_port();
+    let database_port = ClosedPort::bind();
+    let port = database_port.port();
     let database = real_url.rsplit_once('/').unwrap().1;
     let via_proxy = format!(
         "postgres://{}@127.0.0.1:{port}/{database}",
@@ -64,11 +64,7 @@ async fn a_database_down_at_cold_start_is_a_503_and_the_warm_state_recovers() {
         "answered within the pool timeouts"
     );
 
-    start_proxy(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        postgres_addr(&real_url),
-    )
-    .await;
+    start_proxy(database_port.listen(), postgres_addr(&real_url)).await;
     let up = app
         .call(start_stream, Some(&token), r#"{"title":"x","roomName":"outage"}"#)
         .await;
