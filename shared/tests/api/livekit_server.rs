@@ -262,6 +262,8 @@ impl Inner {
                     &self.launch.webhook_url,
                     &self.launch.departure_timeout.to_string(),
                 ])
+                // At info, it logs when its port is bound (below).
+                .env("LIVEKIT_LOG_LEVEL", "info")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true)
@@ -278,14 +280,18 @@ impl Inner {
                 .unwrap_or_else(|_| panic!("scripts/livekit-server printed {port_line:?}, not a port"));
             let deadline = Instant::now() + SETTLE;
             loop {
-                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                let log = std::fs::read_to_string(dir.join("livekit.log")).unwrap_or_default();
+                // The server logs this once its HTTP port is bound: a connection
+                // accepted before that may be another process's, on a port it
+                // took in between.
+                let bound = log.contains("starting LiveKit server");
+                if bound && TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                     return ServerProcess {
                         port,
                         _child: child,
                         dir,
                     };
                 }
-                let log = std::fs::read_to_string(dir.join("livekit.log")).unwrap_or_default();
                 assert!(
                     Instant::now() < deadline,
                     "LiveKit's server did not listen on {port}:\n{log}"
