@@ -185,10 +185,12 @@ _pg() {
     fi
 }
 
-# Free space, in GB, of the filesystem holding DIR (default: target/).
+# Free space, in GB, of the filesystem holding target/ (the repository's, on
+# a fresh clone without one).
 free_disk_gb() {
-    local kb
-    kb="$(df -Pk "${1:-$ROOT/target}" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+    local kb place="$ROOT/target"
+    [ -d "$place" ] || place=$ROOT
+    kb="$(df -Pk "$place" 2>/dev/null | awk 'NR == 2 { print $4 }')"
     printf '%s\n' "$(( ${kb:-0} / 1024 / 1024 ))"
 }
 
