@@ -88,21 +88,36 @@ pub async fn post(
     })
 }
 
-/// Takes the room's batch lease for `hold` (`live_chat_take_lease`): the
-/// room's `sent_up_to` when taken, `None` when another poster is sending.
+/// A room's batch lease, held until `until`: what it was taken on, and the
+/// name it is let go by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLease {
+    /// Every message of the room up to this seq had been sent.
+    pub sent_up_to: i64,
+    pub until: DateTime<Utc>,
+}
+
+/// Takes the room's batch lease for `hold` (`live_chat_take_batch_lease`),
+/// `None` when another poster is sending.
 pub async fn take_batch_lease(
     client: &Client,
     room: &RoomName,
     hold: std::time::Duration,
-) -> Result<Option<i64>, ApiError> {
+) -> Result<Option<BatchLease>, ApiError> {
     let hold_seconds = hold.as_secs_f64();
     let row = client
-        .query_typed_one(
-            "SELECT live_chat_take_lease($1, make_interval(secs => $2))",
+        .query_typed_opt(
+            "SELECT sent_up_to, lease_until FROM live_chat_take_batch_lease($1, make_interval(secs => $2))",
             &[(&room.as_str(), Type::TEXT), (&hold_seconds, Type::FLOAT8)],
         )
         .await?;
-    row.try_get(0).map_err(ApiError::internal)
+    row.map(|row| {
+        Ok(BatchLease {
+            sent_up_to: row.try_get("sent_up_to").map_err(ApiError::internal)?,
+            until: row.try_get("lease_until").map_err(ApiError::internal)?,
+        })
+    })
+    .transpose()
 }
 
 /// The room's messages after `after` in order, at most `limit`, each with its
@@ -141,13 +156,24 @@ pub async fn unsent(
         .collect()
 }
 
-/// Records the room's messages up to `sent` as sent and lets the lease go
-/// (`live_chat_batch_sent`). Returns whether more are waiting.
-pub async fn batch_sent(client: &Client, room: &RoomName, sent: i64) -> Result<bool, ApiError> {
+/// Records the room's messages up to `sent` as sent and lets `lease` go if
+/// it is still the room's (`live_chat_batch_done`): a holder that outlived
+/// it leaves the lease of the poster that took over alone. Returns whether
+/// more are waiting.
+pub async fn batch_sent(
+    client: &Client,
+    room: &RoomName,
+    sent: i64,
+    lease: &BatchLease,
+) -> Result<bool, ApiError> {
     let row = client
         .query_typed_one(
-            "SELECT live_chat_batch_sent($1, $2)",
-            &[(&room.as_str(), Type::TEXT), (&sent, Type::INT8)],
+            "SELECT live_chat_batch_done($1, $2, $3)",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&sent, Type::INT8),
+                (&lease.until, Type::TIMESTAMPTZ),
+            ],
         )
         .await?;
     row.try_get(0).map_err(ApiError::internal)

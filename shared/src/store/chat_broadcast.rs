@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::domain::RoomName;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::chat::{self, ChatMessage};
+use crate::store::chat::{self, BatchLease, ChatMessage};
 
 /// Data packets for chat use this topic, so clients can tell them apart.
 pub const CHAT_TOPIC: &str = "chat";
@@ -62,8 +62,8 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
             Ok(client) => chat::take_batch_lease(&client, room, LEASE).await,
             Err(error) => Err(error.into()),
         };
-        let sent_up_to = match lease {
-            Ok(Some(sent_up_to)) => sent_up_to,
+        let lease = match lease {
+            Ok(Some(lease)) => lease,
             Ok(None) => return mine_delivery, // another poster is sending
             Err(error) => {
                 tracing::warn!(%room, %error, "chat stored; its batch lease could not be taken");
@@ -71,7 +71,7 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
             }
         };
         tokio::time::sleep_until((leased_at + BATCH_INTERVAL).into()).await;
-        match send_one_batch(state, room, sent_up_to).await {
+        match send_one_batch(state, room, &lease).await {
             Ok((last, more)) => {
                 if mine.is_some_and(|seq| seq <= last) {
                     mine_delivery = Delivery::Sent;
@@ -82,7 +82,7 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
             }
             Err(error) => {
                 tracing::warn!(%room, %error, "chat stored but its batch not sent; a later batch retries");
-                release(state, room, sent_up_to).await;
+                release(state, room, &lease).await;
                 return if mine_delivery == Delivery::Sent {
                     Delivery::Sent
                 } else {
@@ -95,15 +95,19 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
 
 /// Reads and sends one batch, then records it. Returns the last seq sent and
 /// whether more messages are waiting.
-async fn send_one_batch(state: &AppState, room: &RoomName, sent_up_to: i64) -> Result<(i64, bool), ApiError> {
+async fn send_one_batch(
+    state: &AppState,
+    room: &RoomName,
+    lease: &BatchLease,
+) -> Result<(i64, bool), ApiError> {
     let messages = {
         let client = state.db.get().await?;
-        chat::unsent(&client, room, sent_up_to, BATCH_MESSAGES).await?
+        chat::unsent(&client, room, lease.sent_up_to, BATCH_MESSAGES).await?
     };
     let Some(last) = messages.last().map(|(_, seq)| *seq) else {
         let client = state.db.get().await?;
-        let more = chat::batch_sent(&client, room, sent_up_to).await?;
-        return Ok((sent_up_to, more));
+        let more = chat::batch_sent(&client, room, lease.sent_up_to, lease).await?;
+        return Ok((lease.sent_up_to, more));
     };
     for packet in packets(&messages)? {
         state
@@ -113,7 +117,7 @@ async fn send_one_batch(state: &AppState, room: &RoomName, sent_up_to: i64) -> R
             .map_err(|e| ApiError::unavailable(crate::error::Dependency::LiveKit, e))?;
     }
     let client = state.db.get().await?;
-    let more = chat::batch_sent(&client, room, last).await?;
+    let more = chat::batch_sent(&client, room, last, lease).await?;
     Ok((last, more))
 }
 
@@ -137,9 +141,11 @@ fn packets(messages: &[(Option<ChatMessage>, i64)]) -> Result<Vec<Vec<u8>>, ApiE
 }
 
 /// Lets the lease go without recording anything sent.
-async fn release(state: &AppState, room: &RoomName, sent_up_to: i64) {
+async fn release(state: &AppState, room: &RoomName, lease: &BatchLease) {
     let released = match state.db.get().await {
-        Ok(client) => chat::batch_sent(&client, room, sent_up_to).await.map(drop),
+        Ok(client) => chat::batch_sent(&client, room, lease.sent_up_to, lease)
+            .await
+            .map(drop),
         Err(error) => Err(error.into()),
     };
     if let Err(error) = released {

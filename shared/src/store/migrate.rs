@@ -54,6 +54,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(28, "0028_a_dropped_guest_keeps_the_stage_for_a_while"),
     migration!(29, "0029_a_vanished_room_ends_its_stream_when_it_vanished"),
     migration!(30, "0030_the_stage_waits_for_leaves_and_survives_lost_ones"),
+    migration!(31, "0031_a_chat_batch_lets_go_only_of_its_own_lease"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

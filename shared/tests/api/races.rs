@@ -849,6 +849,98 @@ async fn a_post_that_commits_after_a_later_one_is_read_by_the_batch_in_its_place
     assert_eq!(seqs, [early_seq, late_seq]);
 }
 
+/// A batch holder that outlived its lease (LiveKit slow) records what it
+/// sent, but leaves the lease of the poster that took over alone: otherwise a
+/// third poster could take it and send the same messages beside the second.
+#[tokio::test]
+async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alone() {
+    let app = TestApp::spawn().await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "slow-batch").await;
+    let room = RoomName::parse("slow-batch".to_owned()).unwrap();
+    let limit = Limit {
+        max: 5,
+        window: Duration::from_secs(10),
+    };
+    let client = app.state.db.get().await.unwrap();
+    let seq = match chat::post(&client, &room, viewer, "hello", "test:slow", limit).await {
+        Ok(PostOutcome::Posted(_, seq)) => seq,
+        _ => panic!("the post was not stored"),
+    };
+    let hold = Duration::from_secs(8);
+    let first = chat::take_batch_lease(&client, &room, hold)
+        .await
+        .unwrap()
+        .expect("a free lease is taken");
+    assert_eq!(
+        chat::take_batch_lease(&client, &room, hold).await.unwrap(),
+        None,
+        "a held lease is not taken twice"
+    );
+
+    // The first holder's LiveKit call outlives its lease; a later poster takes it.
+    let admin = app.db().await;
+    admin
+        .execute(
+            "UPDATE live_chat_broadcasts SET lease_until = clock_timestamp() - interval '1 second'
+             WHERE room_name = 'slow-batch'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let second = chat::take_batch_lease(&client, &room, hold)
+        .await
+        .unwrap()
+        .expect("a lapsed lease is taken over");
+    assert_eq!(
+        second.sent_up_to, first.sent_up_to,
+        "nothing recorded as sent yet"
+    );
+
+    let more = chat::batch_sent(&client, &room, seq, &first).await.unwrap();
+    assert!(!more, "nothing waits after the first holder's batch");
+    let recorded: (i64, i64) = admin
+        .query_one(
+            "SELECT sent_up_to, messages_sent FROM live_chat_broadcasts WHERE room_name = 'slow-batch'",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(recorded, (seq, 1), "the late batch is recorded");
+    assert_eq!(
+        chat::take_batch_lease(&client, &room, hold).await.unwrap(),
+        None,
+        "the second holder's lease is still held"
+    );
+
+    // The second holder finds its messages sent, records nothing twice, and
+    // lets its own lease go.
+    chat::batch_sent(&client, &room, second.sent_up_to, &second)
+        .await
+        .unwrap();
+    let recorded: (i64, i64) = admin
+        .query_one(
+            "SELECT sent_up_to, messages_sent FROM live_chat_broadcasts WHERE room_name = 'slow-batch'",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(
+        recorded,
+        (seq, 1),
+        "sent_up_to never goes back, nothing counted twice"
+    );
+    assert!(
+        chat::take_batch_lease(&client, &room, hold)
+            .await
+            .unwrap()
+            .is_some(),
+        "its holder let the lease go"
+    );
+}
+
 /// The room's count shard of `identity` (as live_session_change picks it).
 async fn shard_of(admin: &tokio_postgres::Client, identity: &str) -> i32 {
     admin
