@@ -201,9 +201,12 @@ free_disk_gb() {
 # Postgres, which cannot write its WAL, and every test after it fails to
 # connect. Warns when little space is left even so.
 prune_build_cache() {
-    local dir="$ROOT/target/debug" limit_gb=${TARGET_DEBUG_LIMIT_GB:-20} used_gb free_gb
+    local dir="$ROOT/target/debug" limit_gb=${TARGET_DEBUG_LIMIT_GB:-20} used_kb used_gb free_gb
     if [ -d "$dir" ]; then
-        used_gb="$(( $(du -sk "$dir" | cut -f1) / 1024 / 1024 ))"
+        # du still prints its total when a file vanishes under it (a build
+        # running beside this one) and exits non-zero: keep the total.
+        used_kb="$(du -sk "$dir" 2>/dev/null | cut -f1)" || true
+        used_gb="$(( ${used_kb:-0} / 1024 / 1024 ))"
         if [ "$used_gb" -ge "$limit_gb" ]; then
             log "target/debug holds ${used_gb} GB (limit ${limit_gb} GB): removing it, this run rebuilds it"
             rm -rf "$dir"
