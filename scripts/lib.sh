@@ -268,8 +268,12 @@ start_postgres() {
     # private directory when DIR is too deep. (We connect over TCP anyway.)
     local sockdir="$dir"
     if [ ${#sockdir} -gt 80 ]; then
-        if is_root; then sockdir="$(mktemp -d /tmp/pgsock.XXXXXX)"; else sockdir="$(mktemp -d "${TMPDIR:-/tmp}/pgsock.XXXXXX")"; fi
-        if is_root; then chown postgres: "$sockdir"; fi
+        if is_root; then
+            sockdir="$(mktemp -d /tmp/pgsock.XXXXXX)"
+            chown postgres: "$sockdir"
+        else
+            sockdir="$(mktemp -d "${TMPDIR:-/tmp}/pgsock.XXXXXX")"
+        fi
         PG_SOCKDIR_EXTRA="$sockdir"
     fi
 

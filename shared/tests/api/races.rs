@@ -281,16 +281,13 @@ async fn a_request_blocked_on_a_lock_is_a_503_after_the_lock_timeout() {
 /// end the wait, which this test lifts so that it cannot pass for it.
 #[tokio::test]
 async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
-    let app = TestApp::spawn_with_settings(vec![
+    // Only the cancel may end the wait: the role's lock_timeout (2 s) would
+    // otherwise give up on the statement soon after the deadline by itself.
+    let (app, admin) = spawn_without_lock_timeout(vec![
         ("REQUEST_DEADLINE_SECONDS", "1".into()),
         ("DATABASE_POOL_SIZE", "1".into()),
     ])
     .await;
-    let admin = app.db().await;
-    // Only the cancel may end the wait: the role's lock_timeout (2 s) would
-    // otherwise give up on the statement soon after the deadline by itself.
-    // Set before the functions' first connection, which reads it.
-    lift_api_lock_timeout(&admin).await;
     let host = Uuid::new_v4();
     app.start_stream(host, "slow").await;
     let held = hold_stream_row(&app, "slow").await;
@@ -323,10 +320,8 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
 /// pooled connection goes to the next invocation clean, not queued behind it.
 #[tokio::test]
 async fn a_flush_stopped_at_its_cut_off_leaves_no_statement_behind() {
-    let app = TestApp::spawn_with_settings(vec![("DATABASE_POOL_SIZE", "1".into())]).await;
-    let admin = app.db().await;
     // Only the cancel may end the wait (the role's lock_timeout is 2 s).
-    lift_api_lock_timeout(&admin).await;
+    let (app, admin) = spawn_without_lock_timeout(vec![("DATABASE_POOL_SIZE", "1".into())]).await;
     let host = Uuid::new_v4();
     app.start_stream(host, "flushed").await;
     join(
@@ -371,9 +366,7 @@ async fn a_flush_stopped_at_its_cut_off_leaves_no_statement_behind() {
 /// invocation's end, so only the invocation's deadline can answer in time.
 #[tokio::test]
 async fn the_request_deadline_never_outlives_the_invocation() {
-    let app = TestApp::spawn_with_settings(vec![("REQUEST_DEADLINE_SECONDS", "25".into())]).await;
-    let admin = app.db().await;
-    lift_api_lock_timeout(&admin).await;
+    let (app, admin) = spawn_without_lock_timeout(vec![("REQUEST_DEADLINE_SECONDS", "25".into())]).await;
     let host = Uuid::new_v4();
     app.start_stream(host, "short").await;
     let held = hold_stream_row(&app, "short").await;
@@ -899,14 +892,7 @@ async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alon
 
     let more = chat::batch_sent(&client, &room, seq, &first).await.unwrap();
     assert!(!more, "nothing waits after the first holder's batch");
-    let recorded: (i64, i64) = admin
-        .query_one(
-            "SELECT sent_up_to, messages_sent FROM live_chat_broadcasts WHERE room_name = 'slow-batch'",
-            &[],
-        )
-        .await
-        .map(|row| (row.get(0), row.get(1)))
-        .unwrap();
+    let recorded = sent_and_counted(&admin, "slow-batch").await;
     assert_eq!(recorded, (seq, 1), "the late batch is recorded");
     assert_eq!(
         chat::take_batch_lease(&client, &room, hold).await.unwrap(),
@@ -919,14 +905,7 @@ async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alon
     chat::batch_sent(&client, &room, second.sent_up_to, &second)
         .await
         .unwrap();
-    let recorded: (i64, i64) = admin
-        .query_one(
-            "SELECT sent_up_to, messages_sent FROM live_chat_broadcasts WHERE room_name = 'slow-batch'",
-            &[],
-        )
-        .await
-        .map(|row| (row.get(0), row.get(1)))
-        .unwrap();
+    let recorded = sent_and_counted(&admin, "slow-batch").await;
     assert_eq!(
         recorded,
         (seq, 1),
@@ -939,6 +918,19 @@ async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alon
             .is_some(),
         "its holder let the lease go"
     );
+}
+
+/// A room's chat batch record: the last seq sent, and how many messages
+/// the batches counted.
+async fn sent_and_counted(admin: &tokio_postgres::Client, room: &str) -> (i64, i64) {
+    let row = admin
+        .query_one(
+            "SELECT sent_up_to, messages_sent FROM live_chat_broadcasts WHERE room_name = $1",
+            &[&room],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
 }
 
 /// The room's count shard of `identity` (as live_session_change picks it).
@@ -1334,16 +1326,22 @@ async fn hold_stream_row(app: &TestApp, room: &str) -> tokio_postgres::Client {
     holder
 }
 
-/// Lifts the functions' role's lock_timeout (2 s) in the test database, so
-/// that only a cancel can end a statement's wait for a lock. Set before the
-/// functions' first connection, which reads it.
-async fn lift_api_lock_timeout(admin: &tokio_postgres::Client) {
+/// A test app whose functions' role has its lock_timeout (2 s) lifted in
+/// the test database, so that only a cancel can end a statement's wait for a
+/// lock; and the test's admin connection. Lifted before the functions' first
+/// connection, which reads it.
+async fn spawn_without_lock_timeout(
+    settings: Vec<(&'static str, String)>,
+) -> (TestApp, tokio_postgres::Client) {
+    let app = TestApp::spawn_with_settings(settings).await;
+    let admin = app.db().await;
     admin
         .batch_execute(&format!(
             "DO $$ BEGIN EXECUTE format('ALTER ROLE {API_ROLE} IN DATABASE %I SET lock_timeout = ''60s''', current_database()); END $$"
         ))
         .await
         .unwrap();
+    (app, admin)
 }
 
 /// Waits (at most 3 s) until no statement of the functions runs: the cancel
