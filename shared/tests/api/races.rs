@@ -789,16 +789,7 @@ async fn a_post_that_commits_after_a_later_one_is_read_by_the_batch_in_its_place
         .await
         .unwrap()
         .get(0);
-    let limit = Limit {
-        max: 5,
-        window: Duration::from_secs(10),
-    };
-    let client = app.state.db.get().await.unwrap();
-    let late_seq = match chat::post(&client, &room, late, "second", "test:late", limit).await {
-        Ok(PostOutcome::Posted(_, seq)) => seq,
-        _ => panic!("the second post was not stored"),
-    };
-    drop(client);
+    let late_seq = store_post(&app, &room, late, "second").await;
     assert!(late_seq > early_seq);
 
     let state = app.state.clone();
@@ -851,15 +842,8 @@ async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alon
     let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
     app.start_stream(host, "slow-batch").await;
     let room = RoomName::parse("slow-batch".to_owned()).unwrap();
-    let limit = Limit {
-        max: 5,
-        window: Duration::from_secs(10),
-    };
+    let seq = store_post(&app, &room, viewer, "hello").await;
     let client = app.state.db.get().await.unwrap();
-    let seq = match chat::post(&client, &room, viewer, "hello", "test:slow", limit).await {
-        Ok(PostOutcome::Posted(_, seq)) => seq,
-        _ => panic!("the post was not stored"),
-    };
     let hold = Duration::from_secs(8);
     let first = chat::take_batch_lease(&client, &room, hold)
         .await
@@ -918,6 +902,20 @@ async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alon
             .is_some(),
         "its holder let the lease go"
     );
+}
+
+/// Stores a chat message the way `POST /live/chat` does (without its
+/// broadcast) and returns its seq.
+async fn store_post(app: &TestApp, room: &RoomName, user: Uuid, text: &str) -> i64 {
+    let limit = Limit {
+        max: 5,
+        window: Duration::from_secs(10),
+    };
+    let client = app.state.db.get().await.unwrap();
+    match chat::post(&client, room, user, text, &format!("test:{user}"), limit).await {
+        Ok(PostOutcome::Posted(_, seq)) => seq,
+        _ => panic!("{text:?} was not stored"),
+    }
 }
 
 /// A room's chat batch record: the last seq sent, and how many messages
