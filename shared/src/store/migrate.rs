@@ -55,6 +55,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(29, "0029_a_vanished_room_ends_its_stream_when_it_vanished"),
     migration!(30, "0030_the_stage_waits_for_leaves_and_survives_lost_ones"),
     migration!(31, "0031_a_chat_batch_lets_go_only_of_its_own_lease"),
+    migration!(32, "0032_a_late_chosen_leave_ends_only_its_own_away_turn"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -999,6 +999,57 @@ async fn a_guest_session_the_reconciler_closes_keeps_the_stage_for_the_time_to_r
     assert_eq!(standing(guests[1]).await, (false, false));
 }
 
+/// The reconciler closed a guest's session (away from then); they came back
+/// on a new connection and lost that one too (away again, from later). The
+/// first session's leave, told late and chosen, ends the away turn its own
+/// close began, not the newer one: that one is a drop, kept for the time to
+/// return like any other.
+#[tokio::test]
+async fn a_late_chosen_leave_leaves_a_newer_drops_turn_alone() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "closed-then-dropped";
+    app.start_stream(host, room).await;
+    let guest = Uuid::new_v4();
+    let identity = guest.to_string();
+    join_and_take_stage(&app, host, room, guest, "PA_closed").await;
+    shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(on_stage_and_away(&app, room, guest).await, (true, true));
+
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &identity,
+        "PA_back",
+        "Guest",
+        false,
+    )
+    .await;
+    assert_eq!(on_stage_and_away(&app, room, guest).await, (true, false), "back");
+    left_because(&app, room, &identity, "PA_back", "SIGNAL_CLOSE").await;
+    assert_eq!(
+        on_stage_and_away(&app, room, guest).await,
+        (true, true),
+        "dropped"
+    );
+
+    left_because(&app, room, &identity, "PA_closed", "CLIENT_INITIATED").await;
+    assert_eq!(
+        on_stage_and_away(&app, room, guest).await,
+        (true, true),
+        "the newer drop keeps its time to return"
+    );
+    away_past_the_time_to_return(&app, room, guest).await;
+    let report = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(report.stage_turns_ended, 1, "{report:?}");
+    assert_eq!(on_stage_and_away(&app, room, guest).await, (false, false));
+}
+
 /// The guest's accept and the streamer's removal committed close together,
 /// their `UpdateParticipant`s reaching LiveKit in the other order: the
 /// accept's, now out of date, arrives last. Told a standing the database has

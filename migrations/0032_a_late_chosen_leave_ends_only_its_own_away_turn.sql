@@ -1,0 +1,133 @@
+-- A session the reconciler closed keeps its guest's turn, away, for the time
+-- to return (0030); its leave, told late and chosen, ends that turn. It ended
+-- whatever away turn it found: a guest who came back on a new connection and
+-- lost that one too was away again, from the newer drop, and the old
+-- session's late leave took the turn the newer drop had kept. The late leave
+-- now ends only an away turn that began no later than its own session's
+-- close (the close marks both in one transaction, at one now()).
+--
+-- Whole body of 0030's live_presence_change; what changed is marked.
+
+-- 0030's, the late leave matched to its own close.
+CREATE OR REPLACE FUNCTION live_presence_change(
+    p_room TEXT,
+    p_sid TEXT,
+    p_identity TEXT,
+    p_counted BOOLEAN,
+    p_change TEXT,
+    p_name TEXT,
+    OUT delta INTEGER,
+    OUT first_time BOOLEAN,
+    OUT arrived DOUBLE PRECISION,
+    OUT watched DOUBLE PRECISION
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_session live_participant_sessions%ROWTYPE;
+    v_was_present BOOLEAN;
+    v_is_present BOOLEAN := NULL;
+    v_sessions INTEGER;
+    v_joined_at TIMESTAMPTZ;
+BEGIN
+    delta := 0;
+    first_time := false;
+    arrived := 0;
+    watched := 0;
+    LOOP
+        SELECT * INTO v_session FROM live_participant_sessions
+        WHERE room_name = p_room AND sid = p_sid
+        FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined, left_at)
+        VALUES (p_room, p_sid, p_identity, p_counted, p_change IN ('join', 'reopen'),
+                CASE WHEN p_change IN ('join', 'reopen') THEN NULL ELSE now() END)
+        ON CONFLICT (room_name, sid) DO NOTHING;
+        IF FOUND THEN
+            v_was_present := false;
+            v_is_present := p_change IN ('join', 'reopen');
+            EXIT;
+        END IF;
+    END LOOP;
+    IF v_is_present IS NULL THEN
+        v_was_present := v_session.joined AND v_session.left_at IS NULL;
+        IF p_change = 'join' THEN
+            UPDATE live_participant_sessions SET joined = true, updated_at = now()
+            WHERE room_name = p_room AND sid = p_sid;
+            v_is_present := v_session.left_at IS NULL;
+        ELSIF p_change = 'reopen' THEN
+            UPDATE live_participant_sessions
+            SET joined = true, updated_at = now(),
+                left_at = CASE WHEN closed_by_reconciler THEN NULL ELSE left_at END,
+                closed_by_reconciler = false
+            WHERE room_name = p_room AND sid = p_sid;
+            v_is_present := v_session.left_at IS NULL OR v_session.closed_by_reconciler;
+        ELSE
+            UPDATE live_participant_sessions
+            SET left_at = coalesce(left_at, now()), updated_at = now(),
+                closed_by_reconciler = (p_change = 'close' AND left_at IS NULL)
+                                       OR (closed_by_reconciler AND p_change = 'close')
+            WHERE room_name = p_room AND sid = p_sid;
+            v_is_present := false;
+        END IF;
+    END IF;
+
+    -- The leave a reconciler's close stood in for, told late and chosen,
+    -- ends what the close kept for a return (below). Changed: only the away
+    -- turn that close began, not a newer drop's.
+    IF p_change = 'leave' AND v_session.closed_by_reconciler
+       AND NOT EXISTS (SELECT FROM live_presence WHERE room_name = p_room AND identity = p_identity) THEN
+        UPDATE live_stage
+        SET hand_raised_at = NULL, invited_at = NULL, on_stage_since = NULL, away_since = NULL
+        WHERE room_name = p_room AND user_id = live_identity_user(p_identity)
+          AND away_since <= v_session.left_at;
+    END IF;
+    IF v_was_present = v_is_present OR NOT coalesce(v_session.counted, p_counted) THEN
+        RETURN;
+    END IF;
+    IF v_is_present THEN
+        INSERT INTO live_presence AS p (room_name, identity, sessions, display_name)
+        VALUES (p_room, p_identity, 1, nullif(p_name, ''))
+        ON CONFLICT (room_name, identity) DO UPDATE
+        SET sessions = p.sessions + 1, display_name = coalesce(EXCLUDED.display_name, p.display_name)
+        RETURNING sessions, joined_at INTO v_sessions, v_joined_at;
+        IF v_sessions = 1 THEN
+            delta := 1;
+            arrived := extract(epoch FROM v_joined_at);
+            INSERT INTO live_viewers_seen (room_name, identity) VALUES (p_room, p_identity)
+            ON CONFLICT DO NOTHING;
+            first_time := FOUND;
+            -- Back within the time to return, their turn goes on (0028).
+            UPDATE live_stage SET away_since = NULL
+            WHERE room_name = p_room AND user_id = live_identity_user(p_identity) AND away_since IS NOT NULL;
+        END IF;
+    ELSE
+        UPDATE live_presence SET sessions = sessions - 1
+        WHERE room_name = p_room AND identity = p_identity AND sessions > 1;
+        IF NOT FOUND THEN
+            DELETE FROM live_presence WHERE room_name = p_room AND identity = p_identity
+            RETURNING joined_at INTO v_joined_at;
+            IF FOUND THEN
+                delta := -1;
+                arrived := extract(epoch FROM v_joined_at);
+                watched := greatest(extract(epoch FROM now() - v_joined_at), 0);
+                -- A connection lost is not a choice to leave; the
+                -- reconciler ends the turn if they are not back in time.
+                -- Nor is a session the reconciler closed, whose leave was
+                -- never told.
+                IF p_change IN ('drop', 'close') THEN
+                    UPDATE live_stage SET away_since = now()
+                    WHERE room_name = p_room AND user_id = live_identity_user(p_identity)
+                      AND (hand_raised_at IS NOT NULL OR invited_at IS NOT NULL OR on_stage_since IS NOT NULL);
+                ELSE
+                    UPDATE live_stage
+                    SET hand_raised_at = NULL, invited_at = NULL, on_stage_since = NULL, away_since = NULL
+                    WHERE room_name = p_room AND user_id = live_identity_user(p_identity)
+                      AND (hand_raised_at IS NOT NULL OR invited_at IS NOT NULL OR on_stage_since IS NOT NULL);
+                END IF;
+            END IF;
+        END IF;
+    END IF;
+END
+$$;
+-- CREATE OR REPLACE keeps the privileges 0012 set.
