@@ -101,8 +101,16 @@ _install_python_tools() {
     want="$(file_hash "$req") $("$VENV_DIR/bin/python" -c 'import sys; print(sys.version.split()[0])')"
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
         log "installing python dev tools from scripts/requirements-dev.txt"
-        "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req" ||
+        # pip leaves its unpacked downloads (100 MB and more) in TMPDIR when
+        # it finishes; a scratch directory of our own is removed whatever
+        # pip leaves in it.
+        local pip_tmp
+        pip_tmp="$(mktemp -d "$TOOLS_DIR/pip-tmp.XXXXXX")"
+        if ! TMPDIR="$pip_tmp" "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req"; then
+            rm -rf "$pip_tmp"
             die "pip install -r scripts/requirements-dev.txt failed (see above)"
+        fi
+        rm -rf "$pip_tmp"
         printf '%s\n' "$want" >"$stamp"
     fi
 }
