@@ -95,26 +95,41 @@ pub struct BatchLease {
     /// Every message of the room up to this seq had been sent.
     pub sent_up_to: i64,
     pub until: DateTime<Utc>,
+    /// How long the holder waits before sending: what is left of the spacing
+    /// since the room's last batch, zero in a room that has been quiet.
+    pub send_in: std::time::Duration,
 }
 
 /// Takes the room's batch lease for `hold` (`live_chat_take_batch_lease`),
-/// `None` when another poster is sending.
+/// `None` when another poster is sending. Batches are at least `spacing`
+/// apart: the lease says how long of it is left.
 pub async fn take_batch_lease(
     client: &Client,
     room: &RoomName,
     hold: std::time::Duration,
+    spacing: std::time::Duration,
 ) -> Result<Option<BatchLease>, ApiError> {
-    let hold_seconds = hold.as_secs_f64();
+    let (hold_seconds, spacing_seconds) = (hold.as_secs_f64(), spacing.as_secs_f64());
     let row = client
         .query_typed_opt(
-            "SELECT sent_up_to, lease_until FROM live_chat_take_batch_lease($1, make_interval(secs => $2))",
-            &[(&room.as_str(), Type::TEXT), (&hold_seconds, Type::FLOAT8)],
+            "SELECT sent_up_to, lease_until, send_in FROM live_chat_take_batch_lease(
+                 $1, make_interval(secs => $2), make_interval(secs => $3))",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&hold_seconds, Type::FLOAT8),
+                (&spacing_seconds, Type::FLOAT8),
+            ],
         )
         .await?;
     row.map(|row| {
+        let send_in: f64 = row.try_get("send_in").map_err(ApiError::internal)?;
         Ok(BatchLease {
             sent_up_to: row.try_get("sent_up_to").map_err(ApiError::internal)?,
             until: row.try_get("lease_until").map_err(ApiError::internal)?,
+            // At most the spacing, whatever the clocks say.
+            send_in: std::time::Duration::try_from_secs_f64(send_in)
+                .unwrap_or_default()
+                .min(spacing),
         })
     })
     .transpose()

@@ -1,10 +1,12 @@
 //! Chat to the room in batches. In a busy room, one `SendData` per message
 //! would be hundreds of LiveKit calls a second; instead one poster at a time
-//! per room holds a short lease, waits out [`BATCH_INTERVAL`], and sends every
-//! message since the room's last batch in order, in as few packets as fit.
-//! Everyone else stores their message and returns. The holder starts the next
-//! batch itself when messages arrived while it was sending; the scheduled
-//! flusher sends whatever a holder left (see [`crate::scheduled::flush`]).
+//! per room holds a short lease and sends every message since the room's
+//! last batch in order, in as few packets as fit, batches at least
+//! [`BATCH_INTERVAL`] apart: in a quiet room (last batch older than that) at
+//! once, in a busy one after what is left of the interval. Everyone else
+//! stores their message and returns. The holder starts the next batch itself
+//! when messages arrived while it was sending; the scheduled flusher sends
+//! whatever a holder left (see [`crate::scheduled::flush`]).
 //!
 //! The packet, reliable on topic `chat`, carries no sender (it comes from the
 //! server) and is `{"event":"chat_messages","messages":[…in order…]}`.
@@ -20,7 +22,7 @@ use crate::store::chat::{self, BatchLease, ChatMessage};
 
 /// Data packets for chat use this topic, so clients can tell them apart.
 pub const CHAT_TOPIC: &str = "chat";
-/// How long a batch collects messages before it is sent.
+/// The least time between two batches of a room.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a lease lasts: the interval, a bounded RoomService call (6 s) and
 /// a margin. A holder that vanished (its Lambda timed out) is replaced then.
@@ -57,9 +59,8 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
     let started = Instant::now();
     let mut mine_delivery = Delivery::Queued;
     loop {
-        let leased_at = Instant::now();
         let lease = match state.db.get().await {
-            Ok(client) => chat::take_batch_lease(&client, room, LEASE).await,
+            Ok(client) => chat::take_batch_lease(&client, room, LEASE, BATCH_INTERVAL).await,
             Err(error) => Err(error.into()),
         };
         let lease = match lease {
@@ -70,7 +71,7 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
                 return Delivery::Failed;
             }
         };
-        tokio::time::sleep_until((leased_at + BATCH_INTERVAL).into()).await;
+        tokio::time::sleep(lease.send_in).await;
         match send_one_batch(state, room, &lease).await {
             Ok((last, more)) => {
                 if mine.is_some_and(|seq| seq <= last) {

@@ -16,6 +16,7 @@ use shared::handlers::{
 };
 use shared::scheduled::reconcile::reconcile;
 use shared::store::chat::{self, PostOutcome};
+use shared::store::chat_broadcast::BATCH_INTERVAL;
 use shared::store::rate_limit::Limit;
 use uuid::Uuid;
 
@@ -845,12 +846,14 @@ async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alon
     let seq = store_post(&app, &room, viewer, "hello").await;
     let client = app.state.db.get().await.unwrap();
     let hold = Duration::from_secs(8);
-    let first = chat::take_batch_lease(&client, &room, hold)
+    let first = chat::take_batch_lease(&client, &room, hold, BATCH_INTERVAL)
         .await
         .unwrap()
         .expect("a free lease is taken");
     assert_eq!(
-        chat::take_batch_lease(&client, &room, hold).await.unwrap(),
+        chat::take_batch_lease(&client, &room, hold, BATCH_INTERVAL)
+            .await
+            .unwrap(),
         None,
         "a held lease is not taken twice"
     );
@@ -865,7 +868,7 @@ async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alon
         )
         .await
         .unwrap();
-    let second = chat::take_batch_lease(&client, &room, hold)
+    let second = chat::take_batch_lease(&client, &room, hold, BATCH_INTERVAL)
         .await
         .unwrap()
         .expect("a lapsed lease is taken over");
@@ -879,7 +882,9 @@ async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alon
     let recorded = sent_and_counted(&admin, "slow-batch").await;
     assert_eq!(recorded, (seq, 1), "the late batch is recorded");
     assert_eq!(
-        chat::take_batch_lease(&client, &room, hold).await.unwrap(),
+        chat::take_batch_lease(&client, &room, hold, BATCH_INTERVAL)
+            .await
+            .unwrap(),
         None,
         "the second holder's lease is still held"
     );
@@ -896,11 +901,66 @@ async fn a_chat_batch_that_outlived_its_lease_leaves_the_next_holders_lease_alon
         "sent_up_to never goes back, nothing counted twice"
     );
     assert!(
-        chat::take_batch_lease(&client, &room, hold)
+        chat::take_batch_lease(&client, &room, hold, BATCH_INTERVAL)
             .await
             .unwrap()
             .is_some(),
         "its holder let the lease go"
+    );
+}
+
+/// Batches of a room are spaced from its last one that sent something: the
+/// lease of a room that never sent says send now, the lease taken right after
+/// a batch went out says wait out the spacing, and one that sent nothing (a
+/// holder letting go after LiveKit failed) leaves the spacing where it was.
+#[tokio::test]
+async fn a_quiet_room_sends_at_once_and_a_busy_one_waits_out_the_spacing() {
+    let app = TestApp::spawn().await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "spaced-batches").await;
+    let room = RoomName::parse("spaced-batches".to_owned()).unwrap();
+    let client = app.state.db.get().await.unwrap();
+    // An hour, so that no pause of this machine between two statements
+    // passes for the end of the spacing.
+    let (hold, spacing) = (Duration::from_secs(8), Duration::from_secs(3600));
+    let take = || async {
+        chat::take_batch_lease(&client, &room, hold, spacing)
+            .await
+            .unwrap()
+            .expect("the lease is free")
+    };
+
+    let seq = store_post(&app, &room, viewer, "hello").await;
+    let quiet = take().await;
+    assert_eq!(
+        quiet.send_in,
+        Duration::ZERO,
+        "a room that never sent sends at once"
+    );
+    chat::batch_sent(&client, &room, quiet.sent_up_to, &quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        take().await.send_in,
+        Duration::ZERO,
+        "a batch that sent nothing leaves the room quiet"
+    );
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_chat_broadcasts SET lease_until = '-infinity' WHERE room_name = 'spaced-batches'",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let sending = take().await;
+    chat::batch_sent(&client, &room, seq, &sending).await.unwrap();
+    let next = take().await;
+    assert!(
+        next.send_in > spacing - Duration::from_secs(60) && next.send_in <= spacing,
+        "right after a batch, the next waits out the spacing: {:?}",
+        next.send_in
     );
 }
 
