@@ -19,6 +19,7 @@ use crate::domain::{HandRequest, InviteRequest, RoomName, StageAnswerRequest, St
 use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
 use crate::livekit::RoomServiceError;
+use crate::livekit::room_rules::{self, Correction};
 use crate::state::AppState;
 use crate::store::chat::{self, Standing};
 use crate::store::rate_limit;
@@ -63,22 +64,21 @@ async fn change(
         )
         .await?
     };
-    let room_updated = if changed.changed {
-        let committed = Standing {
-            banned: false,
-            muted: changed.muted,
-            stage: changed.standing,
-        };
-        match apply_standing_in_room(state, &room, target, committed).await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(%room, %target, ?action, %error,
-                    "stage change committed; LiveKit gets it from the webhook, the reconciler or the next token");
-                false
-            }
+    // A repeat that changed nothing tells the room too: it is how the app
+    // retries a change that answered `roomUpdated: false`, and LiveKit may
+    // still have the standing from before it.
+    let committed = Standing {
+        banned: false,
+        muted: changed.muted,
+        stage: changed.standing,
+    };
+    let room_updated = match apply_standing_in_room(state, &room, target, committed).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%room, %target, ?action, %error,
+                "stage change committed; LiveKit gets it from the webhook, the reconciler or the next token");
+            false
         }
-    } else {
-        true
     };
     tracing::info!(%room, actor = %user.id, %target, ?action, changed = changed.changed, room_updated, "stage");
     Ok(Reply::ok(StageOutcome {
@@ -103,10 +103,11 @@ const FOLLOW_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// unmute) can reach LiveKit in the other order, and the older would stand in
 /// the room until the reconciler's next run. Each caller's last call follows
 /// its read of the latest commit, so whichever finishes last leaves the
-/// latest. A banned user is LiveKit's to remove, not to update. The first
-/// call's failure is the caller's (`roomUpdated: false`); a follow-up that
-/// fails, or a read that does, is only logged: the room has this change, and
-/// the reconciler compares the rest.
+/// latest. A banned user is LiveKit's to remove, not to update: they are
+/// removed instead. The first call's failure is the caller's
+/// (`roomUpdated: false`); a follow-up that fails, or a read that does, is
+/// only logged: the room has this change, and the reconciler compares the
+/// rest.
 pub async fn apply_standing_in_room(
     state: &AppState,
     room: &RoomName,
@@ -114,6 +115,11 @@ pub async fn apply_standing_in_room(
     committed: Standing,
 ) -> Result<(), RoomServiceError> {
     let identity = user.to_string();
+    if committed.banned {
+        // Their ban's removal may not have got through: an unmute must not
+        // hand data back to someone who should be out.
+        return room_rules::apply(&state.livekit, room, &identity, Correction::Remove).await;
+    }
     state
         .livekit
         .update_viewer(room, &identity, committed.muted, committed.stage)

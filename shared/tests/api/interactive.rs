@@ -609,6 +609,56 @@ async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
     assert_eq!(participant.attributes["on_stage"], "false");
 }
 
+/// The app retries a change that answered `roomUpdated: false`: the retry
+/// changes nothing in Postgres, and tells LiveKit what it missed.
+#[tokio::test]
+async fn a_retried_removal_tells_livekit_what_the_first_one_could_not() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "retried-removal";
+    app.start_stream(host, room).await;
+    let (guest, _client) = app.viewer_in(room).await;
+    app.wait_for_viewer_count(room, 1).await;
+    let invite = json!({"roomName": room, "userId": guest}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let accept = json!({"roomName": room}).to_string();
+    let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
+    assert_eq!(accepted.body["roomUpdated"], true, "{}", accepted.body);
+    let can_publish = || async {
+        app.livekit().participants(room).await[0]
+            .permission
+            .as_ref()
+            .is_some_and(|permission| permission.can_publish)
+    };
+    assert!(can_publish().await, "on stage");
+
+    app.set_livekit_mode(LiveKitMode::Failing);
+    let removed = app
+        .call(remove_from_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(removed.body["roomUpdated"], false, "{}", removed.body);
+    app.set_livekit_mode(LiveKitMode::Up);
+    assert!(can_publish().await, "LiveKit missed the removal");
+
+    let retried = app
+        .call(remove_from_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(
+        (
+            retried.status,
+            &retried.body["onStage"],
+            &retried.body["roomUpdated"]
+        ),
+        (200, &json!(false), &json!(true)),
+        "{}",
+        retried.body
+    );
+    assert!(!can_publish().await, "the retry took the grant back");
+}
+
 /// Six invited viewers accept at the same moment, with room for three on the
 /// stage: three get on and three are told the stage is full, never four on
 /// it (the stage's changes of one room run one after another).

@@ -327,6 +327,33 @@ async fn when_livekit_is_down_a_kick_is_503_and_nothing_is_recorded() {
     assert!(in_room(&room.app, room.viewer).await);
 }
 
+/// A ban whose removal LiveKit missed, then an unmute: the unmute does not
+/// give the banned viewer their data permission back, it removes them.
+#[tokio::test]
+async fn an_unmute_of_a_banned_viewer_still_in_the_room_removes_them() {
+    let room = room_with_viewer().await;
+    assert_eq!(act(&room.app, room.host, room.viewer, "mute").await.status, 200);
+    room.app.set_livekit_mode(LiveKitMode::Failing);
+    let banned = act(&room.app, room.host, room.viewer, "ban").await;
+    assert_eq!(banned.body["roomUpdated"], false, "{}", banned.body);
+    room.app.set_livekit_mode(LiveKitMode::Up);
+    assert!(in_room(&room.app, room.viewer).await, "LiveKit missed the ban");
+
+    let unmuted = act(&room.app, room.host, room.viewer, "unmute").await;
+    assert_eq!(
+        (
+            unmuted.status,
+            &unmuted.body["banned"],
+            &unmuted.body["roomUpdated"]
+        ),
+        (200, &json!(true), &json!(true)),
+        "{}",
+        unmuted.body
+    );
+    room.viewer_client.wait_disconnected().await;
+    assert!(!in_room(&room.app, room.viewer).await);
+}
+
 #[tokio::test]
 async fn when_livekit_is_down_a_ban_or_mute_still_holds_and_the_reconciler_applies_it() {
     let room = room_with_viewer().await;
