@@ -53,6 +53,10 @@ pub enum AuthError {
 const LEEWAY_SECONDS: u64 = 30;
 /// The least time between two fetches triggered by an unknown `kid`.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(60);
+/// The least time between two fetches after one failed: short, so a blip of
+/// Supabase Auth costs seconds of 503s, not a minute of them; still one
+/// fetch per container however many requests wait for it.
+const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// While the JWKS cannot be fetched, the previous copy keeps verifying for
 /// this many cache periods after it was fetched (an hour at the default ten
@@ -175,6 +179,9 @@ struct JwksState {
     keys: HashMap<String, (Algorithm, Arc<DecodingKey>)>,
     fetched_at: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// The last fetch failed: a `kid` the copy lacks may be a new key that
+    /// fetch would have brought, so it is not refused as unknown.
+    last_attempt_failed: bool,
     /// How long a fetched copy is trusted: a key removed from the JWKS stops
     /// verifying once this has passed.
     ttl: Duration,
@@ -192,13 +199,30 @@ impl JwksState {
     }
 
     fn may_refetch(&self) -> bool {
+        let wait = if self.last_attempt_failed {
+            JWKS_RETRY_AFTER_FAILURE
+        } else {
+            JWKS_MIN_REFETCH
+        };
         self.last_attempt
-            .is_none_or(|at| at.elapsed() >= JWKS_MIN_REFETCH.min(self.ttl))
+            .is_none_or(|at| at.elapsed() >= wait.min(self.ttl))
+    }
+
+    /// A `kid` the usable copy lacks: unknown if the copy is current, but
+    /// while the JWKS cannot be fetched it may be a key published since, so
+    /// the caller gets 503 (the token may be fine), not 401.
+    fn missing_kid(&self) -> AuthError {
+        if self.last_attempt_failed {
+            AuthError::KeysUnavailable("the JWKS could not be refreshed for a key it may have".into())
+        } else {
+            AuthError::Rejected("unknown kid")
+        }
     }
 
     /// `Ok(Some)`: use this key; `Ok(None)`: fetch the JWKS first; `Err`: refuse.
     /// A fresh copy answers alone; a stale or missing key fetches, but never more
-    /// often than `JWKS_MIN_REFETCH`, so a flood of unknown `kid`s costs one fetch.
+    /// often than `JWKS_MIN_REFETCH` (`JWKS_RETRY_AFTER_FAILURE` after a failed
+    /// fetch), so a flood of unknown `kid`s costs one fetch.
     fn cached(&self, kid: &str, alg: Algorithm) -> Result<Option<Arc<DecodingKey>>, AuthError> {
         let found = if self.usable() {
             self.lookup(kid, alg)?
@@ -216,7 +240,7 @@ impl JwksState {
             None if !self.usable() => Err(AuthError::KeysUnavailable(
                 "the JWKS could not be refreshed for too long".into(),
             )),
-            None => Err(AuthError::Rejected("unknown kid")),
+            None => Err(self.missing_kid()),
         }
     }
 
@@ -235,6 +259,7 @@ impl JwksCache {
             keys: HashMap::new(),
             fetched_at: None,
             last_attempt: None,
+            last_attempt_failed: false,
             ttl,
         };
         JwksCache {
@@ -258,6 +283,7 @@ impl JwksCache {
         let fetched = self.fetch().await;
         let mut state = self.state.write().await;
         state.last_attempt = Some(Instant::now());
+        state.last_attempt_failed = fetched.is_err();
         match fetched {
             Ok(keys) => {
                 state.keys = keys;
@@ -269,7 +295,7 @@ impl JwksCache {
             Err(e) if state.keys.is_empty() || !state.usable() => return Err(e),
             Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; using the previous keys"),
         }
-        state.lookup(kid, alg)?.ok_or(AuthError::Rejected("unknown kid"))
+        state.lookup(kid, alg)?.ok_or_else(|| state.missing_kid())
     }
 
     async fn fetch(&self) -> Result<HashMap<String, (Algorithm, Arc<DecodingKey>)>, AuthError> {

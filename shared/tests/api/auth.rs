@@ -1,3 +1,5 @@
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 use shared::auth::AuthError;
 use shared::handlers::issue_token;
@@ -6,6 +8,7 @@ use uuid::Uuid;
 use crate::helpers::{
     AppOptions, TestApp, asymmetric, forged, hs256, hs256_with_secret, public_jwk, public_pem,
 };
+use crate::livekit_server::SETTLE;
 
 async fn verdict(app: &TestApp, token: &str) -> Result<Uuid, String> {
     app.state
@@ -313,6 +316,67 @@ async fn an_unreachable_jwks_is_a_503_not_a_401() {
         )
         .await;
     hs.assert_error(404, "stream_not_found");
+}
+
+/// Supabase publishes a new signing key while its JWKS cannot be fetched: a
+/// token signed with it is 503 (it may be fine), never 401, which the app
+/// would take for "signed out"; it passes once the JWKS answers again. Keys
+/// of the copy already fetched go on verifying meanwhile.
+#[tokio::test]
+async fn a_new_key_seen_while_the_jwks_is_down_is_a_503_until_it_answers() {
+    let app = TestApp::spawn_with_settings(vec![("SUPABASE_JWKS_CACHE_SECONDS", "1".into())]).await;
+    let user = Uuid::new_v4();
+    let known = asymmetric("es256-a", &app.claims_for(user));
+    assert_eq!(verdict(&app, &known).await, Ok(user));
+    app.jwks
+        .set_keys(json!({"keys": [public_jwk("es256-a"), public_jwk("es256-b")]}));
+    app.jwks.set_failing(true);
+    // Past the cache's second, so the new kid makes it fetch (and fail).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let new = asymmetric("es256-b", &app.claims_for(user));
+    for attempt in ["fetching", "within the wait before the next fetch"] {
+        assert!(
+            matches!(
+                app.state.auth.authenticate(&new).await,
+                Err(AuthError::KeysUnavailable(_))
+            ),
+            "{attempt}"
+        );
+    }
+    assert_eq!(
+        verdict(&app, &known).await,
+        Ok(user),
+        "the stale copy still verifies"
+    );
+
+    app.jwks.set_failing(false);
+    let deadline = Instant::now() + SETTLE;
+    while verdict(&app, &new).await != Ok(user) {
+        assert!(Instant::now() < deadline, "the new key never verified");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A JWKS that could not be fetched on a cold start (a blip of Supabase
+/// Auth) is tried again within seconds, not after the minute an unknown kid
+/// waits between fetches.
+#[tokio::test]
+async fn a_failed_first_jwks_fetch_is_retried_within_seconds() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    let token = asymmetric("es256-a", &app.claims_for(user));
+    app.jwks.set_failing(true);
+    assert!(matches!(
+        app.state.auth.authenticate(&token).await,
+        Err(AuthError::KeysUnavailable(_))
+    ));
+    app.jwks.set_failing(false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while verdict(&app, &token).await != Ok(user) {
+        assert!(Instant::now() < deadline, "still refused after 15 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.jwks.fetches(), 2, "one failed fetch, one that answered");
 }
 
 #[tokio::test]
