@@ -231,9 +231,15 @@ impl Manager {
             tracing::error!("the secret no longer holds {DATABASE_URL}");
             return None;
         };
-        // The TLS mode stays the cold start's: only the credentials rotate.
+        // The TLS mode stays the cold start's: only the credentials rotate. A
+        // new URL without `sslmode` (or with a weaker one) would otherwise
+        // let a verify-full deployment fall back to a plain connection.
         let rotated = match parse_database_url(&url) {
-            Ok((pg, _)) => Arc::new(with_defaults(pg)),
+            Ok((pg, _)) => {
+                let mut pg = with_defaults(pg);
+                pg.ssl_mode(refused.get_ssl_mode());
+                Arc::new(pg)
+            }
             Err(error) => {
                 tracing::error!(%error, "the secret's new {DATABASE_URL} is unusable");
                 return None;

@@ -123,6 +123,50 @@ async fn a_password_rotated_while_warm_is_read_again_from_the_secret() {
     assert!(count >= 1, "connected again as {role}, with the new password");
 }
 
+/// The rotated URL asks for a plain connection; the functions keep the TLS
+/// mode they started with (only the credentials rotate), so a deployment
+/// that requires TLS never falls back to plaintext because of a pasted URL.
+#[tokio::test]
+async fn a_rotated_url_does_not_change_the_tls_mode() {
+    let admin_url = migrated_database().await;
+    let role = password_role(&admin_url, "first-password").await;
+    let first_url = url_for(&admin_url, &role, "first-password") + "?sslmode=require";
+    let secret_id = create_secret(&moto_client(), &json!({ "DATABASE_URL": first_url }).to_string()).await;
+    let app = app_reading(&secret_id, &admin_url).await;
+    app.start_stream(Uuid::new_v4(), "tls-before").await;
+
+    let admin = connect(&admin_url).await;
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} PASSWORD 'second-password'"))
+        .await
+        .unwrap();
+    let plain = url_for(&admin_url, &role, "second-password") + "?sslmode=disable";
+    put_database_url(&secret_id, &plain).await;
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
+        .await
+        .unwrap();
+    app.start_stream(Uuid::new_v4(), "tls-after").await;
+    assert_eq!(app.state.db.manager().secret_rereads(), 1);
+    let encrypted: Vec<bool> = admin
+        .query(
+            "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        !encrypted.is_empty() && encrypted.iter().all(|ssl| *ssl),
+        "the new credentials' sessions are encrypted: {encrypted:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_refused_password_the_secret_still_holds_is_a_503_and_one_secret_read() {
     let admin_url = migrated_database().await;
