@@ -262,6 +262,14 @@ impl Config {
 
         let supabase_url = match get(SUPABASE_URL) {
             None => None,
+            Some(url) if !is_bare_origin(&url) => {
+                // The JWKS and `iss` are built from it: a path (the project's
+                // `/auth/v1` URL) would break both on every request.
+                return Err(invalid(
+                    SUPABASE_URL,
+                    "expected the project URL alone, https://<project>.supabase.co (no path, query or credentials)",
+                ));
+            }
             Some(url) if url.starts_with("https://") || is_loopback_http(&url) => {
                 Some(url.trim_end_matches('/').to_owned())
             }
@@ -391,15 +399,30 @@ impl Config {
     }
 }
 
+/// Why a `DATABASE_URL` does not parse, without any of its text: tokio-postgres
+/// says only "invalid connection string" and keeps the reason in its source,
+/// which is passed on when it names an option (`unknown option `pgbouncer``,
+/// the flag ORM-style pooler URLs carry) and never otherwise (other reasons
+/// quote a character of the string, which may be the password's).
+fn parse_failure(error: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    match error.source().map(ToString::to_string) {
+        Some(reason)
+            if reason.starts_with("unknown option `") || reason.starts_with("invalid value for option `") =>
+        {
+            format!("{error}: {reason}")
+        }
+        _ => error.to_string(),
+    }
+}
+
 /// A `postgres://` URL or a key=value connection string, and its `sslmode`.
 /// tokio-postgres does not know `verify-ca` and `verify-full`: they are read
 /// here and handed to it as `require`, the TLS configuration doing the rest.
 pub fn parse_database_url(raw: &str) -> Result<(tokio_postgres::Config, crate::tls::TlsMode), ConfigError> {
     use crate::tls::TlsMode;
     let (raw, verify) = take_verify_mode(raw.trim());
-    let pg = tokio_postgres::Config::from_str(&raw)
-        // The parser's message never echoes the URL, so no password reaches the logs.
-        .map_err(|e| invalid(DATABASE_URL, e.to_string()))?;
+    let pg = tokio_postgres::Config::from_str(&raw).map_err(|e| invalid(DATABASE_URL, parse_failure(&e)))?;
     let mode = verify.unwrap_or(match pg.get_ssl_mode() {
         tokio_postgres::config::SslMode::Disable => TlsMode::Disable,
         tokio_postgres::config::SslMode::Require => TlsMode::Require,
@@ -493,6 +516,18 @@ fn check_signing_secret(name: &'static str, secret: &str, local: bool) -> Result
         ));
     }
     Ok(())
+}
+
+/// A URL that is a scheme, a host and maybe a port, with at most a trailing `/`.
+fn is_bare_origin(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|parsed| {
+        parsed.has_host()
+            && parsed.path() == "/"
+            && parsed.query().is_none()
+            && parsed.fragment().is_none()
+            && parsed.username().is_empty()
+            && parsed.password().is_none()
+    })
 }
 
 fn is_loopback_http(url: &str) -> bool {
@@ -666,6 +701,9 @@ mod tests {
             (SUPABASE_URL, "http://localhost.evil.example"),
             (SUPABASE_URL, "http://localhost:80@evil.example"),
             (SUPABASE_URL, "http://127.0.0.1@evil.example"),
+            (SUPABASE_URL, "https://abc.supabase.co/auth/v1"),
+            (SUPABASE_URL, "https://abc.supabase.co?x=1"),
+            (SUPABASE_URL, "https://user:pw@abc.supabase.co"),
             (MAX_LIVE_STREAMS_PER_STREAMER, "0"),
             (ALLOW_ANONYMOUS_PARTICIPATION, "maybe"),
             (LIVEKIT_VIEWER_CAN_PUBLISH_DATA, "2"),
@@ -717,6 +755,18 @@ mod tests {
             assert_eq!(pg.get_hosts().len(), 1, "{url}");
         }
         assert!(parse_database_url("postgres://db/x?sslmode=verify-everything").is_err());
+    }
+
+    #[test]
+    fn a_database_url_that_does_not_parse_says_which_option_and_never_its_text() {
+        let reason = |url: &str| parse_database_url(url).unwrap_err().to_string();
+        let pooler = reason("postgres://u:s3cret-pw@db.example.com:6543/postgres?pgbouncer=true");
+        assert!(pooler.contains("unknown option `pgbouncer`"), "{pooler}");
+        assert!(!pooler.contains("s3cret-pw"), "{pooler}");
+        let port = reason("postgres://u:s3cret-pw@db.example.com:port/postgres");
+        assert!(port.contains("invalid value for option `port`"), "{port}");
+        let quoted = reason("host='db.example.com password=s3cret-pw");
+        assert!(!quoted.contains("s3cret"), "{quoted}");
     }
 
     #[test]
