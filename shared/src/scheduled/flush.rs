@@ -151,9 +151,45 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
     }
 }
 
-/// Runs the scheduled function: each invocation flushes until two seconds
-/// before its deadline (the template gives it 60 s, started every minute),
-/// and stops a tick still running one second before it.
+/// How long after its scheduled time an invocation stops flushing: just
+/// before the next minute's starts.
+const SCHEDULED_SPAN: Duration = Duration::from_secs(59);
+
+/// How long an invocation flushes from now: until two seconds before its
+/// deadline, and no later than [`SCHEDULED_SPAN`] after its scheduled time.
+/// An invocation that started late (a cold start, a retry after the previous
+/// one ran over) so still ends before the next minute's is due; ended by its
+/// own deadline alone, each late start would make the next one later, until
+/// a minute's event aged past its 60 s and was dropped.
+pub fn flush_span(remaining: Option<Duration>, since_scheduled: Option<Duration>) -> Duration {
+    let by_deadline = remaining
+        .unwrap_or_default()
+        .saturating_sub(Duration::from_secs(2));
+    match since_scheduled {
+        Some(since) => by_deadline.min(SCHEDULED_SPAN.saturating_sub(since)),
+        None => by_deadline,
+    }
+}
+
+/// How long ago the event's schedule fired: `scheduledTime` (the template's
+/// input, `<aws.scheduler.scheduled-time>`) or an EventBridge event's `time`.
+fn since_scheduled(event: &serde_json::Value) -> Option<Duration> {
+    let at = event
+        .get("scheduledTime")
+        .or_else(|| event.get("time"))?
+        .as_str()?;
+    let at = chrono::DateTime::parse_from_rfc3339(at).ok()?;
+    // A time a little ahead of this clock is now.
+    Some(
+        (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+            .to_std()
+            .unwrap_or_default(),
+    )
+}
+
+/// Runs the scheduled function: each invocation flushes for [`flush_span`]
+/// (the template gives it 60 s, started every minute), and stops a tick
+/// still running one second before its deadline.
 pub async fn serve() -> Result<(), lambda_http::Error> {
     use lambda_http::lambda_runtime::{self, LambdaEvent, service_fn};
     crate::logging::init();
@@ -166,10 +202,7 @@ pub async fn serve() -> Result<(), lambda_http::Error> {
             // No usable deadline (cargo lambda watch): flush once, whole.
             let remaining = crate::http::time_to_deadline(&event.context);
             let now = Instant::now();
-            let until = now
-                + remaining
-                    .unwrap_or_default()
-                    .saturating_sub(Duration::from_secs(2));
+            let until = now + flush_span(remaining, since_scheduled(&event.payload));
             let cut_off = remaining.map(|remaining| now + remaining.saturating_sub(Duration::from_secs(1)));
             let report = flush_until(app, until, cut_off).await;
             if report.all_failed() {
@@ -186,4 +219,48 @@ pub async fn serve() -> Result<(), lambda_http::Error> {
         },
     ))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn an_invocation_ends_before_the_next_minutes_is_due() {
+        // On time: the deadline and the schedule agree.
+        assert_eq!(flush_span(Some(60 * SECOND), Some(Duration::ZERO)), 58 * SECOND);
+        // Started 20 s late: ends 59 s after its scheduled time, not 58 s
+        // after it started.
+        assert_eq!(flush_span(Some(60 * SECOND), Some(20 * SECOND)), 39 * SECOND);
+        // An event older than a minute (a local invoke of the sample event):
+        // one flush.
+        assert_eq!(flush_span(Some(60 * SECOND), Some(600 * SECOND)), Duration::ZERO);
+        // No scheduled time, or no deadline (cargo lambda watch).
+        assert_eq!(flush_span(Some(60 * SECOND), None), 58 * SECOND);
+        assert_eq!(flush_span(None, Some(Duration::ZERO)), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_scheduled_time_is_read_from_the_input_or_the_event() {
+        let scheduled = (chrono::Utc::now() - chrono::Duration::seconds(30)).to_rfc3339();
+        for event in [
+            serde_json::json!({ "scheduledTime": scheduled }),
+            serde_json::json!({ "time": scheduled, "detail": {} }),
+        ] {
+            let since = since_scheduled(&event).unwrap();
+            assert!((29 * SECOND..=90 * SECOND).contains(&since), "{since:?}");
+        }
+        assert_eq!(since_scheduled(&serde_json::json!({})), None);
+        let ahead = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+        assert_eq!(
+            since_scheduled(&serde_json::json!({ "scheduledTime": ahead })),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            since_scheduled(&serde_json::json!({ "scheduledTime": "soon" })),
+            None
+        );
+    }
 }

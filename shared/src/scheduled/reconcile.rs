@@ -36,11 +36,12 @@ const EVENT_ID_RETENTION: &str = "1 day";
 /// Most rows one pruning statement deletes, so a run never holds long locks
 /// or writes a huge transaction after a long outage; the next run goes on.
 const PRUNE_BATCH: i64 = 5_000;
-/// Most pruning statements per table per run. What grows per request (a
-/// webhook id and a session per event, a rate-limit row per new user and
-/// route) grows at most as fast as the routes' throttles let requests in:
-/// 3,400/s at the template's defaults, all routes at once. 48 × 5,000 a
-/// minute is 4,000/s, so no backlog outgrows its pruning even then.
+/// Most pruning statements per table per run. What grows per request grows
+/// at most as fast as the routes' throttles let requests in: a webhook id
+/// and a session per event (1,000/s at the template's defaults), a
+/// rate-limit row per new user and rate-limited route (3,650/s, all those
+/// routes at once). 48 × 5,000 a minute is 4,000/s a table, so no backlog
+/// outgrows its pruning even then.
 const PRUNE_BATCHES: usize = 48;
 /// Most ended streams whose room one run tries to close.
 const CLOSE_BATCH: i64 = 50;
