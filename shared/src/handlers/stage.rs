@@ -19,7 +19,7 @@ use crate::domain::{HandRequest, InviteRequest, RoomName, StageAnswerRequest, St
 use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
 use crate::livekit::RoomServiceError;
-use crate::livekit::room_rules::{self, Correction};
+use crate::livekit::room_rules::{self, Correction, FOLLOW_UP_LIMIT, STANDING_FOLLOW_UPS};
 use crate::state::AppState;
 use crate::store::chat::{self, Standing};
 use crate::store::rate_limit;
@@ -88,13 +88,6 @@ async fn change(
         room_updated,
     }))
 }
-
-/// How many times [`apply_standing_in_room`] tells LiveKit a standing that
-/// moved on while it did; a user's standing does not change faster than that.
-const STANDING_FOLLOW_UPS: usize = 2;
-/// How long one of those follow-up calls may take: a LiveKit that slow is
-/// left to the reconciler rather than holding the request to its deadline.
-const FOLLOW_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Tells LiveKit `user`'s standing as just committed (`UpdateParticipant`:
 /// their permission and stage attributes), then reads it again and tells the

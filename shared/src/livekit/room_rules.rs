@@ -7,11 +7,15 @@
 //! tokens on every server), the webhook on `participant_joined` and the
 //! scheduled reconciler correct the room from here.
 
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use crate::domain::RoomName;
+use crate::error::ApiError;
 use crate::livekit::{LiveKit, Revocation, RoomServiceError};
-use crate::store::chat::Standing;
+use crate::state::AppState;
+use crate::store::chat::{self, Standing};
 use crate::store::stage::StageStanding;
 use crate::store::viewers::Presence;
 
@@ -79,15 +83,37 @@ pub async fn apply(
     }
 }
 
+/// How many times a correction, or a change's `UpdateParticipant`, is
+/// followed by another because the standing moved on while LiveKit was told;
+/// a user's standing does not change faster than that.
+pub const STANDING_FOLLOW_UPS: usize = 2;
+/// How long one of those follow-up calls may take: a LiveKit that slow is
+/// left to the reconciler rather than holding the caller.
+pub const FOLLOW_UP_LIMIT: Duration = Duration::from_secs(1);
+
 /// Makes every correction, logging (not failing on) the ones LiveKit refuses:
-/// the next webhook or reconciler run tries again. Returns how many were made.
-pub async fn apply_all(livekit: &LiveKit, room: &RoomName, corrections: &[(String, Correction)]) -> usize {
+/// the next webhook or reconciler run tries again. Each viewer updated is
+/// then checked against their standing as it is now: a stage change or a
+/// mute committed while the correction, read before it, was on its way
+/// would otherwise be undone by it until the next run. Returns how many
+/// corrections were made.
+pub async fn correct_all(
+    state: &AppState,
+    room: &RoomName,
+    stream: &StreamState,
+    corrections: &[(Presence, Correction)],
+) -> usize {
     let mut applied = 0;
-    for (identity, correction) in corrections {
-        match apply(livekit, room, identity, *correction).await {
+    for (participant, correction) in corrections {
+        let identity = &participant.identity;
+        match apply(&state.livekit, room, identity, *correction).await {
             Ok(()) => {
                 tracing::info!(%room, %identity, ?correction, "room corrected to match the database");
                 applied += 1;
+                if let Correction::Update { .. } = correction {
+                    let told = as_told(&state.livekit, participant, *correction);
+                    follow_newer_standing(state, room, stream, told).await;
+                }
             }
             Err(error) => {
                 tracing::warn!(%room, %identity, ?correction, %error, "could not correct the room yet")
@@ -95,4 +121,55 @@ pub async fn apply_all(livekit: &LiveKit, room: &RoomName, corrections: &[(Strin
         }
     }
     applied
+}
+
+/// `participant` as LiveKit has them once it made `correction`.
+fn as_told(livekit: &LiveKit, participant: &Presence, correction: Correction) -> Presence {
+    let mut told = participant.clone();
+    if let Correction::Update { muted, stage } = correction {
+        let permission = livekit.viewer_permission(muted, stage.on_stage);
+        told.can_publish = permission.can_publish;
+        told.can_publish_data = permission.can_publish_data;
+        told.stage = stage;
+    }
+    told
+}
+
+/// Reads the standing of a participant LiveKit was just told about, and
+/// corrects again while it differs from what was told.
+async fn follow_newer_standing(state: &AppState, room: &RoomName, stream: &StreamState, mut told: Presence) {
+    let Some(user) = told.user() else {
+        return;
+    };
+    for _ in 0..STANDING_FOLLOW_UPS {
+        let now = async {
+            let client = state.db.get().await?;
+            let mut standings = chat::standings_among(&**client, room, &[user]).await?;
+            Ok::<_, ApiError>(standings.remove(&user))
+        }
+        .await;
+        let next = match now {
+            Ok(now) => correction(&state.livekit, stream, &told, now),
+            Err(error) => {
+                tracing::warn!(%room, %user, %error, "could not check the standing LiveKit was told");
+                return;
+            }
+        };
+        let Some(next) = next else {
+            return;
+        };
+        tracing::info!(%room, %user, ?next, "the standing moved on while LiveKit was corrected; correcting again");
+        match tokio::time::timeout(FOLLOW_UP_LIMIT, apply(&state.livekit, room, &told.identity, next)).await {
+            Ok(Ok(())) if next == Correction::Remove => return,
+            Ok(Ok(())) => told = as_told(&state.livekit, &told, next),
+            Ok(Err(error)) => {
+                tracing::warn!(%room, %user, %error, "the newer standing was not told; the reconciler compares it");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%room, %user, "LiveKit too slow for the newer standing; the reconciler compares it");
+                return;
+            }
+        }
+    }
 }

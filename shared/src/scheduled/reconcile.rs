@@ -358,16 +358,16 @@ async fn sync_room(
         streamer,
         is_live: true,
     };
-    let corrections: Vec<(String, room_rules::Correction)> = present
+    let corrections: Vec<(Presence, room_rules::Correction)> = present
         .iter()
         .filter_map(|p| {
             let restriction = Uuid::parse_str(&p.identity)
                 .ok()
                 .and_then(|user| standings.remove(&user));
-            room_rules::correction(&state.livekit, &stream, p, restriction).map(|c| (p.identity.clone(), c))
+            room_rules::correction(&state.livekit, &stream, p, restriction).map(|c| (p.clone(), c))
         })
         .collect();
-    Ok(room_rules::apply_all(&state.livekit, room, &corrections).await)
+    Ok(room_rules::correct_all(state, room, &stream, &corrections).await)
 }
 
 /// Starts the grace clock for a live stream whose room LiveKit does not have,

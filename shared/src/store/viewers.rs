@@ -23,6 +23,7 @@ use crate::store::stage::StageStanding;
 
 /// A participant as LiveKit reports it, in a webhook or a listing: the
 /// streamer and hidden participants are not viewers.
+#[derive(Debug, Clone)]
 pub struct Presence {
     pub sid: String,
     pub identity: String,

@@ -609,6 +609,53 @@ async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
     assert_eq!(participant.attributes["on_stage"], "false");
 }
 
+/// A correction computed from a standing read before a stage change (a
+/// reconciler run, or a join's webhook, while the guest accepted) reaches
+/// LiveKit after that change's own call: the standing is read again after
+/// it, and the room gets the newer one back at once instead of keeping the
+/// stale one until the next run.
+#[tokio::test]
+async fn a_correction_read_before_a_newer_stage_change_is_followed_by_it() {
+    use shared::livekit::room_rules::{self, Correction, StreamState};
+    use shared::store::stage::StageStanding;
+    use shared::store::viewers::Presence;
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "stale-correction";
+    app.start_stream(host, room).await;
+    let (guest, _client) = app.viewer_in(room).await;
+    app.wait_for_viewer_count(room, 1).await;
+    let invite = json!({"roomName": room, "userId": guest}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let accept = json!({"roomName": room}).to_string();
+    let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
+    assert_eq!(accepted.body["roomUpdated"], true, "{}", accepted.body);
+
+    // What a run that read the guest's standing before the accept corrects.
+    let listed = app.livekit().participants(room).await;
+    let presence = Presence::from(&listed[0]);
+    let stale = Correction::Update {
+        muted: false,
+        stage: StageStanding::default(),
+    };
+    let stream = StreamState {
+        streamer: host,
+        is_live: true,
+    };
+    let room_name = shared::domain::RoomName::parse(room.to_owned()).unwrap();
+    let made = room_rules::correct_all(&app.state, &room_name, &stream, &[(presence, stale)]).await;
+    assert_eq!(made, 1);
+    let participant = app.livekit().participants(room).await.remove(0);
+    assert!(
+        participant.permission.unwrap().can_publish,
+        "the guest, on stage since, keeps their camera"
+    );
+    assert_eq!(participant.attributes["on_stage"], "true");
+}
+
 /// The app retries a change that answered `roomUpdated: false`: the retry
 /// changes nothing in Postgres, and tells LiveKit what it missed.
 #[tokio::test]
