@@ -60,13 +60,16 @@ pub async fn start_stream(
     .await;
     // Refused only now (no profile: the foreign key is checked by the insert)
     // or not known to have committed: the room just made has no live stream,
-    // and it must not wait in LiveKit for whoever starts that name next. A
-    // start that did commit is repaired by its retry (CreateRoom again) or,
-    // without one, ended by the reconciler for having no room.
+    // and it must not wait in LiveKit for whoever starts that name next. But
+    // an answer lost after the commit (the connection cut) leaves a live
+    // stream in that room: closing it would end the stream (LiveKit's
+    // `room_finished`), and the retry the 503 asks for would find it ended.
+    // So the room is kept when a fresh connection finds the stream live in
+    // it; the retry then answers 200 with it.
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) => {
-            if new_room {
+            if new_room && !committed_after_all(state, &room, user.id, &room_sid).await {
                 close_unused_room(state, &room, user.id).await;
             }
             return Err(error);
@@ -99,6 +102,28 @@ pub async fn start_stream(
             server_url: state.livekit.client_url().to_owned(),
         },
     ))
+}
+
+/// Whether a start whose statement failed had committed after all. Unknown
+/// (the database unreachable) counts as not: the room is closed as before.
+async fn committed_after_all(state: &AppState, room: &RoomName, streamer: Uuid, room_sid: &str) -> bool {
+    let live = async {
+        let client = state.db.get().await?;
+        streams::is_live_in(&client, room, streamer, room_sid).await
+    }
+    .await;
+    match live {
+        Ok(live) => {
+            if live {
+                tracing::warn!(%room, "a start committed but its answer was lost; its room is kept for the retry");
+            }
+            live
+        }
+        Err(error) => {
+            tracing::warn!(%room, %error, "cannot tell whether a failed start committed; closing its room");
+            false
+        }
+    }
 }
 
 /// Closes the room a failed start made, then lets the name go. A room that

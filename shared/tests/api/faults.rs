@@ -21,6 +21,10 @@ const FORWARD: u8 = 0;
 const FREEZE: u8 = 1;
 /// Server replies are held back for 20 s: a database that has slowed down.
 const SLOW: u8 = 2;
+/// The first statement that carries a LiveKit room sid (`RM_…`) reaches the
+/// server, which runs and commits it, but its connection is cut before the
+/// answer: a start that committed and never heard so. Then back to FORWARD.
+const CUT_ANSWER_TO_ROOM_SID: u8 = 3;
 
 /// A TCP proxy to Postgres whose behaviour the test switches at run time.
 struct Proxy {
@@ -46,10 +50,11 @@ impl Proxy {
                 };
                 let (client_read, client_write) = inbound.into_split();
                 let (server_read, server_write) = outbound.into_split();
+                let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let pipe = |mut from: tokio::net::tcp::OwnedReadHalf,
                             mut to: tokio::net::tcp::OwnedWriteHalf,
                             from_server: bool| {
-                    let (mode, generation) = (mode.clone(), generation.clone());
+                    let (mode, generation, cut) = (mode.clone(), generation.clone(), cut.clone());
                     tokio::spawn(async move {
                         let mut buffer = [0u8; 8192];
                         while let Ok(n) = from.read(&mut buffer).await {
@@ -66,6 +71,23 @@ impl Proxy {
                             }
                             if from_server && mode.load(Ordering::SeqCst) == SLOW {
                                 tokio::time::sleep(Duration::from_secs(20)).await;
+                            }
+                            if !from_server
+                                && buffer[..n].windows(3).any(|w| w == b"RM_")
+                                && mode
+                                    .compare_exchange(
+                                        CUT_ANSWER_TO_ROOM_SID,
+                                        FORWARD,
+                                        Ordering::SeqCst,
+                                        Ordering::SeqCst,
+                                    )
+                                    .is_ok()
+                            {
+                                cut.store(true, Ordering::SeqCst);
+                            }
+                            if from_server && cut.load(Ordering::SeqCst) {
+                                // The answer is dropped with the connection.
+                                break;
                             }
                             if to.write_all(&buffer[..n]).await.is_err() {
                                 break;
@@ -109,6 +131,29 @@ async fn app_behind_proxy() -> (TestApp, Proxy) {
     })
     .await;
     (app, proxy)
+}
+
+/// The start's statement commits, but the connection dies before its answer
+/// arrives: the start answers 503, and keeps the room its stream now lives
+/// in (closing it would end the stream), so the retry answers 200 with the
+/// live stream and a host token for that room.
+#[tokio::test]
+async fn a_start_that_committed_but_lost_its_answer_keeps_its_room_for_the_retry() {
+    let (app, proxy) = app_behind_proxy().await;
+    let host = Uuid::new_v4();
+    let token = app.token_for(host);
+    let body = json!({"title": "Lost answer", "roomName": "lost-answer"}).to_string();
+    proxy.set(CUT_ANSWER_TO_ROOM_SID);
+    let first = app.call(start_stream, Some(&token), &body).await;
+    first.assert_error(503, "unavailable");
+    let row = app.stream_row("lost-answer").await.expect("the start committed");
+    assert!(row.get::<_, bool>("is_live"));
+    assert!(app.has_room("lost-answer").await, "its room is kept");
+
+    let retried = app.call(start_stream, Some(&token), &body).await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(retried.body["stream"]["isLive"], true);
+    assert!(app.has_room("lost-answer").await);
 }
 
 #[tokio::test]
