@@ -365,6 +365,67 @@ async fn a_repeated_join_of_a_banned_user_still_removes_them() {
     assert_eq!(room.count().await, 0, "the duplicate counted nothing");
 }
 
+/// A join reported from an instance of the room that Postgres does not
+/// record (a start re-created the room and never committed its sid) counts
+/// nowhere, but the standing is the user's in that room name whatever the
+/// instance: a banned user is still removed.
+#[tokio::test]
+async fn a_banned_user_joining_another_instance_of_the_room_is_still_removed() {
+    let room = live_room().await;
+    let banned = Uuid::new_v4();
+    let token = room
+        .app
+        .request_token(&room.app.token_for(banned), ROOM)
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ban = serde_json::json!({"roomName": ROOM, "userId": banned, "action": "ban"}).to_string();
+    let response = room
+        .app
+        .call(
+            shared::handlers::moderate,
+            Some(&room.app.token_for(room.streamer)),
+            &ban,
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    // LiveKit's own join webhook finds RoomService down: the banned viewer stays.
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Failing);
+    let client = room
+        .app
+        .join(&token)
+        .await
+        .expect("this LiveKit version lets a token from before the ban join");
+    room.app.wait_for_webhooks("participant_joined", 1).await;
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
+    room.app
+        .livekit()
+        .wait_for_participants(ROOM, "the banned viewer in the room", |ps| {
+            ps.iter().any(|p| p.identity == banned.to_string())
+        })
+        .await;
+    let count = room.count().await;
+
+    let mut event: serde_json::Value = serde_json::from_str(&webhook_event(
+        "EV_other_instance",
+        "participant_joined",
+        ROOM,
+        Some((&banned.to_string(), "PA_in_the_other_instance", false)),
+    ))
+    .unwrap();
+    event["room"]["sid"] = "RM_an_instance_postgres_never_recorded".into();
+    let response = room
+        .app
+        .deliver(signed_webhook(&event.to_string(), LIVEKIT_API_SECRET))
+        .await;
+    assert_eq!(response.body["outcome"], "ignored", "{}", response.body);
+    client.wait_disconnected().await;
+    // The removal's own leave closes the one session that counted.
+    room.app.wait_for_viewer_count(ROOM, count - 1).await;
+}
+
 /// A stream ended while LiveKit was down keeps its room open for a while: a
 /// viewer with a token from before the end is removed as they join, and no
 /// webhook changes the ended stream's counts.
