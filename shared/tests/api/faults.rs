@@ -354,7 +354,8 @@ async fn starts_and_tokens_are_rate_limited_per_user_across_containers() {
     limited.assert_error(429, "rate_limited");
     let retry_after: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
-    // Unknown rooms count too, so the limit also stops room-name probing.
+    // A refusal is answered as one even past the limit (it spends nothing):
+    // whether a room exists is no secret, `GET /live/streams/{id}` says it.
     let probe = app
         .call(
             issue_token,
@@ -362,7 +363,7 @@ async fn starts_and_tokens_are_rate_limited_per_user_across_containers() {
             r#"{"roomName":"x","participantName":"y"}"#,
         )
         .await;
-    probe.assert_error(429, "rate_limited");
+    probe.assert_error(404, "stream_not_found");
     assert_eq!(
         app.call(issue_token, Some(&app.token_for(Uuid::new_v4())), body)
             .await

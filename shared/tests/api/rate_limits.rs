@@ -2,6 +2,10 @@
 //! burst, whatever the limit; the state is one timestamp per key in an
 //! UNLOGGED table; the refusal says when to come back.
 
+use serde_json::json;
+use shared::handlers::{issue_token, moderate, react};
+use uuid::Uuid;
+
 use crate::helpers::TestApp;
 
 async fn hit(client: &tokio_postgres::Client, key: &str, window: f64, max: i64) -> Option<i64> {
@@ -72,4 +76,54 @@ async fn the_state_is_one_timestamp_per_key_in_an_unlogged_table() {
         .unwrap()
         .get(0);
     assert_eq!(columns, 2, "key and one timestamp, whatever the limit");
+}
+
+/// A refused token request or tap (banned, unknown room, ended stream) gets
+/// its refusal every time, never a 429 once the limit is spent, and leaves
+/// the caller's budget to the requests that are served.
+#[tokio::test]
+async fn refusals_keep_their_answer_and_do_not_use_up_the_limit() {
+    let app = TestApp::spawn_with_settings(vec![
+        ("TOKEN_RATE_LIMIT_REQUESTS", "2".into()),
+        ("REACTION_RATE_LIMIT_TAPS", "2".into()),
+    ])
+    .await;
+    let (host, banned, viewer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "limited-refusals").await;
+    let ban = json!({"roomName": "limited-refusals", "userId": banned, "action": "ban"}).to_string();
+    assert_eq!(
+        app.call(moderate, Some(&app.token_for(host)), &ban).await.status,
+        200
+    );
+    let app = &app;
+    let token = |user: Uuid, room: &str| {
+        let body = json!({"roomName": room, "participantName": "Ada"}).to_string();
+        async move { app.call(issue_token, Some(&app.token_for(user)), &body).await }
+    };
+    let tap = |user: Uuid, room: &str| {
+        let body = json!({"roomName": room, "kind": "heart"}).to_string();
+        async move { app.call(react, Some(&app.token_for(user)), &body).await }
+    };
+
+    for _ in 0..4 {
+        token(banned, "limited-refusals")
+            .await
+            .assert_error(403, "banned");
+        tap(banned, "limited-refusals").await.assert_error(403, "banned");
+        token(viewer, "nowhere")
+            .await
+            .assert_error(404, "stream_not_found");
+        tap(viewer, "nowhere").await.assert_error(404, "stream_not_found");
+    }
+    // The viewer's refusals spent nothing: the limit is theirs whole.
+    for _ in 0..2 {
+        assert_eq!(token(viewer, "limited-refusals").await.status, 200);
+        assert_eq!(tap(viewer, "limited-refusals").await.status, 200);
+    }
+    token(viewer, "limited-refusals")
+        .await
+        .assert_error(429, "rate_limited");
+    tap(viewer, "limited-refusals")
+        .await
+        .assert_error(429, "rate_limited");
 }
