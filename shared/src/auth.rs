@@ -178,10 +178,8 @@ struct JwksCache {
 struct JwksState {
     keys: HashMap<String, (Algorithm, Arc<DecodingKey>)>,
     fetched_at: Option<Instant>,
+    /// The last fetch, which is `fetched_at` when it succeeded.
     last_attempt: Option<Instant>,
-    /// The last fetch failed: a `kid` the copy lacks may be a new key that
-    /// fetch would have brought, so it is not refused as unknown.
-    last_attempt_failed: bool,
     /// How long a fetched copy is trusted: a key removed from the JWKS stops
     /// verifying once this has passed.
     ttl: Duration,
@@ -198,8 +196,14 @@ impl JwksState {
             .is_some_and(|at| at.elapsed() < self.ttl * JWKS_STALE_PERIODS)
     }
 
+    /// The last fetch failed: a `kid` the copy lacks may be a new key that
+    /// fetch would have brought, so it is not refused as unknown.
+    fn last_attempt_failed(&self) -> bool {
+        self.last_attempt.is_some() && self.last_attempt != self.fetched_at
+    }
+
     fn may_refetch(&self) -> bool {
-        let wait = if self.last_attempt_failed {
+        let wait = if self.last_attempt_failed() {
             JWKS_RETRY_AFTER_FAILURE
         } else {
             JWKS_MIN_REFETCH
@@ -212,7 +216,7 @@ impl JwksState {
     /// while the JWKS cannot be fetched it may be a key published since, so
     /// the caller gets 503 (the token may be fine), not 401.
     fn missing_kid(&self) -> AuthError {
-        if self.last_attempt_failed {
+        if self.last_attempt_failed() {
             AuthError::KeysUnavailable("the JWKS could not be refreshed for a key it may have".into())
         } else {
             AuthError::Rejected("unknown kid")
@@ -259,7 +263,6 @@ impl JwksCache {
             keys: HashMap::new(),
             fetched_at: None,
             last_attempt: None,
-            last_attempt_failed: false,
             ttl,
         };
         JwksCache {
@@ -282,12 +285,12 @@ impl JwksCache {
 
         let fetched = self.fetch().await;
         let mut state = self.state.write().await;
-        state.last_attempt = Some(Instant::now());
-        state.last_attempt_failed = fetched.is_err();
+        let attempted = Instant::now();
+        state.last_attempt = Some(attempted);
         match fetched {
             Ok(keys) => {
                 state.keys = keys;
-                state.fetched_at = Some(Instant::now());
+                state.fetched_at = Some(attempted);
             }
             // A stale copy beats no copy while the auth server is down, for
             // JWKS_STALE_PERIODS; with no usable copy the caller gets 503,

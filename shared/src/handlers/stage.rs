@@ -19,9 +19,9 @@ use crate::domain::{HandRequest, InviteRequest, RoomName, StageAnswerRequest, St
 use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
 use crate::livekit::RoomServiceError;
-use crate::livekit::room_rules::{self, Correction, FOLLOW_UP_LIMIT, STANDING_FOLLOW_UPS};
+use crate::livekit::room_rules::{self, Correction, Told};
 use crate::state::AppState;
-use crate::store::chat::{self, Standing};
+use crate::store::chat::Standing;
 use crate::store::rate_limit;
 use crate::store::stage::{self, HandKey, StageAction, StageEntry, StageStanding};
 use crate::store::streams;
@@ -91,16 +91,12 @@ async fn change(
 
 /// Tells LiveKit `user`'s standing as just committed (`UpdateParticipant`:
 /// their permission and stage attributes), then reads it again and tells the
-/// newer one while it has moved on meanwhile. Two changes committed close
-/// together (the streamer's removal and the guest's accept, a mute and an
-/// unmute) can reach LiveKit in the other order, and the older would stand in
-/// the room until the reconciler's next run. Each caller's last call follows
-/// its read of the latest commit, so whichever finishes last leaves the
-/// latest. A banned user is LiveKit's to remove, not to update: they are
+/// newer one while it has moved on meanwhile
+/// ([`room_rules::follow_newer_standing`]: the streamer's removal and the
+/// guest's accept, a mute and an unmute, can reach LiveKit in the other
+/// order). A banned user is LiveKit's to remove, not to update: they are
 /// removed instead. The first call's failure is the caller's
-/// (`roomUpdated: false`); a follow-up that fails, or a read that does, is
-/// only logged: the room has this change, and the reconciler compares the
-/// rest.
+/// (`roomUpdated: false`).
 pub async fn apply_standing_in_room(
     state: &AppState,
     room: &RoomName,
@@ -117,38 +113,7 @@ pub async fn apply_standing_in_room(
         .livekit
         .update_viewer(room, &identity, committed.muted, committed.stage)
         .await?;
-    let mut told = committed;
-    for _ in 0..STANDING_FOLLOW_UPS {
-        let now = async {
-            let client = state.db.get().await?;
-            let mut standings = chat::standings_among(&**client, room, &[user]).await?;
-            Ok::<_, ApiError>(standings.remove(&user).unwrap_or_default())
-        }
-        .await;
-        match now {
-            Ok(now) if now.banned || (now.muted, now.stage) == (told.muted, told.stage) => return Ok(()),
-            Ok(now) => told = now,
-            Err(error) => {
-                tracing::warn!(%room, %user, %error, "could not check the standing LiveKit was told");
-                return Ok(());
-            }
-        }
-        tracing::info!(%room, %user, ?told, "the standing moved on while LiveKit was told; telling it again");
-        let follow_up = state
-            .livekit
-            .update_viewer(room, &identity, told.muted, told.stage);
-        match tokio::time::timeout(FOLLOW_UP_LIMIT, follow_up).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%room, %user, %error, "the newer standing was not told; the reconciler compares it");
-                return Ok(());
-            }
-            Err(_) => {
-                tracing::warn!(%room, %user, "LiveKit too slow for the newer standing; the reconciler compares it");
-                return Ok(());
-            }
-        }
-    }
+    room_rules::follow_newer_standing(state, room, user, &identity, Told::Standing(committed)).await;
     Ok(())
 }
 

@@ -86,10 +86,68 @@ pub async fn apply(
 /// How many times a correction, or a change's `UpdateParticipant`, is
 /// followed by another because the standing moved on while LiveKit was told;
 /// a user's standing does not change faster than that.
-pub const STANDING_FOLLOW_UPS: usize = 2;
+const STANDING_FOLLOW_UPS: usize = 2;
 /// How long one of those follow-up calls may take: a LiveKit that slow is
 /// left to the reconciler rather than holding the caller.
-pub const FOLLOW_UP_LIMIT: Duration = Duration::from_secs(1);
+const FOLLOW_UP_LIMIT: Duration = Duration::from_secs(1);
+
+/// What LiveKit was last told about a user, to compare their standing with.
+pub enum Told<'a> {
+    /// A standing just committed (a stage change, a mute), told with
+    /// [`LiveKit::update_viewer`], which reads the participant's anonymity
+    /// from LiveKit when it grants data.
+    Standing(Standing),
+    /// A correction of this participant, as listed or joined, in this stream.
+    Corrected(Presence, &'a StreamState),
+}
+
+impl Told<'_> {
+    /// What LiveKit must be told for the standing `now`, if anything.
+    fn next(&self, livekit: &LiveKit, now: Option<Standing>) -> Option<Correction> {
+        match self {
+            // A ban is removed by its own call, not by a follow-up.
+            Told::Standing(told) => {
+                let now = now.unwrap_or_default();
+                let moved = (now.muted, now.stage) != (told.muted, told.stage);
+                (!now.banned && moved).then_some(Correction::Update {
+                    muted: now.muted,
+                    stage: now.stage,
+                })
+            }
+            Told::Corrected(participant, stream) => correction(livekit, stream, participant, now),
+        }
+    }
+
+    async fn tell(
+        &self,
+        livekit: &LiveKit,
+        room: &RoomName,
+        identity: &str,
+        next: Correction,
+    ) -> Result<(), RoomServiceError> {
+        match (self, next) {
+            (Told::Standing(_), Correction::Update { muted, stage }) => {
+                livekit.update_viewer(room, identity, muted, stage).await
+            }
+            _ => apply(livekit, room, identity, next).await,
+        }
+    }
+
+    /// What LiveKit has once it was told `next`.
+    fn after(self, livekit: &LiveKit, next: Correction) -> Self {
+        match (self, next) {
+            (Told::Standing(_), Correction::Update { muted, stage }) => Told::Standing(Standing {
+                banned: false,
+                muted,
+                stage,
+            }),
+            (Told::Corrected(participant, stream), next) => {
+                Told::Corrected(as_told(livekit, &participant, next), stream)
+            }
+            (told, Correction::Remove) => told,
+        }
+    }
+}
 
 /// Makes every correction, logging (not failing on) the ones LiveKit refuses:
 /// the next webhook or reconciler run tries again. Each viewer updated is
@@ -110,9 +168,9 @@ pub async fn correct_all(
             Ok(()) => {
                 tracing::info!(%room, %identity, ?correction, "room corrected to match the database");
                 applied += 1;
-                if let Correction::Update { .. } = correction {
-                    let told = as_told(&state.livekit, participant, *correction);
-                    follow_newer_standing(state, room, stream, told).await;
+                if let (Correction::Update { .. }, Some(user)) = (correction, participant.user()) {
+                    let told = Told::Corrected(as_told(&state.livekit, participant, *correction), stream);
+                    follow_newer_standing(state, room, user, identity, told).await;
                 }
             }
             Err(error) => {
@@ -135,12 +193,21 @@ fn as_told(livekit: &LiveKit, participant: &Presence, correction: Correction) ->
     told
 }
 
-/// Reads the standing of a participant LiveKit was just told about, and
-/// corrects again while it differs from what was told.
-async fn follow_newer_standing(state: &AppState, room: &RoomName, stream: &StreamState, mut told: Presence) {
-    let Some(user) = told.user() else {
-        return;
-    };
+/// Reads the standing of `user`, whom LiveKit was just told `told` about,
+/// and tells LiveKit again while it moved on meanwhile. Two changes
+/// committed close together, or a correction read before a change, can reach
+/// LiveKit in the other order, and the older would stand in the room until
+/// the reconciler's next run; each caller's last call follows its read of
+/// the latest commit, so whichever finishes last leaves the latest. A
+/// follow-up that fails, or a read that does, is only logged: the reconciler
+/// compares the rest.
+pub async fn follow_newer_standing(
+    state: &AppState,
+    room: &RoomName,
+    user: Uuid,
+    identity: &str,
+    mut told: Told<'_>,
+) {
     for _ in 0..STANDING_FOLLOW_UPS {
         let now = async {
             let client = state.db.get().await?;
@@ -149,7 +216,7 @@ async fn follow_newer_standing(state: &AppState, room: &RoomName, stream: &Strea
         }
         .await;
         let next = match now {
-            Ok(now) => correction(&state.livekit, stream, &told, now),
+            Ok(now) => told.next(&state.livekit, now),
             Err(error) => {
                 tracing::warn!(%room, %user, %error, "could not check the standing LiveKit was told");
                 return;
@@ -158,10 +225,11 @@ async fn follow_newer_standing(state: &AppState, room: &RoomName, stream: &Strea
         let Some(next) = next else {
             return;
         };
-        tracing::info!(%room, %user, ?next, "the standing moved on while LiveKit was corrected; correcting again");
-        match tokio::time::timeout(FOLLOW_UP_LIMIT, apply(&state.livekit, room, &told.identity, next)).await {
+        tracing::info!(%room, %user, ?next, "the standing moved on while LiveKit was told; telling it again");
+        let follow_up = told.tell(&state.livekit, room, identity, next);
+        match tokio::time::timeout(FOLLOW_UP_LIMIT, follow_up).await {
             Ok(Ok(())) if next == Correction::Remove => return,
-            Ok(Ok(())) => told = as_told(&state.livekit, &told, next),
+            Ok(Ok(())) => told = told.after(&state.livekit, next),
             Ok(Err(error)) => {
                 tracing::warn!(%room, %user, %error, "the newer standing was not told; the reconciler compares it");
                 return;

@@ -11,7 +11,9 @@ use shared::handlers::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{LIVEKIT_API_SECRET, LiveKitMode, SETTLE, TestApp, get_request, signed_webhook};
+use crate::helpers::{
+    LIVEKIT_API_SECRET, LiveKitMode, Participant, SETTLE, TestApp, get_request, signed_webhook,
+};
 
 /// A participant webhook as LiveKit sends it, with the display name.
 async fn participant(
@@ -548,36 +550,39 @@ async fn a_chat_mute_keeps_a_guest_on_camera_and_a_ban_ends_their_turn() {
     again.assert_error(403, "forbidden");
 }
 
+/// `host`'s live stream `room` with one real viewer who accepted the host's
+/// invitation: on stage, as LiveKit has it. Returns the guest, their client,
+/// and the invitation's body (the host's removal takes the same).
+async fn live_with_a_guest_on_stage(app: &TestApp, host: Uuid, room: &str) -> (Uuid, Participant, String) {
+    app.start_stream(host, room).await;
+    let (guest, client) = app.viewer_in(room).await;
+    app.wait_for_viewer_count(room, 1).await;
+    let invite = json!({"roomName": room, "userId": guest}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let accept = json!({"roomName": room}).to_string();
+    let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
+    assert_eq!(accepted.body["roomUpdated"], true, "{}", accepted.body);
+    assert!(can_publish(app, room).await, "on stage");
+    (guest, client, invite)
+}
+
+/// Whether the room's one viewer may publish, as LiveKit has it.
+async fn can_publish(app: &TestApp, room: &str) -> bool {
+    app.livekit().participants(room).await[0]
+        .permission
+        .as_ref()
+        .is_some_and(|permission| permission.can_publish)
+}
+
 #[tokio::test]
 async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     let room = "stubborn";
-    app.start_stream(host, room).await;
-    let (guest, _client) = app.viewer_in(room).await;
-    app.wait_for_viewer_count(room, 1).await;
-    let invite = json!({"roomName": room, "userId": guest}).to_string();
-    assert_eq!(
-        app.call(invite_to_stage, Some(&app.token_for(host)), &invite)
-            .await
-            .status,
-        200
-    );
-    let accepted = app
-        .call(
-            accept_stage,
-            Some(&app.token_for(guest)),
-            &json!({"roomName": room}).to_string(),
-        )
-        .await;
-    assert_eq!(accepted.body["roomUpdated"], true);
-    assert!(
-        app.livekit().participants(room).await[0]
-            .permission
-            .as_ref()
-            .unwrap()
-            .can_publish
-    );
+    let (_, _client, invite) = live_with_a_guest_on_stage(&app, host, room).await;
 
     app.set_livekit_mode(LiveKitMode::Failing);
     let removed = app
@@ -590,14 +595,7 @@ async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
         removed.body
     );
     app.set_livekit_mode(LiveKitMode::Up);
-    assert!(
-        app.livekit().participants(room).await[0]
-            .permission
-            .as_ref()
-            .unwrap()
-            .can_publish,
-        "LiveKit still lets them publish"
-    );
+    assert!(can_publish(&app, room).await, "LiveKit still lets them publish");
     shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(60))
         .await
         .unwrap();
@@ -622,17 +620,7 @@ async fn a_correction_read_before_a_newer_stage_change_is_followed_by_it() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     let room = "stale-correction";
-    app.start_stream(host, room).await;
-    let (guest, _client) = app.viewer_in(room).await;
-    app.wait_for_viewer_count(room, 1).await;
-    let invite = json!({"roomName": room, "userId": guest}).to_string();
-    let invited = app
-        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-        .await;
-    assert_eq!(invited.status, 200, "{}", invited.body);
-    let accept = json!({"roomName": room}).to_string();
-    let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
-    assert_eq!(accepted.body["roomUpdated"], true, "{}", accepted.body);
+    let _guest = live_with_a_guest_on_stage(&app, host, room).await;
 
     // What a run that read the guest's standing before the accept corrects.
     let listed = app.livekit().participants(room).await;
@@ -663,24 +651,7 @@ async fn a_retried_removal_tells_livekit_what_the_first_one_could_not() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     let room = "retried-removal";
-    app.start_stream(host, room).await;
-    let (guest, _client) = app.viewer_in(room).await;
-    app.wait_for_viewer_count(room, 1).await;
-    let invite = json!({"roomName": room, "userId": guest}).to_string();
-    let invited = app
-        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-        .await;
-    assert_eq!(invited.status, 200, "{}", invited.body);
-    let accept = json!({"roomName": room}).to_string();
-    let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
-    assert_eq!(accepted.body["roomUpdated"], true, "{}", accepted.body);
-    let can_publish = || async {
-        app.livekit().participants(room).await[0]
-            .permission
-            .as_ref()
-            .is_some_and(|permission| permission.can_publish)
-    };
-    assert!(can_publish().await, "on stage");
+    let (_, _client, invite) = live_with_a_guest_on_stage(&app, host, room).await;
 
     app.set_livekit_mode(LiveKitMode::Failing);
     let removed = app
@@ -688,7 +659,7 @@ async fn a_retried_removal_tells_livekit_what_the_first_one_could_not() {
         .await;
     assert_eq!(removed.body["roomUpdated"], false, "{}", removed.body);
     app.set_livekit_mode(LiveKitMode::Up);
-    assert!(can_publish().await, "LiveKit missed the removal");
+    assert!(can_publish(&app, room).await, "LiveKit missed the removal");
 
     let retried = app
         .call(remove_from_stage, Some(&app.token_for(host)), &invite)
@@ -703,7 +674,7 @@ async fn a_retried_removal_tells_livekit_what_the_first_one_could_not() {
         "{}",
         retried.body
     );
-    assert!(!can_publish().await, "the retry took the grant back");
+    assert!(!can_publish(&app, room).await, "the retry took the grant back");
 }
 
 /// Six invited viewers accept at the same moment, with room for three on the
@@ -1159,29 +1130,12 @@ async fn a_standing_told_late_is_followed_by_the_one_committed_since() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     let room = "late-accept";
-    app.start_stream(host, room).await;
-    let (guest, _client) = app.viewer_in(room).await;
-    app.wait_for_viewer_count(room, 1).await;
-    let invite = json!({"roomName": room, "userId": guest}).to_string();
-    let invited = app
-        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-        .await;
-    assert_eq!(invited.status, 200, "{}", invited.body);
-    let answer = json!({"roomName": room}).to_string();
-    let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &answer).await;
-    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    let (guest, _client, invite) = live_with_a_guest_on_stage(&app, host, room).await;
     let removed = app
         .call(remove_from_stage, Some(&app.token_for(host)), &invite)
         .await;
     assert_eq!(removed.status, 200, "{}", removed.body);
-    let can_publish = || async {
-        app.livekit().participants(room).await[0]
-            .permission
-            .clone()
-            .unwrap()
-            .can_publish
-    };
-    assert!(!can_publish().await, "removed");
+    assert!(!can_publish(&app, room).await, "removed");
 
     // The accept's call, arriving after the removal's.
     let accepted_standing = Standing {
@@ -1198,7 +1152,7 @@ async fn a_standing_told_late_is_followed_by_the_one_committed_since() {
         .await
         .unwrap();
     assert!(
-        !can_publish().await,
+        !can_publish(&app, room).await,
         "the removal, committed last, is what the room has"
     );
     let attributes = app.livekit().participants(room).await[0].attributes.clone();

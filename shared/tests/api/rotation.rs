@@ -62,6 +62,26 @@ async fn put_database_url(secret_id: &str, url: &str) {
         .expect("moto stores the new secret value");
 }
 
+/// Rotation as Secrets Manager's single-user strategy does it: the role's
+/// password changes, the secret gets `new_url`, and existing sessions are
+/// closed (here at once, so the next request needs a new connection).
+async fn rotate(admin: &tokio_postgres::Client, secret_id: &str, role: &str, password: &str, new_url: &str) {
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} PASSWORD '{password}'"))
+        .await
+        .unwrap();
+    put_database_url(secret_id, new_url).await;
+    // Terminated, and each session waited for until it is gone (the timeout
+    // argument), so the pool's connection is dead before the next request.
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
+        .await
+        .unwrap();
+}
+
 async fn app_reading(secret_id: &str, admin_url: &str) -> TestApp {
     TestApp::spawn_with(AppOptions {
         database_url: Some(admin_url.to_owned()),
@@ -92,23 +112,8 @@ async fn a_password_rotated_while_warm_is_read_again_from_the_secret() {
     let count: i64 = admin.query_one(sessions, &[&role]).await.unwrap().get(0);
     assert!(count >= 1, "the app connected as {role}");
 
-    // Rotation as Secrets Manager's single-user strategy does it: the role's
-    // password changes, the secret gets the new value, and existing sessions
-    // are closed (here at once, so the next request needs a new connection).
-    admin
-        .batch_execute(&format!("ALTER ROLE {role} PASSWORD 'second-password'"))
-        .await
-        .unwrap();
-    put_database_url(&secret_id, &url_for(&admin_url, &role, "second-password")).await;
-    // Terminated, and each session waited for until it is gone (the timeout
-    // argument), so the pool's connection is dead before the next request.
-    admin
-        .query(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1",
-            &[&role],
-        )
-        .await
-        .unwrap();
+    let second_url = url_for(&admin_url, &role, "second-password");
+    rotate(&admin, &secret_id, &role, "second-password", &second_url).await;
     let left: i64 = admin.query_one(sessions, &[&role]).await.unwrap().get(0);
     assert_eq!(left, 0, "every session of {role} closed");
     assert!(refused(&first_url).await, "the old password no longer works");
@@ -136,19 +141,8 @@ async fn a_rotated_url_does_not_change_the_tls_mode() {
     app.start_stream(Uuid::new_v4(), "tls-before").await;
 
     let admin = connect(&admin_url).await;
-    admin
-        .batch_execute(&format!("ALTER ROLE {role} PASSWORD 'second-password'"))
-        .await
-        .unwrap();
     let plain = url_for(&admin_url, &role, "second-password") + "?sslmode=disable";
-    put_database_url(&secret_id, &plain).await;
-    admin
-        .query(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1",
-            &[&role],
-        )
-        .await
-        .unwrap();
+    rotate(&admin, &secret_id, &role, "second-password", &plain).await;
     app.start_stream(Uuid::new_v4(), "tls-after").await;
     assert_eq!(app.state.db.manager().secret_rereads(), 1);
     let encrypted: Vec<bool> = admin
