@@ -22,7 +22,6 @@ use crate::livekit::RoomServiceError;
 use crate::livekit::room_rules::{self, Correction, Told};
 use crate::state::AppState;
 use crate::store::chat::Standing;
-use crate::store::rate_limit;
 use crate::store::stage::{self, HandKey, StageAction, StageEntry, StageStanding};
 use crate::store::streams;
 
@@ -53,7 +52,6 @@ async fn change(
     user.require_participant(&state.rules)?;
     let changed = {
         let client = state.db.get().await?;
-        rate_limit::hit(&client, &format!("stage:{}", user.id), state.limits.stage).await?;
         stage::change(
             &client,
             &room,
@@ -61,6 +59,7 @@ async fn change(
             target,
             action,
             state.rules.max_stage_guests,
+            state.limits.stage,
         )
         .await?
     };

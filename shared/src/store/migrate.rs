@@ -59,6 +59,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(33, "0033_a_quiet_rooms_chat_goes_out_at_once"),
     migration!(34, "0034_another_instances_join_is_still_held_to_the_rules"),
     migration!(35, "0035_refusals_do_not_use_up_a_limit"),
+    migration!(36, "0036_a_refused_stage_change_does_not_use_up_the_limit"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::domain::RoomName;
 use crate::error::ApiError;
+use crate::store::rate_limit::{self, Limit};
 
 /// The participant attribute keys the backend keeps in step with the stage.
 pub const HAND_RAISED_ATTRIBUTE: &str = "hand_raised";
@@ -105,7 +106,10 @@ pub struct StageChanged {
 }
 
 /// Applies `action` by `actor` to `user`'s place on the stage, in one
-/// statement (`live_stage_change`), and maps its refusals to API errors.
+/// statement (`live_stage_change_within_limit`), and maps its refusals to
+/// API errors. Only a change that stands counts against the actor's stage
+/// `limit` (migration 0036): a refusal keeps its answer and spends nothing,
+/// and a change over the limit is undone.
 pub async fn change(
     client: &Client,
     room: &RoomName,
@@ -113,24 +117,34 @@ pub async fn change(
     user: Uuid,
     action: StageAction,
     max_guests: u32,
+    limit: Limit,
 ) -> Result<StageChanged, ApiError> {
     let max = i32::try_from(max_guests).unwrap_or(i32::MAX);
+    let limit_key = format!("stage:{actor}");
+    let (window, max_hits) = (limit.window_seconds(), limit.max_hits());
     let row = client
         .query_typed_one(
-            "SELECT outcome, changed, hand_raised_at, invited_at, on_stage_since, muted
-             FROM live_stage_change($1, $2, $3, $4, $5)",
+            "SELECT outcome, retry_after, changed, hand_raised_at, invited_at, on_stage_since, muted
+             FROM live_stage_change_within_limit($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&actor, Type::UUID),
                 (&user, Type::UUID),
                 (&action.as_str(), Type::TEXT),
                 (&max, Type::INT4),
+                (&limit_key, Type::TEXT),
+                (&window, Type::FLOAT8),
+                (&max_hits, Type::INT8),
             ],
         )
         .await?;
     let outcome: String = row.try_get("outcome").map_err(ApiError::internal)?;
     match outcome.as_str() {
         "ok" => {}
+        "rate_limited" => {
+            let retry_after: Option<i64> = row.try_get("retry_after").map_err(ApiError::internal)?;
+            return Err(rate_limit::limited(retry_after));
+        }
         "not_found" => return Err(ApiError::StreamNotFound),
         "not_live" => return Err(ApiError::StreamEnded),
         "banned" if actor == user => return Err(ApiError::Banned),
@@ -144,7 +158,11 @@ pub async fn change(
         "not_watching" => return Err(ApiError::NotWatching),
         "not_invited" => return Err(ApiError::NotInvited),
         "stage_full" => return Err(ApiError::StageFull { max_guests }),
-        other => return Err(ApiError::internal(format!("live_stage_change said {other}"))),
+        other => {
+            return Err(ApiError::internal(format!(
+                "live_stage_change_within_limit said {other}"
+            )));
+        }
     }
     let hand_raised_at: Option<DateTime<Utc>> = row.try_get("hand_raised_at").map_err(ApiError::internal)?;
     let invited_at: Option<DateTime<Utc>> = row.try_get("invited_at").map_err(ApiError::internal)?;

@@ -2286,10 +2286,25 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
     let ended_answer = json!({"roomName": ended}).to_string();
     let ended_invite = json!({"roomName": ended, "userId": viewers[0]}).to_string();
     let nowhere_invite = json!({"roomName": "nowhere", "userId": viewers[0]}).to_string();
+    // Only changes that are served count against the stage limit, so each
+    // route is driven to its 429 by a change that stands: a host inviting a
+    // viewer in a room of their own, that viewer accepting, and anyone
+    // declining or leaving the stage (a repeat changes nothing and still
+    // counts).
+    let (eager_host, eager_guest) = (Uuid::new_v4(), Uuid::new_v4());
+    let eager_room = "stage-limits";
+    app.start_stream(eager_host, eager_room).await;
+    joins(app, eager_room, eager_guest).await;
+    let eager_invite = json!({"roomName": eager_room, "userId": eager_guest}).to_string();
+    let eager_answer = json!({"roomName": eager_room}).to_string();
+    let (eager_host_t, eager_guest_t) = (app.token_for(eager_host), app.token_for(eager_guest));
     let eager = app.token_for(Uuid::new_v4());
     let ended_host_t = app.token_for(ended_host);
     macro_rules! every_refusal {
-        ($route:expr, $handler:expr, $ok_body:expr, $nowhere:expr, $ended:expr, $ended_bearer:expr) => {{
+        (
+            $route:expr, $handler:expr, $ok_body:expr, $nowhere:expr, $ended:expr, $ended_bearer:expr,
+            $eager:expr, $eager_body:expr
+        ) => {{
             c.post(app, $route, $handler, None, $ok_body)
                 .await
                 .assert_error(401, "unauthorized");
@@ -2305,7 +2320,7 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
             c.post(app, $route, $handler, Some(&t[4]), &too_large("roomName"))
                 .await
                 .assert_error(413, "payload_too_large");
-            until_limited(c, app, $route, $handler, &eager, $ok_body).await;
+            until_limited(c, app, $route, $handler, $eager, $eager_body).await;
             c.post(outage, $route, $handler, Some(&outage.token_for(host)), $ok_body)
                 .await
                 .assert_error(503, "unavailable");
@@ -2317,7 +2332,9 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
         &invite(viewers[4]),
         &nowhere_invite,
         &ended_invite,
-        &ended_host_t
+        &ended_host_t,
+        &eager_host_t,
+        &eager_invite
     );
     every_refusal!(
         ACCEPT,
@@ -2325,7 +2342,9 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
         &answer,
         &nowhere_answer,
         &ended_answer,
-        &t[0]
+        &t[0],
+        &eager_guest_t,
+        &eager_answer
     );
     every_refusal!(
         DECLINE,
@@ -2333,7 +2352,9 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
         &answer,
         &nowhere_answer,
         &ended_answer,
-        &t[0]
+        &t[0],
+        &eager,
+        &answer
     );
     every_refusal!(
         REMOVE,
@@ -2341,7 +2362,9 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
         &answer,
         &nowhere_answer,
         &ended_answer,
-        &t[0]
+        &t[0],
+        &eager,
+        &answer
     );
 
     // POST /live/reactions
@@ -2381,7 +2404,16 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
         .assert_error(403, "anonymous_not_allowed");
     let nowhere_heart = json!({"roomName": "nowhere", "kind": "heart"}).to_string();
     let ended_heart = json!({"roomName": ended, "kind": "heart"}).to_string();
-    every_refusal!(REACTIONS, react, &heart, &nowhere_heart, &ended_heart, &t[0]);
+    every_refusal!(
+        REACTIONS,
+        react,
+        &heart,
+        &nowhere_heart,
+        &ended_heart,
+        &t[0],
+        &eager,
+        &heart
+    );
 
     // GET /live/streams/{id}/viewers
     let of = |bearer: &str, id: &str, query: &[(&str, &str)]| get_request(Some(bearer), query, Some(id));

@@ -3,7 +3,9 @@
 //! UNLOGGED table; the refusal says when to come back.
 
 use serde_json::json;
-use shared::handlers::{issue_token, moderate, react};
+use shared::handlers::{
+    accept_stage, invite_to_stage, issue_token, moderate, raise_hand, react, remove_from_stage,
+};
 use uuid::Uuid;
 
 use crate::helpers::TestApp;
@@ -126,4 +128,54 @@ async fn refusals_keep_their_answer_and_do_not_use_up_the_limit() {
     tap(viewer, "limited-refusals")
         .await
         .assert_error(429, "rate_limited");
+}
+
+/// The stage's limit counts only the changes that stand: refusals (not the
+/// streamer, not invited) keep their answer and spend nothing, and a change
+/// over the limit is refused and undone.
+#[tokio::test]
+async fn refused_stage_changes_keep_their_answer_and_do_not_use_up_the_limit() {
+    let app = TestApp::spawn_with_settings(vec![("STAGE_RATE_LIMIT_REQUESTS", "2".into())]).await;
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    let room = "limited-stage";
+    app.start_stream(host, room).await;
+    let app = &app;
+    let hand = |raised: bool| {
+        let body = json!({"roomName": room, "raised": raised}).to_string();
+        async move { app.call(raise_hand, Some(&app.token_for(viewer)), &body).await }
+    };
+    let as_viewer = Some(app.token_for(viewer));
+    let about_the_host = json!({"roomName": room, "userId": host}).to_string();
+    let answer = json!({"roomName": room}).to_string();
+
+    for _ in 0..4 {
+        app.call(invite_to_stage, as_viewer.as_deref(), &about_the_host)
+            .await
+            .assert_error(403, "forbidden");
+        app.call(remove_from_stage, as_viewer.as_deref(), &about_the_host)
+            .await
+            .assert_error(403, "forbidden");
+        app.call(accept_stage, as_viewer.as_deref(), &answer)
+            .await
+            .assert_error(409, "not_invited");
+    }
+    // Its refusals spent nothing: the viewer's two changes are served.
+    assert_eq!(hand(true).await.status, 200);
+    assert_eq!(hand(false).await.status, 200);
+    // The third is over the limit, and its change does not stand.
+    let limited = hand(true).await;
+    limited.assert_error(429, "rate_limited");
+    assert!(
+        limited.headers.contains_key("retry-after"),
+        "{:?}",
+        limited.headers
+    );
+    let raised: bool = app
+        .db_value(
+            "SELECT EXISTS (SELECT FROM live_stage WHERE room_name = $1 AND user_id = $2
+                            AND hand_raised_at IS NOT NULL)",
+            &[&room, &viewer],
+        )
+        .await;
+    assert!(!raised, "the refused raise was undone");
 }
