@@ -7,16 +7,17 @@ use crate::error::{ApiError, Dependency};
 use crate::http::Reply;
 use crate::livekit::Role;
 use crate::state::AppState;
-use crate::store::rate_limit;
 use crate::store::streams::{self, StartOutcome};
 
 /// `POST /live/start`: the caller goes live in a new room (201), or gets their
 /// still-live stream of that name back with a fresh token (200, a retried start).
 ///
-/// The name is checked first, so a taken or ended name never reaches LiveKit,
-/// and a new name is claimed for the caller, so no other streamer's start
-/// gets to `CreateRoom` with it meanwhile (migration 0027); then LiveKit
-/// creates the room (no transaction is open meanwhile); then one locked
+/// The start is checked first (the caller's profile, the name, their live
+/// streams, then their start limit; one statement, migration 0037), so a
+/// refused start never reaches LiveKit nor spends the limit, and a new name
+/// is claimed for the caller, so no other streamer's start gets to
+/// `CreateRoom` with it meanwhile (migration 0027); then LiveKit creates the
+/// room (no transaction is open meanwhile); then one locked
 /// statement commits the stream, which is reported live only once its room
 /// exists, and releases the claim. A failed `CreateRoom` leaves nothing behind,
 /// nor does a commit refused or failed after it (the new room is deleted, and
@@ -31,8 +32,8 @@ pub async fn start_stream(
     let max_live = state.rules.max_live_streams_per_streamer;
     let new_room = {
         let client = state.db.get().await?;
-        rate_limit::hit(&client, &format!("start:{}", user.id), state.limits.start).await?;
-        match streams::start(&client, &room, user.id, &request.title, max_live, None).await? {
+        let limit = state.limits.start;
+        match streams::check_start(&client, &room, user.id, &request.title, max_live, limit).await? {
             StartOutcome::Available => true,
             StartOutcome::AlreadyLive(_) => false,
             refused => return Err(refusal(refused)),
@@ -55,11 +56,11 @@ pub async fn start_stream(
     };
     let outcome = async {
         let client = state.db.get().await?;
-        streams::start(&client, &room, user.id, &request.title, max_live, Some(&room_sid)).await
+        streams::create_stream(&client, &room, user.id, &request.title, max_live, &room_sid).await
     }
     .await;
-    // Refused only now (no profile: the foreign key is checked by the insert)
-    // or not known to have committed: the room just made has no live stream,
+    // Refused only now (the profile deleted since the check: the foreign key
+    // is checked by the insert) or not known to have committed: the room just made has no live stream,
     // and it must not wait in LiveKit for whoever starts that name next. But
     // an answer lost after the commit (the connection cut) leaves a live
     // stream in that room: closing it would end the stream (LiveKit's

@@ -60,6 +60,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(34, "0034_another_instances_join_is_still_held_to_the_rules"),
     migration!(35, "0035_refusals_do_not_use_up_a_limit"),
     migration!(36, "0036_a_refused_stage_change_does_not_use_up_the_limit"),
+    migration!(37, "0037_a_start_is_checked_whole_before_livekit"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -8,10 +8,12 @@ use uuid::Uuid;
 
 use crate::domain::{RoomName, Stream, Title};
 use crate::error::ApiError;
+use crate::store::rate_limit::{self, Limit};
 use crate::store::stage::StageStanding;
 
-/// What `/live/start` finds or makes of a room name (the function
-/// `live_start_stream`, migrations 0007, 0021 and 0027).
+/// What `/live/start` finds or makes of a room name (the functions
+/// `live_start_check`, migration 0037, and `live_start_stream`, migrations
+/// 0007, 0021 and 0027).
 pub enum StartOutcome {
     /// Checked only: the caller may start a stream under this name, and holds
     /// a claim on it until the stream commits or the claim is released.
@@ -30,34 +32,78 @@ pub enum StartOutcome {
     },
 }
 
-/// Either checks (`create: false`, before the LiveKit room exists) or creates
-/// the stream (`create: true`, once it does). One statement, which locks the
-/// row of an existing stream and serialises the caller's starts.
-pub async fn start(
+/// The columns both statements answer with; the count is the exact one (the
+/// shards), not Realtime's copy.
+const START_COLUMNS: &str = "outcome, live_room, id, title, streamer_id, is_live, created_at, ended_at,
+     CASE WHEN id IS NULL THEN 0 ELSE live_viewer_count(id) END AS viewer_count";
+
+/// Checks a start before the LiveKit room exists, in one statement
+/// (`live_start_check`): the caller's profile (where streams reference
+/// profiles), the name, their live streams, and then, for a start that will
+/// reach LiveKit (`Available` or `AlreadyLive`), their start `limit`. A
+/// refusal keeps its answer and spends nothing; over the limit, the claim it
+/// took is undone and the answer is 429.
+pub async fn check_start(
     client: &Client,
     room: &RoomName,
     streamer: Uuid,
     title: &Title,
     max_live: u32,
-    create: Option<&str>,
+    limit: Limit,
 ) -> Result<StartOutcome, ApiError> {
     let max_live = i32::try_from(max_live).unwrap_or(i32::MAX);
+    let key = format!("start:{streamer}");
     let row = client
         .query_typed_one(
-            // The count is the exact one (the shards), not Realtime's copy.
-            "SELECT outcome, live_room, id, title, streamer_id, is_live, created_at, ended_at,
-                    CASE WHEN id IS NULL THEN 0 ELSE live_viewer_count(id) END AS viewer_count
-             FROM live_start_stream($1, $2, $3, $4, $5, $6)",
+            &format!("SELECT retry_after, {START_COLUMNS} FROM live_start_check($1, $2, $3, $4, $5, $6, $7)"),
             &[
                 (&room.as_str(), Type::TEXT),
                 (&streamer, Type::UUID),
                 (&title.as_str(), Type::TEXT),
                 (&max_live, Type::INT4),
-                (&create.is_some(), Type::BOOL),
-                (&create, Type::TEXT),
+                (&key, Type::TEXT),
+                (&limit.window_seconds(), Type::FLOAT8),
+                (&limit.max_hits(), Type::INT8),
+            ],
+        )
+        .await?;
+    let outcome: String = row.try_get("outcome").map_err(ApiError::internal)?;
+    match outcome.as_str() {
+        "profile_required" => Err(ApiError::ProfileRequired),
+        "rate_limited" => {
+            let retry_after: Option<i64> = row.try_get("retry_after").map_err(ApiError::internal)?;
+            Err(rate_limit::limited(retry_after))
+        }
+        _ => start_outcome(&outcome, &row),
+    }
+}
+
+/// Creates the stream once its LiveKit room `room_sid` exists
+/// (`live_start_stream`), or finds what took the name meanwhile. One
+/// statement, which locks the row of an existing stream and serialises the
+/// caller's starts.
+pub async fn create_stream(
+    client: &Client,
+    room: &RoomName,
+    streamer: Uuid,
+    title: &Title,
+    max_live: u32,
+    room_sid: &str,
+) -> Result<StartOutcome, ApiError> {
+    let max_live = i32::try_from(max_live).unwrap_or(i32::MAX);
+    let row = client
+        .query_typed_one(
+            &format!("SELECT {START_COLUMNS} FROM live_start_stream($1, $2, $3, $4, true, $5)"),
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&streamer, Type::UUID),
+                (&title.as_str(), Type::TEXT),
+                (&max_live, Type::INT4),
+                (&room_sid, Type::TEXT),
             ],
         )
         .await
+        // Still possible after the check: the profile deleted meanwhile.
         .map_err(|e| match e.code() {
             Some(code) if *code == tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION => {
                 ApiError::ProfileRequired
@@ -65,10 +111,14 @@ pub async fn start(
             _ => ApiError::from(e),
         })?;
     let outcome: String = row.try_get("outcome").map_err(ApiError::internal)?;
-    Ok(match outcome.as_str() {
+    start_outcome(&outcome, &row)
+}
+
+fn start_outcome(outcome: &str, row: &Row) -> Result<StartOutcome, ApiError> {
+    Ok(match outcome {
         "available" => StartOutcome::Available,
-        "created" => StartOutcome::Created(stream_from_row(&row)?),
-        "already_live" => StartOutcome::AlreadyLive(stream_from_row(&row)?),
+        "created" => StartOutcome::Created(stream_from_row(row)?),
+        "already_live" => StartOutcome::AlreadyLive(stream_from_row(row)?),
         "room_taken" => StartOutcome::RoomTaken,
         "room_ended" => StartOutcome::RoomEnded,
         "over_limit" => StartOutcome::OverLimit {
@@ -76,7 +126,7 @@ pub async fn start(
         },
         other => {
             return Err(ApiError::internal(format!(
-                "live_start_stream answered {other:?}"
+                "starting a stream answered {other:?}"
             )));
         }
     })

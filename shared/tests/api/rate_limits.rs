@@ -4,7 +4,8 @@
 
 use serde_json::json;
 use shared::handlers::{
-    accept_stage, invite_to_stage, issue_token, moderate, raise_hand, react, remove_from_stage,
+    accept_stage, end_stream, invite_to_stage, issue_token, moderate, raise_hand, react, remove_from_stage,
+    start_stream,
 };
 use uuid::Uuid;
 
@@ -178,4 +179,49 @@ async fn refused_stage_changes_keep_their_answer_and_do_not_use_up_the_limit() {
         )
         .await;
     assert!(!raised, "the refused raise was undone");
+}
+
+/// `/live/start` counts only the starts that reach LiveKit (a new room, or a
+/// retried start of the caller's live stream): a name that is taken, or one
+/// live stream too many, keeps its refusal; a start over the limit gives up
+/// the claim on its name.
+#[tokio::test]
+async fn refused_starts_keep_their_answer_and_do_not_use_up_the_limit() {
+    let app = TestApp::spawn_with_settings(vec![("START_RATE_LIMIT_REQUESTS", "2".into())]).await;
+    let (host, other) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(other, "others-room").await;
+    app.start_stream(host, "hosts-room").await;
+    let start = |room: &str| {
+        let body = json!({"title": "t", "roomName": room}).to_string();
+        let app = &app;
+        async move { app.call(start_stream, Some(&app.token_for(host)), &body).await }
+    };
+    for _ in 0..4 {
+        start("others-room").await.assert_error(409, "room_taken");
+        start("a-second-room").await.assert_error(409, "already_live");
+    }
+    // The host's first start spent one; a retried start is served and spends
+    // the other.
+    assert_eq!(start("hosts-room").await.status, 200);
+    start("hosts-room").await.assert_error(429, "rate_limited");
+
+    // Over the limit, a new name's claim is undone with the hit: another
+    // streamer may take the name at once (a claim holds it for a minute).
+    let ended = app
+        .call(
+            end_stream,
+            Some(&app.token_for(host)),
+            &json!({"roomName": "hosts-room"}).to_string(),
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    start("wanted-name").await.assert_error(429, "rate_limited");
+    let claims: i64 = app
+        .db_value(
+            "SELECT count(*) FROM live_room_claims WHERE room_name = 'wanted-name'",
+            &[],
+        )
+        .await;
+    assert_eq!(claims, 0);
+    app.start_stream(Uuid::new_v4(), "wanted-name").await;
 }

@@ -207,11 +207,61 @@ async fn with_a_profiles_table_a_user_without_a_profile_cannot_go_live() {
         )
         .await;
     response.assert_error(403, "profile_required");
-    // The foreign key refuses the insert after CreateRoom: the room made for
-    // it is deleted, not left for whoever starts that name next.
     assert!(!app.livekit().has_room("no-profile").await);
     let claims: i64 = app.db_value("SELECT count(*) FROM live_room_claims", &[]).await;
-    assert_eq!(claims, 0, "nor a claim on its name once the room is closed");
+    assert_eq!(claims, 0, "nor a claim on its name");
+}
+
+/// The profile is checked before LiveKit is asked for a room: with LiveKit
+/// down, the answer is still the refusal (not a 503 from `CreateRoom`), and
+/// a refused start spends none of the caller's start limit.
+#[tokio::test]
+async fn a_start_without_a_profile_never_reaches_livekit() {
+    let app = app_with_profiles_table().await;
+    app.set_livekit_mode(LiveKitMode::Failing);
+    let user = Uuid::new_v4();
+    for _ in 0..12 {
+        app.call(
+            start_stream,
+            Some(&app.token_for(user)),
+            r#"{"title":"Hi","roomName":"no-profile"}"#,
+        )
+        .await
+        .assert_error(403, "profile_required");
+    }
+    let spent: i64 = app
+        .db_value("SELECT count(*) FROM rate_limits WHERE key LIKE 'start:%'", &[])
+        .await;
+    assert_eq!(spent, 0, "refusals leave the start limit alone");
+}
+
+/// A profile deleted between the check and the commit is still refused, by
+/// the foreign key, with the same answer.
+#[tokio::test]
+async fn a_profile_deleted_during_a_start_is_refused_by_the_key() {
+    let app = app_with_profiles_table().await;
+    let user = Uuid::new_v4();
+    let db = app.db().await;
+    db.execute("INSERT INTO profiles (id, username) VALUES ($1, 'ada')", &[&user])
+        .await
+        .unwrap();
+    let room = shared::domain::RoomName::parse("deleted-profile".into()).unwrap();
+    let client = app.state.db.get().await.unwrap();
+    let title = shared::domain::Title::parse("Hi").unwrap();
+    let checked =
+        shared::store::streams::check_start(&client, &room, user, &title, 1, app.state.limits.start)
+            .await
+            .unwrap();
+    assert!(matches!(checked, shared::store::streams::StartOutcome::Available));
+    db.execute("DELETE FROM profiles WHERE id = $1", &[&user])
+        .await
+        .unwrap();
+    let created = shared::store::streams::create_stream(&client, &room, user, &title, 1, "RM_deleted").await;
+    assert!(
+        matches!(created, Err(shared::error::ApiError::ProfileRequired)),
+        "{:?}",
+        created.err()
+    );
 }
 
 #[tokio::test]
