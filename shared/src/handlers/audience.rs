@@ -123,7 +123,6 @@ pub async fn stream_stats(
     id: super::streams::StreamId,
 ) -> Result<Reply<StatsEnvelope>, ApiError> {
     let client = state.db.get().await?;
-    crate::store::rate_limit::hit(&client, &read_key(&user), state.limits.read).await?;
     let (streamer, stats) = stats::read(&client, &id.0)
         .await?
         .ok_or(ApiError::StreamNotFound)?;
@@ -132,5 +131,7 @@ pub async fn stream_stats(
             "Only the streamer can see the stream's stats.",
         ));
     }
+    // Counted once served, as every limit is: a refusal keeps its answer.
+    crate::store::rate_limit::hit(&client, &read_key(&user), state.limits.read).await?;
     Ok(Reply::ok(StatsEnvelope { stats }))
 }

@@ -22,6 +22,7 @@ use crate::livekit::RoomServiceError;
 use crate::livekit::room_rules::{self, Correction, Told};
 use crate::state::AppState;
 use crate::store::chat::Standing;
+use crate::store::rate_limit;
 use crate::store::stage::{self, HandKey, StageAction, StageEntry, StageStanding};
 use crate::store::streams;
 
@@ -230,8 +231,7 @@ pub async fn stage_state(
     query: StageQuery,
 ) -> Result<Reply<StageListing>, ApiError> {
     let client = state.db.get().await?;
-    let read_key = super::audience::read_key(&user);
-    let access = streams::limited_access(&client, &query.room_name, user.id, &read_key, state.limits.read)
+    let access = streams::access(&client, &query.room_name, user.id)
         .await?
         .ok_or(ApiError::StreamNotFound)?;
     if access.streamer_id != user.id {
@@ -242,7 +242,15 @@ pub async fn stage_state(
     if !access.is_live {
         return Err(ApiError::StreamEnded);
     }
-    let mut listing = stage::state(&client, &query.room_name, query.after.as_ref(), query.limit + 1).await?;
+    // Counted once it will be served (a refusal keeps its answer), and sent
+    // with the read on the same connection: pipelined, one round trip.
+    let read_key = super::audience::read_key(&user);
+    let (hit, listing) = tokio::join!(
+        rate_limit::hit(&client, &read_key, state.limits.read),
+        stage::state(&client, &query.room_name, query.after.as_ref(), query.limit + 1),
+    );
+    hit?;
+    let mut listing = listing?;
     let next_cursor = if listing.hands.len() as i64 > query.limit {
         listing.hands.truncate(query.limit as usize);
         listing

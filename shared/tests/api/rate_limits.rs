@@ -5,11 +5,11 @@
 use serde_json::json;
 use shared::handlers::{
     accept_stage, end_stream, invite_to_stage, issue_token, moderate, raise_hand, react, remove_from_stage,
-    start_stream,
+    stage_state, start_stream, stream_stats,
 };
 use uuid::Uuid;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, get_request};
 
 async fn hit(client: &tokio_postgres::Client, key: &str, window: f64, max: i64) -> Option<i64> {
     client
@@ -224,4 +224,34 @@ async fn refused_starts_keep_their_answer_and_do_not_use_up_the_limit() {
         .await;
     assert_eq!(claims, 0);
     app.start_stream(Uuid::new_v4(), "wanted-name").await;
+}
+
+/// The reads of a room share one budget, spent only by reads that are
+/// served: someone else's stats or raised hands (403), or an unknown
+/// stream's (404), keep their answer.
+#[tokio::test]
+async fn refused_reads_keep_their_answer_and_do_not_use_up_the_limit() {
+    let app = TestApp::spawn_with_settings(vec![("READ_RATE_LIMIT_REQUESTS", "2".into())]).await;
+    let (host, other) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "read-limits").await;
+    let stats = |user: Uuid, id: &str| {
+        let request = get_request(Some(&app.token_for(user)), &[], Some(id));
+        let app = &app;
+        async move { app.send(stream_stats, request).await }
+    };
+    let hands = |user: Uuid, room: &str| {
+        let request = get_request(Some(&app.token_for(user)), &[("roomName", room)], None);
+        let app = &app;
+        async move { app.send(stage_state, request).await }
+    };
+    for _ in 0..4 {
+        stats(other, "read-limits").await.assert_error(403, "forbidden");
+        stats(host, "nowhere").await.assert_error(404, "stream_not_found");
+        hands(other, "read-limits").await.assert_error(403, "forbidden");
+        hands(host, "nowhere").await.assert_error(404, "stream_not_found");
+    }
+    assert_eq!(stats(host, "read-limits").await.status, 200);
+    assert_eq!(hands(host, "read-limits").await.status, 200);
+    stats(host, "read-limits").await.assert_error(429, "rate_limited");
+    hands(host, "read-limits").await.assert_error(429, "rate_limited");
 }
