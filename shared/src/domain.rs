@@ -61,7 +61,15 @@ impl fmt::Display for RoomName {
 /// screen, so "Ada" can be drawn from other letters or a message can appear to
 /// say something else (an override, an isolate, or an invisible mark).
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}') || is_bidi_reordering(c)
+}
+
+/// The embeddings, overrides and isolates, which reorder whole runs of text
+/// ("Trojan Source", CVE-2021-42574). The marks (LRM, RLM, ALM) only settle
+/// the direction of the neutral characters beside them, and right-to-left
+/// writers type them, so chat keeps them.
+fn is_bidi_reordering(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Characters that draw nothing, or nothing distinguishable: with them two
@@ -69,9 +77,11 @@ fn is_bidi_control(c: char) -> bool {
 /// name looks empty. Unicode's whole Default_Ignorable_Code_Point set
 /// (DerivedCoreProperties.txt, unassigned ranges included, as they are for
 /// what later versions assign), and the blanks that set leaves out (the
-/// Braille blank). Three uses inside emoji stay allowed and are checked on
-/// their own: the zero-width joiner and the emoji presentation selector
-/// U+FE0F ([`has_stray_emoji_mark`]), and the tags of a subdivision flag
+/// Braille blank). Uses that draw something stay allowed and are checked on
+/// their own: the zero-width joiner inside an emoji, the emoji presentation
+/// selector U+FE0F ([`has_stray_emoji_mark`]), the joiner and the non-joiner
+/// where they change how the letters of Indic and Arabic scripts join
+/// ([`has_stray_joiner`]), and the tags of a subdivision flag
 /// ([`has_stray_tag`]).
 fn is_invisible(c: char) -> bool {
     matches!(
@@ -82,7 +92,7 @@ fn is_invisible(c: char) -> bool {
             | '\u{115F}'..='\u{1160}'
             | '\u{17B4}'..='\u{17B5}'
             | '\u{180B}'..='\u{180F}'
-            | '\u{200B}'..='\u{200C}'
+            | '\u{200B}'
             | '\u{200E}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}'
@@ -103,6 +113,7 @@ const BLACK_FLAG: char = '\u{1F3F4}';
 const CANCEL_TAG: char = '\u{E007F}';
 const EMOJI_PRESENTATION: char = '\u{FE0F}';
 const ZERO_WIDTH_JOINER: char = '\u{200D}';
+const ZERO_WIDTH_NON_JOINER: char = '\u{200C}';
 const KEYCAP: char = '\u{20E3}';
 
 fn is_tag(c: char) -> bool {
@@ -153,10 +164,13 @@ fn takes_emoji_presentation(c: char) -> bool {
     )
 }
 
-/// A zero-width joiner or U+FE0F outside an emoji sequence. The joiner must
-/// join two pictographs ("👩‍💻", "🏳️‍🌈"); U+FE0F must follow a character
-/// it turns into an emoji, and after a digit, `#` or `*` only as a keycap
-/// ("#️⃣"). Anywhere else both draw nothing: "A\u{FE0F}da" looks like "Ada".
+/// A zero-width joiner, a non-joiner or U+FE0F where it draws nothing:
+/// "A\u{FE0F}da" and "A\u{200D}da" look like "Ada". The joiner may join two
+/// pictographs ("👩‍💻", "🏳️‍🌈"); U+FE0F may follow a pictograph (after one
+/// that is drawn as text by default, "❤" and "❤️", it changes the drawing;
+/// after the others it is what phone keyboards type: "⚽️"), and a digit,
+/// `#` or `*` only as a keycap ("#️⃣"). Both joiners may also stand where
+/// letters join ([`joins_letters`]).
 fn has_stray_emoji_mark(text: &str) -> bool {
     let chars: Vec<char> = text.chars().collect();
     chars.iter().enumerate().any(|(i, &c)| {
@@ -165,16 +179,59 @@ fn has_stray_emoji_mark(text: &str) -> bool {
         match c {
             ZERO_WIDTH_JOINER => {
                 let joined_after = before.is_some_and(|b| is_pictograph(b) || b == EMOJI_PRESENTATION);
-                !(joined_after && after.is_some_and(is_pictograph))
+                let joins_emoji = joined_after && after.is_some_and(is_pictograph);
+                !(joins_emoji || joins_letters(&chars, i))
             }
+            ZERO_WIDTH_NON_JOINER => !joins_letters(&chars, i),
             EMOJI_PRESENTATION => match before {
                 Some(b) if b.is_ascii() => !(takes_emoji_presentation(b) && after == Some(KEYCAP)),
-                Some(b) => !takes_emoji_presentation(b),
+                Some(b) => !is_pictograph(b),
                 None => true,
             },
             _ => false,
         }
     })
+}
+
+/// Whether the joiner or non-joiner at `chars[at]` is one the script needs,
+/// by the rule IDNA uses for the same reason (RFC 5892, appendix A.1 and
+/// A.2, "CONTEXTJ"): either after a virama ("ශ්‍රී": the joiner picks a
+/// conjunct's form in Sinhala and other Indic scripts), or, for the
+/// non-joiner only, between a letter that joins to the next one and a
+/// letter that joins to the previous one, marks between them aside (the
+/// Persian "می‌خواهم": it keeps two letters that would join apart).
+/// Anywhere else it changes nothing on screen.
+fn joins_letters(chars: &[char], at: usize) -> bool {
+    use icu_properties::CodePointMapData;
+    use icu_properties::props::{CanonicalCombiningClass, JoiningType};
+    let Some(before) = at.checked_sub(1).map(|i| &chars[..=i]) else {
+        return false;
+    };
+    let combining_class = CodePointMapData::<CanonicalCombiningClass>::new();
+    if before
+        .last()
+        .is_some_and(|&c| combining_class.get(c) == CanonicalCombiningClass::Virama)
+    {
+        return true;
+    }
+    if chars[at] != ZERO_WIDTH_NON_JOINER {
+        return false;
+    }
+    let joining = CodePointMapData::<JoiningType>::new();
+    let first_joining = |letters: &mut dyn Iterator<Item = &char>| {
+        letters
+            .map(|&c| joining.get(c))
+            .find(|&kind| kind != JoiningType::Transparent)
+    };
+    let joins_forward = matches!(
+        first_joining(&mut before.iter().rev()),
+        Some(JoiningType::LeftJoining | JoiningType::DualJoining)
+    );
+    let joins_backward = matches!(
+        first_joining(&mut chars[at + 1..].iter()),
+        Some(JoiningType::RightJoining | JoiningType::DualJoining)
+    );
+    joins_forward && joins_backward
 }
 
 /// Controls, and the line and paragraph separators: names and titles are one
@@ -282,8 +339,8 @@ impl ChatText {
         }
         // Overrides make a message read differently from what it says; other
         // invisible characters are harmless in chat and common in pasted text.
-        if trimmed.chars().any(is_bidi_control) {
-            return Err("text must not contain bidirectional formatting characters".into());
+        if trimmed.chars().any(is_bidi_reordering) {
+            return Err("text must not contain bidirectional embeddings, overrides or isolates".into());
         }
         Ok(ChatText(trimmed.to_owned()))
     }
@@ -528,10 +585,12 @@ mod tests {
             "Ada\u{2029}Admin",            // paragraph separator
             "A\u{FE0F}da",                 // U+FE0F after a letter draws nothing
             "Ada1\u{FE0F}",                // after a digit, only as a keycap
-            "\u{1F980}\u{FE0F}",           // after an emoji that is one already
             "\u{2764}\u{FE0F}\u{FE0F}",    // twice
             "Ada!\u{200D}!",               // a joiner between punctuation
             "Ada \u{1F469}\u{200D}",       // a joiner at the end
+            "\u{0627}\u{200C}\u{062F}",    // a non-joiner between letters that do not join (alef, dal)
+            "\u{0915}\u{200C}",            // after a consonant, not a virama
+            "\u{200C}\u{0628}",            // at the start
             // A flag's tags spelling hidden text ("ignore") behind a black flag.
             "\u{1F3F4}\u{E0069}\u{E0067}\u{E006E}\u{E006F}\u{E0072}\u{E0065}\u{E007F}",
         ] {
@@ -554,11 +613,25 @@ mod tests {
             "\u{2764}\u{FE0F}\u{200D}\u{1F525}",   // heart on fire
             "\u{1F3F4}\u{200D}\u{2620}\u{FE0F}",   // pirate flag
             "\u{1F3F4}\u{E0067}\u{E0062}\u{E0077}\u{E006C}\u{E0073}\u{E007F}", // Wales
+            // What phone keyboards type: U+FE0F after emoji drawn as such anyway.
+            "Match day \u{26BD}\u{FE0F}",
+            "Ada \u{2B50}\u{FE0F}\u{26A1}\u{FE0F}\u{2615}\u{FE0F}",
+            "\u{1F980}\u{FE0F}",
+            // Persian: a non-joiner keeps "می" apart from "خواهم" (mim-ye, then kha).
+            "\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}",
+            // Sinhala "Sri": sha, virama, joiner, ra, ii.
+            "\u{0DC1}\u{0DCA}\u{200D}\u{0DBB}\u{0DD3} Lanka",
+            // Hindi: ka, virama, non-joiner, ssa (a half form instead of a conjunct).
+            "\u{0915}\u{094D}\u{200C}\u{0937}",
         ] {
             assert!(ParticipantName::parse(good).is_ok(), "{good:?}");
+            assert!(Title::parse(good).is_ok(), "{good:?}");
         }
         assert!(ChatText::parse("look \u{202E}txt.exe").is_err());
+        assert!(ChatText::parse("\u{2067}isolated\u{2069}").is_err());
         assert!(ChatText::parse("a\u{200B}b is fine in chat").is_ok());
+        // Right-to-left writers' marks (here an RLM before the digits).
+        assert!(ChatText::parse("\u{05E9}\u{05DC}\u{05D5}\u{05DD} \u{200F}123").is_ok());
     }
 
     #[test]
