@@ -61,6 +61,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(35, "0035_refusals_do_not_use_up_a_limit"),
     migration!(36, "0036_a_refused_stage_change_does_not_use_up_the_limit"),
     migration!(37, "0037_a_start_is_checked_whole_before_livekit"),
+    migration!(38, "0038_a_reconnect_keeps_its_viewer_counted"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -871,6 +871,30 @@ impl TestApp {
         )
     }
 
+    /// Returns once a statement of this database waits for a lock, or once
+    /// `done` is set (the statement under test did not wait), or after
+    /// [`SETTLE`]: a test holding a lock then lets go knowing whether the
+    /// other side queued behind it.
+    pub async fn until_a_statement_waits_for_a_lock(&self, done: &std::sync::atomic::AtomicBool) {
+        let observer = self.db().await;
+        let settle = std::time::Instant::now() + SETTLE;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < settle {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The room's exact count (its shards summed), as the API reports it.
     pub async fn viewer_count(&self, room: &str) -> i32 {
         assert!(self.stream_row(room).await.is_some(), "stream {room} exists");

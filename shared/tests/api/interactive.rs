@@ -984,24 +984,8 @@ async fn an_invitation_racing_the_invitees_leave_never_puts_someone_gone_on_stag
         left.store(true, Ordering::SeqCst);
     };
     let commit = async {
-        let observer = app.db().await;
-        let settle = Instant::now() + SETTLE;
         // The leave waits for the invitation (or, without the lock, is done).
-        while !left.load(Ordering::SeqCst) && Instant::now() < settle {
-            let waiting: i64 = observer
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        app.until_a_statement_waits_for_a_lock(&left).await;
         inviting.batch_execute("COMMIT").await.unwrap();
     };
     tokio::join!(leave, commit);

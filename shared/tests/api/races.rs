@@ -92,6 +92,70 @@ async fn a_join_committed_while_the_reconciler_lists_participants_stays_counted(
     );
 }
 
+/// A full reconnect: LiveKit tells the new session's join and the old
+/// session's leave at once. The leave waits for the join's presence row and
+/// takes away only its own session, so the viewer stays counted (it used to
+/// skip the row the join held and then delete it: counted nowhere, with a
+/// session open, and no listing repaired it).
+#[tokio::test]
+async fn a_reconnects_join_and_its_old_sessions_leave_at_once_keep_the_viewer_counted() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = TestApp::spawn().await;
+    let room = "reconnecting";
+    app.start_stream(Uuid::new_v4(), room).await;
+    let viewer = Uuid::new_v4();
+    let identity = viewer.to_string();
+    join(&app, "EV_first", room, &identity, "PA_first").await;
+    assert_eq!(app.viewer_count(room).await, 1);
+
+    let mut webhook_connection = connect(&app.api_database_url).await;
+    let new_session = open_join(&mut webhook_connection, "EV_again", room, "PA_again", viewer).await;
+    let left = AtomicBool::new(false);
+    let leave = async {
+        let body = webhook_event(
+            "EV_first_left",
+            "participant_left",
+            room,
+            Some((&identity, "PA_first", false)),
+        );
+        let response = app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        left.store(true, Ordering::SeqCst);
+    };
+    let commit = async {
+        app.until_a_statement_waits_for_a_lock(&left).await;
+        new_session.commit().await.unwrap();
+    };
+    tokio::join!(leave, commit);
+
+    assert_eq!(
+        app.viewer_count(room).await,
+        1,
+        "the new session is still counted"
+    );
+    let sessions: i32 = app
+        .db_value(
+            "SELECT sessions FROM live_presence WHERE room_name = $1 AND identity = $2",
+            &[&room, &identity],
+        )
+        .await;
+    assert_eq!(sessions, 1);
+    // And the new session's leave takes them out.
+    let body = webhook_event(
+        "EV_again_left",
+        "participant_left",
+        room,
+        Some((&identity, "PA_again", false)),
+    );
+    assert_eq!(
+        app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(app.viewer_count(room).await, 0);
+}
+
 /// A run that finds the room as the database has it writes no session: in a
 /// room of tens of thousands, locking and rewriting every listed session each
 /// minute made the run too slow for its statement timeout and held up every
