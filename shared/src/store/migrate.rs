@@ -62,6 +62,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(36, "0036_a_refused_stage_change_does_not_use_up_the_limit"),
     migration!(37, "0037_a_start_is_checked_whole_before_livekit"),
     migration!(38, "0038_a_reconnect_keeps_its_viewer_counted"),
+    migration!(39, "0039_a_new_room_instance_stops_the_missing_clock"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

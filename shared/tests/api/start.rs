@@ -365,3 +365,42 @@ async fn a_retried_start_recreates_a_room_livekit_closed_for_being_empty() {
         "the stream follows the new instance"
     );
 }
+
+/// A retried start that re-created a room the reconciler had been missing
+/// for longer than its grace stops that clock: a run whose listing predates
+/// the retry, reaching the room after it, must not end the stream the retry
+/// answered 200 for.
+#[tokio::test]
+async fn a_retried_start_stops_the_clock_of_a_room_found_missing() {
+    let app = TestApp::spawn().await;
+    let user = Uuid::new_v4();
+    app.start_stream(user, "missing-a-while").await;
+    app.lose_webhooks(true);
+    app.livekit().delete_room("missing-a-while").await;
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_streams SET room_missing_since = now() - interval '10 minutes' WHERE id = $1",
+            &[&"missing-a-while"],
+        )
+        .await
+        .unwrap();
+    let body = json!({"title": "t", "roomName": "missing-a-while"}).to_string();
+    let retry = app.call(start_stream, Some(&app.token_for(user)), &body).await;
+    assert_eq!(retry.status, 200, "{}", retry.body);
+
+    // What a run with a listing from before the retry does next.
+    let room = shared::domain::RoomName::parse("missing-a-while".into()).unwrap();
+    let client = app.state.db.get().await.unwrap();
+    let grace = std::time::Duration::from_secs(120);
+    let ended = shared::store::viewers::finish(&**client, &room, Some(grace))
+        .await
+        .unwrap();
+    assert!(!ended, "the stream the retry answered for stays live");
+    let row = app.stream_row("missing-a-while").await.unwrap();
+    assert!(row.get::<_, bool>("is_live"));
+    assert_eq!(
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("room_missing_since"),
+        None
+    );
+}
