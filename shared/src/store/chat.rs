@@ -377,7 +377,10 @@ pub struct Moderated {
 }
 
 /// Applies `action` to `user`'s standing in `room` and records it, in one
-/// statement (so both commit together, with no transaction left open).
+/// statement (`live_moderate`, migration 0040: both commit together, with no
+/// transaction left open), which reads the user's place on the stage once
+/// the room's standing lock is held, so LiveKit is told no place older than
+/// the database's.
 pub async fn moderate(
     client: &Client,
     room: &RoomName,
@@ -395,26 +398,8 @@ pub async fn moderate(
     };
     let row = client
         .query_typed_one(
-            "WITH changed AS (
-                 INSERT INTO live_room_restrictions AS r (room_name, user_id, banned, muted)
-                 VALUES ($1, $2, COALESCE($3, false), COALESCE($4, false))
-                 ON CONFLICT (room_name, user_id) DO UPDATE
-                 SET banned = COALESCE($3, r.banned), muted = COALESCE($4, r.muted), updated_at = now()
-                 RETURNING banned, muted
-             ), recorded AS (
-                 INSERT INTO live_moderation_actions (room_name, moderator_id, target_id, action)
-                 VALUES ($1, $5, $2, $6)
-             )
-             -- The second of the action, rounded down (a cast would round half up):
-             -- read once the row is written, so after the room's standing lock,
-             -- which a ban may wait for; the statement's start (now()) would
-             -- leave out the tokens checked while it waited.
-             SELECT c.banned, c.muted, floor(extract(epoch FROM clock_timestamp()))::int8,
-                    -- A ban empties the user's stage (a trigger this snapshot cannot see).
-                    NOT c.banned AND g.hand_raised_at IS NOT NULL,
-                    NOT c.banned AND g.invited_at IS NOT NULL,
-                    NOT c.banned AND g.on_stage_since IS NOT NULL
-             FROM changed c LEFT JOIN live_stage g ON g.room_name = $1 AND g.user_id = $2",
+            "SELECT banned, muted, at_unix_seconds, hand_raised, invited, on_stage
+             FROM live_moderate($1, $2, $3, $4, $5, $6)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),

@@ -63,6 +63,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(37, "0037_a_start_is_checked_whole_before_livekit"),
     migration!(38, "0038_a_reconnect_keeps_its_viewer_counted"),
     migration!(39, "0039_a_new_room_instance_stops_the_missing_clock"),
+    migration!(40, "0040_moderation_reads_the_stage_after_its_lock"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

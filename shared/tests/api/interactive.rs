@@ -1168,3 +1168,60 @@ async fn every_reaction_kind_is_counted_and_reported_by_name() {
         .collect();
     assert_eq!(reported["reactions"], Value::Object(expected), "{reported}");
 }
+
+/// An unmute waiting for the streamer's removal of that guest (a
+/// restriction change waits for stage changes in flight) answers, and tells
+/// LiveKit, the place the removal committed: off stage. It read the stage
+/// before the wait, and gave the removed guest their camera back.
+#[tokio::test]
+async fn moderation_tells_the_stage_place_committed_before_it() {
+    use shared::store::chat::{self, Action};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = TestApp::spawn().await;
+    let (host, guest) = (Uuid::new_v4(), Uuid::new_v4());
+    let room = "unmute-racing-removal";
+    app.start_stream(host, room).await;
+    join_and_take_stage(&app, host, room, guest, "PA_guest").await;
+    let muted = app
+        .call(
+            moderate,
+            Some(&app.token_for(host)),
+            &json!({"roomName": room, "userId": guest, "action": "mute"}).to_string(),
+        )
+        .await;
+    assert_eq!(muted.status, 200, "{}", muted.body);
+
+    // The removal, its transaction left open.
+    let mut removing = crate::helpers::connect(&app.api_database_url).await;
+    let removal = removing.transaction().await.unwrap();
+    let outcome: String = removal
+        .query_one(
+            "SELECT outcome FROM live_stage_change($1, $2, $3, 'remove', 3)",
+            &[&room, &host, &guest],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "ok");
+
+    let done = AtomicBool::new(false);
+    let room_name = shared::domain::RoomName::parse(room.into()).unwrap();
+    let unmute = async {
+        let client = app.state.db.get().await.unwrap();
+        let moderated = chat::moderate(&client, &room_name, host, guest, Action::Unmute)
+            .await
+            .unwrap();
+        done.store(true, Ordering::SeqCst);
+        moderated
+    };
+    let commit = async {
+        app.until_a_statement_waits_for_a_lock(&done).await;
+        removal.commit().await.unwrap();
+    };
+    let (moderated, ()) = tokio::join!(unmute, commit);
+    assert!(!moderated.standing.muted);
+    assert!(
+        !moderated.standing.stage.on_stage,
+        "the removal committed before the unmute: off stage"
+    );
+}
