@@ -195,14 +195,16 @@ pub async fn batch_sent(
 }
 
 /// Live rooms with messages nobody has sent for a second: a batch whose
-/// sender stopped early, or gave up when LiveKit failed.
+/// sender stopped early, or gave up when LiveKit failed, or a room's first
+/// message whose request stopped before any batch of the room ran (the room
+/// has no batch row yet: nothing of it was ever sent).
 pub async fn rooms_with_stale_messages(client: &Client) -> Result<Vec<RoomName>, ApiError> {
     let rows = client
         .query_typed(
-            "SELECT b.room_name FROM live_chat_broadcasts b JOIN live_streams s ON s.id = b.room_name
-             WHERE s.is_live AND b.lease_until < clock_timestamp() AND EXISTS (
+            "SELECT s.id FROM live_streams s LEFT JOIN live_chat_broadcasts b ON b.room_name = s.id
+             WHERE s.is_live AND coalesce(b.lease_until < clock_timestamp(), true) AND EXISTS (
                  SELECT FROM live_messages m
-                 WHERE m.room_name = b.room_name AND m.seq > b.sent_up_to
+                 WHERE m.room_name = s.id AND m.seq > coalesce(b.sent_up_to, 0)
                    AND m.created_at < clock_timestamp() - interval '1 second')",
             &[],
         )

@@ -68,7 +68,7 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
             Ok(None) => return mine_delivery, // another poster is sending
             Err(error) => {
                 tracing::warn!(%room, %error, "chat stored; its batch lease could not be taken");
-                return Delivery::Failed;
+                return failed_unless_sent(mine_delivery);
             }
         };
         tokio::time::sleep(lease.send_in).await;
@@ -84,13 +84,19 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
             Err(error) => {
                 tracing::warn!(%room, %error, "chat stored but its batch not sent; a later batch retries");
                 release(state, room, &lease).await;
-                return if mine_delivery == Delivery::Sent {
-                    Delivery::Sent
-                } else {
-                    Delivery::Failed
-                };
+                return failed_unless_sent(mine_delivery);
             }
         }
+    }
+}
+
+/// A later batch failing leaves a message an earlier one sent as sent: the
+/// app must not show it undelivered, or post it again.
+fn failed_unless_sent(mine: Delivery) -> Delivery {
+    if mine == Delivery::Sent {
+        Delivery::Sent
+    } else {
+        Delivery::Failed
     }
 }
 

@@ -536,3 +536,29 @@ async fn a_batch_livekit_refused_is_sent_later_by_the_flusher() {
     let sent = batched_messages(&broadcasts(&listener, 1).await);
     assert_eq!(sent, vec![response.body["message"].clone()]);
 }
+
+/// A room's first message whose request stopped after the commit (the
+/// container frozen or the deadline hit before its batch) is sent by the
+/// flusher, although no batch of the room has ever run.
+#[tokio::test]
+async fn a_rooms_first_message_left_unsent_is_sent_by_the_flusher() {
+    use shared::store::chat::{self, PostOutcome};
+    let (app, _, listener) = chat_room_with_listener().await;
+    let room = shared::domain::RoomName::parse(ROOM.into()).unwrap();
+    let client = app.state.db.get().await.unwrap();
+    let limit = app.state.limits.chat;
+    let posted = chat::post(&client, &room, Uuid::new_v4(), "first words", "chat:test", limit)
+        .await
+        .unwrap();
+    let PostOutcome::Posted(message, _) = posted else {
+        panic!("the post was refused");
+    };
+    let deadline = std::time::Instant::now() + crate::helpers::SETTLE;
+    while listener.data_on("chat").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the flusher never sent it");
+        shared::scheduled::flush::flush_once(&app.state).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let sent = batched_messages(&broadcasts(&listener, 1).await);
+    assert_eq!(sent, vec![serde_json::to_value(&message).unwrap()]);
+}
