@@ -453,15 +453,18 @@ start_pgbouncer() {
     local bin
     bin="$(find_pgbouncer)" || die "pgbouncer not found: call ensure_pgbouncer first"
 
-    local dir
-    dir="$(mktemp -d "${TMPDIR:-/tmp}/pgbouncer.XXXXXX")"
-    export PGBOUNCER_DIR="$dir"
     # pgbouncer refuses to run as root, so as root it runs as `postgres` (as
-    # the server does), which must be able to read and write this directory.
+    # the server does), which must be able to read and write this directory:
+    # under /tmp itself, since root's TMPDIR may be out of its reach.
+    local dir
     if is_root; then
+        dir="$(mktemp -d /tmp/pgbouncer.XXXXXX)"
         chmod 755 "$dir"
         chown postgres: "$dir"
+    else
+        dir="$(mktemp -d "${TMPDIR:-/tmp}/pgbouncer.XXXXXX")"
     fi
+    export PGBOUNCER_DIR="$dir"
 
     # postgres for the tests' own checks, live_api (migration 0006) for the app.
     printf '"postgres" ""\n"live_api" ""\n' >"$dir/userlist.txt"
@@ -672,7 +675,8 @@ free_udp_port() {
 # A single-node LiveKit on loopback: signalling and RoomService on a free TCP
 # port (printed; LIVEKIT_LISTEN_PORT picks one), ICE over one free UDP port and one
 # free TCP port, the node IP 127.0.0.1 (no STUN lookup of a public address;
-# LIVEKIT_NODE_IP=<LAN address> lets a phone on the network connect), rooms
+# LIVEKIT_NODE_IP=<LAN address> binds every interface and announces it for
+# media), rooms
 # only through CreateRoom (auto_create: false), and webhooks signed with
 # API_KEY sent to WEBHOOK_URL.
 write_livekit_config() {
