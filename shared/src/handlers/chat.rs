@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::http::{FromRequest, Reply};
 use crate::state::AppState;
 use crate::store::chat::{self, Action, ChatMessage, PostOutcome};
+use crate::store::chat_broadcast::{self, Delivery};
 use crate::store::rate_limit;
 
 pub use crate::store::chat_broadcast::CHAT_TOPIC;
@@ -36,6 +37,9 @@ pub struct PostedMessage {
     /// also see it on their next `GET /live/chat`.
     pub broadcast: bool,
 }
+
+/// What a post keeps of its request's deadline to answer in.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// `POST /live/chat`: store the message, then hand it to the room's batches.
 pub async fn post_message(
@@ -66,8 +70,18 @@ pub async fn post_message(
             PostOutcome::RateLimited(retry_after) => return Err(rate_limit::limited(Some(retry_after))),
         }
     };
-    let delivery = crate::store::chat_broadcast::send_batches(state, &room, Some(seq)).await;
-    let broadcast = delivery != crate::store::chat_broadcast::Delivery::Failed;
+    // The message is stored, so its answer must be 201 whatever LiveKit
+    // does: a 503 at the request's deadline would have the app post it again.
+    // The broadcast gets the time left, and past it a later batch or the
+    // flusher sends the message (its lease lapses).
+    let sending = chat_broadcast::send_batches(state, &room, Some(seq));
+    let delivery = match crate::store::db::request_deadline().and_then(|d| d.checked_sub(ANSWER_MARGIN)) {
+        Some(answer_by) => tokio::time::timeout_at(answer_by.into(), sending)
+            .await
+            .unwrap_or(Delivery::Failed),
+        None => sending.await,
+    };
+    let broadcast = delivery != Delivery::Failed;
     Ok(Reply::new(
         StatusCode::CREATED,
         PostedMessage { message, broadcast },

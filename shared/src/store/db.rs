@@ -64,6 +64,11 @@ tokio::task_local! {
     static REQUEST_DEADLINE: Instant;
 }
 
+/// The current request's deadline, if it runs under one.
+pub fn request_deadline() -> Option<Instant> {
+    REQUEST_DEADLINE.try_with(|deadline| *deadline).ok()
+}
+
 /// Runs `work` with `deadline` as the current request's deadline, so the
 /// connections it takes know when they were abandoned.
 pub async fn with_request_deadline<F: std::future::Future>(deadline: Instant, work: F) -> F::Output {
@@ -77,7 +82,7 @@ impl Database {
         Ok(Conn {
             object: Some(object),
             tls: self.tls.clone(),
-            deadline: REQUEST_DEADLINE.try_with(|deadline| *deadline).ok(),
+            deadline: request_deadline(),
         })
     }
 

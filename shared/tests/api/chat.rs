@@ -562,3 +562,27 @@ async fn a_rooms_first_message_left_unsent_is_sent_by_the_flusher() {
     let sent = batched_messages(&broadcasts(&listener, 1).await);
     assert_eq!(sent, vec![serde_json::to_value(&message).unwrap()]);
 }
+
+/// A post whose broadcast outlasts the request's deadline (LiveKit hanging)
+/// is stored, so it answers 201 with `broadcast: false` in time, never the
+/// deadline's 503, which would have the app post it a second time.
+#[tokio::test]
+async fn a_post_whose_broadcast_hangs_answers_201_before_the_deadline() {
+    let app = TestApp::spawn_with_settings(vec![("REQUEST_DEADLINE_SECONDS", "2".into())]).await;
+    app.start_stream(Uuid::new_v4(), ROOM).await;
+    app.set_livekit_mode(LiveKitMode::Hanging);
+    let response = say(&app, Uuid::new_v4(), "into the silence").await;
+    assert_eq!(
+        (response.status, &response.body["broadcast"]),
+        (201, &json!(false)),
+        "{}",
+        response.body
+    );
+    let stored: i64 = app
+        .db_value(
+            "SELECT count(*) FROM live_messages WHERE room_name = $1",
+            &[&ROOM],
+        )
+        .await;
+    assert_eq!(stored, 1);
+}
