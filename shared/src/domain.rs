@@ -81,7 +81,7 @@ fn is_bidi_reordering(c: char) -> bool {
 /// their own: the zero-width joiner inside an emoji, the emoji presentation
 /// selector U+FE0F ([`has_stray_emoji_mark`]), the joiner and the non-joiner
 /// where they change how the letters of Indic and Arabic scripts join
-/// ([`has_stray_joiner`]), and the tags of a subdivision flag
+/// ([`joins_letters`]), and the tags of a subdivision flag
 /// ([`has_stray_tag`]).
 fn is_invisible(c: char) -> bool {
     matches!(

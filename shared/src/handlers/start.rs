@@ -59,14 +59,14 @@ pub async fn start_stream(
         streams::create_stream(&client, &room, user.id, &request.title, max_live, &room_sid).await
     }
     .await;
-    // Refused only now (the profile deleted since the check: the foreign key
-    // is checked by the insert) or not known to have committed: the room just made has no live stream,
-    // and it must not wait in LiveKit for whoever starts that name next. But
-    // an answer lost after the commit (the connection cut) leaves a live
-    // stream in that room: closing it would end the stream (LiveKit's
-    // `room_finished`), and the retry the 503 asks for would find it ended.
-    // So the room is kept when a fresh connection finds the stream live in
-    // it; the retry then answers 200 with it.
+    // Refused only now (the profile deleted since the check: the foreign key is
+    // checked by the insert) or not known to have committed: the room just made
+    // has no live stream, and it must not wait in LiveKit for whoever starts
+    // that name next. But an answer lost after the commit (the connection cut)
+    // leaves a live stream in that room: closing it would end the stream
+    // (LiveKit's `room_finished`), and the retry the 503 asks for would find it
+    // ended. So the room is kept when a fresh connection finds the stream live
+    // in it; the retry then answers 200 with it.
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) => {
