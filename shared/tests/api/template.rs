@@ -1,8 +1,9 @@
 //! `template.yaml`'s limits, as deployed with its defaults: every function's
 //! containers times its pool size fit the database's connection budget, and
 //! the busy routes have throttles of their own (the arithmetic is in the
-//! README, "Limits and how to size them"); and its alarms watch metrics this
-//! stack's API and functions publish.
+//! README, "Limits and how to size them"); its alarms watch metrics this
+//! stack's API and functions publish; and every function's log group exists
+//! before the function does.
 
 use serde_norway::Value;
 
@@ -231,4 +232,57 @@ fn the_alarms_watch_this_stacks_api_and_scheduled_functions() {
             assert!(is_ref_to(&branches[1][0], "AlarmTopicArn"), "{name:?} {actions}");
         }
     }
+}
+
+/// Every function names its own log group, which the stack creates first:
+/// the group's name refers to no resource of the stack (a name such as
+/// `/aws/lambda/${Function}` would make it wait for the function, and a
+/// scheduled function invoked in between would have Lambda create the group
+/// itself, failing the stack with "already exists").
+#[test]
+fn every_function_logs_to_a_group_the_stack_creates_before_it() {
+    let template = template();
+    let resources = &template["Resources"];
+    let mut groups = Vec::new();
+    for (name, function) in functions(&template) {
+        let group = &function["Properties"]["LoggingConfig"]["LogGroup"];
+        let Value::Tagged(reference) = group else {
+            panic!("{name}: LoggingConfig.LogGroup is not a !Ref to a log group: {group:?}");
+        };
+        assert_eq!(reference.tag.to_string(), "!Ref", "{name}");
+        let group_name = reference.value.as_str().unwrap().to_owned();
+        let resource = &resources[group_name.as_str()];
+        assert_eq!(
+            resource["Type"].as_str(),
+            Some("AWS::Logs::LogGroup"),
+            "{name} → {group_name}"
+        );
+        assert!(
+            is_ref_to(&resource["Properties"]["RetentionInDays"], "LogRetentionDays"),
+            "{group_name} keeps logs for LogRetentionDays"
+        );
+        let Value::Tagged(log_group_name) = &resource["Properties"]["LogGroupName"] else {
+            panic!("{group_name}: LogGroupName is not a !Sub");
+        };
+        assert_eq!(log_group_name.tag.to_string(), "!Sub", "{group_name}");
+        let pattern = log_group_name.value.as_str().unwrap();
+        let variables: Vec<&str> = pattern
+            .split("${")
+            .skip(1)
+            .map(|rest| rest.split('}').next().unwrap())
+            .collect();
+        assert_eq!(variables, ["AWS::StackName"], "{group_name}: {pattern}");
+        groups.push(pattern.to_owned());
+    }
+    let count = groups.len();
+    groups.sort();
+    groups.dedup();
+    assert_eq!(groups.len(), count, "each function has a group of its own");
+    let declared = resources
+        .as_mapping()
+        .unwrap()
+        .values()
+        .filter(|r| r["Type"].as_str() == Some("AWS::Logs::LogGroup"))
+        .count();
+    assert_eq!(declared, count, "no log group that no function writes to");
 }
