@@ -232,7 +232,8 @@ where
 const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// How long this invocation may still work before Lambda ends it (its
-/// deadline, less [`ANSWER_MARGIN`]); `None` without a usable deadline.
+/// deadline, less a second kept for answering); `None` without a usable
+/// deadline.
 pub fn invocation_time_left(request: &Request) -> Option<Duration> {
     let left = time_to_deadline(request.lambda_context_ref()?)?;
     Some(left.saturating_sub(ANSWER_MARGIN))

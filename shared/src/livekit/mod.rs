@@ -191,7 +191,7 @@ impl LiveKit {
 
     /// Sends `payload` to everyone in the room over the reliable data channel.
     /// Repeated if its connection closed unanswered, so a client may receive
-    /// it twice (see [`repeatable`]).
+    /// it twice.
     pub async fn broadcast(
         &self,
         room: &RoomName,

@@ -156,7 +156,7 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
 const SCHEDULED_SPAN: Duration = Duration::from_secs(59);
 
 /// How long an invocation flushes from now: until two seconds before its
-/// deadline, and no later than [`SCHEDULED_SPAN`] after its scheduled time.
+/// deadline, and no later than 59 s after its scheduled time.
 /// An invocation that started late (a cold start, a retry after the previous
 /// one ran over) so still ends before the next minute's is due; ended by its
 /// own deadline alone, each late start would make the next one later, until
