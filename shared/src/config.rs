@@ -423,6 +423,15 @@ pub fn parse_database_url(raw: &str) -> Result<(tokio_postgres::Config, crate::t
     use crate::tls::TlsMode;
     let (raw, verify) = take_verify_mode(raw.trim());
     let pg = tokio_postgres::Config::from_str(&raw).map_err(|e| invalid(DATABASE_URL, parse_failure(&e)))?;
+    // The driver takes the last `sslmode`, this reading the verifying one: a
+    // later `sslmode=disable` would otherwise have a URL that asks for
+    // verify-full connect in plain text, and warn of nothing.
+    if verify.is_some() && pg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        return Err(invalid(
+            DATABASE_URL,
+            "sslmode is given more than once; give it once",
+        ));
+    }
     let mode = verify.unwrap_or(match pg.get_ssl_mode() {
         tokio_postgres::config::SslMode::Disable => TlsMode::Disable,
         tokio_postgres::config::SslMode::Require => TlsMode::Require,
@@ -755,6 +764,21 @@ mod tests {
             assert_eq!(pg.get_hosts().len(), 1, "{url}");
         }
         assert!(parse_database_url("postgres://db/x?sslmode=verify-everything").is_err());
+    }
+
+    #[test]
+    fn a_verifying_sslmode_is_not_undone_by_a_later_one() {
+        for url in [
+            "postgres://u:p@db.example.com/postgres?sslmode=verify-full&sslmode=disable",
+            "postgres://u:p@db.example.com/postgres?sslmode=verify-ca&sslmode=prefer",
+            "host=db.example.com user=u sslmode=verify-full sslmode=disable",
+        ] {
+            let error = parse_database_url(url).unwrap_err().to_string();
+            assert!(
+                error.contains("sslmode is given more than once"),
+                "{url}: {error}"
+            );
+        }
     }
 
     #[test]
