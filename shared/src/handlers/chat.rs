@@ -72,13 +72,17 @@ pub async fn post_message(
     };
     // The message is stored, so its answer must be 201 whatever LiveKit
     // does: a 503 at the request's deadline would have the app post it again.
-    // The broadcast gets the time left, and past it a later batch or the
-    // flusher sends the message (its lease lapses).
+    // The broadcast gets the time left as its deadline: its room lease ends
+    // then, so the next post or the flusher sends at once, and a connection
+    // cut off in a statement is not pooled.
     let sending = chat_broadcast::send_batches(state, &room, Some(seq));
     let delivery = match crate::store::db::request_deadline().and_then(|d| d.checked_sub(ANSWER_MARGIN)) {
-        Some(answer_by) => tokio::time::timeout_at(answer_by.into(), sending)
-            .await
-            .unwrap_or(Delivery::Failed),
+        Some(answer_by) => tokio::time::timeout_at(
+            answer_by.into(),
+            crate::store::db::with_request_deadline(answer_by, sending),
+        )
+        .await
+        .unwrap_or(Delivery::Failed),
         None => sending.await,
     };
     let broadcast = delivery != Delivery::Failed;

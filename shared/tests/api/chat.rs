@@ -585,4 +585,23 @@ async fn a_post_whose_broadcast_hangs_answers_201_before_the_deadline() {
         )
         .await;
     assert_eq!(stored, 1);
+
+    // The abandoned send's room lease ended with the post's answer: the next
+    // post takes it and sends both at once, not after the lease's 8 s.
+    app.set_livekit_mode(LiveKitMode::Up);
+    let next = say(&app, Uuid::new_v4(), "heard again").await;
+    assert_eq!(
+        (next.status, &next.body["broadcast"]),
+        (201, &json!(true)),
+        "{}",
+        next.body
+    );
+    let unsent: i64 = app
+        .db_value(
+            "SELECT count(*) FROM live_messages m JOIN live_chat_broadcasts b USING (room_name)
+             WHERE m.room_name = $1 AND m.seq > b.sent_up_to",
+            &[&ROOM],
+        )
+        .await;
+    assert_eq!(unsent, 0, "the next post sent both messages itself");
 }
