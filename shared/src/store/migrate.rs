@@ -64,6 +64,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(38, "0038_a_reconnect_keeps_its_viewer_counted"),
     migration!(39, "0039_a_new_room_instance_stops_the_missing_clock"),
     migration!(40, "0040_moderation_reads_the_stage_after_its_lock"),
+    migration!(41, "0041_a_previous_instances_leave_closes_its_session"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

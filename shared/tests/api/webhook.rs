@@ -530,6 +530,70 @@ async fn events_of_another_instance_of_the_room_are_ignored() {
     assert!(!room.app.stream_row(ROOM).await.unwrap().get::<_, bool>("is_live"));
 }
 
+/// A viewer of the first instance whose leave is delivered only after a
+/// retried start recorded a new instance (LiveKit retried it after a 503)
+/// leaves all the same: the session it closes was counted, and its sid can be
+/// no other's. A leave of a session this room never opened still counts
+/// nowhere.
+#[tokio::test]
+async fn a_late_leave_from_the_previous_instance_closes_the_session_it_counted() {
+    let room = live_room().await;
+    let first = room.app.livekit().room(ROOM).await.unwrap().sid;
+    let viewer = Uuid::new_v4().to_string();
+    let event_in = |id: &str, kind: &str, participant_sid: &str, room_sid: &str| {
+        let body = webhook_event(id, kind, ROOM, Some((&viewer, participant_sid, false)));
+        let mut event: serde_json::Value = serde_json::from_str(&body).unwrap();
+        event["room"]["sid"] = room_sid.into();
+        signed_webhook(&event.to_string(), LIVEKIT_API_SECRET)
+    };
+    let joined = room
+        .app
+        .deliver(event_in("EV_join", "participant_joined", "PA_first", &first))
+        .await;
+    assert_eq!(joined.body["outcome"], "applied", "{}", joined.body);
+    assert_eq!(room.count().await, 1);
+
+    room.app.lose_webhooks(true);
+    room.app.livekit().delete_room(ROOM).await;
+    let retried = room
+        .app
+        .call(
+            shared::handlers::start_stream,
+            Some(&room.app.token_for(room.streamer)),
+            &format!(r#"{{"title":"A stream","roomName":"{ROOM}"}}"#),
+        )
+        .await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    let second = room.app.livekit().room(ROOM).await.unwrap().sid;
+    assert_ne!(first, second);
+    assert_eq!(room.count().await, 1, "the viewer's leave is not told yet");
+
+    let unknown = room
+        .app
+        .deliver(event_in(
+            "EV_unknown_left",
+            "participant_left",
+            "PA_never_here",
+            &first,
+        ))
+        .await;
+    assert_eq!(unknown.body["outcome"], "ignored", "{}", unknown.body);
+    let left = room
+        .app
+        .deliver(event_in("EV_left", "participant_left", "PA_first", &first))
+        .await;
+    assert_eq!(left.body["outcome"], "applied", "{}", left.body);
+    assert_eq!(room.count().await, 0);
+    let open: i64 = room
+        .app
+        .db_value(
+            "SELECT count(*) FROM live_participant_sessions WHERE room_name = $1 AND left_at IS NULL",
+            &[&ROOM],
+        )
+        .await;
+    assert_eq!(open, 0, "the session is closed, its watch time with it");
+}
+
 async fn stored_sid(app: &TestApp, room: &str) -> Option<String> {
     app.stream_row(room).await.unwrap().get("room_sid")
 }
