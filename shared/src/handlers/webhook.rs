@@ -115,7 +115,10 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
     };
     let change = match event.event.as_str() {
         "participant_joined" => SessionChange::Joined,
-        "participant_left" => SessionChange::left_because(participant.disconnect_reason),
+        "participant_left" => match SessionChange::left_because(participant.disconnect_reason) {
+            Some(change) => change,
+            None => return Ok(Outcome::Ignored),
+        },
         "participant_connection_aborted" => SessionChange::Dropped,
         _ => return Ok(Outcome::Ignored),
     };

@@ -77,13 +77,19 @@ pub enum SessionChange {
 
 impl SessionChange {
     /// A `participant_left` by LiveKit's `disconnect_reason`. Servers that
-    /// report none (`UNKNOWN_REASON`) get the leave they always got.
-    pub fn left_because(reason: i32) -> SessionChange {
+    /// report none (`UNKNOWN_REASON`) get the leave they always got. `None`
+    /// for a migration: the participant goes on, same sid, on another node,
+    /// which tells no join (LiveKit's `ParticipantActive` skips the webhook
+    /// for a migration), so closing the session would lose the viewer from
+    /// the count until they left. A migration that fails ends in a new
+    /// session; the reconciler closes the old one, which LiveKit no longer
+    /// lists.
+    pub fn left_because(reason: i32) -> Option<SessionChange> {
         use livekit_protocol::DisconnectReason as Reason;
-        match Reason::try_from(reason) {
+        Some(match Reason::try_from(reason) {
+            Ok(Reason::Migration) => return None,
             Ok(
                 Reason::DuplicateIdentity
-                | Reason::Migration
                 | Reason::ServerShutdown
                 | Reason::SignalClose
                 | Reason::ConnectionTimeout
@@ -92,7 +98,7 @@ impl SessionChange {
                 | Reason::StateMismatch,
             ) => SessionChange::Dropped,
             _ => SessionChange::Left,
-        }
+        })
     }
 }
 

@@ -594,6 +594,44 @@ async fn a_late_leave_from_the_previous_instance_closes_the_session_it_counted()
     assert_eq!(open, 0, "the session is closed, its watch time with it");
 }
 
+/// A participant LiveKit migrates to another node leaves the first with
+/// reason MIGRATION and goes on, same sid, on the second, which tells no
+/// join: the viewer is still watching and stays counted until a real leave.
+#[tokio::test]
+async fn a_migrated_viewer_stays_counted_until_they_really_leave() {
+    let room = live_room().await;
+    let viewer = Uuid::new_v4().to_string();
+    let left = |id: &str, reason: &str| {
+        let body = webhook_event(
+            id,
+            "participant_left",
+            ROOM,
+            Some((&viewer, "PA_migrating", false)),
+        );
+        let mut event: serde_json::Value = serde_json::from_str(&body).unwrap();
+        event["participant"]["disconnectReason"] = reason.into();
+        signed_webhook(&event.to_string(), LIVEKIT_API_SECRET)
+    };
+    let joined = room
+        .send(
+            "EV_join",
+            "participant_joined",
+            Some((&viewer, "PA_migrating", false)),
+        )
+        .await;
+    assert_eq!(joined, "applied");
+    assert_eq!(room.count().await, 1);
+
+    let migrated = room.app.deliver(left("EV_migrated", "MIGRATION")).await;
+    assert_eq!(migrated.status, 200, "{}", migrated.body);
+    assert_eq!(migrated.body["outcome"], "ignored", "{}", migrated.body);
+    assert_eq!(room.count().await, 1, "still watching, from another node");
+
+    let gone = room.app.deliver(left("EV_left", "CLIENT_INITIATED")).await;
+    assert_eq!(gone.body["outcome"], "applied", "{}", gone.body);
+    assert_eq!(room.count().await, 0);
+}
+
 async fn stored_sid(app: &TestApp, room: &str) -> Option<String> {
     app.stream_row(room).await.unwrap().get("room_sid")
 }
