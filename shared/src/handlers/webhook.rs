@@ -134,7 +134,7 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
             && applied.outcome == "duplicate"
             && let Some(user) = who.user()
             && let Some((streamer, is_live, standing)) =
-                viewers::standing_at_join(&client, &room, room_sid, user).await?
+                viewers::standing_at_join(&client, &room, user).await?
         {
             applied.streamer = Some(streamer);
             applied.is_live = is_live;

@@ -170,22 +170,21 @@ pub async fn participant_event(
     })
 }
 
-/// The stream of `room` (that instance of it) and `user`'s standing there,
-/// for a join LiveKit delivered again: the first delivery recorded the event
-/// but may have died before LiveKit was made to enforce the standing, and the
-/// retry is all that is left to do it. `None` for a room we do not know or
-/// another instance of it.
+/// The stream of `room` and `user`'s standing there, for a join LiveKit
+/// delivered again: the first delivery recorded the event but may have died
+/// before LiveKit was made to enforce the standing, and the retry is all that
+/// is left to do it. Whatever the instance the join was in, as for a first
+/// delivery (migration 0034): the standing is the user's in the room name.
+/// `None` for a room we do not know.
 pub async fn standing_at_join(
     client: &Client,
     room: &RoomName,
-    room_sid: &str,
     user: Uuid,
 ) -> Result<Option<(Uuid, bool, Standing)>, ApiError> {
     let stream = client
         .query_typed_opt(
-            "SELECT streamer_id, is_live FROM live_streams
-             WHERE id = $1 AND ($2 = '' OR room_sid IS NULL OR room_sid = $2)",
-            &[(&room.as_str(), Type::TEXT), (&room_sid, Type::TEXT)],
+            "SELECT streamer_id, is_live FROM live_streams WHERE id = $1",
+            &[(&room.as_str(), Type::TEXT)],
         )
         .await?;
     let Some(stream) = stream else { return Ok(None) };

@@ -403,6 +403,37 @@ async fn a_banned_user_joining_another_instance_of_the_room_is_still_removed() {
     room.app.wait_for_viewer_count(ROOM, count - 1).await;
 }
 
+/// Both at once: the join of a banned user into an instance Postgres does not
+/// record, whose first delivery committed but never made LiveKit act, is
+/// delivered again; the repeat still removes them (the standing is the
+/// user's in the room name, whatever the instance).
+#[tokio::test]
+async fn a_repeated_join_of_a_banned_user_into_another_instance_still_removes_them() {
+    let room = live_room().await;
+    let (banned, client, sid) = banned_in_the_room_while_livekit_is_down(&room).await;
+    let mut event: serde_json::Value = serde_json::from_str(&webhook_event(
+        "EV_other_instance_twice",
+        "participant_joined",
+        ROOM,
+        Some((&banned.to_string(), &sid, false)),
+    ))
+    .unwrap();
+    event["room"]["sid"] = "RM_an_instance_postgres_never_recorded".into();
+    let first = room
+        .app
+        .deliver(signed_webhook(&event.to_string(), LIVEKIT_API_SECRET))
+        .await;
+    assert_eq!(first.body["outcome"], "ignored", "{}", first.body);
+
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
+    let again = room
+        .app
+        .deliver(signed_webhook(&event.to_string(), LIVEKIT_API_SECRET))
+        .await;
+    assert_eq!(again.body["outcome"], "duplicate", "{}", again.body);
+    client.wait_disconnected().await;
+}
+
 /// A stream ended while LiveKit was down keeps its room open for a while: a
 /// viewer with a token from before the end is removed as they join, and no
 /// webhook changes the ended stream's counts.
