@@ -6,9 +6,10 @@
 //! - ended streams whose room LiveKit never confirmed closed (it was down
 //!   during `/live/end`): `DeleteRoom` again;
 //! - what grows with use is pruned in bounded batches: webhook ids, idle
-//!   rate-limit rows, closed participant sessions and the sessions of ended
-//!   streams past the retention period, and any presence row an ended stream
-//!   still has (a first join that committed while the end ran).
+//!   rate-limit rows, closed participant sessions and the sessions and
+//!   unique-viewer marks of ended streams past the retention period, and any
+//!   presence row an ended stream still has (a first join that committed
+//!   while the end ran).
 //!
 //! Each write is conditional or made under the stream's row lock, so two runs
 //! at once do the same work twice, never anything wrong; with nothing live and
@@ -62,6 +63,9 @@ pub struct ReconcileReport {
     /// Participants removed or re-muted to match the database.
     pub corrected: usize,
     pub sessions_pruned: usize,
+    /// Unique-viewer marks (`live_viewers_seen`) of streams that ended longer
+    /// ago than the session retention: their figure is final.
+    pub viewers_seen_pruned: usize,
     /// Presence rows of ended streams: a first join whose row committed while
     /// the end ran, which the end could not see (migration 0023).
     pub presence_pruned: usize,
@@ -99,6 +103,7 @@ pub async fn reconcile_until(
         report.webhook_ids_pruned = prune_webhook_ids(&client).await?;
         in_batches(|| crate::store::rate_limit::prune(&client, PRUNE_BATCH)).await?;
         report.sessions_pruned = prune_sessions(&client, state.rules.session_retention).await?;
+        report.viewers_seen_pruned = prune_viewers_seen(&client, state.rules.session_retention).await?;
         report.presence_pruned = in_batches(|| prune_presence_of_ended(&client)).await?;
         report.claims_pruned = in_batches(|| streams::prune_lapsed_claims(&client, PRUNE_BATCH)).await?;
         report.stage_turns_ended = end_stage_turns_of_the_gone(&client, state.rules.stage_return).await?;
@@ -258,6 +263,47 @@ async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) ->
     })
     .await?;
     Ok(closed + open_in_ended)
+}
+
+/// Deletes the unique-viewer marks of streams that ended longer ago than
+/// `retention`. The rooms that still have marks are few (streams live or
+/// ended within the retention), so they are found by skipping through the
+/// primary key from one room to the next, not by visiting every stream that
+/// ever ended.
+async fn prune_viewers_seen(client: &tokio_postgres::Client, retention: Duration) -> Result<usize, ApiError> {
+    let retention_seconds = retention.as_secs_f64();
+    let rooms: Vec<String> = client
+        .query_typed(
+            "WITH RECURSIVE marked (room_name) AS (
+                 (SELECT room_name FROM live_viewers_seen ORDER BY room_name LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT v.room_name FROM live_viewers_seen v
+                         WHERE v.room_name > m.room_name ORDER BY v.room_name LIMIT 1)
+                 FROM marked m WHERE m.room_name IS NOT NULL)
+             SELECT m.room_name FROM marked m JOIN live_streams s ON s.id = m.room_name
+             WHERE NOT s.is_live AND s.ended_at < now() - make_interval(secs => $1)",
+            &[(&retention_seconds, Type::FLOAT8)],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(ApiError::internal)?;
+    if rooms.is_empty() {
+        return Ok(0);
+    }
+    in_batches(|| async {
+        Ok(client
+            .execute_typed(
+                "DELETE FROM live_viewers_seen WHERE (room_name, identity) IN (
+                     SELECT room_name, identity FROM live_viewers_seen
+                     WHERE room_name = ANY($1)
+                     LIMIT $2)",
+                &[(&rooms, Type::TEXT_ARRAY), (&PRUNE_BATCH, Type::INT8)],
+            )
+            .await? as usize)
+    })
+    .await
 }
 
 /// Ends the stage standing (turn, invitation, raised hand) of viewers whose

@@ -784,6 +784,45 @@ async fn old_sessions_are_pruned_in_bounded_batches() {
     assert_eq!(app.viewer_count("long-running").await, 1);
 }
 
+/// The unique-viewer marks of a stream that ended past the retention go, in
+/// bounded batches; those of a live stream and of one that ended yesterday
+/// stay.
+#[tokio::test]
+async fn unique_viewer_marks_of_long_ended_streams_are_pruned_in_bounded_batches() {
+    let app = TestApp::spawn().await;
+    for room in ["seen-live", "seen-yesterday", "seen-long-ago"] {
+        app.start_stream(Uuid::new_v4(), room).await;
+    }
+    let admin = app.db().await;
+    admin
+        .batch_execute(
+            "INSERT INTO live_viewers_seen (room_name, identity)
+             SELECT 'seen-long-ago', 'viewer-' || n FROM generate_series(1, 5003) AS n;
+             INSERT INTO live_viewers_seen (room_name, identity)
+             VALUES ('seen-live', 'a'), ('seen-yesterday', 'a'), ('seen-yesterday', 'b');
+             UPDATE live_streams SET is_live = false, ended_at = now() - interval '8 days' WHERE id = 'seen-long-ago';
+             UPDATE live_streams SET is_live = false, ended_at = now() - interval '1 day' WHERE id = 'seen-yesterday';",
+        )
+        .await
+        .unwrap();
+    log_deletes(&admin, "live_viewers_seen").await;
+    let first = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(first.viewers_seen_pruned, 5_003);
+    let batches = deletes_by_statement(&admin, "live_viewers_seen").await;
+    assert!(
+        batches.len() == 2 && batches.iter().all(|n| *n <= 5_000),
+        "two statements of at most 5,000 rows: {batches:?}"
+    );
+    let second = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(second.viewers_seen_pruned, 0);
+    let left = first_column(
+        &admin,
+        "SELECT room_name || ':' || identity FROM live_viewers_seen ORDER BY 1",
+    )
+    .await;
+    assert_eq!(left, ["seen-live:a", "seen-yesterday:a", "seen-yesterday:b"]);
+}
+
 /// `SESSION_RETENTION_DAYS` sets the retention: at 2 days, a session closed
 /// three days ago goes and one closed yesterday stays.
 #[tokio::test]
