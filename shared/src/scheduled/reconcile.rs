@@ -1,8 +1,8 @@
 //! The scheduled reconciler. Webhooks are best-effort; every run compares the
 //! streams with LiveKit:
-//! - live streams: viewer counts follow `ListParticipants`, banned users are
-//!   removed and mutes re-applied, and a stream whose room has been gone for
-//!   longer than the grace period ends;
+//! - live streams: viewer counts follow `ListParticipants` and are told to
+//!   the room, banned users are removed and mutes re-applied, and a stream
+//!   whose room has been gone for longer than the grace period ends;
 //! - ended streams whose room LiveKit never confirmed closed (it was down
 //!   during `/live/end`): `DeleteRoom` again;
 //! - what grows with use is pruned in bounded batches: webhook ids, idle
@@ -391,6 +391,7 @@ async fn sync_room(
     let users: Vec<Uuid> = present.iter().filter_map(Presence::user).collect();
     let client = state.db.get().await?;
     viewers::sync(&client, room, streamer, &present, listed_at).await?;
+    let count = viewers::count(&client, room).await?;
     client
         .query_typed(
             "UPDATE live_streams SET room_missing_since = NULL WHERE id = $1 AND room_missing_since IS NOT NULL",
@@ -399,6 +400,14 @@ async fn sync_room(
         .await?;
     let mut standings = chat::standings_among(&**client, room, &users).await?;
     drop(client);
+    // Told to the room on every run, changed or not: pushes happen only as
+    // counts are written, so a count this sync repaired (its write may be
+    // the last for a while) or a push that failed in a quiet room would
+    // otherwise stay wrong on every screen; once a minute a room costs one
+    // lossy packet.
+    if let Err(error) = state.livekit.push_viewer_count(room, count).await {
+        tracing::warn!(%room, %error, "viewer count not pushed into the room");
+    }
 
     let stream = StreamState {
         streamer,

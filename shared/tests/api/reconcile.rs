@@ -75,6 +75,42 @@ async fn viewer_counts_follow_livekit_when_webhooks_were_lost() {
     assert_eq!(app.viewer_count("counted").await, 1);
 }
 
+/// The count the reconciler repairs reaches the room: a viewer whose join
+/// webhook was lost is counted by the next run, and everyone in the room is
+/// told the new count, though no webhook and no flush will change it again.
+#[tokio::test]
+async fn the_count_a_run_repairs_is_told_to_the_room() {
+    let app = TestApp::spawn().await;
+    let started = app.start_stream(Uuid::new_v4(), "told").await;
+    let host = app.join(started["token"].as_str().unwrap()).await.unwrap();
+    let (_, _ada) = app.viewer_in("told").await;
+    app.wait_for_viewer_count("told", 1).await;
+    app.lose_webhooks(true);
+    let (_, _bob) = app.viewer_in("told").await;
+    app.livekit()
+        .wait_for_participants("told", "host, ada and bob in the room", |ps| ps.len() == 3)
+        .await;
+    assert_eq!(app.viewer_count("told").await, 1, "bob's join was lost");
+
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!((report.synced, report.failed), (1, 0), "{report:?}");
+    assert_eq!(app.viewer_count("told").await, 2);
+    shared::scheduled::flush::flush_once(&app.state).await.unwrap();
+    let deadline = Instant::now() + crate::helpers::SETTLE;
+    loop {
+        let counts: Vec<i64> = host
+            .data_on("viewers")
+            .iter()
+            .map(|p| p.payload["viewerCount"].as_i64().unwrap())
+            .collect();
+        if counts.last() == Some(&2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the room was told {counts:?}, never 2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_stream_whose_room_is_gone_ends_after_the_grace_period() {
     let app = TestApp::spawn().await;
