@@ -66,6 +66,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(40, "0040_moderation_reads_the_stage_after_its_lock"),
     migration!(41, "0041_a_previous_instances_leave_closes_its_session"),
     migration!(42, "0042_unique_viewer_marks_are_pruned"),
+    migration!(43, "0043_a_kick_ends_the_stage_turn"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     LIVEKIT_API_SECRET, LiveKitMode, Participant, SETTLE, TestApp, get_request, signed_webhook,
+    verify_livekit_token,
 };
 
 /// A participant webhook as LiveKit sends it, with the display name.
@@ -548,6 +549,34 @@ async fn a_chat_mute_keeps_a_guest_on_camera_and_a_ban_ends_their_turn() {
         .call(invite_to_stage, Some(&app.token_for(host)), &invite)
         .await;
     again.assert_error(403, "forbidden");
+}
+
+/// A kicked guest loses the stage with the kick, not with their leave's
+/// webhook (which ends a turn only on the last session's leave, and may be
+/// applied after their return): back in the room, they are a viewer, and a
+/// token they get now cannot publish.
+#[tokio::test]
+async fn a_kick_ends_the_guests_turn() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "kicked-guest";
+    let (guest, client, _) = live_with_a_guest_on_stage(&app, host, room).await;
+    // The kicked session's leave is late.
+    app.lose_webhooks(true);
+    let kick = json!({"roomName": room, "userId": guest, "action": "kick"}).to_string();
+    let kicked = app.call(moderate, Some(&app.token_for(host)), &kick).await;
+    assert_eq!(kicked.status, 200, "{}", kicked.body);
+    client.wait_disconnected().await;
+    let (on_stage, away) = on_stage_and_away(&app, room, guest).await;
+    assert!(!on_stage && !away, "the kick ended the turn");
+    let token = app.request_token(&app.token_for(guest), room).await;
+    assert_eq!(token.status, 200, "{}", token.body);
+    let claims = verify_livekit_token(token.body["token"].as_str().unwrap());
+    assert_eq!(
+        claims.video.can_publish,
+        Some(false),
+        "back as a viewer: {claims:?}"
+    );
 }
 
 /// `host`'s live stream `room` with one real viewer who accepted the host's
