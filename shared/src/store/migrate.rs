@@ -67,6 +67,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(41, "0041_a_previous_instances_leave_closes_its_session"),
     migration!(42, "0042_unique_viewer_marks_are_pruned"),
     migration!(43, "0043_a_kick_ends_the_stage_turn"),
+    migration!(44, "0044_taking_standing_away_is_never_limited"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -4,12 +4,12 @@
 
 use serde_json::json;
 use shared::handlers::{
-    accept_stage, end_stream, invite_to_stage, issue_token, moderate, raise_hand, react, remove_from_stage,
-    stage_state, start_stream, stream_stats,
+    accept_stage, decline_stage, end_stream, invite_to_stage, issue_token, moderate, raise_hand, react,
+    remove_from_stage, stage_state, start_stream, stream_stats,
 };
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, get_request};
+use crate::helpers::{LIVEKIT_API_SECRET, TestApp, get_request, signed_webhook, webhook_event};
 
 async fn hit(client: &tokio_postgres::Client, key: &str, window: f64, max: i64) -> Option<i64> {
     client
@@ -160,7 +160,10 @@ async fn refused_stage_changes_keep_their_answer_and_do_not_use_up_the_limit() {
             .await
             .assert_error(409, "not_invited");
     }
-    // Its refusals spent nothing: the viewer's two changes are served.
+    // Its refusals spent nothing: the viewer's two raises are served (a
+    // lowering takes standing away, which spends nothing).
+    assert_eq!(hand(true).await.status, 200);
+    assert_eq!(hand(false).await.status, 200);
     assert_eq!(hand(true).await.status, 200);
     assert_eq!(hand(false).await.status, 200);
     // The third is over the limit, and its change does not stand.
@@ -179,6 +182,89 @@ async fn refused_stage_changes_keep_their_answer_and_do_not_use_up_the_limit() {
         )
         .await;
     assert!(!raised, "the refused raise was undone");
+}
+
+/// Taking standing away is never refused for the limit: a host who spent it
+/// still takes a guest off the stage, and the guest may still leave it
+/// themselves. A withdrawal that changes nothing (a repeat) counts like any
+/// other request.
+#[tokio::test]
+async fn taking_someone_off_the_stage_is_never_over_the_limit() {
+    let app = TestApp::spawn_with_settings(vec![("STAGE_RATE_LIMIT_REQUESTS", "2".into())]).await;
+    let (host, guest, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let room = "limited-withdrawals";
+    app.start_stream(host, room).await;
+    for (user, sid) in [(guest, "PA_guest"), (other, "PA_other")] {
+        let body = webhook_event(
+            &format!("EV_{sid}"),
+            "participant_joined",
+            room,
+            Some((&user.to_string(), sid, false)),
+        );
+        assert_eq!(
+            app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET))
+                .await
+                .status,
+            200
+        );
+    }
+    let (as_host, as_guest) = (app.token_for(host), app.token_for(guest));
+    let about = |user: Uuid| json!({"roomName": room, "userId": user}).to_string();
+    let answer = json!({"roomName": room}).to_string();
+    let on_stage = || async {
+        app.db_value::<bool>(
+            "SELECT EXISTS (SELECT FROM live_stage WHERE room_name = $1 AND user_id = $2
+                            AND on_stage_since IS NOT NULL)",
+            &[&room, &guest],
+        )
+        .await
+    };
+
+    // The other viewer spends their own limit on their hand.
+    let as_other = app.token_for(other);
+    let hand = json!({"roomName": room, "raised": true}).to_string();
+    for _ in 0..2 {
+        let raised = app.call(raise_hand, Some(&as_other), &hand).await;
+        assert_eq!(raised.status, 200, "{}", raised.body);
+    }
+    app.call(raise_hand, Some(&as_other), &hand)
+        .await
+        .assert_error(429, "rate_limited");
+
+    // The host's two invitations spend theirs; the guest's accept is the guest's.
+    for user in [guest, other] {
+        let invited = app.call(invite_to_stage, Some(&as_host), &about(user)).await;
+        assert_eq!(invited.status, 200, "{}", invited.body);
+    }
+    let accepted = app.call(accept_stage, Some(&as_guest), &answer).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    app.call(invite_to_stage, Some(&as_host), &about(other))
+        .await
+        .assert_error(429, "rate_limited");
+
+    let removed = app.call(remove_from_stage, Some(&as_host), &about(guest)).await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    assert!(
+        !on_stage().await,
+        "off the stage, though the host's limit is spent"
+    );
+    app.call(remove_from_stage, Some(&as_host), &about(guest))
+        .await
+        .assert_error(429, "rate_limited");
+    let declined = app.call(decline_stage, Some(&as_other), &answer).await;
+    assert_eq!(
+        declined.status, 200,
+        "a decline though their limit is spent: {}",
+        declined.body
+    );
+    let invited: bool = app
+        .db_value(
+            "SELECT EXISTS (SELECT FROM live_stage WHERE room_name = $1 AND user_id = $2
+                            AND invited_at IS NOT NULL)",
+            &[&room, &other],
+        )
+        .await;
+    assert!(!invited);
 }
 
 /// `/live/start` counts only the starts that reach LiveKit (a new room, or a
