@@ -391,7 +391,6 @@ async fn sync_room(
     let users: Vec<Uuid> = present.iter().filter_map(Presence::user).collect();
     let client = state.db.get().await?;
     viewers::sync(&client, room, streamer, &present, listed_at).await?;
-    let count = viewers::count(&client, room).await?;
     client
         .query_typed(
             "UPDATE live_streams SET room_missing_since = NULL WHERE id = $1 AND room_missing_since IS NOT NULL",
@@ -399,6 +398,9 @@ async fn sync_room(
         )
         .await?;
     let mut standings = chat::standings_among(&**client, room, &users).await?;
+    // Read last, just before the push: a webhook's newer count pushed in
+    // between would otherwise be overwritten by an older one.
+    let count = viewers::count(&client, room).await?;
     drop(client);
     // Told to the room on every run, changed or not: pushes happen only as
     // counts are written, so a count this sync repaired (its write may be

@@ -59,13 +59,17 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
     let started = Instant::now();
     let mut mine_delivery = Delivery::Queued;
     loop {
-        // A holder cut off at its deadline leaves the lease held: it must
-        // lapse then, not a whole LEASE later, for the room's chat to go on.
-        let hold = crate::store::db::request_deadline().map_or(LEASE, |deadline| {
-            LEASE.min(deadline.saturating_duration_since(Instant::now()))
-        });
         let lease = match state.db.get().await {
-            Ok(client) => chat::take_batch_lease(&client, room, hold, BATCH_INTERVAL).await,
+            Ok(client) => {
+                // A holder cut off at its deadline leaves the lease held: it
+                // must lapse then, not a whole LEASE later, for the room's
+                // chat to go on. Measured once the connection is had, which
+                // may have taken a reconnect.
+                let hold = crate::store::db::request_deadline().map_or(LEASE, |deadline| {
+                    LEASE.min(deadline.saturating_duration_since(Instant::now()))
+                });
+                chat::take_batch_lease(&client, room, hold, BATCH_INTERVAL).await
+            }
             Err(error) => Err(error.into()),
         };
         let lease = match lease {

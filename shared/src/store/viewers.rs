@@ -105,7 +105,8 @@ impl SessionChange {
 /// What a participant event did, and what the room must enforce about them.
 pub struct EventApplied {
     /// `applied`, `duplicate` (event id seen before) or `ignored` (unknown
-    /// room, another instance of it, or a stream that has ended).
+    /// room, another instance of it, or a stream that has ended). A leave of
+    /// a session still open here is applied whatever the instance (0041).
     pub outcome: String,
     /// `None` for a room we do not know (or another instance of it).
     pub streamer: Option<Uuid>,

@@ -185,9 +185,9 @@ async fn refused_stage_changes_keep_their_answer_and_do_not_use_up_the_limit() {
 }
 
 /// Taking standing away is never refused for the limit: a host who spent it
-/// still takes a guest off the stage, and the guest may still leave it
-/// themselves. A withdrawal that changes nothing (a repeat) counts like any
-/// other request.
+/// still takes a guest off the stage, and a viewer who spent theirs still
+/// declines an invitation. A withdrawal that changes nothing (a repeat)
+/// counts like any other request.
 #[tokio::test]
 async fn taking_someone_off_the_stage_is_never_over_the_limit() {
     let app = TestApp::spawn_with_settings(vec![("STAGE_RATE_LIMIT_REQUESTS", "2".into())]).await;

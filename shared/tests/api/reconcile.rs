@@ -95,7 +95,6 @@ async fn the_count_a_run_repairs_is_told_to_the_room() {
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!((report.synced, report.failed), (1, 0), "{report:?}");
     assert_eq!(app.viewer_count("told").await, 2);
-    shared::scheduled::flush::flush_once(&app.state).await.unwrap();
     let deadline = Instant::now() + crate::helpers::SETTLE;
     loop {
         let counts: Vec<i64> = host
