@@ -44,6 +44,9 @@ const PRUNE_BATCH: i64 = 5_000;
 /// routes at once). 48 × 5,000 a minute is 4,000/s a table, so no backlog
 /// outgrows its pruning even then.
 const PRUNE_BATCHES: usize = 48;
+/// Ended streams whose unique-viewer marks one run deletes: 1,440,000 a day
+/// at one run a minute, far more streams than end in a day.
+const MARKED_STREAMS_PER_RUN: i64 = 1_000;
 /// Most ended streams whose room one run tries to close.
 const CLOSE_BATCH: i64 = 50;
 /// A scheduled run starts no room later than this before its invocation's
@@ -266,33 +269,53 @@ async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) ->
 }
 
 /// Deletes the unique-viewer marks of streams that ended longer ago than
-/// `retention`. The rooms that still have marks are few (streams live or
-/// ended within the retention), so they are found by skipping through the
-/// primary key from one room to the next, not by visiting every stream that
-/// ever ended.
+/// `retention`, going through those streams in the order they ended from
+/// where the last run stopped (`live_prune_progress`, migration 0045), at
+/// most [`MARKED_STREAMS_PER_RUN`] a run: bounded whatever the history, and
+/// a backlog is worked off run by run. The position moves past a stream only
+/// once its marks are all gone.
 async fn prune_viewers_seen(client: &tokio_postgres::Client, retention: Duration) -> Result<usize, ApiError> {
+    const TASK: &str = "viewers_seen";
     let retention_seconds = retention.as_secs_f64();
-    let rooms: Vec<String> = client
-        .query_typed(
-            "WITH RECURSIVE marked (room_name) AS (
-                 (SELECT room_name FROM live_viewers_seen ORDER BY room_name LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT v.room_name FROM live_viewers_seen v
-                         WHERE v.room_name > m.room_name ORDER BY v.room_name LIMIT 1)
-                 FROM marked m WHERE m.room_name IS NOT NULL)
-             SELECT m.room_name FROM marked m JOIN live_streams s ON s.id = m.room_name
-             WHERE NOT s.is_live AND s.ended_at < now() - make_interval(secs => $1)",
-            &[(&retention_seconds, Type::FLOAT8)],
+    let position = client
+        .query_typed_opt(
+            "SELECT ended_at, room_name FROM live_prune_progress WHERE task = $1",
+            &[(&TASK, Type::TEXT)],
         )
-        .await?
+        .await?;
+    let (after_ended_at, after_room): (DateTime<Utc>, String) = match position {
+        Some(row) => (
+            row.try_get(0).map_err(ApiError::internal)?,
+            row.try_get(1).map_err(ApiError::internal)?,
+        ),
+        None => (DateTime::UNIX_EPOCH, String::new()),
+    };
+    let ended = client
+        .query_typed(
+            "SELECT id, ended_at FROM live_streams
+             WHERE NOT is_live AND ended_at < now() - make_interval(secs => $1)
+               AND ended_at >= $2 AND (ended_at, id) > ($2, $3)
+             ORDER BY ended_at, id
+             LIMIT $4",
+            &[
+                (&retention_seconds, Type::FLOAT8),
+                (&after_ended_at, Type::TIMESTAMPTZ),
+                (&after_room, Type::TEXT),
+                (&MARKED_STREAMS_PER_RUN, Type::INT8),
+            ],
+        )
+        .await?;
+    let Some(last) = ended.last() else { return Ok(0) };
+    let last: (DateTime<Utc>, String) = (
+        last.try_get(1).map_err(ApiError::internal)?,
+        last.try_get(0).map_err(ApiError::internal)?,
+    );
+    let rooms = ended
         .iter()
         .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()
+        .collect::<Result<Vec<String>, _>>()
         .map_err(ApiError::internal)?;
-    if rooms.is_empty() {
-        return Ok(0);
-    }
-    in_batches(|| async {
+    let pruned = in_batches(|| async {
         Ok(client
             .execute_typed(
                 "DELETE FROM live_viewers_seen WHERE (room_name, identity) IN (
@@ -303,7 +326,23 @@ async fn prune_viewers_seen(client: &tokio_postgres::Client, retention: Duration
             )
             .await? as usize)
     })
-    .await
+    .await?;
+    client
+        .execute_typed(
+            "INSERT INTO live_prune_progress AS p (task, ended_at, room_name)
+             SELECT $1, $2, $3
+             WHERE NOT EXISTS (SELECT FROM live_viewers_seen WHERE room_name = ANY($4))
+             ON CONFLICT (task) DO UPDATE SET ended_at = EXCLUDED.ended_at, room_name = EXCLUDED.room_name
+             WHERE (p.ended_at, p.room_name) < (EXCLUDED.ended_at, EXCLUDED.room_name)",
+            &[
+                (&TASK, Type::TEXT),
+                (&last.0, Type::TIMESTAMPTZ),
+                (&last.1, Type::TEXT),
+                (&rooms, Type::TEXT_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(pruned)
 }
 
 /// Ends the stage standing (turn, invitation, raised hand) of viewers whose

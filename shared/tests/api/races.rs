@@ -786,7 +786,8 @@ async fn old_sessions_are_pruned_in_bounded_batches() {
 
 /// The unique-viewer marks of a stream that ended past the retention go, in
 /// bounded batches; those of a live stream and of one that ended yesterday
-/// stay.
+/// stay. A run takes at most 1,000 such streams, in the order they ended, and
+/// the next goes on from where it stopped, however long the history.
 #[tokio::test]
 async fn unique_viewer_marks_of_long_ended_streams_are_pruned_in_bounded_batches() {
     let app = TestApp::spawn().await;
@@ -801,20 +802,28 @@ async fn unique_viewer_marks_of_long_ended_streams_are_pruned_in_bounded_batches
              INSERT INTO live_viewers_seen (room_name, identity)
              VALUES ('seen-live', 'a'), ('seen-yesterday', 'a'), ('seen-yesterday', 'b');
              UPDATE live_streams SET is_live = false, ended_at = now() - interval '8 days' WHERE id = 'seen-long-ago';
-             UPDATE live_streams SET is_live = false, ended_at = now() - interval '1 day' WHERE id = 'seen-yesterday';",
+             UPDATE live_streams SET is_live = false, ended_at = now() - interval '1 day' WHERE id = 'seen-yesterday';
+             -- A long history: 1,000 streams that ended before it, one viewer each.
+             INSERT INTO live_streams (id, streamer_id, title, is_live, ended_at)
+             SELECT 'history-' || n, gen_random_uuid(), 't', false, now() - interval '30 days' + n * interval '1 second'
+             FROM generate_series(1, 1000) AS n;
+             INSERT INTO live_viewers_seen (room_name, identity)
+             SELECT 'history-' || n, 'someone' FROM generate_series(1, 1000) AS n;",
         )
         .await
         .unwrap();
     log_deletes(&admin, "live_viewers_seen").await;
     let first = reconcile(&app.state, GRACE).await.unwrap();
-    assert_eq!(first.viewers_seen_pruned, 5_003);
+    assert_eq!(first.viewers_seen_pruned, 1_000, "the oldest thousand streams");
+    let second = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(second.viewers_seen_pruned, 5_003, "then the next");
     let batches = deletes_by_statement(&admin, "live_viewers_seen").await;
     assert!(
-        batches.len() == 2 && batches.iter().all(|n| *n <= 5_000),
-        "two statements of at most 5,000 rows: {batches:?}"
+        batches.len() == 3 && batches.iter().all(|n| *n <= 5_000),
+        "statements of at most 5,000 rows: {batches:?}"
     );
-    let second = reconcile(&app.state, GRACE).await.unwrap();
-    assert_eq!(second.viewers_seen_pruned, 0);
+    let third = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(third.viewers_seen_pruned, 0);
     let left = first_column(
         &admin,
         "SELECT room_name || ':' || identity FROM live_viewers_seen ORDER BY 1",
