@@ -174,14 +174,22 @@ async fn refused_stage_changes_keep_their_answer_and_do_not_use_up_the_limit() {
         "{:?}",
         limited.headers
     );
-    let raised: bool = app
-        .db_value(
+    assert!(
+        !stage_mark(app, room, viewer, "hand_raised_at").await,
+        "the refused raise was undone"
+    );
+}
+
+/// Whether `user`'s stage row in `room` has `column` (a time) set.
+async fn stage_mark(app: &TestApp, room: &str, user: Uuid, column: &str) -> bool {
+    app.db_value(
+        &format!(
             "SELECT EXISTS (SELECT FROM live_stage WHERE room_name = $1 AND user_id = $2
-                            AND hand_raised_at IS NOT NULL)",
-            &[&room, &viewer],
-        )
-        .await;
-    assert!(!raised, "the refused raise was undone");
+                            AND {column} IS NOT NULL)"
+        ),
+        &[&room, &user],
+    )
+    .await
 }
 
 /// Taking standing away is never refused for the limit: a host who spent it
@@ -211,15 +219,6 @@ async fn taking_someone_off_the_stage_is_never_over_the_limit() {
     let (as_host, as_guest) = (app.token_for(host), app.token_for(guest));
     let about = |user: Uuid| json!({"roomName": room, "userId": user}).to_string();
     let answer = json!({"roomName": room}).to_string();
-    let on_stage = || async {
-        app.db_value::<bool>(
-            "SELECT EXISTS (SELECT FROM live_stage WHERE room_name = $1 AND user_id = $2
-                            AND on_stage_since IS NOT NULL)",
-            &[&room, &guest],
-        )
-        .await
-    };
-
     // The other viewer spends their own limit on their hand.
     let as_other = app.token_for(other);
     let hand = json!({"roomName": room, "raised": true}).to_string();
@@ -245,7 +244,7 @@ async fn taking_someone_off_the_stage_is_never_over_the_limit() {
     let removed = app.call(remove_from_stage, Some(&as_host), &about(guest)).await;
     assert_eq!(removed.status, 200, "{}", removed.body);
     assert!(
-        !on_stage().await,
+        !stage_mark(&app, room, guest, "on_stage_since").await,
         "off the stage, though the host's limit is spent"
     );
     app.call(remove_from_stage, Some(&as_host), &about(guest))
@@ -257,14 +256,7 @@ async fn taking_someone_off_the_stage_is_never_over_the_limit() {
         "a decline though their limit is spent: {}",
         declined.body
     );
-    let invited: bool = app
-        .db_value(
-            "SELECT EXISTS (SELECT FROM live_stage WHERE room_name = $1 AND user_id = $2
-                            AND invited_at IS NOT NULL)",
-            &[&room, &other],
-        )
-        .await;
-    assert!(!invited);
+    assert!(!stage_mark(&app, room, other, "invited_at").await);
 }
 
 /// `/live/start` counts only the starts that reach LiveKit (a new room, or a

@@ -1,6 +1,7 @@
 //! LiveKit webhooks: signed bodies only, exact viewer counts whatever the
 //! delivery order, room_finished ends the stream.
 
+use lambda_http::Request;
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -31,6 +32,47 @@ impl Room {
 
     async fn count(&self) -> i32 {
         self.app.viewer_count(ROOM).await
+    }
+}
+
+/// A participant event of `identity`'s session `participant_sid`, signed, as
+/// the instance `room_sid` of the room reports it.
+fn event_in_instance(id: &str, kind: &str, identity: &str, participant_sid: &str, room_sid: &str) -> Request {
+    let body = webhook_event(id, kind, ROOM, Some((identity, participant_sid, false)));
+    let mut event: serde_json::Value = serde_json::from_str(&body).unwrap();
+    event["room"]["sid"] = room_sid.into();
+    signed_webhook(&event.to_string(), LIVEKIT_API_SECRET)
+}
+
+/// An instance of the room that Postgres never recorded (a start re-created
+/// the room and never committed its sid).
+const UNRECORDED_INSTANCE: &str = "RM_an_instance_postgres_never_recorded";
+
+impl Room {
+    /// The room's instance closes with its `room_finished` lost, and the
+    /// streamer's retried start makes a new one, which Postgres records.
+    /// Returns the sids of the first instance and of the second.
+    async fn restarted_in_a_new_instance(&self) -> (String, String) {
+        let first = self.app.livekit().room(ROOM).await.unwrap().sid;
+        assert_eq!(stored_sid(&self.app, ROOM).await.as_deref(), Some(first.as_str()));
+        self.app.lose_webhooks(true);
+        self.app.livekit().delete_room(ROOM).await;
+        let retried = self
+            .app
+            .call(
+                shared::handlers::start_stream,
+                Some(&self.app.token_for(self.streamer)),
+                &format!(r#"{{"title":"A stream","roomName":"{ROOM}"}}"#),
+            )
+            .await;
+        assert_eq!(retried.status, 200, "{}", retried.body);
+        let second = self.app.livekit().room(ROOM).await.unwrap().sid;
+        assert_ne!(first, second);
+        assert_eq!(
+            stored_sid(&self.app, ROOM).await.as_deref(),
+            Some(second.as_str())
+        );
+        (first, second)
     }
 }
 
@@ -385,17 +427,15 @@ async fn a_banned_user_joining_another_instance_of_the_room_is_still_removed() {
     room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
     let count = room.count().await;
 
-    let mut event: serde_json::Value = serde_json::from_str(&webhook_event(
-        "EV_other_instance",
-        "participant_joined",
-        ROOM,
-        Some((&banned.to_string(), "PA_in_the_other_instance", false)),
-    ))
-    .unwrap();
-    event["room"]["sid"] = "RM_an_instance_postgres_never_recorded".into();
     let response = room
         .app
-        .deliver(signed_webhook(&event.to_string(), LIVEKIT_API_SECRET))
+        .deliver(event_in_instance(
+            "EV_other_instance",
+            "participant_joined",
+            &banned.to_string(),
+            "PA_in_the_other_instance",
+            UNRECORDED_INSTANCE,
+        ))
         .await;
     assert_eq!(response.body["outcome"], "ignored", "{}", response.body);
     client.wait_disconnected().await;
@@ -411,25 +451,20 @@ async fn a_banned_user_joining_another_instance_of_the_room_is_still_removed() {
 async fn a_repeated_join_of_a_banned_user_into_another_instance_still_removes_them() {
     let room = live_room().await;
     let (banned, client, sid) = banned_in_the_room_while_livekit_is_down(&room).await;
-    let mut event: serde_json::Value = serde_json::from_str(&webhook_event(
-        "EV_other_instance_twice",
-        "participant_joined",
-        ROOM,
-        Some((&banned.to_string(), &sid, false)),
-    ))
-    .unwrap();
-    event["room"]["sid"] = "RM_an_instance_postgres_never_recorded".into();
-    let first = room
-        .app
-        .deliver(signed_webhook(&event.to_string(), LIVEKIT_API_SECRET))
-        .await;
+    let join = || {
+        event_in_instance(
+            "EV_other_instance_twice",
+            "participant_joined",
+            &banned.to_string(),
+            &sid,
+            UNRECORDED_INSTANCE,
+        )
+    };
+    let first = room.app.deliver(join()).await;
     assert_eq!(first.body["outcome"], "ignored", "{}", first.body);
 
     room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
-    let again = room
-        .app
-        .deliver(signed_webhook(&event.to_string(), LIVEKIT_API_SECRET))
-        .await;
+    let again = room.app.deliver(join()).await;
     assert_eq!(again.body["outcome"], "duplicate", "{}", again.body);
     client.wait_disconnected().await;
 }
@@ -499,35 +534,13 @@ async fn after_the_stream_ended_joins_are_removed_and_no_webhook_changes_counts(
 #[tokio::test]
 async fn events_of_another_instance_of_the_room_are_ignored() {
     let room = live_room().await;
-    let first = room.app.livekit().room(ROOM).await.unwrap().sid;
-    assert_eq!(stored_sid(&room.app, ROOM).await.as_deref(), Some(first.as_str()));
     // The first instance closes; its room_finished is held up somewhere.
-    room.app.lose_webhooks(true);
-    room.app.livekit().delete_room(ROOM).await;
-    let retried = room
-        .app
-        .call(
-            shared::handlers::start_stream,
-            Some(&room.app.token_for(room.streamer)),
-            &format!(r#"{{"title":"A stream","roomName":"{ROOM}"}}"#),
-        )
-        .await;
-    assert_eq!(retried.status, 200, "{}", retried.body);
-    let second = room.app.livekit().room(ROOM).await.unwrap().sid;
-    assert_eq!(
-        stored_sid(&room.app, ROOM).await.as_deref(),
-        Some(second.as_str())
-    );
+    let (first, second) = room.restarted_in_a_new_instance().await;
 
     // A join the first instance reported late changes no count; the same
     // join in the current instance does.
     let viewer = Uuid::new_v4().to_string();
-    let join_in = |id: &str, sid: &str| {
-        let body = webhook_event(id, "participant_joined", ROOM, Some((&viewer, "PA_late", false)));
-        let mut event: serde_json::Value = serde_json::from_str(&body).unwrap();
-        event["room"]["sid"] = sid.into();
-        signed_webhook(&event.to_string(), LIVEKIT_API_SECRET)
-    };
+    let join_in = |id: &str, sid: &str| event_in_instance(id, "participant_joined", &viewer, "PA_late", sid);
     let count = room.app.viewer_count(ROOM).await;
     let response = room.app.deliver(join_in("EV_old_join", &first)).await;
     assert_eq!(response.body["outcome"], "ignored", "{}", response.body);
@@ -572,10 +585,7 @@ async fn a_late_leave_from_the_previous_instance_closes_the_session_it_counted()
     let first = room.app.livekit().room(ROOM).await.unwrap().sid;
     let viewer = Uuid::new_v4().to_string();
     let event_in = |id: &str, kind: &str, participant_sid: &str, room_sid: &str| {
-        let body = webhook_event(id, kind, ROOM, Some((&viewer, participant_sid, false)));
-        let mut event: serde_json::Value = serde_json::from_str(&body).unwrap();
-        event["room"]["sid"] = room_sid.into();
-        signed_webhook(&event.to_string(), LIVEKIT_API_SECRET)
+        event_in_instance(id, kind, &viewer, participant_sid, room_sid)
     };
     let joined = room
         .app
@@ -584,19 +594,7 @@ async fn a_late_leave_from_the_previous_instance_closes_the_session_it_counted()
     assert_eq!(joined.body["outcome"], "applied", "{}", joined.body);
     assert_eq!(room.count().await, 1);
 
-    room.app.lose_webhooks(true);
-    room.app.livekit().delete_room(ROOM).await;
-    let retried = room
-        .app
-        .call(
-            shared::handlers::start_stream,
-            Some(&room.app.token_for(room.streamer)),
-            &format!(r#"{{"title":"A stream","roomName":"{ROOM}"}}"#),
-        )
-        .await;
-    assert_eq!(retried.status, 200, "{}", retried.body);
-    let second = room.app.livekit().room(ROOM).await.unwrap().sid;
-    assert_ne!(first, second);
+    room.restarted_in_a_new_instance().await;
     assert_eq!(room.count().await, 1, "the viewer's leave is not told yet");
 
     let unknown = room
