@@ -44,6 +44,10 @@ const PRUNE_BATCH: i64 = 5_000;
 /// routes at once). 48 × 5,000 a minute is 4,000/s a table, so no backlog
 /// outgrows its pruning even then.
 const PRUNE_BATCHES: usize = 48;
+/// The most of a run pruning may take (it starts no statement after it, and
+/// one runs at most `statement_timeout`, 5 s): the rest of the 50 s is the
+/// rooms'.
+const PRUNE_BUDGET: Duration = Duration::from_secs(20);
 /// Ended streams whose unique-viewer marks one run deletes: 1,440,000 a day
 /// at one run a minute, far more streams than end in a day.
 const MARKED_STREAMS_PER_RUN: i64 = 1_000;
@@ -100,16 +104,26 @@ pub async fn reconcile_until(
     until: Option<Instant>,
 ) -> Result<ReconcileReport, ApiError> {
     let out_of_time = || until.is_some_and(|until| Instant::now() >= until);
+    // Pruning starts no statement after PRUNE_BUDGET (nor after `until`): a
+    // backlog is worked off run by run, and the rooms always get their turn.
+    let budget = Instant::now() + PRUNE_BUDGET;
+    let prune_until = until.map_or(budget, |until| until.min(budget));
     let mut report = ReconcileReport::default();
     let (live, listed_at, unclosed) = {
         let client = state.db.get().await?;
-        report.webhook_ids_pruned = prune_webhook_ids(&client).await?;
-        in_batches(|| crate::store::rate_limit::prune(&client, PRUNE_BATCH)).await?;
-        report.sessions_pruned = prune_sessions(&client, state.rules.session_retention).await?;
-        report.viewers_seen_pruned = prune_viewers_seen(&client, state.rules.session_retention).await?;
-        report.presence_pruned = in_batches(|| prune_presence_of_ended(&client)).await?;
-        report.claims_pruned = in_batches(|| streams::prune_lapsed_claims(&client, PRUNE_BATCH)).await?;
-        report.stage_turns_ended = end_stage_turns_of_the_gone(&client, state.rules.stage_return).await?;
+        let retention = state.rules.session_retention;
+        report.webhook_ids_pruned = prune_webhook_ids(&client, prune_until).await?;
+        in_batches(prune_until, || {
+            crate::store::rate_limit::prune(&client, PRUNE_BATCH)
+        })
+        .await?;
+        report.sessions_pruned = prune_sessions(&client, retention, prune_until).await?;
+        report.viewers_seen_pruned = prune_viewers_seen(&client, retention, prune_until).await?;
+        report.presence_pruned = in_batches(prune_until, || prune_presence_of_ended(&client)).await?;
+        report.claims_pruned =
+            in_batches(prune_until, || streams::prune_lapsed_claims(&client, PRUNE_BATCH)).await?;
+        report.stage_turns_ended =
+            end_stage_turns_of_the_gone(&client, state.rules.stage_return, prune_until).await?;
         // Read before any LiveKit call: a session written after this is newer
         // than every listing this run gets.
         let listed_at: DateTime<Utc> = client
@@ -197,14 +211,17 @@ fn from_random_start<T>(mut items: Vec<T>) -> Vec<T> {
 
 /// Runs `prune` (one statement, its own transaction, deleting at most
 /// [`PRUNE_BATCH`] rows and returning how many) until it deletes less than a
-/// batch or [`PRUNE_BATCHES`] statements ran.
-async fn in_batches<F, Fut>(mut prune: F) -> Result<usize, ApiError>
+/// batch, [`PRUNE_BATCHES`] statements ran, or `until` has passed.
+async fn in_batches<F, Fut>(until: Instant, mut prune: F) -> Result<usize, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<usize, ApiError>>,
 {
     let mut pruned = 0;
     for _ in 0..PRUNE_BATCHES {
+        if Instant::now() >= until {
+            break;
+        }
         let deleted = prune().await?;
         pruned += deleted;
         if deleted < PRUNE_BATCH as usize {
@@ -215,14 +232,14 @@ where
 }
 
 /// Deletes webhook ids past their retention.
-async fn prune_webhook_ids(client: &tokio_postgres::Client) -> Result<usize, ApiError> {
+async fn prune_webhook_ids(client: &tokio_postgres::Client, until: Instant) -> Result<usize, ApiError> {
     let statement = format!(
         "DELETE FROM live_webhook_events WHERE id IN (
              SELECT id FROM live_webhook_events
              WHERE received_at < now() - interval '{EVENT_ID_RETENTION}'
              LIMIT $1)"
     );
-    in_batches(|| async {
+    in_batches(until, || async {
         Ok(client
             .execute_typed(&statement, &[(&PRUNE_BATCH, Type::INT8)])
             .await? as usize)
@@ -235,11 +252,15 @@ async fn prune_webhook_ids(client: &tokio_postgres::Client) -> Result<usize, Api
 /// while its stream ended; the end closes every other). Open sessions are
 /// few, the viewers present now, so the second search starts from them, not
 /// from every stream that ever ended.
-async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) -> Result<usize, ApiError> {
+async fn prune_sessions(
+    client: &tokio_postgres::Client,
+    retention: Duration,
+    until: Instant,
+) -> Result<usize, ApiError> {
     let retention_seconds = retention.as_secs_f64();
     let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
         [(&retention_seconds, Type::FLOAT8), (&PRUNE_BATCH, Type::INT8)];
-    let closed = in_batches(|| async {
+    let closed = in_batches(until, || async {
         Ok(client
             .execute_typed(
                 "DELETE FROM live_participant_sessions WHERE (room_name, sid) IN (
@@ -251,7 +272,7 @@ async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) ->
             .await? as usize)
     })
     .await?;
-    let open_in_ended = in_batches(|| async {
+    let open_in_ended = in_batches(until, || async {
         Ok(client
             .execute_typed(
                 "DELETE FROM live_participant_sessions WHERE (room_name, sid) IN (
@@ -274,7 +295,11 @@ async fn prune_sessions(client: &tokio_postgres::Client, retention: Duration) ->
 /// most [`MARKED_STREAMS_PER_RUN`] a run: bounded whatever the history, and
 /// a backlog is worked off run by run. The position moves past a stream only
 /// once its marks are all gone.
-async fn prune_viewers_seen(client: &tokio_postgres::Client, retention: Duration) -> Result<usize, ApiError> {
+async fn prune_viewers_seen(
+    client: &tokio_postgres::Client,
+    retention: Duration,
+    until: Instant,
+) -> Result<usize, ApiError> {
     const TASK: &str = "viewers_seen";
     let retention_seconds = retention.as_secs_f64();
     let position = client
@@ -305,7 +330,9 @@ async fn prune_viewers_seen(client: &tokio_postgres::Client, retention: Duration
             ],
         )
         .await?;
-    let Some(last) = ended.last() else { return Ok(0) };
+    let Some(last) = ended.last().filter(|_| Instant::now() < until) else {
+        return Ok(0);
+    };
     let last: (DateTime<Utc>, String) = (
         last.try_get(1).map_err(ApiError::internal)?,
         last.try_get(0).map_err(ApiError::internal)?,
@@ -315,7 +342,7 @@ async fn prune_viewers_seen(client: &tokio_postgres::Client, retention: Duration
         .map(|row| row.try_get(0))
         .collect::<Result<Vec<String>, _>>()
         .map_err(ApiError::internal)?;
-    let pruned = in_batches(|| async {
+    let pruned = in_batches(until, || async {
         Ok(client
             .execute_typed(
                 "DELETE FROM live_viewers_seen WHERE (room_name, identity) IN (
@@ -355,12 +382,13 @@ async fn prune_viewers_seen(client: &tokio_postgres::Client, retention: Duration
 async fn end_stage_turns_of_the_gone(
     client: &tokio_postgres::Client,
     stage_return: Duration,
+    until: Instant,
 ) -> Result<usize, ApiError> {
     let stage_return_seconds = stage_return.as_secs_f64();
     let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
         [(&stage_return_seconds, Type::FLOAT8), (&PRUNE_BATCH, Type::INT8)];
     let ended = std::cell::Cell::new(0);
-    in_batches(|| async {
+    in_batches(until, || async {
         let rows = client
             .query_typed(
                 "WITH lapsed AS (

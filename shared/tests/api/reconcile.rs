@@ -276,10 +276,11 @@ async fn an_unreachable_livekit_fails_the_run_and_changes_nothing() {
     );
 }
 
-/// A run that has no time left starts no room and says how many it left; the
-/// next run with time does them all. (A scheduled run stops starting rooms
-/// 8 s before its invocation's deadline, so a slow LiveKit cannot make
-/// Lambda cut it off unlogged.)
+/// A run that has no time left starts no room and no pruning, and says how
+/// many rooms it left; the next run with time does them all. (A scheduled run
+/// stops starting rooms 8 s before its invocation's deadline, and pruning
+/// after 20 s, so neither a slow LiveKit nor a backlog can make Lambda cut
+/// it off unlogged.)
 #[tokio::test]
 async fn a_run_out_of_time_leaves_the_rest_to_the_next_run() {
     let app = TestApp::spawn().await;
@@ -290,12 +291,21 @@ async fn a_run_out_of_time_leaves_the_rest_to_the_next_run() {
     ] {
         app.start_stream(host, room).await;
     }
+    app.db()
+        .await
+        .batch_execute(
+            "INSERT INTO live_webhook_events (id, received_at)
+             SELECT 'EV_backlog_' || n, now() - interval '2 days' FROM generate_series(1, 10) AS n",
+        )
+        .await
+        .unwrap();
     let report = reconcile_until(&app.state, GRACE, Some(Instant::now()))
         .await
         .unwrap();
     assert_eq!(report.live, 3);
     assert_eq!(report.left_for_next_run, 3, "{report:?}");
     assert_eq!(report.synced + report.missing, 0, "{report:?}");
+    assert_eq!(report.webhook_ids_pruned, 0, "{report:?}");
 
     let report = reconcile_until(&app.state, GRACE, Some(Instant::now() + Duration::from_secs(60)))
         .await
@@ -305,4 +315,5 @@ async fn a_run_out_of_time_leaves_the_rest_to_the_next_run() {
         (3, 3, 0),
         "{report:?}"
     );
+    assert_eq!(report.webhook_ids_pruned, 10, "{report:?}");
 }
