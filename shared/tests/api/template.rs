@@ -203,6 +203,20 @@ fn the_alarms_watch_this_stacks_api_and_scheduled_functions() {
         ("FlushCountsFailingAlarm", "FlushCountsFunction"),
     ] {
         let alarm = &resources[alarm]["Properties"];
+        if function == "ReconcileFunction" {
+            // Its runs follow ReconcileSchedule, so its window must be a parameter beside it.
+            assert!(is_ref_to(
+                &alarm["EvaluationPeriods"],
+                "ReconcileAlarmWindowMinutes"
+            ));
+            let window = &template["Parameters"]["ReconcileAlarmWindowMinutes"];
+            assert_eq!(window["Default"].as_i64(), Some(5));
+            assert_eq!(
+                window["MaxValue"].as_i64(),
+                Some(24 * 60),
+                "a one-minute period, a day at most"
+            );
+        }
         assert_eq!(alarm["Namespace"].as_str(), Some("AWS/Lambda"));
         assert_eq!(alarm["MetricName"].as_str(), Some("Errors"));
         assert!(is_ref_to(&dimension(alarm, "FunctionName"), function));
