@@ -295,9 +295,12 @@ start_postgres() {
     # must give a SCRAM password, so credential rotation can be tested; every
     # other role is trusted. pg_hba.conf is read top down: this line goes first.
     # shellcheck disable=SC2016 # $1 expands in the inner shell
-    _pg bash -c 'f="$1/data/pg_hba.conf"
+    # (Callers run this under `cmd || rc=$?`, where `set -e` is off: every
+    # step below that can fail says so itself.)
+    _pg bash -c 'set -e
+        f="$1/data/pg_hba.conf"
         { printf "host all +password_login 127.0.0.1/32 scram-sha-256\n"; cat "$f"; } >"$f.new"
-        mv "$f.new" "$f"' _ "$dir"
+        mv "$f.new" "$f"' _ "$dir" || die "could not write $dir/data/pg_hba.conf"
 
     # TLS, so tests can prove that `sslmode=require` and a pinned CA work: a
     # throwaway CA and a server certificate it signs for localhost/127.0.0.1.
@@ -324,7 +327,7 @@ start_postgres() {
     # (fsync, synchronous_commit, full_page_writes on), for benchmarks.
     local esc_sockdir=${sockdir//\'/\'\'} durability=off
     if [ "${PG_DURABLE:-0}" = 1 ]; then durability=on; fi
-    cat >>"$dir/data/postgresql.conf" <<EOF
+    cat >>"$dir/data/postgresql.conf" <<EOF || die "could not write $dir/data/postgresql.conf"
 
 # --- added by scripts/lib.sh start_postgres (throwaway cluster) ---
 listen_addresses = '127.0.0.1'
@@ -340,7 +343,8 @@ EOF
     local attempt port
     for attempt in 1 2 3; do
         port="$(free_port)"
-        printf "port = %s\n" "$port" >>"$dir/data/postgresql.conf" # last one wins
+        printf "port = %s\n" "$port" >>"$dir/data/postgresql.conf" || # last one wins
+            die "could not write $dir/data/postgresql.conf"
         if _pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
             start >/dev/null; then
             # pg_ctl -w returned, so the server is accepting connections.
@@ -367,14 +371,20 @@ EOF
 # Idempotent; meant for a `trap ... EXIT`.
 stop_postgres() {
     if [ -n "${PG_DIR:-}" ]; then
+        local pid=""
         if [ -f "$PG_DIR/data/postmaster.pid" ]; then
-            local pid
             pid="$(head -n 1 "$PG_DIR/data/postmaster.pid" 2>/dev/null || true)"
+        fi
+        # A pid file left by a reboot or a crash may name a pid now another
+        # process's: pg_ctl would signal it whatever it is. Only a postmaster
+        # running in this data directory is stopped.
+        if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ] &&
+            [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(readlink -f "$PG_DIR/data")" ]; then
             _pg "${PG_BINDIR:-$(find_pg_bindir)}/pg_ctl" -D "$PG_DIR/data" -m immediate \
                 -w -t 30 stop >/dev/null 2>&1 || true
             # pg_ctl returns once the pid file is gone, a moment before the
             # postmaster has exited: wait for it (and insist if it hangs).
-            if [ -n "$pid" ]; then wait_or_kill "$pid" postgres; fi
+            wait_or_kill "$pid" postgres
         fi
         rm -rf "$PG_DIR"
     fi
@@ -471,6 +481,20 @@ start_pgbouncer() {
 
     local psql=psql
     if [ -n "${PG_BINDIR:-}" ] && [ -x "$PG_BINDIR/psql" ]; then psql="$PG_BINDIR/psql"; fi
+    command -v "$psql" >/dev/null || die "psql not found (Debian: apt-get install postgresql-client)"
+
+    # The tests prove the app survives a transaction-mode pooler that keeps no
+    # named prepared statements, as Supabase's did and 1.18 (Debian 12) does.
+    # From 1.21 pgbouncer can keep them (max_prepared_statements; 200 by
+    # default from 1.24), so a newer one is told not to; 1.18 refuses the
+    # setting, so it is written only where it exists.
+    local version major minor prepared_statements=""
+    version="$("$bin" --version 2>/dev/null | sed -n 's/^PgBouncer \([0-9]*\)\.\([0-9]*\).*/\1 \2/p' | head -n 1)"
+    [ -n "$version" ] || die "cannot read the version of $bin"
+    read -r major minor <<<"$version"
+    if [ "$major" -gt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -ge 21 ]; }; then
+        prepared_statements="max_prepared_statements = 0"
+    fi
 
     local attempt port
     for attempt in 1 2 3; do
@@ -499,6 +523,7 @@ max_client_conn = 500
 default_pool_size = 10
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
+$prepared_statements
 EOF
         if is_root; then chown postgres: "$dir"/*; fi
 
@@ -646,9 +671,15 @@ _install_livekit_server() {
     mkdir -p "$bindir"
     # Go's module and build caches live under target/ too (nothing cached
     # elsewhere; -modcacherw so `rm -rf target` can delete them). GOTOOLCHAIN=
-    # local: never download another Go, the machine's must do.
+    # local: never download another Go, the machine's must do. Modules come
+    # from the module proxy (checked against the checksum database), never
+    # straight from their repositories: a GOPROXY of "direct" is replaced, a
+    # proxy of the machine's own kept.
+    local goproxy
+    goproxy="$(go env GOPROXY 2>/dev/null || true)"
+    case "$goproxy" in "" | direct) goproxy=https://proxy.golang.org ;; esac
     if ! GOBIN="$bindir" GOMODCACHE="$TOOLS_DIR/go/mod" GOCACHE="$TOOLS_DIR/go/cache" \
-        GOFLAGS="-mod=mod -modcacherw" GOTOOLCHAIN=local \
+        GOFLAGS="-mod=mod -modcacherw" GOTOOLCHAIN=local GOPROXY="$goproxy" \
         go install "$LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION"; then
         die "go install $LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION failed (see above); the LiveKit tests cannot run without it"
     fi
