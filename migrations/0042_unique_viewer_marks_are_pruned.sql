@@ -4,5 +4,32 @@
 -- unique-viewer figure is final (live_viewer_counts keeps it) and no event
 -- changes its counts, so the reconciler now deletes the marks of streams
 -- that ended longer ago than the session retention, in bounded batches.
+--
+-- It goes through the ended streams in the order they ended, at most a
+-- fixed number a run, and remembers in live_prune_progress where it
+-- stopped: each run's work is bounded whatever the history, a backlog is
+-- worked off run by run, and a stream is passed only once its marks are all
+-- gone. The position only moves forward.
 
 GRANT DELETE ON TABLE live_viewers_seen TO live_api;
+
+CREATE TABLE live_prune_progress (
+    task      TEXT PRIMARY KEY,
+    ended_at  TIMESTAMPTZ NOT NULL,
+    room_name TEXT NOT NULL
+);
+
+ALTER TABLE live_prune_progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY live_api_all_rows ON live_prune_progress TO live_api USING (true) WITH CHECK (true);
+DO $$
+DECLARE
+    grantee TEXT;
+BEGIN
+    FOREACH grantee IN ARRAY ARRAY['PUBLIC', 'anon', 'authenticated'] LOOP
+        IF grantee = 'PUBLIC' OR EXISTS (SELECT FROM pg_roles WHERE rolname = grantee) THEN
+            EXECUTE format('REVOKE ALL ON TABLE live_prune_progress FROM %s', grantee);
+        END IF;
+    END LOOP;
+END
+$$;
+GRANT SELECT, INSERT, UPDATE ON TABLE live_prune_progress TO live_api;

@@ -267,13 +267,9 @@ pub async fn within_deadline(
     });
     // On the heap: a handler's future is large, and moving it through the
     // deadline and timeout wrappers would copy it on the stack each time.
-    let work = Box::pin(crate::store::db::with_request_deadline(
-        Instant::now() + limit,
-        work,
-    ));
-    match tokio::time::timeout(limit, work).await {
-        Ok(response) => response,
-        Err(_) => error_response(&ApiError::unavailable(
+    match crate::store::db::until_cut_off(Instant::now() + limit, Box::pin(work)).await {
+        Some(response) => response,
+        None => error_response(&ApiError::unavailable(
             Dependency::Timeout,
             "request deadline passed",
         )),

@@ -77,12 +77,9 @@ pub async fn post_message(
     // cut off in a statement is not pooled.
     let sending = chat_broadcast::send_batches(state, &room, Some(seq));
     let delivery = match crate::store::db::request_deadline().and_then(|d| d.checked_sub(ANSWER_MARGIN)) {
-        Some(answer_by) => tokio::time::timeout_at(
-            answer_by.into(),
-            crate::store::db::with_request_deadline(answer_by, sending),
-        )
-        .await
-        .unwrap_or(Delivery::Failed),
+        Some(answer_by) => crate::store::db::until_cut_off(answer_by, sending)
+            .await
+            .unwrap_or(Delivery::Failed),
         None => sending.await,
     };
     let broadcast = delivery != Delivery::Failed;

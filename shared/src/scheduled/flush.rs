@@ -129,17 +129,14 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
             // Under the cut-off as a request's deadline, so a statement still
             // running when the tick is stopped is cancelled, not handed to
             // the next invocation on the pooled connection.
-            Some(cut_off) => {
-                let pass = crate::store::db::with_request_deadline(cut_off, flush_once(state));
-                tokio::time::timeout_at(cut_off.into(), pass).await
-            }
-            None => Ok(flush_once(state).await),
+            Some(cut_off) => crate::store::db::until_cut_off(cut_off, flush_once(state)).await,
+            None => Some(flush_once(state).await),
         };
         match flushed {
-            Ok(Ok(rooms)) => report.written += i64::from(rooms),
+            Some(Ok(rooms)) => report.written += i64::from(rooms),
             // flush_once logged what failed.
-            Ok(Err(_)) => report.failed_ticks += 1,
-            Err(_) => {
+            Some(Err(_)) => report.failed_ticks += 1,
+            None => {
                 tracing::warn!("a flush still running at the invocation's end was stopped");
                 report.failed_ticks += 1;
                 return report;

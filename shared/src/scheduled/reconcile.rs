@@ -291,7 +291,7 @@ async fn prune_sessions(
 
 /// Deletes the unique-viewer marks of streams that ended longer ago than
 /// `retention`, going through those streams in the order they ended from
-/// where the last run stopped (`live_prune_progress`, migration 0045), at
+/// where the last run stopped (`live_prune_progress`, migration 0042), at
 /// most [`MARKED_STREAMS_PER_RUN`] a run: bounded whatever the history, and
 /// a backlog is worked off run by run. The position moves past a stream only
 /// once its marks are all gone.
@@ -302,30 +302,21 @@ async fn prune_viewers_seen(
 ) -> Result<usize, ApiError> {
     const TASK: &str = "viewers_seen";
     let retention_seconds = retention.as_secs_f64();
-    let position = client
-        .query_typed_opt(
-            "SELECT ended_at, room_name FROM live_prune_progress WHERE task = $1",
-            &[(&TASK, Type::TEXT)],
-        )
-        .await?;
-    let (after_ended_at, after_room): (DateTime<Utc>, String) = match position {
-        Some(row) => (
-            row.try_get(0).map_err(ApiError::internal)?,
-            row.try_get(1).map_err(ApiError::internal)?,
-        ),
-        None => (DateTime::UNIX_EPOCH, String::new()),
-    };
     let ended = client
         .query_typed(
-            "SELECT id, ended_at FROM live_streams
-             WHERE NOT is_live AND ended_at < now() - make_interval(secs => $1)
-               AND ended_at >= $2 AND (ended_at, id) > ($2, $3)
-             ORDER BY ended_at, id
-             LIMIT $4",
+            // The position read once (an InitPlan), so the scan of the
+            // ended streams starts at it in their ended_at index.
+            "WITH position AS (SELECT ended_at, room_name FROM live_prune_progress WHERE task = $2)
+             SELECT s.id, s.ended_at FROM live_streams s
+             WHERE NOT s.is_live AND s.ended_at < now() - make_interval(secs => $1)
+               AND s.ended_at >= coalesce((SELECT ended_at FROM position), '-infinity')
+               AND (s.ended_at, s.id) > (coalesce((SELECT ended_at FROM position), '-infinity'),
+                                         coalesce((SELECT room_name FROM position), ''))
+             ORDER BY s.ended_at, s.id
+             LIMIT $3",
             &[
                 (&retention_seconds, Type::FLOAT8),
-                (&after_ended_at, Type::TIMESTAMPTZ),
-                (&after_room, Type::TEXT),
+                (&TASK, Type::TEXT),
                 (&MARKED_STREAMS_PER_RUN, Type::INT8),
             ],
         )

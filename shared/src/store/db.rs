@@ -75,6 +75,15 @@ pub async fn with_request_deadline<F: std::future::Future>(deadline: Instant, wo
     REQUEST_DEADLINE.scope(deadline, work).await
 }
 
+/// Runs `work` until `cut_off` at the latest, as a request with that
+/// deadline: stopped there (`None`), the connections it held cancel their
+/// statements instead of going back to the pool with them still running.
+pub async fn until_cut_off<F: std::future::Future>(cut_off: Instant, work: F) -> Option<F::Output> {
+    tokio::time::timeout_at(cut_off.into(), with_request_deadline(cut_off, work))
+        .await
+        .ok()
+}
+
 impl Database {
     /// A pooled connection for the current request.
     pub async fn get(&self) -> Result<Conn, deadpool_postgres::PoolError> {

@@ -68,10 +68,6 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(42, "0042_unique_viewer_marks_are_pruned"),
     migration!(43, "0043_a_kick_ends_the_stage_turn"),
     migration!(44, "0044_taking_standing_away_is_never_limited"),
-    migration!(
-        45,
-        "0045_unique_viewer_marks_are_pruned_from_where_the_last_run_stopped"
-    ),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.
