@@ -101,18 +101,20 @@ async fn a_message_is_stored_and_broadcast_to_the_room() {
 
 #[tokio::test]
 async fn when_the_broadcast_fails_the_message_stays_stored() {
-    let (app, _) = chat_room().await;
-    app.set_livekit_mode(LiveKitMode::Failing);
-    let response = say(&app, Uuid::new_v4(), "still here").await;
-    assert_eq!(response.status, 201, "{}", response.body);
-    assert_eq!(response.body["broadcast"], false);
-    let history = app
-        .send(
-            chat_history,
-            get_request(Some(&app.token_for(Uuid::new_v4())), &[("roomName", ROOM)], None),
-        )
-        .await;
-    assert_eq!(history.body["messages"][0]["text"], "still here");
+    for mode in [LiveKitMode::Stopped, LiveKitMode::Failing] {
+        let (app, _) = chat_room().await;
+        app.set_livekit_mode(mode).await;
+        let response = say(&app, Uuid::new_v4(), "still here").await;
+        assert_eq!(response.status, 201, "{mode:?}: {}", response.body);
+        assert_eq!(response.body["broadcast"], false, "{mode:?}");
+        let history = app
+            .send(
+                chat_history,
+                get_request(Some(&app.token_for(Uuid::new_v4())), &[("roomName", ROOM)], None),
+            )
+            .await;
+        assert_eq!(history.body["messages"][0]["text"], "still here", "{mode:?}");
+    }
 }
 
 #[tokio::test]
@@ -121,7 +123,7 @@ async fn a_post_after_livekit_closed_the_idle_connection_is_broadcast_once() {
     // The join's webhook pushes the count into the room: after it, nothing
     // else of ours talks to LiveKit, so the post meets the closed connection.
     app.wait_for_webhooks("participant_joined", 1).await;
-    app.set_livekit_mode(LiveKitMode::ClosingIdle);
+    app.set_livekit_mode(LiveKitMode::ClosingIdle).await;
     let response = say(&app, Uuid::new_v4(), "after the nap").await;
     assert_eq!(response.status, 201, "{}", response.body);
     assert_eq!(response.body["broadcast"], true, "{}", response.body);
@@ -520,13 +522,13 @@ async fn busy_chat_is_sent_in_order_in_batches() {
 #[tokio::test]
 async fn a_batch_livekit_refused_is_sent_later_by_the_flusher() {
     let (app, _, listener) = chat_room_with_listener().await;
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let response = say(&app, Uuid::new_v4(), "into the void").await;
     assert_eq!(
         (response.status, &response.body["broadcast"]),
         (201, &json!(false))
     );
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
     let deadline = std::time::Instant::now() + crate::helpers::SETTLE;
     while listener.data_on("chat").is_empty() {
         assert!(std::time::Instant::now() < deadline, "the flusher never sent it");
@@ -570,7 +572,7 @@ async fn a_rooms_first_message_left_unsent_is_sent_by_the_flusher() {
 async fn a_post_whose_broadcast_hangs_answers_201_before_the_deadline() {
     let app = TestApp::spawn_with_settings(vec![("REQUEST_DEADLINE_SECONDS", "2".into())]).await;
     app.start_stream(Uuid::new_v4(), ROOM).await;
-    app.set_livekit_mode(LiveKitMode::Hanging);
+    app.set_livekit_mode(LiveKitMode::Hanging).await;
     let response = say(&app, Uuid::new_v4(), "into the silence").await;
     assert_eq!(
         (response.status, &response.body["broadcast"]),
@@ -588,7 +590,7 @@ async fn a_post_whose_broadcast_hangs_answers_201_before_the_deadline() {
 
     // The abandoned send's room lease ended with the post's answer: the next
     // post takes it and sends both at once, not after the lease's 8 s.
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
     let next = say(&app, Uuid::new_v4(), "heard again").await;
     assert_eq!(
         (next.status, &next.body["broadcast"]),

@@ -63,7 +63,7 @@ async fn ending_twice_keeps_the_first_ended_at_and_closes_the_room_once() {
     let token = app.token_for(host);
     let first = app.call(end_stream, Some(&token), END_BODY).await;
     // The room is closed and recorded so: a second end needs no LiveKit at all.
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let second = app.call(end_stream, Some(&token), END_BODY).await;
     assert_eq!((first.status, second.status), (200, 200));
     assert_eq!(
@@ -116,7 +116,7 @@ async fn when_livekit_is_down_the_stream_still_ends_and_a_later_end_closes_the_r
     app.start_stream(host, "ending").await;
     let token = app.token_for(host);
 
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let first = app.call(end_stream, Some(&token), END_BODY).await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.body["stream"]["isLive"], false);
@@ -129,7 +129,7 @@ async fn when_livekit_is_down_the_stream_still_ends_and_a_later_end_closes_the_r
     assert!(row.get::<_, Option<DateTime<Utc>>>("room_closed_at").is_none());
     assert!(app.has_room("ending").await);
 
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
     let retry = app.call(end_stream, Some(&token), END_BODY).await;
     assert_eq!(retry.status, 200);
     assert_eq!(retry.body["roomClosed"], true);
@@ -142,7 +142,7 @@ async fn a_hanging_livekit_does_not_hold_the_end_request() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     app.start_stream(host, "ending").await;
-    app.set_livekit_mode(LiveKitMode::Hanging);
+    app.set_livekit_mode(LiveKitMode::Hanging).await;
     let response = tokio::time::timeout(
         std::time::Duration::from_secs(15),
         app.call(end_stream, Some(&app.token_for(host)), END_BODY),

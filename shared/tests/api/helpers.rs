@@ -184,7 +184,8 @@ pub struct TestApp {
     livekit: LiveKitUnderTest,
     pub jwks: JwksServer,
     pub supabase_url: Option<String>,
-    /// Every webhook LiveKit's server delivered to this app: `(event, outcome)`.
+    /// Every webhook LiveKit's server delivered to this app: `(event, outcome)`,
+    /// the outcome [`LOST`] for one thrown away.
     webhooks: Arc<Mutex<Vec<(String, String)>>>,
     /// While set, LiveKit's webhooks are answered 200 and thrown away: lost.
     losing_webhooks: Arc<std::sync::atomic::AtomicBool>,
@@ -358,10 +359,10 @@ impl TestApp {
         }
     }
 
-    /// Makes LiveKit refuse, hang, or work again (the real server, behind
-    /// the proxy that is the app's `LIVEKIT_URL`).
-    pub fn set_livekit_mode(&self, mode: LiveKitMode) {
-        self.livekit().set_mode(mode);
+    /// Makes LiveKit stop, drop connections, hang, or work again (the real
+    /// server, behind the proxy that is the app's `LIVEKIT_URL`).
+    pub async fn set_livekit_mode(&self, mode: LiveKitMode) {
+        self.livekit().set_mode(mode).await;
     }
 
     pub async fn has_room(&self, room: &str) -> bool {
@@ -391,19 +392,31 @@ impl TestApp {
     /// sends late by design (a vanished client is reported after its ICE
     /// timeouts).
     pub async fn wait_for_webhooks_within(&self, event: &str, count: usize, bound: std::time::Duration) {
+        self.wait_for_delivered(event, count, bound, false).await;
+    }
+
+    /// Waits (at most [`SETTLE`]) until LiveKit sent a webhook `event` that
+    /// was lost ([`Self::lose_webhooks`]), `count` times in all: the loss a
+    /// repair test starts from has happened.
+    pub async fn wait_for_lost_webhooks(&self, event: &str, count: usize) {
+        self.wait_for_delivered(event, count, SETTLE, true).await;
+    }
+
+    async fn wait_for_delivered(&self, event: &str, count: usize, bound: std::time::Duration, lost: bool) {
         let deadline = std::time::Instant::now() + bound;
         loop {
             let seen = self
                 .delivered_webhooks()
                 .iter()
-                .filter(|(e, _)| e == event)
+                .filter(|(e, outcome)| e == event && (outcome == LOST) == lost)
                 .count();
             if seen >= count {
                 return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{count} {event} webhooks not delivered within {bound:?}: {:?}",
+                "{count} {event} webhooks not {} within {bound:?}: {:?}",
+                if lost { "lost" } else { "delivered" },
                 self.delivered_webhooks()
             );
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
@@ -916,6 +929,9 @@ impl TestApp {
     }
 }
 
+/// The outcome recorded for a webhook the app threw away while losing them.
+pub const LOST: &str = "lost";
+
 /// The app's `POST /live/webhook` over HTTP, for LiveKit's server: each call
 /// goes through the real endpoint (signature, body, database) as API Gateway
 /// would deliver it.
@@ -933,7 +949,12 @@ fn serve_webhooks(
             let (state, delivered, losing) = (state.clone(), delivered.clone(), losing.clone());
             async move {
                 use shared::http::Endpoint;
+                let event = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["event"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
                 if losing.load(std::sync::atomic::Ordering::SeqCst) {
+                    delivered.lock().unwrap().push((event, LOST.to_owned()));
                     return (axum::http::StatusCode::OK, "{}".to_owned());
                 }
                 let mut request = Request::new(Body::Binary(body.to_vec()));
@@ -941,10 +962,6 @@ fn serve_webhooks(
                 for (name, value) in &headers {
                     request.headers_mut().insert(name.clone(), value.clone());
                 }
-                let event = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v["event"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
                 let response = shared::handlers::LiveKitWebhook.respond(&state, request).await;
                 let status = response.status();
                 let answer: Value = serde_json::from_slice(response.body().as_ref()).unwrap_or_default();

@@ -613,7 +613,7 @@ async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
     let room = "stubborn";
     let (_, _client, invite) = live_with_a_guest_on_stage(&app, host, room).await;
 
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let removed = app
         .call(remove_from_stage, Some(&app.token_for(host)), &invite)
         .await;
@@ -623,7 +623,7 @@ async fn a_removal_livekit_missed_is_applied_by_the_reconciler() {
         "{}",
         removed.body
     );
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
     assert!(can_publish(&app, room).await, "LiveKit still lets them publish");
     shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(60))
         .await
@@ -682,12 +682,12 @@ async fn a_retried_removal_tells_livekit_what_the_first_one_could_not() {
     let room = "retried-removal";
     let (_, _client, invite) = live_with_a_guest_on_stage(&app, host, room).await;
 
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let removed = app
         .call(remove_from_stage, Some(&app.token_for(host)), &invite)
         .await;
     assert_eq!(removed.body["roomUpdated"], false, "{}", removed.body);
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
     assert!(can_publish(&app, room).await, "LiveKit missed the removal");
 
     let retried = app

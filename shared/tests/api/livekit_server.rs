@@ -2,8 +2,8 @@
 //!
 //! Each test app gets its own server (`scripts/livekit-server`, config written
 //! by `scripts/lib.sh`), started on first use behind a TCP proxy: the proxy's
-//! address is the app's `LIVEKIT_URL`, so a test can make LiveKit refuse
-//! connections or stall mid-call without a stand-in. The server sends its
+//! address is the app's `LIVEKIT_URL`, so a test can make LiveKit stop
+//! (nothing listens), drop connections or stall mid-call without a stand-in. The server sends its
 //! webhooks to the app's own webhook endpoint. Participants are LiveKit's
 //! Python SDK (`shared/tests/clients/participant.py`) in processes of their own.
 
@@ -17,14 +17,18 @@ use livekit_api::services::room::{CreateRoomOptions, RoomClient};
 use livekit_protocol as proto;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpSocket;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{Notify, OnceCell, watch};
+use tokio::sync::{Notify, OnceCell, oneshot, watch};
 
 /// How the proxy in front of the server behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Up,
+    /// Nothing listens on LiveKit's address: connections are refused, and
+    /// open ones are cut. A stopped or restarting server looks like this.
+    Stopped,
     /// Connections are closed as soon as they are made, and open ones are cut:
     /// LiveKit is down.
     Failing,
@@ -76,6 +80,31 @@ struct Inner {
     /// passed, a keep-alive connection left idle through an outage would fail
     /// its first request after LiveKit came back.
     generation: watch::Sender<u64>,
+    listening: tokio::sync::Mutex<Listening>,
+}
+
+/// The proxy's port, listened on or only held. The port stays bound all
+/// along (a socket bound but not listening refuses connections), so a test
+/// that stops LiveKit finds it at the same address when it comes back, and
+/// no other socket can take the port in between.
+struct Listening {
+    proxy_port: u16,
+    /// The accept loop of the listening socket, stopped by the sender.
+    accepting: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// Bound to the port beside the listener (`SO_REUSEPORT`), not listening:
+    /// it holds the port while the listener is closed.
+    reserve: Option<TcpSocket>,
+}
+
+/// A socket bound to `port` on loopback that shares the port with the
+/// proxy's other socket (0: a port the kernel picks).
+fn proxy_socket(port: u16) -> TcpSocket {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseport(true).unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .unwrap_or_else(|error| panic!("the LiveKit proxy's port {port}: {error}"));
+    socket
 }
 
 /// One LiveKit server behind its proxy. Clones share the server (several
@@ -103,16 +132,20 @@ impl LiveKitServer {
             server: OnceCell::new(),
             mode: AtomicU8::new(UP),
             generation: watch::Sender::new(0),
+            listening: tokio::sync::Mutex::new(Listening {
+                proxy_port: 0,
+                accepting: None,
+                reserve: None,
+            }),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_port = listener.local_addr().unwrap().port();
-        let proxied = inner.clone();
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let inner = proxied.clone();
-                tokio::spawn(async move { inner.forward(inbound).await });
-            }
-        });
+        let first = proxy_socket(0);
+        let proxy_port = first.local_addr().unwrap().port();
+        {
+            let mut listening = inner.listening.lock().await;
+            listening.proxy_port = proxy_port;
+            listening.reserve = Some(first);
+            inner.listen(&mut listening);
+        }
         LiveKitServer { proxy_port, inner }
     }
 
@@ -121,16 +154,31 @@ impl LiveKitServer {
         format!("ws://127.0.0.1:{}", self.proxy_port)
     }
 
-    pub fn set_mode(&self, mode: Mode) {
+    /// Returns once the proxy behaves as `mode` says: after a stop, the next
+    /// connection is refused.
+    pub async fn set_mode(&self, mode: Mode) {
         let value = match mode {
             Mode::Up => UP,
-            Mode::Failing => FAILING,
+            // Open pipes are cut as in an outage; new connections never get in.
+            Mode::Stopped | Mode::Failing => FAILING,
             Mode::Hanging => HANGING,
             Mode::ClosingIdle => CLOSING_IDLE,
         };
         // The mode first: a pipe woken by the new generation reads it.
         self.inner.mode.store(value, Ordering::SeqCst);
         self.inner.generation.send_modify(|generation| *generation += 1);
+        let mut listening = self.inner.listening.lock().await;
+        if mode == Mode::Stopped {
+            if let Some((stop, accepting)) = listening.accepting.take() {
+                // The reserve holds the port before the listener closes.
+                let port = listening.proxy_port;
+                listening.reserve = Some(proxy_socket(port));
+                let _ = stop.send(());
+                accepting.await.unwrap();
+            }
+        } else if listening.accepting.is_none() {
+            self.inner.listen(&mut listening);
+        }
     }
 
     /// The server's own address, for the test's RoomService calls and for
@@ -239,6 +287,32 @@ impl LiveKitServer {
 }
 
 impl Inner {
+    /// Turns the reserve socket into the proxy's listener and accepts on it
+    /// until stopped; the listener closes when the loop ends.
+    fn listen(self: &Arc<Self>, listening: &mut Listening) {
+        let listener: TcpListener = listening
+            .reserve
+            .take()
+            .expect("a socket holds the proxy's port while it is not listening")
+            .listen(1024)
+            .unwrap();
+        let (stop, mut stopped) = oneshot::channel();
+        let inner = self.clone();
+        let accepting = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    accepted = listener.accept() => {
+                        let Ok((inbound, _)) = accepted else { return };
+                        let inner = inner.clone();
+                        tokio::spawn(async move { inner.forward(inbound).await });
+                    }
+                }
+            }
+        });
+        listening.accepting = Some((stop, accepting));
+    }
+
     async fn server(&self) -> &ServerProcess {
         self.server.get_or_init(|| self.launch_server()).await
     }

@@ -328,7 +328,7 @@ async fn a_full_run_logs_no_token_or_secret_and_5xx_bodies_no_internals() {
     );
     assert_eq!(second.status, 201, "{}", second.body);
     secrets.add_jwt("the second LiveKit token", second.body["token"].as_str().unwrap());
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let unsent = responses.keep(
         "chat during the LiveKit outage",
         app.call(
@@ -377,7 +377,7 @@ async fn a_full_run_logs_no_token_or_secret_and_5xx_bodies_no_internals() {
         "{}",
         unclosed.body
     );
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
 
     // The database down: nothing listens on its port.
     let database = plain_url.rsplit_once('/').unwrap().1;

@@ -1203,7 +1203,7 @@ async fn every_route_answers_as_the_document_says() {
     limited
         .expect("starts are rate-limited")
         .assert_error(429, "rate_limited");
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let body2 = json!({"title": "LiveKit is down", "roomName": "down"}).to_string();
     c.post(
         &app,
@@ -1214,7 +1214,7 @@ async fn every_route_answers_as_the_document_says() {
     )
     .await
     .assert_error(503, "unavailable");
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
     c.post(&outage, START, start_stream, Some(&outage.token_for(host)), &body)
         .await
         .assert_error(503, "unavailable");
@@ -1834,11 +1834,11 @@ async fn every_route_answers_as_the_document_says() {
     c.post(&app, MODERATION, moderate, Some(&host_t), &too_large("roomName"))
         .await
         .assert_error(413, "payload_too_large");
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     c.post(&app, MODERATION, moderate, Some(&host_t), &act(viewer, "kick"))
         .await
         .assert_error(503, "unavailable");
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
 
     // POST /live/end, and what an ended stream answers
     let end = json!({"roomName": room}).to_string();
@@ -1875,13 +1875,13 @@ async fn every_route_answers_as_the_document_says() {
     c.post(&outage, END, end_stream, Some(&outage.token_for(host)), &end)
         .await
         .assert_error(503, "unavailable");
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let unclosed = c.post(&app, END, end_stream, Some(&host_t), &end).await;
     assert_eq!(
         (unclosed.status, &unclosed.body["roomClosed"]),
         (200, &json!(false))
     );
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
     let ended = c.post(&app, END, end_stream, Some(&host_t), &end).await;
     assert_eq!((ended.status, &ended.body["roomClosed"]), (200, &json!(true)));
     let finished = c

@@ -165,7 +165,7 @@ async fn a_keep_alive_connection_closed_while_the_container_slept_costs_no_reque
     let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
     app.start_stream(first, "before-the-nap").await;
 
-    app.set_livekit_mode(LiveKitMode::ClosingIdle);
+    app.set_livekit_mode(LiveKitMode::ClosingIdle).await;
     let started = app
         .call(
             start_stream,
@@ -176,7 +176,7 @@ async fn a_keep_alive_connection_closed_while_the_container_slept_costs_no_reque
     assert_eq!(started.status, 201, "{}", started.body);
     assert!(app.has_room("after-the-nap").await);
 
-    app.set_livekit_mode(LiveKitMode::ClosingIdle);
+    app.set_livekit_mode(LiveKitMode::ClosingIdle).await;
     let ended = app
         .call(
             end_stream,

@@ -240,11 +240,11 @@ async fn end_answers_as_directly() {
     assert!(!app.has_room("ending").await);
 
     // Closed and recorded: the second end needs no LiveKit.
-    app.set_livekit_mode(crate::helpers::LiveKitMode::Failing);
+    app.set_livekit_mode(crate::helpers::LiveKitMode::Failing).await;
     let second = end(&app, host, "ending").await;
     assert_eq!(second.status, 200);
     assert_eq!(second.body, first.body, "same endedAt, same answer");
-    app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
+    app.set_livekit_mode(crate::helpers::LiveKitMode::Up).await;
 
     let row = connect(&direct)
         .await

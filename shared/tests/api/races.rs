@@ -3,7 +3,8 @@
 //! Holding one RoomService call at an exact point, or a listing that misses a
 //! participant who is there (a stale view), is what only the RoomService
 //! stand-in can do; those tests use it and say so. The rest run against
-//! LiveKit's real server.
+//! LiveKit's real server, with real participants where the reconciler must
+//! find someone whose join webhook was lost.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -163,43 +164,39 @@ async fn a_reconnects_join_and_its_old_sessions_leave_at_once_keep_the_viewer_co
 /// join was lost (and the host's, whose join this test never sent).
 #[tokio::test]
 async fn a_run_writes_only_the_sessions_that_differ_from_the_listing() {
-    let app = app_on_the_stand_in().await;
-    let host = Uuid::new_v4();
-    app.start_stream(host, "steady").await;
-    let viewers: Vec<String> = (0..5).map(|_| Uuid::new_v4().to_string()).collect();
-    for (n, viewer) in viewers.iter().enumerate() {
-        join(
-            &app,
-            &format!("EV_steady_{n}"),
-            "steady",
-            viewer,
-            &format!("PA_{n}"),
-        )
-        .await;
+    let app = TestApp::spawn().await;
+    let started = app.start_stream(Uuid::new_v4(), "steady").await;
+    let mut present = vec![app.join(started["token"].as_str().unwrap()).await.unwrap()];
+    for _ in 0..3 {
+        present.push(app.viewer_in("steady").await.1);
     }
-    let lost = Uuid::new_v4().to_string();
-    let mut listed = vec![participant(&host.to_string(), "PA_host", false)];
-    listed.extend(
-        viewers
-            .iter()
-            .enumerate()
-            .map(|(n, viewer)| participant(viewer, &format!("PA_{n}"), false)),
-    );
-    listed.push(participant(&lost, "PA_lost", false));
-    app.stub().set_participants("steady", listed);
+    app.wait_for_viewer_count("steady", 3).await;
+    app.wait_for_webhooks("participant_joined", 4).await;
+    app.lose_webhooks(true);
+    let (lost, _lost_client) = app.viewer_in("steady").await;
+    app.livekit()
+        .wait_for_participants("steady", "the host and four viewers", |ps| ps.len() == 5)
+        .await;
+    app.wait_for_lost_webhooks("participant_joined", 1).await;
     let versions = "SELECT sid || ':' || xmin::text FROM live_participant_sessions
-                    WHERE room_name = 'steady' AND sid NOT IN ('PA_lost', 'PA_host') ORDER BY sid";
+                    WHERE room_name = 'steady' AND identity <> $1 ORDER BY sid";
     let admin = app.db().await;
-    let before = first_column(&admin, versions).await;
+    let read_versions = || async {
+        admin
+            .query(versions, &[&lost.to_string()])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let before = read_versions().await;
+    assert_eq!(before.len(), 4, "the host's and three viewers' sessions");
 
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report.synced, 1, "{report:?}");
-    assert_eq!(
-        first_column(&admin, versions).await,
-        before,
-        "no present session rewritten"
-    );
-    assert_eq!(app.viewer_count("steady").await, 6, "the lost join is counted");
+    assert_eq!(read_versions().await, before, "no present session rewritten");
+    assert_eq!(app.viewer_count("steady").await, 4, "the lost join is counted");
 }
 
 /// A session the reconciler closed (LiveKit did not list it) comes back when a
@@ -550,7 +547,7 @@ async fn a_start_refused_after_making_its_room_never_closes_another_streamers_ro
 /// has lapsed, not before, and the reconciler deletes lapsed claims.
 #[tokio::test]
 async fn a_claim_left_by_a_start_that_died_lapses() {
-    let app = app_on_the_stand_in().await;
+    let app = TestApp::spawn().await;
     let admin = app.db().await;
     let dead_start = Uuid::new_v4();
     admin
@@ -676,7 +673,7 @@ async fn the_reconciler_closes_the_room_of_a_stream_that_ended_while_livekit_was
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     app.start_stream(host, "unclosed").await;
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let ended = app
         .call(
             end_stream,
@@ -687,7 +684,7 @@ async fn the_reconciler_closes_the_room_of_a_stream_that_ended_while_livekit_was
     assert_eq!(ended.body["roomClosed"], false, "{}", ended.body);
     let failed = reconcile(&app.state, GRACE).await;
     assert!(failed.is_ok_and(|r| r.rooms_closed == 0 && r.failed == 1));
-    app.set_livekit_mode(LiveKitMode::Up);
+    app.set_livekit_mode(LiveKitMode::Up).await;
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report.rooms_closed, 1, "{report:?}");
     assert!(!app.has_room("unclosed").await);
@@ -697,7 +694,7 @@ async fn the_reconciler_closes_the_room_of_a_stream_that_ended_while_livekit_was
             .is_some()
     );
     // Recorded as closed: a run needs LiveKit for it no more.
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!((report.rooms_closed, report.failed), (0, 0), "closed once");
 }
@@ -1405,25 +1402,33 @@ async fn a_late_room_finished_does_not_end_a_stream_a_retried_start_moved_to_a_n
 /// and recorded 2.
 #[tokio::test]
 async fn a_reconcile_that_swaps_one_viewer_for_another_records_no_higher_peak() {
-    let app = app_on_the_stand_in().await;
+    let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
-    app.start_stream(host, "swapped").await;
+    let started = app.start_stream(host, "swapped").await;
+    let _host = app.join(started["token"].as_str().unwrap()).await.unwrap();
     let admin = app.db().await;
     let mut gone = Uuid::new_v4().to_string();
     while shard_of(&admin, &gone).await == 0 {
         gone = Uuid::new_v4().to_string();
     }
-    let mut arrived = Uuid::new_v4().to_string();
-    while shard_of(&admin, &arrived).await >= shard_of(&admin, &gone).await {
-        arrived = Uuid::new_v4().to_string();
+    let mut arrived = Uuid::new_v4();
+    while shard_of(&admin, &arrived.to_string()).await >= shard_of(&admin, &gone).await {
+        arrived = Uuid::new_v4();
     }
+    // Webhooks said `gone` joined (their leave will be lost); `arrived`
+    // joins for real, their join lost too.
     join(&app, "EV_gone", "swapped", &gone, "PA_gone").await;
-    app.stub().set_participants(
-        "swapped",
-        vec![
-            participant(&host.to_string(), "PA_host", false),
-            participant(&arrived, "PA_arrived", false),
-        ],
+    app.wait_for_webhooks("participant_joined", 1).await;
+    app.lose_webhooks(true);
+    let _arrived = app.join_as(arrived, "swapped").await;
+    app.livekit()
+        .wait_for_participants("swapped", "the host and the new viewer", |ps| ps.len() == 2)
+        .await;
+    app.wait_for_lost_webhooks("participant_joined", 1).await;
+    assert_eq!(
+        app.viewer_count("swapped").await,
+        1,
+        "the gone viewer, as webhooks said"
     );
     reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(app.viewer_count("swapped").await, 1);

@@ -1,7 +1,8 @@
 //! The product end to end with LiveKit's real server and real participants
 //! (LiveKit's Python SDK): media, chat packets, who may publish, viewer counts
-//! from the server's own webhooks, and the end of a stream. Every wait is
-//! bounded polling ([`SETTLE`]), never a fixed sleep.
+//! from the server's own webhooks, and the end of a stream. Every wait for
+//! something to happen is bounded polling ([`SETTLE`]); showing that something
+//! does not happen is polling that it holds until past its deadline.
 
 use livekit_api::access_token::VideoGrants;
 use serde_json::json;
@@ -130,7 +131,19 @@ async fn chat_reaches_every_viewer_from_the_server_and_a_viewers_own_packet_show
     let app = TestApp::spawn().await;
     let (_, host) = live_host(&app).await;
     let (ada, mut ada_client) = app.viewer_in(ROOM).await;
-    let (_, bob_client) = app.viewer_in(ROOM).await;
+    let (bob, bob_client) = app.viewer_in(ROOM).await;
+    // Every client knows every other participant before any packet: the SDK
+    // also reports no sender for a participant its client has not learned of
+    // yet, and here "no sender" must mean the server alone. (A client learns
+    // of those already in the room as it joins: Bob of Ada and the host.)
+    let connected = |who: Uuid| {
+        move |e: &serde_json::Value| {
+            e["event"] == "participant_connected" && e["identity"] == who.to_string().as_str()
+        }
+    };
+    host.wait_for("ada in the room", connected(ada)).await;
+    host.wait_for("bob in the room", connected(bob)).await;
+    ada_client.wait_for("bob in the room", connected(bob)).await;
     let posted = app
         .call(
             post_message,
@@ -147,13 +160,7 @@ async fn chat_reaches_every_viewer_from_the_server_and_a_viewers_own_packet_show
         assert!(packets[0].reliable);
     }
 
-    // Ada forges a "message" on the same topic: it carries her identity. (The
-    // host must have learned of her first; Bob joined after her, so he knew
-    // her from the start.)
-    host.wait_for("ada in the room", |e| {
-        e["event"] == "participant_connected" && e["identity"] == ada.to_string().as_str()
-    })
-    .await;
+    // Ada forges a "message" on the same topic: it carries her identity.
     let forged =
         json!({"event": "chat_messages", "messages": [{"text": "free coins", "userId": Uuid::new_v4()}]});
     ada_client
@@ -325,25 +332,28 @@ async fn the_host_may_reconnect_within_the_departure_timeout_and_after_it_the_st
         emptied.elapsed()
     );
 
-    // Past the moment the empty room would have closed: the same instance is
-    // open, the stream live, and no room_finished came. (Proving that nothing
-    // happens takes waiting past its deadline.)
-    tokio::time::sleep(
-        (emptied + DEPARTURE + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
-    )
-    .await;
-    let room = app
-        .livekit()
-        .room(ROOM)
-        .await
-        .expect("the room outlived its departure timeout");
-    assert_eq!(room.sid, room_sid, "the same room instance, not a new one");
-    assert!(app.stream_row(ROOM).await.unwrap().get::<_, bool>("is_live"));
-    assert!(
-        !app.delivered_webhooks().iter().any(|(e, _)| e == "room_finished"),
-        "{:?}",
-        app.delivered_webhooks()
-    );
+    // Until past the moment the empty room would have closed, checked all
+    // along: the same instance is open, the stream live, and no room_finished
+    // came. (Proving that nothing happens takes watching past its deadline.)
+    let watched_until = emptied + DEPARTURE + Duration::from_secs(3);
+    loop {
+        let room = app
+            .livekit()
+            .room(ROOM)
+            .await
+            .expect("the room outlived its departure timeout");
+        assert_eq!(room.sid, room_sid, "the same room instance, not a new one");
+        assert!(app.stream_row(ROOM).await.unwrap().get::<_, bool>("is_live"));
+        assert!(
+            !app.delivered_webhooks().iter().any(|(e, _)| e == "room_finished"),
+            "{:?}",
+            app.delivered_webhooks()
+        );
+        if Instant::now() >= watched_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (_, mut late_viewer) = app.viewer_in(ROOM).await;
     app.wait_for_viewer_count(ROOM, 1).await;
     late_viewer.leave().await;

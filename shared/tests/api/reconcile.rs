@@ -15,7 +15,7 @@ const GRACE: Duration = Duration::from_secs(120);
 async fn with_nothing_live_a_run_makes_no_livekit_call() {
     let app = TestApp::spawn().await;
     // LiveKit unreachable: a run that needed it would fail.
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report, ReconcileReport::default());
 }
@@ -59,6 +59,7 @@ async fn viewer_counts_follow_livekit_when_webhooks_were_lost() {
             ps.len() == 3
         })
         .await;
+    app.wait_for_lost_webhooks("participant_joined", 1).await;
     assert_eq!(app.viewer_count("counted").await, 1, "ada, whose leave was lost");
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!((report.live, report.synced, report.failed), (1, 1, 0));
@@ -90,6 +91,7 @@ async fn the_count_a_run_repairs_is_told_to_the_room() {
     app.livekit()
         .wait_for_participants("told", "host, ada and bob in the room", |ps| ps.len() == 3)
         .await;
+    app.wait_for_lost_webhooks("participant_joined", 1).await;
     assert_eq!(app.viewer_count("told").await, 1, "bob's join was lost");
 
     let report = reconcile(&app.state, GRACE).await.unwrap();
@@ -265,7 +267,7 @@ async fn two_runs_at_once_agree() {
 async fn an_unreachable_livekit_fails_the_run_and_changes_nothing() {
     let app = TestApp::spawn().await;
     app.start_stream(Uuid::new_v4(), "steady").await;
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let error = reconcile(&app.state, Duration::ZERO).await.unwrap_err();
     assert_eq!(error.code(), "unavailable");
     let row = app.stream_row("steady").await.unwrap();

@@ -218,7 +218,7 @@ async fn with_a_profiles_table_a_user_without_a_profile_cannot_go_live() {
 #[tokio::test]
 async fn a_start_without_a_profile_never_reaches_livekit() {
     let app = app_with_profiles_table().await;
-    app.set_livekit_mode(LiveKitMode::Failing);
+    app.set_livekit_mode(LiveKitMode::Failing).await;
     let user = Uuid::new_v4();
     for _ in 0..12 {
         app.call(
@@ -309,9 +309,9 @@ async fn start_creates_the_livekit_room_with_the_configured_options() {
 
 #[tokio::test]
 async fn when_livekit_refuses_the_room_start_is_503_and_leaves_no_stream() {
-    for mode in [LiveKitMode::Failing, LiveKitMode::Hanging] {
+    for mode in [LiveKitMode::Stopped, LiveKitMode::Failing, LiveKitMode::Hanging] {
         let app = TestApp::spawn().await;
-        app.set_livekit_mode(mode);
+        app.set_livekit_mode(mode).await;
         let started = std::time::Instant::now();
         let body = json!({"title": "t", "roomName": "no-room"}).to_string();
         let response = app
@@ -335,7 +335,7 @@ async fn when_livekit_refuses_the_room_start_is_503_and_leaves_no_stream() {
         );
 
         // Once LiveKit is back the same start succeeds.
-        app.set_livekit_mode(LiveKitMode::Up);
+        app.set_livekit_mode(LiveKitMode::Up).await;
         let retry = app
             .call(start_stream, Some(&app.token_for(Uuid::new_v4())), &body)
             .await;

@@ -368,7 +368,9 @@ async fn banned_in_the_room_while_livekit_is_down(room: &Room) -> (Uuid, Partici
         )
         .await;
     assert_eq!(response.status, 200, "{}", response.body);
-    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Failing);
+    room.app
+        .set_livekit_mode(crate::helpers::LiveKitMode::Failing)
+        .await;
     let client = room
         .app
         .join(&token)
@@ -403,7 +405,7 @@ async fn a_repeated_join_of_a_banned_user_still_removes_them() {
         .await;
     assert_eq!(first, "applied");
 
-    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up).await;
     let again = room
         .send(
             "EV_delivered_twice",
@@ -424,7 +426,7 @@ async fn a_repeated_join_of_a_banned_user_still_removes_them() {
 async fn a_banned_user_joining_another_instance_of_the_room_is_still_removed() {
     let room = live_room().await;
     let (banned, client, _) = banned_in_the_room_while_livekit_is_down(&room).await;
-    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up).await;
     let count = room.count().await;
 
     let response = room
@@ -463,7 +465,7 @@ async fn a_repeated_join_of_a_banned_user_into_another_instance_still_removes_th
     let first = room.app.deliver(join()).await;
     assert_eq!(first.body["outcome"], "ignored", "{}", first.body);
 
-    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up).await;
     let again = room.app.deliver(join()).await;
     assert_eq!(again.body["outcome"], "duplicate", "{}", again.body);
     client.wait_disconnected().await;
@@ -485,7 +487,9 @@ async fn after_the_stream_ended_joins_are_removed_and_no_webhook_changes_counts(
         .as_str()
         .unwrap()
         .to_owned();
-    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Failing);
+    room.app
+        .set_livekit_mode(crate::helpers::LiveKitMode::Failing)
+        .await;
     let ended = room
         .app
         .call(
@@ -495,7 +499,7 @@ async fn after_the_stream_ended_joins_are_removed_and_no_webhook_changes_counts(
         )
         .await;
     assert_eq!(ended.body["roomClosed"], false, "{}", ended.body);
-    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up);
+    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Up).await;
     assert_eq!(room.count().await, 0, "an ended stream has no viewers");
 
     let late = room.app.join(&leftover).await;
@@ -800,7 +804,9 @@ async fn a_flush_waiting_on_a_hanging_livekit_stops_at_its_cut_off() {
         )
         .await
         .unwrap();
-    room.app.set_livekit_mode(crate::helpers::LiveKitMode::Hanging);
+    room.app
+        .set_livekit_mode(crate::helpers::LiveKitMode::Hanging)
+        .await;
     let started = Instant::now();
     let cut_off = started + Duration::from_millis(1_500);
     let report = shared::scheduled::flush::flush_until(&room.app.state, started, Some(cut_off)).await;
