@@ -156,12 +156,25 @@ fn sample_sessions(setup: &Setup, stop: Arc<AtomicBool>) -> tokio::task::JoinHan
     })
 }
 
-/// The scheduled flusher, once a second, until stopped.
-fn run_flusher(state: Arc<shared::AppState>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+/// The scheduled flusher as the template runs it: an invocation due every
+/// minute from the burst's start (a 60 s timeout), each flushing for
+/// `flush_span` with its cut-off a second before its deadline, so the
+/// copy's lag at the turn of a minute, where one invocation's last tick and
+/// the next one's first are two seconds apart, is in the figures (the burst's
+/// minutes end there: the worst phase). The scheduler's own delivery delay
+/// is not added. Aborted when the phase is done.
+fn run_flusher(state: Arc<shared::AppState>) -> tokio::task::JoinHandle<()> {
+    use shared::scheduled::flush::{flush_span, flush_until};
+    const MINUTE: Duration = Duration::from_secs(60);
     tokio::spawn(async move {
-        while !stop.load(Ordering::Relaxed) {
-            let _ = shared::scheduled::flush::flush_once(&state).await;
-            tokio::time::sleep(shared::scheduled::flush::TICK).await;
+        let mut due = Instant::now();
+        loop {
+            let started = Instant::now();
+            let span = flush_span(Some(MINUTE), Some(started - due));
+            let cut_off = started + MINUTE - Duration::from_secs(1);
+            flush_until(&state, started + span, Some(cut_off)).await;
+            due += MINUTE;
+            tokio::time::sleep_until(due.into()).await;
         }
     })
 }
@@ -244,7 +257,7 @@ pub async fn run(setup: &Setup) -> Value {
     let containers = fleet::containers(setup, "WebhookConcurrency");
     let stop = Arc::new(AtomicBool::new(false));
     let sessions = sample_sessions(setup, stop.clone());
-    let flusher = run_flusher(Arc::new(fleet::container(setup, &[])), stop.clone());
+    let flusher = run_flusher(Arc::new(fleet::container(setup, &[])));
     let deliver = |state: Arc<shared::AppState>, webhook: Webhook| async move {
         shared::handlers::LiveKitWebhook
             .respond(&state, request(&webhook))
@@ -263,7 +276,7 @@ pub async fn run(setup: &Setup) -> Value {
     let leaves_done = Instant::now();
     let (end_exact_s, end_copy_s) = settle(setup, 0, leaves_done).await;
     stop.store(true, Ordering::Relaxed);
-    let _ = flusher.await;
+    flusher.abort();
     let peak_sessions = sessions.await.unwrap_or(0);
 
     type Stamp = chrono::DateTime<chrono::Utc>;

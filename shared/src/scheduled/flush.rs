@@ -111,7 +111,10 @@ impl FlushReport {
     }
 }
 
-/// Flushes every [`TICK`] until `until`, and at least once: an invocation
+/// Flushes every [`TICK`] up to and including the tick due at `until`, and at
+/// least once: the last tick of a minute's invocation falls 58 s into it, so
+/// the next minute's first follows about two seconds later, which is what
+/// bounds how far the copies lag at the turn of the minute. An invocation
 /// with little time left (a short local timeout) still starts one pass. A
 /// failed flush is logged and the next tick tries again. A tick still
 /// running at `cut_off` (LiveKit slow for many rooms) is stopped there and
@@ -142,7 +145,7 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
                 return report;
             }
         }
-        if Instant::now() + TICK >= until {
+        if Instant::now() >= until {
             return report;
         }
     }

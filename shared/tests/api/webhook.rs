@@ -773,6 +773,23 @@ async fn a_flush_invocation_out_of_time_still_writes_the_trailing_count() {
     }
 }
 
+/// An invocation ticks through the last second of its span: with 58 s to
+/// flush it ticks at 0, 1, …, 58 s, so the next minute's invocation (due at
+/// 60 s) leaves the copies at most about two seconds unflushed at the turn
+/// of the minute. Before, it stopped a tick early (at 57 s): three seconds.
+#[tokio::test]
+async fn a_flush_invocation_ticks_until_the_end_of_its_span() {
+    use std::time::{Duration, Instant};
+    let room = live_room().await;
+    let until = Instant::now() + Duration::from_secs(2);
+    let report = shared::scheduled::flush::flush_until(&room.app.state, until, None).await;
+    assert_eq!(
+        (report.ticks, report.failed_ticks),
+        (3, 0),
+        "ticks at 0, 1 and 2 s: {report:?}"
+    );
+}
+
 /// With LiveKit hanging, a flush still writes the counts (Postgres first),
 /// and a tick whose packets are still waiting for LiveKit at the
 /// invocation's cut-off is stopped there, before Lambda's timeout would be,
