@@ -657,16 +657,22 @@ def hot_room_section(results):
     crowd, rush, chat, limiter = hot["flash_crowd"], hot["join_rush"], hot["busy_chat"], hot["rate_limiter"]
     designs = crowd["designs"]
     allw = crowd["all"]
-    lines = [f"One room, {hot['viewers']:,} viewers, a {hot['window_s']} s window for each phase, Postgres with production durability behind a proxy adding {hot['proxy_delay_ms']} ms to every round trip, every function in as many containers as the template reserves (pool size 1 each). "
-             "Issue 13's results 1 to 4 are the first four below; its fifth, the whole `/live/token` against the seed's Node function, is the next section's (step `node-token`); "
-             "5 and 6 here are issue 14's reactions and the real server's own webhooks, 7 the scheduled jobs at this scale.", ""]
+    lines = [f"One room, {hot['viewers']:,} viewers, a {hot['window_s']} s window for each phase, Postgres with production durability behind a proxy adding {hot['proxy_delay_ms']} ms to every round trip "
+             "(the rate limiter's phase excepted: it measures the database's own work), every function in as many containers as the template reserves, each with the template's pool. "
+             "The containers are in-process (each its own state and pool, requests through the same adapter as API Gateway's, one at a time per container), so thousands of requests a second fit on two cores; "
+             "the Lambda Runtime API path of the real release binaries is measured by the `functions`, `load` and `node-token` steps. "
+             "Issue 13's results 1 to 5 are the first five below (5 is the `node-token` step's, which `scripts/bench hot-room` runs too); "
+             "6 and 7 are issue 14's reactions and the real server's own webhooks, 8 the scheduled jobs at this scale.", ""]
     lines.append("**1. Flash crowd** (signed webhooks; LiveKit's habits: "
-                 f"{crowd['duplicates']} duplicates, {crowd['reordered']} leaves before their joins, {crowd['aborted']} aborted connections)")
+                 f"{crowd['duplicates']} duplicates, {crowd['reordered']} leaves before their joins, {crowd['aborted']} aborted connections, "
+                 f"{crowd.get('unleft', 0)} joins never followed by a leave; the flusher on the template's minute schedule, the burst's minutes ending at its turns)")
     lines.append("")
     ok_p99 = allw["p99_us"] < 250_000
     ok_2xx = crowd["non_2xx"] == 0
     peak_ok = crowd["peak_exact_after_s"] is not None and crowd["peak_copy_after_s"] is not None and crowd["peak_copy_after_s"] <= 2.0
     end_ok = crowd["end_exact_after_s"] is not None and crowd["end_copy_after_s"] is not None and crowd["end_copy_after_s"] <= 2.0
+    repair = crowd.get("repair")
+    repair_ok = bool(repair) and repair["ok"] and repair["exact_after_s"] is not None and repair["copy_after_s"] is not None
     # The writers' own stamps are what the one-second rule compares; the
     # trigger's times also carry each backend's wait for a CPU before it ran.
     writes_ok = crowd["copy_min_gap_ms"] >= 1000 or crowd["copy_writes"] <= 1
@@ -677,14 +683,18 @@ def hot_room_section(results):
         ["webhooks answered 2xx", f"{allw['requests'] - crowd['non_2xx']:,} of {allw['requests']:,}", verdict(ok_2xx)],
         ["webhook p50 / p99", f"{ms(allw['p50_us'])} / {ms(allw['p99_us'])}", verdict(ok_p99) + " (p99 < 250 ms)"],
         ["exact count at the peak after the last join", f"{crowd['peak_expected']:,} after {crowd['peak_exact_after_s']} s; Realtime copy after {crowd['peak_copy_after_s']} s", verdict(peak_ok) + " (≤ 2 s)"],
-        ["count 0 after the last leave", f"exact after {crowd['end_exact_after_s']} s; copy after {crowd['end_copy_after_s']} s (last copy {crowd['copy_last']})", verdict(end_ok and crowd['copy_last'] == 0)],
+        [f"count {crowd.get('unleft', 0):,} after the last leave (the joins with no leave)", f"exact after {crowd['end_exact_after_s']} s; copy after {crowd['end_copy_after_s']} s", verdict(end_ok) + " (≤ 2 s)"],
+        ["count 0 after the reconciler's next run", (f"its run took {repair['run_s']:.2f} s; exact after {repair['exact_after_s']} s, copy after {repair['copy_after_s']} s from its start (last copy {crowd['copy_last']})" if repair else NOT_MEASURED), verdict(repair_ok and crowd['copy_last'] == 0)],
         ["`live_streams` writes during the run", f"{crowd['copy_writes']}, at least {crowd['copy_min_gap_ms']} ms apart by their writers' stamps{logged_note}", verdict(writes_ok) + " (≤ 1/s)"],
         ["peak Postgres sessions", f"{crowd['peak_postgres_sessions']} (budget {crowd['session_budget']})", verdict(sessions_ok)],
     ]
     lines.append(table(["", "measured", "verdict"], rows))
     lines.append("")
     prev, today = designs["previous"], designs["today"]
-    lines.append(f"Previous design vs today's, {designs['present']:,} viewers already in the room, {designs['seconds']} s closed loop from the same containers:")
+    applied = [designs.get("previous_applied"), designs.get("today_applied")]
+    applied_ok = all(a and a["ok"] for a in applied)
+    applied_note = ("every timed join applied: " + ", ".join(f"{name} counts {a['count']:,} (expected {a['expected']:,})" for name, a in zip(["previous", "today"], applied)) + f" ({verdict(applied_ok)})") if all(applied) else "joins applied: " + NOT_MEASURED
+    lines.append(f"Previous design vs today's, {designs['present']:,} viewers already in the room, {designs['seconds']} s closed loop from the same containers; {applied_note}:")
     lines.append("")
     lines.append(table(["design", "joins/s", "p50", "p99", "errors"], [
         ["previous (row lock, recount, rewrite)", fmt_num(prev["joins_per_s"]), ms(prev["p50_us"]), ms(prev["p99_us"]), prev["errors"]],
@@ -706,12 +716,16 @@ def hot_room_section(results):
                  f"post p50 {ms(posts['p50_us'])}, p99 {ms(posts['p99_us'])}.")
     lines.append("")
     per = limiter["per_hit"]
-    lines.append(f"**4. Rate limiter**, µs per hit, {limiter['hits_per_key']:,} hits on one key, each its own transaction:")
+    hits = limiter.get("hits", limiter.get("hits_per_key"))
+    lines.append(f"**4. Rate limiter**, µs per hit, {hits:,} hits each its own transaction, directly on Postgres, spread over as many keys as keep every hit within its limit "
+                 "(a refusal writes nothing; at limit 60 every key ends full, the previous design's array at 60 timestamps):")
     lines.append("")
-    lines.append(table(["limit", "today (GCRA, UNLOGGED)", "today's function on a logged table", "previous (array of hits)"], [
-        [name.split("_")[1], fmt_num(v["today_us"]), fmt_num(v["today_logged_us"]), fmt_num(v["previous_us"])]
+    lines.append(table(["limit", "keys", "today (GCRA, UNLOGGED)", "today's function on a logged table", "previous (array of hits)", "hits refused"], [
+        [name.split("_")[1], v.get("keys", 1), fmt_num(v["today_us"]), fmt_num(v["today_logged_us"]), fmt_num(v["previous_us"]), v.get("refused", NOT_MEASURED)]
         for name, v in sorted(per.items(), key=lambda kv: int(kv[0].split("_")[1]))
     ]))
+    lines.append("")
+    lines.append(node_token_paragraph(results))
     lines.append("")
     lines.append(reactions_paragraph(hot.get("reactions")))
     lines.append("")
@@ -721,9 +735,34 @@ def hot_room_section(results):
     return "\n".join(lines)
 
 
+def node_token_paragraph(results):
+    """Issue 13's fifth result in one line per placement: ours ÷ Node, the worst round of each transport."""
+    runs = [r for r in results.jsonl("node_token.jsonl") if "side" in r]
+    if not runs:
+        return "**5. The whole `/live/token` against the seed's Node function:** " + NOT_MEASURED + " (no node-token runs)"
+    parts = []
+    for placement, _ in PLACEMENTS:
+        worst50 = worst99 = 0.0
+        for transport, _ in TRANSPORTS:
+            by = {(r["side"], r["round"]): r for r in runs
+                  if r.get("placement", "shared") == placement and r["transport"] == transport}
+            for n in sorted({k[1] for k in by}):
+                a, b = by.get(("ours", n)), by.get(("node", n))
+                if not a or not b or a.get("failed") or b.get("failed"):
+                    worst50 = worst99 = float("inf")
+                    continue
+                worst50 = max(worst50, a["p50_us"] / b["p50_us"])
+                worst99 = max(worst99, a["p99_us"] / b["p99_us"])
+        if worst50:
+            parts.append(f"{placement}: p50 {worst50:.2f}× ({verdict(worst50 <= 1 / 3)}), p99 {worst99:.2f}× ({verdict(worst99 <= 0.1)})")
+    return ("**5. The whole `/live/token` against the seed's Node function** (step `node-token`: both under the Lambda Runtime API harness, Postgres with production durability, "
+            "2,000 distinct users; ours ÷ Node in the worst round of either transport, per placement; the budget, p50 ≤ 1/3 and p99 ≤ 1/10, is judged on `split`, "
+            "production's placement, and the other two are shown as they came out): " + "; ".join(parts) + ". Each round's figures are in the next section.")
+
+
 def scheduled_jobs_paragraph(r):
     if not r:
-        return "**7. Scheduled jobs:** " + NOT_MEASURED + " (this run's hot-room output has no such phase)"
+        return "**8. Scheduled jobs:** " + NOT_MEASURED + " (this run's hot-room output has no such phase)"
     budget = r["statement_timeout_s"]
     repair_ok = r["repair_s"] < budget and r["count_after_repair"] == r["viewers"]
     steady_ok = r["steady_today_s"] < budget
@@ -732,7 +771,7 @@ def scheduled_jobs_paragraph(r):
     def secs(s):
         return f"{s * 1000:,.0f} ms" if s < 10 else f"{s:,.1f} s"
 
-    return (f"**7. Scheduled jobs at this scale** (directly on Postgres, medians; the functions' statement timeout is {budget:.0f} s, the flusher ticks every second): "
+    return (f"**8. Scheduled jobs at this scale** (directly on Postgres, medians; the functions' statement timeout is {budget:.0f} s, the flusher ticks every second): "
             f"the reconciler's run over the room with all {r['viewers']:,} viewers listed takes {secs(r['repair_s'])} when every webhook was lost (count {r['count_after_repair']:,} after it; {verdict(repair_ok)}) "
             f"and {secs(r['steady_today_s'])} when nothing differs, against {secs(r['steady_previous_s'])} for the previous run (which locked and rewrote every listed session; "
             f"{r['steady_previous_s'] / r['steady_today_s']:,.0f}× longer; {verdict(steady_ok)}); "
@@ -743,12 +782,12 @@ def scheduled_jobs_paragraph(r):
 def real_participants_paragraph(r):
     if not r or "skipped" in r:
         why = r["skipped"] if r else "this run's hot-room output has no such phase"
-        return f"**6. Real participants:** {NOT_MEASURED} ({why})"
+        return f"**7. Real participants:** {NOT_MEASURED} ({why})"
     hooks = r["webhooks"]
     joined, left = r["count_exact_after_joins_s"], r["count_zero_after_leaves_s"]
     ok = r["non_2xx"] == 0 and joined is not None and left is not None
     events = ", ".join(f"{n} {name}" for name, n in r["webhooks_by_event"].items())
-    return (f"**6. Real participants:** {r['participants']} viewers of LiveKit's Python SDK joined at once with tokens from `/live/token` "
+    return (f"**7. Real participants:** {r['participants']} viewers of LiveKit's Python SDK joined at once with tokens from `/live/token` "
             f"(all connected after {r['connected_after_s']:.1f} s); LiveKit's server sent {hooks['requests']} webhooks over HTTP ({events}) to `/live/webhook` through the same adapter, "
             f"{r['non_2xx']} not 2xx, handler p50 {ms(hooks['p50_us'])}, p99 {ms(hooks['p99_us'])}; the count was exact "
             f"{joined if joined is None else f'{joined:.1f}'} s after the joins began, and 0 {left if left is None else f'{left:.1f}'} s after "
@@ -757,12 +796,12 @@ def real_participants_paragraph(r):
 
 def reactions_paragraph(r):
     if not r:
-        return "**5. Reactions:** " + NOT_MEASURED + " (this run's hot-room output has no reactions phase)"
+        return "**6. Reactions:** " + NOT_MEASURED + " (this run's hot-room output has no reactions phase)"
     taps = r["taps"]
     counted_ok = r["accepted"] == r["expected_accepted"] == r["counted"] and r["rate_limited"] == r["expected_rate_limited"]
     told_ok = r["told_totals_match_counts"] and r["told_counts_add_up"] and r["packets_without_sender"]
     bound_ok = r["most_packets_in_one_second"] <= r["bound_per_second"]
-    return (f"**5. Reactions:** {taps['requests']:,} taps in {r['seconds']:.0f} s ({r['taps_per_s']:,.0f}/s) from {r['users']:,} viewers and a few over their limit on {r['containers']} containers: "
+    return (f"**6. Reactions:** {taps['requests']:,} taps in {r['seconds']:.0f} s ({r['taps_per_s']:,.0f}/s) from {r['users']:,} viewers and a few over their limit on {r['containers']} containers: "
             f"{r['accepted']:,} counted (expected {r['expected_accepted']:,}; in the database {r['counted']:,}), {r['rate_limited']} refused by the rate limit (expected {r['expected_rate_limited']}) ({verdict(counted_ok)}); "
             f"a real participant received {r['packets']} packets with no sender whose counts add up to every tap and whose last totals are the database's ({verdict(told_ok)}); "
             f"at most {r['most_packets_in_one_second']} packets in any one second (bound {r['bound_per_second']}: {verdict(bound_ok)}); "

@@ -1,6 +1,7 @@
 //! The flash crowd: a minute of joins into one room, a minute of leaves, as
-//! LiveKit's signed webhooks; then the previous design's transaction replayed
-//! next to today's at the same audience, for the ratio.
+//! LiveKit's signed webhooks (some joins never followed by a leave, which the
+//! reconciler's run against LiveKit repairs); then the previous design's
+//! transaction replayed next to today's at the same audience, for the ratio.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -67,6 +68,9 @@ struct Plan {
     duplicates: usize,
     reordered: usize,
     aborted: usize,
+    /// Joins whose leave never comes (a webhook LiveKit gave up on): the
+    /// count the leaves leave, until the reconciler's run.
+    unleft: usize,
 }
 
 fn plan(setup: &Setup, room_sid: &str) -> Plan {
@@ -74,7 +78,7 @@ fn plan(setup: &Setup, room_sid: &str) -> Plan {
     let window = setup.window;
     let mut joins = Vec::with_capacity(n + n / 50);
     let mut leaves = Vec::with_capacity(n + n / 50);
-    let (mut duplicates, mut reordered, mut aborted) = (0, 0, 0);
+    let (mut duplicates, mut reordered, mut aborted, mut unleft) = (0, 0, 0, 0);
     let at = |i: usize, of: usize| window.mul_f64(i as f64 / of as f64);
     // Leaves in another order than joins: a stride through the viewers.
     let stride = 7919 % n.max(1);
@@ -112,6 +116,10 @@ fn plan(setup: &Setup, room_sid: &str) -> Plan {
             joins.push((j + Duration::from_millis(50), wrap(join.clone())));
         }
         joins.push((j, wrap(join)));
+        if i % 100 == 29 {
+            unleft += 1;
+            continue;
+        }
         let l = at((i * stride.max(1)) % n, n);
         if i % 100 == 13 {
             duplicates += 1;
@@ -128,6 +136,7 @@ fn plan(setup: &Setup, room_sid: &str) -> Plan {
         duplicates,
         reordered,
         aborted,
+        unleft,
     }
 }
 
@@ -150,7 +159,7 @@ fn sample_sessions(setup: &Setup, stop: Arc<AtomicBool>) -> tokio::task::JoinHan
                 .map(|row| row.get(0))
                 .unwrap_or(0);
             peak = peak.max(n);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         peak
     })
@@ -274,7 +283,15 @@ pub async fn run(setup: &Setup) -> Value {
     let leave_events = plan.leaves.len();
     let left = fleet::run(containers, plan.leaves, deliver).await;
     let leaves_done = Instant::now();
-    let (end_exact_s, end_copy_s) = settle(setup, 0, leaves_done).await;
+    let unleft = plan.unleft as i64;
+    let (end_exact_s, end_copy_s) = settle(setup, unleft, leaves_done).await;
+    // The next scheduled run finds nobody in LiveKit's room (no participant
+    // of this phase ever connected) and closes the sessions left open.
+    let reconciler = fleet::container(setup, &[]);
+    let repair_started = Instant::now();
+    let repair = shared::scheduled::reconcile::reconcile(&reconciler, Duration::from_secs(120)).await;
+    let repair_run_s = repair_started.elapsed().as_secs_f64();
+    let (repaired_exact_s, repaired_copy_s) = settle(setup, 0, repair_started).await;
     stop.store(true, Ordering::Relaxed);
     flusher.abort();
     let peak_sessions = sessions.await.unwrap_or(0);
@@ -313,18 +330,27 @@ pub async fn run(setup: &Setup) -> Value {
         "duplicates": plan.duplicates,
         "reordered": plan.reordered,
         "aborted": plan.aborted,
+        "unleft": plan.unleft,
         "peak_expected": plan.peak,
         "peak_exact_after_s": peak_exact_s,
         "peak_copy_after_s": peak_copy_s,
         "end_exact_after_s": end_exact_s,
         "end_copy_after_s": end_copy_s,
+        "repair": {
+            "ok": repair.as_ref().map(|r| r.failed == 0).unwrap_or(false),
+            "run_s": repair_run_s,
+            "exact_after_s": repaired_exact_s,
+            "copy_after_s": repaired_copy_s,
+        },
         "copy_writes": writes.len(),
         "copy_min_gap_ms": min_written_gap_ms,
         "copy_min_logged_gap_ms": min_logged_gap_ms,
         "copy_last": writes.last().map(|w| w.2),
         "peak_postgres_sessions": peak_sessions,
-        // The webhook containers, the flusher, and the start container.
-        "session_budget": webhook_containers() + 2,
+        // What the template allows these functions: the webhook's reserved
+        // containers, the flusher's one, the start's container and the
+        // reconciler's, each with the template's pool.
+        "session_budget": (webhook_containers() + 3) * fleet::template_default("DatabasePoolSize"),
         "designs": comparison,
     })
 }
@@ -421,7 +447,29 @@ async fn compare_designs(setup: &Setup) -> Value {
     .await;
     let ratio =
         today["joins_per_s"].as_f64().unwrap_or(0.0) / previous["joins_per_s"].as_f64().unwrap_or(f64::NAN);
-    json!({"present": present, "seconds": seconds.as_secs(), "previous": previous, "today": today, "throughput_ratio": ratio})
+    // Every join timed was applied: each room counts its viewers and the joins.
+    let counted = |sql: &'static str| {
+        let db = &db;
+        async move {
+            db.query_one(sql, &[])
+                .await
+                .expect("a room's count")
+                .get::<_, i64>(0)
+        }
+    };
+    let previous_count =
+        counted("SELECT viewer_count::int8 FROM live_streams WHERE id = 'hot-room-previous'").await;
+    let today_count = counted("SELECT live_viewer_count('hot-room-today')::int8").await;
+    let applied = |design: &Value, count: i64| {
+        let expected = present + design["joins"].as_i64().unwrap_or(-1);
+        json!({"count": count, "expected": expected, "ok": count == expected})
+    };
+    json!({
+        "present": present, "seconds": seconds.as_secs(), "previous": previous, "today": today,
+        "throughput_ratio": ratio,
+        "previous_applied": applied(&previous, previous_count),
+        "today_applied": applied(&today, today_count),
+    })
 }
 
 /// `containers` clients as `live_api` through the proxy, each running `join`

@@ -16,8 +16,10 @@ use crate::Setup;
 pub fn container(setup: &Setup, extra: &[(&str, String)]) -> AppState {
     let mut settings: HashMap<&str, String> = HashMap::from([
         ("DATABASE_URL", setup.api_url.clone()),
-        // The template's DatabasePoolSize.
-        ("DATABASE_POOL_SIZE", "1".to_owned()),
+        (
+            "DATABASE_POOL_SIZE",
+            template_default("DatabasePoolSize").to_string(),
+        ),
         ("LIVEKIT_URL", setup.livekit_url.clone()),
         ("LIVEKIT_API_KEY", setup.livekit_key.clone()),
         ("LIVEKIT_API_SECRET", setup.livekit_secret.clone()),
