@@ -55,7 +55,127 @@ pub type Pool = deadpool::managed::Pool<Manager>;
 /// statement that outlived its request.
 pub struct Database {
     pool: Pool,
+    canceller: Canceller,
+}
+
+/// Sends cancel requests as libpq does, on a connection of their own that
+/// stays open until the server (or the pooler) closes it. A transaction-mode
+/// pooler (PgBouncer, as Supabase's dedicated pooler) passes a cancel on over
+/// a server connection it opens for it, and forgets the cancel if its
+/// requester hangs up first; tokio-postgres's own `cancel_query` shuts its
+/// socket down as soon as it has written, so through such a pooler the
+/// statement would run on until its statement timeout.
+#[derive(Clone)]
+struct Canceller {
     tls: MakeRustlsConnect,
+    /// Where the connections go: `DATABASE_URL`'s first host (or its
+    /// `hostaddr`) and port, and the name TLS checks. `None` for a Unix
+    /// socket, whose cancel goes through tokio-postgres's own.
+    server: Option<CancelServer>,
+}
+
+#[derive(Clone)]
+struct CancelServer {
+    address: String,
+    port: u16,
+    name: String,
+}
+
+/// How long a cancel's connection waits for the server to close it.
+const CANCEL_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+impl Canceller {
+    fn new(tls: MakeRustlsConnect, pg: &tokio_postgres::Config) -> Canceller {
+        use tokio_postgres::config::Host;
+        let port = pg.get_ports().first().copied().unwrap_or(5432);
+        let server = match pg.get_hosts().first() {
+            Some(Host::Tcp(name)) => Some(CancelServer {
+                address: pg
+                    .get_hostaddrs()
+                    .first()
+                    .map_or_else(|| name.clone(), ToString::to_string),
+                port,
+                name: name.clone(),
+            }),
+            _ => None,
+        };
+        Canceller { tls, server }
+    }
+
+    async fn cancel(&self, token: tokio_postgres::CancelToken) -> Result<(), String> {
+        let Some(server) = &self.server else {
+            return token
+                .cancel_query(self.tls.clone())
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let connected = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((server.address.as_str(), server.port)),
+        )
+        .await
+        .map_err(|_| "timed out connecting".to_owned())?
+        .map_err(|e| e.to_string())?;
+        // A second handle keeps the socket open once tokio-postgres drops its own.
+        let socket = connected.into_std().map_err(|e| e.to_string())?;
+        let kept = socket.try_clone().map_err(|e| e.to_string())?;
+        let stream = tokio::net::TcpStream::from_std(socket).map_err(|e| e.to_string())?;
+        let mut tls = self.tls.clone();
+        let connector =
+            tokio_postgres::tls::MakeTlsConnect::<LeftOpen>::make_tls_connect(&mut tls, &server.name)
+                .map_err(|e| e.to_string())?;
+        token
+            .cancel_query_raw(LeftOpen(stream), connector)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut kept = tokio::net::TcpStream::from_std(kept).map_err(|e| e.to_string())?;
+        let closed_by_server = async {
+            use tokio::io::AsyncReadExt;
+            let mut sink = [0u8; 256];
+            while matches!(kept.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        // Sent either way; a server that keeps it open has had it.
+        let _ = tokio::time::timeout(CANCEL_ANSWER_WAIT, closed_by_server).await;
+        Ok(())
+    }
+}
+
+/// A TCP stream whose shutdown is a no-op: the peer closes it (see
+/// [`Canceller`]).
+struct LeftOpen(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for LeftOpen {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LeftOpen {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 tokio::task_local! {
@@ -90,7 +210,7 @@ impl Database {
         let object = self.pool.get().await?;
         Ok(Conn {
             object: Some(object),
-            tls: self.tls.clone(),
+            canceller: self.canceller.clone(),
             deadline: request_deadline(),
         })
     }
@@ -104,6 +224,11 @@ impl Database {
     }
 }
 
+/// How long a connection cut off by its deadline stays open for its cancelled
+/// statement to end (see [`Conn`]'s drop); the role's statement timeout
+/// ends it anyway.
+const CANCELLED_STATEMENT_WAIT: Duration = Duration::from_secs(5);
+
 /// A pooled connection. Dropped in time, it goes back to the pool. Dropped at
 /// or after its request's deadline (the request's work was cut off, maybe in
 /// the middle of a statement), it is taken out of the pool, its running
@@ -112,7 +237,7 @@ impl Database {
 /// nothing: a reconnect, never a wrong answer.
 pub struct Conn {
     object: Option<Object<Manager>>,
-    tls: MakeRustlsConnect,
+    canceller: Canceller,
     deadline: Option<Instant>,
 }
 
@@ -142,16 +267,26 @@ impl Drop for Conn {
         }
         let client = Object::take(object);
         let cancel = client.cancel_token();
-        let tls = self.tls.clone();
+        let canceller = self.canceller.clone();
         tracing::warn!(
             "request deadline passed while holding a database connection; cancelling its statement"
         );
         // Drop cannot wait: the cancel request (a connection of its own) runs
-        // on the runtime, and the client is closed once it has been sent.
+        // on the runtime. The client stays open until the cancelled statement
+        // has answered: a transaction-mode pooler (Supabase's, PgBouncer)
+        // passes a cancel on only while its client is linked to the server
+        // connection, and a client that closed first leaves the statement
+        // running on the server until the statement timeout (Postgres does
+        // not see a closed socket while it waits for a lock). A statement
+        // queued behind it answers once it has ended, however it ended.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = cancel.cancel_query(tls).await {
+                if let Err(error) = canceller.cancel(cancel).await {
                     tracing::warn!(%error, "could not cancel the abandoned statement");
+                }
+                let ended = tokio::time::timeout(CANCELLED_STATEMENT_WAIT, client.simple_query("")).await;
+                if ended.is_err() {
+                    tracing::warn!("the cancelled statement did not end in time; closing its connection");
                 }
                 drop(client);
             });
@@ -296,16 +431,23 @@ fn with_defaults(mut pg: tokio_postgres::Config) -> tokio_postgres::Config {
 }
 
 /// A warning for a connection to another machine whose server nobody
-/// authenticates: anyone on the path could pose as the database.
+/// authenticates: anyone on the path could pose as the database. With
+/// `hostaddr`, the connection goes to those addresses (the host names then
+/// only name the server for TLS), so they decide what is remote.
 pub fn unverified_server_warning(config: &DatabaseConfig) -> Option<String> {
     use tokio_postgres::config::Host;
-    let remote = config.pg.get_hosts().iter().any(|host| match host {
-        Host::Tcp(name) => {
-            name != "localhost" && !name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        }
-        #[cfg(unix)]
-        Host::Unix(_) => false,
-    });
+    let addresses = config.pg.get_hostaddrs();
+    let remote = if addresses.is_empty() {
+        config.pg.get_hosts().iter().any(|host| match host {
+            Host::Tcp(name) => {
+                name != "localhost" && !name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            #[cfg(unix)]
+            Host::Unix(_) => false,
+        })
+    } else {
+        addresses.iter().any(|address| !address.is_loopback())
+    };
     if !remote || config.tls_mode.authenticates_server(config.ca_cert_pem.is_some()) {
         return None;
     }
@@ -332,6 +474,7 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Database, ConfigError> {
         tracing::warn!("{warning}");
     }
     let tls = MakeRustlsConnect::new(tls_config);
+    let canceller = Canceller::new(tls.clone(), &config.pg);
     let manager = Manager {
         connector: ConfigConnectImpl { tls: tls.clone() },
         pg: RwLock::new(Arc::new(with_defaults(config.pg.clone()))),
@@ -352,5 +495,5 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Database, ConfigError> {
             name: DATABASE_URL,
             reason: e.to_string(),
         })?;
-    Ok(Database { pool, tls })
+    Ok(Database { pool, canceller })
 }

@@ -124,6 +124,105 @@ async fn webhook(app: &TestApp, id: &str, event: &str, room: &str, who: (&str, &
 // The handler-level checks of the main suite, through PgBouncer
 // ---------------------------------------------------------------------------
 
+/// Through the pooler as directly: the role's timeouts are set on every
+/// server connection (they are the role's settings in the database, not a
+/// `SET` of ours that a transaction-mode pooler would hand to the next
+/// client), and a request cut by its deadline leaves no statement running on
+/// the server (the cancel goes through PgBouncer) nor anything in the way of
+/// the next request on the container's one connection.
+#[tokio::test]
+async fn timeouts_and_the_deadlines_cancel_hold_through_the_pooler() {
+    let direct = migrated_database().await;
+    let admin = connect(&direct).await;
+    let role_setting = |name: &str, value: &str| {
+        format!(
+            "DO $$ BEGIN EXECUTE format('ALTER ROLE {API_ROLE} IN DATABASE %I SET {name} = ''{value}''', current_database()); END $$"
+        )
+    };
+    // Only the cancel may end the wait below: the role's lock_timeout (2 s)
+    // is lifted in this database before the pooler's first server connection.
+    admin
+        .batch_execute(&role_setting("lock_timeout", "60s"))
+        .await
+        .unwrap();
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(via_pgbouncer(&direct)),
+        settings: vec![
+            ("DATABASE_POOL_SIZE", "1".to_owned()),
+            ("REQUEST_DEADLINE_SECONDS", "1".to_owned()),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    {
+        let client = app.state.db.get().await.unwrap();
+        let shown = client.simple_query("SHOW statement_timeout").await.unwrap();
+        let value = shown.iter().find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(
+            value.as_deref(),
+            Some("5s"),
+            "the role's statement_timeout, through the pooler"
+        );
+    }
+
+    let host = Uuid::new_v4();
+    assert_eq!(start(&app, host, "slow").await.status, 201);
+    let held = connect(&direct).await;
+    held.batch_execute("BEGIN; SELECT 1 FROM live_streams WHERE id = 'slow' FOR UPDATE")
+        .await
+        .unwrap();
+    app.call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"slow"}"#)
+        .await
+        .assert_error(503, "unavailable");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let running: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE usename = $1 AND state = 'active' AND datname = current_database()",
+                &[&API_ROLE],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let running: Vec<String> = admin
+                .query(
+                    "SELECT pid::text || ' ' || coalesce(wait_event_type, '-') || ' ' || now() - query_start || ' ' || query
+                     FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
+                    &[&API_ROLE],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            panic!("the abandoned statement still runs on the server: {running:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    held.batch_execute("ROLLBACK").await.unwrap();
+    let live: bool = admin
+        .query_one("SELECT is_live FROM live_streams WHERE id = 'slow'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(live, "the request answered 503 must not end the stream later");
+    let stream = app
+        .send(
+            get_stream,
+            get_request(Some(&app.token_for(host)), &[], Some("slow")),
+        )
+        .await;
+    assert_eq!(stream.status, 200, "{}", stream.body);
+}
+
 #[tokio::test]
 async fn start_retry_and_room_taken_answer_as_directly() {
     let (app, direct) = pooled_app().await;

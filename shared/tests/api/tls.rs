@@ -174,4 +174,20 @@ fn an_unverified_remote_connection_is_warned_about() {
     assert!(warning(&format!("{remote}?sslmode=verify-full"), None).is_none());
     assert!(warning(&format!("{remote}?sslmode=require"), Some("pinned")).is_none());
     assert!(warning("postgres://u:p@127.0.0.1:5432/postgres?sslmode=disable", None).is_none());
+    // A hostaddr is where the connection goes (the host name only names the
+    // server for TLS): a loopback name in front of a remote address is remote.
+    assert!(
+        warning(
+            "postgres://u:p@localhost:5432/postgres?hostaddr=10.0.0.5&sslmode=require",
+            None
+        )
+        .is_some()
+    );
+    assert!(
+        warning(
+            "postgres://u:p@db.abc.supabase.co:5432/postgres?hostaddr=127.0.0.1&sslmode=disable",
+            None
+        )
+        .is_none()
+    );
 }
