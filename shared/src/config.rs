@@ -384,6 +384,9 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let secret = source.fetch().await?;
+        if let Some(warning) = pool_size_override_warning(&secret, &env) {
+            tracing::warn!("{warning}");
+        }
         let mut config = Config::from_secret_and_env(&secret, env)?;
         if secret.contains_key(DATABASE_URL) {
             config.database.secret = Some(source);
@@ -397,6 +400,27 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         Config::from_lookup(|name| secret.get(name).cloned().or_else(|| env(name)))
     }
+}
+
+/// The secret's `DATABASE_POOL_SIZE` wins over the template's, whose reserved
+/// concurrencies are sized so that containers × pool size stay within the
+/// database's connection budget: a different value in the secret breaks
+/// that arithmetic unless the concurrencies were lowered with it.
+fn pool_size_override_warning(
+    secret: &HashMap<String, String>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let in_secret = secret.get(DATABASE_POOL_SIZE)?.trim();
+    let in_env = env(DATABASE_POOL_SIZE)?;
+    (in_secret != in_env.trim()).then(|| {
+        format!(
+            "the secret's DATABASE_POOL_SIZE ({in_secret}) overrides the template's DatabasePoolSize ({}): \
+             every container now holds that many Postgres connections, so the template's reserved \
+             concurrencies no longer keep the functions within the database's connection budget; \
+             set DatabasePoolSize instead (README, \"Limits and how to size them\")",
+            in_env.trim()
+        )
+    })
 }
 
 /// Why a `DATABASE_URL` does not parse, without any of its text: tokio-postgres
@@ -690,6 +714,17 @@ mod tests {
             config.supabase.jwks_url().as_deref(),
             Some("https://abc.supabase.co/auth/v1/.well-known/jwks.json")
         );
+    }
+
+    #[test]
+    fn a_pool_size_in_the_secret_that_overrides_the_templates_is_warned_about() {
+        let secret = |value: &str| HashMap::from([(DATABASE_POOL_SIZE.to_owned(), value.to_owned())]);
+        let template = |name: &str| (name == DATABASE_POOL_SIZE).then(|| "1".to_owned());
+        let warning = pool_size_override_warning(&secret("8"), &template).expect("8 overrides 1");
+        assert!(warning.contains("(8)") && warning.contains("(1)"), "{warning}");
+        assert_eq!(pool_size_override_warning(&secret("1"), &template), None);
+        assert_eq!(pool_size_override_warning(&HashMap::new(), &template), None);
+        assert_eq!(pool_size_override_warning(&secret("8"), &|_: &str| None), None);
     }
 
     #[test]

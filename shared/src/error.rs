@@ -198,6 +198,10 @@ impl ApiError {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.public_message(),
+                room_name: match self {
+                    ApiError::AlreadyLive { live_room } => Some(live_room.clone()),
+                    _ => None,
+                },
             },
         }
     }
@@ -210,9 +214,14 @@ pub struct ErrorBody {
 }
 
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorDetail {
     pub code: &'static str,
     pub message: String,
+    /// The stream an `already_live` caller is live in, for the app to offer
+    /// it (the message says it to people).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_name: Option<String>,
 }
 
 /// SQLSTATE classes that mean the database cannot serve us right now, as opposed

@@ -619,12 +619,17 @@ async fn a_streamer_has_one_live_stream_at_a_time_by_default() {
         )
         .await;
     second.assert_error(409, "already_live");
+    assert_eq!(
+        second.body["error"]["roomName"], "first",
+        "names the live stream: {}",
+        second.body
+    );
     assert!(
         second.body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("first"),
-        "names the live stream: {}",
+        "{}",
         second.body
     );
     assert!(
