@@ -333,6 +333,17 @@ async fn the_viewer_list_shows_present_viewers_only_and_others_what_the_setting_
             false,
         )
         .await;
+        // Ada on a second device: still one viewer, listed once.
+        participant(
+            &app,
+            "participant_joined",
+            room,
+            &ada.to_string(),
+            "PA_ada_tablet",
+            "Ada",
+            false,
+        )
+        .await;
         participant(
             &app,
             "participant_joined",
@@ -367,7 +378,7 @@ async fn the_viewer_list_shows_present_viewers_only_and_others_what_the_setting_
         assert_eq!(
             viewers.len(),
             1,
-            "no streamer, no hidden participant, no one who left: {viewers:?}"
+            "no streamer, no hidden participant, no one who left, each viewer once: {viewers:?}"
         );
         assert_eq!(
             (&viewers[0]["userId"], &viewers[0]["displayName"]),

@@ -706,3 +706,75 @@ async fn a_guest_whose_client_rejoins_stays_on_stage() {
     }
     app.wait_for_viewer_count(ROOM, 1).await;
 }
+
+/// Every other change of the stage reaches the room too: a lowered hand, a
+/// declined invitation, an accept (which clears both), and a guest who
+/// leaves the stage by themselves, whose tracks then stop at the host.
+#[tokio::test]
+async fn a_lowered_hand_a_declined_invitation_and_a_guests_own_leave_reach_the_room() {
+    use shared::handlers::{accept_stage, decline_stage, invite_to_stage, raise_hand, remove_from_stage};
+    let app = TestApp::spawn().await;
+    let (host, mut host_client) = live_host(&app).await;
+    let (viewer, mut guest) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    let (host_t, viewer_t) = (app.token_for(host), app.token_for(viewer));
+    let call_ok = |response: crate::helpers::TestResponse| {
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(response.body["roomUpdated"], true, "{}", response.body);
+    };
+    let hand = |raised: bool| json!({"roomName": ROOM, "raised": raised}).to_string();
+    let room_only = json!({"roomName": ROOM}).to_string();
+    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
+
+    call_ok(app.call(raise_hand, Some(&viewer_t), &hand(true)).await);
+    until_attribute(&mut host_client, viewer, "hand_raised", "true").await;
+    call_ok(app.call(raise_hand, Some(&viewer_t), &hand(false)).await);
+    until_attribute(&mut host_client, viewer, "hand_raised", "false").await;
+
+    call_ok(app.call(invite_to_stage, Some(&host_t), &invite).await);
+    until_attribute(&mut host_client, viewer, "stage_invited", "true").await;
+    call_ok(app.call(decline_stage, Some(&viewer_t), &room_only).await);
+    until_attribute(&mut host_client, viewer, "stage_invited", "false").await;
+
+    call_ok(app.call(raise_hand, Some(&viewer_t), &hand(true)).await);
+    call_ok(app.call(invite_to_stage, Some(&host_t), &invite).await);
+    until_attribute(&mut host_client, viewer, "stage_invited", "true").await;
+    call_ok(app.call(accept_stage, Some(&viewer_t), &room_only).await);
+    until_attribute(&mut host_client, viewer, "on_stage", "true").await;
+    until_attribute(&mut host_client, viewer, "hand_raised", "false").await;
+    until_attribute(&mut host_client, viewer, "stage_invited", "false").await;
+    guest
+        .wait_for("permission to publish", |e| {
+            e["event"] == "permissions_changed" && e["can_publish"] == true
+        })
+        .await;
+    guest
+        .publish_tracks()
+        .await
+        .expect("a guest on stage may publish");
+    for kind in ["video", "audio"] {
+        host_client
+            .wait_for("the guest's media", |e| {
+                e["event"] == "media_received" && e["kind"] == kind && e["participant"] == viewer.to_string()
+            })
+            .await;
+    }
+
+    // Their own leave (no userId): the same as the host's removal.
+    call_ok(app.call(remove_from_stage, Some(&viewer_t), &room_only).await);
+    for kind in ["video", "audio"] {
+        host_client
+            .wait_for("the guest's tracks stopping", |e| {
+                e["event"] == "track_unsubscribed"
+                    && e["kind"] == kind
+                    && e["participant"] == viewer.to_string()
+            })
+            .await;
+    }
+    guest
+        .wait_for("the permission gone", |e| {
+            e["event"] == "permissions_changed" && e["can_publish"] == false
+        })
+        .await;
+    until_attribute(&mut host_client, viewer, "on_stage", "false").await;
+}
