@@ -41,6 +41,9 @@ mod tokens;
 
 use std::time::Duration;
 
+/// What the proxy adds to every round trip to Postgres.
+pub const PROXY_DELAY: Duration = Duration::from_millis(1);
+
 pub struct Setup {
     pub admin_url: String,
     /// As `live_api`, through the latency proxy.
@@ -103,7 +106,7 @@ fn main() {
         let database = config.get_dbname().unwrap_or("postgres").to_owned();
         let proxy = proxy::LatencyProxy::start(
             format!("127.0.0.1:{port}").parse().expect("an address"),
-            Duration::from_millis(1),
+            PROXY_DELAY,
         )
         .await;
         let setup = Setup {
@@ -148,7 +151,7 @@ fn main() {
             serde_json::json!({
                 "viewers": setup.viewers,
                 "window_s": setup.window.as_secs(),
-                "proxy_delay_ms": 1,
+                "proxy_delay_ms": PROXY_DELAY.as_millis(),
                 "flash_crowd": crowd,
                 "join_rush": tokens,
                 "busy_chat": chat,

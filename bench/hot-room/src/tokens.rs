@@ -38,6 +38,7 @@ pub async fn run(setup: &Setup) -> Value {
         let _ = state.db.get().await;
     }
     let before = setup.proxy.requests.load(Ordering::Relaxed);
+    let server_nanos_before = setup.proxy.server_nanos.load(Ordering::Relaxed);
     let outcomes = fleet::run(containers, jobs, move |state, bearer: String| {
         let body = body.clone();
         async move {
@@ -50,9 +51,17 @@ pub async fn run(setup: &Setup) -> Value {
     })
     .await;
     let round_trips = setup.proxy.requests.load(Ordering::Relaxed) - before;
+    let server_nanos = setup.proxy.server_nanos.load(Ordering::Relaxed) - server_nanos_before;
+    let tokens = outcomes.len().max(1) as f64;
     json!({
         "containers": token_containers,
         "tokens": fleet::summary(&outcomes),
-        "round_trips_per_token": round_trips as f64 / outcomes.len().max(1) as f64,
+        "round_trips_per_token": round_trips as f64 / tokens,
+        // The database's own time per token (its answer's first byte back at
+        // the proxy), and with the proxy's delay on each round trip.
+        "database_us_per_token": server_nanos as f64 / 1_000.0 / tokens,
+        "database_with_delay_us_per_token": (server_nanos as f64 / 1_000.0
+            + round_trips as f64 * crate::PROXY_DELAY.as_secs_f64() * 1e6)
+            / tokens,
     })
 }
