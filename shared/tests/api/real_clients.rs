@@ -436,6 +436,39 @@ async fn until_attribute(client: &mut Participant, identity: Uuid, key: &str, va
     }
 }
 
+/// The guest on stage publishes a camera and a microphone, and the host
+/// receives both.
+async fn guest_publishes_to_the_host(host: &Participant, guest: &mut Participant, viewer: Uuid) {
+    guest
+        .publish_tracks()
+        .await
+        .expect("a guest on stage may publish");
+    for kind in ["video", "audio"] {
+        host.wait_for("the guest's media", |e| {
+            e["event"] == "media_received" && e["kind"] == kind && e["participant"] == viewer.to_string()
+        })
+        .await;
+    }
+}
+
+/// Off the stage: LiveKit unpublishes the guest's tracks (the host's
+/// subscriptions end), takes their permission, and the room sees
+/// `on_stage` false.
+async fn guest_went_off_stage(host: &mut Participant, guest: &Participant, viewer: Uuid) {
+    for kind in ["video", "audio"] {
+        host.wait_for("the guest's tracks stopping", |e| {
+            e["event"] == "track_unsubscribed" && e["kind"] == kind && e["participant"] == viewer.to_string()
+        })
+        .await;
+    }
+    guest
+        .wait_for("the permission gone", |e| {
+            e["event"] == "permissions_changed" && e["can_publish"] == false
+        })
+        .await;
+    until_attribute(host, viewer, "on_stage", "false").await;
+}
+
 #[tokio::test]
 async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
     use shared::handlers::{accept_stage, invite_to_stage, raise_hand, remove_from_stage};
@@ -514,17 +547,7 @@ async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
     ];
     camera_and_microphone.sort_unstable();
     assert_eq!(sources, camera_and_microphone, "{permission:?}");
-    guest
-        .publish_tracks()
-        .await
-        .expect("a guest on stage may publish");
-    for kind in ["video", "audio"] {
-        host_client
-            .wait_for("the guest's media", |e| {
-                e["event"] == "media_received" && e["kind"] == kind && e["participant"] == viewer.to_string()
-            })
-            .await;
-    }
+    guest_publishes_to_the_host(&host_client, &mut guest, viewer).await;
     until_attribute(&mut host_client, viewer, "on_stage", "true").await;
     // A token they get while on stage carries the grant (camera and microphone only).
     let token = app.request_token(&viewer_t, ROOM).await;
@@ -547,21 +570,7 @@ async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
 
     // Removed: LiveKit takes the permission and unpublishes their tracks.
     call_ok(app.call(remove_from_stage, Some(&host_t), &invite).await);
-    for kind in ["video", "audio"] {
-        host_client
-            .wait_for("the guest's tracks stopping", |e| {
-                e["event"] == "track_unsubscribed"
-                    && e["kind"] == kind
-                    && e["participant"] == viewer.to_string()
-            })
-            .await;
-    }
-    guest
-        .wait_for("the permission gone", |e| {
-            e["event"] == "permissions_changed" && e["can_publish"] == false
-        })
-        .await;
-    until_attribute(&mut host_client, viewer, "on_stage", "false").await;
+    guest_went_off_stage(&mut host_client, &guest, viewer).await;
     let after = app.request_token(&viewer_t, ROOM).await;
     let claims = crate::helpers::verify_livekit_token(after.body["token"].as_str().unwrap());
     assert_eq!(claims.video.can_publish, Some(false));
@@ -748,33 +757,9 @@ async fn a_lowered_hand_a_declined_invitation_and_a_guests_own_leave_reach_the_r
             e["event"] == "permissions_changed" && e["can_publish"] == true
         })
         .await;
-    guest
-        .publish_tracks()
-        .await
-        .expect("a guest on stage may publish");
-    for kind in ["video", "audio"] {
-        host_client
-            .wait_for("the guest's media", |e| {
-                e["event"] == "media_received" && e["kind"] == kind && e["participant"] == viewer.to_string()
-            })
-            .await;
-    }
+    guest_publishes_to_the_host(&host_client, &mut guest, viewer).await;
 
     // Their own leave (no userId): the same as the host's removal.
     call_ok(app.call(remove_from_stage, Some(&viewer_t), &room_only).await);
-    for kind in ["video", "audio"] {
-        host_client
-            .wait_for("the guest's tracks stopping", |e| {
-                e["event"] == "track_unsubscribed"
-                    && e["kind"] == kind
-                    && e["participant"] == viewer.to_string()
-            })
-            .await;
-    }
-    guest
-        .wait_for("the permission gone", |e| {
-            e["event"] == "permissions_changed" && e["can_publish"] == false
-        })
-        .await;
-    until_attribute(&mut host_client, viewer, "on_stage", "false").await;
+    guest_went_off_stage(&mut host_client, &guest, viewer).await;
 }
