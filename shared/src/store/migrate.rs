@@ -68,6 +68,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(42, "0042_unique_viewer_marks_are_pruned"),
     migration!(43, "0043_a_kick_ends_the_stage_turn"),
     migration!(44, "0044_taking_standing_away_is_never_limited"),
+    migration!(45, "0045_an_ended_streams_chat_count_is_final"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -12,7 +12,8 @@
 //!   written, and the count at the end, are kept as a floor (streams from
 //!   before 0020); a live stream's current count counts too;
 //! - chat messages: added once per chat batch (with the few a batch has not
-//!   sent yet); reactions: their shards;
+//!   sent yet, while the stream is live; its end settles those, 0045);
+//!   reactions: their shards;
 //!   stage guests: once per viewer who ever went on stage.
 //!
 //! An ended stream's figures are final: its shards are closed, and chat,

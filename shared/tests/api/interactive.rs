@@ -83,6 +83,54 @@ async fn flushed(app: &TestApp, room: &str, count: i32) {
     }
 }
 
+/// Chat that never went out (LiveKit down in the stream's last seconds) is
+/// counted once the stream ends, on the row the batches count on: the final
+/// stats no longer count unsent messages at every read (migration 0045).
+#[tokio::test]
+async fn an_ended_streams_unsent_chat_is_settled_into_its_count() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "unsent-chat";
+    app.start_stream(host, room).await;
+    let said = json!({"roomName": room, "text": "sent"}).to_string();
+    let posted = app
+        .call(post_message, Some(&app.token_for(Uuid::new_v4())), &said)
+        .await;
+    assert_eq!((posted.status, &posted.body["broadcast"]), (201, &json!(true)));
+    app.set_livekit_mode(LiveKitMode::Failing).await;
+    for _ in 0..3 {
+        let unsent = json!({"roomName": room, "text": "never sent"}).to_string();
+        let posted = app
+            .call(post_message, Some(&app.token_for(Uuid::new_v4())), &unsent)
+            .await;
+        assert_eq!((posted.status, &posted.body["broadcast"]), (201, &json!(false)));
+    }
+    let ended = app
+        .call(
+            shared::handlers::end_stream,
+            Some(&app.token_for(host)),
+            &json!({"roomName": room}).to_string(),
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    let settled = app
+        .db()
+        .await
+        .query_one(
+            "SELECT b.messages_sent, b.sent_up_to = (SELECT max(seq) FROM live_messages WHERE room_name = $1)
+             FROM live_chat_broadcasts b WHERE b.room_name = $1",
+            &[&room],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (settled.get::<_, i64>(0), settled.get::<_, bool>(1)),
+        (4, true),
+        "every message counted on the batches' row, none left to count at read time"
+    );
+    assert_eq!(stats(&app, host, room).await["chatMessages"], 4);
+}
+
 #[tokio::test]
 async fn stats_follow_the_events_and_are_final_once_the_stream_ends() {
     let app = TestApp::spawn().await;

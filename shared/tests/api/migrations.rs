@@ -232,3 +232,50 @@ async fn the_claim_lifetime_is_the_one_the_start_function_uses() {
         "live_start_stream does not use {lifetime}"
     );
 }
+
+/// Migration 0045 settles the chat of streams that ended before it: applied
+/// to a database where two ended streams left messages unsent (one with its
+/// batches' row, one whose chat never had a batch), it counts them there.
+#[tokio::test]
+async fn migration_0045_settles_the_chat_of_streams_that_ended_before_it() {
+    let url = create_database().await;
+    shared::store::migrate::migrate_url(&url).await.unwrap();
+    let db = connect(&url).await;
+    // The database as 0044 left it, with what a stream ended then kept.
+    db.batch_execute(
+        "DROP TRIGGER live_settle_chat_count ON live_streams;
+         DROP FUNCTION live_settle_chat_count();
+         DELETE FROM schema_migrations WHERE version = 45;
+         INSERT INTO live_streams (id, streamer_id, title)
+         VALUES ('batched', gen_random_uuid(), 't'), ('never-batched', gen_random_uuid(), 't');
+         INSERT INTO live_messages (room_name, user_id, text)
+         SELECT room, gen_random_uuid(), 'hi'
+         FROM unnest(ARRAY['batched', 'batched', 'batched', 'never-batched', 'never-batched']) room;
+         INSERT INTO live_chat_broadcasts (room_name, sent_up_to, messages_sent)
+         SELECT 'batched', min(seq), 1 FROM live_messages WHERE room_name = 'batched';
+         UPDATE live_streams SET is_live = false, ended_at = now();",
+    )
+    .await
+    .unwrap();
+    let applied = shared::store::migrate::migrate_url(&url).await.unwrap();
+    assert_eq!(applied, vec!["0045_an_ended_streams_chat_count_is_final"]);
+    let settled: Vec<(String, i64, bool)> = db
+        .query(
+            "SELECT b.room_name, b.messages_sent,
+                    b.sent_up_to = (SELECT max(seq) FROM live_messages m WHERE m.room_name = b.room_name)
+             FROM live_chat_broadcasts b ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        settled,
+        vec![
+            ("batched".to_owned(), 3, true),
+            ("never-batched".to_owned(), 2, true)
+        ]
+    );
+}

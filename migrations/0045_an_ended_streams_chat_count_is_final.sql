@@ -1,0 +1,56 @@
+-- A stream's chat count (its stats' chatMessages) is what its chat batches
+-- counted as they sent, plus the messages no batch has sent yet, counted at
+-- read time. A stream that ended with messages unsent (LiveKit down during
+-- its last seconds) kept those forever: nothing sends the chat of an ended
+-- stream, so every read of its final stats counted them again.
+--
+-- The end now settles them: when a stream stops being live (its end, its
+-- room's room_finished, the reconciler's finish), a trigger adds the unsent
+-- messages to the count and marks them settled, in the ending statement.
+-- No message is posted after that (posts wait for the end and are refused
+-- by it, 0022), and a batch still in flight counts only what lies past the
+-- settled mark (live_chat_batch_done, 0033), so nothing is counted twice.
+
+CREATE FUNCTION live_settle_chat_count() RETURNS TRIGGER
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO live_chat_broadcasts AS b (room_name, sent_up_to, messages_sent)
+    SELECT NEW.id, max(m.seq), count(*)
+    FROM live_messages m
+    WHERE m.room_name = NEW.id
+    HAVING count(*) > 0
+    ON CONFLICT (room_name) DO UPDATE
+    SET messages_sent = b.messages_sent + (
+            SELECT count(*) FROM live_messages m
+            WHERE m.room_name = b.room_name AND m.seq > b.sent_up_to),
+        sent_up_to = greatest(b.sent_up_to, EXCLUDED.sent_up_to)
+    WHERE EXCLUDED.sent_up_to > b.sent_up_to;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER live_settle_chat_count
+AFTER UPDATE OF is_live ON live_streams
+FOR EACH ROW WHEN (OLD.is_live AND NOT NEW.is_live) EXECUTE FUNCTION live_settle_chat_count();
+
+CALL live_revoke_from_api_roles(ARRAY['live_settle_chat_count()']::REGPROCEDURE[]);
+
+-- Streams that ended before this migration, settled the same way.
+UPDATE live_chat_broadcasts b
+SET messages_sent = b.messages_sent + u.unsent, sent_up_to = u.last
+FROM (
+    SELECT m.room_name, count(*) AS unsent, max(m.seq) AS last
+    FROM live_messages m
+    JOIN live_streams s ON s.id = m.room_name AND NOT s.is_live
+    JOIN live_chat_broadcasts cb ON cb.room_name = m.room_name AND m.seq > cb.sent_up_to
+    GROUP BY m.room_name
+) u
+WHERE b.room_name = u.room_name;
+
+INSERT INTO live_chat_broadcasts (room_name, sent_up_to, messages_sent)
+SELECT m.room_name, max(m.seq), count(*)
+FROM live_messages m
+JOIN live_streams s ON s.id = m.room_name AND NOT s.is_live
+WHERE NOT EXISTS (SELECT FROM live_chat_broadcasts b WHERE b.room_name = m.room_name)
+GROUP BY m.room_name;
