@@ -7,14 +7,23 @@
 -- The end now settles them: when a stream stops being live (its end, its
 -- room's room_finished, the reconciler's finish), a trigger adds the unsent
 -- messages to the count and marks them settled, in the ending statement.
--- No message is posted after that (posts wait for the end and are refused
--- by it, 0022), and a batch still in flight counts only what lies past the
--- settled mark (live_chat_batch_done, 0033), so nothing is counted twice.
+-- First it waits for the posts in flight, as a batch does: the room's
+-- standing lock (every post holds it shared from its start to its commit,
+-- 0022) and the chat-order lock (0017's posts hold only that one). Without
+-- them a post that had taken its seq but not committed would be passed over
+-- (the end's own standing trigger, 0022, fires after this one: triggers run
+-- in name order) and, committed after it, counted nowhere. The locks are
+-- taken in the posts' order, so no deadlock. No message is posted after
+-- that (posts that start later are refused by the end), and a batch still in
+-- flight counts only what lies past the settled mark (live_chat_batch_done,
+-- 0033), so nothing is counted twice.
 
 CREATE FUNCTION live_settle_chat_count() RETURNS TRIGGER
 LANGUAGE plpgsql
 AS $$
 BEGIN
+    PERFORM live_room_standing_lock(NEW.id, true);
+    PERFORM pg_advisory_xact_lock(1818782568, hashtext(NEW.id));
     INSERT INTO live_chat_broadcasts AS b (room_name, sent_up_to, messages_sent)
     SELECT NEW.id, max(m.seq), count(*)
     FROM live_messages m

@@ -1245,6 +1245,48 @@ async fn posts_taps_and_stage_answers_in_flight_wait_for_an_end_or_a_ban_and_are
     assert_eq!((stored, taps, on_stage), (0, 0, 0));
 }
 
+/// A post in flight when the stream ends (its seq taken, not committed) is
+/// counted when the end settles the stream's chat (migration 0045): the
+/// settling waits for the post as the end's standing lock does. Settled
+/// before the post committed, the message would be counted nowhere: not on
+/// the batches' row, and not at read time, past the settled mark.
+#[tokio::test]
+async fn a_post_in_flight_when_the_stream_ends_is_in_its_final_chat_count() {
+    let app = TestApp::spawn().await;
+    let admin = app.db().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "last-word").await;
+    let mut post_connection = connect(&app.api_database_url).await;
+    let post = post_connection.transaction().await.unwrap();
+    let outcome: String = post
+        .query_one(
+            "SELECT outcome FROM live_chat_say('last-word', $1, 'the last word', 'chat:last', 60, 10)",
+            &[&Uuid::new_v4()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "posted");
+    let end_body = json!({"roomName": "last-word"}).to_string();
+    let host_token = app.token_for(host);
+    let commit_post = async {
+        until_waiting(&admin, Waiting::Standing, 1).await;
+        post.commit().await.unwrap();
+    };
+    let (ended, ()) = tokio::join!(app.call(end_stream, Some(&host_token), &end_body), commit_post);
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    let settled = admin
+        .query_opt(
+            "SELECT b.messages_sent, b.sent_up_to = (SELECT max(seq) FROM live_messages WHERE room_name = b.room_name)
+             FROM live_chat_broadcasts b WHERE b.room_name = 'last-word'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|row| (row.get::<_, i64>(0), row.get::<_, bool>(1)));
+    assert_eq!(settled, Some((1, true)), "the late message is counted on the row");
+}
+
 /// A viewer's leave in flight (its session and presence row locked, its
 /// count shard next, as live_session_change takes them) and `/live/end` meet
 /// without a deadlock: the end takes its locks in the webhooks' order, the
