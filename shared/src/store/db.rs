@@ -65,12 +65,15 @@ pub struct Database {
 /// requester hangs up first; tokio-postgres's own `cancel_query` shuts its
 /// socket down as soon as it has written, so through such a pooler the
 /// statement would run on until its statement timeout.
+/// The cancel must reach the server the session is on: with one host (and
+/// at most one `hostaddr`) that resolves to one address, it is that one;
+/// otherwise (several hosts, a name with several addresses, a Unix socket)
+/// tokio-postgres's own cancel goes to the exact address the session used.
 #[derive(Clone)]
 struct Canceller {
     tls: MakeRustlsConnect,
-    /// Where the connections go: `DATABASE_URL`'s first host (or its
-    /// `hostaddr`) and port, and the name TLS checks. `None` for a Unix
-    /// socket, whose cancel goes through tokio-postgres's own.
+    /// `DATABASE_URL`'s only host (or its `hostaddr`) and port, and the name
+    /// TLS checks; `None` when it has another number of TCP hosts.
     server: Option<CancelServer>,
 }
 
@@ -84,12 +87,16 @@ struct CancelServer {
 /// How long a cancel's connection waits for the server to close it.
 const CANCEL_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
+/// A whole cancel, connection and TLS included: a server that accepts and
+/// then stalls must not keep the abandoned session open.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Canceller {
     fn new(tls: MakeRustlsConnect, pg: &tokio_postgres::Config) -> Canceller {
         use tokio_postgres::config::Host;
         let port = pg.get_ports().first().copied().unwrap_or(5432);
-        let server = match pg.get_hosts().first() {
-            Some(Host::Tcp(name)) => Some(CancelServer {
+        let server = match pg.get_hosts() {
+            [Host::Tcp(name)] if pg.get_hostaddrs().len() <= 1 => Some(CancelServer {
                 address: pg
                     .get_hostaddrs()
                     .first()
@@ -103,19 +110,33 @@ impl Canceller {
     }
 
     async fn cancel(&self, token: tokio_postgres::CancelToken) -> Result<(), String> {
-        let Some(server) = &self.server else {
+        tokio::time::timeout(CANCEL_TIMEOUT, self.send(token))
+            .await
+            .map_err(|_| format!("no answer within {CANCEL_TIMEOUT:?}"))?
+    }
+
+    async fn send(&self, token: tokio_postgres::CancelToken) -> Result<(), String> {
+        let address = match &self.server {
+            Some(server) => {
+                let mut addresses = tokio::net::lookup_host((server.address.as_str(), server.port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match (addresses.next(), addresses.next()) {
+                    (Some(only), None) => Some((only, server)),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        let Some((address, server)) = address else {
             return token
                 .cancel_query(self.tls.clone())
                 .await
                 .map_err(|e| e.to_string());
         };
-        let connected = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect((server.address.as_str(), server.port)),
-        )
-        .await
-        .map_err(|_| "timed out connecting".to_owned())?
-        .map_err(|e| e.to_string())?;
+        let connected = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
         // A second handle keeps the socket open once tokio-postgres drops its own.
         let socket = connected.into_std().map_err(|e| e.to_string())?;
         let kept = socket.try_clone().map_err(|e| e.to_string())?;

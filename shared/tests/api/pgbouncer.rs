@@ -140,11 +140,11 @@ async fn timeouts_and_the_deadlines_cancel_hold_through_the_pooler() {
         )
     };
     // Only the cancel may end the wait below: the role's lock_timeout (2 s)
-    // is lifted in this database before the pooler's first server connection.
-    admin
-        .batch_execute(&role_setting("lock_timeout", "60s"))
-        .await
-        .unwrap();
+    // and statement_timeout (5 s) are lifted in this database before the
+    // pooler's first server connection.
+    for (name, value) in [("lock_timeout", "60s"), ("statement_timeout", "60s")] {
+        admin.batch_execute(&role_setting(name, value)).await.unwrap();
+    }
     let app = TestApp::spawn_with(AppOptions {
         database_url: Some(via_pgbouncer(&direct)),
         settings: vec![
@@ -156,15 +156,19 @@ async fn timeouts_and_the_deadlines_cancel_hold_through_the_pooler() {
     .await;
     {
         let client = app.state.db.get().await.unwrap();
-        let shown = client.simple_query("SHOW statement_timeout").await.unwrap();
+        // Set the same way as the two lifted above, and untouched here.
+        let shown = client
+            .simple_query("SHOW idle_in_transaction_session_timeout")
+            .await
+            .unwrap();
         let value = shown.iter().find_map(|message| match message {
             tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
             _ => None,
         });
         assert_eq!(
             value.as_deref(),
-            Some("5s"),
-            "the role's statement_timeout, through the pooler"
+            Some("10s"),
+            "the role's settings, through the pooler"
         );
     }
 
