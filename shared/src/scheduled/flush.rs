@@ -111,11 +111,15 @@ impl FlushReport {
     }
 }
 
-/// Flushes every [`TICK`] up to and including the tick due at `until`, and at
-/// least once: the last tick of a minute's invocation falls 58 s into it, so
-/// the next minute's first follows about two seconds later, which is what
-/// bounds how far the copies lag at the turn of the minute. An invocation
-/// with little time left (a short local timeout) still starts one pass. A
+/// Flushes every [`TICK`], the ticks placed so that the last one falls at
+/// `until` (within a tenth of a second), and at least once: the last tick of a
+/// minute's invocation falls 58 s into it, so the next minute's first follows
+/// about two seconds later, which is what bounds how far the copies lag at
+/// the turn of the minute; and no tick starts after `until`, which an
+/// invocation that started late sets to 59 s past its scheduled time, before
+/// the next one is due. A span that is not a whole number of ticks delays
+/// the first tick instead. An invocation with little time left (a short
+/// local timeout) still starts one pass. A
 /// failed flush is logged and the next tick tries again. A tick still
 /// running at `cut_off` (LiveKit slow for many rooms) is stopped there and
 /// counted as failed, so the invocation ends before Lambda's timeout does:
@@ -123,7 +127,12 @@ impl FlushReport {
 /// invocation's ticks go on writing the counts.
 pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Instant>) -> FlushReport {
     let mut report = FlushReport::default();
-    let mut ticks = tokio::time::interval(TICK);
+    let now = Instant::now();
+    let whole_ticks = until.checked_duration_since(now).map_or(0, |left| {
+        ((left + TICK_SLACK).as_nanos() / TICK.as_nanos()) as u32
+    });
+    let first = (until.checked_sub(TICK * whole_ticks).unwrap_or(now)).max(now);
+    let mut ticks = tokio::time::interval_at(first.into(), TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
@@ -145,11 +154,16 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
                 return report;
             }
         }
-        if Instant::now() >= until {
+        let next_due = first + TICK * report.ticks;
+        if next_due > until + TICK_SLACK || Instant::now() > until {
             return report;
         }
     }
 }
+
+/// How far past `until` the last tick may fall: the span is measured a
+/// moment before the ticks start, and a whole number of ticks is meant.
+const TICK_SLACK: Duration = Duration::from_millis(100);
 
 /// How long after its scheduled time an invocation stops flushing: just
 /// before the next minute's starts.

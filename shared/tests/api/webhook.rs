@@ -776,18 +776,27 @@ async fn a_flush_invocation_out_of_time_still_writes_the_trailing_count() {
 /// An invocation ticks through the last second of its span: with 58 s to
 /// flush it ticks at 0, 1, …, 58 s, so the next minute's invocation (due at
 /// 60 s) leaves the copies at most about two seconds unflushed at the turn
-/// of the minute. Before, it stopped a tick early (at 57 s): three seconds.
+/// of the minute (before, it stopped a tick early, at 57 s). A span that is
+/// not a whole number of ticks delays the first: its last tick is at the
+/// span's end, never after it (the next invocation may be due then).
 #[tokio::test]
-async fn a_flush_invocation_ticks_until_the_end_of_its_span() {
+async fn a_flush_invocation_ticks_until_the_end_of_its_span_and_not_past_it() {
     use std::time::{Duration, Instant};
     let room = live_room().await;
-    let until = Instant::now() + Duration::from_secs(2);
-    let report = shared::scheduled::flush::flush_until(&room.app.state, until, None).await;
-    assert_eq!(
-        (report.ticks, report.failed_ticks),
-        (3, 0),
-        "ticks at 0, 1 and 2 s: {report:?}"
-    );
+    for span_ms in [2_000, 2_500] {
+        let until = Instant::now() + Duration::from_millis(span_ms);
+        let report = shared::scheduled::flush::flush_until(&room.app.state, until, None).await;
+        assert_eq!(
+            (report.ticks, report.failed_ticks),
+            (3, 0),
+            "{span_ms} ms: three ticks, the last at the span's end: {report:?}"
+        );
+        // Not sooner than the end (a lower bound, which load cannot break).
+        assert!(
+            Instant::now() + Duration::from_millis(100) >= until,
+            "{span_ms} ms: the last tick came before the span's end"
+        );
+    }
 }
 
 /// With LiveKit hanging, a flush still writes the counts (Postgres first),
