@@ -711,7 +711,7 @@ def hot_room_section(results):
     lines.append(f"**2. Join rush:** {tokens['requests']:,} `/live/token` from as many users in {hot['window_s']} s on {rush['containers']} containers: "
                  f"p50 {ms(tokens['p50_us'])}, p99 {ms(tokens['p99_us'])}, answers {tokens['by_status']}, "
                  f"{rush['round_trips_per_token']:.2f} database round trips per token"
-                 + (f", database time per token {rush['database_us_per_token']:,.0f} µs ({rush['database_with_delay_us_per_token']:,.0f} µs with the proxy's delay)." if "database_us_per_token" in rush else "."))
+                 + (f", database time per token {rush['database_us_per_token']:,.0f} µs (the proxy's wait for the server's first answer byte, so any wait for a CPU on this machine too; {rush['database_with_delay_us_per_token']:,.0f} µs with the proxy's delay)." if "database_us_per_token" in rush else "."))
     lines.append("")
     posts = chat["posts"]
     chat_ok = chat["stored"] == chat["expected_stored"] and chat["rate_limited"] == chat["expected_rate_limited"] and chat["received_in_order"]

@@ -164,10 +164,12 @@ impl LiveKitServer {
             Mode::Hanging => HANGING,
             Mode::ClosingIdle => CLOSING_IDLE,
         };
+        // Under the listener's lock, so two changes at once end in the last
+        // one's mode and listener alike.
+        let mut listening = self.inner.listening.lock().await;
         // The mode first: a pipe woken by the new generation reads it.
         self.inner.mode.store(value, Ordering::SeqCst);
         self.inner.generation.send_modify(|generation| *generation += 1);
-        let mut listening = self.inner.listening.lock().await;
         if mode == Mode::Stopped {
             if let Some((stop, accepting)) = listening.accepting.take() {
                 // The reserve holds the port before the listener closes.
