@@ -469,6 +469,13 @@ async fn guest_went_off_stage(host: &mut Participant, guest: &Participant, viewe
     until_attribute(host, viewer, "on_stage", "false").await;
 }
 
+/// A stage change that was served and reached the room.
+fn stage_changed(response: crate::helpers::TestResponse) -> crate::helpers::TestResponse {
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.body["roomUpdated"], true, "{}", response.body);
+    response
+}
+
 #[tokio::test]
 async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
     use shared::handlers::{accept_stage, invite_to_stage, raise_hand, remove_from_stage};
@@ -477,15 +484,10 @@ async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
     let (viewer, mut guest) = app.viewer_in(ROOM).await;
     app.wait_for_viewer_count(ROOM, 1).await;
     let (host_t, viewer_t) = (app.token_for(host), app.token_for(viewer));
-    let call_ok = |response: crate::helpers::TestResponse| {
-        assert_eq!(response.status, 200, "{}", response.body);
-        assert_eq!(response.body["roomUpdated"], true, "{}", response.body);
-        response
-    };
 
     // The hand and the invitation are attributes every client sees; neither
     // lets the viewer publish.
-    call_ok(
+    stage_changed(
         app.call(
             raise_hand,
             Some(&viewer_t),
@@ -495,7 +497,7 @@ async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
     );
     until_attribute(&mut host_client, viewer, "hand_raised", "true").await;
     let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
-    call_ok(app.call(invite_to_stage, Some(&host_t), &invite).await);
+    stage_changed(app.call(invite_to_stage, Some(&host_t), &invite).await);
     guest
         .wait_for(
             "the invitation",
@@ -517,7 +519,7 @@ async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
     assert_eq!(claims.video.can_publish, Some(false), "an invitation's token");
 
     // Accepted: LiveKit lets them publish, and the host receives their media.
-    let accepted = call_ok(
+    let accepted = stage_changed(
         app.call(
             accept_stage,
             Some(&viewer_t),
@@ -569,7 +571,7 @@ async fn a_viewer_on_stage_publishes_to_the_host_until_the_host_removes_them() {
     assert_eq!(claims.video.can_publish_sources, ["camera", "microphone"]);
 
     // Removed: LiveKit takes the permission and unpublishes their tracks.
-    call_ok(app.call(remove_from_stage, Some(&host_t), &invite).await);
+    stage_changed(app.call(remove_from_stage, Some(&host_t), &invite).await);
     guest_went_off_stage(&mut host_client, &guest, viewer).await;
     let after = app.request_token(&viewer_t, ROOM).await;
     let claims = crate::helpers::verify_livekit_token(after.body["token"].as_str().unwrap());
@@ -727,28 +729,24 @@ async fn a_lowered_hand_a_declined_invitation_and_a_guests_own_leave_reach_the_r
     let (viewer, mut guest) = app.viewer_in(ROOM).await;
     app.wait_for_viewer_count(ROOM, 1).await;
     let (host_t, viewer_t) = (app.token_for(host), app.token_for(viewer));
-    let call_ok = |response: crate::helpers::TestResponse| {
-        assert_eq!(response.status, 200, "{}", response.body);
-        assert_eq!(response.body["roomUpdated"], true, "{}", response.body);
-    };
     let hand = |raised: bool| json!({"roomName": ROOM, "raised": raised}).to_string();
     let room_only = json!({"roomName": ROOM}).to_string();
     let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
 
-    call_ok(app.call(raise_hand, Some(&viewer_t), &hand(true)).await);
+    stage_changed(app.call(raise_hand, Some(&viewer_t), &hand(true)).await);
     until_attribute(&mut host_client, viewer, "hand_raised", "true").await;
-    call_ok(app.call(raise_hand, Some(&viewer_t), &hand(false)).await);
+    stage_changed(app.call(raise_hand, Some(&viewer_t), &hand(false)).await);
     until_attribute(&mut host_client, viewer, "hand_raised", "false").await;
 
-    call_ok(app.call(invite_to_stage, Some(&host_t), &invite).await);
+    stage_changed(app.call(invite_to_stage, Some(&host_t), &invite).await);
     until_attribute(&mut host_client, viewer, "stage_invited", "true").await;
-    call_ok(app.call(decline_stage, Some(&viewer_t), &room_only).await);
+    stage_changed(app.call(decline_stage, Some(&viewer_t), &room_only).await);
     until_attribute(&mut host_client, viewer, "stage_invited", "false").await;
 
-    call_ok(app.call(raise_hand, Some(&viewer_t), &hand(true)).await);
-    call_ok(app.call(invite_to_stage, Some(&host_t), &invite).await);
+    stage_changed(app.call(raise_hand, Some(&viewer_t), &hand(true)).await);
+    stage_changed(app.call(invite_to_stage, Some(&host_t), &invite).await);
     until_attribute(&mut host_client, viewer, "stage_invited", "true").await;
-    call_ok(app.call(accept_stage, Some(&viewer_t), &room_only).await);
+    stage_changed(app.call(accept_stage, Some(&viewer_t), &room_only).await);
     until_attribute(&mut host_client, viewer, "on_stage", "true").await;
     until_attribute(&mut host_client, viewer, "hand_raised", "false").await;
     until_attribute(&mut host_client, viewer, "stage_invited", "false").await;
@@ -760,6 +758,6 @@ async fn a_lowered_hand_a_declined_invitation_and_a_guests_own_leave_reach_the_r
     guest_publishes_to_the_host(&host_client, &mut guest, viewer).await;
 
     // Their own leave (no userId): the same as the host's removal.
-    call_ok(app.call(remove_from_stage, Some(&viewer_t), &room_only).await);
+    stage_changed(app.call(remove_from_stage, Some(&viewer_t), &room_only).await);
     guest_went_off_stage(&mut host_client, &guest, viewer).await;
 }
