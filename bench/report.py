@@ -573,6 +573,14 @@ PLACEMENTS = [("split", "Postgres on a vCPU of its own, the harness and the func
                         "below 1,769 MB has)")]
 
 
+def ratio_pair(by, side, n):
+    """`side` ÷ Node at p50 and p99 in round `n`; infinite when either failed or is missing."""
+    a, b = by.get((side, n)), by.get(("node", n))
+    if not a or not b or a.get("failed") or b.get("failed"):
+        return float("inf"), float("inf")
+    return a["p50_us"] / b["p50_us"], a["p99_us"] / b["p99_us"]
+
+
 def node_token_table(runs, rounds, title):
     """One placement's and transport's runs: the five sides per round, the ratios and the verdicts."""
     by = {(r["side"], r["round"]): r for r in runs}
@@ -591,14 +599,8 @@ def node_token_table(runs, rounds, title):
                             ("token-access", "database-call floor ÷ Node")]:
         row = [label]
         for n in rounds:
-            a, b = by.get((compared, n)), by.get(("node", n))
-            if not a or not b or a.get("failed") or b.get("failed"):
-                row += [NOT_MEASURED, NOT_MEASURED]
-                if compared == "ours":
-                    verdicts.append((float("inf"), float("inf")))
-                continue
-            p50, p99 = a["p50_us"] / b["p50_us"], a["p99_us"] / b["p99_us"]
-            row += [f"{p50:.2f}×", f"{p99:.2f}×"]
+            p50, p99 = ratio_pair(by, compared, n)
+            row += [NOT_MEASURED, NOT_MEASURED] if p50 == float("inf") else [f"{p50:.2f}×", f"{p99:.2f}×"]
             if compared == "ours":
                 verdicts.append((p50, p99))
         rows.append(row)
@@ -748,18 +750,14 @@ def node_token_paragraph(results):
         return "**5. The whole `/live/token` against the seed's Node function:** " + NOT_MEASURED + " (no node-token runs)"
     parts = []
     for placement, _ in PLACEMENTS:
-        worst50 = worst99 = 0.0
+        ratios = []
         for transport, _ in TRANSPORTS:
-            by = {(r["side"], r["round"]): r for r in runs
-                  if r.get("placement", "shared") == placement and r["transport"] == transport}
-            for n in sorted({k[1] for k in by}):
-                a, b = by.get(("ours", n)), by.get(("node", n))
-                if not a or not b or a.get("failed") or b.get("failed"):
-                    worst50 = worst99 = float("inf")
-                    continue
-                worst50 = max(worst50, a["p50_us"] / b["p50_us"])
-                worst99 = max(worst99, a["p99_us"] / b["p99_us"])
-        if worst50:
+            chosen = [r for r in runs if r.get("placement", "shared") == placement and r["transport"] == transport]
+            by = {(r["side"], r["round"]): r for r in chosen}
+            ratios += [ratio_pair(by, "ours", n) for n in sorted({r["round"] for r in chosen})]
+        worst50 = max((p50 for p50, _ in ratios), default=0.0)
+        worst99 = max((p99 for _, p99 in ratios), default=0.0)
+        if ratios:
             parts.append(f"{placement}: p50 {worst50:.2f}× ({verdict(worst50 <= 1 / 3)}), p99 {worst99:.2f}× ({verdict(worst99 <= 0.1)})")
     return ("**5. The whole `/live/token` against the seed's Node function** (step `node-token`: both under the Lambda Runtime API harness, Postgres with production durability, "
             "2,000 distinct users; ours ÷ Node in the worst round of either transport, per placement; the budget, p50 ≤ 1/3 and p99 ≤ 1/10, is judged on `split`, "

@@ -19,17 +19,29 @@ CREATE TABLE live_prune_progress (
     room_name TEXT NOT NULL
 );
 
-ALTER TABLE live_prune_progress ENABLE ROW LEVEL SECURITY;
-CREATE POLICY live_api_all_rows ON live_prune_progress TO live_api USING (true) WITH CHECK (true);
-DO $$
+-- Tables get what routines got in 0017: one procedure for the loop every
+-- migration that made a table wrote again, to revoke Supabase's default
+-- grants to anon and authenticated (see 0006) and PUBLIC's, skipping the
+-- roles a bare Postgres does not have.
+CREATE PROCEDURE live_revoke_tables_from_api_roles(p_tables REGCLASS[])
+LANGUAGE plpgsql
+AS $$
 DECLARE
     grantee TEXT;
+    target REGCLASS;
 BEGIN
     FOREACH grantee IN ARRAY ARRAY['PUBLIC', 'anon', 'authenticated'] LOOP
         IF grantee = 'PUBLIC' OR EXISTS (SELECT FROM pg_roles WHERE rolname = grantee) THEN
-            EXECUTE format('REVOKE ALL ON TABLE live_prune_progress FROM %s', grantee);
+            FOREACH target IN ARRAY p_tables LOOP
+                EXECUTE format('REVOKE ALL ON TABLE %s FROM %s', target, grantee);
+            END LOOP;
         END IF;
     END LOOP;
 END
 $$;
+CALL live_revoke_from_api_roles(ARRAY['live_revoke_tables_from_api_roles(REGCLASS[])']::REGPROCEDURE[]);
+
+ALTER TABLE live_prune_progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY live_api_all_rows ON live_prune_progress TO live_api USING (true) WITH CHECK (true);
+CALL live_revoke_tables_from_api_roles(ARRAY['live_prune_progress']::REGCLASS[]);
 GRANT SELECT, INSERT, UPDATE ON TABLE live_prune_progress TO live_api;

@@ -18,16 +18,18 @@
 -- flight counts only what lies past the settled mark (live_chat_batch_done,
 -- 0033), so nothing is counted twice.
 
-CREATE FUNCTION live_settle_chat_count() RETURNS TRIGGER
+-- One room's settling, for the trigger and for the streams that ended
+-- before this migration.
+CREATE FUNCTION live_settle_chat(p_room TEXT) RETURNS VOID
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    PERFORM live_room_standing_lock(NEW.id, true);
-    PERFORM pg_advisory_xact_lock(1818782568, hashtext(NEW.id));
+    PERFORM live_room_standing_lock(p_room, true);
+    PERFORM pg_advisory_xact_lock(1818782568, hashtext(p_room));
     INSERT INTO live_chat_broadcasts AS b (room_name, sent_up_to, messages_sent)
-    SELECT NEW.id, max(m.seq), count(*)
+    SELECT p_room, max(m.seq), count(*)
     FROM live_messages m
-    WHERE m.room_name = NEW.id
+    WHERE m.room_name = p_room
     HAVING count(*) > 0
     ON CONFLICT (room_name) DO UPDATE
     SET messages_sent = b.messages_sent + (
@@ -35,6 +37,14 @@ BEGIN
             WHERE m.room_name = b.room_name AND m.seq > b.sent_up_to),
         sent_up_to = greatest(b.sent_up_to, EXCLUDED.sent_up_to)
     WHERE EXCLUDED.sent_up_to > b.sent_up_to;
+END
+$$;
+
+CREATE FUNCTION live_settle_chat_count() RETURNS TRIGGER
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM live_settle_chat(NEW.id);
     RETURN NULL;
 END
 $$;
@@ -43,23 +53,18 @@ CREATE TRIGGER live_settle_chat_count
 AFTER UPDATE OF is_live ON live_streams
 FOR EACH ROW WHEN (OLD.is_live AND NOT NEW.is_live) EXECUTE FUNCTION live_settle_chat_count();
 
-CALL live_revoke_from_api_roles(ARRAY['live_settle_chat_count()']::REGPROCEDURE[]);
+CALL live_revoke_from_api_roles(ARRAY[
+    'live_settle_chat(TEXT)',
+    'live_settle_chat_count()'
+]::REGPROCEDURE[]);
+-- The trigger runs as whoever ends the stream.
+GRANT EXECUTE ON FUNCTION live_settle_chat(TEXT) TO live_api;
 
--- Streams that ended before this migration, settled the same way.
-UPDATE live_chat_broadcasts b
-SET messages_sent = b.messages_sent + u.unsent, sent_up_to = u.last
-FROM (
-    SELECT m.room_name, count(*) AS unsent, max(m.seq) AS last
-    FROM live_messages m
-    JOIN live_streams s ON s.id = m.room_name AND NOT s.is_live
-    JOIN live_chat_broadcasts cb ON cb.room_name = m.room_name AND m.seq > cb.sent_up_to
-    GROUP BY m.room_name
-) u
-WHERE b.room_name = u.room_name;
-
-INSERT INTO live_chat_broadcasts (room_name, sent_up_to, messages_sent)
-SELECT m.room_name, max(m.seq), count(*)
-FROM live_messages m
-JOIN live_streams s ON s.id = m.room_name AND NOT s.is_live
-WHERE NOT EXISTS (SELECT FROM live_chat_broadcasts b WHERE b.room_name = m.room_name)
-GROUP BY m.room_name;
+-- Streams that ended before this migration, with messages past the mark.
+SELECT live_settle_chat(s.id)
+FROM live_streams s
+WHERE NOT s.is_live
+  AND EXISTS (
+      SELECT FROM live_messages m
+      WHERE m.room_name = s.id
+        AND m.seq > coalesce((SELECT b.sent_up_to FROM live_chat_broadcasts b WHERE b.room_name = s.id), 0));

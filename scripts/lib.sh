@@ -377,9 +377,11 @@ stop_postgres() {
         fi
         # A pid file left by a reboot or a crash may name a pid now another
         # process's: pg_ctl would signal it whatever it is. Only a postmaster
-        # running in this data directory is stopped.
+        # running in this data directory is stopped. Its cwd is read as its
+        # own user (_pg): root without CAP_SYS_PTRACE (a container's default)
+        # may not read another user's.
         if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ] &&
-            [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(readlink -f "$PG_DIR/data")" ]; then
+            [ "$(_pg readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(readlink -f "$PG_DIR/data")" ]; then
             _pg "${PG_BINDIR:-$(find_pg_bindir)}/pg_ctl" -D "$PG_DIR/data" -m immediate \
                 -w -t 30 stop >/dev/null 2>&1 || true
             # pg_ctl returns once the pid file is gone, a moment before the
@@ -673,11 +675,12 @@ _install_livekit_server() {
     # elsewhere; -modcacherw so `rm -rf target` can delete them). GOTOOLCHAIN=
     # local: never download another Go, the machine's must do. Modules come
     # from the module proxy (checked against the checksum database), never
-    # straight from their repositories: a GOPROXY of "direct" is replaced, a
-    # proxy of the machine's own kept.
+    # straight from their repositories: "direct" (and "off") entries of
+    # GOPROXY are dropped, proxies of the machine's own kept, and with none
+    # left the public proxy is used.
     local goproxy
-    goproxy="$(go env GOPROXY 2>/dev/null || true)"
-    case "$goproxy" in "" | direct) goproxy=https://proxy.golang.org ;; esac
+    goproxy="$(go env GOPROXY 2>/dev/null | tr ',|' '\n\n' | grep -vxE 'direct|off|' | paste -sd, - || true)"
+    [ -n "$goproxy" ] || goproxy=https://proxy.golang.org
     if ! GOBIN="$bindir" GOMODCACHE="$TOOLS_DIR/go/mod" GOCACHE="$TOOLS_DIR/go/cache" \
         GOFLAGS="-mod=mod -modcacherw" GOTOOLCHAIN=local GOPROXY="$goproxy" \
         go install "$LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION"; then

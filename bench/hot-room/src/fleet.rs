@@ -111,10 +111,12 @@ pub fn summary(outcomes: &[Outcome]) -> serde_json::Value {
 /// A parameter's default in `template.yaml` (the reserved concurrencies the
 /// bench deploys as many containers as), so the bench follows the template.
 pub fn template_default(parameter: &str) -> usize {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
-    let template = std::fs::read_to_string(path).expect("template.yaml");
+    static TEMPLATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
+        std::fs::read_to_string(path).expect("template.yaml")
+    });
     let heading = format!("  {parameter}:");
-    let mut lines = template.lines().skip_while(|line| *line != heading);
+    let mut lines = TEMPLATE.lines().skip_while(|line| *line != heading);
     lines
         .nth(1)
         .into_iter()

@@ -133,7 +133,9 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
     });
     let first = (until.checked_sub(TICK * whole_ticks).unwrap_or(now)).max(now);
     let mut ticks = tokio::time::interval_at(first.into(), TICK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A tick that overran skips the times it missed, so every tick stays on
+    // the schedule that ends at `until`.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         ticks.tick().await;
         report.ticks += 1;
@@ -154,8 +156,9 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
                 return report;
             }
         }
-        let next_due = first + TICK * report.ticks;
-        if next_due > until + TICK_SLACK || Instant::now() > until {
+        let passed = Instant::now().saturating_duration_since(first);
+        let next_due = first + TICK * (passed.as_nanos() / TICK.as_nanos() + 1) as u32;
+        if next_due > until + TICK_SLACK {
             return report;
         }
     }

@@ -286,8 +286,7 @@ impl Drop for Conn {
         if self.deadline.is_none_or(|deadline| Instant::now() < deadline) {
             return; // back to the pool
         }
-        let client = Object::take(object);
-        let cancel = client.cancel_token();
+        let cancel = object.cancel_token();
         let canceller = self.canceller.clone();
         tracing::warn!(
             "request deadline passed while holding a database connection; cancelling its statement"
@@ -299,17 +298,20 @@ impl Drop for Conn {
         // connection, and a client that closed first leaves the statement
         // running on the server until the statement timeout (Postgres does
         // not see a closed socket while it waits for a lock). A statement
-        // queued behind it answers once it has ended, however it ended.
+        // queued behind it answers once it has ended, however it ended. The
+        // pooled object is held meanwhile, so its slot stays taken and the
+        // container never has more sessions than its pool size; it leaves
+        // the pool (never to be reused) only once closed.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Err(error) = canceller.cancel(cancel).await {
                     tracing::warn!(%error, "could not cancel the abandoned statement");
                 }
-                let ended = tokio::time::timeout(CANCELLED_STATEMENT_WAIT, client.simple_query("")).await;
+                let ended = tokio::time::timeout(CANCELLED_STATEMENT_WAIT, object.simple_query("")).await;
                 if ended.is_err() {
                     tracing::warn!("the cancelled statement did not end in time; closing its connection");
                 }
-                drop(client);
+                drop(Object::take(object));
             });
         }
     }

@@ -231,8 +231,10 @@ async fn the_functions_role_may_do_exactly_what_is_listed() {
 }
 
 /// What `live_api` may do (see the test above), as `has_*_privilege` reads
-/// it: no table it may delete from but what the reconciler prunes, and no
-/// TRUNCATE, REFERENCES or TRIGGER anywhere.
+/// it: DELETE only where rows end by design (sessions, presence, claims,
+/// rate-limit keys, unique-viewer marks and webhook ids, which the
+/// reconciler prunes or a start releases), and no TRUNCATE, REFERENCES or
+/// TRIGGER anywhere.
 const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_chat_batch_done(text,bigint,timestamp with time zone)",
     "execute live_chat_batch_sent(text,bigint)", // superseded; kept for an earlier release's binaries
@@ -258,6 +260,7 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_reactions_take(text,interval)",
     "execute live_room_standing_lock(text,boolean)",
     "execute live_session_change(text,text,text,boolean,text,text)",
+    "execute live_settle_chat(text)",
     "execute live_stage_change(text,uuid,uuid,text,integer)",
     "execute live_stage_change_under_standing(text,uuid,uuid,text,integer)",
     "execute live_stage_change_within_limit(text,uuid,uuid,text,integer,text,double precision,bigint)",

@@ -932,6 +932,21 @@ impl TestApp {
     }
 }
 
+/// A room's chat count as the batches' row holds it, and whether every
+/// message is settled there (nothing left to count at read time); `None`
+/// without the row.
+pub async fn chat_settled(client: &tokio_postgres::Client, room: &str) -> Option<(i64, bool)> {
+    client
+        .query_opt(
+            "SELECT b.messages_sent, b.sent_up_to = (SELECT max(seq) FROM live_messages m WHERE m.room_name = b.room_name)
+             FROM live_chat_broadcasts b WHERE b.room_name = $1",
+            &[&room],
+        )
+        .await
+        .unwrap()
+        .map(|row| (row.get(0), row.get(1)))
+}
+
 /// The outcome recorded for a webhook the app threw away while losing them.
 pub const LOST: &str = "lost";
 

@@ -113,19 +113,9 @@ async fn an_ended_streams_unsent_chat_is_settled_into_its_count() {
         )
         .await;
     assert_eq!(ended.status, 200, "{}", ended.body);
-    let settled = app
-        .db()
-        .await
-        .query_one(
-            "SELECT b.messages_sent, b.sent_up_to = (SELECT max(seq) FROM live_messages WHERE room_name = $1)
-             FROM live_chat_broadcasts b WHERE b.room_name = $1",
-            &[&room],
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        (settled.get::<_, i64>(0), settled.get::<_, bool>(1)),
-        (4, true),
+        crate::helpers::chat_settled(&app.db().await, room).await,
+        Some((4, true)),
         "every message counted on the batches' row, none left to count at read time"
     );
     assert_eq!(stats(&app, host, room).await["chatMessages"], 4);

@@ -1275,16 +1275,11 @@ async fn a_post_in_flight_when_the_stream_ends_is_in_its_final_chat_count() {
     };
     let (ended, ()) = tokio::join!(app.call(end_stream, Some(&host_token), &end_body), commit_post);
     assert_eq!(ended.status, 200, "{}", ended.body);
-    let settled = admin
-        .query_opt(
-            "SELECT b.messages_sent, b.sent_up_to = (SELECT max(seq) FROM live_messages WHERE room_name = b.room_name)
-             FROM live_chat_broadcasts b WHERE b.room_name = 'last-word'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .map(|row| (row.get::<_, i64>(0), row.get::<_, bool>(1)));
-    assert_eq!(settled, Some((1, true)), "the late message is counted on the row");
+    assert_eq!(
+        crate::helpers::chat_settled(&admin, "last-word").await,
+        Some((1, true)),
+        "the late message is counted on the row"
+    );
 }
 
 /// A viewer's leave in flight (its session and presence row locked, its
