@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(43, "0043_a_kick_ends_the_stage_turn"),
     migration!(44, "0044_taking_standing_away_is_never_limited"),
     migration!(45, "0045_an_ended_streams_chat_count_is_final"),
+    migration!(
+        46,
+        "0046_deleting_an_account_removes_its_streams_whoever_deletes_it"
+    ),
+    migration!(47, "0047_the_reconciler_waits_for_ends_and_bans"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

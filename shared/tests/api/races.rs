@@ -1338,6 +1338,78 @@ async fn an_end_and_a_leave_in_flight_do_not_deadlock() {
     assert_eq!(present, 0);
 }
 
+/// A reconciler run and an end of the same room at once. The run goes
+/// through the listed identities in order: for a guest coming back to the
+/// stage it inserts their presence row and clears their stage row's
+/// `away_since`, then goes on to the next identity's presence row. An end
+/// locks and deletes the presence rows it sees (not the run's new one), then
+/// updates the room's stage rows. Held by the test at the guest's stage row,
+/// the run and the end met there, and each then waited for the other: a
+/// deadlock, which cost the room's run or answered the end 503. The run now
+/// holds the room's standing lock from its start (migration 0047), so the
+/// end waits for the whole run.
+#[tokio::test]
+async fn a_reconciler_run_and_an_end_at_once_do_not_deadlock() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    // The run takes identities in order: the guest's first.
+    let mut users = [Uuid::new_v4(), Uuid::new_v4()];
+    users.sort_by_key(Uuid::to_string);
+    let [guest, viewer] = users.map(|user| user.to_string());
+    app.start_stream(host, "crossing").await;
+    join(&app, "EV_viewer", "crossing", &viewer, "PA_viewer").await;
+    let admin = app.db().await;
+    // The guest's connection dropped while on stage; they are not back yet.
+    admin
+        .execute(
+            "INSERT INTO live_stage (room_name, user_id, on_stage_since, was_on_stage, away_since)
+             VALUES ('crossing', $1, now(), true, now())",
+            &[&users[0]],
+        )
+        .await
+        .unwrap();
+    let mut gate_connection = app.db().await;
+    let gate = gate_connection.transaction().await.unwrap();
+    gate.execute(
+        "SELECT FROM live_stage WHERE room_name = 'crossing' AND user_id = $1 FOR UPDATE",
+        &[&users[0]],
+    )
+    .await
+    .unwrap();
+
+    // LiveKit lists the guest back and the viewer on a second device.
+    let reconciler = connect(&app.api_database_url).await;
+    let sids = vec!["PA_guest", "PA_viewer", "PA_viewer_2"];
+    let identities = vec![guest.as_str(), viewer.as_str(), viewer.as_str()];
+    let (counted, names) = (vec![true; 3], vec!["Guest", "Viewer", "Viewer"]);
+    let run = async {
+        reconciler
+            .query_one(
+                "SELECT live_sync_sessions('crossing', now(), $1, $2, $3, $4)",
+                &[&sids, &identities, &counted, &names],
+            )
+            .await
+    };
+    let host_token = app.token_for(host);
+    let end_after_the_run_waits = async {
+        until_waiting(&admin, Waiting::AnyLock, 1).await;
+        let end = app.call(end_stream, Some(&host_token), r#"{"roomName":"crossing"}"#);
+        let open_the_gate = async {
+            until_waiting(&admin, Waiting::AnyLock, 2).await;
+            gate.rollback().await.unwrap();
+        };
+        tokio::join!(end, open_the_gate).0
+    };
+    let (run, end) = tokio::join!(run, end_after_the_run_waits);
+    let counted: i32 = run.expect("the run ends without a deadlock").get(0);
+    assert_eq!(end.status, 200, "{}", end.body);
+    assert_eq!(
+        counted, 1,
+        "the guest came back (the viewer's second device changes no count)"
+    );
+    assert_eq!(app.viewer_count("crossing").await, 0);
+}
+
 /// A viewer's first join in flight (its session and presence row inserted,
 /// not yet committed) when `/live/end` runs: the end cannot see those rows,
 /// so the join commits a presence row into a stream that has ended. Nothing

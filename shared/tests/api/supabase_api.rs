@@ -9,7 +9,10 @@ use shared::handlers::{delete_message, moderate, post_message};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use crate::helpers::{LIVEKIT_API_SECRET, TestApp, connect, request_with, signed_webhook, webhook_event};
+use crate::helpers::{
+    AppOptions, LIVEKIT_API_SECRET, TestApp, as_api_role, connect, create_database, prepare_like_supabase,
+    request_with, signed_webhook, webhook_event,
+};
 
 const ROOM: &str = "exposed";
 const API_USERS: [&str; 2] = ["anon", "authenticated"];
@@ -25,8 +28,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let app = TestApp::spawn().await;
-    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    fixture_in(TestApp::spawn().await, Uuid::new_v4(), Uuid::new_v4()).await
+}
+
+async fn fixture_in(app: TestApp, host: Uuid, viewer: Uuid) -> Fixture {
     app.start_stream(host, ROOM).await;
     let visible = say(&app, viewer, "hello everyone").await;
     let deleted = say(&app, viewer, "my phone number is 555-0100").await;
@@ -346,4 +351,135 @@ async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users(
             "live_streams SELECT authenticated"
         ]
     );
+}
+
+/// Supabase's `auth` schema as far as deleting an account goes: `auth.users`
+/// owned by `supabase_auth_admin` (a role of the cluster; concurrent tests
+/// race to create it, and losing that race is fine), and the app's
+/// `public.profiles` keyed to it with `ON DELETE CASCADE`, as Supabase's
+/// guides make it.
+const SUPABASE_AUTH: &str = "
+    DO $$
+    BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'supabase_auth_admin') THEN
+            BEGIN
+                CREATE ROLE supabase_auth_admin NOLOGIN NOINHERIT;
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END
+    $$;
+    CREATE SCHEMA auth AUTHORIZATION supabase_auth_admin;
+    CREATE TABLE auth.users (id UUID PRIMARY KEY);
+    ALTER TABLE auth.users OWNER TO supabase_auth_admin;
+    CREATE TABLE public.profiles (id UUID PRIMARY KEY REFERENCES auth.users (id) ON DELETE CASCADE, username TEXT);";
+
+/// How many rows each of our tables holds for `room` (a table with a
+/// `room_name` column, and `live_streams` by id), the tables with none left out.
+async fn rows_of_room(admin: &tokio_postgres::Client, room: &str) -> Vec<(String, i64)> {
+    let tables: Vec<String> = admin
+        .query(
+            "SELECT table_name::text FROM information_schema.columns
+             WHERE table_schema = 'public' AND column_name = 'room_name'
+               AND table_name IN (SELECT tablename FROM pg_tables WHERE schemaname = 'public')
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut rows = Vec::new();
+    for (table, column) in tables
+        .iter()
+        .map(|t| (t.as_str(), "room_name"))
+        .chain([("live_streams", "id")])
+    {
+        let count: i64 = admin
+            .query_one(
+                &format!("SELECT count(*) FROM public.{table} WHERE {column} = $1"),
+                &[&room],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if count > 0 {
+            rows.push((table.to_owned(), count));
+        }
+    }
+    rows
+}
+
+/// Supabase deletes an account as `supabase_auth_admin` (the dashboard,
+/// `auth.admin.deleteUser`), with `auth` as its search path and no privilege
+/// on our tables. The key from `auth.users` through `profiles` to the streams
+/// cascades as each table's owner; a trigger on the streams fires as the
+/// deleting role (migration 0046). The account of someone who streamed goes,
+/// and every row of their stream with it.
+#[tokio::test]
+async fn supabase_deletes_the_account_of_someone_who_streamed_and_every_row_of_their_stream() {
+    let url = create_database().await;
+    prepare_like_supabase(&url).await;
+    let admin = connect(&url).await;
+    admin.batch_execute(SUPABASE_AUTH).await.unwrap();
+    shared::store::migrate::migrate_url(&url).await.unwrap();
+    let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
+    for user in [host, viewer] {
+        admin
+            .execute("INSERT INTO auth.users (id) VALUES ($1)", &[&user])
+            .await
+            .unwrap();
+        admin
+            .execute("INSERT INTO public.profiles (id) VALUES ($1)", &[&user])
+            .await
+            .unwrap();
+    }
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(as_api_role(&url)),
+        ..AppOptions::default()
+    })
+    .await;
+    let fixture = fixture_in(app, host, viewer).await;
+    let before = rows_of_room(&admin, ROOM).await;
+    for table in [
+        "live_streams",
+        "live_messages",
+        "live_participant_sessions",
+        "live_presence",
+        "live_viewers_seen",
+        "live_room_restrictions",
+    ] {
+        assert!(
+            before.iter().any(|(t, _)| t == table),
+            "the stream has rows in {table} before: {before:?}"
+        );
+    }
+
+    let auth_admin = connect(&url).await;
+    auth_admin
+        .batch_execute("SET ROLE supabase_auth_admin; SET search_path = auth")
+        .await
+        .unwrap();
+    auth_admin
+        .execute("DELETE FROM users WHERE id = $1", &[&fixture.host])
+        .await
+        .expect("Supabase deletes the account");
+
+    let left = rows_of_room(&admin, ROOM).await;
+    assert_eq!(
+        left,
+        Vec::<(String, i64)>::new(),
+        "rows of the deleted account's stream"
+    );
+    let viewer_account: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM auth.users WHERE id = $1",
+            &[&fixture.viewer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(viewer_account, 1, "only the streamer's account went");
 }
