@@ -240,19 +240,20 @@ fn is_control_or_line_break(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
-/// Trims `raw` and checks its length in characters. These strings are shown
-/// to other users as who someone is or what a stream is: control characters,
-/// bidirectional overrides and invisible characters are refused, so nobody
-/// can pass for somebody else in the room's UI.
+/// Checks `raw` as sent (its length in characters, no control characters:
+/// what the API's schema states) and returns it trimmed, refusing what is
+/// only spaces. These strings are shown to other users as who someone is or
+/// what a stream is: control characters, bidirectional overrides and
+/// invisible characters are refused, so nobody can pass for somebody else in
+/// the room's UI.
 fn trimmed_text(raw: &str, field: &str, max_chars: usize) -> Result<String, String> {
     let trimmed = raw.trim();
-    let chars = trimmed.chars().count();
-    if chars == 0 || chars > max_chars {
+    if trimmed.is_empty() || raw.chars().count() > max_chars {
         return Err(format!(
-            "{field} must be 1-{max_chars} characters after trimming spaces"
+            "{field} must be 1-{max_chars} characters and not only spaces"
         ));
     }
-    if trimmed.chars().any(is_control_or_line_break) {
+    if raw.chars().any(is_control_or_line_break) {
         return Err(format!(
             "{field} must not contain control characters or line breaks"
         ));
@@ -268,7 +269,7 @@ fn trimmed_text(raw: &str, field: &str, max_chars: usize) -> Result<String, Stri
     Ok(trimmed.to_owned())
 }
 
-/// A stream title: 1–200 characters after trimming.
+/// A stream title: 1–200 characters, not only spaces, stored trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Title(String);
@@ -292,7 +293,8 @@ impl TryFrom<String> for Title {
     }
 }
 
-/// The display name shown in the room: 1–64 characters after trimming.
+/// The display name shown in the room: 1–64 characters, not only spaces,
+/// stored trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct ParticipantName(String);
@@ -316,8 +318,8 @@ impl TryFrom<String> for ParticipantName {
     }
 }
 
-/// A chat message's text: 1–500 characters after trimming; newlines are
-/// allowed, other control characters are not.
+/// A chat message's text: 1–500 characters, not only spaces, stored
+/// trimmed; newlines are allowed, other control characters are not.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct ChatText(String);
@@ -327,14 +329,13 @@ impl ChatText {
 
     pub fn parse(raw: &str) -> Result<ChatText, String> {
         let trimmed = raw.trim();
-        let chars = trimmed.chars().count();
-        if chars == 0 || chars > Self::MAX_CHARS {
+        if trimmed.is_empty() || raw.chars().count() > Self::MAX_CHARS {
             return Err(format!(
-                "text must be 1-{} characters after trimming spaces",
+                "text must be 1-{} characters and not only spaces",
                 Self::MAX_CHARS
             ));
         }
-        if trimmed.chars().any(|c| c.is_control() && c != '\n') {
+        if raw.chars().any(|c| c.is_control() && c != '\n') {
             return Err("text must not contain control characters other than newline".into());
         }
         // Overrides make a message read differently from what it says; other
@@ -537,6 +538,23 @@ mod tests {
         assert!(Title::parse(&"é".repeat(201)).is_err());
         assert!(Title::parse("   ").is_err());
         assert!(Title::parse("bell\u{7}").is_err());
+    }
+
+    /// The limits hold on the value as sent, as the API's schema states them
+    /// (a body the schema refuses is refused here too): a line break or a tab
+    /// is refused even where trimming would remove it, and the length counts
+    /// the surrounding spaces.
+    #[test]
+    fn text_limits_hold_on_the_value_as_sent() {
+        for bad in ["Live\n", "\tLive", "Live\u{85}"] {
+            assert!(Title::parse(bad).is_err(), "{bad:?}");
+            assert!(ParticipantName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Title::parse(&format!(" {} ", "x".repeat(198))).is_ok());
+        assert!(Title::parse(&format!(" {} ", "x".repeat(199))).is_err());
+        assert!(ChatText::parse("\thello").is_err());
+        assert_eq!(ChatText::parse("hello\n").unwrap().as_str(), "hello");
+        assert!(ChatText::parse(&format!("{}\n", "x".repeat(500))).is_err());
     }
 
     #[test]

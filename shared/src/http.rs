@@ -479,6 +479,14 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
         ApiError::Unauthorized => {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        // Every 401 names a scheme (RFC 9110); the webhook's is LiveKit's
+        // signed token, taken with or without "Bearer ".
+        ApiError::InvalidSignature => {
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="livekit-webhook""#),
+            );
+        }
         ApiError::MethodNotAllowed { allowed, .. } => {
             if let Ok(allow) = HeaderValue::from_str(allowed.as_str()) {
                 headers.insert(ALLOW, allow);

@@ -378,6 +378,46 @@ impl Document {
         format!("{response}/content/application~1json/schema")
     }
 
+    /// The error codes the document gives for `status` of `route` (the
+    /// `const` or `enum` of `error.code` in its schema, through `$ref`s);
+    /// empty where it names none.
+    fn documented_codes(&self, route: Route, status: u16) -> BTreeSet<String> {
+        fn collect(doc: &Document, value: &Value, codes: &mut BTreeSet<String>, depth: usize) {
+            assert!(depth < 32, "schema nesting");
+            match value {
+                Value::Object(object) => {
+                    if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
+                        let pointer = reference.strip_prefix('#').expect("a local reference");
+                        collect(doc, doc.at(pointer), codes, depth + 1);
+                    }
+                    if let Some(code) = object.get("code") {
+                        let listed = code.get("enum").and_then(Value::as_array).cloned();
+                        let single = code.get("const").map(|c| vec![c.clone()]);
+                        for name in listed.or(single).into_iter().flatten() {
+                            codes.insert(name.as_str().expect("codes are strings").to_owned());
+                        }
+                    }
+                    for (key, child) in object {
+                        if key != "$ref" && key != "examples" {
+                            collect(doc, child, codes, depth + 1);
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|item| collect(doc, item, codes, depth + 1)),
+                _ => {}
+            }
+        }
+        let mut codes = BTreeSet::new();
+        if let Some(response) = self.response(route, status)
+            && let Some(schema) = self
+                .json
+                .pointer(&format!("{response}/content/application~1json/schema"))
+        {
+            collect(self, schema, &mut codes, 0);
+        }
+        codes
+    }
+
     fn request_schema(&self, route: Route) -> String {
         let body = self.resolve(format!("{}/requestBody", Document::operation(route)));
         let content = self
@@ -739,6 +779,8 @@ fn the_error_code_enum_is_every_code_the_api_has() {
 struct Checker {
     doc: Document,
     seen: BTreeSet<(Route, u16)>,
+    /// The error code of every error answer, by route and status.
+    seen_codes: BTreeSet<(Route, u16, String)>,
     /// Every error body received, to hold the document's error examples against.
     error_bodies: Vec<Value>,
     /// The claims of every LiveKit token a route answered, to hold the
@@ -772,6 +814,11 @@ impl Checker {
             );
         }
         self.seen.insert((route, response.status));
+        if response.status >= 400
+            && let Some(code) = response.body["error"]["code"].as_str()
+        {
+            self.seen_codes.insert((route, response.status, code.to_owned()));
+        }
         if response.status >= 400 && !self.error_bodies.contains(&response.body) {
             self.error_bodies.push(response.body.clone());
         }
@@ -854,7 +901,8 @@ impl Checker {
         response.assert_error(400, "invalid_request");
     }
 
-    /// Every documented status of every route was seen, but 500 (a bug).
+    /// Every documented status of every route was seen, but 500 (a bug), and
+    /// every error code the document lists for it.
     fn assert_everything_seen(&self) {
         let mut missing = Vec::new();
         for route in [
@@ -880,8 +928,21 @@ impl Checker {
             REACTIONS,
         ] {
             for status in self.doc.documented_statuses(route) {
-                if status != 500 && !self.seen.contains(&(route, status)) {
+                if status == 500 {
+                    continue;
+                }
+                if !self.seen.contains(&(route, status)) {
                     missing.push(format!("{} {} {status}", route.method.to_uppercase(), route.path));
+                }
+                // A code the document lists for this route must be one it answers.
+                for code in self.doc.documented_codes(route, status) {
+                    if !self.seen_codes.contains(&(route, status, code.clone())) {
+                        missing.push(format!(
+                            "{} {} {status} `{code}`",
+                            route.method.to_uppercase(),
+                            route.path
+                        ));
+                    }
                 }
             }
         }
@@ -1081,6 +1142,7 @@ async fn every_route_answers_as_the_document_says() {
     let mut c = Checker {
         doc: Document::load(),
         seen: BTreeSet::new(),
+        seen_codes: BTreeSet::new(),
         error_bodies: Vec::new(),
         token_claims: HashMap::new(),
     };
@@ -1102,7 +1164,7 @@ async fn every_route_answers_as_the_document_says() {
             START,
             start_stream,
             Some(&other_t),
-            r#"{"title":"No room name"}"#
+            r#"{"title":"No room name","roomName":null,"participantName":null}"#
         )
         .await
         .status,
@@ -1165,6 +1227,17 @@ async fn every_route_answers_as_the_document_says() {
     .await;
     c.refused(&app, START, start_stream, &host_t, json!({"title": "bell\u{7}"}))
         .await;
+    // The limits hold on the value as sent, as the schema states them.
+    c.refused(&app, START, start_stream, &host_t, json!({"title": "Live\n"}))
+        .await;
+    c.refused(
+        &app,
+        START,
+        start_stream,
+        &host_t,
+        json!({"title": format!(" {} ", "x".repeat(199))}),
+    )
+    .await;
     c.post(&app, START, start_stream, None, &body)
         .await
         .assert_error(401, "unauthorized");
@@ -1586,6 +1659,14 @@ async fn every_route_answers_as_the_document_says() {
         post_message,
         &viewer_t,
         json!({"roomName": room, "text": "tab\there"}),
+    )
+    .await;
+    c.refused(
+        &app,
+        CHAT,
+        post_message,
+        &viewer_t,
+        json!({"roomName": room, "text": "\thello"}),
     )
     .await;
     c.post(&app, CHAT, post_message, None, &hello)
@@ -2282,6 +2363,15 @@ async fn interactive_routes(c: &mut Checker, app: &TestApp, outage: &TestApp) {
     )
     .await
     .assert_error(403, "anonymous_not_allowed");
+    c.post(app, ACCEPT, accept_stage, Some(&anonymous_t), &answer)
+        .await
+        .assert_error(403, "anonymous_not_allowed");
+    c.post(app, DECLINE, decline_stage, Some(&anonymous_t), &answer)
+        .await
+        .assert_error(403, "anonymous_not_allowed");
+    c.post(app, REMOVE, remove_from_stage, Some(&anonymous_t), &answer)
+        .await
+        .assert_error(403, "anonymous_not_allowed");
     let nowhere_answer = json!({"roomName": "nowhere"}).to_string();
     let ended_answer = json!({"roomName": ended}).to_string();
     let ended_invite = json!({"roomName": ended, "userId": viewers[0]}).to_string();

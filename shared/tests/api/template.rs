@@ -3,7 +3,8 @@
 //! the busy routes have throttles of their own (the arithmetic is in the
 //! README, "Limits and how to size them"); its alarms watch metrics this
 //! stack's API and functions publish; and every function's log group exists
-//! before the function does.
+//! before the function does. Its parameter patterns refuse at deploy time
+//! what the functions would refuse at every cold start.
 
 use serde_norway::Value;
 
@@ -299,4 +300,52 @@ fn every_function_logs_to_a_group_the_stack_creates_before_it() {
         .filter(|r| r["Type"].as_str() == Some("AWS::Logs::LogGroup"))
         .count();
     assert_eq!(declared, count, "no log group that no function writes to");
+}
+
+/// `SupabaseUrl`'s `AllowedPattern` accepts exactly the URLs the functions
+/// accept as `SUPABASE_URL` (config.rs), so a value they would refuse at every
+/// cold start is refused by the deploy instead, and a good one is never
+/// refused. The pattern is checked with JSON Schema's `pattern` (ECMA-262),
+/// which reads this pattern as CloudFormation's Java regular expressions do.
+#[test]
+fn the_supabase_url_pattern_refuses_what_the_functions_refuse() {
+    let template = template();
+    let pattern = template["Parameters"]["SupabaseUrl"]["AllowedPattern"]
+        .as_str()
+        .expect("SupabaseUrl has an AllowedPattern");
+    let schema = serde_json::json!({"type": "string", "pattern": pattern});
+    let validator = jsonschema::validator_for(&schema).expect("the pattern compiles");
+    for url in [
+        "https://abc.supabase.co",
+        "https://abc.supabase.co/",
+        "https://abc.supabase.co:443",
+        "https://abc.supabase.co:8443/",
+        "https://abc.supabase.co:65535",
+        "https://abc.supabase.co:65536",
+        "https://abc.supabase.co:70000",
+        "https://abc.supabase.co:99999",
+        "https://abc.supabase.co/auth/v1",
+        "https://abc.supabase.co?x=1",
+        "https://user@abc.supabase.co",
+        "http://abc.supabase.co",
+        "abc.supabase.co",
+    ] {
+        let settings = std::collections::HashMap::from([
+            (
+                "DATABASE_URL",
+                "postgres://app:pw@db.example.com:5432/postgres?sslmode=verify-full",
+            ),
+            ("LIVEKIT_URL", "wss://demo.livekit.cloud"),
+            ("LIVEKIT_API_KEY", "key"),
+            ("LIVEKIT_API_SECRET", "livekit-secret-of-at-least-32-characters"),
+            ("SUPABASE_URL", url),
+        ]);
+        let functions_accept =
+            shared::config::Config::from_lookup(|name| settings.get(name).map(|v| (*v).to_owned())).is_ok();
+        assert_eq!(
+            validator.is_valid(&serde_json::json!(url)),
+            functions_accept,
+            "{url}: the template's pattern and the functions disagree"
+        );
+    }
 }
