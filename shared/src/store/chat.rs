@@ -292,8 +292,10 @@ pub async fn ownership(client: &Client, message: Uuid) -> Result<Option<MessageO
 
 /// Deletes the message for everyone: its row is blanked (Realtime sends an
 /// updated row to subscribers, so the text must not be in it) and the text
-/// moves to `live_message_deletions`, which no API user can read. `false` if
-/// it was already deleted.
+/// moves to `live_message_deletions`, which no API user can read; a tombstone
+/// (id, room, time) tells Realtime's subscribers, from whom the policy hides
+/// the deleted row itself (migration 0048). `false` if it was already
+/// deleted.
 pub async fn soft_delete(tx: &Transaction<'_>, message: Uuid, by: Uuid) -> Result<bool, ApiError> {
     let rows = tx
         .query_typed(
@@ -304,6 +306,9 @@ pub async fn soft_delete(tx: &Transaction<'_>, message: Uuid, by: Uuid) -> Resul
              ), kept AS (
                  INSERT INTO live_message_deletions (message_id, room_name, author_id, original_text, deleted_by)
                  SELECT id, room_name, user_id, text, $2 FROM target
+             ), tombstone AS (
+                 INSERT INTO live_message_tombstones (message_id, room_name, deleted_at)
+                 SELECT id, room_name, now() FROM target
              )
              UPDATE live_messages m SET text = '', deleted_at = now(), deleted_by = $2
              FROM target t WHERE m.id = t.id

@@ -74,6 +74,7 @@ pub const MIGRATIONS: &[Migration] = &[
         "0046_deleting_an_account_removes_its_streams_whoever_deletes_it"
     ),
     migration!(47, "0047_the_reconciler_waits_for_ends_and_bans"),
+    migration!(48, "0048_subscribers_learn_of_deleted_messages"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -275,6 +275,7 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute rate_limit_hit(text,double precision,bigint)",
     "live_chat_broadcasts: INSERT SELECT UPDATE",
     "live_message_deletions: INSERT",
+    "live_message_tombstones: INSERT",
     "live_messages: INSERT SELECT UPDATE",
     "live_messages_seq (sequence): USAGE",
     "live_moderation_actions: INSERT",

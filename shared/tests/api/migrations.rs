@@ -196,7 +196,7 @@ async fn tables_join_the_supabase_realtime_publication_where_it_exists() {
     shared::store::migrate::migrate_url(&supabase_like).await.unwrap();
     assert_eq!(
         published(connect(&supabase_like).await).await,
-        vec!["live_messages", "live_streams"]
+        vec!["live_message_tombstones", "live_messages", "live_streams"]
     );
 
     let bare = create_database().await;

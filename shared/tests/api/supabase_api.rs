@@ -4,6 +4,8 @@
 //! and as `authenticated` (any signed-in user), and fails; the reads the app's
 //! Realtime subscriptions need still work.
 
+use std::collections::BTreeSet;
+
 use serde_json::json;
 use shared::handlers::{delete_message, moderate, post_message};
 use tokio_postgres::error::SqlState;
@@ -251,6 +253,75 @@ async fn a_deleted_message_keeps_no_text_where_a_subscriber_could_read_it() {
     assert_eq!(kept.get::<_, String>(3), ROOM);
 }
 
+/// A screen following a room's chat through Realtime learns of a deletion
+/// from its tombstone (migration 0048): Realtime checks each change against
+/// the subscriber's policies on the new row, and the deleted row itself is
+/// hidden from them. The tombstone says which message went, in which room,
+/// and when; nothing of its text or author. Signed-in users read tombstones,
+/// nobody writes them through the API, and Realtime publishes them.
+#[tokio::test]
+async fn subscribers_learn_of_a_deletion_from_its_tombstone_and_nothing_more() {
+    let f = fixture().await;
+    let rows = run_as(
+        &f.app,
+        "authenticated",
+        "SELECT message_id, room_name FROM live_message_tombstones",
+    )
+    .await
+    .expect("signed-in users read tombstones");
+    let tombstones: Vec<(Uuid, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert_eq!(tombstones, vec![(f.deleted_message, ROOM.to_owned())]);
+    let columns: Vec<String> = f
+        .app
+        .db()
+        .await
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name = 'live_message_tombstones' ORDER BY ordinal_position",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(columns, ["message_id", "room_name", "deleted_at"]);
+
+    let forged = format!(
+        "INSERT INTO live_message_tombstones (message_id, room_name, deleted_at) VALUES ('{}', '{ROOM}', now())",
+        f.visible_message
+    );
+    for role in API_USERS {
+        for sql in [
+            forged.as_str(),
+            "DELETE FROM live_message_tombstones",
+            "UPDATE live_message_tombstones SET deleted_at = now()",
+        ] {
+            assert_refused(run_as(&f.app, role, sql).await, role, sql);
+        }
+    }
+    let sql = "SELECT * FROM live_message_tombstones";
+    assert_refused(run_as(&f.app, "anon", sql).await, "anon", sql);
+
+    let published: Vec<String> = f
+        .app
+        .db()
+        .await
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'supabase_realtime' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        published,
+        ["live_message_tombstones", "live_messages", "live_streams"]
+    );
+}
+
 /// The rules above hold for every table, function and sequence in the schema,
 /// so a later migration that adds one and forgets its RLS or its REVOKE fails here.
 #[tokio::test]
@@ -311,9 +382,16 @@ async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users(
             .iter()
             .map(|row| row.get(0))
             .collect();
-        let expected: Vec<String> = match role {
-            "authenticated" => vec!["live_messages: SELECT".into(), "live_streams: SELECT".into()],
-            _ => Vec::new(),
+        let table_privileges: BTreeSet<String> = table_privileges.into_iter().collect();
+        let expected: BTreeSet<String> = match role {
+            "authenticated" => [
+                "live_message_tombstones: SELECT",
+                "live_messages: SELECT",
+                "live_streams: SELECT",
+            ]
+            .map(String::from)
+            .into(),
+            _ => BTreeSet::new(),
         };
         assert_eq!(table_privileges, expected, "{role}");
 
@@ -347,6 +425,7 @@ async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users(
     assert_eq!(
         policies,
         vec![
+            "live_message_tombstones SELECT authenticated",
             "live_messages SELECT authenticated",
             "live_streams SELECT authenticated"
         ]
