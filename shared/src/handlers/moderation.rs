@@ -77,6 +77,18 @@ pub async fn moderate(
             .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?;
         let client = state.db.get().await?;
         let moderated = chat::moderate(&client, &room, user.id, target, Action::Kick).await?;
+        drop(client);
+        // A guest may be back already, their join read on stage before this
+        // record ended their turn (migration 0043; the record waits for the
+        // room's standing lock behind posts and stage changes), so LiveKit
+        // let their turn's token publish: it is told the standing committed.
+        // Not back, they are not found, which is no error.
+        if let Err(error) =
+            super::stage::apply_standing_in_room(state, &room, target, moderated.standing).await
+        {
+            tracing::warn!(%room, %target, %error,
+                "kick committed; a guest who came straight back is corrected by the reconciler");
+        }
         (moderated.standing, true)
     } else {
         let moderated = chat::moderate(&client, &room, user.id, target, request.action.into()).await?;

@@ -1410,6 +1410,91 @@ async fn a_reconciler_run_and_an_end_at_once_do_not_deadlock() {
     assert_eq!(app.viewer_count("crossing").await, 0);
 }
 
+/// A guest kicked while on stage who comes straight back with the token of
+/// their turn: their join is applied before their old session's leave
+/// (LiveKit's webhooks may come in either order, or the leave not at all;
+/// here it is lost) and before the kick's record commits (it waits for the
+/// room's standing lock behind a stage change in flight, held here). That
+/// join read them on stage, so LiveKit let them publish. The record ends
+/// their turn (migration 0043), and the kick then tells LiveKit the standing
+/// it committed: they are back as a viewer, without camera or microphone,
+/// not until the reconciler's next run.
+#[tokio::test]
+async fn a_kicked_guest_who_comes_straight_back_is_a_viewer_in_livekit_too() {
+    let (app, admin) = spawn_without_lock_timeout(Vec::new()).await;
+    let room = "kicked-guest";
+    let host = Uuid::new_v4();
+    app.start_stream(host, room).await;
+    let (guest, first) = app.viewer_in(room).await;
+    app.wait_for_viewer_count(room, 1).await;
+    let (host_t, guest_t) = (app.token_for(host), app.token_for(guest));
+    let invite = json!({"roomName": room, "userId": guest}).to_string();
+    let invited = app.call(invite_to_stage, Some(&host_t), &invite).await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let answer = json!({"roomName": room}).to_string();
+    let accepted = app.call(accept_stage, Some(&guest_t), &answer).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    first
+        .wait_for("permission to publish", |e| {
+            e["event"] == "permissions_changed" && e["can_publish"] == true
+        })
+        .await;
+    let turn = app.request_token(&guest_t, room).await;
+    let turn_token = turn.body["token"].as_str().unwrap().to_owned();
+
+    let mut holder_connection = app.db().await;
+    let stage_change_in_flight = holder_connection.transaction().await.unwrap();
+    stage_change_in_flight
+        .execute("SELECT live_room_standing_lock($1, false)", &[&room])
+        .await
+        .unwrap();
+    app.lose_webhooks(true);
+    let kick = json!({"roomName": room, "userId": guest, "action": "kick"}).to_string();
+    let kicked = app.call(moderate, Some(&host_t), &kick);
+    let back_before_the_kick_commits = async {
+        first.wait_disconnected().await;
+        app.wait_for_lost_webhooks("participant_left", 1).await;
+        app.lose_webhooks(false);
+        let second = app
+            .join(&turn_token)
+            .await
+            .expect("the kicked guest comes straight back");
+        app.wait_for_webhooks("participant_joined", 2).await;
+        assert!(
+            guest_in_livekit(&app, room, guest).await.0,
+            "back with their turn's token, the guest may publish"
+        );
+        until_waiting(&admin, Waiting::Standing, 1).await;
+        stage_change_in_flight.commit().await.unwrap();
+        second
+    };
+    let (kicked, second) = tokio::join!(kicked, back_before_the_kick_commits);
+    assert_eq!(kicked.status, 200, "{}", kicked.body);
+    second
+        .wait_for("the permission gone", |e| {
+            e["event"] == "permissions_changed" && e["can_publish"] == false
+        })
+        .await;
+    assert_eq!(
+        guest_in_livekit(&app, room, guest).await,
+        (false, Some("false".to_owned())),
+        "LiveKit holds them as a viewer: no publishing, not on stage"
+    );
+}
+
+/// Whether LiveKit lets `user` publish in `room`, and their `on_stage` attribute.
+async fn guest_in_livekit(app: &TestApp, room: &str, user: Uuid) -> (bool, Option<String>) {
+    let participants = app.livekit().participants(room).await;
+    let participant = participants
+        .iter()
+        .find(|p| p.identity == user.to_string())
+        .expect("the guest is in the room");
+    (
+        participant.permission.as_ref().is_some_and(|p| p.can_publish),
+        participant.attributes.get("on_stage").cloned(),
+    )
+}
+
 /// A viewer's first join in flight (its session and presence row inserted,
 /// not yet committed) when `/live/end` runs: the end cannot see those rows,
 /// so the join commits a presence row into a stream that has ended. Nothing
