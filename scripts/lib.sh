@@ -81,12 +81,21 @@ with_lock() {
 
 _install_python_tools() {
     local req="$ROOT/scripts/requirements-dev.txt"
+    local constraints="$ROOT/scripts/requirements-dev.lock"
     local stamp="$VENV_DIR/.requirements-dev.sha256"
     # A venv whose interpreter vanished (python upgraded/removed), or one left
     # half-built without pip (python3-venv missing, an interrupted run), is
     # rebuilt rather than failing the same way on every run.
     if [ -d "$VENV_DIR" ] && ! "$VENV_DIR/bin/python" -m pip --version >/dev/null 2>&1; then
         log "python venv at $VENV_DIR is broken or half-built; recreating it"
+        rm -rf "$VENV_DIR"
+    fi
+    # A venv's scripts name its interpreter by absolute path: a target/
+    # restored into another checkout would keep a pip that runs and tools
+    # (moto_server, cfn-lint, sam) that fail with "bad interpreter".
+    if [ -d "$VENV_DIR" ] && [ "$(head -n 1 "$VENV_DIR/bin/pip" 2>/dev/null)" != "#!$VENV_DIR/bin/python3" ] &&
+        [ "$(head -n 1 "$VENV_DIR/bin/pip" 2>/dev/null)" != "#!$VENV_DIR/bin/python" ]; then
+        log "python venv at $VENV_DIR was made at another path; recreating it"
         rm -rf "$VENV_DIR"
     fi
     if [ ! -d "$VENV_DIR" ]; then
@@ -98,7 +107,7 @@ _install_python_tools() {
     fi
     # The stamp names the interpreter too: a new python gets its packages anew.
     local want
-    want="$(file_hash "$req") $("$VENV_DIR/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+    want="$(file_hash "$req") $(file_hash "$constraints") $("$VENV_DIR/bin/python" -c 'import sys; print(sys.version.split()[0])')"
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
         log "installing python dev tools from scripts/requirements-dev.txt"
         # pip leaves its unpacked downloads (100 MB and more) in TMPDIR when
@@ -106,9 +115,9 @@ _install_python_tools() {
         # pip leaves in it.
         local pip_tmp
         pip_tmp="$(mktemp -d "$TOOLS_DIR/pip-tmp.XXXXXX")"
-        if ! TMPDIR="$pip_tmp" "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req"; then
+        if ! TMPDIR="$pip_tmp" "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req" -c "$constraints"; then
             rm -rf "$pip_tmp"
-            die "pip install -r scripts/requirements-dev.txt failed (see above)"
+            die "pip install -r scripts/requirements-dev.txt -c scripts/requirements-dev.lock failed (see above)"
         fi
         rm -rf "$pip_tmp"
         printf '%s\n' "$want" >"$stamp"
@@ -763,7 +772,8 @@ wait_for_livekit() {
 # LIVEKIT_PORT, LIVEKIT_PID, LIVEKIT_DIR. Needs ensure_livekit_server first.
 # A port that was free when picked can be taken before the server binds it:
 # a server that exits with "address already in use" is started again on new
-# ports (three attempts); any other failure stops the script.
+# ports (three attempts), unless the port it lost is LIVEKIT_LISTEN_PORT,
+# which was asked for and stays; any other failure stops the script.
 start_livekit() {
     local dir=${1:?usage: start_livekit DIR KEY SECRET WEBHOOK_URL}
     mkdir -p "$dir"
@@ -774,8 +784,9 @@ start_livekit() {
         LIVEKIT_PID=$!
         wait_for_livekit "$port" "$LIVEKIT_PID" && break
         stop_livekit
-        if [ "$attempt" -lt 3 ] && [ -z "${LIVEKIT_LISTEN_PORT:-}" ] &&
-            grep -q "address already in use" "$dir/livekit.log"; then
+        if [ "$attempt" -lt 3 ] && grep -q "address already in use" "$dir/livekit.log" &&
+            { [ -z "${LIVEKIT_LISTEN_PORT:-}" ] ||
+                ! grep "address already in use" "$dir/livekit.log" | grep -q ":$LIVEKIT_LISTEN_PORT[^0-9]"; }; then
             log "LiveKit's server lost a port it was given (attempt $attempt); starting it again"
             continue
         fi
