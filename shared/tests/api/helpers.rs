@@ -113,6 +113,12 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The first column of every row `sql` returns, as text.
+pub async fn first_column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let rows = client.query(sql, &[]).await.unwrap();
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
 /// The role the functions connect as (migration 0006): no superuser, owns
 /// nothing, exactly the privileges the handlers use.
 pub const API_ROLE: &str = "live_api";

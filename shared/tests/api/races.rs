@@ -22,8 +22,8 @@ use shared::store::rate_limit::Limit;
 use uuid::Uuid;
 
 use crate::helpers::{
-    API_ROLE, AppOptions, LIVEKIT_API_SECRET, LiveKitChoice, LiveKitMode, TestApp, connect, get_request,
-    post_request, signed_webhook, webhook_event,
+    API_ROLE, AppOptions, LIVEKIT_API_SECRET, LiveKitChoice, LiveKitMode, TestApp, connect, first_column,
+    get_request, post_request, signed_webhook, webhook_event,
 };
 
 /// An app on the RoomService stand-in (see the module's comment).
@@ -702,12 +702,6 @@ async fn the_reconciler_closes_the_room_of_a_stream_that_ended_while_livekit_was
     app.set_livekit_mode(LiveKitMode::Failing).await;
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!((report.rooms_closed, report.failed), (0, 0), "closed once");
-}
-
-/// The first column of every row `sql` returns, as text.
-async fn first_column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
-    let rows = client.query(sql, &[]).await.unwrap();
-    rows.iter().map(|row| row.get(0)).collect()
 }
 
 /// Records how many rows each statement deletes from `table` (a statement

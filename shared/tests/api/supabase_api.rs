@@ -12,8 +12,8 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::helpers::{
-    AppOptions, LIVEKIT_API_SECRET, TestApp, as_api_role, connect, create_database, prepare_like_supabase,
-    request_with, signed_webhook, webhook_event,
+    AppOptions, LIVEKIT_API_SECRET, TestApp, as_api_role, connect, create_database, first_column,
+    prepare_like_supabase, request_with, signed_webhook, webhook_event,
 };
 
 const ROOM: &str = "exposed";
@@ -271,20 +271,13 @@ async fn subscribers_learn_of_a_deletion_from_its_tombstone_and_nothing_more() {
     .expect("signed-in users read tombstones");
     let tombstones: Vec<(Uuid, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
     assert_eq!(tombstones, vec![(f.deleted_message, ROOM.to_owned())]);
-    let columns: Vec<String> = f
-        .app
-        .db()
-        .await
-        .query(
-            "SELECT column_name::text FROM information_schema.columns
-             WHERE table_schema = 'public' AND table_name = 'live_message_tombstones' ORDER BY ordinal_position",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let admin = f.app.db().await;
+    let columns = first_column(
+        &admin,
+        "SELECT column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name = 'live_message_tombstones' ORDER BY ordinal_position",
+    )
+    .await;
     assert_eq!(columns, ["message_id", "room_name", "deleted_at"]);
 
     let forged = format!(
@@ -303,19 +296,11 @@ async fn subscribers_learn_of_a_deletion_from_its_tombstone_and_nothing_more() {
     let sql = "SELECT * FROM live_message_tombstones";
     assert_refused(run_as(&f.app, "anon", sql).await, "anon", sql);
 
-    let published: Vec<String> = f
-        .app
-        .db()
-        .await
-        .query(
-            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'supabase_realtime' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let published = first_column(
+        &admin,
+        "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'supabase_realtime' ORDER BY 1",
+    )
+    .await;
     assert_eq!(
         published,
         ["live_message_tombstones", "live_messages", "live_streams"]
@@ -457,19 +442,14 @@ const SUPABASE_AUTH: &str = "
 /// How many rows each of our tables holds for `room` (a table with a
 /// `room_name` column, and `live_streams` by id), the tables with none left out.
 async fn rows_of_room(admin: &tokio_postgres::Client, room: &str) -> Vec<(String, i64)> {
-    let tables: Vec<String> = admin
-        .query(
-            "SELECT table_name::text FROM information_schema.columns
-             WHERE table_schema = 'public' AND column_name = 'room_name'
-               AND table_name IN (SELECT tablename FROM pg_tables WHERE schemaname = 'public')
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let tables = first_column(
+        admin,
+        "SELECT table_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' AND column_name = 'room_name'
+           AND table_name IN (SELECT tablename FROM pg_tables WHERE schemaname = 'public')
+         ORDER BY 1",
+    )
+    .await;
     let mut rows = Vec::new();
     for (table, column) in tables
         .iter()
