@@ -157,7 +157,7 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
         if let Some(correction) =
             room_rules::correction(&state.livekit, &stream, &who, Some(applied.standing))
         {
-            room_rules::correct_all(state, &room, &stream, &[(who.clone(), correction)]).await;
+            room_rules::correct_all(state, &room, &stream, &[(who.clone(), correction)], None).await;
         }
     }
     Ok(match applied.outcome.as_str() {

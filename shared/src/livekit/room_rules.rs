@@ -153,16 +153,22 @@ impl Told<'_> {
 /// the next webhook or reconciler run tries again. Each viewer updated is
 /// then checked against their standing as it is now: a stage change or a
 /// mute committed while the correction, read before it, was on its way
-/// would otherwise be undone by it until the next run. Returns how many
-/// corrections were made.
+/// would otherwise be undone by it until the next run. Starts none after
+/// `until` (a scheduled run's deadline; the rest are the next run's).
+/// Returns how many corrections were made.
 pub async fn correct_all(
     state: &AppState,
     room: &RoomName,
     stream: &StreamState,
     corrections: &[(Presence, Correction)],
+    until: Option<std::time::Instant>,
 ) -> usize {
     let mut applied = 0;
     for (participant, correction) in corrections {
+        if until.is_some_and(|until| std::time::Instant::now() >= until) {
+            tracing::info!(%room, "out of time: the other corrections are the next run's");
+            break;
+        }
         let identity = &participant.identity;
         match apply(&state.livekit, room, identity, *correction).await {
             Ok(()) => {

@@ -53,10 +53,16 @@ const PRUNE_BUDGET: Duration = Duration::from_secs(20);
 const MARKED_STREAMS_PER_RUN: i64 = 1_000;
 /// Most ended streams whose room one run tries to close.
 const CLOSE_BATCH: i64 = 50;
-/// A scheduled run starts no room later than this before its invocation's
-/// deadline: the room it starts may need a bounded RoomService call (6 s)
-/// and its statements, and the run's report must still be logged.
-const RUN_MARGIN: Duration = Duration::from_secs(8);
+/// Closing rooms stops for the run after this many `DeleteRoom` failures in
+/// a row: LiveKit is down or hanging (each call may take 6 s), and the next
+/// run tries again.
+const CLOSE_FAILURES_IN_A_ROW: usize = 3;
+/// A scheduled run starts no room, and no RoomService call within a room,
+/// later than this before its invocation's deadline: the call started last
+/// may take 6 s (two attempts) and a correction's follow-up reads 2 s more,
+/// the statements after it up to the functions' 5 s statement timeout, and
+/// the run's report must still be logged.
+const RUN_MARGIN: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -85,9 +91,19 @@ pub struct ReconcileReport {
     /// was lost longer than `STAGE_RETURN_SECONDS` ago and who are not back.
     pub stage_turns_ended: usize,
     pub failed: usize,
-    /// Rooms (live, or ended and unclosed) this run had no time left for;
-    /// the next run starts from a different room, so none waits for ever.
+    /// Rooms (live, or ended and unclosed) this run had no time left for, or
+    /// left after LiveKit refused closing rooms a few times in a row; the
+    /// next run starts from a different room, so none waits for
+    /// ever.
     pub left_for_next_run: usize,
+}
+
+impl ReconcileReport {
+    /// Rooms were tried and not one got through: the run did nothing, and
+    /// the scheduled function reports it as failed (its alarm counts those).
+    pub fn nothing_got_through(&self) -> bool {
+        self.failed > 0 && self.synced + self.missing + self.rooms_closed == 0
+    }
 }
 
 pub async fn reconcile(state: &AppState, grace: Duration) -> Result<ReconcileReport, ApiError> {
@@ -103,7 +119,6 @@ pub async fn reconcile_until(
     grace: Duration,
     until: Option<Instant>,
 ) -> Result<ReconcileReport, ApiError> {
-    let out_of_time = || until.is_some_and(|until| Instant::now() >= until);
     // Pruning starts no statement after PRUNE_BUDGET (nor after `until`): a
     // backlog is worked off run by run, and the rooms always get their turn.
     let budget = Instant::now() + PRUNE_BUDGET;
@@ -139,30 +154,26 @@ pub async fn reconcile_until(
     };
     report.live = live.len();
     let (unclosed, live) = (from_random_start(unclosed), from_random_start(live));
+    // Live rooms first: their counts and rules matter now, while closing an
+    // ended stream's room can wait for a later run.
+    sync_live_rooms(state, &live, grace, listed_at, until, &mut report).await?;
+    close_rooms_of_ended_streams(state, &unclosed, until, &mut report).await;
+    tracing::info!(?report, "reconciled with LiveKit");
+    Ok(report)
+}
 
-    for (done, room) in unclosed.iter().enumerate() {
-        if out_of_time() {
-            report.left_for_next_run += unclosed.len() - done;
-            break;
-        }
-        match state.livekit.delete_room(room).await {
-            Ok(()) => {
-                let client = state.db.get().await?;
-                streams::mark_room_closed(&client, room).await?;
-                report.rooms_closed += 1;
-            }
-            Err(error) => {
-                tracing::warn!(%room, %error, "ended stream's room still not closed");
-                report.failed += 1;
-            }
-        }
-    }
-    if live.is_empty() || out_of_time() {
+async fn sync_live_rooms(
+    state: &AppState,
+    live: &[(RoomName, Uuid)],
+    grace: Duration,
+    listed_at: DateTime<Utc>,
+    until: Option<Instant>,
+    report: &mut ReconcileReport,
+) -> Result<(), ApiError> {
+    if live.is_empty() || past(until) {
         report.left_for_next_run += live.len();
-        tracing::info!(?report, "reconciled");
-        return Ok(report);
+        return Ok(());
     }
-
     let names = live.iter().map(|(room, _)| room.to_string()).collect();
     let open: HashSet<String> = state
         .livekit
@@ -171,14 +182,27 @@ pub async fn reconcile_until(
         .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?
         .into_iter()
         .collect();
+    // A room LiveKit lists is not missing, whatever its sync does next: its
+    // grace clock stops now, or a failed sync would keep an old clock that a
+    // later gap in the listing then ends the stream by, as of long ago.
+    let listed: Vec<&str> = open.iter().map(String::as_str).collect();
+    state
+        .db
+        .get()
+        .await?
+        .query_typed(
+            "UPDATE live_streams SET room_missing_since = NULL WHERE id = ANY($1) AND room_missing_since IS NOT NULL",
+            &[(&listed, Type::TEXT_ARRAY)],
+        )
+        .await?;
 
     for (done, (room, streamer)) in live.iter().enumerate() {
-        if out_of_time() {
+        if past(until) {
             report.left_for_next_run += live.len() - done;
             break;
         }
         let outcome = if open.contains(room.as_str()) {
-            sync_room(state, room, *streamer, listed_at)
+            sync_room(state, room, *streamer, listed_at, until)
                 .await
                 .map(|corrected| {
                     report.synced += 1;
@@ -196,8 +220,49 @@ pub async fn reconcile_until(
             report.failed += 1;
         }
     }
-    tracing::info!(?report, "reconciled live streams with LiveKit");
-    Ok(report)
+    Ok(())
+}
+
+/// `DeleteRoom` again for ended streams whose room LiveKit never confirmed
+/// closed. One room's failure stops none of the others, but a few in a row
+/// (LiveKit down) end this run's attempts.
+async fn close_rooms_of_ended_streams(
+    state: &AppState,
+    unclosed: &[RoomName],
+    until: Option<Instant>,
+    report: &mut ReconcileReport,
+) {
+    let mut failures_in_a_row = 0;
+    for (done, room) in unclosed.iter().enumerate() {
+        if past(until) || failures_in_a_row == CLOSE_FAILURES_IN_A_ROW {
+            report.left_for_next_run += unclosed.len() - done;
+            break;
+        }
+        let closed = match state.livekit.delete_room(room).await {
+            Ok(()) => mark_room_closed(state, room).await,
+            Err(error) => Err(ApiError::unavailable(Dependency::LiveKit, error)),
+        };
+        match closed {
+            Ok(()) => {
+                report.rooms_closed += 1;
+                failures_in_a_row = 0;
+            }
+            Err(error) => {
+                tracing::warn!(%room, %error, "ended stream's room still not closed");
+                report.failed += 1;
+                failures_in_a_row += 1;
+            }
+        }
+    }
+}
+
+async fn mark_room_closed(state: &AppState, room: &RoomName) -> Result<(), ApiError> {
+    let client = state.db.get().await?;
+    streams::mark_room_closed(&client, room).await
+}
+
+fn past(until: Option<Instant>) -> bool {
+    until.is_some_and(|until| Instant::now() >= until)
 }
 
 /// `items` rotated to start at a random one (the random bits of a v4 UUID).
@@ -439,6 +504,7 @@ async fn sync_room(
     room: &RoomName,
     streamer: Uuid,
     listed_at: DateTime<Utc>,
+    until: Option<Instant>,
 ) -> Result<usize, ApiError> {
     let participants = state
         .livekit
@@ -449,17 +515,17 @@ async fn sync_room(
     let users: Vec<Uuid> = present.iter().filter_map(Presence::user).collect();
     let client = state.db.get().await?;
     viewers::sync(&client, room, streamer, &present, listed_at).await?;
-    client
-        .query_typed(
-            "UPDATE live_streams SET room_missing_since = NULL WHERE id = $1 AND room_missing_since IS NOT NULL",
-            &[(&room.as_str(), Type::TEXT)],
-        )
-        .await?;
     let mut standings = chat::standings_among(&**client, room, &users).await?;
     // Read last, just before the push: a webhook's newer count pushed in
     // between would otherwise be overwritten by an older one.
     let count = viewers::count(&client, room).await?;
     drop(client);
+    if past(until) {
+        // The sessions match; the push and the corrections are the next
+        // run's (a join's webhook corrects its own participant meanwhile).
+        tracing::info!(%room, "out of time after the sync: push and corrections left for the next run");
+        return Ok(0);
+    }
     // Told to the room on every run, changed or not: pushes happen only as
     // counts are written, so a count this sync repaired (its write may be
     // the last for a while) or a push that failed in a quiet room would
@@ -482,7 +548,7 @@ async fn sync_room(
             room_rules::correction(&state.livekit, &stream, p, restriction).map(|c| (p.clone(), c))
         })
         .collect();
-    Ok(room_rules::correct_all(state, room, &stream, &corrections).await)
+    Ok(room_rules::correct_all(state, room, &stream, &corrections, until).await)
 }
 
 /// Starts the grace clock for a live stream whose room LiveKit does not have,
@@ -520,10 +586,23 @@ pub async fn serve() -> Result<(), lambda_http::Error> {
                 let app = state.get().await?;
                 reconcile_until(app, app.reconcile_grace, until).await
             };
-            run.await.map_err(|error| {
-                tracing::error!(%error, "reconciliation failed");
-                lambda_http::Error::from(error)
-            })
+            match run.await {
+                Ok(report) if report.nothing_got_through() => {
+                    tracing::error!(
+                        failed = report.failed,
+                        "reconciliation failed: not one room got through"
+                    );
+                    Err(lambda_http::Error::from(format!(
+                        "not one of the {} rooms this run tried got through",
+                        report.failed
+                    )))
+                }
+                Ok(_) => Ok(()),
+                Err(error) => {
+                    tracing::error!(%error, "reconciliation failed");
+                    Err(lambda_http::Error::from(error))
+                }
+            }
         },
     ))
     .await

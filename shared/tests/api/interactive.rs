@@ -712,7 +712,7 @@ async fn a_correction_read_before_a_newer_stage_change_is_followed_by_it() {
         is_live: true,
     };
     let room_name = shared::domain::RoomName::parse(room.to_owned()).unwrap();
-    let made = room_rules::correct_all(&app.state, &room_name, &stream, &[(presence, stale)]).await;
+    let made = room_rules::correct_all(&app.state, &room_name, &stream, &[(presence, stale)], None).await;
     assert_eq!(made, 1);
     let participant = app.livekit().participants(room).await.remove(0);
     assert!(

@@ -687,8 +687,9 @@ async fn the_reconciler_closes_the_room_of_a_stream_that_ended_while_livekit_was
         )
         .await;
     assert_eq!(ended.body["roomClosed"], false, "{}", ended.body);
-    let failed = reconcile(&app.state, GRACE).await;
-    assert!(failed.is_ok_and(|r| r.rooms_closed == 0 && r.failed == 1));
+    let failed = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!((failed.rooms_closed, failed.failed), (0, 1), "{failed:?}");
+    assert!(failed.nothing_got_through(), "the run reports itself failed");
     app.set_livekit_mode(LiveKitMode::Up).await;
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report.rooms_closed, 1, "{report:?}");
@@ -1487,6 +1488,71 @@ async fn guest_in_livekit(app: &TestApp, room: &str, user: Uuid) -> (bool, Optio
         participant.permission.as_ref().is_some_and(|p| p.can_publish),
         participant.attributes.get("on_stage").cloned(),
     )
+}
+
+/// With LiveKit down, closing the rooms of ended streams stops after a few
+/// failures in a row (each call may hang for 6 s): the rest are the next
+/// run's, and a run in which not one room got through reports itself failed,
+/// so the reconciler's alarm counts it.
+#[tokio::test]
+async fn closing_rooms_stops_after_failures_in_a_row_and_the_run_reports_itself_failed() {
+    let app = TestApp::spawn().await;
+    let rooms = ["gone-1", "gone-2", "gone-3", "gone-4"];
+    let hosts: Vec<Uuid> = rooms.iter().map(|_| Uuid::new_v4()).collect();
+    for (room, host) in rooms.iter().zip(&hosts) {
+        app.start_stream(*host, room).await;
+    }
+    app.set_livekit_mode(LiveKitMode::Failing).await;
+    for (room, host) in rooms.iter().zip(&hosts) {
+        let ended = app
+            .call(
+                end_stream,
+                Some(&app.token_for(*host)),
+                &json!({"roomName": room}).to_string(),
+            )
+            .await;
+        assert_eq!(ended.body["roomClosed"], false, "{}", ended.body);
+    }
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(
+        (report.failed, report.left_for_next_run, report.rooms_closed),
+        (3, 1, 0),
+        "{report:?}"
+    );
+    assert!(report.nothing_got_through());
+    app.set_livekit_mode(LiveKitMode::Up).await;
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!((report.rooms_closed, report.failed), (4, 0), "{report:?}");
+    assert!(!report.nothing_got_through());
+}
+
+/// A room LiveKit lists again stops its missing clock at once, even when its
+/// sync then fails (`ListParticipants` held past its timeout, which only the
+/// stand-in can do): otherwise the old clock stayed, and the next gap in the
+/// listing ended the stream at once, as of its first absence.
+#[tokio::test]
+async fn a_room_listed_again_stops_its_missing_clock_even_when_its_sync_fails() {
+    let app = app_on_the_stand_in().await;
+    app.start_stream(Uuid::new_v4(), "blinking").await;
+    let room = RoomName::parse("blinking".into()).unwrap();
+    app.state.livekit.delete_room(&room).await.unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!((report.missing, report.ended), (1, 0), "{report:?}");
+    let missing_since = || async {
+        app.stream_row("blinking")
+            .await
+            .unwrap()
+            .get::<_, Option<chrono::DateTime<chrono::Utc>>>("room_missing_since")
+    };
+    assert!(missing_since().await.is_some(), "the clock started");
+
+    app.stub().set_participants("blinking", Vec::new());
+    let listing = app.stub().hold("ListParticipants");
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    listing.release();
+    assert_eq!((report.synced, report.failed), (0, 1), "{report:?}");
+    assert!(report.nothing_got_through());
+    assert_eq!(missing_since().await, None, "listed again: the clock stopped");
 }
 
 /// A viewer's first join in flight (its session and presence row inserted,
