@@ -29,14 +29,19 @@ const ROOMS_AT_ONCE: usize = 16;
 
 /// One flush of every stale copy, each new count pushed into its room, the
 /// chat any batch left unsent and the reactions the last taps only counted.
-/// The three parts stand alone: each runs whatever another did, so a failing
-/// one (its query refused, its table locked) holds back nothing else. Each
-/// failure is logged with its part; the first is returned, which makes the
-/// tick a failed one. Returns the rooms whose count was written.
+/// The three parts stand alone and run at once: a failing one (its query
+/// refused, its table locked) holds back nothing else, and with LiveKit slow
+/// a tick lasts as long as its slowest part's calls, not all three parts'
+/// one after another (no part holds a connection across a LiveKit call, so
+/// they share the pool). Each failure is logged with its part; the first is
+/// returned, which makes the tick a failed one. Returns the rooms whose
+/// count was written.
 pub async fn flush_once(state: &AppState) -> Result<i32, ApiError> {
-    let counts = flush_counts(state).await;
-    let chat = crate::store::chat_broadcast::send_stale(state).await;
-    let reactions = flush_reactions(state).await;
+    let (counts, chat, reactions) = tokio::join!(
+        flush_counts(state),
+        crate::store::chat_broadcast::send_stale(state),
+        flush_reactions(state)
+    );
     for (part, failure) in [
         ("viewer counts", counts.as_ref().err()),
         ("chat", chat.as_ref().err()),
