@@ -126,19 +126,11 @@ pub async fn reconcile_until(
     let mut report = ReconcileReport::default();
     let (live, listed_at, unclosed) = {
         let client = state.db.get().await?;
-        let retention = state.rules.session_retention;
-        report.webhook_ids_pruned = prune_webhook_ids(&client, prune_until).await?;
-        in_batches(prune_until, || {
-            crate::store::rate_limit::prune(&client, PRUNE_BATCH)
-        })
-        .await?;
-        report.sessions_pruned = prune_sessions(&client, retention, prune_until).await?;
-        report.viewers_seen_pruned = prune_viewers_seen(&client, retention, prune_until).await?;
-        report.presence_pruned = in_batches(prune_until, || prune_presence_of_ended(&client)).await?;
-        report.claims_pruned =
-            in_batches(prune_until, || streams::prune_lapsed_claims(&client, PRUNE_BATCH)).await?;
-        report.stage_turns_ended =
-            end_stage_turns_of_the_gone(&client, state.rules.stage_return, prune_until).await?;
+        // A pruning statement that fails (a lock it gave up on) leaves the
+        // rest of the clean-up to the next run, never the rooms.
+        if let Err(error) = clean_up(state, &client, prune_until, &mut report).await {
+            tracing::warn!(%error, "clean-up stopped; the next run goes on with it");
+        }
         // Read before any LiveKit call: a session written after this is newer
         // than every listing this run gets.
         let listed_at: DateTime<Utc> = client
@@ -263,6 +255,27 @@ async fn mark_room_closed(state: &AppState, room: &RoomName) -> Result<(), ApiEr
 
 fn past(until: Option<Instant>) -> bool {
     until.is_some_and(|until| Instant::now() >= until)
+}
+
+/// What grows with use, pruned, and the stage turns of the gone ended. What
+/// users wait for first (a stage slot a guest who never came back still
+/// holds, a room name a dead start still claims), then the backlogs, which
+/// after a long outage can use up the budget.
+async fn clean_up(
+    state: &AppState,
+    client: &tokio_postgres::Client,
+    until: Instant,
+    report: &mut ReconcileReport,
+) -> Result<(), ApiError> {
+    let retention = state.rules.session_retention;
+    report.stage_turns_ended = end_stage_turns_of_the_gone(client, state.rules.stage_return, until).await?;
+    report.claims_pruned = in_batches(until, || streams::prune_lapsed_claims(client, PRUNE_BATCH)).await?;
+    report.webhook_ids_pruned = prune_webhook_ids(client, until).await?;
+    in_batches(until, || crate::store::rate_limit::prune(client, PRUNE_BATCH)).await?;
+    report.sessions_pruned = prune_sessions(client, retention, until).await?;
+    report.viewers_seen_pruned = prune_viewers_seen(client, retention, until).await?;
+    report.presence_pruned = in_batches(until, || prune_presence_of_ended(client)).await?;
+    Ok(())
 }
 
 /// `items` rotated to start at a random one (the random bits of a v4 UUID).

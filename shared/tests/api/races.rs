@@ -1526,6 +1526,42 @@ async fn closing_rooms_stops_after_failures_in_a_row_and_the_run_reports_itself_
     assert!(!report.nothing_got_through());
 }
 
+/// A clean-up statement that fails (here the lapsed claim it would delete is
+/// held past the functions' 2 s lock timeout) leaves the clean-up to the
+/// next run and the rooms still get their turn: the live room is synced.
+#[tokio::test]
+async fn a_clean_up_that_fails_leaves_the_rooms_their_turn() {
+    let app = TestApp::spawn().await;
+    app.start_stream(Uuid::new_v4(), "still-synced").await;
+    let admin = app.db().await;
+    admin
+        .execute(
+            "INSERT INTO live_room_claims (room_name, streamer_id, claimed_at)
+             VALUES ('held-claim', $1, now() - interval '61 seconds')",
+            &[&Uuid::new_v4()],
+        )
+        .await
+        .unwrap();
+    let mut holder_connection = app.db().await;
+    let holder = holder_connection.transaction().await.unwrap();
+    holder
+        .execute(
+            "SELECT FROM live_room_claims WHERE room_name = 'held-claim' FOR UPDATE",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(
+        (report.synced, report.failed, report.claims_pruned),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    holder.rollback().await.unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.claims_pruned, 1, "the next run goes on: {report:?}");
+}
+
 /// A room LiveKit lists again stops its missing clock at once, even when its
 /// sync then fails (`ListParticipants` held past its timeout, which only the
 /// stand-in can do): otherwise the old clock stayed, and the next gap in the
