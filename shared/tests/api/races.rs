@@ -1562,6 +1562,48 @@ async fn a_clean_up_that_fails_leaves_the_rooms_their_turn() {
     assert_eq!(report.claims_pruned, 1, "the next run goes on: {report:?}");
 }
 
+/// A room whose listing came back after the run's cut-off (`until`; a
+/// scheduled run's is 15 s before its invocation's deadline) gets its
+/// sessions synced and nothing more: no push and no correction starts after
+/// the cut-off (each may hang for 6 s), so Lambda's timeout never cuts the
+/// run off unlogged. The next run makes the correction (here, removing a
+/// banned user the room still had).
+#[tokio::test]
+async fn no_room_service_call_starts_after_the_runs_cut_off() {
+    let app = app_on_the_stand_in().await;
+    let (host, banned) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "late-listing").await;
+    app.db()
+        .await
+        .execute(
+            "INSERT INTO live_room_restrictions (room_name, user_id, banned) VALUES ('late-listing', $1, true)",
+            &[&banned],
+        )
+        .await
+        .unwrap();
+    app.stub().set_participants(
+        "late-listing",
+        vec![participant(&banned.to_string(), "PA_banned", false)],
+    );
+    let listing = app.stub().hold("ListParticipants");
+    let cut_off = Instant::now() + Duration::from_millis(300);
+    let run = shared::scheduled::reconcile::reconcile_until(&app.state, GRACE, Some(cut_off));
+    let answer_after_the_cut_off = async {
+        listing.arrived().await;
+        tokio::time::sleep_until(cut_off.into()).await;
+        listing.release();
+    };
+    let (report, ()) = tokio::join!(run, answer_after_the_cut_off);
+    let report = report.unwrap();
+    assert_eq!((report.synced, report.corrected), (1, 0), "{report:?}");
+    assert!(app.stub().removals().is_empty(), "no call after the cut-off");
+
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.corrected, 1, "{report:?}");
+    let removed: Vec<String> = app.stub().removals().into_iter().map(|r| r.identity).collect();
+    assert_eq!(removed, [banned.to_string()]);
+}
+
 /// A room LiveKit lists again stops its missing clock at once, even when its
 /// sync then fails (`ListParticipants` held past its timeout, which only the
 /// stand-in can do): otherwise the old clock stayed, and the next gap in the

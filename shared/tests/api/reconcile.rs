@@ -280,7 +280,7 @@ async fn an_unreachable_livekit_fails_the_run_and_changes_nothing() {
 
 /// A run that has no time left starts no room and no pruning, and says how
 /// many rooms it left; the next run with time does them all. (A scheduled run
-/// stops starting rooms 8 s before its invocation's deadline, and pruning
+/// stops starting rooms 15 s before its invocation's deadline, and pruning
 /// after 20 s, so neither a slow LiveKit nor a backlog can make Lambda cut
 /// it off unlogged.)
 #[tokio::test]
