@@ -64,6 +64,11 @@ with_lock() {
     local name=$1 rc=0
     shift
     mkdir -p "$TOOLS_DIR"
+    # Tools set up by another user (a run as root, then one as yourself) are
+    # theirs: say so, rather than fail on the lock file with no reason given.
+    if [ -e "$TOOLS_DIR/$name.lock" ] && [ ! -w "$TOOLS_DIR/$name.lock" ]; then
+        die "$TOOLS_DIR belongs to another user ($(stat -c %U "$TOOLS_DIR/$name.lock")): run as that user, or remove target/tools and run again"
+    fi
     if command -v flock >/dev/null 2>&1; then
         (
             flock 9
