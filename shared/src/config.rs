@@ -412,7 +412,12 @@ fn pool_size_override_warning(
 ) -> Option<String> {
     let in_secret = secret.get(DATABASE_POOL_SIZE)?.trim();
     let in_env = env(DATABASE_POOL_SIZE)?;
-    (in_secret != in_env.trim()).then(|| {
+    // The same number written otherwise ("01") is the same pool.
+    let same = match (in_secret.parse::<u64>(), in_env.trim().parse::<u64>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => in_secret == in_env.trim(),
+    };
+    (!same).then(|| {
         format!(
             "the secret's DATABASE_POOL_SIZE ({in_secret}) overrides the template's DatabasePoolSize ({}): \
              every container now holds that many Postgres connections, so the template's reserved \
@@ -723,6 +728,7 @@ mod tests {
         let warning = pool_size_override_warning(&secret("8"), &template).expect("8 overrides 1");
         assert!(warning.contains("(8)") && warning.contains("(1)"), "{warning}");
         assert_eq!(pool_size_override_warning(&secret("1"), &template), None);
+        assert_eq!(pool_size_override_warning(&secret("01"), &template), None);
         assert_eq!(pool_size_override_warning(&HashMap::new(), &template), None);
         assert_eq!(pool_size_override_warning(&secret("8"), &|_: &str| None), None);
     }

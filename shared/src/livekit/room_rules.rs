@@ -165,7 +165,7 @@ pub async fn correct_all(
 ) -> usize {
     let mut applied = 0;
     for (participant, correction) in corrections {
-        if until.is_some_and(|until| std::time::Instant::now() >= until) {
+        if crate::scheduled::past(until) {
             tracing::info!(%room, "out of time: the other corrections are the next run's");
             break;
         }

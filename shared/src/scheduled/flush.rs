@@ -21,10 +21,11 @@ use crate::store::viewers;
 /// How often the copies are brought up to date.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// Rooms told at once. Each room's packet is its own RoomService call, which
-/// LiveKit answers in milliseconds, or, slow or down, after the call's
-/// timeout: one after another, a hundred live rooms would stretch one tick
-/// past the invocation.
+/// Rooms told at once (counts, chat, reactions). Each room's packet is its
+/// own RoomService call, which LiveKit answers in milliseconds, or, slow or
+/// down, after the call's timeout: one after another, a hundred live rooms
+/// would stretch one tick past the invocation. A room's own chat batches
+/// stay in order (its lease); rooms are independent.
 const ROOMS_AT_ONCE: usize = 16;
 
 /// One flush of every stale copy, each new count pushed into its room, the
@@ -37,11 +38,8 @@ const ROOMS_AT_ONCE: usize = 16;
 /// returned, which makes the tick a failed one. Returns the rooms whose
 /// count was written.
 pub async fn flush_once(state: &AppState) -> Result<i32, ApiError> {
-    let (counts, chat, reactions) = tokio::join!(
-        flush_counts(state),
-        crate::store::chat_broadcast::send_stale(state),
-        flush_reactions(state)
-    );
+    let (counts, chat, reactions) =
+        tokio::join!(flush_counts(state), flush_chat(state), flush_reactions(state));
     for (part, failure) in [
         ("viewer counts", counts.as_ref().err()),
         ("chat", chat.as_ref().err()),
@@ -71,6 +69,20 @@ async fn flush_counts(state: &AppState) -> Result<i32, ApiError> {
         })
         .await;
     Ok(written.len() as i32)
+}
+
+/// Sends the chat holders left behind in every live room.
+async fn flush_chat(state: &AppState) -> Result<(), ApiError> {
+    let rooms = {
+        let client = state.db.get().await?;
+        crate::store::chat::rooms_with_stale_messages(&client).await?
+    };
+    futures_util::stream::iter(&rooms)
+        .for_each_concurrent(ROOMS_AT_ONCE, |room| async move {
+            crate::store::chat_broadcast::send_batches(state, room, None).await;
+        })
+        .await;
+    Ok(())
 }
 
 /// Sends each live room the reactions counted since its last packet.

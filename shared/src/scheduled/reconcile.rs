@@ -31,6 +31,8 @@ use crate::store::chat;
 use crate::store::streams;
 use crate::store::viewers::{self, Presence};
 
+use super::past;
+
 /// Webhook event ids are kept this long for deduplication; LiveKit retries
 /// within minutes.
 const EVENT_ID_RETENTION: &str = "1 day";
@@ -93,8 +95,7 @@ pub struct ReconcileReport {
     pub failed: usize,
     /// Rooms (live, or ended and unclosed) this run had no time left for, or
     /// left after LiveKit refused closing rooms a few times in a row; the
-    /// next run starts from a different room, so none waits for
-    /// ever.
+    /// next run starts from a different room, so none waits for ever.
     pub left_for_next_run: usize,
 }
 
@@ -178,15 +179,9 @@ async fn sync_live_rooms(
     // grace clock stops now, or a failed sync would keep an old clock that a
     // later gap in the listing then ends the stream by, as of long ago.
     let listed: Vec<&str> = open.iter().map(String::as_str).collect();
-    state
-        .db
-        .get()
-        .await?
-        .query_typed(
-            "UPDATE live_streams SET room_missing_since = NULL WHERE id = ANY($1) AND room_missing_since IS NOT NULL",
-            &[(&listed, Type::TEXT_ARRAY)],
-        )
-        .await?;
+    let client = state.db.get().await?;
+    streams::rooms_found(&client, &listed).await?;
+    drop(client);
 
     for (done, (room, streamer)) in live.iter().enumerate() {
         if past(until) {
@@ -251,10 +246,6 @@ async fn close_rooms_of_ended_streams(
 async fn mark_room_closed(state: &AppState, room: &RoomName) -> Result<(), ApiError> {
     let client = state.db.get().await?;
     streams::mark_room_closed(&client, room).await
-}
-
-fn past(until: Option<Instant>) -> bool {
-    until.is_some_and(|until| Instant::now() >= until)
 }
 
 /// What grows with use, pruned, and the stage turns of the gone ended. What

@@ -169,27 +169,6 @@ async fn release(state: &AppState, room: &RoomName, lease: &BatchLease) {
     }
 }
 
-/// Rooms whose left-behind chat the flusher sends at once: with LiveKit
-/// slow or down each room's batch takes up to its call's timeout, and one
-/// room after another a few rooms would stretch a tick by that many times.
-/// A room's own batches stay in order (its lease); rooms are independent.
-const STALE_ROOMS_AT_ONCE: usize = 16;
-
-/// Sends what holders left behind in every live room (for the flusher).
-pub async fn send_stale(state: &AppState) -> Result<usize, ApiError> {
-    use futures_util::StreamExt;
-    let rooms = {
-        let client = state.db.get().await?;
-        chat::rooms_with_stale_messages(&client).await?
-    };
-    futures_util::stream::iter(&rooms)
-        .for_each_concurrent(STALE_ROOMS_AT_ONCE, |room| async move {
-            send_batches(state, room, None).await;
-        })
-        .await;
-    Ok(rooms.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -414,6 +414,18 @@ pub async fn end(client: &Client, room: &RoomName, caller: Uuid) -> Result<EndOu
     })
 }
 
+/// Stops the grace clock (`room_missing_since`) of every stream whose room
+/// LiveKit lists: a room that is there is not missing.
+pub async fn rooms_found(client: &Client, rooms: &[&str]) -> Result<(), ApiError> {
+    client
+        .query_typed(
+            "UPDATE live_streams SET room_missing_since = NULL WHERE id = ANY($1) AND room_missing_since IS NOT NULL",
+            &[(&rooms, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Records that LiveKit has closed the room, so later ends do not call it again.
 pub async fn mark_room_closed(client: &Client, room: &RoomName) -> Result<(), ApiError> {
     client

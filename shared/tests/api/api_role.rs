@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     API_ROLE, AppOptions, LIVEKIT_API_SECRET, RestartableCluster, TestApp, as_api_role, connect,
-    create_database, prepare_like_supabase, signed_webhook, webhook_event,
+    create_database, first_column, prepare_like_supabase, signed_webhook, webhook_event,
 };
 
 #[tokio::test]
@@ -193,11 +193,9 @@ async fn on_a_bare_postgres_the_migrations_apply_and_the_functions_work() {
 #[tokio::test]
 async fn the_functions_role_may_do_exactly_what_is_listed() {
     let app = TestApp::spawn().await;
-    let granted: Vec<String> = app
-        .db()
-        .await
-        .query(
-            "SELECT c.relname || ': ' || string_agg(p.privilege, ' ' ORDER BY p.privilege)
+    let granted = first_column(
+        &app.db().await,
+        "SELECT c.relname || ': ' || string_agg(p.privilege, ' ' ORDER BY p.privilege)
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
              CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p(privilege)
@@ -219,13 +217,9 @@ async fn the_functions_role_may_do_exactly_what_is_listed() {
              JOIN pg_namespace n ON n.oid = p.pronamespace
              WHERE n.nspname = 'public' AND has_function_privilege($1, p.oid, 'EXECUTE')
              ORDER BY 1",
-            &[&API_ROLE],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        &[&API_ROLE],
+    )
+    .await;
     let expected: Vec<String> = FUNCTIONS_ROLE_MAY.iter().map(|line| (*line).to_owned()).collect();
     assert_eq!(granted, expected, "granted now:\n{}", granted.join("\n"));
 }

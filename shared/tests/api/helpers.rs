@@ -114,9 +114,49 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 }
 
 /// The first column of every row `sql` returns, as text.
-pub async fn first_column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
-    let rows = client.query(sql, &[]).await.unwrap();
+pub async fn first_column(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<String> {
+    let rows = client.query(sql, params).await.unwrap();
     rows.iter().map(|row| row.get(0)).collect()
+}
+
+/// Waits (at most 3 s) until no statement of the functions runs in this
+/// database: the cancel of an abandoned one travels on a connection of its
+/// own. Fails naming the statements still running.
+pub async fn wait_until_no_api_statement_runs(admin: &tokio_postgres::Client) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let running: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE usename = $1 AND state = 'active' AND datname = current_database()",
+                &[&API_ROLE],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 0 {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let running: Vec<String> = admin
+                .query(
+                    "SELECT pid::text || ' ' || coalesce(wait_event_type, '-') || ' ' || now() - query_start || ' ' || query
+                     FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
+                    &[&API_ROLE],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            panic!("the abandoned statement still runs on the server: {running:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// The role the functions connect as (migration 0006): no superuser, owns
@@ -136,36 +176,42 @@ pub fn as_api_role(admin_url: &str) -> String {
 /// bypasses RLS), usage of `public` for all three, default privileges that
 /// grant everything the migrating role creates in `public` to all three (as
 /// Supabase does for `postgres`), and an empty `supabase_realtime`
-/// publication. Roles belong to the cluster; concurrent tests race to create
-/// them, and losing that race is fine.
+/// publication.
 pub async fn prepare_like_supabase(url: &str) {
     connect(url)
         .await
-        .batch_execute(
-            "DO $$
-             DECLARE
-                 api_role TEXT;
-             BEGIN
-                 FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
-                     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = api_role) THEN
-                         BEGIN
-                             EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT %s', api_role,
-                                 CASE WHEN api_role = 'service_role' THEN 'BYPASSRLS' ELSE '' END);
-                         EXCEPTION WHEN duplicate_object OR unique_violation THEN
-                             NULL;
-                         END;
-                     END IF;
-                 END LOOP;
-             END
-             $$;
+        .batch_execute(&format!(
+            "{}{}{}
              GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
              CREATE PUBLICATION supabase_realtime;",
-        )
+            create_role_once("anon", ""),
+            create_role_once("authenticated", ""),
+            create_role_once("service_role", "BYPASSRLS"),
+        ))
         .await
         .expect("prepare the database like Supabase's");
+}
+
+/// SQL creating the cluster role `name` (NOLOGIN NOINHERIT, and
+/// `attributes`) unless it exists. Roles belong to the cluster; concurrent
+/// tests race to create them, and losing that race is fine.
+pub fn create_role_once(name: &str, attributes: &str) -> String {
+    format!(
+        "DO $$
+         BEGIN
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN
+                 BEGIN
+                     CREATE ROLE {name} NOLOGIN NOINHERIT {attributes};
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                     NULL;
+                 END;
+             END IF;
+         END
+         $$;"
+    )
 }
 
 /// A fresh database prepared like Supabase's, with every migration applied.

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     API_ROLE, AppOptions, LIVEKIT_API_SECRET, TestApp, TestResponse, connect, create_database, get_request,
-    migrated_database, signed_webhook, verify_livekit_token, webhook_event,
+    migrated_database, signed_webhook, verify_livekit_token, wait_until_no_api_statement_runs, webhook_event,
 };
 
 /// `default_pool_size` in scripts/lib.sh `start_pgbouncer`: server connections
@@ -181,36 +181,7 @@ async fn timeouts_and_the_deadlines_cancel_hold_through_the_pooler() {
     app.call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"slow"}"#)
         .await
         .assert_error(503, "unavailable");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let running: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE usename = $1 AND state = 'active' AND datname = current_database()",
-                &[&API_ROLE],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if running == 0 {
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            let running: Vec<String> = admin
-                .query(
-                    "SELECT pid::text || ' ' || coalesce(wait_event_type, '-') || ' ' || now() - query_start || ' ' || query
-                     FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
-                    &[&API_ROLE],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            panic!("the abandoned statement still runs on the server: {running:?}");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until_no_api_statement_runs(&admin).await;
     held.batch_execute("ROLLBACK").await.unwrap();
     let live: bool = admin
         .query_one("SELECT is_live FROM live_streams WHERE id = 'slow'", &[])

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     API_ROLE, AppOptions, LIVEKIT_API_SECRET, LiveKitChoice, LiveKitMode, TestApp, connect, first_column,
-    get_request, post_request, signed_webhook, webhook_event,
+    get_request, post_request, signed_webhook, wait_until_no_api_statement_runs, webhook_event,
 };
 
 /// An app on the RoomService stand-in (see the module's comment).
@@ -597,7 +597,7 @@ async fn a_claim_left_by_a_start_that_died_lapses() {
         .unwrap();
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report.claims_pruned, 1, "{report:?}");
-    let left = first_column(&admin, "SELECT room_name FROM live_room_claims ORDER BY 1").await;
+    let left = first_column(&admin, "SELECT room_name FROM live_room_claims ORDER BY 1", &[]).await;
     assert_eq!(
         left,
         vec!["recent".to_owned()],
@@ -771,7 +771,12 @@ async fn old_sessions_are_pruned_in_bounded_batches() {
     assert_eq!(batches.iter().sum::<i64>(), 5_004, "{batches:?}");
     let second = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(second.sessions_pruned, 0);
-    let left = first_column(&admin, "SELECT sid FROM live_participant_sessions ORDER BY sid").await;
+    let left = first_column(
+        &admin,
+        "SELECT sid FROM live_participant_sessions ORDER BY sid",
+        &[],
+    )
+    .await;
     assert_eq!(
         left.len(),
         2,
@@ -824,6 +829,7 @@ async fn unique_viewer_marks_of_long_ended_streams_are_pruned_in_bounded_batches
     let left = first_column(
         &admin,
         "SELECT room_name || ':' || identity FROM live_viewers_seen ORDER BY 1",
+        &[],
     )
     .await;
     assert_eq!(left, ["seen-live:a", "seen-yesterday:a", "seen-yesterday:b"]);
@@ -846,7 +852,7 @@ async fn the_session_retention_is_a_setting() {
         .unwrap();
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report.sessions_pruned, 1);
-    let left = first_column(&admin, "SELECT sid FROM live_participant_sessions").await;
+    let left = first_column(&admin, "SELECT sid FROM live_participant_sessions", &[]).await;
     assert_eq!(left, ["PA_yesterday"]);
 }
 
@@ -874,7 +880,7 @@ async fn old_webhook_ids_are_pruned_in_bounded_batches() {
         batches.len() == 2 && batches.iter().all(|n| *n <= 5_000),
         "two statements of at most 5,000 rows: {batches:?}"
     );
-    let left = first_column(&admin, "SELECT id FROM live_webhook_events ORDER BY id").await;
+    let left = first_column(&admin, "SELECT id FROM live_webhook_events ORDER BY id", &[]).await;
     assert_eq!(left, ["EV_now", "EV_recent"]);
 }
 
@@ -1854,23 +1860,4 @@ async fn spawn_without_lock_timeout(
         .await
         .unwrap();
     (app, admin)
-}
-
-/// Waits (at most 3 s) until no statement of the functions runs: the cancel
-/// of an abandoned one travels on a connection of its own.
-async fn wait_until_no_api_statement_runs(admin: &tokio_postgres::Client) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
-            &[&API_ROLE],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        > 0
-    {
-        assert!(Instant::now() < deadline, "the abandoned statement still runs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

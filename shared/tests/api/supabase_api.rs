@@ -12,8 +12,8 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::helpers::{
-    AppOptions, LIVEKIT_API_SECRET, TestApp, as_api_role, connect, create_database, first_column,
-    prepare_like_supabase, request_with, signed_webhook, webhook_event,
+    AppOptions, LIVEKIT_API_SECRET, TestApp, as_api_role, connect, create_database, create_role_once,
+    first_column, prepare_like_supabase, request_with, signed_webhook, webhook_event,
 };
 
 const ROOM: &str = "exposed";
@@ -276,6 +276,7 @@ async fn subscribers_learn_of_a_deletion_from_its_tombstone_and_nothing_more() {
         &admin,
         "SELECT column_name::text FROM information_schema.columns
          WHERE table_schema = 'public' AND table_name = 'live_message_tombstones' ORDER BY ordinal_position",
+        &[],
     )
     .await;
     assert_eq!(columns, ["message_id", "room_name", "deleted_at"]);
@@ -299,6 +300,7 @@ async fn subscribers_learn_of_a_deletion_from_its_tombstone_and_nothing_more() {
     let published = first_column(
         &admin,
         "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'supabase_realtime' ORDER BY 1",
+        &[],
     )
     .await;
     assert_eq!(
@@ -313,17 +315,13 @@ async fn subscribers_learn_of_a_deletion_from_its_tombstone_and_nothing_more() {
 async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users() {
     let f = fixture().await;
     let db = f.app.db().await;
-    let without_rls: Vec<String> = db
-        .query(
-            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    let without_rls = first_column(
+        &db,
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        &[],
+    )
+    .await;
     assert!(
         without_rls.is_empty(),
         "tables without row-level security: {without_rls:?}"
@@ -339,34 +337,23 @@ async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users(
         .get(0);
     assert!(functions >= 2, "the schema's functions are listed: {functions}");
     for role in API_USERS {
-        let executable: Vec<String> = db
-            .query(
-                "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        let executable = first_column(
+            &db,
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                  WHERE n.nspname = 'public' AND has_function_privilege($1, p.oid, 'EXECUTE') ORDER BY 1",
-                &[&role],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+            &[&role],
+        )
+        .await;
         assert!(executable.is_empty(), "{role} may execute {executable:?}");
 
-        let table_privileges: Vec<String> = db
-            .query(
+        let table_privileges = first_column(&db,
                 "SELECT c.relname || ': ' || p.privilege
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
                       unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS p (privilege)
                  WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')
                    AND has_table_privilege($1, c.oid, p.privilege)
                  ORDER BY 1",
-                &[&role],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+&[&role]).await;
         let table_privileges: BTreeSet<String> = table_privileges.into_iter().collect();
         let expected: BTreeSet<String> = match role {
             "authenticated" => [
@@ -380,33 +367,22 @@ async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users(
         };
         assert_eq!(table_privileges, expected, "{role}");
 
-        let sequences: Vec<String> = db
-            .query(
+        let sequences = first_column(&db,
                 "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = 'public' AND c.relkind = 'S'
                    AND (has_sequence_privilege($1, c.oid, 'USAGE') OR has_sequence_privilege($1, c.oid, 'UPDATE'))",
-                &[&role],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+&[&role]).await;
         assert!(sequences.is_empty(), "{role} may use {sequences:?}");
     }
 
-    let policies: Vec<String> = db
-        .query(
-            "SELECT tablename || ' ' || cmd || ' ' || array_to_string(roles, ',') FROM pg_policies
+    let policies = first_column(
+        &db,
+        "SELECT tablename || ' ' || cmd || ' ' || array_to_string(roles, ',') FROM pg_policies
              WHERE schemaname = 'public' AND roles && ARRAY['anon', 'authenticated', 'public']::name[]
              ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        &[],
+    )
+    .await;
     assert_eq!(
         policies,
         vec![
@@ -418,22 +394,10 @@ async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users(
 }
 
 /// Supabase's `auth` schema as far as deleting an account goes: `auth.users`
-/// owned by `supabase_auth_admin` (a role of the cluster; concurrent tests
-/// race to create it, and losing that race is fine), and the app's
-/// `public.profiles` keyed to it with `ON DELETE CASCADE`, as Supabase's
-/// guides make it.
+/// owned by `supabase_auth_admin` (created first, [`create_role_once`]), and
+/// the app's `public.profiles` keyed to it with `ON DELETE CASCADE`, as
+/// Supabase's guides make it.
 const SUPABASE_AUTH: &str = "
-    DO $$
-    BEGIN
-        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'supabase_auth_admin') THEN
-            BEGIN
-                CREATE ROLE supabase_auth_admin NOLOGIN NOINHERIT;
-            EXCEPTION WHEN duplicate_object OR unique_violation THEN
-                NULL;
-            END;
-        END IF;
-    END
-    $$;
     CREATE SCHEMA auth AUTHORIZATION supabase_auth_admin;
     CREATE TABLE auth.users (id UUID PRIMARY KEY);
     ALTER TABLE auth.users OWNER TO supabase_auth_admin;
@@ -448,6 +412,7 @@ async fn rows_of_room(admin: &tokio_postgres::Client, room: &str) -> Vec<(String
          WHERE table_schema = 'public' AND column_name = 'room_name'
            AND table_name IN (SELECT tablename FROM pg_tables WHERE schemaname = 'public')
          ORDER BY 1",
+        &[],
     )
     .await;
     let mut rows = Vec::new();
@@ -482,7 +447,10 @@ async fn supabase_deletes_the_account_of_someone_who_streamed_and_every_row_of_t
     let url = create_database().await;
     prepare_like_supabase(&url).await;
     let admin = connect(&url).await;
-    admin.batch_execute(SUPABASE_AUTH).await.unwrap();
+    admin
+        .batch_execute(&(create_role_once("supabase_auth_admin", "") + SUPABASE_AUTH))
+        .await
+        .unwrap();
     shared::store::migrate::migrate_url(&url).await.unwrap();
     let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
     for user in [host, viewer] {
