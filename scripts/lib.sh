@@ -98,10 +98,14 @@ _install_python_tools() {
     # A venv's scripts name its interpreter by absolute path: a target/
     # restored into another checkout would keep a pip that runs and tools
     # (moto_server, cfn-lint, sam) that fail with "bad interpreter".
-    if [ -d "$VENV_DIR" ] && [ "$(head -n 1 "$VENV_DIR/bin/pip" 2>/dev/null)" != "#!$VENV_DIR/bin/python3" ] &&
-        [ "$(head -n 1 "$VENV_DIR/bin/pip" 2>/dev/null)" != "#!$VENV_DIR/bin/python" ]; then
-        log "python venv at $VENV_DIR was made at another path; recreating it"
-        rm -rf "$VENV_DIR"
+    if [ -d "$VENV_DIR" ]; then
+        case "$(head -n 1 "$VENV_DIR/bin/pip" 2>/dev/null)" in
+        "#!$VENV_DIR/bin/python" | "#!$VENV_DIR/bin/python3") ;;
+        *)
+            log "python venv at $VENV_DIR was made at another path; recreating it"
+            rm -rf "$VENV_DIR"
+            ;;
+        esac
     fi
     if [ ! -d "$VENV_DIR" ]; then
         log "creating python venv at $VENV_DIR"
