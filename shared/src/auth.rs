@@ -56,7 +56,7 @@ const JWKS_MIN_REFETCH: Duration = Duration::from_secs(60);
 /// The least time between two fetches after one failed: short, so a blip of
 /// Supabase Auth costs seconds of 503s, not a minute of them; still one
 /// fetch per container however many requests wait for it.
-const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+pub(crate) const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// While the JWKS cannot be fetched, the previous copy keeps verifying for
 /// this many cache periods after it was fetched (an hour at the default ten

@@ -26,6 +26,18 @@ impl Dependency {
             Dependency::Timeout => "The request took too long",
         }
     }
+
+    /// The `Retry-After` of its 503: when a retry can first succeed. A
+    /// failed startup and a failed fetch of Supabase's keys are tried again
+    /// at most every 5 s per container (`LazyState`, the JWKS cache), so an
+    /// earlier retry would only meet the same 503.
+    pub fn retry_after_seconds(self) -> u64 {
+        match self {
+            Dependency::Configuration => crate::http::STARTUP_RETRY_INTERVAL.as_secs(),
+            Dependency::Auth => crate::auth::JWKS_RETRY_AFTER_FAILURE.as_secs(),
+            Dependency::Database | Dependency::LiveKit | Dependency::Timeout => 2,
+        }
+    }
 }
 
 /// Every way a request can fail. Each variant knows its status, its stable

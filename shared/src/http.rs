@@ -170,9 +170,12 @@ pub struct LazyState {
     retry_interval: Duration,
 }
 
+/// How soon a container tries its startup again after it failed.
+pub const STARTUP_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Default for LazyState {
     fn default() -> Self {
-        LazyState::new(|| Box::pin(AppState::load()), Duration::from_secs(5))
+        LazyState::new(|| Box::pin(AppState::load()), STARTUP_RETRY_INTERVAL)
     }
 }
 
@@ -492,8 +495,8 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
                 headers.insert(ALLOW, allow);
             }
         }
-        ApiError::Unavailable { .. } => {
-            headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        ApiError::Unavailable { dependency, .. } => {
+            headers.insert(RETRY_AFTER, HeaderValue::from(dependency.retry_after_seconds()));
         }
         ApiError::RateLimited { retry_after_seconds } => {
             headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_seconds));

@@ -366,6 +366,18 @@ async fn a_failed_first_jwks_fetch_is_retried_within_seconds() {
     let user = Uuid::new_v4();
     let token = asymmetric("es256-a", &app.claims_for(user));
     app.jwks.set_failing(true);
+    let refused = app
+        .call(
+            issue_token,
+            Some(&token),
+            r#"{"roomName":"any","participantName":"x"}"#,
+        )
+        .await;
+    refused.assert_error(503, "unavailable");
+    assert_eq!(
+        refused.headers["retry-after"], "5",
+        "the keys are fetched again no sooner than that"
+    );
     assert!(matches!(
         app.state.auth.authenticate(&token).await,
         Err(AuthError::KeysUnavailable(_))

@@ -237,6 +237,15 @@ async fn a_failed_cold_start_answers_503_and_retries_without_a_crash_loop() {
     let state = LazyState::new(loader, Duration::from_millis(300));
     let first = state.get().await.err().expect("the secret could not be read");
     assert_eq!((first.status().as_u16(), first.code()), (503, "unavailable"));
+    let answer = shared::http::error_response(&first);
+    assert_eq!(
+        answer.headers()["retry-after"],
+        shared::http::STARTUP_RETRY_INTERVAL
+            .as_secs()
+            .to_string()
+            .as_str(),
+        "a retry sooner than the next startup attempt meets the same 503"
+    );
     assert!(
         state.get().await.is_err(),
         "within the retry interval: no new attempt"
