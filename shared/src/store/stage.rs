@@ -81,6 +81,17 @@ pub enum StageAction {
 }
 
 impl StageAction {
+    /// Takes standing away: a lowered hand, a declined invitation, a guest
+    /// taken off or leaving. Consent withdrawn always goes through (never
+    /// refused for the stage limit, migration 0044, nor for an anonymous
+    /// sign-in, who may have been invited without being able to accept).
+    pub fn withdraws(self) -> bool {
+        matches!(
+            self,
+            StageAction::Lower | StageAction::Decline | StageAction::Remove
+        )
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             StageAction::Raise => "raise",

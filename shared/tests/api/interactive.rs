@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shared::handlers::{
-    accept_stage, invite_to_stage, list_viewers, moderate, post_message, react, remove_from_stage,
-    stream_stats,
+    accept_stage, decline_stage, invite_to_stage, list_viewers, moderate, post_message, react,
+    remove_from_stage, stream_stats,
 };
 use uuid::Uuid;
 
@@ -536,6 +536,63 @@ async fn the_flusher_sends_the_trailing_reactions_while_its_chat_part_fails() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The streamer cannot tell who signed in anonymously, so they may invite
+/// such a viewer; the viewer cannot accept (they may only watch), and must
+/// be able to say no, so the invitation does not hang over them.
+#[tokio::test]
+async fn an_anonymous_viewer_invited_on_stage_can_decline_but_not_accept() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "anonymous-invitee";
+    app.start_stream(host, room).await;
+    let viewer = Uuid::new_v4();
+    let anonymous = app.anonymous_token_for(viewer);
+    let token = app.request_token(&anonymous, room).await;
+    assert_eq!(token.status, 200, "{}", token.body);
+    let _client = app.join(token.body["token"].as_str().unwrap()).await.unwrap();
+    app.wait_for_viewer_count(room, 1).await;
+
+    let invite = json!({"roomName": room, "userId": viewer}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(
+        (invited.status, &invited.body["invited"]),
+        (200, &json!(true)),
+        "{}",
+        invited.body
+    );
+    let answer = json!({"roomName": room}).to_string();
+    app.call(accept_stage, Some(&anonymous), &answer)
+        .await
+        .assert_error(403, "anonymous_not_allowed");
+    let declined = app.call(decline_stage, Some(&anonymous), &answer).await;
+    assert_eq!(
+        (
+            declined.status,
+            &declined.body["invited"],
+            &declined.body["onStage"]
+        ),
+        (200, &json!(false), &json!(false)),
+        "{}",
+        declined.body
+    );
+    let attributes = app.livekit().participants(room).await[0].attributes.clone();
+    assert_eq!(
+        attributes.get("stage_invited").map(String::as_str),
+        Some("false"),
+        "the room learns the invitation is gone: {attributes:?}"
+    );
+    let permission = app.livekit().participants(room).await[0]
+        .permission
+        .clone()
+        .unwrap();
+    assert!(
+        !permission.can_publish && !permission.can_publish_data,
+        "declining gives an anonymous viewer nothing: {permission:?}"
+    );
 }
 
 #[tokio::test]
