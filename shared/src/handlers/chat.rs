@@ -38,9 +38,6 @@ pub struct PostedMessage {
     pub broadcast: bool,
 }
 
-/// What a post keeps of its request's deadline to answer in.
-const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// `POST /live/chat`: store the message, then hand it to the room's batches.
 pub async fn post_message(
     state: &AppState,
@@ -76,12 +73,9 @@ pub async fn post_message(
     // then, so the next post or the flusher sends at once, and a connection
     // cut off in a statement is not pooled.
     let sending = chat_broadcast::send_batches(state, &room, Some(seq));
-    let delivery = match crate::store::db::request_deadline().and_then(|d| d.checked_sub(ANSWER_MARGIN)) {
-        Some(answer_by) => crate::store::db::until_cut_off(answer_by, sending)
-            .await
-            .unwrap_or(Delivery::Failed),
-        None => sending.await,
-    };
+    let delivery = crate::store::db::while_the_answer_can_wait(sending)
+        .await
+        .unwrap_or(Delivery::Failed);
     let broadcast = delivery != Delivery::Failed;
     Ok(Reply::new(
         StatusCode::CREATED,
@@ -235,16 +229,15 @@ pub async fn delete_message(
         tx.commit().await?;
         (owner.room, newly_deleted)
     };
+    let deleted = ChatEvent::ChatDeleted {
+        id: message,
+        room_name: &room,
+    };
+    // Deleted is committed: LiveKit too slow is `broadcast: false`, not a 503.
     let broadcast = newly_deleted
-        && broadcast(
-            state,
-            &room,
-            &ChatEvent::ChatDeleted {
-                id: message,
-                room_name: &room,
-            },
-        )
-        .await;
+        && crate::store::db::while_the_answer_can_wait(broadcast(state, &room, &deleted))
+            .await
+            .unwrap_or(false);
     Ok(Reply::ok(DeletedMessage {
         id: message,
         deleted: true,

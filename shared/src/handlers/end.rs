@@ -29,8 +29,12 @@ pub async fn end_stream(
         } => (ended_at, room_closed),
     };
 
-    // The pooled connection is not held across the LiveKit call.
-    let room_closed = already_closed || close_room(state, &room).await;
+    // The pooled connection is not held across the LiveKit call. The end
+    // is committed: LiveKit too slow is `roomClosed: false`, not a 503.
+    let room_closed = already_closed
+        || crate::store::db::while_the_answer_can_wait(close_room(state, &room))
+            .await
+            .unwrap_or(false);
     Ok(Reply::ok(EndResponse {
         success: true,
         stream: EndedStream {

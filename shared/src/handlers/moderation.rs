@@ -83,39 +83,49 @@ pub async fn moderate(
         // room's standing lock behind posts and stage changes), so LiveKit
         // let their turn's token publish: it is told the standing committed.
         // Not back, they are not found, which is no error.
-        if let Err(error) =
-            super::stage::apply_standing_in_room(state, &room, target, moderated.standing).await
-        {
-            tracing::warn!(%room, %target, %error,
-                "kick committed; a guest who came straight back is corrected by the reconciler");
+        let telling = super::stage::apply_standing_in_room(state, &room, target, moderated.standing);
+        match crate::store::db::while_the_answer_can_wait(telling).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => tracing::warn!(%room, %target, %error,
+                "kick committed; a guest who came straight back is corrected by the reconciler"),
+            None => tracing::warn!(%room, %target,
+                "kick committed; LiveKit too slow, a guest who came straight back is corrected by the reconciler"),
         }
         (moderated.standing, true)
     } else {
         let moderated = chat::moderate(&client, &room, user.id, target, request.action.into()).await?;
         drop(client);
-        let in_room = match request.action {
-            // Tokens minted before the ban (nbf up to this second) are revoked too.
-            ModerationAction::Ban => {
-                state
-                    .livekit
-                    .remove_participant(
-                        &room,
-                        &identity,
-                        Revocation::IssuedBefore(moderated.at_unix_seconds + 1),
-                    )
-                    .await
+        let in_room = async {
+            match request.action {
+                // Tokens minted before the ban (nbf up to this second) are revoked too.
+                ModerationAction::Ban => {
+                    state
+                        .livekit
+                        .remove_participant(
+                            &room,
+                            &identity,
+                            Revocation::IssuedBefore(moderated.at_unix_seconds + 1),
+                        )
+                        .await
+                }
+                // A guest on stage keeps their camera and microphone through a chat mute.
+                ModerationAction::Mute | ModerationAction::Unmute => {
+                    super::stage::apply_standing_in_room(state, &room, target, moderated.standing).await
+                }
+                ModerationAction::Unban | ModerationAction::Kick => Ok(()),
             }
-            // A guest on stage keeps their camera and microphone through a chat mute.
-            ModerationAction::Mute | ModerationAction::Unmute => {
-                super::stage::apply_standing_in_room(state, &room, target, moderated.standing).await
-            }
-            ModerationAction::Unban | ModerationAction::Kick => Ok(()),
         };
-        let room_updated = match in_room {
-            Ok(()) => true,
-            Err(error) => {
+        // Committed: LiveKit too slow is `roomUpdated: false`, not a 503.
+        let room_updated = match crate::store::db::while_the_answer_can_wait(in_room).await {
+            Some(Ok(())) => true,
+            Some(Err(error)) => {
                 tracing::warn!(%room, %target, action = ?request.action, %error,
                     "moderation committed; LiveKit will get it from the webhook or the reconciler");
+                false
+            }
+            None => {
+                tracing::warn!(%room, %target, action = ?request.action,
+                    "moderation committed; LiveKit too slow, it gets it from the webhook or the reconciler");
                 false
             }
         };

@@ -34,13 +34,11 @@ pub async fn react(
     let mut broadcast = false;
     if let Some(due) = due {
         // Lossy: a packet lost or not sent leaves the totals right for the next.
-        match state
-            .livekit
-            .send_lossy(&room, REACTIONS_TOPIC, due.payload()?)
-            .await
-        {
-            Ok(()) => broadcast = true,
-            Err(error) => tracing::warn!(%room, %error, "reactions counted; their packet was not sent"),
+        let sending = state.livekit.send_lossy(&room, REACTIONS_TOPIC, due.payload()?);
+        match crate::store::db::while_the_answer_can_wait(sending).await {
+            Some(Ok(())) => broadcast = true,
+            Some(Err(error)) => tracing::warn!(%room, %error, "reactions counted; their packet was not sent"),
+            None => tracing::warn!(%room, "reactions counted; LiveKit too slow for their packet"),
         }
     }
     Ok(Reply::ok(ReactionOutcome {

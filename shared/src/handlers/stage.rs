@@ -74,11 +74,17 @@ async fn change(
         muted: changed.muted,
         stage: changed.standing,
     };
-    let room_updated = match apply_standing_in_room(state, &room, target, committed).await {
-        Ok(()) => true,
-        Err(error) => {
+    let telling = apply_standing_in_room(state, &room, target, committed);
+    let room_updated = match crate::store::db::while_the_answer_can_wait(telling).await {
+        Some(Ok(())) => true,
+        Some(Err(error)) => {
             tracing::warn!(%room, %target, ?action, %error,
                 "stage change committed; LiveKit gets it from the webhook, the reconciler or the next token");
+            false
+        }
+        None => {
+            tracing::warn!(%room, %target, ?action,
+                "stage change committed; LiveKit too slow, it gets it from the webhook, the reconciler or the next token");
             false
         }
     };

@@ -225,6 +225,22 @@ pub async fn until_cut_off<F: std::future::Future>(cut_off: Instant, work: F) ->
         .ok()
 }
 
+/// What a request keeps of its deadline to answer in, once its decision is
+/// committed and only telling the room is left.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs `work` that follows a committed decision (telling LiveKit) for as
+/// long as the current request can still answer in time: stopped (`None`),
+/// the request answers what was committed instead of a 503 at its deadline,
+/// which would have the app retry what already happened. Unbounded outside
+/// a request's deadline.
+pub async fn while_the_answer_can_wait<F: std::future::Future>(work: F) -> Option<F::Output> {
+    match request_deadline().and_then(|deadline| deadline.checked_sub(ANSWER_MARGIN)) {
+        Some(answer_by) => until_cut_off(answer_by, work).await,
+        None => Some(work.await),
+    }
+}
+
 impl Database {
     /// A pooled connection for the current request.
     pub async fn get(&self) -> Result<Conn, deadpool_postgres::PoolError> {

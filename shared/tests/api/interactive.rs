@@ -4,15 +4,16 @@
 
 use std::time::{Duration, Instant};
 
+use lambda_http::http::Method;
 use serde_json::{Value, json};
 use shared::handlers::{
-    accept_stage, decline_stage, invite_to_stage, list_viewers, moderate, post_message, react,
-    remove_from_stage, stream_stats,
+    accept_stage, decline_stage, delete_message, end_stream, invite_to_stage, list_viewers, moderate,
+    post_message, react, remove_from_stage, stream_stats,
 };
 use uuid::Uuid;
 
 use crate::helpers::{
-    LIVEKIT_API_SECRET, LiveKitMode, Participant, SETTLE, TestApp, get_request, signed_webhook,
+    LIVEKIT_API_SECRET, LiveKitMode, Participant, SETTLE, TestApp, get_request, request_with, signed_webhook,
     verify_livekit_token,
 };
 
@@ -536,6 +537,126 @@ async fn the_flusher_sends_the_trailing_reactions_while_its_chat_part_fails() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// LiveKit hanging after a change is committed: every route that tells the
+/// room afterwards answers what was committed, in time, with its "not told"
+/// flag, never the deadline's 503 that would have the app retry what
+/// already happened (a retried stage change spends the stage limit).
+#[tokio::test]
+async fn committed_changes_answer_in_time_while_livekit_hangs() {
+    let app = TestApp::spawn_with_settings(vec![("REQUEST_DEADLINE_SECONDS", "2".into())]).await;
+    let host = Uuid::new_v4();
+    let room = "livekit-hangs";
+    app.start_stream(host, room).await;
+    let (viewer, _client) = app.viewer_in(room).await;
+    app.wait_for_viewer_count(room, 1).await;
+    let said = app
+        .call(
+            post_message,
+            Some(&app.token_for(viewer)),
+            &json!({"roomName": room, "text": "soon deleted"}).to_string(),
+        )
+        .await;
+    assert_eq!(said.status, 201, "{}", said.body);
+    let message = said.body["message"]["id"].as_str().unwrap().to_owned();
+    app.set_livekit_mode(LiveKitMode::Hanging).await;
+    let host_t = app.token_for(host);
+
+    let invited = app
+        .call(
+            invite_to_stage,
+            Some(&host_t),
+            &json!({"roomName": room, "userId": viewer}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (
+            invited.status,
+            &invited.body["invited"],
+            &invited.body["roomUpdated"]
+        ),
+        (200, &json!(true), &json!(false)),
+        "{}",
+        invited.body
+    );
+    let muted = app
+        .call(
+            moderate,
+            Some(&host_t),
+            &json!({"roomName": room, "userId": viewer, "action": "mute"}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (muted.status, &muted.body["muted"], &muted.body["roomUpdated"]),
+        (200, &json!(true), &json!(false)),
+        "{}",
+        muted.body
+    );
+    let reacted = app
+        .call(
+            react,
+            Some(&app.token_for(Uuid::new_v4())),
+            &json!({"roomName": room, "kind": "fire"}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (reacted.status, &reacted.body["broadcast"]),
+        (200, &json!(false)),
+        "{}",
+        reacted.body
+    );
+    let deleted = app
+        .send(
+            delete_message,
+            request_with(Method::DELETE, Some(&host_t), &[], Some(&message)),
+        )
+        .await;
+    assert_eq!(
+        (
+            deleted.status,
+            &deleted.body["deleted"],
+            &deleted.body["broadcast"]
+        ),
+        (200, &json!(true), &json!(false)),
+        "{}",
+        deleted.body
+    );
+    let committed: (Option<bool>, Option<bool>, i64, bool) = {
+        let row = app
+            .db()
+            .await
+            .query_one(
+                "SELECT (SELECT invited_at IS NOT NULL FROM live_stage
+                          WHERE room_name = $1 AND user_id = $2),
+                        (SELECT muted FROM live_room_restrictions WHERE room_name = $1 AND user_id = $2),
+                        (SELECT coalesce(sum(n), 0)::int8 FROM live_reaction_counts WHERE room_name = $1),
+                        (SELECT deleted_at IS NOT NULL FROM live_messages WHERE room_name = $1)",
+                &[&room, &viewer],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2), row.get(3))
+    };
+    assert_eq!(
+        committed,
+        (Some(true), Some(true), 1, true),
+        "every change stands"
+    );
+
+    let ended = app
+        .call(end_stream, Some(&host_t), &json!({"roomName": room}).to_string())
+        .await;
+    assert_eq!(
+        (ended.status, &ended.body["roomClosed"]),
+        (200, &json!(false)),
+        "{}",
+        ended.body
+    );
+    let is_live: bool = app
+        .db_value("SELECT is_live FROM live_streams WHERE id = $1", &[&room])
+        .await;
+    assert!(!is_live, "the end stands");
 }
 
 /// The streamer cannot tell who signed in anonymously, so they may invite
