@@ -137,6 +137,49 @@ async fn the_profile_key_exists_only_where_profiles_exist() {
 
 /// The viewer rows that lost their foreign key in migration 0018 still go
 /// with their stream, and still pin its id, as the keys did.
+/// A foreign key whose referencing columns lead no index makes every
+/// cascaded delete (and every check of a referenced key's update) scan the
+/// whole referencing table: deleting a streamer's account, which cascades
+/// through their streams and messages, would cost rows × table size.
+#[tokio::test]
+async fn every_foreign_key_has_an_index() {
+    let url = create_database().await;
+    shared::store::migrate::migrate_url(&url).await.unwrap();
+    let client = connect(&url).await;
+    let unindexed: Vec<String> = client
+        .query(
+            "SELECT c.conrelid::regclass::text || ' ' || c.conname
+             FROM pg_constraint c
+             WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace
+               AND NOT EXISTS (
+                   SELECT FROM pg_index i
+                   CROSS JOIN LATERAL (
+                       SELECT array_agg(k) AS leading FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS u (k, position)
+                       WHERE position <= cardinality(c.conkey)) l
+                   WHERE i.indrelid = c.conrelid AND l.leading @> c.conkey AND l.leading <@ c.conkey)
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let keys: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(keys >= 10, "the schema's foreign keys were found: {keys}");
+    assert!(
+        unindexed.is_empty(),
+        "foreign keys without an index: {unindexed:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_deleted_stream_takes_its_viewer_rows_with_it() {
     let url = create_database().await;

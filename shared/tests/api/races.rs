@@ -1861,3 +1861,52 @@ async fn spawn_without_lock_timeout(
         .unwrap();
     (app, admin)
 }
+
+/// A stream row held by another transaction (an end closing a big room
+/// holds its row while it closes the sessions) does not hold up the
+/// once-a-second flush of every other room: the flusher skips that row,
+/// and a later tick writes it.
+#[tokio::test]
+async fn a_stream_row_held_elsewhere_does_not_hold_up_the_flush_of_the_others() {
+    let app = TestApp::spawn().await;
+    for room in ["held-room", "free-room"] {
+        app.start_stream(Uuid::new_v4(), room).await;
+    }
+    let admin = crate::helpers::connect(&app.database_url).await;
+    let stale_copies =
+        "UPDATE live_streams SET viewer_count = 7, viewer_count_written_at = now() - interval '1 minute'";
+    admin.batch_execute(stale_copies).await.unwrap();
+    let copies = || async {
+        admin
+            .query("SELECT id, viewer_count FROM live_streams ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, i32>(1)))
+            .collect::<Vec<_>>()
+    };
+
+    let mut holder = crate::helpers::connect(&app.database_url).await;
+    let held = holder.transaction().await.unwrap();
+    held.execute("SELECT FROM live_streams WHERE id = 'held-room' FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let flushed = shared::scheduled::flush::flush_once(&app.state).await;
+    assert_eq!(
+        flushed.ok(),
+        Some(1),
+        "the free room written, the held one skipped"
+    );
+    assert_eq!(
+        copies().await,
+        [("free-room".to_owned(), 0), ("held-room".to_owned(), 7)]
+    );
+
+    held.rollback().await.unwrap();
+    let flushed = shared::scheduled::flush::flush_once(&app.state).await;
+    assert_eq!(flushed.ok(), Some(1), "the held room's turn");
+    assert_eq!(
+        copies().await,
+        [("free-room".to_owned(), 0), ("held-room".to_owned(), 0)]
+    );
+}
