@@ -53,6 +53,13 @@ const DEFAULT_ROOM_EMPTY_TIMEOUT_SECONDS: u32 = 300;
 /// dropped to reconnect before the room (and the stream) is gone.
 const DEFAULT_ROOM_DEPARTURE_TIMEOUT_SECONDS: u32 = 120;
 const DEFAULT_RECONCILE_GRACE_SECONDS: u64 = 120;
+/// A run's listing of LiveKit's rooms is up to its whole run (50 s at most)
+/// old when it reaches a room. A grace at least that long means a stream is
+/// ended only by a listing taken after its clock started: with less, two runs
+/// whose listings predate a retried start (which re-creates the room and
+/// stops the clock, migration 0039) could start the clock anew and end the
+/// stream the retry had just answered 200 for.
+const MIN_RECONCILE_GRACE_SECONDS: u64 = 60;
 /// Every request is answered within this, whatever a dependency does: well
 /// inside the function's 10 s timeout, so the client gets our 503 instead of
 /// API Gateway's bare error, and far from API Gateway's 30 s limit. The
@@ -257,7 +264,7 @@ impl Config {
             &get,
             RECONCILE_GRACE_SECONDS,
             DEFAULT_RECONCILE_GRACE_SECONDS,
-            0..=86_400,
+            MIN_RECONCILE_GRACE_SECONDS..=86_400,
         )?);
 
         let supabase_url = match get(SUPABASE_URL) {
@@ -745,6 +752,8 @@ mod tests {
             (LIVEKIT_ROOM_EMPTY_TIMEOUT_SECONDS, "-1"),
             (LIVEKIT_ROOM_MAX_PARTICIPANTS, "lots"),
             (RECONCILE_GRACE_SECONDS, "1.5"),
+            (RECONCILE_GRACE_SECONDS, "0"),
+            (RECONCILE_GRACE_SECONDS, "59"),
             (SUPABASE_URL, "abc.supabase.co"),
             (SUPABASE_URL, "http://abc.supabase.co"),
             (SUPABASE_URL, "http://10.0.0.5:54321"),

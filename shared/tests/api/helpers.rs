@@ -272,7 +272,7 @@ pub struct AppOptions {
     pub livekit_url: Option<String>,
     pub livekit: LiveKitChoice,
     pub database_ca_cert: Option<String>,
-    /// More settings by name, e.g. `("RECONCILE_GRACE_SECONDS", "0")`.
+    /// More settings by name, e.g. `("RECONCILE_GRACE_SECONDS", "300")`.
     pub settings: Vec<(&'static str, String)>,
     /// A Secrets Manager secret whose settings win over the ones above, as
     /// with `APP_SECRET_ID` in production.
