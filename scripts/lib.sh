@@ -25,6 +25,14 @@ die() { log "error: $*"; exit 1; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
+# Builds and tools made by another user (a run as root, then one as yourself,
+# or the other way round) are theirs: say so at once, rather than fail on a
+# lock file or cargo's target/debug with no reason given, or (as root) leave
+# files in them that their owner can no longer replace.
+if [ -e "$ROOT/target" ] && [ ! -O "$ROOT/target" ]; then
+    die "$ROOT/target belongs to another user ($(stat -c %U "$ROOT/target")): run as that user, or remove target/ and run again"
+fi
+
 # The Lambda functions, one per line: a package per functions/<name>, its
 # binary of the same name.
 lambda_functions() {
@@ -64,11 +72,6 @@ with_lock() {
     local name=$1 rc=0
     shift
     mkdir -p "$TOOLS_DIR"
-    # Tools set up by another user (a run as root, then one as yourself) are
-    # theirs: say so, rather than fail on the lock file with no reason given.
-    if [ -e "$TOOLS_DIR/$name.lock" ] && [ ! -w "$TOOLS_DIR/$name.lock" ]; then
-        die "$TOOLS_DIR belongs to another user ($(stat -c %U "$TOOLS_DIR/$name.lock")): run as that user, or remove target/tools and run again"
-    fi
     if command -v flock >/dev/null 2>&1; then
         (
             flock 9
@@ -97,10 +100,13 @@ _install_python_tools() {
     fi
     # A venv's scripts name its interpreter by absolute path: a target/
     # restored into another checkout would keep a pip that runs and tools
-    # (moto_server, cfn-lint, sam) that fail with "bad interpreter".
+    # (moto_server, cfn-lint, sam) that fail with "bad interpreter". Its pip
+    # script, run as such, says which venv it runs in; its first line alone
+    # would not (a path with a space, or too long for a shebang, gets a
+    # two-line /bin/sh launcher instead).
     if [ -d "$VENV_DIR" ]; then
-        case "$(head -n 1 "$VENV_DIR/bin/pip" 2>/dev/null)" in
-        "#!$VENV_DIR/bin/python" | "#!$VENV_DIR/bin/python3") ;;
+        case "$("$VENV_DIR/bin/pip" --version 2>/dev/null)" in
+        *" from $VENV_DIR/lib/"*) ;;
         *)
             log "python venv at $VENV_DIR was made at another path; recreating it"
             rm -rf "$VENV_DIR"
@@ -696,10 +702,17 @@ _install_livekit_server() {
     # straight from their repositories: "direct" (and "off") entries of
     # GOPROXY are dropped, proxies of the machine's own kept, and with none
     # left the public proxy is used.
+    # GOPATH (the checksum database's cache) and the config directory (Go's
+    # telemetry counters) go there as well; the user's own Go settings are
+    # still read from where they keep them.
     local goproxy
-    goproxy="$(go env GOPROXY 2>/dev/null | tr ',|' '\n\n' | grep -vxE 'direct|off|' | paste -sd, - || true)"
+    local -a goenv=(
+        GOENV="${GOENV:-${XDG_CONFIG_HOME:-$HOME/.config}/go/env}"
+        GOPATH="$TOOLS_DIR/go/path" XDG_CONFIG_HOME="$TOOLS_DIR/go/config"
+    )
+    goproxy="$(env "${goenv[@]}" go env GOPROXY 2>/dev/null | tr ',|' '\n\n' | grep -vxE 'direct|off|' | paste -sd, - || true)"
     [ -n "$goproxy" ] || goproxy=https://proxy.golang.org
-    if ! GOBIN="$bindir" GOMODCACHE="$TOOLS_DIR/go/mod" GOCACHE="$TOOLS_DIR/go/cache" \
+    if ! env "${goenv[@]}" GOBIN="$bindir" GOMODCACHE="$TOOLS_DIR/go/mod" GOCACHE="$TOOLS_DIR/go/cache" \
         GOFLAGS="-mod=mod -modcacherw" GOTOOLCHAIN=local GOPROXY="$goproxy" \
         go install "$LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION"; then
         die "go install $LIVEKIT_SERVER_MODULE@$LIVEKIT_SERVER_VERSION failed (see above); the LiveKit tests cannot run without it"
