@@ -349,3 +349,82 @@ fn the_supabase_url_pattern_refuses_what_the_functions_refuse() {
         );
     }
 }
+
+/// Every function's role is bounded to what the functions do: write their
+/// own log groups' streams and read the app's secret. SAM's generated roles
+/// carry AWSLambdaBasicExecutionRole, which allows writing to every log group
+/// of the account; the boundary takes that away.
+#[test]
+fn every_function_may_write_only_this_stacks_logs_and_read_only_its_secret() {
+    let template = template();
+    let boundary_name = "FunctionPermissionsBoundary";
+    assert!(
+        is_ref_to(
+            &template["Globals"]["Function"]["PermissionsBoundary"],
+            boundary_name
+        ),
+        "Globals.Function.PermissionsBoundary names the boundary"
+    );
+    for (name, function) in functions(&template) {
+        let own = &function["Properties"]["PermissionsBoundary"];
+        assert!(own.is_null(), "{name} keeps the global boundary, not {own:?}");
+        assert!(
+            function["Properties"]["Role"].is_null(),
+            "{name}: SAM makes its role"
+        );
+    }
+    let boundary = &template["Resources"][boundary_name];
+    assert_eq!(boundary["Type"].as_str(), Some("AWS::IAM::ManagedPolicy"));
+    let statements = boundary["Properties"]["PolicyDocument"]["Statement"]
+        .as_sequence()
+        .expect("the boundary's statements");
+    let mut allowed = Vec::new();
+    for statement in statements {
+        assert_eq!(statement["Effect"].as_str(), Some("Allow"), "{statement:?}");
+        let actions: Vec<&str> = match &statement["Action"] {
+            Value::String(action) => vec![action.as_str()],
+            Value::Sequence(actions) => actions.iter().filter_map(Value::as_str).collect(),
+            other => panic!("Action: {other:?}"),
+        };
+        let resource = match &statement["Resource"] {
+            Value::Tagged(tagged) => format!("{} {}", tagged.tag, tagged.value.as_str().unwrap_or("")),
+            other => panic!("Resource is a !Sub or a !Ref, not {other:?}"),
+        };
+        for action in actions {
+            assert!(!action.contains('*'), "no wildcard actions: {action}");
+            allowed.push((action.to_owned(), resource.clone()));
+        }
+    }
+    allowed.sort();
+    let logs = "!Sub arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:/aws/lambda/${AWS::StackName}/*:*";
+    assert_eq!(
+        allowed,
+        [
+            ("logs:CreateLogStream".to_owned(), logs.to_owned()),
+            ("logs:PutLogEvents".to_owned(), logs.to_owned()),
+            (
+                "secretsmanager:GetSecretValue".to_owned(),
+                "!Ref AppSecretArn".to_owned()
+            ),
+        ]
+    );
+    // The log groups the functions write to are all under that prefix
+    // (every_function_logs_to_a_group_the_stack_creates_before_it).
+    for (name, function) in functions(&template) {
+        let group = &function["Properties"]["LoggingConfig"]["LogGroup"];
+        let Value::Tagged(reference) = group else {
+            panic!("{name}: {group:?}");
+        };
+        let group = &template["Resources"][reference.value.as_str().unwrap()];
+        let Value::Tagged(group_name) = &group["Properties"]["LogGroupName"] else {
+            panic!("{name}: LogGroupName is not a !Sub");
+        };
+        assert!(
+            group_name
+                .value
+                .as_str()
+                .is_some_and(|pattern| pattern.starts_with("/aws/lambda/${AWS::StackName}/")),
+            "{name} logs where the boundary lets it"
+        );
+    }
+}
