@@ -251,11 +251,26 @@ fn is_transient_sqlstate(code: &str) -> bool {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(err: tokio_postgres::Error) -> Self {
-        match err.as_db_error() {
-            Some(db) if !is_transient_sqlstate(db.code().code()) => ApiError::internal(err),
-            _ => ApiError::unavailable(Dependency::Database, err),
+        let transient = match err.as_db_error() {
+            Some(db) => is_transient_sqlstate(db.code().code()),
+            None => is_lost_connection(&err),
+        };
+        if transient {
+            ApiError::unavailable(Dependency::Database, err)
+        } else {
+            ApiError::internal(err)
         }
     }
+}
+
+/// An error with no SQLSTATE is the connection's (closed, or its socket
+/// failed: the database is away, retry) or ours: a query that returned
+/// another number of rows than it must, a value of another type than the
+/// code reads. Those fail the same way on every retry, so they are a 500 (a
+/// bug, and the alarm says so), not a 503 that tells the app to try again.
+fn is_lost_connection(err: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    err.is_closed() || err.source().is_some_and(|cause| cause.is::<std::io::Error>())
 }
 
 impl From<deadpool_postgres::PoolError> for ApiError {

@@ -381,3 +381,45 @@ async fn starts_and_tokens_are_rate_limited_per_user_across_containers() {
         "per user"
     );
 }
+
+/// A query that cannot succeed however often it is tried (a row that must be
+/// there and is not, a value read as another type) is a 500, a bug that the
+/// alarm reports; a connection the database dropped, before and after the
+/// client notices, is a 503 the app retries.
+#[tokio::test]
+async fn our_own_mistakes_are_a_500_and_a_lost_connection_a_503() {
+    let url = crate::helpers::migrated_database().await;
+    let client = crate::helpers::connect(&url).await;
+    let status = |error: tokio_postgres::Error| shared::ApiError::from(error).status().as_u16();
+
+    let no_row = client.query_one("SELECT 1 WHERE false", &[]).await.unwrap_err();
+    assert_eq!(status(no_row), 500);
+    let row = client.query_one("SELECT 1::int4", &[]).await.unwrap();
+    let wrong_type = row.try_get::<_, String>(0).unwrap_err();
+    assert_eq!(status(wrong_type), 500);
+    let bad_sql = client.query_one("SELECT no_such_column", &[]).await.unwrap_err();
+    assert_eq!(status(bad_sql), 500, "a statement of ours Postgres refuses");
+
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    crate::helpers::connect(&url)
+        .await
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !client.is_closed() {
+        assert!(Instant::now() < deadline, "the connection never closed");
+        if let Err(error) = client.query_one("SELECT 1", &[]).await {
+            seen.push(status(error));
+        }
+    }
+    let closed = client.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert!(closed.is_closed(), "{closed}");
+    seen.push(status(closed));
+    assert!(seen.iter().all(|s| *s == 503), "{seen:?}");
+}
