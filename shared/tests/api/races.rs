@@ -378,8 +378,9 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
 }
 
 /// A flush tick stopped at its invocation's cut-off while its statement
-/// waits (here for a row lock held elsewhere) cancels that statement: the
-/// pooled connection goes to the next invocation clean, not queued behind it.
+/// waits (here for the count shards, locked elsewhere: a migration's lock;
+/// a stream row held elsewhere it skips) cancels that statement: the pooled
+/// connection goes to the next invocation clean, not queued behind it.
 #[tokio::test]
 async fn a_flush_stopped_at_its_cut_off_leaves_no_statement_behind() {
     // Only the cancel may end the wait (the role's lock_timeout is 2 s).
@@ -403,7 +404,10 @@ async fn a_flush_stopped_at_its_cut_off_leaves_no_statement_behind() {
         )
         .await
         .unwrap();
-    let held = hold_stream_row(&app, "flushed").await;
+    let held = app.db().await;
+    held.batch_execute("BEGIN; LOCK TABLE live_viewer_counts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let started = Instant::now();
     let report = shared::scheduled::flush::flush_until(
         &app.state,
