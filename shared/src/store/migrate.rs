@@ -76,6 +76,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(47, "0047_the_reconciler_waits_for_ends_and_bans"),
     migration!(48, "0048_subscribers_learn_of_deleted_messages"),
     migration!(49, "0049_cascades_and_the_flusher_wait_for_nothing"),
+    migration!(50, "0050_no_standing_no_return_clock"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -659,6 +659,52 @@ async fn committed_changes_answer_in_time_while_livekit_hangs() {
     assert!(!is_live, "the end stands");
 }
 
+/// A guest whose connection was lost keeps their turn for
+/// `STAGE_RETURN_SECONDS` (`away_since`); a ban, or the host taking them off,
+/// ends the turn and with it the clock, which would otherwise run on a row
+/// with nothing to return to (migration 0050).
+#[tokio::test]
+async fn ending_an_away_guests_turn_stops_their_return_clock() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "away-guests";
+    app.start_stream(host, room).await;
+    let (banned, removed) = (Uuid::new_v4(), Uuid::new_v4());
+    let db = app.db().await;
+    db.execute(
+        "INSERT INTO live_stage (room_name, user_id, on_stage_since, was_on_stage, away_since)
+         SELECT $1, u, now() - interval '1 minute', true, now() FROM unnest($2::uuid[]) AS u",
+        &[&room, &vec![banned, removed]],
+    )
+    .await
+    .unwrap();
+    let host_t = app.token_for(host);
+    let ban = json!({"roomName": room, "userId": banned, "action": "ban"}).to_string();
+    assert_eq!(app.call(moderate, Some(&host_t), &ban).await.status, 200);
+    let remove = json!({"roomName": room, "userId": removed}).to_string();
+    let taken_off = app.call(remove_from_stage, Some(&host_t), &remove).await;
+    assert_eq!(
+        (taken_off.status, &taken_off.body["onStage"]),
+        (200, &json!(false)),
+        "{}",
+        taken_off.body
+    );
+    let rows: Vec<(Uuid, bool, bool)> = db
+        .query(
+            "SELECT user_id, on_stage_since IS NULL, away_since IS NULL FROM live_stage
+             WHERE room_name = $1 ORDER BY user_id",
+            &[&room],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let mut expected = vec![(banned, true, true), (removed, true, true)];
+    expected.sort();
+    assert_eq!(rows, expected, "off the stage, and no clock left running");
+}
+
 /// The streamer cannot tell who signed in anonymously, so they may invite
 /// such a viewer; the viewer cannot accept (they may only watch), and must
 /// be able to say no, so the invitation does not hang over them.
