@@ -27,6 +27,9 @@ use crate::store::stage::{self, HandKey, StageAction, StageEntry, StageStanding}
 use crate::store::streams;
 
 pub const DEFAULT_HANDS_PAGE: i64 = 50;
+/// How many lapsed away turns a change refused for a full stage ends in its
+/// room before it tries again: more than a stage has places.
+const STAGE_PLACES_FREED: i64 = 100;
 pub const MAX_HANDS_PAGE: i64 = 100;
 
 #[derive(Debug, Serialize)]
@@ -55,16 +58,35 @@ async fn change(
     }
     let changed = {
         let client = state.db.get().await?;
-        stage::change(
-            &client,
-            &room,
-            user.id,
-            target,
-            action,
-            state.rules.max_stage_guests,
-            state.limits.stage,
-        )
-        .await?
+        let attempt = || {
+            stage::change(
+                &client,
+                &room,
+                user.id,
+                target,
+                action,
+                state.rules.max_stage_guests,
+                state.limits.stage,
+            )
+        };
+        match attempt().await {
+            // A guest whose time to return ran out still holds a place until
+            // the reconciler's next run: free those places now and try again.
+            Err(ApiError::StageFull { .. })
+                if stage::end_lapsed_away_turns(
+                    &client,
+                    Some(&room),
+                    state.rules.stage_return,
+                    STAGE_PLACES_FREED,
+                )
+                .await?
+                .ended
+                    > 0 =>
+            {
+                attempt().await?
+            }
+            outcome => outcome?,
+        }
     };
     // A repeat that changed nothing tells the room too: it is how the app
     // retries a change that answered `roomUpdated: false`, and LiveKit may

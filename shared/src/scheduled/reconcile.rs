@@ -432,51 +432,19 @@ async fn prune_viewers_seen(
     Ok(pruned)
 }
 
-/// Ends the stage standing (turn, invitation, raised hand) of viewers whose
-/// connection was lost more than `stage_return` ago (migration 0028) and who
-/// have not come back. A row a stage change or a join holds now is left for
-/// the next run rather than waited for; one whose viewer is back (their join
-/// raced the mark) only loses the mark. Nobody in the room needs telling:
-/// the viewer is not there, and the join of a token minted on stage is
-/// corrected by the webhook.
+/// Ends the stage standing of every viewer whose time to return has run out
+/// ([`crate::store::stage::end_lapsed_away_turns`]), in batches.
 async fn end_stage_turns_of_the_gone(
     client: &tokio_postgres::Client,
     stage_return: Duration,
     until: Instant,
 ) -> Result<usize, ApiError> {
-    let stage_return_seconds = stage_return.as_secs_f64();
-    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
-        [(&stage_return_seconds, Type::FLOAT8), (&PRUNE_BATCH, Type::INT8)];
     let ended = std::cell::Cell::new(0);
     in_batches(until, || async {
-        let rows = client
-            .query_typed(
-                "WITH lapsed AS (
-                     SELECT a.room_name, a.user_id,
-                            EXISTS (SELECT FROM live_presence p
-                                    WHERE p.room_name = a.room_name AND p.identity = a.user_id::text) AS back
-                     FROM live_stage a
-                     WHERE a.away_since < now() - make_interval(secs => $1)
-                     ORDER BY a.away_since
-                     LIMIT $2
-                     FOR UPDATE OF a SKIP LOCKED)
-                 UPDATE live_stage g
-                 SET hand_raised_at = CASE WHEN l.back THEN g.hand_raised_at END,
-                     invited_at = CASE WHEN l.back THEN g.invited_at END,
-                     on_stage_since = CASE WHEN l.back THEN g.on_stage_since END,
-                     away_since = NULL
-                 FROM lapsed l
-                 WHERE g.room_name = l.room_name AND g.user_id = l.user_id
-                 RETURNING NOT l.back AS turn_ended",
-                &params,
-            )
-            .await?;
-        for row in &rows {
-            if row.try_get::<_, bool>(0).map_err(ApiError::internal)? {
-                ended.set(ended.get() + 1);
-            }
-        }
-        Ok(rows.len())
+        let lapsed =
+            crate::store::stage::end_lapsed_away_turns(client, None, stage_return, PRUNE_BATCH).await?;
+        ended.set(ended.get() + lapsed.ended);
+        Ok(lapsed.rows)
     })
     .await?;
     Ok(ended.get())

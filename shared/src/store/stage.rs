@@ -194,6 +194,71 @@ pub async fn change(
     })
 }
 
+/// What [`end_lapsed_away_turns`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lapsed {
+    /// Rows whose time to return had run out.
+    pub rows: usize,
+    /// Of those, the standings ended (the others' viewers were back).
+    pub ended: usize,
+}
+
+/// Ends the stage standing (turn, invitation, raised hand) of viewers whose
+/// connection was lost more than `stage_return` ago (migration 0028) and who
+/// have not come back, in `room` or every room, at most `limit` of them. A
+/// row a stage change or a join holds now is left for later rather than
+/// waited for; one whose viewer is back (their join raced the mark) only
+/// loses the mark. Nobody in the room needs telling: the viewer is not
+/// there, and the join of a token minted on stage is corrected by the
+/// webhook. The reconciler runs it every minute for every room; a change
+/// refused for a full stage runs it for its room first, so a lapsed guest's
+/// place does not wait for that minute.
+pub async fn end_lapsed_away_turns(
+    client: &Client,
+    room: Option<&RoomName>,
+    stage_return: std::time::Duration,
+    limit: i64,
+) -> Result<Lapsed, ApiError> {
+    let stage_return_seconds = stage_return.as_secs_f64();
+    let rows = client
+        .query_typed(
+            "WITH lapsed AS (
+                 SELECT a.room_name, a.user_id,
+                        EXISTS (SELECT FROM live_presence p
+                                WHERE p.room_name = a.room_name AND p.identity = a.user_id::text) AS back
+                 FROM live_stage a
+                 WHERE a.away_since < now() - make_interval(secs => $1)
+                   AND ($3::text IS NULL OR a.room_name = $3)
+                 ORDER BY a.away_since
+                 LIMIT $2
+                 FOR UPDATE OF a SKIP LOCKED)
+             UPDATE live_stage g
+             SET hand_raised_at = CASE WHEN l.back THEN g.hand_raised_at END,
+                 invited_at = CASE WHEN l.back THEN g.invited_at END,
+                 on_stage_since = CASE WHEN l.back THEN g.on_stage_since END,
+                 away_since = NULL
+             FROM lapsed l
+             WHERE g.room_name = l.room_name AND g.user_id = l.user_id
+             RETURNING NOT l.back AS turn_ended",
+            &[
+                (&stage_return_seconds, Type::FLOAT8),
+                (&limit, Type::INT8),
+                (&room.map(RoomName::as_str), Type::TEXT),
+            ],
+        )
+        .await?;
+    let mut lapsed = Lapsed {
+        rows: rows.len(),
+        ended: 0,
+    };
+    for row in &rows {
+        if row.try_get::<_, bool>(0).map_err(ApiError::internal)? {
+            lapsed.ended += 1;
+        }
+    }
+    Ok(lapsed)
+}
+
 /// A viewer on the stage list.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -705,6 +705,55 @@ async fn ending_an_away_guests_turn_stops_their_return_clock() {
     assert_eq!(rows, expected, "off the stage, and no clock left running");
 }
 
+/// A guest whose time to return ran out frees their place for the next
+/// guest at once, not at the reconciler's next run; one still within it
+/// keeps the place.
+#[tokio::test]
+async fn a_guest_whose_time_to_return_ran_out_frees_their_place_at_once() {
+    let app = TestApp::spawn_with_settings(vec![("MAX_STAGE_GUESTS", "1".into())]).await;
+    let host = Uuid::new_v4();
+    let room = "lapsed-place";
+    app.start_stream(host, room).await;
+    let (viewer, _client) = app.viewer_in(room).await;
+    app.wait_for_viewer_count(room, 1).await;
+    let away = Uuid::new_v4();
+    let db = app.db().await;
+    db.execute(
+        "INSERT INTO live_stage (room_name, user_id, on_stage_since, was_on_stage, away_since)
+         VALUES ($1, $2, now() - interval '5 minutes', true, now() - interval '10 seconds')",
+        &[&room, &away],
+    )
+    .await
+    .unwrap();
+    let host_t = app.token_for(host);
+    let invite = json!({"roomName": room, "userId": viewer}).to_string();
+    app.call(invite_to_stage, Some(&host_t), &invite)
+        .await
+        .assert_error(409, "stage_full");
+
+    // Past STAGE_RETURN_SECONDS (60 by default) since the connection was lost.
+    db.execute(
+        "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
+        &[&room, &away],
+    )
+    .await
+    .unwrap();
+    let invited = app.call(invite_to_stage, Some(&host_t), &invite).await;
+    assert_eq!(
+        (invited.status, &invited.body["invited"]),
+        (200, &json!(true)),
+        "{}",
+        invited.body
+    );
+    let place_freed: bool = app
+        .db_value(
+            "SELECT on_stage_since IS NULL AND away_since IS NULL FROM live_stage WHERE room_name = $1 AND user_id = $2",
+            &[&room, &away],
+        )
+        .await;
+    assert!(place_freed, "the lapsed guest's turn ended");
+}
+
 /// The streamer cannot tell who signed in anonymously, so they may invite
 /// such a viewer; the viewer cannot accept (they may only watch), and must
 /// be able to say no, so the invitation does not hang over them.
