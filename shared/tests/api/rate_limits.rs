@@ -4,8 +4,8 @@
 
 use serde_json::json;
 use shared::handlers::{
-    accept_stage, decline_stage, end_stream, invite_to_stage, issue_token, moderate, raise_hand, react,
-    remove_from_stage, stage_state, start_stream, stream_stats,
+    accept_stage, decline_stage, end_stream, invite_to_stage, issue_token, moderate, post_message,
+    raise_hand, react, remove_from_stage, stage_state, start_stream, stream_stats,
 };
 use uuid::Uuid;
 
@@ -81,31 +81,50 @@ async fn the_state_is_one_timestamp_per_key_in_an_unlogged_table() {
     assert_eq!(columns, 2, "key and one timestamp, whatever the limit");
 }
 
-/// A refused token request or tap (banned, unknown room, ended stream) gets
-/// its refusal every time, never a 429 once the limit is spent, and leaves
-/// the caller's budget to the requests that are served.
+/// A refused token request, tap or chat post (banned, muted, unknown room,
+/// ended stream) gets its refusal every time, never a 429 once the limit is
+/// spent, and leaves the caller's budget to the requests that are served.
+/// (Each call's future is boxed: inlined, the test's own future outgrew the
+/// test thread's stack.)
 #[tokio::test]
 async fn refusals_keep_their_answer_and_do_not_use_up_the_limit() {
     let app = TestApp::spawn_with_settings(vec![
         ("TOKEN_RATE_LIMIT_REQUESTS", "2".into()),
         ("REACTION_RATE_LIMIT_TAPS", "2".into()),
+        ("CHAT_RATE_LIMIT_MESSAGES", "2".into()),
+        ("CHAT_RATE_LIMIT_WINDOW_SECONDS", "600".into()),
     ])
     .await;
-    let (host, banned, viewer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (host, banned, muted, viewer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     app.start_stream(host, "limited-refusals").await;
-    let ban = json!({"roomName": "limited-refusals", "userId": banned, "action": "ban"}).to_string();
+    let ended_host = Uuid::new_v4();
+    app.start_stream(ended_host, "limited-ended").await;
+    for (user, action) in [(banned, "ban"), (muted, "mute")] {
+        let body = json!({"roomName": "limited-refusals", "userId": user, "action": action}).to_string();
+        assert_eq!(
+            app.call(moderate, Some(&app.token_for(host)), &body).await.status,
+            200
+        );
+    }
+    let end = json!({"roomName": "limited-ended"}).to_string();
     assert_eq!(
-        app.call(moderate, Some(&app.token_for(host)), &ban).await.status,
+        app.call(end_stream, Some(&app.token_for(ended_host)), &end)
+            .await
+            .status,
         200
     );
     let app = &app;
     let token = |user: Uuid, room: &str| {
         let body = json!({"roomName": room, "participantName": "Ada"}).to_string();
-        async move { app.call(issue_token, Some(&app.token_for(user)), &body).await }
+        async move { Box::pin(app.call(issue_token, Some(&app.token_for(user)), &body)).await }
     };
     let tap = |user: Uuid, room: &str| {
         let body = json!({"roomName": room, "kind": "heart"}).to_string();
-        async move { app.call(react, Some(&app.token_for(user)), &body).await }
+        async move { Box::pin(app.call(react, Some(&app.token_for(user)), &body)).await }
+    };
+    let say = |user: Uuid, room: &str| {
+        let body = json!({"roomName": room, "text": "hello"}).to_string();
+        async move { Box::pin(app.call(post_message, Some(&app.token_for(user)), &body)).await }
     };
 
     for _ in 0..4 {
@@ -113,15 +132,30 @@ async fn refusals_keep_their_answer_and_do_not_use_up_the_limit() {
             .await
             .assert_error(403, "banned");
         tap(banned, "limited-refusals").await.assert_error(403, "banned");
+        say(banned, "limited-refusals").await.assert_error(403, "banned");
+        say(muted, "limited-refusals").await.assert_error(403, "muted");
         token(viewer, "nowhere")
             .await
             .assert_error(404, "stream_not_found");
         tap(viewer, "nowhere").await.assert_error(404, "stream_not_found");
+        say(viewer, "nowhere").await.assert_error(404, "stream_not_found");
+        say(viewer, "limited-ended")
+            .await
+            .assert_error(409, "stream_ended");
     }
-    // The viewer's refusals spent nothing: the limit is theirs whole.
+    // The refusals spent nothing: the limit is theirs whole.
+    let unmute = json!({"roomName": "limited-refusals", "userId": muted, "action": "unmute"}).to_string();
+    assert_eq!(
+        app.call(moderate, Some(&app.token_for(host)), &unmute)
+            .await
+            .status,
+        200
+    );
     for _ in 0..2 {
         assert_eq!(token(viewer, "limited-refusals").await.status, 200);
         assert_eq!(tap(viewer, "limited-refusals").await.status, 200);
+        assert_eq!(say(viewer, "limited-refusals").await.status, 201);
+        assert_eq!(say(muted, "limited-refusals").await.status, 201);
     }
     token(viewer, "limited-refusals")
         .await
@@ -129,6 +163,49 @@ async fn refusals_keep_their_answer_and_do_not_use_up_the_limit() {
     tap(viewer, "limited-refusals")
         .await
         .assert_error(429, "rate_limited");
+    say(viewer, "limited-refusals")
+        .await
+        .assert_error(429, "rate_limited");
+    say(muted, "limited-refusals")
+        .await
+        .assert_error(429, "rate_limited");
+}
+
+/// The chat limit is per stream (a viewer who spent it in one room may talk
+/// in another), and a ban or a mute holds in its stream only.
+#[tokio::test]
+async fn the_chat_limit_and_moderation_hold_in_their_own_stream_only() {
+    let app = TestApp::spawn_with_settings(vec![
+        ("CHAT_RATE_LIMIT_MESSAGES", "1".into()),
+        ("CHAT_RATE_LIMIT_WINDOW_SECONDS", "600".into()),
+    ])
+    .await;
+    let (host, other_host, chatty, banned) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(host, "room-a").await;
+    app.start_stream(other_host, "room-b").await;
+    let app = &app;
+    let say = |user: Uuid, room: &str| {
+        let body = json!({"roomName": room, "text": "hello"}).to_string();
+        async move { app.call(post_message, Some(&app.token_for(user)), &body).await }
+    };
+    assert_eq!(say(chatty, "room-a").await.status, 201);
+    say(chatty, "room-a").await.assert_error(429, "rate_limited");
+    assert_eq!(say(chatty, "room-b").await.status, 201, "another stream's budget");
+
+    let ban = json!({"roomName": "room-a", "userId": banned, "action": "ban"}).to_string();
+    assert_eq!(
+        app.call(moderate, Some(&app.token_for(host)), &ban).await.status,
+        200
+    );
+    say(banned, "room-a").await.assert_error(403, "banned");
+    app.request_token(&app.token_for(banned), "room-a")
+        .await
+        .assert_error(403, "banned");
+    assert_eq!(say(banned, "room-b").await.status, 201, "banned from room-a only");
+    assert_eq!(
+        app.request_token(&app.token_for(banned), "room-b").await.status,
+        200
+    );
 }
 
 /// The stage's limit counts only the changes that stand: refusals (not the
