@@ -96,6 +96,9 @@ pub async fn receive_webhook(state: &AppState, request: &Request) -> Result<Webh
     Ok(WebhookAck { outcome })
 }
 
+/// How long a webhook waits for the count it wrote to reach the room.
+const PUSH_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Applies the event (one statement), then makes LiveKit enforce what the
 /// database says about a participant who just joined: banned, muted, or in a
 /// stream that is over.
@@ -142,24 +145,41 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
         }
         applied
     };
-    if let Some(count) = applied.count_written
-        && let Err(error) = state.livekit.push_viewer_count(&room, count).await
-    {
-        tracing::warn!(%room, %error, "viewer count not pushed into the room; the next write pushes it");
-    }
-    if change == SessionChange::Joined
-        && let Some(streamer) = applied.streamer
-    {
-        let stream = StreamState {
-            streamer,
-            is_live: applied.is_live,
+    // LiveKit sends a room's webhooks one at a time, each after the one
+    // before it is answered, and drops those queued past 200 or 30 s: what
+    // this answer waits for delays every later event of the room. The count's
+    // push is lossy (the next write pushes again), so it gets a short bound
+    // and runs beside the correction, which is not.
+    let push = async {
+        let Some(count) = applied.count_written else {
+            return;
         };
-        if let Some(correction) =
-            room_rules::correction(&state.livekit, &stream, &who, Some(applied.standing))
-        {
-            room_rules::correct_all(state, &room, &stream, &[(who.clone(), correction)], None).await;
+        match tokio::time::timeout(PUSH_LIMIT, state.livekit.push_viewer_count(&room, count)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%room, %error, "viewer count not pushed into the room; the next write pushes it")
+            }
+            Err(_) => {
+                tracing::warn!(%room, "LiveKit too slow for the count's push; the next write pushes it")
+            }
         }
-    }
+    };
+    let correct = async {
+        if change == SessionChange::Joined
+            && let Some(streamer) = applied.streamer
+        {
+            let stream = StreamState {
+                streamer,
+                is_live: applied.is_live,
+            };
+            if let Some(correction) =
+                room_rules::correction(&state.livekit, &stream, &who, Some(applied.standing))
+            {
+                room_rules::correct_all(state, &room, &stream, &[(who.clone(), correction)], None).await;
+            }
+        }
+    };
+    tokio::join!(push, correct);
     Ok(match applied.outcome.as_str() {
         "applied" => Outcome::Applied,
         "duplicate" => Outcome::Duplicate,

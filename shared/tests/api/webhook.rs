@@ -885,3 +885,28 @@ async fn a_join_and_its_leave_at_the_same_moment_both_apply() {
     // Whichever landed first, the session has left: nobody counts.
     assert_eq!(room.count().await, 0);
 }
+
+/// LiveKit sends a room's webhooks one at a time, each once the one before
+/// it is answered: a join whose count push meets a hanging LiveKit is
+/// answered before its request's deadline (the push is lossy and bounded),
+/// not held until LiveKit gives up, which would hold every later event of
+/// the room behind it.
+#[tokio::test]
+async fn a_join_is_answered_in_time_while_livekit_hangs() {
+    let app = TestApp::spawn_with_settings(vec![("REQUEST_DEADLINE_SECONDS", "2".into())]).await;
+    app.start_stream(Uuid::new_v4(), ROOM).await;
+    app.set_livekit_mode(crate::helpers::LiveKitMode::Hanging).await;
+    let body = webhook_event(
+        "EV_while_hanging",
+        "participant_joined",
+        ROOM,
+        Some((&Uuid::new_v4().to_string(), "PA_while_hanging", false)),
+    );
+    let response = app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(
+        app.realtime_viewer_count(ROOM).await,
+        1,
+        "counted, and the copy written"
+    );
+}
