@@ -35,15 +35,16 @@ pub struct StreamState {
 }
 
 /// What must change about `participant` for the room to match Postgres, if
-/// anything. Hidden participants (recorders, agents) and identities that are
-/// not our users are the operator's business, not the viewers' rules.
+/// anything. Participants that are not audience (recorders, agents, ingress)
+/// and identities that are not our users are the operator's business, not
+/// the viewers' rules.
 pub fn correction(
     livekit: &LiveKit,
     stream: &StreamState,
     participant: &Presence,
     standing: Option<Standing>,
 ) -> Option<Correction> {
-    if participant.hidden {
+    if participant.not_audience {
         return None;
     }
     let user = Uuid::parse_str(&participant.identity).ok()?;

@@ -22,14 +22,18 @@ use crate::store::chat::Standing;
 use crate::store::stage::StageStanding;
 
 /// A participant as LiveKit reports it, in a webhook or a listing: the
-/// streamer and hidden participants are not viewers.
+/// streamer, hidden participants and those that are not people watching are
+/// not viewers.
 #[derive(Debug, Clone)]
 pub struct Presence {
     pub sid: String,
     pub identity: String,
     /// The display name from their token (shown in the viewer list).
     pub name: String,
-    pub hidden: bool,
+    /// Hidden (a recorder), or not a person watching: an agent, an ingress
+    /// (OBS publishing into the room), an egress, a SIP caller, a connector.
+    /// Neither counted, listed nor held to the viewers' rules.
+    pub not_audience: bool,
     /// The permission the participant has in the room now.
     pub can_publish: bool,
     pub can_publish_data: bool,
@@ -46,7 +50,8 @@ impl From<&livekit_protocol::ParticipantInfo> for Presence {
             sid: participant.sid.clone(),
             identity: participant.identity.clone(),
             name: participant.name.clone(),
-            hidden: permission.is_some_and(|p| p.hidden),
+            not_audience: permission.is_some_and(|p| p.hidden)
+                || participant.kind != livekit_protocol::participant_info::Kind::Standard as i32,
             can_publish: permission.is_some_and(|p| p.can_publish),
             can_publish_data: permission.is_some_and(|p| p.can_publish_data),
             stage: StageStanding::from_attributes(&participant.attributes),
@@ -143,7 +148,7 @@ pub async fn participant_event(
                 (&who.sid.as_str(), Type::TEXT),
                 (&who.identity.as_str(), Type::TEXT),
                 (&who.user(), Type::UUID),
-                (&who.hidden, Type::BOOL),
+                (&who.not_audience, Type::BOOL),
                 (&who.name.as_str(), Type::TEXT),
             ],
         )
@@ -216,7 +221,7 @@ pub async fn sync(
     let names: Vec<&str> = present.iter().map(|p| p.name.as_str()).collect();
     let counted: Vec<bool> = present
         .iter()
-        .map(|p| !p.hidden && p.user() != Some(streamer))
+        .map(|p| !p.not_audience && p.user() != Some(streamer))
         .collect();
     let row = client
         .query_typed_one(

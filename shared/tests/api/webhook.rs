@@ -910,3 +910,35 @@ async fn a_join_is_answered_in_time_while_livekit_hangs() {
         "counted, and the copy written"
     );
 }
+
+/// Agents, ingress (OBS publishing into the room), egress, SIP callers are
+/// in the room without being people watching, and LiveKit does not hide
+/// them: their kind says so. None is counted, whatever its identity.
+#[tokio::test]
+async fn agents_ingress_egress_and_sip_participants_are_not_viewers() {
+    let room = live_room().await;
+    for (i, kind) in ["AGENT", "INGRESS", "EGRESS", "SIP"].into_iter().enumerate() {
+        let event = webhook_event(
+            &format!("EV_kind_{i}"),
+            "participant_joined",
+            ROOM,
+            Some((&Uuid::new_v4().to_string(), &format!("PA_kind_{i}"), false)),
+        );
+        let mut event: serde_json::Value = serde_json::from_str(&event).unwrap();
+        event["participant"]["kind"] = serde_json::json!(kind);
+        let answer = room
+            .app
+            .deliver(signed_webhook(&event.to_string(), LIVEKIT_API_SECRET))
+            .await;
+        assert_eq!(answer.status, 200, "{kind}: {}", answer.body);
+    }
+    assert_eq!(room.count().await, 0, "nobody watching yet");
+    let viewer = Uuid::new_v4().to_string();
+    room.send(
+        "EV_kind_viewer",
+        "participant_joined",
+        Some((&viewer, "PA_kind_viewer", false)),
+    )
+    .await;
+    assert_eq!(room.count().await, 1, "only the person watching");
+}
