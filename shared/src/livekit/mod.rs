@@ -211,10 +211,20 @@ impl LiveKit {
     }
 
     /// Tells everyone in the room its viewer count: a lossy packet on topic
-    /// `viewers`, `{"event":"viewer_count","roomName","viewerCount"}`, sent at
-    /// most once a second per room. Viewers need no Realtime subscription for it.
+    /// `viewers`, `{"event":"viewer_count","roomName","viewerCount","countedAt"}`,
+    /// sent at most once a second per room. Viewers need no Realtime
+    /// subscription for it. Pushes come from several functions (the webhook,
+    /// the flusher, the reconciler) over an unordered channel, so an older
+    /// count can land after a newer one: `countedAt` (Unix milliseconds, taken
+    /// as the count read just before is pushed) lets clients keep the newest.
     pub async fn push_viewer_count(&self, room: &RoomName, count: i32) -> Result<(), RoomServiceError> {
-        let payload = serde_json::json!({"event": "viewer_count", "roomName": room, "viewerCount": count});
+        let counted_at = chrono::Utc::now().timestamp_millis();
+        let payload = serde_json::json!({
+            "event": "viewer_count",
+            "roomName": room,
+            "viewerCount": count,
+            "countedAt": counted_at,
+        });
         self.send_lossy(room, VIEWERS_TOPIC, payload.to_string().into_bytes())
             .await
     }

@@ -383,6 +383,7 @@ async fn the_host_may_reconnect_within_the_departure_timeout_and_after_it_the_st
 #[tokio::test]
 async fn the_room_is_told_its_viewer_count() {
     let app = TestApp::spawn().await;
+    let started_ms = chrono::Utc::now().timestamp_millis();
     let (_, host) = live_host(&app).await;
     let (_, _ada) = app.viewer_in(ROOM).await;
     app.wait_for_viewer_count(ROOM, 1).await;
@@ -391,15 +392,20 @@ async fn the_room_is_told_its_viewer_count() {
     // Bob's join came within a second of Ada's: its count is the flusher's to push.
     let deadline = std::time::Instant::now() + SETTLE;
     loop {
-        let counts: Vec<i64> = host
+        let mut packets: Vec<(i64, i64)> = host
             .data_on("viewers")
             .iter()
             .map(|p| {
                 assert_eq!(p.sender, None);
                 assert_eq!(p.payload["event"], "viewer_count");
-                p.payload["viewerCount"].as_i64().unwrap()
+                let counted_at = p.payload["countedAt"].as_i64().unwrap();
+                assert!(counted_at >= started_ms, "{:?}", p.payload);
+                (counted_at, p.payload["viewerCount"].as_i64().unwrap())
             })
             .collect();
+        // The lossy channel may reorder them; countedAt puts them in order.
+        packets.sort();
+        let counts: Vec<i64> = packets.iter().map(|(_, count)| *count).collect();
         if counts.last() == Some(&2) {
             assert_eq!(counts.first(), Some(&1), "{counts:?}");
             break;
