@@ -38,7 +38,10 @@ pub enum Revocation {
     /// which would refuse that new token too, so this asks for the tokens
     /// issued before 1970-01-01T00:00:01: none.
     Nothing,
-    /// Every token issued before this Unix second.
+    /// Every token issued before this Unix second. Seconds, as the field's
+    /// definition in LiveKit's protocol says (it is compared with `nbf`),
+    /// though livekit-api's doc comment on `RemoveParticipantOptions` says
+    /// milliseconds.
     IssuedBefore(i64),
 }
 
