@@ -85,6 +85,66 @@ async fn live_streams_are_listed_newest_first_and_paginated_by_cursor() {
     );
 }
 
+/// Streams started in the same microsecond are ordered by id after their
+/// start time, so a page boundary between them neither repeats nor skips
+/// one; and a stream that starts or ends while a client pages changes
+/// nothing of the pages still to come but itself.
+#[tokio::test]
+async fn pages_stay_stable_across_equal_start_times_and_streams_that_start_or_end() {
+    let app = TestApp::spawn().await;
+    let mut hosts = Vec::new();
+    for room in ["tie-a", "tie-b", "tie-c", "tie-d", "older"] {
+        let host = Uuid::new_v4();
+        app.start_stream(host, room).await;
+        hosts.push((room, host));
+    }
+    app.db()
+        .await
+        .batch_execute(
+            "UPDATE live_streams SET created_at = '2026-01-01 12:00:00.123456+00' WHERE id LIKE 'tie-%';
+             UPDATE live_streams SET created_at = '2026-01-01 11:00:00+00' WHERE id = 'older';",
+        )
+        .await
+        .unwrap();
+    let token = app.token_for(Uuid::new_v4());
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0.. {
+        let mut query = vec![("limit", "1")];
+        if let Some(c) = &cursor {
+            query.push(("cursor", c));
+        }
+        let response = app
+            .send(list_streams, get_request(Some(&token), &query, None))
+            .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        for stream in response.body["streams"].as_array().unwrap() {
+            seen.push(stream["id"].as_str().unwrap().to_owned());
+        }
+        if page == 1 {
+            // Meanwhile a new stream starts (newer than every page: not in
+            // the pages to come) and one already listed ends.
+            app.start_stream(Uuid::new_v4(), "newcomer").await;
+            let (room, host) = hosts[3];
+            let end = serde_json::json!({"roomName": room}).to_string();
+            let ended = app
+                .call(shared::handlers::end_stream, Some(&app.token_for(host)), &end)
+                .await;
+            assert_eq!(ended.status, 200, "{}", ended.body);
+        }
+        match response.body["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(page < 10, "pagination must end");
+    }
+    assert_eq!(
+        seen,
+        ["tie-d", "tie-c", "tie-b", "tie-a", "older"],
+        "newest first, equal times by id, each once"
+    );
+}
+
 #[tokio::test]
 async fn the_default_page_is_20_and_an_empty_list_has_no_cursor() {
     let app = TestApp::spawn().await;
