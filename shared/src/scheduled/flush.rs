@@ -117,6 +117,8 @@ pub struct FlushReport {
     pub written: i64,
     pub ticks: u32,
     pub failed_ticks: u32,
+    /// The last tick was still running at the cut-off and was stopped there.
+    pub stopped_at_cut_off: bool,
 }
 
 impl FlushReport {
@@ -170,6 +172,7 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
             None => {
                 tracing::warn!("a flush still running at the invocation's end was stopped");
                 report.failed_ticks += 1;
+                report.stopped_at_cut_off = true;
                 return report;
             }
         }

@@ -234,7 +234,10 @@ async fn a_failed_cold_start_answers_503_and_retries_without_a_crash_loop() {
             }
         })
     }
-    let state = LazyState::new(loader, Duration::from_millis(300));
+    // Long enough that the second attempt below is surely within it on a
+    // loaded machine, short enough to wait out.
+    let retry_interval = Duration::from_secs(2);
+    let state = LazyState::new(loader, retry_interval);
     let first = state.get().await.err().expect("the secret could not be read");
     assert_eq!((first.status().as_u16(), first.code()), (503, "unavailable"));
     let answer = shared::http::error_response(&first);
@@ -251,7 +254,7 @@ async fn a_failed_cold_start_answers_503_and_retries_without_a_crash_loop() {
         "within the retry interval: no new attempt"
     );
     assert_eq!(ATTEMPTS.load(Ordering::SeqCst), 1);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(retry_interval + Duration::from_millis(50)).await;
     assert!(state.get().await.is_ok(), "recovered without a new cold start");
     assert!(state.get().await.is_ok());
     assert_eq!(ATTEMPTS.load(Ordering::SeqCst), 2, "built once, then kept");

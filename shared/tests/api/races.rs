@@ -415,7 +415,11 @@ async fn a_flush_stopped_at_its_cut_off_leaves_no_statement_behind() {
         Some(started + Duration::from_millis(700)),
     )
     .await;
-    assert_eq!((report.ticks, report.failed_ticks), (1, 1), "{report:?}");
+    assert_eq!(
+        (report.ticks, report.failed_ticks, report.stopped_at_cut_off),
+        (1, 1, true),
+        "{report:?}"
+    );
     wait_until_no_api_statement_runs(&admin).await;
     held.batch_execute("ROLLBACK").await.unwrap();
     // The next invocation's tick, on the same (only) connection, writes it.
@@ -446,8 +450,14 @@ async fn the_request_deadline_never_outlives_the_invocation() {
     let end = app.send(end_stream, request).await;
     let waited = started.elapsed();
     end.assert_error(503, "unavailable");
+    assert_eq!(
+        end.body["error"]["message"], "The request took too long; please retry shortly.",
+        "the deadline answered, not the database's statement_timeout"
+    );
+    // Not before a second ahead of the invocation's end, and well before the
+    // statement_timeout (5 s) or the 25 s setting could have answered.
     assert!(
-        (Duration::from_millis(1_200)..Duration::from_millis(2_400)).contains(&waited),
+        (Duration::from_millis(1_200)..Duration::from_millis(4_500)).contains(&waited),
         "answered after {waited:?}, not a second before the invocation's end"
     );
     // As any request cut by its deadline: its statement is cancelled (the
