@@ -803,26 +803,73 @@ async fn huge_and_deeply_nested_tokens_are_401() {
     assert!(app.state.auth.authenticate(&hs256(&big)).await.is_ok());
 }
 
+/// A Supabase user session as the project issues it, in each of the forms
+/// it may take: every one of these must pass.
+fn valid_claims(issuer: String) -> impl Strategy<Value = Value> {
+    let now = chrono::Utc::now().timestamp();
+    (
+        any::<u128>(),
+        prop_oneof![
+            Just(json!("authenticated")),
+            Just(json!(["authenticated"])),
+            Just(json!(["anon", "authenticated"])),
+        ],
+        120i64..7_200,
+        proptest::option::of(120i64..3_600),
+        any::<bool>(),
+    )
+        .prop_map(move |(sub, aud, expires_in, valid_since, anonymous)| {
+            let mut claims = json!({
+                "sub": Uuid::from_u128(sub).to_string(),
+                "aud": aud,
+                "role": "authenticated",
+                "exp": now + expires_in,
+                "iss": issuer.clone(),
+                "is_anonymous": anonymous,
+            });
+            if let Some(ago) = valid_since {
+                claims["nbf"] = json!(now - ago);
+            }
+            claims
+        })
+}
+
 #[test]
 fn correctly_signed_tokens_pass_only_when_every_claim_rule_holds() {
     let rt = runtime();
     let app = rt.block_on(TestApp::spawn());
     let issuer = format!("{}/auth/v1", app.supabase_url.as_deref().unwrap());
+    // Half are sessions that must pass, half anything: a rule that refused
+    // everything, or a valid form, fails the first half; one that let an
+    // invalid claim through fails the second.
     let with_signer = (
-        claims(issuer.clone()),
+        prop_oneof![
+            valid_claims(issuer.clone()).prop_map(|claims| (true, claims)),
+            claims(issuer.clone()).prop_map(|claims| (false, claims)),
+        ],
         prop_oneof![Just("HS256"), Just("es256-a"), Just("rs256")],
     );
-    check(200, with_signer, |(claims, signer)| {
+    check(200, with_signer, |((must_pass, claims), signer)| {
         let token = match signer {
             "HS256" => hs256(&claims),
             key => asymmetric(key, &claims),
         };
         let verdict = rt.block_on(app.state.auth.authenticate(&token));
-        let Ok(user) = verdict else {
-            if let Err(AuthError::KeysUnavailable(e)) = verdict {
+        let user = match verdict {
+            Ok(user) => user,
+            Err(AuthError::KeysUnavailable(e)) => {
                 prop_assert!(false, "keys unavailable: {}", e);
+                return Ok(());
             }
-            return Ok(());
+            Err(refusal) => {
+                prop_assert!(
+                    !must_pass,
+                    "a valid session was refused: {} ({})",
+                    claims,
+                    refusal
+                );
+                return Ok(());
+            }
         };
         // Accepted: then it is a Supabase user session for this project.
         let now = chrono::Utc::now().timestamp() as f64;
