@@ -21,6 +21,26 @@ fn fields(stream: &serde_json::Value) -> BTreeSet<&str> {
     stream.as_object().unwrap().keys().map(String::as_str).collect()
 }
 
+/// One page of `GET /live/streams`: its streams and the next cursor.
+async fn page(
+    app: &TestApp,
+    token: &str,
+    limit: &str,
+    cursor: Option<&str>,
+) -> (Vec<serde_json::Value>, Option<String>) {
+    let mut query = vec![("limit", limit)];
+    if let Some(c) = cursor {
+        query.push(("cursor", c));
+    }
+    let response = app
+        .send(list_streams, get_request(Some(token), &query, None))
+        .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let streams = response.body["streams"].as_array().unwrap().clone();
+    let next = response.body["nextCursor"].as_str().map(str::to_owned);
+    (streams, next)
+}
+
 #[tokio::test]
 async fn live_streams_are_listed_newest_first_and_paginated_by_cursor() {
     let app = TestApp::spawn().await;
@@ -49,18 +69,10 @@ async fn live_streams_are_listed_newest_first_and_paginated_by_cursor() {
     let token = app.token_for(Uuid::new_v4());
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
-    for page in 0.. {
-        let mut query = vec![("limit", "3")];
-        if let Some(c) = &cursor {
-            query.push(("cursor", c));
-        }
-        let response = app
-            .send(list_streams, get_request(Some(&token), &query, None))
-            .await;
-        assert_eq!(response.status, 200, "{}", response.body);
-        let streams = response.body["streams"].as_array().unwrap();
+    for page_number in 0.. {
+        let (streams, next) = page(&app, &token, "3", cursor.as_deref()).await;
         assert!(streams.len() <= 3);
-        for stream in streams {
+        for stream in &streams {
             assert_eq!(
                 fields(stream),
                 PUBLIC_FIELDS.into_iter().collect(),
@@ -72,11 +84,11 @@ async fn live_streams_are_listed_newest_first_and_paginated_by_cursor() {
                 assert_eq!(stream["viewerCount"], 4);
             }
         }
-        match response.body["nextCursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
+        match next {
+            Some(next) => cursor = Some(next),
             None => break,
         }
-        assert!(page < 5, "pagination must end");
+        assert!(page_number < 5, "pagination must end");
     }
     let expected: Vec<String> = (0..7).rev().map(|i| format!("room-{i}")).collect();
     assert_eq!(
@@ -109,19 +121,12 @@ async fn pages_stay_stable_across_equal_start_times_and_streams_that_start_or_en
     let token = app.token_for(Uuid::new_v4());
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
-    for page in 0.. {
-        let mut query = vec![("limit", "1")];
-        if let Some(c) = &cursor {
-            query.push(("cursor", c));
-        }
-        let response = app
-            .send(list_streams, get_request(Some(&token), &query, None))
-            .await;
-        assert_eq!(response.status, 200, "{}", response.body);
-        for stream in response.body["streams"].as_array().unwrap() {
+    for page_number in 0.. {
+        let (streams, next) = page(&app, &token, "1", cursor.as_deref()).await;
+        for stream in &streams {
             seen.push(stream["id"].as_str().unwrap().to_owned());
         }
-        if page == 1 {
+        if page_number == 1 {
             // Meanwhile a new stream starts (newer than every page: not in
             // the pages to come) and one already listed ends.
             app.start_stream(Uuid::new_v4(), "newcomer").await;
@@ -132,11 +137,11 @@ async fn pages_stay_stable_across_equal_start_times_and_streams_that_start_or_en
                 .await;
             assert_eq!(ended.status, 200, "{}", ended.body);
         }
-        match response.body["nextCursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
+        match next {
+            Some(next) => cursor = Some(next),
             None => break,
         }
-        assert!(page < 10, "pagination must end");
+        assert!(page_number < 10, "pagination must end");
     }
     assert_eq!(
         seen,

@@ -1,4 +1,4 @@
-use crate::helpers::{connect, create_database};
+use crate::helpers::{connect, create_database, first_column};
 
 async fn applied_versions(client: &tokio_postgres::Client) -> Vec<i32> {
     client
@@ -93,16 +93,12 @@ async fn the_schema_keeps_stream_state_consistent() {
         .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
         .await
         .unwrap();
-    let plan: Vec<String> = client
-        .query(
-            "EXPLAIN SELECT * FROM live_messages WHERE room_name = 'r1' ORDER BY created_at DESC, id DESC LIMIT 50",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let plan = first_column(
+        &client,
+        "EXPLAIN SELECT * FROM live_messages WHERE room_name = 'r1' ORDER BY created_at DESC, id DESC LIMIT 50",
+        &[],
+    )
+    .await;
     assert!(
         plan.join("\n").contains("live_messages_room_created_at_idx"),
         "{plan:?}"
@@ -146,9 +142,9 @@ async fn every_foreign_key_has_an_index() {
     let url = create_database().await;
     shared::store::migrate::migrate_url(&url).await.unwrap();
     let client = connect(&url).await;
-    let unindexed: Vec<String> = client
-        .query(
-            "SELECT c.conrelid::regclass::text || ' ' || c.conname
+    let unindexed = first_column(
+        &client,
+        "SELECT c.conrelid::regclass::text || ' ' || c.conname
              FROM pg_constraint c
              WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace
                AND NOT EXISTS (
@@ -158,13 +154,9 @@ async fn every_foreign_key_has_an_index() {
                        WHERE position <= cardinality(c.conkey)) l
                    WHERE i.indrelid = c.conrelid AND l.leading @> c.conkey AND l.leading <@ c.conkey)
              ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        &[],
+    )
+    .await;
     let keys: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace",
