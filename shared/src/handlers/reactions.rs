@@ -8,7 +8,7 @@ use crate::domain::{ReactionRequest, RoomName};
 use crate::error::ApiError;
 use crate::http::Reply;
 use crate::state::AppState;
-use crate::store::reactions::{self, REACTIONS_TOPIC, ReactionKind};
+use crate::store::reactions::{self, ReactionKind};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -31,16 +31,12 @@ pub async fn react(
         let client = state.db.get().await?;
         reactions::react(&client, &room, user.id, request.kind, state.limits.reaction).await?
     };
-    let mut broadcast = false;
-    if let Some(due) = due {
-        // Lossy: a packet lost or not sent leaves the totals right for the next.
-        let sending = state.livekit.send_lossy(&room, REACTIONS_TOPIC, due.payload()?);
-        match crate::store::db::while_the_answer_can_wait(sending).await {
-            Some(Ok(())) => broadcast = true,
-            Some(Err(error)) => tracing::warn!(%room, %error, "reactions counted; their packet was not sent"),
-            None => tracing::warn!(%room, "reactions counted; LiveKit too slow for their packet"),
-        }
-    }
+    // Lossy: a packet lost leaves the totals right for the next; one not
+    // sent gives its mark back for the next tap or the flusher.
+    let broadcast = match due {
+        Some(due) => reactions::send(state, &due, true).await,
+        None => false,
+    };
     Ok(Reply::ok(ReactionOutcome {
         room_name: room,
         kind: request.kind,

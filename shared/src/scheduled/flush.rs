@@ -91,19 +91,9 @@ async fn flush_reactions(state: &AppState) -> Result<(), ApiError> {
         let client = state.db.get().await?;
         crate::store::reactions::flush(&client).await?
     };
-    let packets = due
-        .iter()
-        .map(|broadcast| Ok((&broadcast.room_name, broadcast.payload()?)))
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    futures_util::stream::iter(packets)
-        .for_each_concurrent(ROOMS_AT_ONCE, |(room, payload)| async move {
-            let sent = state
-                .livekit
-                .send_lossy(room, crate::store::reactions::REACTIONS_TOPIC, payload)
-                .await;
-            if let Err(error) = sent {
-                tracing::warn!(%room, %error, "reactions not pushed into the room");
-            }
+    futures_util::stream::iter(&due)
+        .for_each_concurrent(ROOMS_AT_ONCE, |broadcast| async move {
+            crate::store::reactions::send(state, broadcast, false).await;
         })
         .await;
     Ok(())

@@ -77,6 +77,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(48, "0048_subscribers_learn_of_deleted_messages"),
     migration!(49, "0049_cascades_and_the_flusher_wait_for_nothing"),
     migration!(50, "0050_no_standing_no_return_clock"),
+    migration!(51, "0051_unsent_reactions_and_a_cheap_chat_settle"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -139,6 +139,62 @@ pub async fn react(
     }))
 }
 
+/// Gives back the mark of a packet that was not sent (LiveKit down, or too
+/// slow for the request), unless a later packet has moved it since, and
+/// frees the room's lease: the next tap or the flusher sends the totals
+/// (migration 0051). Otherwise the last taps of a room could be counted and
+/// never told. A packet that did reach the room after all is told again,
+/// which is harmless: clients take `totals`.
+pub async fn unsent(client: &Client, broadcast: &ReactionBroadcast) -> Result<(), ApiError> {
+    let totals = serde_json::to_string(&broadcast.totals).map_err(ApiError::internal)?;
+    let counts = serde_json::to_string(&broadcast.counts).map_err(ApiError::internal)?;
+    client
+        .query_typed(
+            "SELECT live_reactions_unsent($1, $2::text::jsonb, $3::text::jsonb)",
+            &[
+                (&broadcast.room_name.as_str(), Type::TEXT),
+                (&totals, Type::TEXT),
+                (&counts, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Sends `broadcast` into its room over the lossy channel and says whether
+/// it went; one that did not gets its mark back ([`unsent`]). A request
+/// sends `within_its_answer` (it must answer in time); the flusher waits for
+/// the call's own bound.
+pub async fn send(state: &crate::AppState, broadcast: &ReactionBroadcast, within_its_answer: bool) -> bool {
+    let room = &broadcast.room_name;
+    match broadcast.payload() {
+        Ok(payload) => {
+            let sending = state.livekit.send_lossy(room, REACTIONS_TOPIC, payload);
+            let sent = if within_its_answer {
+                crate::store::db::while_the_answer_can_wait(sending).await
+            } else {
+                Some(sending.await)
+            };
+            match sent {
+                Some(Ok(())) => return true,
+                Some(Err(error)) => {
+                    tracing::warn!(%room, %error, "reactions counted; their packet was not sent")
+                }
+                None => tracing::warn!(%room, "reactions counted; LiveKit too slow for their packet"),
+            }
+        }
+        Err(error) => tracing::error!(%room, %error, "cannot encode a reactions packet"),
+    }
+    let given_back = async {
+        let client = state.db.get().await?;
+        unsent(&client, broadcast).await
+    };
+    if let Err(error) = given_back.await {
+        tracing::warn!(%room, %error, "an unsent reactions packet kept its mark; the next tap sends the totals");
+    }
+    false
+}
+
 /// The broadcasts taps left for the flusher: every live room whose counts
 /// are ahead of what it was told and whose lease is free.
 pub async fn flush(client: &Client) -> Result<Vec<ReactionBroadcast>, ApiError> {

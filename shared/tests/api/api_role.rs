@@ -252,6 +252,7 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_react(text,uuid,text,text,double precision,bigint,interval)",
     "execute live_react_under_standing(text,uuid,text,text,double precision,bigint,interval)",
     "execute live_reactions_take(text,interval)",
+    "execute live_reactions_unsent(text,jsonb,jsonb)",
     "execute live_room_standing_lock(text,boolean)",
     "execute live_session_change(text,text,text,boolean,text,text)",
     "execute live_settle_chat(text)",

@@ -493,6 +493,49 @@ async fn reactions_reach_the_room_aggregated_with_no_sender() {
     }
 }
 
+/// A reactions packet that could not be sent (LiveKit down) gives its mark
+/// back, so the flusher sends the totals once LiveKit answers, though no tap
+/// comes after: a tap is never counted and left untold (migration 0051).
+#[tokio::test]
+async fn reactions_not_sent_while_livekit_was_down_reach_the_room_after() {
+    let app = TestApp::spawn().await;
+    let room = "reactions-down";
+    app.start_stream(Uuid::new_v4(), room).await;
+    let (_, listener) = app.viewer_in(room).await;
+    app.set_livekit_mode(LiveKitMode::Failing).await;
+    let tapped = app
+        .call(
+            react,
+            Some(&app.token_for(Uuid::new_v4())),
+            &json!({"roomName": room, "kind": "wow"}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (tapped.status, &tapped.body["broadcast"]),
+        (200, &json!(false)),
+        "{}",
+        tapped.body
+    );
+    app.set_livekit_mode(LiveKitMode::Up).await;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        shared::scheduled::flush::flush_once(&app.state).await.unwrap();
+        if listener
+            .data_on("reactions")
+            .last()
+            .is_some_and(|packet| packet.payload["totals"]["wow"] == 1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tap never reached the room: {:?}",
+            listener.data_on("reactions")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_flusher_sends_the_trailing_reactions_while_its_chat_part_fails() {
     let app = TestApp::spawn().await;
