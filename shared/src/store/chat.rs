@@ -194,6 +194,20 @@ pub async fn batch_sent(
     row.try_get(0).map_err(ApiError::internal)
 }
 
+/// Lets go of a batch's lease after its send failed, recording nothing sent
+/// but the attempt's time: the room's next attempt waits out the batch
+/// interval as after a sent batch (migration 0052), so posts to a room LiveKit
+/// refuses do not each call it at once.
+pub async fn batch_failed(client: &Client, room: &RoomName, lease: &BatchLease) -> Result<(), ApiError> {
+    client
+        .query_typed(
+            "SELECT live_chat_batch_failed($1, $2)",
+            &[(&room.as_str(), Type::TEXT), (&lease.until, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Live rooms with messages nobody has sent for a second: a batch whose
 /// sender stopped early, or gave up when LiveKit failed, or a room's first
 /// message whose request stopped before any batch of the room ran (the room

@@ -156,12 +156,11 @@ fn packets(messages: &[(Option<ChatMessage>, i64)]) -> Result<Vec<Vec<u8>>, ApiE
     Ok(packets)
 }
 
-/// Lets the lease go without recording anything sent.
+/// Lets the lease of a failed batch go: nothing recorded sent, and the
+/// room's next attempt spaced from this one.
 async fn release(state: &AppState, room: &RoomName, lease: &BatchLease) {
     let released = match state.db.get().await {
-        Ok(client) => chat::batch_sent(&client, room, lease.sent_up_to, lease)
-            .await
-            .map(drop),
+        Ok(client) => chat::batch_failed(&client, room, lease).await,
         Err(error) => Err(error.into()),
     };
     if let Err(error) = released {

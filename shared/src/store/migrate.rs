@@ -78,6 +78,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(49, "0049_cascades_and_the_flusher_wait_for_nothing"),
     migration!(50, "0050_no_standing_no_return_clock"),
     migration!(51, "0051_unsent_reactions_and_a_cheap_chat_settle"),
+    migration!(52, "0052_a_failed_chat_batch_spaces_the_next"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -231,6 +231,7 @@ async fn the_functions_role_may_do_exactly_what_is_listed() {
 /// TRIGGER anywhere.
 const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_chat_batch_done(text,bigint,timestamp with time zone)",
+    "execute live_chat_batch_failed(text,timestamp with time zone)",
     "execute live_chat_batch_sent(text,bigint)", // superseded; kept for an earlier release's binaries
     "execute live_chat_post(text,uuid,text)",    // superseded; kept for an earlier release's binaries
     "execute live_chat_say(text,uuid,text,text,double precision,bigint)",

@@ -607,3 +607,35 @@ async fn a_post_whose_broadcast_hangs_answers_201_before_the_deadline() {
         .await;
     assert_eq!(unsent, 0, "the next post sent both messages itself");
 }
+
+/// A batch LiveKit refused lets its lease go and spaces the room's next
+/// attempt from its own, as a sent batch does: posts to a room LiveKit
+/// refuses (down, or its room gone while the stream is live) do not each
+/// call it at once.
+#[tokio::test]
+async fn a_failed_batch_spaces_the_rooms_next_attempt() {
+    let (app, _host) = chat_room().await;
+    app.set_livekit_mode(LiveKitMode::Failing).await;
+    let posted = say(&app, Uuid::new_v4(), "into a refusing room").await;
+    assert_eq!(
+        (posted.status, &posted.body["broadcast"]),
+        (201, &json!(false)),
+        "{}",
+        posted.body
+    );
+    let row = app
+        .db()
+        .await
+        .query_one(
+            "SELECT sent_up_to, lease_until = '-infinity', last_sent_at > now() - interval '1 minute'
+             FROM live_chat_broadcasts WHERE room_name = $1",
+            &[&ROOM],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, bool>(1), row.get::<_, bool>(2)),
+        (0, true, true),
+        "nothing sent, the lease free, the attempt's time noted"
+    );
+}
