@@ -31,6 +31,12 @@ const LEASE: Duration = Duration::from_secs(8);
 const BATCH_MESSAGES: i64 = 500;
 /// Packets stay under LiveKit's recommended 15 KiB for reliable data.
 const PACKET_BYTES: usize = 14 * 1024;
+/// Most packets one batch sends before it records what it sent. A room far
+/// behind (LiveKit down a while: up to 500 long messages, some 75 packets)
+/// catches up a few packets per batch, each batch recorded, instead of in
+/// one run that a request's deadline cuts off before anything is recorded,
+/// which had the next poster send the same packets again.
+const BATCH_PACKETS: usize = 4;
 /// A holder stops starting new batches after this, so its own request
 /// returns; others (or the flusher) carry on.
 const HOLDER_BUDGET: Duration = Duration::from_secs(1);
@@ -125,33 +131,77 @@ async fn send_one_batch(
         let more = chat::batch_sent(&client, room, lease.sent_up_to, lease).await?;
         return Ok((lease.sent_up_to, more));
     };
-    for packet in packets(&messages)? {
-        state
+    let packets = packets(&messages)?;
+    let (to_send, through) = this_batch(&packets, last);
+    let mut sent_through = through;
+    for (sent, packet) in to_send.iter().enumerate() {
+        if let Err(error) = state
             .livekit
-            .broadcast(room, CHAT_TOPIC, packet)
+            .broadcast(room, CHAT_TOPIC, packet.bytes.clone())
             .await
-            .map_err(|e| ApiError::unavailable(crate::error::Dependency::LiveKit, e))?;
+        {
+            if sent == 0 {
+                return Err(ApiError::unavailable(crate::error::Dependency::LiveKit, error));
+            }
+            // What went out is recorded; the rest is the next batch's.
+            tracing::warn!(%room, %error, "a chat batch sent only its first packets");
+            sent_through = to_send[sent - 1].last_seq;
+            break;
+        }
     }
     let client = state.db.get().await?;
-    let more = chat::batch_sent(&client, room, last, lease).await?;
-    Ok((last, more))
+    let more = chat::batch_sent(&client, room, sent_through, lease).await?;
+    Ok((sent_through, more))
+}
+
+/// A packet of a batch, and the seq of its last message.
+struct Packet {
+    bytes: Vec<u8>,
+    last_seq: i64,
+}
+
+/// The packets this batch sends (at most [`BATCH_PACKETS`]), and the seq it
+/// covers once they are all sent: every message read (`last`, deleted ones
+/// after the last packet included) when they all fit, else the last sent
+/// packet's.
+fn this_batch(packets: &[Packet], last: i64) -> (&[Packet], i64) {
+    if packets.len() <= BATCH_PACKETS {
+        (packets, last)
+    } else {
+        let to_send = &packets[..BATCH_PACKETS];
+        (to_send, to_send[BATCH_PACKETS - 1].last_seq)
+    }
 }
 
 /// The messages as packets of at most [`PACKET_BYTES`] each, in order.
-fn packets(messages: &[(Option<ChatMessage>, i64)]) -> Result<Vec<Vec<u8>>, ApiError> {
+fn packets(messages: &[(Option<ChatMessage>, i64)]) -> Result<Vec<Packet>, ApiError> {
+    let encode = |current: &[&ChatMessage]| {
+        serde_json::to_vec(&Batch { messages: current }).map_err(ApiError::internal)
+    };
     let mut packets = Vec::new();
     let mut current: Vec<&ChatMessage> = Vec::new();
-    for message in messages.iter().filter_map(|(message, _)| message.as_ref()) {
+    // The seq of the last message in `current`.
+    let mut current_last = 0;
+    for (message, seq) in messages
+        .iter()
+        .filter_map(|(message, seq)| Some((message.as_ref()?, *seq)))
+    {
         current.push(message);
-        let encoded = serde_json::to_vec(&Batch { messages: &current }).map_err(ApiError::internal)?;
-        if encoded.len() > PACKET_BYTES && current.len() > 1 {
+        if encode(&current)?.len() > PACKET_BYTES && current.len() > 1 {
             current.pop();
-            packets.push(serde_json::to_vec(&Batch { messages: &current }).map_err(ApiError::internal)?);
+            packets.push(Packet {
+                bytes: encode(&current)?,
+                last_seq: current_last,
+            });
             current = vec![message];
         }
+        current_last = seq;
     }
     if !current.is_empty() {
-        packets.push(serde_json::to_vec(&Batch { messages: &current }).map_err(ApiError::internal)?);
+        packets.push(Packet {
+            bytes: encode(&current)?,
+            last_seq: current_last,
+        });
     }
     Ok(packets)
 }
@@ -208,11 +258,39 @@ mod tests {
         let packets = packets(&messages).unwrap();
         assert!(packets.len() > 1, "{} packets", packets.len());
         for packet in &packets {
-            assert!(packet.len() <= PACKET_BYTES, "{} bytes", packet.len());
+            assert!(packet.bytes.len() <= PACKET_BYTES, "{} bytes", packet.bytes.len());
+            let last_id = ids(&packet.bytes).last().cloned().unwrap();
+            assert_eq!(
+                last_id,
+                Uuid::from_u128(packet.last_seq as u128).to_string(),
+                "each packet knows the seq of its last message"
+            );
         }
-        let sent: Vec<String> = packets.iter().flat_map(|p| ids(p)).collect();
+        let sent: Vec<String> = packets.iter().flat_map(|p| ids(&p.bytes)).collect();
         let expected: Vec<String> = (0..40).map(|n| Uuid::from_u128(n as u128).to_string()).collect();
         assert_eq!(sent, expected);
+    }
+
+    /// A room far behind sends a few packets per batch and records up to the
+    /// last of them; a batch whose packets all fit covers every message read,
+    /// the deleted ones after its last packet too.
+    #[test]
+    fn a_batch_sends_a_few_packets_and_covers_what_it_sent() {
+        let messages: Vec<_> = (0..60)
+            .map(|n| message(n, "🎉".repeat(ChatText::MAX_CHARS)))
+            .collect();
+        let packets = packets(&messages).unwrap();
+        assert!(packets.len() > BATCH_PACKETS, "{} packets", packets.len());
+        let (to_send, through) = this_batch(&packets, 59);
+        assert_eq!(to_send.len(), BATCH_PACKETS);
+        assert_eq!(through, packets[BATCH_PACKETS - 1].last_seq);
+        assert!(through < 59);
+
+        let mut few: Vec<_> = (0..3).map(|n| message(n, format!("hi {n}"))).collect();
+        few.push((None, 7));
+        let short = super::packets(&few).unwrap();
+        let (to_send, through) = this_batch(&short, 7);
+        assert_eq!((to_send.len(), through), (1, 7));
     }
 
     /// Deleted messages in the range are skipped; a short batch is one packet.
@@ -222,6 +300,6 @@ mod tests {
         messages.insert(1, (None, 10));
         let packets = packets(&messages).unwrap();
         assert_eq!(packets.len(), 1);
-        assert_eq!(ids(&packets[0]).len(), 3);
+        assert_eq!(ids(&packets[0].bytes).len(), 3);
     }
 }
