@@ -84,12 +84,9 @@ pub async fn moderate(
         // let their turn's token publish: it is told the standing committed.
         // Not back, they are not found, which is no error.
         let telling = super::stage::apply_standing_in_room(state, &room, target, moderated.standing);
-        match crate::store::db::while_the_answer_can_wait(telling).await {
-            Some(Ok(())) => {}
-            Some(Err(error)) => tracing::warn!(%room, %target, %error,
-                "kick committed; a guest who came straight back is corrected by the reconciler"),
-            None => tracing::warn!(%room, %target,
-                "kick committed; LiveKit too slow, a guest who came straight back is corrected by the reconciler"),
+        if let Err(error) = crate::livekit::before_the_answer(telling).await {
+            tracing::warn!(%room, %target, %error,
+                "kick committed; a guest who came straight back is corrected by the reconciler");
         }
         (moderated.standing, true)
     } else {
@@ -116,16 +113,11 @@ pub async fn moderate(
             }
         };
         // Committed: LiveKit too slow is `roomUpdated: false`, not a 503.
-        let room_updated = match crate::store::db::while_the_answer_can_wait(in_room).await {
-            Some(Ok(())) => true,
-            Some(Err(error)) => {
+        let room_updated = match crate::livekit::before_the_answer(in_room).await {
+            Ok(()) => true,
+            Err(error) => {
                 tracing::warn!(%room, %target, action = ?request.action, %error,
                     "moderation committed; LiveKit will get it from the webhook or the reconciler");
-                false
-            }
-            None => {
-                tracing::warn!(%room, %target, action = ?request.action,
-                    "moderation committed; LiveKit too slow, it gets it from the webhook or the reconciler");
                 false
             }
         };

@@ -27,10 +27,10 @@ use crate::store::stage::{self, HandKey, StageAction, StageEntry, StageStanding}
 use crate::store::streams;
 
 pub const DEFAULT_HANDS_PAGE: i64 = 50;
+pub const MAX_HANDS_PAGE: i64 = 100;
 /// How many lapsed away turns a change refused for a full stage ends in its
 /// room before it tries again: more than a stage has places.
 const STAGE_PLACES_FREED: i64 = 100;
-pub const MAX_HANDS_PAGE: i64 = 100;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -97,16 +97,11 @@ async fn change(
         stage: changed.standing,
     };
     let telling = apply_standing_in_room(state, &room, target, committed);
-    let room_updated = match crate::store::db::while_the_answer_can_wait(telling).await {
-        Some(Ok(())) => true,
-        Some(Err(error)) => {
+    let room_updated = match crate::livekit::before_the_answer(telling).await {
+        Ok(()) => true,
+        Err(error) => {
             tracing::warn!(%room, %target, ?action, %error,
                 "stage change committed; LiveKit gets it from the webhook, the reconciler or the next token");
-            false
-        }
-        None => {
-            tracing::warn!(%room, %target, ?action,
-                "stage change committed; LiveKit too slow, it gets it from the webhook, the reconciler or the next token");
             false
         }
     };

@@ -154,14 +154,11 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
         let Some(count) = applied.count_written else {
             return;
         };
-        match tokio::time::timeout(PUSH_LIMIT, state.livekit.push_viewer_count(&room, count)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%room, %error, "viewer count not pushed into the room; the next write pushes it")
-            }
-            Err(_) => {
-                tracing::warn!(%room, "LiveKit too slow for the count's push; the next write pushes it")
-            }
+        let pushed = tokio::time::timeout(PUSH_LIMIT, state.livekit.push_viewer_count(&room, count))
+            .await
+            .unwrap_or(Err(crate::livekit::RoomServiceError::TimedOut));
+        if let Err(error) = pushed {
+            tracing::warn!(%room, %error, "viewer count not pushed into the room; the next write pushes it");
         }
     };
     let correct = async {

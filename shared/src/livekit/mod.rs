@@ -374,6 +374,18 @@ pub enum RoomServiceError {
     TimedOut,
 }
 
+/// Runs RoomService work that follows a committed decision for as long as
+/// the current request can still answer in time
+/// ([`crate::store::db::while_the_answer_can_wait`]); out of time is
+/// [`RoomServiceError::TimedOut`], as a call that timed out by itself.
+pub async fn before_the_answer<T>(
+    work: impl Future<Output = Result<T, RoomServiceError>>,
+) -> Result<T, RoomServiceError> {
+    crate::store::db::while_the_answer_can_wait(work)
+        .await
+        .unwrap_or(Err(RoomServiceError::TimedOut))
+}
+
 /// Bounds a RoomService call: the client's own timeout is per attempt and may
 /// be retried, this bounds the whole call.
 async fn bounded<T>(call: impl Future<Output = Result<T, ServiceError>>) -> Result<T, RoomServiceError> {

@@ -171,16 +171,13 @@ pub async fn send(state: &crate::AppState, broadcast: &ReactionBroadcast, within
         Ok(payload) => {
             let sending = state.livekit.send_lossy(room, REACTIONS_TOPIC, payload);
             let sent = if within_its_answer {
-                crate::store::db::while_the_answer_can_wait(sending).await
+                crate::livekit::before_the_answer(sending).await
             } else {
-                Some(sending.await)
+                sending.await
             };
             match sent {
-                Some(Ok(())) => return true,
-                Some(Err(error)) => {
-                    tracing::warn!(%room, %error, "reactions counted; their packet was not sent")
-                }
-                None => tracing::warn!(%room, "reactions counted; LiveKit too slow for their packet"),
+                Ok(()) => return true,
+                Err(error) => tracing::warn!(%room, %error, "reactions counted; their packet was not sent"),
             }
         }
         Err(error) => tracing::error!(%room, %error, "cannot encode a reactions packet"),
