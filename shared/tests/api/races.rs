@@ -1886,7 +1886,7 @@ async fn a_stream_row_held_elsewhere_does_not_hold_up_the_flush_of_the_others() 
     for room in ["held-room", "free-room"] {
         app.start_stream(Uuid::new_v4(), room).await;
     }
-    let admin = crate::helpers::connect(&app.database_url).await;
+    let admin = app.db().await;
     let stale_copies =
         "UPDATE live_streams SET viewer_count = 7, viewer_count_written_at = now() - interval '1 minute'";
     admin.batch_execute(stale_copies).await.unwrap();
@@ -1900,11 +1900,7 @@ async fn a_stream_row_held_elsewhere_does_not_hold_up_the_flush_of_the_others() 
             .collect::<Vec<_>>()
     };
 
-    let mut holder = crate::helpers::connect(&app.database_url).await;
-    let held = holder.transaction().await.unwrap();
-    held.execute("SELECT FROM live_streams WHERE id = 'held-room' FOR UPDATE", &[])
-        .await
-        .unwrap();
+    let held = hold_stream_row(&app, "held-room").await;
     let flushed = shared::scheduled::flush::flush_once(&app.state).await;
     assert_eq!(
         flushed.ok(),
@@ -1916,7 +1912,7 @@ async fn a_stream_row_held_elsewhere_does_not_hold_up_the_flush_of_the_others() 
         [("free-room".to_owned(), 0), ("held-room".to_owned(), 7)]
     );
 
-    held.rollback().await.unwrap();
+    held.batch_execute("ROLLBACK").await.unwrap();
     let flushed = shared::scheduled::flush::flush_once(&app.state).await;
     assert_eq!(flushed.ok(), Some(1), "the held room's turn");
     assert_eq!(
