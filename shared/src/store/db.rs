@@ -235,6 +235,10 @@ const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(250)
 /// which would have the app retry what already happened. Unbounded outside
 /// a request's deadline.
 pub async fn while_the_answer_can_wait<F: std::future::Future>(work: F) -> Option<F::Output> {
+    // On the heap: the work (LiveKit calls, their follow-ups) is a large
+    // future, and the request's own future would otherwise hold it, and
+    // move it through each wrapper, on the stack.
+    let work = Box::pin(work);
     match request_deadline().and_then(|deadline| deadline.checked_sub(ANSWER_MARGIN)) {
         Some(answer_by) => until_cut_off(answer_by, work).await,
         None => Some(work.await),
