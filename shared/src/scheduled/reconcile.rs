@@ -12,7 +12,8 @@
 //!   while the end ran).
 //!
 //! Each write is conditional or made under the stream's row lock, so two runs
-//! at once do the same work twice, never anything wrong; with nothing live and
+//! at once do the same work twice, never anything wrong (a room's sessions
+//! are synced by one run at a time, migration 0053); with nothing live and
 //! nothing to close a run is a few indexed statements and no LiveKit call.
 
 use std::collections::HashSet;

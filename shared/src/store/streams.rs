@@ -138,10 +138,14 @@ fn start_outcome(outcome: &str, row: &Row) -> Result<StartOutcome, ApiError> {
 pub const CLAIM_LIFETIME: &str = "60 seconds";
 
 /// Deletes at most `limit` claims past [`CLAIM_LIFETIME`] (left by starts
-/// that died between `CreateRoom` and their commit); returns how many.
+/// that died between `CreateRoom` and their commit); returns how many. The
+/// lapse is checked again on the row it deletes: a claim another streamer's
+/// start took over while the delete waited for it is theirs now, and stays.
 pub async fn prune_lapsed_claims(client: &Client, limit: i64) -> Result<usize, ApiError> {
     let statement = format!(
-        "DELETE FROM live_room_claims WHERE room_name IN (
+        "DELETE FROM live_room_claims c
+         WHERE c.claimed_at < now() - interval '{CLAIM_LIFETIME}'
+           AND c.room_name IN (
              SELECT room_name FROM live_room_claims
              WHERE claimed_at < now() - interval '{CLAIM_LIFETIME}'
              LIMIT $1)"
@@ -415,11 +419,18 @@ pub async fn end(client: &Client, room: &RoomName, caller: Uuid) -> Result<EndOu
 }
 
 /// Stops the grace clock (`room_missing_since`) of every stream whose room
-/// LiveKit lists: a room that is there is not missing.
+/// LiveKit lists: a room that is there is not missing. A stream row held
+/// now (an end of a big room takes a while) is skipped, not waited for: one
+/// held row must not fail the whole run's statement, and with it every
+/// room's sync. Its clock stops at the next run that lists the room.
 pub async fn rooms_found(client: &Client, rooms: &[&str]) -> Result<(), ApiError> {
     client
         .query_typed(
-            "UPDATE live_streams SET room_missing_since = NULL WHERE id = ANY($1) AND room_missing_since IS NOT NULL",
+            "UPDATE live_streams s SET room_missing_since = NULL
+             FROM (SELECT id FROM live_streams
+                   WHERE id = ANY($1) AND room_missing_since IS NOT NULL
+                   FOR NO KEY UPDATE SKIP LOCKED) found
+             WHERE s.id = found.id",
             &[(&rooms, Type::TEXT_ARRAY)],
         )
         .await?;

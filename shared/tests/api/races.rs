@@ -1582,6 +1582,150 @@ async fn a_clean_up_that_fails_leaves_the_rooms_their_turn() {
     assert_eq!(report.claims_pruned, 1, "the next run goes on: {report:?}");
 }
 
+/// A start taking over a lapsed claim while the reconciler's prune waits
+/// for that row: the prune checks the lapse again on the row it would
+/// delete, and the claim, renewed, stays the new streamer's (deleting it
+/// would let a third streamer take the name under them).
+#[tokio::test]
+async fn a_claim_taken_over_while_the_prune_waited_stays() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = TestApp::spawn().await;
+    app.db()
+        .await
+        .execute(
+            "INSERT INTO live_room_claims (room_name, streamer_id, claimed_at)
+             VALUES ('taken-over', $1, now() - interval '61 seconds')",
+            &[&Uuid::new_v4()],
+        )
+        .await
+        .unwrap();
+    let taker = Uuid::new_v4();
+    let mut start_connection = app.db().await;
+    let start = start_connection.transaction().await.unwrap();
+    let outcome: String = start
+        .query_one(
+            "SELECT outcome FROM live_start_stream('taken-over', $1, 't', 1, false, NULL)",
+            &[&taker],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "available", "the lapsed claim is taken over");
+
+    let pruned = AtomicBool::new(false);
+    let prune = async {
+        let client = app.state.db.get().await.unwrap();
+        let deleted = shared::store::streams::prune_lapsed_claims(&client, 100)
+            .await
+            .unwrap();
+        pruned.store(true, Ordering::SeqCst);
+        deleted
+    };
+    let commit = async {
+        app.until_a_statement_waits_for_a_lock(&pruned).await;
+        start.commit().await.unwrap();
+    };
+    let (deleted, ()) = tokio::join!(prune, commit);
+    assert_eq!(deleted, 0);
+    let claimed_by: Vec<Uuid> = app
+        .db()
+        .await
+        .query(
+            "SELECT streamer_id FROM live_room_claims WHERE room_name = 'taken-over'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(claimed_by, vec![taker]);
+}
+
+/// A stream row held while a run starts (an end of a big room holds its row
+/// a while) does not fail the statement that stops the listed rooms' grace
+/// clocks, and with it the whole run: the other rooms' clocks stop and they
+/// are synced; the held one's clock stops at the next run.
+#[tokio::test]
+async fn a_held_stream_row_leaves_the_other_rooms_their_run() {
+    let app = TestApp::spawn().await;
+    for room in ["row-held", "row-free"] {
+        app.start_stream(Uuid::new_v4(), room).await;
+    }
+    let admin = app.db().await;
+    admin
+        .batch_execute("UPDATE live_streams SET room_missing_since = now() - interval '30 seconds'")
+        .await
+        .unwrap();
+    let clocks = || async {
+        first_column(
+            &admin,
+            "SELECT id FROM live_streams WHERE room_missing_since IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .await
+    };
+    let mut holder_connection = app.db().await;
+    let holder = holder_connection.transaction().await.unwrap();
+    holder
+        .execute(
+            "SELECT FROM live_streams WHERE id = 'row-held' FOR NO KEY UPDATE",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = reconcile(&app.state, GRACE)
+        .await
+        .expect("one held row fails no run");
+    assert!(report.synced >= 1, "{report:?}");
+    assert_eq!(clocks().await, vec!["row-held".to_owned()]);
+    holder.rollback().await.unwrap();
+    reconcile(&app.state, GRACE).await.unwrap();
+    assert!(
+        clocks().await.is_empty(),
+        "the next run stops the held one's clock"
+    );
+}
+
+/// Two reconciler runs syncing one room at once (a run over its minute, a
+/// retried invocation) could lock its sessions in opposite orders and
+/// deadlock. The second now leaves the room to the first, at once, without
+/// waiting for any of its rows.
+#[tokio::test]
+async fn a_second_sync_of_a_room_leaves_it_to_the_first() {
+    let app = TestApp::spawn().await;
+    let room = "synced-twice";
+    app.start_stream(Uuid::new_v4(), room).await;
+    let (first_viewer, second_viewer) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let mut first_connection = app.db().await;
+    let first = first_connection.transaction().await.unwrap();
+    let changed: i32 = first
+        .query_one(
+            "SELECT live_sync_sessions($1, now(), ARRAY['PA_first'], ARRAY[$2], ARRAY[true], ARRAY['First'])",
+            &[&room, &first_viewer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(changed, 1);
+
+    // As the functions' role, with their lock timeout: a wait for the first
+    // run's new session would fail this statement.
+    let second = app.state.db.get().await.unwrap();
+    let changed: i32 = second
+        .query_one(
+            "SELECT live_sync_sessions($1, now(), ARRAY['PA_first', 'PA_second'], ARRAY[$2, $3],
+                                       ARRAY[true, true], ARRAY['First', 'Second'])",
+            &[&room, &first_viewer, &second_viewer],
+        )
+        .await
+        .expect("the second run waits for nothing")
+        .get(0);
+    assert_eq!(changed, 0, "left to the run syncing the room");
+    first.commit().await.unwrap();
+    assert_eq!(app.viewer_count(room).await, 1, "the first run's listing stands");
+}
+
 /// A room whose listing came back after the run's cut-off (`until`; a
 /// scheduled run's is 15 s before its invocation's deadline) gets its
 /// sessions synced and nothing more: no push and no correction starts after
