@@ -76,7 +76,7 @@ pub async fn post_message(
     let delivery = crate::store::db::while_the_answer_can_wait(sending)
         .await
         .unwrap_or(Delivery::Failed);
-    let broadcast = delivery != Delivery::Failed;
+    let broadcast = matches!(delivery, Delivery::Sent | Delivery::Queued);
     Ok(Reply::new(
         StatusCode::CREATED,
         PostedMessage { message, broadcast },

@@ -57,6 +57,10 @@ pub enum Delivery {
     /// This request's batch failed (LiveKit unreachable); the message is
     /// stored and a later batch retries it.
     Failed,
+    /// This request stopped holding the room's batches (its second spent on
+    /// a room far behind) before its own message came; the next poster's
+    /// batch, or the flusher's, sends it.
+    Later,
 }
 
 /// Sends the room's unsent messages in batches if nobody else is; `mine` is
@@ -92,8 +96,13 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
                 if mine.is_some_and(|seq| seq <= last) {
                     mine_delivery = Delivery::Sent;
                 }
-                if !more || started.elapsed() > HOLDER_BUDGET {
+                if !more {
                     return mine_delivery;
+                }
+                if started.elapsed() > HOLDER_BUDGET {
+                    // Its lease let go: no batch in progress carries what is
+                    // left, its own message maybe among it.
+                    return later_unless_sent(mine_delivery);
                 }
             }
             Err(error) => {
@@ -112,6 +121,16 @@ fn failed_unless_sent(mine: Delivery) -> Delivery {
         Delivery::Sent
     } else {
         Delivery::Failed
+    }
+}
+
+/// A holder that stops with messages left has sent its own, or left it for
+/// the next batch.
+fn later_unless_sent(mine: Delivery) -> Delivery {
+    if mine == Delivery::Sent {
+        Delivery::Sent
+    } else {
+        Delivery::Later
     }
 }
 

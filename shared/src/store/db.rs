@@ -227,7 +227,7 @@ pub async fn until_cut_off<F: std::future::Future>(cut_off: Instant, work: F) ->
 
 /// What a request keeps of its deadline to answer in, once its decision is
 /// committed and only telling the room is left.
-const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
+const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 /// Runs `work` that follows a committed decision (telling LiveKit) for as
 /// long as the current request can still answer in time: stopped (`None`),
@@ -235,11 +235,21 @@ const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(250)
 /// which would have the app retry what already happened. Unbounded outside
 /// a request's deadline.
 pub async fn while_the_answer_can_wait<F: std::future::Future>(work: F) -> Option<F::Output> {
+    while_the_answer_can_wait_leaving(Duration::ZERO, work).await
+}
+
+/// As [`while_the_answer_can_wait`], stopping `reserve` sooner: for work
+/// that a short step of its own (giving back what it did not finish) must
+/// still follow within the answer's time.
+pub async fn while_the_answer_can_wait_leaving<F: std::future::Future>(
+    reserve: Duration,
+    work: F,
+) -> Option<F::Output> {
     // On the heap: the work (LiveKit calls, their follow-ups) is a large
     // future, and the request's own future would otherwise hold it, and
     // move it through each wrapper, on the stack.
     let work = Box::pin(work);
-    match request_deadline().and_then(|deadline| deadline.checked_sub(ANSWER_MARGIN)) {
+    match request_deadline().and_then(|deadline| deadline.checked_sub(ANSWER_MARGIN + reserve)) {
         Some(answer_by) => until_cut_off(answer_by, work).await,
         None => Some(work.await),
     }

@@ -27,6 +27,9 @@ use crate::store::rate_limit::Limit;
 pub const REACTIONS_TOPIC: &str = "reactions";
 /// At most one packet per room this often.
 pub const BROADCAST_INTERVAL: Duration = Duration::from_millis(250);
+/// What a tap's answer keeps, after a packet LiveKit did not take in time,
+/// for giving its mark back: a pooled connection's check and one statement.
+const GIVE_BACK_TIME: Duration = Duration::from_millis(500);
 
 /// The reactions there are. A fixed set: the client draws each one, and
 /// counts per kind stay a handful of rows per stream.
@@ -171,7 +174,9 @@ pub async fn send(state: &crate::AppState, broadcast: &ReactionBroadcast, within
         Ok(payload) => {
             let sending = state.livekit.send_lossy(room, REACTIONS_TOPIC, payload);
             let sent = if within_its_answer {
-                crate::livekit::before_the_answer(sending).await
+                crate::store::db::while_the_answer_can_wait_leaving(GIVE_BACK_TIME, sending)
+                    .await
+                    .unwrap_or(Err(crate::livekit::RoomServiceError::TimedOut))
             } else {
                 sending.await
             };
@@ -186,8 +191,17 @@ pub async fn send(state: &crate::AppState, broadcast: &ReactionBroadcast, within
         let client = state.db.get().await?;
         unsent(&client, broadcast).await
     };
-    if let Err(error) = given_back.await {
-        tracing::warn!(%room, %error, "an unsent reactions packet kept its mark; the next tap sends the totals");
+    // The tap is counted: its answer must come in time even if giving the
+    // mark back cannot (a held row, a reconnect), or the app taps again.
+    match crate::store::db::while_the_answer_can_wait(given_back).await {
+        Some(Ok(())) => {}
+        Some(Err(error)) => {
+            tracing::warn!(%room, %error, "an unsent reactions packet kept its mark; the next tap sends the totals")
+        }
+        None => tracing::warn!(
+            %room,
+            "an unsent reactions packet kept its mark, out of the tap's time; the next tap sends the totals"
+        ),
     }
     false
 }

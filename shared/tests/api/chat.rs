@@ -519,6 +519,50 @@ async fn busy_chat_is_sent_in_order_in_batches() {
 
 /// A batch that cannot reach LiveKit leaves its messages stored and unsent;
 /// the flusher sends them once LiveKit is back.
+/// A room far behind (LiveKit back after an outage: thousands of messages
+/// unsent) is caught up a few packets per batch; the post that holds the
+/// batches stops after its second (`HOLDER_BUDGET`) with its own message
+/// not yet sent, and says so (`broadcast: false`) rather than that a batch
+/// in progress carries it: none does, the next poster's or the flusher's
+/// will, and the lease is free for them.
+#[tokio::test]
+async fn a_post_whose_turn_ends_before_its_message_says_not_broadcast() {
+    let (app, _) = chat_room().await;
+    app.db()
+        .await
+        .execute(
+            "INSERT INTO live_messages (room_name, user_id, text)
+             SELECT $1, gen_random_uuid(), repeat('backlog ', 60) || n FROM generate_series(1, 3000) n",
+            &[&ROOM],
+        )
+        .await
+        .unwrap();
+    let response = say(&app, Uuid::new_v4(), "at the end of the queue").await;
+    assert_eq!(
+        (response.status, &response.body["broadcast"]),
+        (201, &json!(false)),
+        "{}",
+        response.body
+    );
+    let id: Uuid = response.body["message"]["id"].as_str().unwrap().parse().unwrap();
+    let (left, lease_free): (bool, bool) = {
+        let row = app
+            .db()
+            .await
+            .query_one(
+                "SELECT m.seq > b.sent_up_to, b.lease_until < now()
+                 FROM live_messages m JOIN live_chat_broadcasts b USING (room_name)
+                 WHERE m.id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(left, "the room was caught up only part of the way");
+    assert!(lease_free, "the next poster or the flusher can go on at once");
+}
+
 #[tokio::test]
 async fn a_batch_livekit_refused_is_sent_later_by_the_flusher() {
     let (app, _, listener) = chat_room_with_listener().await;

@@ -702,6 +702,94 @@ async fn committed_changes_answer_in_time_while_livekit_hangs() {
     assert!(!is_live, "the end stands");
 }
 
+/// A tap is counted before its packet goes out. With LiveKit hanging, the
+/// packet's mark is given back after the send gives up; when that must wait
+/// too (here its row is held), the tap still answers in time with
+/// `broadcast: false`: a 503 would have the app tap again, counted twice.
+#[tokio::test]
+async fn a_tap_answers_in_time_when_giving_its_mark_back_must_wait() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = TestApp::spawn_with_settings(vec![("REQUEST_DEADLINE_SECONDS", "2".into())]).await;
+    let room = "mark-held";
+    app.start_stream(Uuid::new_v4(), room).await;
+    app.set_livekit_mode(LiveKitMode::Hanging).await;
+    let tapper = app.token_for(Uuid::new_v4());
+    let answered = AtomicBool::new(false);
+    let tap = async {
+        let reacted = app
+            .call(
+                react,
+                Some(&tapper),
+                &json!({"roomName": room, "kind": "fire"}).to_string(),
+            )
+            .await;
+        answered.store(true, Ordering::SeqCst);
+        reacted
+    };
+    let hold_the_mark = async {
+        // Once the tap is counted (its packet now hanging), the row its
+        // give-back updates is held until the tap has answered.
+        let mut holder_connection = app.db().await;
+        let settle = Instant::now() + SETTLE;
+        loop {
+            let counted: i64 = holder_connection
+                .query_one(
+                    "SELECT coalesce(sum(n), 0)::int8 FROM live_reaction_counts WHERE room_name = $1",
+                    &[&room],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if counted == 1 {
+                break;
+            }
+            assert!(Instant::now() < settle, "the tap was never counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let holder = holder_connection.transaction().await.unwrap();
+        holder
+            .execute(
+                "SELECT FROM live_reaction_broadcasts WHERE room_name = $1 FOR UPDATE",
+                &[&room],
+            )
+            .await
+            .unwrap();
+        let observer = app.db().await;
+        let mut give_back_waited = false;
+        while !answered.load(Ordering::SeqCst) {
+            assert!(Instant::now() < settle, "the tap never answered");
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%live_reactions_unsent%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            give_back_waited |= waiting > 0;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        holder.commit().await.unwrap();
+        give_back_waited
+    };
+    let (reacted, give_back_waited) = tokio::join!(tap, hold_the_mark);
+    assert!(give_back_waited, "the give-back waited for the held row");
+    assert_eq!(
+        (reacted.status, &reacted.body["broadcast"]),
+        (200, &json!(false)),
+        "{}",
+        reacted.body
+    );
+    let counted: i64 = app
+        .db_value(
+            "SELECT sum(n)::int8 FROM live_reaction_counts WHERE room_name = $1",
+            &[&room],
+        )
+        .await;
+    assert_eq!(counted, 1, "the tap stands, once");
+}
+
 /// A guest whose connection was lost keeps their turn for
 /// `STAGE_RETURN_SECONDS` (`away_since`); a ban, or the host taking them off,
 /// ends the turn and with it the clock, which would otherwise run on a row
