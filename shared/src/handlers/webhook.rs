@@ -128,8 +128,16 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
     let who = Presence::from(participant);
     let applied = {
         let client = state.db.get().await?;
-        let mut applied =
-            viewers::participant_event(&client, &event.id, &room, room_sid, change, &who).await?;
+        let mut applied = viewers::participant_event(
+            &client,
+            &event.id,
+            &room,
+            room_sid,
+            change,
+            &who,
+            state.rules.stage_return,
+        )
+        .await?;
         // LiveKit delivers again what was not answered 2xx: the first delivery
         // may have committed and then died (a timeout) before it made LiveKit
         // enforce the standing, so a repeated join still gets its correction.

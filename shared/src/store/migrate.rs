@@ -80,6 +80,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(51, "0051_unsent_reactions_and_a_cheap_chat_settle"),
     migration!(52, "0052_a_failed_chat_batch_spaces_the_next"),
     migration!(53, "0053_one_sync_of_a_room_at_a_time"),
+    migration!(54, "0054_back_too_late_is_off_the_stage"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -123,6 +123,8 @@ pub struct EventApplied {
 }
 
 /// Applies one participant event in one statement (`live_participant_event`).
+/// A join after `stage_return` away ends the stage standing that waited for
+/// it (migration 0054), as the reconciler would have.
 pub async fn participant_event(
     client: &Client,
     event_id: &str,
@@ -130,6 +132,7 @@ pub async fn participant_event(
     room_sid: &str,
     change: SessionChange,
     who: &Presence,
+    stage_return: std::time::Duration,
 ) -> Result<EventApplied, ApiError> {
     let change = match change {
         SessionChange::Joined => "join",
@@ -139,7 +142,7 @@ pub async fn participant_event(
     let row = client
         .query_typed_one(
             "SELECT outcome, streamer_id, is_live, banned, muted, hand_raised, invited, on_stage, count_written
-             FROM live_participant_event($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             FROM live_participant_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 (&event_id, Type::TEXT),
                 (&room.as_str(), Type::TEXT),
@@ -150,6 +153,7 @@ pub async fn participant_event(
                 (&who.user(), Type::UUID),
                 (&who.not_audience, Type::BOOL),
                 (&who.name.as_str(), Type::TEXT),
+                (&stage_return.as_secs_f64(), Type::FLOAT8),
             ],
         )
         .await?;

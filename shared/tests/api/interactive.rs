@@ -1423,6 +1423,93 @@ async fn a_guest_whose_connection_drops_keeps_the_stage_until_the_time_to_return
     assert_eq!(guests, 0);
 }
 
+/// Back after the time to return, before the reconciler's run came by: the
+/// turn is over, as that run would have ended it (migration 0054); the
+/// place is free, and being on stage again takes a new invitation. A viewer
+/// back in time keeps their raised hand.
+#[tokio::test]
+async fn a_guest_back_after_the_time_to_return_finds_the_turn_over() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "back-too-late";
+    app.start_stream(host, room).await;
+    let (late, prompt) = (Uuid::new_v4(), Uuid::new_v4());
+    let (late_id, prompt_id) = (late.to_string(), prompt.to_string());
+    join_and_take_stage(&app, host, room, late, "PA_late_1").await;
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &prompt_id,
+        "PA_prompt_1",
+        "Viewer",
+        false,
+    )
+    .await;
+    let raised = app
+        .call(
+            shared::handlers::raise_hand,
+            Some(&app.token_for(prompt)),
+            &json!({"roomName": room, "raised": true}).to_string(),
+        )
+        .await;
+    assert_eq!(raised.status, 200, "{}", raised.body);
+
+    left_because(&app, room, &late_id, "PA_late_1", "SIGNAL_CLOSE").await;
+    left_because(&app, room, &prompt_id, "PA_prompt_1", "SIGNAL_CLOSE").await;
+    assert_eq!(on_stage_and_away(&app, room, late).await, (true, true));
+    away_past_the_time_to_return(&app, room, late).await;
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &late_id,
+        "PA_late_2",
+        "Guest",
+        false,
+    )
+    .await;
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &prompt_id,
+        "PA_prompt_2",
+        "Viewer",
+        false,
+    )
+    .await;
+
+    assert_eq!(
+        on_stage_and_away(&app, room, late).await,
+        (false, false),
+        "back after STAGE_RETURN_SECONDS: the turn is over"
+    );
+    let hand: bool = app
+        .db_value(
+            "SELECT hand_raised_at IS NOT NULL AND away_since IS NULL FROM live_stage
+             WHERE room_name = $1 AND user_id = $2",
+            &[&room, &prompt],
+        )
+        .await;
+    assert!(hand, "back in time: the hand is still up");
+    let accepted = app
+        .call(
+            accept_stage,
+            Some(&app.token_for(late)),
+            &json!({"roomName": room}).to_string(),
+        )
+        .await;
+    accepted.assert_error(409, "not_invited");
+    let report = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.stage_turns_ended, 0,
+        "nothing left for the run: {report:?}"
+    );
+}
+
 /// The invitee's last leave and the streamer's invitation at the same
 /// moment, the invitation first: the leave waits for it and clears it, so no
 /// one who is gone can accept and hold a guest slot.

@@ -56,7 +56,7 @@ async fn open_join<'c>(
     let webhook = connection.transaction().await.unwrap();
     let outcome: String = webhook
         .query_one(
-            "SELECT outcome FROM live_participant_event($1, $2, '', 'join', $3, $4, $5, false, 'Ade')",
+            "SELECT outcome FROM live_participant_event($1, $2, '', 'join', $3, $4, $5, false, 'Ade', 60)",
             &[&event_id, &room, &sid, &viewer.to_string(), &viewer],
         )
         .await

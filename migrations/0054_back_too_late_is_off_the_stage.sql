@@ -1,0 +1,198 @@
+-- A guest whose connection was lost keeps their turn (a viewer their hand
+-- or invitation) for STAGE_RETURN_SECONDS (0028), and the reconciler's run
+-- each minute ends what has lapsed. A guest who came back after their time
+-- but before that run found the turn still theirs: the join cleared the
+-- away mark whatever its age, so "60 seconds to come back" was up to two
+-- minutes, and a guest the streamer thought gone could be back on camera.
+-- A join now ends a standing whose time to return has run out, as the
+-- reconciler would have, and only clears the mark of one still in time.
+--
+-- The database does not know the setting; the webhook passes it to a new
+-- live_participant_event, which keeps it for its transaction
+-- (live.stage_return_seconds, set local: safe behind a transaction-mode
+-- pooler) for live_presence_change to read. The nine-argument
+-- live_participant_event stays for functions deployed before this and, as
+-- the reconciler's syncs, sets nothing: a session the reconciler reopens was
+-- never gone, so its turn goes on whatever the mark's age.
+--
+-- Whole body of 0038's live_presence_change; what changed is marked.
+
+CREATE OR REPLACE FUNCTION live_presence_change(
+    p_room TEXT,
+    p_sid TEXT,
+    p_identity TEXT,
+    p_counted BOOLEAN,
+    p_change TEXT,
+    p_name TEXT,
+    OUT delta INTEGER,
+    OUT first_time BOOLEAN,
+    OUT arrived DOUBLE PRECISION,
+    OUT watched DOUBLE PRECISION
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_session live_participant_sessions%ROWTYPE;
+    v_was_present BOOLEAN;
+    v_is_present BOOLEAN := NULL;
+    v_sessions INTEGER;
+    v_joined_at TIMESTAMPTZ;
+    -- Changed: the time to return, if the caller set it.
+    v_return DOUBLE PRECISION := nullif(current_setting('live.stage_return_seconds', true), '')::DOUBLE PRECISION;
+BEGIN
+    delta := 0;
+    first_time := false;
+    arrived := 0;
+    watched := 0;
+    LOOP
+        SELECT * INTO v_session FROM live_participant_sessions
+        WHERE room_name = p_room AND sid = p_sid
+        FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined, left_at)
+        VALUES (p_room, p_sid, p_identity, p_counted, p_change IN ('join', 'reopen'),
+                CASE WHEN p_change IN ('join', 'reopen') THEN NULL ELSE now() END)
+        ON CONFLICT (room_name, sid) DO NOTHING;
+        IF FOUND THEN
+            v_was_present := false;
+            v_is_present := p_change IN ('join', 'reopen');
+            EXIT;
+        END IF;
+    END LOOP;
+    IF v_is_present IS NULL THEN
+        v_was_present := v_session.joined AND v_session.left_at IS NULL;
+        IF p_change = 'join' THEN
+            UPDATE live_participant_sessions SET joined = true, updated_at = now()
+            WHERE room_name = p_room AND sid = p_sid;
+            v_is_present := v_session.left_at IS NULL;
+        ELSIF p_change = 'reopen' THEN
+            UPDATE live_participant_sessions
+            SET joined = true, updated_at = now(),
+                left_at = CASE WHEN closed_by_reconciler THEN NULL ELSE left_at END,
+                closed_by_reconciler = false
+            WHERE room_name = p_room AND sid = p_sid;
+            v_is_present := v_session.left_at IS NULL OR v_session.closed_by_reconciler;
+        ELSE
+            UPDATE live_participant_sessions
+            SET left_at = coalesce(left_at, now()), updated_at = now(),
+                closed_by_reconciler = (p_change = 'close' AND left_at IS NULL)
+                                       OR (closed_by_reconciler AND p_change = 'close')
+            WHERE room_name = p_room AND sid = p_sid;
+            v_is_present := false;
+        END IF;
+    END IF;
+
+    -- The leave a reconciler's close stood in for, told late and chosen,
+    -- ends what the close kept for a return (below): only the away turn that
+    -- close began, not a newer drop's (0032).
+    IF p_change = 'leave' AND v_session.closed_by_reconciler
+       AND NOT EXISTS (SELECT FROM live_presence WHERE room_name = p_room AND identity = p_identity) THEN
+        UPDATE live_stage
+        SET hand_raised_at = NULL, invited_at = NULL, on_stage_since = NULL, away_since = NULL
+        WHERE room_name = p_room AND user_id = live_identity_user(p_identity)
+          AND away_since <= v_session.left_at;
+    END IF;
+    IF v_was_present = v_is_present OR NOT coalesce(v_session.counted, p_counted) THEN
+        RETURN;
+    END IF;
+    IF v_is_present THEN
+        INSERT INTO live_presence AS p (room_name, identity, sessions, display_name)
+        VALUES (p_room, p_identity, 1, nullif(p_name, ''))
+        ON CONFLICT (room_name, identity) DO UPDATE
+        SET sessions = p.sessions + 1, display_name = coalesce(EXCLUDED.display_name, p.display_name)
+        RETURNING sessions, joined_at INTO v_sessions, v_joined_at;
+        IF v_sessions = 1 THEN
+            delta := 1;
+            arrived := extract(epoch FROM v_joined_at);
+            INSERT INTO live_viewers_seen (room_name, identity) VALUES (p_room, p_identity)
+            ON CONFLICT DO NOTHING;
+            first_time := FOUND;
+            -- Changed: back within the time to return, their turn goes on
+            -- (0028); back after it, before the reconciler came by, it is
+            -- over, as that run would have ended it. The time to return is
+            -- the caller's setting (unset: no limit, as before).
+            UPDATE live_stage
+            SET hand_raised_at = CASE WHEN away_since < now() - make_interval(secs => v_return) THEN NULL
+                                      ELSE hand_raised_at END,
+                invited_at = CASE WHEN away_since < now() - make_interval(secs => v_return) THEN NULL
+                                  ELSE invited_at END,
+                on_stage_since = CASE WHEN away_since < now() - make_interval(secs => v_return) THEN NULL
+                                      ELSE on_stage_since END,
+                away_since = NULL
+            WHERE room_name = p_room AND user_id = live_identity_user(p_identity) AND away_since IS NOT NULL;
+        END IF;
+    ELSE
+        -- The row is locked, then read, then decided on (0038).
+        SELECT p.sessions INTO v_sessions FROM live_presence AS p
+        WHERE p.room_name = p_room AND p.identity = p_identity
+        FOR UPDATE;
+        IF v_sessions > 1 THEN
+            UPDATE live_presence SET sessions = sessions - 1
+            WHERE room_name = p_room AND identity = p_identity;
+        ELSIF v_sessions = 1 THEN
+            DELETE FROM live_presence WHERE room_name = p_room AND identity = p_identity
+            RETURNING joined_at INTO v_joined_at;
+            IF FOUND THEN
+                delta := -1;
+                arrived := extract(epoch FROM v_joined_at);
+                watched := greatest(extract(epoch FROM now() - v_joined_at), 0);
+                -- A connection lost is not a choice to leave; the
+                -- reconciler ends the turn if they are not back in time.
+                -- Nor is a session the reconciler closed, whose leave was
+                -- never told.
+                IF p_change IN ('drop', 'close') THEN
+                    UPDATE live_stage SET away_since = now()
+                    WHERE room_name = p_room AND user_id = live_identity_user(p_identity)
+                      AND (hand_raised_at IS NOT NULL OR invited_at IS NOT NULL OR on_stage_since IS NOT NULL);
+                ELSE
+                    UPDATE live_stage
+                    SET hand_raised_at = NULL, invited_at = NULL, on_stage_since = NULL, away_since = NULL
+                    WHERE room_name = p_room AND user_id = live_identity_user(p_identity)
+                      AND (hand_raised_at IS NOT NULL OR invited_at IS NOT NULL OR on_stage_since IS NOT NULL);
+                END IF;
+            END IF;
+        END IF;
+    END IF;
+END
+$$;
+-- CREATE OR REPLACE keeps the privileges 0012 set.
+
+CREATE FUNCTION live_participant_event(
+    p_event_id TEXT,
+    p_room TEXT,
+    p_room_sid TEXT,
+    p_change TEXT,
+    p_sid TEXT,
+    p_identity TEXT,
+    p_user UUID,
+    p_hidden BOOLEAN,
+    p_name TEXT,
+    p_stage_return DOUBLE PRECISION,
+    OUT outcome TEXT,
+    OUT streamer_id UUID,
+    OUT is_live BOOLEAN,
+    OUT banned BOOLEAN,
+    OUT muted BOOLEAN,
+    OUT hand_raised BOOLEAN,
+    OUT invited BOOLEAN,
+    OUT on_stage BOOLEAN,
+    OUT count_written INTEGER
+)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM set_config('live.stage_return_seconds', p_stage_return::text, true);
+    SELECT e.outcome, e.streamer_id, e.is_live, e.banned, e.muted, e.hand_raised, e.invited, e.on_stage,
+           e.count_written
+    INTO outcome, streamer_id, is_live, banned, muted, hand_raised, invited, on_stage, count_written
+    FROM live_participant_event(p_event_id, p_room, p_room_sid, p_change, p_sid, p_identity, p_user, p_hidden,
+                                p_name) e;
+END
+$$;
+
+CALL live_revoke_from_api_roles(ARRAY[
+    'live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION)'
+]::REGPROCEDURE[]);
+GRANT EXECUTE ON FUNCTION
+    live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION)
+    TO live_api;
