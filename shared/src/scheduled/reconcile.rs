@@ -181,7 +181,7 @@ async fn sync_live_rooms(
     // later gap in the listing then ends the stream by, as of long ago.
     let listed: Vec<&str> = open.iter().map(String::as_str).collect();
     let client = state.db.get().await?;
-    streams::rooms_found(&client, &listed).await?;
+    let clocks_left = streams::rooms_found(&client, &listed).await?;
     drop(client);
 
     for (done, (room, streamer)) in live.iter().enumerate() {
@@ -190,12 +190,18 @@ async fn sync_live_rooms(
             break;
         }
         let outcome = if open.contains(room.as_str()) {
-            sync_room(state, room, *streamer, listed_at, until)
-                .await
-                .map(|corrected| {
-                    report.synced += 1;
-                    report.corrected += corrected;
-                })
+            async {
+                if clocks_left.contains(room.as_str()) {
+                    let client = state.db.get().await?;
+                    streams::room_found(&client, room).await?;
+                }
+                sync_room(state, room, *streamer, listed_at, until).await
+            }
+            .await
+            .map(|corrected| {
+                report.synced += 1;
+                report.corrected += corrected;
+            })
         } else {
             room_missing(state, room, grace).await.map(|ended| {
                 report.missing += 1;

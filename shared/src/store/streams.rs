@@ -1,6 +1,8 @@
 //! The `live_streams` store. Every query is one unnamed statement
 //! (`query_typed`), one round trip, safe behind a transaction-mode pooler.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row};
@@ -420,18 +422,39 @@ pub async fn end(client: &Client, room: &RoomName, caller: Uuid) -> Result<EndOu
 
 /// Stops the grace clock (`room_missing_since`) of every stream whose room
 /// LiveKit lists: a room that is there is not missing. A stream row held
-/// now (an end of a big room takes a while) is skipped, not waited for: one
-/// held row must not fail the whole run's statement, and with it every
-/// room's sync. Its clock stops at the next run that lists the room.
-pub async fn rooms_found(client: &Client, rooms: &[&str]) -> Result<(), ApiError> {
+/// now (every webhook's count write holds it a moment, an end of a big room
+/// a while) is skipped, not waited for, so that one held row cannot fail
+/// the statement and with it every room's turn; the rooms skipped so are
+/// returned, for [`room_found`] to stop each clock on its own.
+pub async fn rooms_found(client: &Client, rooms: &[&str]) -> Result<HashSet<String>, ApiError> {
+    let held = client
+        .query_typed(
+            "WITH found AS (
+                 SELECT id FROM live_streams
+                 WHERE id = ANY($1) AND room_missing_since IS NOT NULL
+                 FOR NO KEY UPDATE SKIP LOCKED),
+             stopped AS (
+                 UPDATE live_streams s SET room_missing_since = NULL
+                 FROM found WHERE s.id = found.id
+                 RETURNING s.id)
+             SELECT id FROM live_streams
+             WHERE id = ANY($1) AND room_missing_since IS NOT NULL
+               AND id NOT IN (SELECT id FROM stopped)",
+            &[(&rooms, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    held.iter()
+        .map(|row| row.try_get(0).map_err(ApiError::internal))
+        .collect()
+}
+
+/// Stops the grace clock of one stream whose room LiveKit lists, waiting
+/// for its row (up to the role's lock timeout).
+pub async fn room_found(client: &Client, room: &RoomName) -> Result<(), ApiError> {
     client
         .query_typed(
-            "UPDATE live_streams s SET room_missing_since = NULL
-             FROM (SELECT id FROM live_streams
-                   WHERE id = ANY($1) AND room_missing_since IS NOT NULL
-                   FOR NO KEY UPDATE SKIP LOCKED) found
-             WHERE s.id = found.id",
-            &[(&rooms, Type::TEXT_ARRAY)],
+            "UPDATE live_streams SET room_missing_since = NULL WHERE id = $1 AND room_missing_since IS NOT NULL",
+            &[(&room.as_str(), Type::TEXT)],
         )
         .await?;
     Ok(())
