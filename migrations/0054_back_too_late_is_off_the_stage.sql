@@ -4,16 +4,21 @@
 -- but before that run found the turn still theirs: the join cleared the
 -- away mark whatever its age, so "60 seconds to come back" was up to two
 -- minutes, and a guest the streamer thought gone could be back on camera.
--- A join now ends a standing whose time to return has run out, as the
--- reconciler would have, and only clears the mark of one still in time.
+-- A join now ends a standing whose time to return had run out when the
+-- join happened, as the reconciler would have, and only clears the mark of
+-- one back in time.
 --
--- The database does not know the setting; the webhook passes it to a new
--- live_participant_event, which keeps it for its transaction
--- (live.stage_return_seconds, set local: safe behind a transaction-mode
--- pooler) for live_presence_change to read. The nine-argument
--- live_participant_event stays for functions deployed before this and, as
--- the reconciler's syncs, sets nothing: a session the reconciler reopens was
--- never gone, so its turn goes on whatever the mark's age.
+-- The database does not know the setting. The webhook passes it, with the
+-- time LiveKit created the join event (a join can wait in LiveKit's queue
+-- for the room behind others; it is not late for that), to a new
+-- live_participant_event, which keeps the moment away marks must be younger
+-- than for its transaction (live.stage_return_cutoff, set local: safe behind
+-- a transaction-mode pooler) for live_presence_change to read. The
+-- nine-argument function stays for functions deployed before this and sets
+-- nothing: no limit, as before. The reconciler's syncs set nothing either: a
+-- session it finds listed is in the room now, back at a time it cannot
+-- tell (a lost join), or one it closed and reopens was never gone; either
+-- keeps the turn, and the run ends only the turns of those not back.
 --
 -- Whole body of 0038's live_presence_change; what changed is marked.
 
@@ -37,8 +42,10 @@ DECLARE
     v_is_present BOOLEAN := NULL;
     v_sessions INTEGER;
     v_joined_at TIMESTAMPTZ;
-    -- Changed: the time to return, if the caller set it.
-    v_return DOUBLE PRECISION := nullif(current_setting('live.stage_return_seconds', true), '')::DOUBLE PRECISION;
+    -- Changed: who was away since before this lost their standing, if the
+    -- caller said (live.stage_return_cutoff, epoch seconds).
+    v_cutoff TIMESTAMPTZ := to_timestamp(nullif(current_setting('live.stage_return_cutoff', true), '')::DOUBLE PRECISION);
+    v_lapsed BOOLEAN;
 BEGIN
     delta := 0;
     first_time := false;
@@ -108,16 +115,13 @@ BEGIN
             ON CONFLICT DO NOTHING;
             first_time := FOUND;
             -- Changed: back within the time to return, their turn goes on
-            -- (0028); back after it, before the reconciler came by, it is
-            -- over, as that run would have ended it. The time to return is
-            -- the caller's setting (unset: no limit, as before).
+            -- (0028); joined after it, before the reconciler came by, it is
+            -- over, as that run would have ended it.
+            v_lapsed := p_change = 'join' AND v_cutoff IS NOT NULL;
             UPDATE live_stage
-            SET hand_raised_at = CASE WHEN away_since < now() - make_interval(secs => v_return) THEN NULL
-                                      ELSE hand_raised_at END,
-                invited_at = CASE WHEN away_since < now() - make_interval(secs => v_return) THEN NULL
-                                  ELSE invited_at END,
-                on_stage_since = CASE WHEN away_since < now() - make_interval(secs => v_return) THEN NULL
-                                      ELSE on_stage_since END,
+            SET hand_raised_at = CASE WHEN v_lapsed AND away_since < v_cutoff THEN NULL ELSE hand_raised_at END,
+                invited_at = CASE WHEN v_lapsed AND away_since < v_cutoff THEN NULL ELSE invited_at END,
+                on_stage_since = CASE WHEN v_lapsed AND away_since < v_cutoff THEN NULL ELSE on_stage_since END,
                 away_since = NULL
             WHERE room_name = p_room AND user_id = live_identity_user(p_identity) AND away_since IS NOT NULL;
         END IF;
@@ -168,6 +172,7 @@ CREATE FUNCTION live_participant_event(
     p_hidden BOOLEAN,
     p_name TEXT,
     p_stage_return DOUBLE PRECISION,
+    p_event_at TIMESTAMPTZ,
     OUT outcome TEXT,
     OUT streamer_id UUID,
     OUT is_live BOOLEAN,
@@ -181,7 +186,11 @@ CREATE FUNCTION live_participant_event(
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    PERFORM set_config('live.stage_return_seconds', p_stage_return::text, true);
+    -- LiveKit's clock may be ahead of ours: never later than now.
+    PERFORM set_config(
+        'live.stage_return_cutoff',
+        extract(epoch FROM least(now(), coalesce(p_event_at, now())) - make_interval(secs => p_stage_return))::text,
+        true);
     SELECT e.outcome, e.streamer_id, e.is_live, e.banned, e.muted, e.hand_raised, e.invited, e.on_stage,
            e.count_written
     INTO outcome, streamer_id, is_live, banned, muted, hand_raised, invited, on_stage, count_written
@@ -191,8 +200,8 @@ END
 $$;
 
 CALL live_revoke_from_api_roles(ARRAY[
-    'live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION)'
+    'live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION, TIMESTAMPTZ)'
 ]::REGPROCEDURE[]);
 GRANT EXECUTE ON FUNCTION
-    live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION)
+    live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION, TIMESTAMPTZ)
     TO live_api;

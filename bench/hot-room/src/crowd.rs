@@ -434,7 +434,7 @@ async fn compare_designs(setup: &Setup) -> Value {
         let (event, sid, identity) = (format!("EV_today_{n}"), format!("PA_today_{n}"), format!("new-{n}"));
         client
             .query_typed(
-                "SELECT outcome FROM live_participant_event($1, 'hot-room-today', '', 'join', $2, $3, NULL, false, '', 60)",
+                "SELECT outcome FROM live_participant_event($1, 'hot-room-today', '', 'join', $2, $3, NULL, false, '', 60, NULL)",
                 &[
                     (&event, tokio_postgres::types::Type::TEXT),
                     (&sid, tokio_postgres::types::Type::TEXT),

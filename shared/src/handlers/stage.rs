@@ -45,6 +45,34 @@ pub struct StageOutcome {
     pub room_updated: bool,
 }
 
+/// Ends the turns in `room` whose time to return ran out, but not of those
+/// LiveKit lists there (back, their join not yet told: ending theirs would
+/// let a new guest publish beside them). Says whether a place was freed;
+/// with LiveKit not answering, none is, and the stage stays full.
+async fn free_lapsed_places(
+    state: &AppState,
+    client: &tokio_postgres::Client,
+    room: &RoomName,
+) -> Result<bool, ApiError> {
+    let participants = match state.livekit.participants(room).await {
+        Ok(participants) => participants,
+        Err(error) => {
+            tracing::warn!(%room, %error, "the stage is full; LiveKit's listing, needed to free lapsed places, failed");
+            return Ok(false);
+        }
+    };
+    let listed: Vec<&str> = participants.iter().map(|p| p.identity.as_str()).collect();
+    let lapsed = stage::end_lapsed_away_turns(
+        client,
+        Some(room),
+        &listed,
+        state.rules.stage_return,
+        STAGE_PLACES_FREED,
+    )
+    .await?;
+    Ok(lapsed.ended > 0)
+}
+
 /// One stage change by `user` about `target`, then the room.
 async fn change(
     state: &AppState,
@@ -72,17 +100,7 @@ async fn change(
         match attempt().await {
             // A guest whose time to return ran out still holds a place until
             // the reconciler's next run: free those places now and try again.
-            Err(ApiError::StageFull { .. })
-                if stage::end_lapsed_away_turns(
-                    &client,
-                    Some(&room),
-                    state.rules.stage_return,
-                    STAGE_PLACES_FREED,
-                )
-                .await?
-                .ended
-                    > 0 =>
-            {
+            Err(ApiError::StageFull { .. }) if free_lapsed_places(state, &client, &room).await? => {
                 attempt().await?
             }
             outcome => outcome?,

@@ -128,9 +128,13 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
     let who = Presence::from(participant);
     let applied = {
         let client = state.db.get().await?;
+        let source = viewers::EventSource {
+            id: &event.id,
+            made_at: chrono::DateTime::from_timestamp(event.created_at, 0).filter(|_| event.created_at > 0),
+        };
         let mut applied = viewers::participant_event(
             &client,
-            &event.id,
+            source,
             &room,
             room_sid,
             change,

@@ -9,7 +9,9 @@
 //!   rate-limit rows, closed participant sessions and the sessions and
 //!   unique-viewer marks of ended streams past the retention period, and any
 //!   presence row an ended stream still has (a first join that committed
-//!   while the end ran).
+//!   while the end ran);
+//! - after the rooms' sync, which records the guests LiveKit lists back, the
+//!   stage turns of those whose time to return ran out end.
 //!
 //! Each write is conditional or made under the stream's row lock, so two runs
 //! at once do the same work twice, never anything wrong (a room's sessions
@@ -151,6 +153,15 @@ pub async fn reconcile_until(
     // Live rooms first: their counts and rules matter now, while closing an
     // ended stream's room can wait for a later run.
     sync_live_rooms(state, &live, grace, listed_at, until, &mut report).await?;
+    // After the rooms' sync: a guest back whose join was never told is
+    // present now, and keeps the turn.
+    let stage_until = until.unwrap_or_else(|| Instant::now() + PRUNE_BUDGET);
+    match end_stage_turns_of_the_gone(state, stage_until).await {
+        Ok(ended) => report.stage_turns_ended = ended,
+        Err(error) => {
+            tracing::warn!(%error, "ending lapsed stage turns stopped; the next run goes on with it")
+        }
+    }
     close_rooms_of_ended_streams(state, &unclosed, until, &mut report).await;
     tracing::info!(?report, "reconciled with LiveKit");
     Ok(report)
@@ -178,7 +189,8 @@ async fn sync_live_rooms(
         .collect();
     // A room LiveKit lists is not missing, whatever its sync does next: its
     // grace clock stops now, or a failed sync would keep an old clock that a
-    // later gap in the listing then ends the stream by, as of long ago.
+    // later gap in the listing then ends the stream by, as of long ago. Those
+    // whose row was held are stopped one by one, before their sync.
     let listed: Vec<&str> = open.iter().map(String::as_str).collect();
     let client = state.db.get().await?;
     let clocks_left = streams::rooms_found(&client, &listed).await?;
@@ -255,10 +267,10 @@ async fn mark_room_closed(state: &AppState, room: &RoomName) -> Result<(), ApiEr
     streams::mark_room_closed(&client, room).await
 }
 
-/// What grows with use, pruned, and the stage turns of the gone ended. What
-/// users wait for first (a stage slot a guest who never came back still
-/// holds, a room name a dead start still claims), then the backlogs, which
-/// after a long outage can use up the budget.
+/// What grows with use, pruned. What users wait for first (a room name a
+/// dead start still claims), then the backlogs, which after a long outage
+/// can use up the budget. The stage turns of the gone end after the rooms'
+/// sync ([`end_stage_turns_of_the_gone`]).
 async fn clean_up(
     state: &AppState,
     client: &tokio_postgres::Client,
@@ -266,7 +278,6 @@ async fn clean_up(
     report: &mut ReconcileReport,
 ) -> Result<(), ApiError> {
     let retention = state.rules.session_retention;
-    report.stage_turns_ended = end_stage_turns_of_the_gone(client, state.rules.stage_return, until).await?;
     report.claims_pruned = in_batches(until, || streams::prune_lapsed_claims(client, PRUNE_BATCH)).await?;
     report.webhook_ids_pruned = prune_webhook_ids(client, until).await?;
     in_batches(until, || crate::store::rate_limit::prune(client, PRUNE_BATCH)).await?;
@@ -440,16 +451,21 @@ async fn prune_viewers_seen(
 }
 
 /// Ends the stage standing of every viewer whose time to return has run out
-/// ([`crate::store::stage::end_lapsed_away_turns`]), in batches.
-async fn end_stage_turns_of_the_gone(
-    client: &tokio_postgres::Client,
-    stage_return: Duration,
-    until: Instant,
-) -> Result<usize, ApiError> {
+/// ([`crate::store::stage::end_lapsed_away_turns`]), in batches. Run after
+/// the rooms' sync: a guest back in a room whose join was never told (a
+/// webhook LiveKit dropped) is present by then, and keeps the turn.
+async fn end_stage_turns_of_the_gone(state: &AppState, until: Instant) -> Result<usize, ApiError> {
+    let client = state.db.get().await?;
     let ended = std::cell::Cell::new(0);
     in_batches(until, || async {
-        let lapsed =
-            crate::store::stage::end_lapsed_away_turns(client, None, stage_return, PRUNE_BATCH).await?;
+        let lapsed = crate::store::stage::end_lapsed_away_turns(
+            &client,
+            None,
+            &[],
+            state.rules.stage_return,
+            PRUNE_BATCH,
+        )
+        .await?;
         ended.set(ended.get() + lapsed.ended);
         Ok(lapsed.rows)
     })

@@ -207,15 +207,18 @@ pub struct Lapsed {
 /// connection was lost more than `stage_return` ago (migration 0028) and who
 /// have not come back, in `room` or every room, at most `limit` of them. A
 /// row a stage change or a join holds now is left for later rather than
-/// waited for; one whose viewer is back (their join raced the mark) only
+/// waited for; one whose viewer is back (present here, or among the
+/// identities `listed` in the room by LiveKit: their join not yet told) only
 /// loses the mark. Nobody in the room needs telling: the viewer is not
 /// there, and the join of a token minted on stage is corrected by the
-/// webhook. The reconciler runs it every minute for every room; a change
-/// refused for a full stage runs it for its room first, so a lapsed guest's
-/// place does not wait for that minute.
+/// webhook. The reconciler runs it every minute for every room, after its
+/// rooms' sync has recorded who LiveKit lists; a change refused for a full
+/// stage runs it for its room first, with the room's listing, so a lapsed
+/// guest's place does not wait for that minute.
 pub async fn end_lapsed_away_turns(
     client: &Client,
     room: Option<&RoomName>,
+    listed: &[&str],
     stage_return: std::time::Duration,
     limit: i64,
 ) -> Result<Lapsed, ApiError> {
@@ -224,8 +227,9 @@ pub async fn end_lapsed_away_turns(
         .query_typed(
             "WITH lapsed AS (
                  SELECT a.room_name, a.user_id,
-                        EXISTS (SELECT FROM live_presence p
-                                WHERE p.room_name = a.room_name AND p.identity = a.user_id::text) AS back
+                        (a.user_id::text = ANY($4)
+                         OR EXISTS (SELECT FROM live_presence p
+                                    WHERE p.room_name = a.room_name AND p.identity = a.user_id::text)) AS back
                  FROM live_stage a
                  WHERE a.away_since < now() - make_interval(secs => $1)
                    AND ($3::text IS NULL OR a.room_name = $3)
@@ -244,6 +248,7 @@ pub async fn end_lapsed_away_turns(
                 (&stage_return_seconds, Type::FLOAT8),
                 (&limit, Type::INT8),
                 (&room.map(RoomName::as_str), Type::TEXT),
+                (&listed, Type::TEXT_ARRAY),
             ],
         )
         .await?;

@@ -122,12 +122,23 @@ pub struct EventApplied {
     pub count_written: Option<i32>,
 }
 
+/// The webhook event a participant change comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct EventSource<'a> {
+    /// LiveKit's event id, by which a repeated delivery is known.
+    pub id: &'a str,
+    /// When LiveKit created the event: a join waits in the room's webhook
+    /// queue behind others, and is not late for that.
+    pub made_at: Option<DateTime<Utc>>,
+}
+
 /// Applies one participant event in one statement (`live_participant_event`).
-/// A join after `stage_return` away ends the stage standing that waited for
-/// it (migration 0054), as the reconciler would have.
+/// A join made more than `stage_return` after its user's connection was lost
+/// ends the stage standing that waited for them (migration 0054), as the
+/// reconciler would have.
 pub async fn participant_event(
     client: &Client,
-    event_id: &str,
+    event: EventSource<'_>,
     room: &RoomName,
     room_sid: &str,
     change: SessionChange,
@@ -142,9 +153,9 @@ pub async fn participant_event(
     let row = client
         .query_typed_one(
             "SELECT outcome, streamer_id, is_live, banned, muted, hand_raised, invited, on_stage, count_written
-             FROM live_participant_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             FROM live_participant_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
-                (&event_id, Type::TEXT),
+                (&event.id, Type::TEXT),
                 (&room.as_str(), Type::TEXT),
                 (&room_sid, Type::TEXT),
                 (&change, Type::TEXT),
@@ -154,6 +165,7 @@ pub async fn participant_event(
                 (&who.not_audience, Type::BOOL),
                 (&who.name.as_str(), Type::TEXT),
                 (&stage_return.as_secs_f64(), Type::FLOAT8),
+                (&event.made_at, Type::TIMESTAMPTZ),
             ],
         )
         .await?;

@@ -249,7 +249,7 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_moderate(text,uuid,boolean,boolean,uuid,text)",
     "execute live_note_peak(text,integer)",
     "execute live_participant_event(text,text,text,text,text,text,uuid,boolean,text)", // superseded; kept for an earlier release's binaries
-    "execute live_participant_event(text,text,text,text,text,text,uuid,boolean,text,double precision)",
+    "execute live_participant_event(text,text,text,text,text,text,uuid,boolean,text,double precision,timestamp with time zone)",
     "execute live_presence_change(text,text,text,boolean,text,text)",
     "execute live_react(text,uuid,text,text,double precision,bigint,interval)",
     "execute live_react_under_standing(text,uuid,text,text,double precision,bigint,interval)",

@@ -638,6 +638,209 @@ async fn a_guest_who_leaves_the_room_leaves_the_stage_and_an_old_token_cannot_pu
     drop(host_client);
 }
 
+/// A guest whose connection was lost, back after their time to return but
+/// before the reconciler's run, with the token they got on stage: their
+/// join ends the turn (migration 0054), and the webhook takes the grant back
+/// in the room.
+#[tokio::test]
+async fn a_guest_back_after_the_time_to_return_cannot_publish_with_a_token_minted_on_stage() {
+    use shared::handlers::{accept_stage, invite_to_stage};
+    let app = TestApp::spawn().await;
+    let (host, host_client) = live_host(&app).await;
+    let (viewer, mut guest) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    let viewer_t = app.token_for(viewer);
+    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let accepted = app
+        .call(
+            accept_stage,
+            Some(&viewer_t),
+            &json!({"roomName": ROOM}).to_string(),
+        )
+        .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    let on_stage = app.request_token(&viewer_t, ROOM).await;
+    let old_token = on_stage.body["token"].as_str().unwrap().to_owned();
+
+    guest.leave().await;
+    app.wait_for_viewer_count(ROOM, 0).await;
+    // As a lost connection leaves it once its time to return has passed:
+    // still on stage, away for longer than STAGE_RETURN_SECONDS (60 s).
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_stage SET on_stage_since = now() - interval '5 minutes', was_on_stage = true,
+                                   away_since = now() - interval '61 seconds'
+             WHERE room_name = $1 AND user_id = $2",
+            &[&ROOM, &viewer],
+        )
+        .await
+        .unwrap();
+
+    let mut back = app.join(&old_token).await.expect("the old token still joins");
+    back.wait_for("the stage grant taken back", |e| {
+        e["event"] == "permissions_changed" && e["can_publish"] == false
+    })
+    .await;
+    let row = app
+        .db()
+        .await
+        .query_one(
+            "SELECT on_stage_since IS NULL AND away_since IS NULL FROM live_stage
+             WHERE room_name = $1 AND user_id = $2",
+            &[&ROOM, &viewer],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the join ended the turn");
+    let refused = back.publish_tracks().await;
+    assert!(refused.is_err(), "off stage, publishing is refused: {refused:?}");
+    drop(host_client);
+}
+
+/// A guest whose connection dropped, back in the room in time, but whose
+/// join's webhook LiveKit never delivered (its queue for the room was full):
+/// the reconciler's next run, after the time to return, finds them listed,
+/// records them back, and leaves them the turn; they go on publishing.
+#[tokio::test]
+async fn a_guest_back_whose_join_was_lost_keeps_the_turn() {
+    use shared::handlers::{accept_stage, invite_to_stage};
+    let app = TestApp::spawn().await;
+    let (host, _host_client) = live_host(&app).await;
+    let (viewer, mut first_connection) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    let viewer_t = app.token_for(viewer);
+    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let accepted = app
+        .call(
+            accept_stage,
+            Some(&viewer_t),
+            &json!({"roomName": ROOM}).to_string(),
+        )
+        .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    let on_stage = app.request_token(&viewer_t, ROOM).await;
+    let token = on_stage.body["token"].as_str().unwrap().to_owned();
+    let identity = viewer.to_string();
+    let first_sid = app
+        .livekit()
+        .participants(ROOM)
+        .await
+        .into_iter()
+        .find(|p| p.identity == identity)
+        .expect("the guest is in the room")
+        .sid;
+
+    // The connection drops (told as a lost signal connection), and the
+    // webhooks of what follows are lost.
+    app.lose_webhooks(true);
+    first_connection.leave().await;
+    app.wait_for_lost_webhooks("participant_left", 1).await;
+    let dropped = json!({
+        "id": format!("EV_{}", Uuid::new_v4().simple()),
+        "event": "participant_left",
+        "room": {"name": ROOM},
+        "participant": {
+            "sid": first_sid, "identity": identity, "name": "Guest", "state": "DISCONNECTED",
+            "permission": {"canSubscribe": true, "canPublish": true, "canPublishData": true},
+            "disconnectReason": "SIGNAL_CLOSE",
+        },
+        "createdAt": chrono::Utc::now().timestamp().to_string(),
+    })
+    .to_string();
+    let told = app
+        .deliver(crate::helpers::signed_webhook(
+            &dropped,
+            crate::helpers::LIVEKIT_API_SECRET,
+        ))
+        .await;
+    assert_eq!(told.status, 200, "{}", told.body);
+    let mut back = app.join(&token).await.expect("back with the token it has");
+    app.wait_for_lost_webhooks("participant_joined", 1).await;
+    app.lose_webhooks(false);
+    // The time to return has passed, as far as the database knows.
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
+            &[&ROOM, &viewer],
+        )
+        .await
+        .unwrap();
+
+    // The stage fills up (two more guests, told by webhooks), and one more
+    // invitation looks for lapsed places to free: the guest LiveKit lists
+    // is back, and keeps theirs.
+    let host_t = app.token_for(host);
+    for n in 0..3 {
+        let other = Uuid::new_v4();
+        let joined = json!({
+            "id": format!("EV_{}", Uuid::new_v4().simple()),
+            "event": "participant_joined",
+            "room": {"name": ROOM},
+            "participant": {
+                "sid": format!("PA_other_{n}"), "identity": other.to_string(), "name": "Other",
+                "state": "ACTIVE", "permission": {"canSubscribe": true, "canPublishData": true},
+            },
+            "createdAt": chrono::Utc::now().timestamp().to_string(),
+        })
+        .to_string();
+        let told = app
+            .deliver(crate::helpers::signed_webhook(
+                &joined,
+                crate::helpers::LIVEKIT_API_SECRET,
+            ))
+            .await;
+        assert_eq!(told.status, 200, "{}", told.body);
+        let invite = json!({"roomName": ROOM, "userId": other}).to_string();
+        let invited = app.call(invite_to_stage, Some(&host_t), &invite).await;
+        if n < 2 {
+            assert_eq!(invited.status, 200, "{}", invited.body);
+            let accepted = app
+                .call(
+                    accept_stage,
+                    Some(&app.token_for(other)),
+                    &json!({"roomName": ROOM}).to_string(),
+                )
+                .await;
+            assert_eq!(accepted.status, 200, "{}", accepted.body);
+        } else {
+            invited.assert_error(409, "stage_full");
+        }
+    }
+
+    let report = shared::scheduled::reconcile::reconcile(&app.state, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(report.stage_turns_ended, 0, "{report:?}");
+    let row = app
+        .db()
+        .await
+        .query_one(
+            "SELECT on_stage_since IS NOT NULL, away_since IS NULL FROM live_stage
+             WHERE room_name = $1 AND user_id = $2",
+            &[&ROOM, &viewer],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, bool>(1)),
+        (true, true),
+        "listed in the room: back, on the same turn"
+    );
+    back.publish_tracks()
+        .await
+        .expect("still on stage, the guest publishes");
+}
+
 /// A guest's client reconnecting in full (a network switch): it joins again
 /// as a new participant with the token it has, and the server replaces the
 /// old one (`DUPLICATE_IDENTITY`). The guest is still on stage and publishes
