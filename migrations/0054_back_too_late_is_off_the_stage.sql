@@ -11,14 +11,15 @@
 -- The database does not know the setting. The webhook passes it, with the
 -- time LiveKit created the join event (a join can wait in LiveKit's queue
 -- for the room behind others; it is not late for that), to a new
--- live_participant_event, which keeps the moment away marks must be younger
--- than for its transaction (live.stage_return_cutoff, set local: safe behind
--- a transaction-mode pooler) for live_presence_change to read. The
--- nine-argument function stays for functions deployed before this and sets
--- nothing: no limit, as before. The reconciler's syncs set nothing either: a
--- session it finds listed is in the room now, back at a time it cannot
--- tell (a lost join), or one it closed and reopens was never gone; either
--- keeps the turn, and the run ends only the turns of those not back.
+-- live_participant_event. The reconciler passes it, with the time LiveKit
+-- says each listed participant joined, to a new live_sync_sessions: a
+-- session it finds listed that no webhook told of (a join LiveKit dropped)
+-- is a join as of then. Each keeps the moment away marks must be younger
+-- than (live.stage_return_cutoff, epoch seconds, set local: safe behind a
+-- transaction-mode pooler) for live_presence_change to read, and sets it
+-- only for a join. The earlier signatures stay for functions deployed
+-- before this and set nothing: no limit, as before. A session the
+-- reconciler closed and reopens was never gone, and keeps the turn.
 --
 -- Whole body of 0038's live_presence_change; what changed is marked.
 
@@ -117,7 +118,7 @@ BEGIN
             -- Changed: back within the time to return, their turn goes on
             -- (0028); joined after it, before the reconciler came by, it is
             -- over, as that run would have ended it.
-            v_lapsed := p_change = 'join' AND v_cutoff IS NOT NULL;
+            v_lapsed := v_cutoff IS NOT NULL;
             UPDATE live_stage
             SET hand_raised_at = CASE WHEN v_lapsed AND away_since < v_cutoff THEN NULL ELSE hand_raised_at END,
                 invited_at = CASE WHEN v_lapsed AND away_since < v_cutoff THEN NULL ELSE invited_at END,
@@ -199,9 +200,102 @@ BEGIN
 END
 $$;
 
+-- As 0026's live_sync_sessions (with 0053's locks), for the reconciler of
+-- this release; what changed is marked.
+CREATE FUNCTION live_sync_sessions(
+    p_room TEXT,
+    p_listed_at TIMESTAMPTZ,
+    p_sids TEXT[],
+    p_identities TEXT[],
+    p_counted BOOLEAN[],
+    p_names TEXT[],
+    p_joined_at TIMESTAMPTZ[],
+    p_stage_return DOUBLE PRECISION
+) RETURNS INTEGER
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_changed INTEGER := 0;
+    v_deltas INTEGER[] := array_fill(0, ARRAY[16]);
+    v_unique INTEGER[] := array_fill(0, ARRAY[16]);
+    v_arrivals DOUBLE PRECISION[] := array_fill(0::float8, ARRAY[16]);
+    v_watched DOUBLE PRECISION[] := array_fill(0::float8, ARRAY[16]);
+    v RECORD;
+    v_session RECORD;
+    v_shard INTEGER;
+BEGIN
+    -- Changed: one sync of a room at a time, then the standing lock (0053).
+    IF NOT pg_try_advisory_xact_lock(hashtext('live_sync_sessions'), hashtext(p_room)) THEN
+        RETURN 0;
+    END IF;
+    PERFORM live_room_standing_lock(p_room, false);
+    IF NOT EXISTS (SELECT FROM live_streams WHERE id = p_room AND is_live) THEN
+        RETURN 0;
+    END IF;
+    PERFORM 1 FROM live_participant_sessions
+    WHERE room_name = p_room
+      AND ((sid = ANY (p_sids) AND left_at IS NOT NULL AND closed_by_reconciler)
+           OR (joined AND left_at IS NULL AND updated_at < p_listed_at AND NOT (sid = ANY (p_sids))))
+    ORDER BY sid
+    FOR UPDATE;
+    FOR v_session IN
+        SELECT sid, identity, counted, 'close' AS change, NULL::text AS name, true AS known,
+               NULL::timestamptz AS joined_at
+        FROM live_participant_sessions
+        WHERE room_name = p_room AND joined AND left_at IS NULL
+          AND NOT (sid = ANY (p_sids)) AND updated_at < p_listed_at
+        UNION ALL
+        SELECT listed.sid, listed.identity, listed.counted, 'reopen', listed.name, s.sid IS NOT NULL,
+               listed.joined_at
+        FROM unnest(p_sids, p_identities, p_counted, p_names, p_joined_at)
+             AS listed (sid, identity, counted, name, joined_at)
+        LEFT JOIN live_participant_sessions s ON s.room_name = p_room AND s.sid = listed.sid
+        WHERE s.sid IS NULL OR (s.left_at IS NOT NULL AND s.closed_by_reconciler)
+        ORDER BY 2, 4 DESC, 6, 1
+    LOOP
+        -- Changed: a listed session no webhook told of is a join as of when
+        -- LiveKit says it joined; others set no limit.
+        PERFORM set_config(
+            'live.stage_return_cutoff',
+            CASE WHEN v_session.change = 'reopen' AND NOT v_session.known THEN
+                extract(epoch FROM least(p_listed_at, coalesce(v_session.joined_at, p_listed_at))
+                                   - make_interval(secs => p_stage_return))::text
+                 ELSE '' END,
+            true);
+        SELECT * INTO v FROM live_presence_change(
+            p_room, v_session.sid, v_session.identity, v_session.counted, v_session.change, v_session.name);
+        IF v.delta <> 0 THEN
+            v_shard := (hashtext(v_session.identity) & 15) + 1;
+            v_deltas[v_shard] := v_deltas[v_shard] + v.delta;
+            v_unique[v_shard] := v_unique[v_shard] + v.first_time::int;
+            v_arrivals[v_shard] := v_arrivals[v_shard] + v.delta * v.arrived;
+            v_watched[v_shard] := v_watched[v_shard] + v.watched;
+            v_changed := v_changed + 1;
+        END IF;
+    END LOOP;
+    PERFORM 1 FROM live_viewer_counts WHERE room_name = p_room ORDER BY shard FOR UPDATE;
+    FOR v_shard IN 1 .. 16 LOOP
+        IF v_deltas[v_shard] < 0 OR (v_deltas[v_shard] = 0 AND (v_unique[v_shard] <> 0 OR v_watched[v_shard] <> 0)) THEN
+            PERFORM live_count_add(p_room, v_shard - 1, v_deltas[v_shard], v_unique[v_shard],
+                                   v_arrivals[v_shard], v_watched[v_shard]);
+        END IF;
+    END LOOP;
+    FOR v_shard IN 1 .. 16 LOOP
+        IF v_deltas[v_shard] > 0 THEN
+            PERFORM live_count_add(p_room, v_shard - 1, v_deltas[v_shard], v_unique[v_shard],
+                                   v_arrivals[v_shard], v_watched[v_shard]);
+        END IF;
+    END LOOP;
+    PERFORM live_write_viewer_count(p_room);
+    RETURN v_changed;
+END
+$$;
+
 CALL live_revoke_from_api_roles(ARRAY[
-    'live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION, TIMESTAMPTZ)'
+    'live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION, TIMESTAMPTZ)',
+    'live_sync_sessions(TEXT, TIMESTAMPTZ, TEXT[], TEXT[], BOOLEAN[], TEXT[], TIMESTAMPTZ[], DOUBLE PRECISION)'
 ]::REGPROCEDURE[]);
 GRANT EXECUTE ON FUNCTION
-    live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION, TIMESTAMPTZ)
+    live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION, TIMESTAMPTZ),
+    live_sync_sessions(TEXT, TIMESTAMPTZ, TEXT[], TEXT[], BOOLEAN[], TEXT[], TIMESTAMPTZ[], DOUBLE PRECISION)
     TO live_api;

@@ -10,8 +10,8 @@
 //!   unique-viewer marks of ended streams past the retention period, and any
 //!   presence row an ended stream still has (a first join that committed
 //!   while the end ran);
-//! - after the rooms' sync, which records the guests LiveKit lists back, the
-//!   stage turns of those whose time to return ran out end.
+//! - in each live room, after its sync (which records the guests LiveKit
+//!   lists back), the stage turns of those whose time to return ran out end.
 //!
 //! Each write is conditional or made under the stream's row lock, so two runs
 //! at once do the same work twice, never anything wrong (a room's sessions
@@ -153,15 +153,6 @@ pub async fn reconcile_until(
     // Live rooms first: their counts and rules matter now, while closing an
     // ended stream's room can wait for a later run.
     sync_live_rooms(state, &live, grace, listed_at, until, &mut report).await?;
-    // After the rooms' sync: a guest back whose join was never told is
-    // present now, and keeps the turn.
-    let stage_until = until.unwrap_or_else(|| Instant::now() + PRUNE_BUDGET);
-    match end_stage_turns_of_the_gone(state, stage_until).await {
-        Ok(ended) => report.stage_turns_ended = ended,
-        Err(error) => {
-            tracing::warn!(%error, "ending lapsed stage turns stopped; the next run goes on with it")
-        }
-    }
     close_rooms_of_ended_streams(state, &unclosed, until, &mut report).await;
     tracing::info!(?report, "reconciled with LiveKit");
     Ok(report)
@@ -210,14 +201,16 @@ async fn sync_live_rooms(
                 sync_room(state, room, *streamer, listed_at, until).await
             }
             .await
-            .map(|corrected| {
+            .map(|synced| {
                 report.synced += 1;
-                report.corrected += corrected;
+                report.corrected += synced.corrected;
+                report.stage_turns_ended += synced.stage_turns_ended;
             })
         } else {
-            room_missing(state, room, grace).await.map(|ended| {
+            room_missing(state, room, grace).await.map(|missing| {
                 report.missing += 1;
-                report.ended += usize::from(ended);
+                report.ended += usize::from(missing.ended);
+                report.stage_turns_ended += missing.stage_turns_ended;
             })
         };
         if let Err(error) = outcome {
@@ -269,8 +262,8 @@ async fn mark_room_closed(state: &AppState, room: &RoomName) -> Result<(), ApiEr
 
 /// What grows with use, pruned. What users wait for first (a room name a
 /// dead start still claims), then the backlogs, which after a long outage
-/// can use up the budget. The stage turns of the gone end after the rooms'
-/// sync ([`end_stage_turns_of_the_gone`]).
+/// can use up the budget. The stage turns of the gone end in each room's
+/// turn ([`sync_room`], [`room_missing`]).
 async fn clean_up(
     state: &AppState,
     client: &tokio_postgres::Client,
@@ -450,29 +443,6 @@ async fn prune_viewers_seen(
     Ok(pruned)
 }
 
-/// Ends the stage standing of every viewer whose time to return has run out
-/// ([`crate::store::stage::end_lapsed_away_turns`]), in batches. Run after
-/// the rooms' sync: a guest back in a room whose join was never told (a
-/// webhook LiveKit dropped) is present by then, and keeps the turn.
-async fn end_stage_turns_of_the_gone(state: &AppState, until: Instant) -> Result<usize, ApiError> {
-    let client = state.db.get().await?;
-    let ended = std::cell::Cell::new(0);
-    in_batches(until, || async {
-        let lapsed = crate::store::stage::end_lapsed_away_turns(
-            &client,
-            None,
-            &[],
-            state.rules.stage_return,
-            PRUNE_BATCH,
-        )
-        .await?;
-        ended.set(ended.get() + lapsed.ended);
-        Ok(lapsed.rows)
-    })
-    .await?;
-    Ok(ended.get())
-}
-
 /// Deletes the presence rows of ended streams. An end deletes its stream's
 /// rows, but not one a first join inserts and commits while the end runs;
 /// nothing counts or lists such a row (the stream's shards are closed), so
@@ -491,16 +461,29 @@ async fn prune_presence_of_ended(client: &tokio_postgres::Client) -> Result<usiz
         .await? as usize)
 }
 
-/// Makes the room's sessions match LiveKit's listing, then corrects the room
-/// where it disagrees with the database (banned users present, mutes not
-/// applied). Returns how many participants were corrected.
+/// What a room's turn in a run did.
+#[derive(Debug, Default)]
+struct RoomDone {
+    /// Participants corrected in LiveKit.
+    corrected: usize,
+    /// Stage turns ended whose time to return had run out.
+    stage_turns_ended: usize,
+    /// A missing room's stream ended.
+    ended: bool,
+}
+
+/// Makes the room's sessions match LiveKit's listing, ends the stage turns
+/// of those whose time to return ran out (after the sync: a guest back whose
+/// join LiveKit never told is present by then, if back in time), then
+/// corrects the room where it disagrees with the database (banned users
+/// present, mutes not applied, a turn that ended).
 async fn sync_room(
     state: &AppState,
     room: &RoomName,
     streamer: Uuid,
     listed_at: DateTime<Utc>,
     until: Option<Instant>,
-) -> Result<usize, ApiError> {
+) -> Result<RoomDone, ApiError> {
     let participants = state
         .livekit
         .participants(room)
@@ -509,7 +492,20 @@ async fn sync_room(
     let present: Vec<Presence> = participants.iter().map(Presence::from).collect();
     let users: Vec<Uuid> = present.iter().filter_map(Presence::user).collect();
     let client = state.db.get().await?;
-    viewers::sync(&client, room, streamer, &present, listed_at).await?;
+    viewers::sync(
+        &client,
+        room,
+        streamer,
+        &present,
+        listed_at,
+        state.rules.stage_return,
+    )
+    .await?;
+    let listed: Vec<&str> = present.iter().map(|p| p.identity.as_str()).collect();
+    let mut done = RoomDone {
+        stage_turns_ended: end_lapsed_turns_of_room(&client, room, &listed, state.rules.stage_return).await?,
+        ..RoomDone::default()
+    };
     let mut standings = chat::standings_among(&**client, room, &users).await?;
     // Read last, just before the push: a webhook's newer count pushed in
     // between would otherwise be overwritten by an older one.
@@ -519,7 +515,7 @@ async fn sync_room(
         // The sessions match; the push and the corrections are the next
         // run's (a join's webhook corrects its own participant meanwhile).
         tracing::info!(%room, "out of time after the sync: push and corrections left for the next run");
-        return Ok(0);
+        return Ok(done);
     }
     // Told to the room on every run, changed or not: pushes happen only as
     // counts are written, so a count this sync repaired (its write may be
@@ -543,12 +539,36 @@ async fn sync_room(
             room_rules::correction(&state.livekit, &stream, p, restriction).map(|c| (p.clone(), c))
         })
         .collect();
-    Ok(room_rules::correct_all(state, room, &stream, &corrections, until).await)
+    done.corrected = room_rules::correct_all(state, room, &stream, &corrections, until).await;
+    Ok(done)
+}
+
+/// Ends the stage turns in `room` whose time to return ran out, of those
+/// not `listed` there by LiveKit
+/// ([`crate::store::stage::end_lapsed_away_turns`]), in batches.
+async fn end_lapsed_turns_of_room(
+    client: &tokio_postgres::Client,
+    room: &RoomName,
+    listed: &[&str],
+    stage_return: Duration,
+) -> Result<usize, ApiError> {
+    let mut ended = 0;
+    loop {
+        let lapsed =
+            crate::store::stage::end_lapsed_away_turns(client, Some(room), listed, stage_return, PRUNE_BATCH)
+                .await?;
+        ended += lapsed.ended;
+        if lapsed.rows < PRUNE_BATCH as usize {
+            return Ok(ended);
+        }
+    }
 }
 
 /// Starts the grace clock for a live stream whose room LiveKit does not have,
-/// and ends the stream once the clock has run out. Returns whether it ended.
-async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Result<bool, ApiError> {
+/// and ends the stream once the clock has run out; until then, ends the
+/// stage turns whose time to return ran out (nobody can be back in a room
+/// that is not there).
+async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Result<RoomDone, ApiError> {
     let client = state.db.get().await?;
     client
         .query_typed(
@@ -560,8 +580,15 @@ async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Res
     let ended = viewers::finish(&**client, room, Some(grace)).await?;
     if ended {
         tracing::info!(%room, "ended a live stream whose LiveKit room is gone");
+        return Ok(RoomDone {
+            ended,
+            ..RoomDone::default()
+        });
     }
-    Ok(ended)
+    Ok(RoomDone {
+        stage_turns_ended: end_lapsed_turns_of_room(&client, room, &[], state.rules.stage_return).await?,
+        ..RoomDone::default()
+    })
 }
 
 /// Runs the scheduled function: every EventBridge event is one reconciliation.

@@ -207,14 +207,15 @@ pub struct Lapsed {
 /// connection was lost more than `stage_return` ago (migration 0028) and who
 /// have not come back, in `room` or every room, at most `limit` of them. A
 /// row a stage change or a join holds now is left for later rather than
-/// waited for; one whose viewer is back (present here, or among the
-/// identities `listed` in the room by LiveKit: their join not yet told) only
-/// loses the mark. Nobody in the room needs telling: the viewer is not
-/// there, and the join of a token minted on stage is corrected by the
-/// webhook. The reconciler runs it every minute for every room, after its
-/// rooms' sync has recorded who LiveKit lists; a change refused for a full
-/// stage runs it for its room first, with the room's listing, so a lapsed
-/// guest's place does not wait for that minute.
+/// waited for; one whose viewer is back (their join raced the mark) only
+/// loses the mark. Those among the identities LiveKit `listed` in the room
+/// are left alone: they are back, and their join (told late, or found by
+/// the reconciler's sync) decides whether in time. Nobody in the room needs
+/// telling: the viewer is not there, and the join of a token minted on stage
+/// is corrected by the webhook. The reconciler runs it for each room right
+/// after that room's sync (which records who LiveKit lists); a change
+/// refused for a full stage runs it for its room first, with the room's
+/// listing, so a lapsed guest's place does not wait for that run.
 pub async fn end_lapsed_away_turns(
     client: &Client,
     room: Option<&RoomName>,
@@ -227,12 +228,12 @@ pub async fn end_lapsed_away_turns(
         .query_typed(
             "WITH lapsed AS (
                  SELECT a.room_name, a.user_id,
-                        (a.user_id::text = ANY($4)
-                         OR EXISTS (SELECT FROM live_presence p
-                                    WHERE p.room_name = a.room_name AND p.identity = a.user_id::text)) AS back
+                        EXISTS (SELECT FROM live_presence p
+                                WHERE p.room_name = a.room_name AND p.identity = a.user_id::text) AS back
                  FROM live_stage a
                  WHERE a.away_since < now() - make_interval(secs => $1)
                    AND ($3::text IS NULL OR a.room_name = $3)
+                   AND NOT (a.user_id::text = ANY($4))
                  ORDER BY a.away_since
                  LIMIT $2
                  FOR UPDATE OF a SKIP LOCKED)

@@ -41,6 +41,8 @@ pub struct Presence {
     pub stage: StageStanding,
     /// Their token marked them a Supabase anonymous sign-in.
     pub anonymous: bool,
+    /// When LiveKit says they joined, if it says.
+    pub joined_at: Option<DateTime<Utc>>,
 }
 
 impl From<&livekit_protocol::ParticipantInfo> for Presence {
@@ -56,6 +58,11 @@ impl From<&livekit_protocol::ParticipantInfo> for Presence {
             can_publish_data: permission.is_some_and(|p| p.can_publish_data),
             stage: StageStanding::from_attributes(&participant.attributes),
             anonymous: crate::livekit::is_anonymous(&participant.attributes),
+            joined_at: if participant.joined_at_ms > 0 {
+                DateTime::from_timestamp_millis(participant.joined_at_ms)
+            } else {
+                DateTime::from_timestamp(participant.joined_at, 0).filter(|_| participant.joined_at > 0)
+            },
         }
     }
 }
@@ -224,24 +231,29 @@ pub async fn standing_at_join(
 /// `live_sync_sessions`. A session written after `listed_at` (a join that
 /// committed while the listing was on its way) is newer than the listing and
 /// stays; a listed session is reopened only if a previous run closed it,
-/// never if its leave event was seen. Returns how many sessions changed.
+/// never if its leave event was seen. A listed session no webhook told of
+/// (a join LiveKit dropped) is a join as of when LiveKit says it joined: a
+/// guest back after `stage_return` is off the stage (migration 0054).
+/// Returns how many sessions changed.
 pub async fn sync(
     client: &Client,
     room: &RoomName,
     streamer: Uuid,
     present: &[Presence],
     listed_at: DateTime<Utc>,
+    stage_return: std::time::Duration,
 ) -> Result<i32, ApiError> {
     let sids: Vec<&str> = present.iter().map(|p| p.sid.as_str()).collect();
     let identities: Vec<&str> = present.iter().map(|p| p.identity.as_str()).collect();
     let names: Vec<&str> = present.iter().map(|p| p.name.as_str()).collect();
+    let joined_at: Vec<Option<DateTime<Utc>>> = present.iter().map(|p| p.joined_at).collect();
     let counted: Vec<bool> = present
         .iter()
         .map(|p| !p.not_audience && p.user() != Some(streamer))
         .collect();
     let row = client
         .query_typed_one(
-            "SELECT live_sync_sessions($1, $2, $3, $4, $5, $6)",
+            "SELECT live_sync_sessions($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&listed_at, Type::TIMESTAMPTZ),
@@ -249,6 +261,8 @@ pub async fn sync(
                 (&identities, Type::TEXT_ARRAY),
                 (&counted, Type::BOOL_ARRAY),
                 (&names, Type::TEXT_ARRAY),
+                (&joined_at, Type::TIMESTAMPTZ_ARRAY),
+                (&stage_return.as_secs_f64(), Type::FLOAT8),
             ],
         )
         .await?;

@@ -264,7 +264,8 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_start_check(text,uuid,text,integer,text,double precision,bigint)",
     "execute live_start_stream(text,uuid,text,integer,boolean,text)",
     "execute live_streamer_has_profile(uuid)",
-    "execute live_sync_sessions(text,timestamp with time zone,text[],text[],boolean[],text[])",
+    "execute live_sync_sessions(text,timestamp with time zone,text[],text[],boolean[],text[])", // superseded; kept for an earlier release's binaries
+    "execute live_sync_sessions(text,timestamp with time zone,text[],text[],boolean[],text[],timestamp with time zone[],double precision)",
     "execute live_sync_sessions_as_listed(text,timestamp with time zone,text[],text[],boolean[],text[])",
     "execute live_token_access(text,uuid,text,double precision,bigint,bigint,uuid,boolean,boolean,boolean,boolean,boolean,boolean)",
     "execute live_viewer_count(text)",

@@ -702,87 +702,130 @@ async fn a_guest_back_after_the_time_to_return_cannot_publish_with_a_token_minte
     drop(host_client);
 }
 
-/// A guest whose connection dropped, back in the room in time, but whose
-/// join's webhook LiveKit never delivered (its queue for the room was full):
-/// the reconciler's next run, after the time to return, finds them listed,
-/// records them back, and leaves them the turn; they go on publishing.
+/// Guests whose connections dropped come back with the tokens they have,
+/// but LiveKit never delivers their joins' webhooks (its queue for the room
+/// was full). A full stage meanwhile frees no place of a guest LiveKit
+/// lists. The reconciler's next run, after their time to return (2 s here),
+/// finds them listed and judges each by when LiveKit says they joined: back
+/// in time, the guest keeps the turn and goes on publishing; back late, the
+/// turn is over and the room takes the grant back.
 #[tokio::test]
-async fn a_guest_back_whose_join_was_lost_keeps_the_turn() {
+async fn a_guest_back_whose_join_was_lost_is_judged_by_when_they_joined() {
     use shared::handlers::{accept_stage, invite_to_stage};
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with_settings(vec![("STAGE_RETURN_SECONDS", "2".into())]).await;
     let (host, _host_client) = live_host(&app).await;
-    let (viewer, mut first_connection) = app.viewer_in(ROOM).await;
-    app.wait_for_viewer_count(ROOM, 1).await;
-    let viewer_t = app.token_for(viewer);
-    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
-    let invited = app
-        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-        .await;
-    assert_eq!(invited.status, 200, "{}", invited.body);
-    let accepted = app
-        .call(
-            accept_stage,
-            Some(&viewer_t),
-            &json!({"roomName": ROOM}).to_string(),
-        )
-        .await;
-    assert_eq!(accepted.status, 200, "{}", accepted.body);
-    let on_stage = app.request_token(&viewer_t, ROOM).await;
-    let token = on_stage.body["token"].as_str().unwrap().to_owned();
-    let identity = viewer.to_string();
-    let first_sid = app
-        .livekit()
-        .participants(ROOM)
-        .await
-        .into_iter()
-        .find(|p| p.identity == identity)
-        .expect("the guest is in the room")
-        .sid;
-
-    // The connection drops (told as a lost signal connection), and the
-    // webhooks of what follows are lost.
-    app.lose_webhooks(true);
-    first_connection.leave().await;
-    app.wait_for_lost_webhooks("participant_left", 1).await;
-    let dropped = json!({
-        "id": format!("EV_{}", Uuid::new_v4().simple()),
-        "event": "participant_left",
-        "room": {"name": ROOM},
-        "participant": {
-            "sid": first_sid, "identity": identity, "name": "Guest", "state": "DISCONNECTED",
-            "permission": {"canSubscribe": true, "canPublish": true, "canPublishData": true},
-            "disconnectReason": "SIGNAL_CLOSE",
-        },
-        "createdAt": chrono::Utc::now().timestamp().to_string(),
-    })
-    .to_string();
-    let told = app
-        .deliver(crate::helpers::signed_webhook(
-            &dropped,
-            crate::helpers::LIVEKIT_API_SECRET,
-        ))
-        .await;
-    assert_eq!(told.status, 200, "{}", told.body);
-    let mut back = app.join(&token).await.expect("back with the token it has");
-    app.wait_for_lost_webhooks("participant_joined", 1).await;
-    app.lose_webhooks(false);
-    // The time to return has passed, as far as the database knows.
-    app.db()
-        .await
-        .execute(
-            "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
-            &[&ROOM, &viewer],
-        )
-        .await
-        .unwrap();
-
-    // The stage fills up (two more guests, told by webhooks), and one more
-    // invitation looks for lapsed places to free: the guest LiveKit lists
-    // is back, and keeps theirs.
     let host_t = app.token_for(host);
-    for n in 0..3 {
-        let other = Uuid::new_v4();
-        let joined = json!({
+    let take_stage = |guest: Uuid| {
+        let app = &app;
+        let host_t = &host_t;
+        async move {
+            let invite = json!({"roomName": ROOM, "userId": guest}).to_string();
+            let invited = app.call(invite_to_stage, Some(host_t), &invite).await;
+            assert_eq!(invited.status, 200, "{}", invited.body);
+            let accepted = app
+                .call(
+                    accept_stage,
+                    Some(&app.token_for(guest)),
+                    &json!({"roomName": ROOM}).to_string(),
+                )
+                .await;
+            assert_eq!(accepted.status, 200, "{}", accepted.body);
+        }
+    };
+    let told = |body: serde_json::Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .deliver(crate::helpers::signed_webhook(
+                    &body.to_string(),
+                    crate::helpers::LIVEKIT_API_SECRET,
+                ))
+                .await;
+            assert_eq!(response.status, 200, "{}", response.body);
+        }
+    };
+    let standing = |guest: Uuid| {
+        let app = &app;
+        async move {
+            let row = app
+                .db()
+                .await
+                .query_one(
+                    "SELECT on_stage_since IS NOT NULL, away_since IS NOT NULL FROM live_stage
+                     WHERE room_name = $1 AND user_id = $2",
+                    &[&ROOM, &guest],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, bool>(0), row.get::<_, bool>(1))
+        }
+    };
+
+    // Two guests on stage, each with a token minted there.
+    let mut guests = Vec::new();
+    for n in 1..=2 {
+        let (guest, connection) = app.viewer_in(ROOM).await;
+        app.wait_for_viewer_count(ROOM, n).await;
+        take_stage(guest).await;
+        let token = app.request_token(&app.token_for(guest), ROOM).await.body["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        guests.push((guest, connection, token));
+    }
+    let listed = app.livekit().participants(ROOM).await;
+    let sid_of = |guest: Uuid| {
+        listed
+            .iter()
+            .find(|p| p.identity == guest.to_string())
+            .expect("the guest is in the room")
+            .sid
+            .clone()
+    };
+
+    // Both connections drop (told as lost signal connections); the webhooks
+    // of what follows are lost.
+    app.lose_webhooks(true);
+    for (guest, connection, _) in &mut guests {
+        connection.leave().await;
+        told(json!({
+            "id": format!("EV_{}", Uuid::new_v4().simple()),
+            "event": "participant_left",
+            "room": {"name": ROOM},
+            "participant": {
+                "sid": sid_of(*guest), "identity": guest.to_string(), "name": "Guest", "state": "DISCONNECTED",
+                "permission": {"canSubscribe": true, "canPublish": true, "canPublishData": true},
+                "disconnectReason": "SIGNAL_CLOSE",
+            },
+            "createdAt": chrono::Utc::now().timestamp().to_string(),
+        }))
+        .await;
+    }
+    let (in_time, late) = (guests[0].0, guests[1].0);
+    let mut in_time_back = app.join(&guests[0].2).await.expect("back with the token it has");
+    // The other comes back once the time to return has passed.
+    let settle = std::time::Instant::now() + SETTLE;
+    loop {
+        let passed: bool = app
+            .db_value(
+                "SELECT away_since < now() - interval '2.5 seconds' FROM live_stage WHERE room_name = $1 AND user_id = $2",
+                &[&ROOM, &late],
+            )
+            .await;
+        if passed {
+            break;
+        }
+        assert!(std::time::Instant::now() < settle);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let late_back = app.join(&guests[1].2).await.expect("back with the token it has");
+    app.wait_for_lost_webhooks("participant_joined", 2).await;
+    app.lose_webhooks(false);
+
+    // A third guest fills the stage; one more invitation looks for lapsed
+    // places to free, and finds none: both guests away are listed, back.
+    for (n, other) in [Uuid::new_v4(), Uuid::new_v4()].into_iter().enumerate() {
+        told(json!({
             "id": format!("EV_{}", Uuid::new_v4().simple()),
             "event": "participant_joined",
             "room": {"name": ROOM},
@@ -791,52 +834,40 @@ async fn a_guest_back_whose_join_was_lost_keeps_the_turn() {
                 "state": "ACTIVE", "permission": {"canSubscribe": true, "canPublishData": true},
             },
             "createdAt": chrono::Utc::now().timestamp().to_string(),
-        })
-        .to_string();
-        let told = app
-            .deliver(crate::helpers::signed_webhook(
-                &joined,
-                crate::helpers::LIVEKIT_API_SECRET,
-            ))
-            .await;
-        assert_eq!(told.status, 200, "{}", told.body);
-        let invite = json!({"roomName": ROOM, "userId": other}).to_string();
-        let invited = app.call(invite_to_stage, Some(&host_t), &invite).await;
-        if n < 2 {
-            assert_eq!(invited.status, 200, "{}", invited.body);
-            let accepted = app
-                .call(
-                    accept_stage,
-                    Some(&app.token_for(other)),
-                    &json!({"roomName": ROOM}).to_string(),
-                )
-                .await;
-            assert_eq!(accepted.status, 200, "{}", accepted.body);
+        }))
+        .await;
+        if n == 0 {
+            take_stage(other).await;
         } else {
-            invited.assert_error(409, "stage_full");
+            let invite = json!({"roomName": ROOM, "userId": other}).to_string();
+            app.call(invite_to_stage, Some(&host_t), &invite)
+                .await
+                .assert_error(409, "stage_full");
         }
     }
+    assert_eq!(standing(in_time).await, (true, true), "listed: left alone");
+    assert_eq!(standing(late).await, (true, true), "listed: left alone");
 
-    let report = shared::scheduled::reconcile::reconcile(&app.state, std::time::Duration::from_secs(120))
-        .await
-        .unwrap();
-    assert_eq!(report.stage_turns_ended, 0, "{report:?}");
-    let row = app
-        .db()
-        .await
-        .query_one(
-            "SELECT on_stage_since IS NOT NULL, away_since IS NULL FROM live_stage
-             WHERE room_name = $1 AND user_id = $2",
-            &[&ROOM, &viewer],
-        )
+    shared::scheduled::reconcile::reconcile(&app.state, std::time::Duration::from_secs(120))
         .await
         .unwrap();
     assert_eq!(
-        (row.get::<_, bool>(0), row.get::<_, bool>(1)),
-        (true, true),
-        "listed in the room: back, on the same turn"
+        standing(in_time).await,
+        (true, false),
+        "joined within the time to return: the same turn"
     );
-    back.publish_tracks()
+    assert_eq!(
+        standing(late).await,
+        (false, false),
+        "joined after it: the turn is over"
+    );
+    late_back
+        .wait_for("the stage grant taken back", |e| {
+            e["event"] == "permissions_changed" && e["can_publish"] == false
+        })
+        .await;
+    in_time_back
+        .publish_tracks()
         .await
         .expect("still on stage, the guest publishes");
 }
