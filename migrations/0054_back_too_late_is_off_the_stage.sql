@@ -201,7 +201,8 @@ END
 $$;
 
 -- As 0026's live_sync_sessions (with 0053's locks), for the reconciler of
--- this release; what changed is marked.
+-- this release; what changed is marked. The six-argument one calls it with
+-- no time to return, so one body holds the locks and the sync.
 CREATE FUNCTION live_sync_sessions(
     p_room TEXT,
     p_listed_at TIMESTAMPTZ,
@@ -257,8 +258,9 @@ BEGIN
         -- LiveKit says it joined; others set no limit.
         PERFORM set_config(
             'live.stage_return_cutoff',
-            CASE WHEN v_session.change = 'reopen' AND NOT v_session.known THEN
-                extract(epoch FROM least(p_listed_at, coalesce(v_session.joined_at, p_listed_at))
+            CASE WHEN v_session.change = 'reopen' AND NOT v_session.known AND p_stage_return IS NOT NULL THEN
+                -- now(): after the room's listing; LiveKit's clock may be ahead.
+                extract(epoch FROM least(now(), coalesce(v_session.joined_at, now()))
                                    - make_interval(secs => p_stage_return))::text
                  ELSE '' END,
             true);
@@ -290,6 +292,21 @@ BEGIN
     RETURN v_changed;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION live_sync_sessions(
+    p_room TEXT,
+    p_listed_at TIMESTAMPTZ,
+    p_sids TEXT[],
+    p_identities TEXT[],
+    p_counted BOOLEAN[],
+    p_names TEXT[]
+) RETURNS INTEGER
+LANGUAGE sql
+AS $$
+    SELECT live_sync_sessions(p_room, p_listed_at, p_sids, p_identities, p_counted, p_names,
+                              NULL::TIMESTAMPTZ[], NULL::DOUBLE PRECISION);
+$$;
+-- CREATE OR REPLACE keeps the privileges 0047 set.
 
 CALL live_revoke_from_api_roles(ARRAY[
     'live_participant_event(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID, BOOLEAN, TEXT, DOUBLE PRECISION, TIMESTAMPTZ)',

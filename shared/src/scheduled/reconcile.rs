@@ -262,8 +262,8 @@ async fn mark_room_closed(state: &AppState, room: &RoomName) -> Result<(), ApiEr
 
 /// What grows with use, pruned. What users wait for first (a room name a
 /// dead start still claims), then the backlogs, which after a long outage
-/// can use up the budget. The stage turns of the gone end in each room's
-/// turn ([`sync_room`], [`room_missing`]).
+/// can use up the budget. The stage turns of the gone end in each synced
+/// room's turn ([`sync_room`]).
 async fn clean_up(
     state: &AppState,
     client: &tokio_postgres::Client,
@@ -503,7 +503,8 @@ async fn sync_room(
     .await?;
     let listed: Vec<&str> = present.iter().map(|p| p.identity.as_str()).collect();
     let mut done = RoomDone {
-        stage_turns_ended: end_lapsed_turns_of_room(&client, room, &listed, state.rules.stage_return).await?,
+        stage_turns_ended: end_lapsed_turns_of_room(&client, room, &listed, state.rules.stage_return, until)
+            .await,
         ..RoomDone::default()
     };
     let mut standings = chat::standings_among(&**client, room, &users).await?;
@@ -545,29 +546,49 @@ async fn sync_room(
 
 /// Ends the stage turns in `room` whose time to return ran out, of those
 /// not `listed` there by LiveKit
-/// ([`crate::store::stage::end_lapsed_away_turns`]), in batches.
+/// ([`crate::store::stage::end_lapsed_away_turns`]), in batches, none after
+/// `until`. A failure is the next run's to retry; the room's count and
+/// corrections go on.
 async fn end_lapsed_turns_of_room(
     client: &tokio_postgres::Client,
     room: &RoomName,
     listed: &[&str],
     stage_return: Duration,
-) -> Result<usize, ApiError> {
+    until: Option<Instant>,
+) -> usize {
     let mut ended = 0;
-    loop {
-        let lapsed =
-            crate::store::stage::end_lapsed_away_turns(client, Some(room), listed, stage_return, PRUNE_BATCH)
-                .await?;
-        ended += lapsed.ended;
-        if lapsed.rows < PRUNE_BATCH as usize {
-            return Ok(ended);
+    for _ in 0..PRUNE_BATCHES {
+        if past(until) {
+            break;
+        }
+        match crate::store::stage::end_lapsed_away_turns(
+            client,
+            Some(room),
+            listed,
+            stage_return,
+            PRUNE_BATCH,
+        )
+        .await
+        {
+            Ok(lapsed) => {
+                ended += lapsed.ended;
+                if lapsed.rows < PRUNE_BATCH as usize {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%room, %error, "lapsed stage turns not ended; the next run retries");
+                break;
+            }
         }
     }
+    ended
 }
 
 /// Starts the grace clock for a live stream whose room LiveKit does not have,
-/// and ends the stream once the clock has run out; until then, ends the
-/// stage turns whose time to return ran out (nobody can be back in a room
-/// that is not there).
+/// and ends the stream once the clock has run out. Its lapsed stage turns
+/// wait: the room may be back (a start re-created it after this run's
+/// listing), and the end clears the stage anyway.
 async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Result<RoomDone, ApiError> {
     let client = state.db.get().await?;
     client
@@ -580,13 +601,9 @@ async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Res
     let ended = viewers::finish(&**client, room, Some(grace)).await?;
     if ended {
         tracing::info!(%room, "ended a live stream whose LiveKit room is gone");
-        return Ok(RoomDone {
-            ended,
-            ..RoomDone::default()
-        });
     }
     Ok(RoomDone {
-        stage_turns_ended: end_lapsed_turns_of_room(&client, room, &[], state.rules.stage_return).await?,
+        ended,
         ..RoomDone::default()
     })
 }
