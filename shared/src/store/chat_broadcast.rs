@@ -87,7 +87,7 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
             Ok(None) => return mine_delivery, // another poster is sending
             Err(error) => {
                 tracing::warn!(%room, %error, "chat stored; its batch lease could not be taken");
-                return failed_unless_sent(mine_delivery);
+                return unless_sent(mine_delivery, Delivery::Failed);
             }
         };
         tokio::time::sleep(lease.send_in).await;
@@ -102,35 +102,27 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
                 if started.elapsed() > HOLDER_BUDGET {
                     // Its lease let go: no batch in progress carries what is
                     // left, its own message maybe among it.
-                    return later_unless_sent(mine_delivery);
+                    return unless_sent(mine_delivery, Delivery::Later);
                 }
             }
             Err(error) => {
                 tracing::warn!(%room, %error, "chat stored but its batch not sent; a later batch retries");
                 release(state, room, &lease).await;
-                return failed_unless_sent(mine_delivery);
+                return unless_sent(mine_delivery, Delivery::Failed);
             }
         }
     }
 }
 
-/// A later batch failing leaves a message an earlier one sent as sent: the
-/// app must not show it undelivered, or post it again.
-fn failed_unless_sent(mine: Delivery) -> Delivery {
+/// What became of the caller's message when this request stops holding the
+/// room's batches with `outcome`: one an earlier batch sent stays sent (after
+/// a later batch failed, the app must not show it undelivered, or post it
+/// again).
+fn unless_sent(mine: Delivery, outcome: Delivery) -> Delivery {
     if mine == Delivery::Sent {
         Delivery::Sent
     } else {
-        Delivery::Failed
-    }
-}
-
-/// A holder that stops with messages left has sent its own, or left it for
-/// the next batch.
-fn later_unless_sent(mine: Delivery) -> Delivery {
-    if mine == Delivery::Sent {
-        Delivery::Sent
-    } else {
-        Delivery::Later
+        outcome
     }
 }
 

@@ -588,6 +588,28 @@ impl TestApp {
             .await
     }
 
+    /// `host` invites `guest` onto `room`'s stage and `guest` accepts.
+    pub async fn take_stage(&self, host: Uuid, room: &str, guest: Uuid) {
+        let invite = json!({"roomName": room, "userId": guest}).to_string();
+        let invited = self
+            .call(
+                shared::handlers::invite_to_stage,
+                Some(&self.token_for(host)),
+                &invite,
+            )
+            .await;
+        assert_eq!(invited.status, 200, "{}", invited.body);
+        let accept = json!({"roomName": room}).to_string();
+        let accepted = self
+            .call(
+                shared::handlers::accept_stage,
+                Some(&self.token_for(guest)),
+                &accept,
+            )
+            .await;
+        assert_eq!(accepted.status, 200, "{}", accepted.body);
+    }
+
     /// Starts a live stream for `user` in `room` and returns the response body.
     pub async fn start_stream(&self, user: Uuid, room: &str) -> Value {
         let response = self
@@ -890,6 +912,35 @@ pub fn request_with(
         request = request.with_path_parameters(HashMap::from([("id".to_string(), id.to_string())]));
     }
     request
+}
+
+/// A participant event as LiveKit's server sends it, signed, made at
+/// `made_at`, for participant `sid`/`identity`; `fields` are the rest of its
+/// `participant` (name, state, permission, disconnect reason). Returns the
+/// webhook's answer body, after checking it was 200.
+pub async fn deliver_participant_event(
+    app: &TestApp,
+    event: &str,
+    room: &str,
+    (sid, identity): (&str, &str),
+    fields: serde_json::Value,
+    made_at: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let mut participant = json!({"sid": sid, "identity": identity});
+    if let (Some(all), serde_json::Value::Object(rest)) = (participant.as_object_mut(), fields) {
+        all.extend(rest);
+    }
+    let body = json!({
+        "id": format!("EV_{}", Uuid::new_v4().simple()),
+        "event": event,
+        "room": {"name": room},
+        "participant": participant,
+        "createdAt": made_at.timestamp().to_string(),
+    })
+    .to_string();
+    let response = app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    response.body
 }
 
 /// A webhook signed the way LiveKit signs it: a JWT from our API key and

@@ -13,7 +13,7 @@ use shared::handlers::{
 use uuid::Uuid;
 
 use crate::helpers::{
-    LIVEKIT_API_SECRET, LiveKitMode, Participant, SETTLE, TestApp, get_request, request_with, signed_webhook,
+    LiveKitMode, Participant, SETTLE, TestApp, deliver_participant_event, get_request, request_with,
     verify_livekit_token,
 };
 
@@ -27,39 +27,31 @@ async fn participant(
     name: &str,
     hidden: bool,
 ) {
-    let body = json!({
-        "id": format!("EV_{}", Uuid::new_v4().simple()),
-        "event": event,
-        "room": {"name": room},
-        "participant": {
-            "sid": sid, "identity": identity, "name": name, "state": "ACTIVE",
-            "permission": {"canSubscribe": true, "canPublishData": true, "hidden": hidden},
-        },
-        "createdAt": chrono::Utc::now().timestamp().to_string(),
-    })
-    .to_string();
-    let response = app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
-    assert_eq!(response.status, 200, "{}", response.body);
+    let fields = json!({
+        "name": name, "state": "ACTIVE",
+        "permission": {"canSubscribe": true, "canPublishData": true, "hidden": hidden},
+    });
+    deliver_participant_event(app, event, room, (sid, identity), fields, chrono::Utc::now()).await;
 }
 
 /// A `participant_left` for which LiveKit gives `reason` (its
 /// `DisconnectReason`, as the server's JSON names it).
 async fn left_because(app: &TestApp, room: &str, identity: &str, sid: &str, reason: &str) {
-    let body = json!({
-        "id": format!("EV_{}", Uuid::new_v4().simple()),
-        "event": "participant_left",
-        "room": {"name": room},
-        "participant": {
-            "sid": sid, "identity": identity, "name": "Guest", "state": "DISCONNECTED",
-            "permission": {"canSubscribe": true, "canPublish": true, "canPublishData": true},
-            "disconnectReason": reason,
-        },
-        "createdAt": chrono::Utc::now().timestamp().to_string(),
-    })
-    .to_string();
-    let response = app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
-    assert_eq!(response.status, 200, "{}", response.body);
-    assert_eq!(response.body["outcome"], "applied", "{}", response.body);
+    let fields = json!({
+        "name": "Guest", "state": "DISCONNECTED",
+        "permission": {"canSubscribe": true, "canPublish": true, "canPublishData": true},
+        "disconnectReason": reason,
+    });
+    let answer = deliver_participant_event(
+        app,
+        "participant_left",
+        room,
+        (sid, identity),
+        fields,
+        chrono::Utc::now(),
+    )
+    .await;
+    assert_eq!(answer["outcome"], "applied", "{answer}");
 }
 
 async fn stats(app: &TestApp, host: Uuid, room: &str) -> Value {
@@ -1317,14 +1309,7 @@ async fn join_and_take_stage(app: &TestApp, host: Uuid, room: &str, guest: Uuid,
         false,
     )
     .await;
-    let invite = json!({"roomName": room, "userId": guest}).to_string();
-    let invited = app
-        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-        .await;
-    assert_eq!(invited.status, 200, "{}", invited.body);
-    let accept = json!({"roomName": room}).to_string();
-    let accepted = app.call(accept_stage, Some(&app.token_for(guest)), &accept).await;
-    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    app.take_stage(host, room, guest).await;
 }
 
 /// Backdates `guest`'s away mark past `STAGE_RETURN_SECONDS` (60 s).
@@ -1489,21 +1474,20 @@ async fn a_guest_back_after_the_time_to_return_finds_the_turn_over() {
     )
     .await;
     // Made 30 s after the drop, told 61 s after it.
-    let queued_join = json!({
-        "id": format!("EV_{}", Uuid::new_v4().simple()),
-        "event": "participant_joined",
-        "room": {"name": room},
-        "participant": {
-            "sid": "PA_queued_2", "identity": queued_id, "name": "Guest", "state": "ACTIVE",
-            "permission": {"canSubscribe": true, "canPublishData": true},
-        },
-        "createdAt": (chrono::Utc::now() - chrono::Duration::seconds(31)).timestamp().to_string(),
-    })
-    .to_string();
-    let told = app
-        .deliver(signed_webhook(&queued_join, LIVEKIT_API_SECRET))
-        .await;
-    assert_eq!(told.status, 200, "{}", told.body);
+    let fields = json!({
+        "name": "Guest", "state": "ACTIVE",
+        "permission": {"canSubscribe": true, "canPublishData": true},
+    });
+    let made_at = chrono::Utc::now() - chrono::Duration::seconds(31);
+    deliver_participant_event(
+        &app,
+        "participant_joined",
+        room,
+        ("PA_queued_2", &queued_id),
+        fields,
+        made_at,
+    )
+    .await;
 
     assert_eq!(
         on_stage_and_away(&app, room, late).await,

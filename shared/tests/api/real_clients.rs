@@ -644,25 +644,12 @@ async fn a_guest_who_leaves_the_room_leaves_the_stage_and_an_old_token_cannot_pu
 /// in the room.
 #[tokio::test]
 async fn a_guest_back_after_the_time_to_return_cannot_publish_with_a_token_minted_on_stage() {
-    use shared::handlers::{accept_stage, invite_to_stage};
     let app = TestApp::spawn().await;
     let (host, host_client) = live_host(&app).await;
     let (viewer, mut guest) = app.viewer_in(ROOM).await;
     app.wait_for_viewer_count(ROOM, 1).await;
     let viewer_t = app.token_for(viewer);
-    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
-    let invited = app
-        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-        .await;
-    assert_eq!(invited.status, 200, "{}", invited.body);
-    let accepted = app
-        .call(
-            accept_stage,
-            Some(&viewer_t),
-            &json!({"roomName": ROOM}).to_string(),
-        )
-        .await;
-    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    app.take_stage(host, ROOM, viewer).await;
     let on_stage = app.request_token(&viewer_t, ROOM).await;
     let old_token = on_stage.body["token"].as_str().unwrap().to_owned();
 
@@ -711,39 +698,11 @@ async fn a_guest_back_after_the_time_to_return_cannot_publish_with_a_token_minte
 /// turn is over and the room takes the grant back.
 #[tokio::test]
 async fn a_guest_back_whose_join_was_lost_is_judged_by_when_they_joined() {
-    use shared::handlers::{accept_stage, invite_to_stage};
+    use crate::helpers::deliver_participant_event;
+    use shared::handlers::invite_to_stage;
     let app = TestApp::spawn_with_settings(vec![("STAGE_RETURN_SECONDS", "2".into())]).await;
     let (host, _host_client) = live_host(&app).await;
     let host_t = app.token_for(host);
-    let take_stage = |guest: Uuid| {
-        let app = &app;
-        let host_t = &host_t;
-        async move {
-            let invite = json!({"roomName": ROOM, "userId": guest}).to_string();
-            let invited = app.call(invite_to_stage, Some(host_t), &invite).await;
-            assert_eq!(invited.status, 200, "{}", invited.body);
-            let accepted = app
-                .call(
-                    accept_stage,
-                    Some(&app.token_for(guest)),
-                    &json!({"roomName": ROOM}).to_string(),
-                )
-                .await;
-            assert_eq!(accepted.status, 200, "{}", accepted.body);
-        }
-    };
-    let told = |body: serde_json::Value| {
-        let app = &app;
-        async move {
-            let response = app
-                .deliver(crate::helpers::signed_webhook(
-                    &body.to_string(),
-                    crate::helpers::LIVEKIT_API_SECRET,
-                ))
-                .await;
-            assert_eq!(response.status, 200, "{}", response.body);
-        }
-    };
     let standing = |guest: Uuid| {
         let app = &app;
         async move {
@@ -766,7 +725,7 @@ async fn a_guest_back_whose_join_was_lost_is_judged_by_when_they_joined() {
     for n in 1..=2 {
         let (guest, connection) = app.viewer_in(ROOM).await;
         app.wait_for_viewer_count(ROOM, n).await;
-        take_stage(guest).await;
+        app.take_stage(host, ROOM, guest).await;
         let token = app.request_token(&app.token_for(guest), ROOM).await.body["token"]
             .as_str()
             .unwrap()
@@ -788,17 +747,20 @@ async fn a_guest_back_whose_join_was_lost_is_judged_by_when_they_joined() {
     app.lose_webhooks(true);
     for (guest, connection, _) in &mut guests {
         connection.leave().await;
-        told(json!({
-            "id": format!("EV_{}", Uuid::new_v4().simple()),
-            "event": "participant_left",
-            "room": {"name": ROOM},
-            "participant": {
-                "sid": sid_of(*guest), "identity": guest.to_string(), "name": "Guest", "state": "DISCONNECTED",
-                "permission": {"canSubscribe": true, "canPublish": true, "canPublishData": true},
-                "disconnectReason": "SIGNAL_CLOSE",
-            },
-            "createdAt": chrono::Utc::now().timestamp().to_string(),
-        }))
+        let fields = json!({
+            "name": "Guest", "state": "DISCONNECTED",
+            "permission": {"canSubscribe": true, "canPublish": true, "canPublishData": true},
+            "disconnectReason": "SIGNAL_CLOSE",
+        });
+        let (sid, identity) = (sid_of(*guest), guest.to_string());
+        deliver_participant_event(
+            &app,
+            "participant_left",
+            ROOM,
+            (&sid, &identity),
+            fields,
+            chrono::Utc::now(),
+        )
         .await;
     }
     let (in_time, late) = (guests[0].0, guests[1].0);
@@ -825,19 +787,22 @@ async fn a_guest_back_whose_join_was_lost_is_judged_by_when_they_joined() {
     // A third guest fills the stage; one more invitation looks for lapsed
     // places to free, and finds none: both guests away are listed, back.
     for (n, other) in [Uuid::new_v4(), Uuid::new_v4()].into_iter().enumerate() {
-        told(json!({
-            "id": format!("EV_{}", Uuid::new_v4().simple()),
-            "event": "participant_joined",
-            "room": {"name": ROOM},
-            "participant": {
-                "sid": format!("PA_other_{n}"), "identity": other.to_string(), "name": "Other",
-                "state": "ACTIVE", "permission": {"canSubscribe": true, "canPublishData": true},
-            },
-            "createdAt": chrono::Utc::now().timestamp().to_string(),
-        }))
+        let fields = json!({
+            "name": "Other", "state": "ACTIVE",
+            "permission": {"canSubscribe": true, "canPublishData": true},
+        });
+        let (sid, identity) = (format!("PA_other_{n}"), other.to_string());
+        deliver_participant_event(
+            &app,
+            "participant_joined",
+            ROOM,
+            (&sid, &identity),
+            fields,
+            chrono::Utc::now(),
+        )
         .await;
         if n == 0 {
-            take_stage(other).await;
+            app.take_stage(host, ROOM, other).await;
         } else {
             let invite = json!({"roomName": ROOM, "userId": other}).to_string();
             app.call(invite_to_stage, Some(&host_t), &invite)
