@@ -95,6 +95,11 @@ pub struct BatchLease {
     /// Every message of the room up to this seq had been sent.
     pub sent_up_to: i64,
     pub until: DateTime<Utc>,
+    /// `until` on this machine's clock, never later than it: the hold
+    /// counted from before the lease was asked for. A holder sends nothing
+    /// it cannot finish before then, or the next holder's batch, taken once
+    /// the lease lapses, would overlap its own.
+    pub held_until: std::time::Instant,
     /// How long the holder waits before sending: what is left of the spacing
     /// since the room's last batch, zero in a room that has been quiet.
     pub send_in: std::time::Duration,
@@ -110,6 +115,7 @@ pub async fn take_batch_lease(
     spacing: std::time::Duration,
 ) -> Result<Option<BatchLease>, ApiError> {
     let (hold_seconds, spacing_seconds) = (hold.as_secs_f64(), spacing.as_secs_f64());
+    let asked_at = std::time::Instant::now();
     let row = client
         .query_typed_opt(
             "SELECT sent_up_to, lease_until, send_in FROM live_chat_take_batch_lease(
@@ -126,6 +132,7 @@ pub async fn take_batch_lease(
         Ok(BatchLease {
             sent_up_to: row.try_get("sent_up_to").map_err(ApiError::internal)?,
             until: row.try_get("lease_until").map_err(ApiError::internal)?,
+            held_until: asked_at + hold,
             // At most the spacing, whatever the clocks say.
             send_in: std::time::Duration::try_from_secs_f64(send_in)
                 .unwrap_or_default()

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::domain::RoomName;
 use crate::error::ApiError;
+use crate::livekit::RoomServiceError;
 use crate::state::AppState;
 use crate::store::chat::{self, BatchLease, ChatMessage};
 
@@ -27,6 +28,11 @@ pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a lease lasts: the interval, a bounded RoomService call (6 s) and
 /// a margin. A holder that vanished (its Lambda timed out) is replaced then.
 const LEASE: Duration = Duration::from_secs(8);
+/// A packet still on its way this close to the lease's end is given up: the
+/// next holder may start once the lease lapses, and LiveKit must have passed
+/// ours to the room (or dropped it with its connection) before the next
+/// holder's packets, or the room would get them interleaved.
+const LEASE_MARGIN: Duration = Duration::from_millis(500);
 /// Most messages one batch reads; more wait for the next.
 const BATCH_MESSAGES: i64 = 500;
 /// Packets stay under LiveKit's recommended 15 KiB for reliable data.
@@ -54,8 +60,9 @@ pub enum Delivery {
     Sent,
     /// Another poster's batch in progress will send it.
     Queued,
-    /// This request's batch failed (LiveKit unreachable); the message is
-    /// stored and a later batch retries it.
+    /// This request's batch failed before its message went out (LiveKit
+    /// unreachable or too slow for the lease); the message is stored and a
+    /// later batch retries it.
     Failed,
     /// This request stopped holding the room's batches (its second spent on
     /// a room far behind) before its own message came; the next poster's
@@ -92,11 +99,15 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
         };
         tokio::time::sleep(lease.send_in).await;
         match send_one_batch(state, room, &lease).await {
-            Ok((last, more)) => {
-                if mine.is_some_and(|seq| seq <= last) {
+            Ok(batch) => {
+                if mine.is_some_and(|seq| seq <= batch.through) {
                     mine_delivery = Delivery::Sent;
                 }
-                if !more {
+                if !batch.recorded {
+                    release(state, room, &lease).await;
+                    return unless_sent(mine_delivery, Delivery::Failed);
+                }
+                if !batch.more {
                     return mine_delivery;
                 }
                 if started.elapsed() > HOLDER_BUDGET {
@@ -126,31 +137,40 @@ fn unless_sent(mine: Delivery, outcome: Delivery) -> Delivery {
     }
 }
 
-/// Reads and sends one batch, then records it. Returns the last seq sent and
-/// whether more messages are waiting.
+/// What one batch did.
+struct BatchSent {
+    /// The room's messages up to this seq have gone out (the lease's
+    /// `sent_up_to` when there was nothing to send).
+    through: i64,
+    /// Whether more messages are waiting.
+    more: bool,
+    /// Whether Postgres has it. When not, the lease is let go and the next
+    /// batch sends the same messages again: the room gets them twice, in
+    /// order, and clients key the chat by id.
+    recorded: bool,
+}
+
+/// Reads and sends one batch, then records it. An error means nothing went
+/// out.
 async fn send_one_batch(
     state: &AppState,
     room: &RoomName,
     lease: &BatchLease,
-) -> Result<(i64, bool), ApiError> {
+) -> Result<BatchSent, ApiError> {
     let messages = {
         let client = state.db.get().await?;
         chat::unsent(&client, room, lease.sent_up_to, BATCH_MESSAGES).await?
     };
-    let Some(last) = messages.last().map(|(_, seq)| *seq) else {
-        let client = state.db.get().await?;
-        let more = chat::batch_sent(&client, room, lease.sent_up_to, lease).await?;
-        return Ok((lease.sent_up_to, more));
-    };
-    let packets = packets(&messages)?;
-    let (to_send, through) = this_batch(&packets, last);
-    let mut sent_through = through;
-    for (sent, packet) in to_send.iter().enumerate() {
-        if let Err(error) = state
-            .livekit
-            .broadcast(room, CHAT_TOPIC, packet.bytes.clone())
-            .await
-        {
+    let mut sent_through = lease.sent_up_to;
+    if let Some(last) = messages.last().map(|(_, seq)| *seq) {
+        let packets = packets(&messages)?;
+        let (to_send, through) = this_batch(&packets, last);
+        sent_through = through;
+        for (sent, packet) in to_send.iter().enumerate() {
+            let sending = state.livekit.broadcast(room, CHAT_TOPIC, packet.bytes.clone());
+            let Err(error) = within_the_lease(lease, sending).await else {
+                continue;
+            };
             if sent == 0 {
                 return Err(ApiError::unavailable(crate::error::Dependency::LiveKit, error));
             }
@@ -160,9 +180,45 @@ async fn send_one_batch(
             break;
         }
     }
-    let client = state.db.get().await?;
-    let more = chat::batch_sent(&client, room, sent_through, lease).await?;
-    Ok((sent_through, more))
+    let recorded = async {
+        let client = state.db.get().await?;
+        chat::batch_sent(&client, room, sent_through, lease).await
+    }
+    .await;
+    Ok(match recorded {
+        Ok(more) => BatchSent {
+            through: sent_through,
+            more,
+            recorded: true,
+        },
+        Err(error) => {
+            tracing::warn!(%room, %error, "a chat batch went out but could not be recorded; the next batch sends it again");
+            BatchSent {
+                through: sent_through,
+                more: true,
+                recorded: false,
+            }
+        }
+    })
+}
+
+/// Sends a packet if it can go out before the lease runs out: a holder slowed
+/// down (a pooled connection, a lock, LiveKit answering late) must not still
+/// be sending when the next holder starts the same messages over.
+async fn within_the_lease(
+    lease: &BatchLease,
+    sending: impl Future<Output = Result<(), RoomServiceError>>,
+) -> Result<(), RoomServiceError> {
+    let left = lease
+        .held_until
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(LEASE_MARGIN);
+    if left.is_zero() {
+        return Err(RoomServiceError::TimedOut);
+    }
+    tokio::time::timeout(left, sending)
+        .await
+        .unwrap_or(Err(RoomServiceError::TimedOut))
 }
 
 /// A packet of a batch, and the seq of its last message.
@@ -302,6 +358,44 @@ mod tests {
         let short = super::packets(&few).unwrap();
         let (to_send, through) = this_batch(&short, 7);
         assert_eq!((to_send.len(), through), (1, 7));
+    }
+
+    fn lease_held_for(left: Duration) -> BatchLease {
+        BatchLease {
+            sent_up_to: 0,
+            until: chrono::Utc::now(),
+            held_until: Instant::now() + left,
+            send_in: Duration::ZERO,
+        }
+    }
+
+    /// A packet that could not reach the room before the lease lapses is not
+    /// sent: the next holder would be sending the same messages beside it.
+    #[tokio::test]
+    async fn a_packet_is_not_started_when_the_lease_is_about_to_lapse() {
+        let started = std::sync::atomic::AtomicBool::new(false);
+        let sending = async {
+            started.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        };
+        let outcome = within_the_lease(&lease_held_for(LEASE_MARGIN / 2), sending).await;
+        assert!(matches!(outcome, Err(RoomServiceError::TimedOut)), "{outcome:?}");
+        assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
+
+        let sent = within_the_lease(&lease_held_for(LEASE), async { Ok(()) }).await;
+        assert!(sent.is_ok(), "{sent:?}");
+    }
+
+    /// A packet LiveKit has not taken when the lease is about to lapse is
+    /// given up, not left going beside the next holder's.
+    #[tokio::test]
+    async fn a_packet_still_going_at_the_end_of_the_lease_is_given_up() {
+        let lease = lease_held_for(LEASE_MARGIN + Duration::from_millis(50));
+        let hanging = std::future::pending::<Result<(), RoomServiceError>>();
+        let outcome = tokio::time::timeout(LEASE, within_the_lease(&lease, hanging))
+            .await
+            .expect("the send was given up within the lease");
+        assert!(matches!(outcome, Err(RoomServiceError::TimedOut)), "{outcome:?}");
     }
 
     /// Deleted messages in the range are skipped; a short batch is one packet.
