@@ -259,7 +259,8 @@ pub async fn history_start(
     ))
 }
 
-/// A page of a room's visible messages, newest first, older than `before`.
+/// A page of a room's visible messages, newest first in the order the room
+/// received them (seq, migration 0055), before `before`.
 pub async fn page(
     client: &Client,
     room: &RoomName,
@@ -270,9 +271,9 @@ pub async fn page(
         .query_typed(
             "SELECT id, room_name, user_id, text, created_at FROM live_messages
              WHERE room_name = $1 AND deleted_at IS NULL
-               AND ($2::uuid IS NULL OR (created_at, id) < (
-                    SELECT created_at, id FROM live_messages WHERE id = $2 AND room_name = $1))
-             ORDER BY created_at DESC, id DESC
+               AND ($2::uuid IS NULL OR seq < (
+                    SELECT seq FROM live_messages WHERE id = $2 AND room_name = $1))
+             ORDER BY seq DESC
              LIMIT $3",
             &[
                 (&room.as_str(), Type::TEXT),

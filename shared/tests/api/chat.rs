@@ -291,6 +291,53 @@ async fn history_is_newest_first_paginated_and_skips_deleted_messages() {
     assert_eq!(texts, ["m6", "m5", "m4", "m3", "m1", "m0"]);
 }
 
+/// A post that waited for its turn (its transaction began before another
+/// post's, its seq was taken after) sits in the history where the room
+/// received it, not where its `createdAt` would put it: paging back from the
+/// newest page reads the chat in the order the room showed it.
+#[tokio::test]
+async fn history_follows_the_order_the_room_received_the_messages() {
+    let (app, _host) = chat_room().await;
+    let mut ids = Vec::new();
+    for text in ["first", "waited", "third"] {
+        let sent = say(&app, Uuid::new_v4(), text).await;
+        assert_eq!(sent.status, 201, "{}", sent.body);
+        ids.push(Uuid::parse_str(sent.body["message"]["id"].as_str().unwrap()).unwrap());
+    }
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_messages SET created_at = (
+                 SELECT created_at - interval '1 second' FROM live_messages WHERE id = $1)
+             WHERE id = $2",
+            &[&ids[0], &ids[1]],
+        )
+        .await
+        .unwrap();
+
+    let reader = app.token_for(Uuid::new_v4());
+    let mut texts = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut query = vec![("roomName", ROOM), ("limit", "1")];
+        if let Some(b) = &before {
+            query.push(("before", b));
+        }
+        let page = app
+            .send(chat_history, get_request(Some(&reader), &query, None))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        for message in page.body["messages"].as_array().unwrap() {
+            texts.push(message["text"].as_str().unwrap().to_owned());
+        }
+        match page.body["nextBefore"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(texts, ["third", "waited", "first"]);
+}
+
 #[tokio::test]
 async fn history_before_a_message_of_another_room_is_refused_and_a_deleted_one_still_marks_its_place() {
     let (app, host) = chat_room().await;
