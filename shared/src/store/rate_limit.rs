@@ -14,7 +14,12 @@ use tokio_postgres::types::Type;
 
 use crate::error::ApiError;
 
-/// At most `max` hits in any `window`.
+/// `max` hits per `window`, as GCRA counts them: up to `max` at once, then
+/// one every `window / max` as the allowance refills. Over a long run that
+/// is `max` per `window`; a user who bursts and then keeps to the pace gets
+/// at most `2 × max − 1` into one window (5 per 10 s: five at once, then one
+/// every 2 s). Exactly `max` in every sliding window would need every hit's
+/// time kept, the per-hit cost this state avoids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     pub max: u32,
