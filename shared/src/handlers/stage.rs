@@ -48,29 +48,38 @@ pub struct StageOutcome {
 /// Ends the turns in `room` whose time to return ran out, but not of those
 /// LiveKit lists there (back, their join not yet told: ending theirs would
 /// let a new guest publish beside them). Says whether a place was freed;
-/// with LiveKit not answering, none is, and the stage stays full.
-async fn free_lapsed_places(
-    state: &AppState,
-    client: &tokio_postgres::Client,
-    room: &RoomName,
-) -> Result<bool, ApiError> {
+/// with LiveKit or Postgres failing, none is, and the stage stays full (the
+/// reconciler frees them). No connection is held while LiveKit lists the
+/// room: that can take seconds, and every change refused for a full stage
+/// does it.
+async fn free_lapsed_places(state: &AppState, room: &RoomName) -> bool {
     let participants = match state.livekit.participants(room).await {
         Ok(participants) => participants,
         Err(error) => {
             tracing::warn!(%room, %error, "the stage is full; LiveKit's listing, needed to free lapsed places, failed");
-            return Ok(false);
+            return false;
         }
     };
     let listed: Vec<&str> = participants.iter().map(|p| p.identity.as_str()).collect();
-    let lapsed = stage::end_lapsed_away_turns(
-        client,
-        Some(room),
-        &listed,
-        state.rules.stage_return,
-        STAGE_PLACES_FREED,
-    )
-    .await?;
-    Ok(lapsed.ended > 0)
+    let freed = async {
+        let client = state.db.get().await?;
+        stage::end_lapsed_away_turns(
+            &client,
+            Some(room),
+            &listed,
+            state.rules.stage_return,
+            STAGE_PLACES_FREED,
+        )
+        .await
+    }
+    .await;
+    match freed {
+        Ok(lapsed) => lapsed.ended > 0,
+        Err(error) => {
+            tracing::warn!(%room, %error, "the stage is full; its lapsed places could not be freed");
+            false
+        }
+    }
 }
 
 /// One stage change by `user` about `target`, then the room.
@@ -84,27 +93,24 @@ async fn change(
     if !action.withdraws() {
         user.require_participant(&state.rules)?;
     }
-    let changed = {
+    let attempt = || async {
         let client = state.db.get().await?;
-        let attempt = || {
-            stage::change(
-                &client,
-                &room,
-                user.id,
-                target,
-                action,
-                state.rules.max_stage_guests,
-                state.limits.stage,
-            )
-        };
-        match attempt().await {
-            // A guest whose time to return ran out still holds a place until
-            // the reconciler's next run: free those places now and try again.
-            Err(ApiError::StageFull { .. }) if free_lapsed_places(state, &client, &room).await? => {
-                attempt().await?
-            }
-            outcome => outcome?,
-        }
+        stage::change(
+            &client,
+            &room,
+            user.id,
+            target,
+            action,
+            state.rules.max_stage_guests,
+            state.limits.stage,
+        )
+        .await
+    };
+    let changed = match attempt().await {
+        // A guest whose time to return ran out still holds a place until
+        // the reconciler's next run: free those places now and try again.
+        Err(ApiError::StageFull { .. }) if free_lapsed_places(state, &room).await => attempt().await?,
+        outcome => outcome?,
     };
     // A repeat that changed nothing tells the room too: it is how the app
     // retries a change that answered `roomUpdated: false`, and LiveKit may
@@ -152,12 +158,20 @@ pub async fn apply_standing_in_room(
         // hand data back to someone who should be out.
         return room_rules::apply(&state.livekit, room, &identity, Correction::Remove).await;
     }
-    state
+    let told = state
         .livekit
         .update_viewer(room, &identity, committed.muted, committed.stage)
-        .await?;
-    room_rules::follow_newer_standing(state, room, user, &identity, Told::Standing(committed)).await;
-    Ok(())
+        .await;
+    match told {
+        // An update that timed out may still reach the room, after a newer
+        // change was told there (an accept landing after the removal that
+        // followed it): follow it with the latest, as a told one is.
+        Ok(()) | Err(RoomServiceError::TimedOut) => {
+            room_rules::follow_newer_standing(state, room, user, &identity, Told::Standing(committed)).await;
+            told
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// A viewer raises or lowers their hand.

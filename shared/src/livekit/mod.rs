@@ -370,6 +370,8 @@ pub enum RoomServiceError {
     NotFound,
     #[error("LiveKit RoomService call failed: {0}")]
     Failed(String),
+    /// No answer in time: the request may have gone out, and LiveKit may
+    /// still act on it later.
     #[error("LiveKit RoomService did not answer in time")]
     TimedOut,
 }
@@ -395,6 +397,11 @@ async fn bounded<T>(call: impl Future<Output = Result<T, ServiceError>>) -> Resu
             if code == ServerErrorCode::NOT_FOUND =>
         {
             Err(RoomServiceError::NotFound)
+        }
+        // The client's own per-attempt timeout: the request went out and may
+        // still be acted on, as when the whole call's bound runs out.
+        Ok(Err(ServiceError::Twirp(ServerError::Request(e)))) if e.is_timeout() => {
+            Err(RoomServiceError::TimedOut)
         }
         Ok(Err(e)) => Err(RoomServiceError::Failed(e.to_string())),
         Err(_) => Err(RoomServiceError::TimedOut),

@@ -1118,6 +1118,64 @@ async fn a_correction_read_before_a_newer_stage_change_is_followed_by_it() {
     assert_eq!(participant.attributes["on_stage"], "true");
 }
 
+/// A stage change whose `UpdateParticipant` timed out may still reach the
+/// room, after a newer change was told there (an accept landing after the
+/// removal that followed it): the standing is read again after the timeout
+/// and the newer one told, so the room does not keep the older until the
+/// reconciler's next run.
+#[tokio::test]
+async fn a_stage_update_that_timed_out_is_followed_by_the_newer_standing() {
+    use shared::handlers::stage::apply_standing_in_room;
+    use shared::store::chat::Standing;
+    use shared::store::stage::{self, StageAction, StageStanding};
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "late-accept";
+    let (guest, _client, _) = live_with_a_guest_on_stage(&app, host, room).await;
+    let room_name = shared::domain::RoomName::parse(room.to_owned()).unwrap();
+
+    // The host's removal commits while the accept's call is on its way.
+    let removed = {
+        let client = app.state.db.get().await.unwrap();
+        stage::change(
+            &client,
+            &room_name,
+            host,
+            guest,
+            StageAction::Remove,
+            app.state.rules.max_stage_guests,
+            app.state.limits.stage,
+        )
+        .await
+        .unwrap()
+    };
+    assert!(removed.changed && !removed.standing.on_stage);
+
+    // The accept's call hangs; LiveKit answers again before it times out.
+    app.set_livekit_mode(LiveKitMode::Hanging).await;
+    let accepted = Standing {
+        banned: false,
+        muted: false,
+        stage: StageStanding {
+            on_stage: true,
+            ..StageStanding::default()
+        },
+    };
+    let telling = tokio::spawn({
+        let state = app.state.clone();
+        let room_name = room_name.clone();
+        async move { apply_standing_in_room(&state, &room_name, guest, accepted).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.set_livekit_mode(LiveKitMode::Up).await;
+    let told = telling.await.unwrap();
+    assert!(told.is_err(), "the accept's own call got no answer");
+    assert!(
+        !can_publish(&app, room).await,
+        "after the timeout the room was told the removal that followed"
+    );
+}
+
 /// The app retries a change that answered `roomUpdated: false`: the retry
 /// changes nothing in Postgres, and tells LiveKit what it missed.
 #[tokio::test]
