@@ -82,6 +82,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(53, "0053_one_sync_of_a_room_at_a_time"),
     migration!(54, "0054_back_too_late_is_off_the_stage"),
     migration!(55, "0055_history_in_the_rooms_order"),
+    migration!(56, "0056_a_repeated_withdrawal_has_its_own_allowance"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.
