@@ -106,11 +106,16 @@ impl Told<'_> {
     /// What LiveKit must be told for the standing `now`, if anything.
     fn next(&self, livekit: &LiveKit, now: Option<Standing>) -> Option<Correction> {
         match self {
-            // A ban is removed by its own call, not by a follow-up.
             Told::Standing(told) => {
                 let now = now.unwrap_or_default();
+                if now.banned {
+                    // Told a standing without the ban (a stage change about a
+                    // banned user, or one the ban overtook): the ban's own
+                    // removal may have failed, so this one removes them too.
+                    return (!told.banned).then_some(Correction::Remove);
+                }
                 let moved = (now.muted, now.stage) != (told.muted, told.stage);
-                (!now.banned && moved).then_some(Correction::Update {
+                moved.then_some(Correction::Update {
                     muted: now.muted,
                     stage: now.stage,
                 })

@@ -1176,6 +1176,44 @@ async fn a_stage_update_that_timed_out_is_followed_by_the_newer_standing() {
     );
 }
 
+/// A ban whose removal LiveKit missed: the host's next stage change about
+/// that user removes them from the room (the standing read after the change
+/// says banned), rather than only updating their permission and leaving them
+/// there until the reconciler's next run.
+#[tokio::test]
+async fn a_stage_change_about_a_banned_user_livekit_kept_removes_them() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "missed-ban";
+    let (guest, _client, invite) = live_with_a_guest_on_stage(&app, host, room).await;
+
+    app.set_livekit_mode(LiveKitMode::Failing).await;
+    let ban = json!({"roomName": room, "userId": guest, "action": "ban"}).to_string();
+    let banned = app.call(moderate, Some(&app.token_for(host)), &ban).await;
+    assert_eq!(
+        (banned.status, &banned.body["roomUpdated"]),
+        (200, &json!(false)),
+        "{}",
+        banned.body
+    );
+    app.set_livekit_mode(LiveKitMode::Up).await;
+    assert_eq!(
+        app.livekit().participants(room).await.len(),
+        1,
+        "LiveKit missed the ban"
+    );
+
+    let removed = app
+        .call(remove_from_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    let deadline = Instant::now() + SETTLE;
+    while !app.livekit().participants(room).await.is_empty() {
+        assert!(Instant::now() < deadline, "the banned guest is still in the room");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The app retries a change that answered `roomUpdated: false`: the retry
 /// changes nothing in Postgres, and tells LiveKit what it missed.
 #[tokio::test]
