@@ -363,6 +363,10 @@ impl TryFrom<String> for ChatText {
 pub struct ChatRequest {
     pub room_name: RoomName,
     pub text: ChatText,
+    /// The message's id, made by the app once per message and sent on every
+    /// attempt, so a retry whose first attempt was stored is not stored twice.
+    #[serde(default)]
+    pub id: Option<Uuid>,
 }
 
 #[derive(Debug, Deserialize)]

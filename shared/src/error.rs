@@ -62,6 +62,8 @@ pub enum ApiError {
     StreamNotFound,
     #[error("message not found")]
     MessageNotFound,
+    #[error("the message id names another message")]
+    MessageIdTaken,
     #[error("banned from this stream")]
     Banned,
     #[error("muted in this stream")]
@@ -117,6 +119,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RoomTaken
             | ApiError::StreamEnded
+            | ApiError::MessageIdTaken
             | ApiError::AlreadyLive { .. }
             | ApiError::NotWatching
             | ApiError::NotInvited
@@ -139,6 +142,7 @@ impl ApiError {
             ApiError::AlreadyLive { .. } => "already_live",
             ApiError::StreamNotFound => "stream_not_found",
             ApiError::MessageNotFound => "message_not_found",
+            ApiError::MessageIdTaken => "message_id_taken",
             ApiError::Banned => "banned",
             ApiError::Muted => "muted",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -175,6 +179,10 @@ impl ApiError {
             }
             ApiError::StreamNotFound => "No stream with that room name exists.".into(),
             ApiError::MessageNotFound => "No chat message with that id exists.".into(),
+            ApiError::MessageIdTaken => {
+                "That id belongs to another message (or one deleted since); make a new id for a new message."
+                    .into()
+            }
             ApiError::Banned => "The streamer has banned you from this stream.".into(),
             ApiError::Muted => "The streamer has muted you in this stream.".into(),
             ApiError::RateLimited { retry_after_seconds } => {

@@ -39,6 +39,8 @@ pub struct PostedMessage {
 }
 
 /// `POST /live/chat`: store the message, then hand it to the room's batches.
+/// A retry naming the `id` of a message stored before answers 200 with it
+/// (and hands it to the batches again, to say whether it went out).
 pub async fn post_message(
     state: &AppState,
     user: AuthUser,
@@ -46,7 +48,7 @@ pub async fn post_message(
 ) -> Result<Reply<PostedMessage>, ApiError> {
     user.require_participant(&state.rules)?;
     let room = request.room_name;
-    let (message, seq) = {
+    let (status, message, seq) = {
         let client = state.db.get().await?;
         let limit_key = format!("chat:{room}:{}", user.id);
         match chat::post(
@@ -54,12 +56,15 @@ pub async fn post_message(
             &room,
             user.id,
             request.text.as_str(),
+            request.id,
             &limit_key,
             state.limits.chat,
         )
         .await?
         {
-            PostOutcome::Posted(message, seq) => (message, seq),
+            PostOutcome::Posted(message, seq) => (StatusCode::CREATED, message, seq),
+            PostOutcome::Repeated(message, seq) => (StatusCode::OK, message, seq),
+            PostOutcome::IdTaken => return Err(ApiError::MessageIdTaken),
             PostOutcome::NotFound => return Err(ApiError::StreamNotFound),
             PostOutcome::Ended => return Err(ApiError::StreamEnded),
             PostOutcome::Banned => return Err(ApiError::Banned),
@@ -77,10 +82,7 @@ pub async fn post_message(
         .await
         .unwrap_or(Delivery::Failed);
     let broadcast = matches!(delivery, Delivery::Sent | Delivery::Queued);
-    Ok(Reply::new(
-        StatusCode::CREATED,
-        PostedMessage { message, broadcast },
-    ))
+    Ok(Reply::new(status, PostedMessage { message, broadcast }))
 }
 
 async fn broadcast(state: &AppState, room: &RoomName, event: &ChatEvent<'_>) -> bool {

@@ -33,10 +33,15 @@ fn message_from_row(row: &Row) -> Result<ChatMessage, ApiError> {
     })
 }
 
-/// What became of a post (`live_chat_say`, migration 0022).
+/// What became of a post (`live_chat_say`, migrations 0022 and 0057).
 pub enum PostOutcome {
     /// Stored: the message and its place in the room's order (`seq`).
     Posted(ChatMessage, i64),
+    /// A retry of a post that was stored: the message as stored.
+    Repeated(ChatMessage, i64),
+    /// The id the post named belongs to another message, or to one deleted
+    /// since.
+    IdTaken,
     NotFound,
     Ended,
     Banned,
@@ -49,12 +54,14 @@ pub enum PostOutcome {
 /// lock (so an end or a ban is either seen or ordered after the post), the
 /// stream and the caller's restrictions, then the rate-limit hit, then the
 /// insert, which holds the room's chat-order lock from its `seq` to its
-/// commit, so [`unsent`] never reads past a post in flight.
+/// commit, so [`unsent`] never reads past a post in flight. A post naming
+/// the `id` of a message stored before is answered with it, before any check.
 pub async fn post(
     client: &Client,
     room: &RoomName,
     user: Uuid,
     text: &str,
+    id: Option<Uuid>,
     limit_key: &str,
     limit: Limit,
 ) -> Result<PostOutcome, ApiError> {
@@ -62,7 +69,7 @@ pub async fn post(
     let row = client
         .query_typed_one(
             "SELECT outcome, retry_after, id, room_name, user_id, text, created_at, seq
-             FROM live_chat_say($1, $2, $3, $4, $5, $6)",
+             FROM live_chat_say($1, $2, $3, $4, $5, $6, $7)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
@@ -70,6 +77,7 @@ pub async fn post(
                 (&limit_key, Type::TEXT),
                 (&window, Type::FLOAT8),
                 (&max, Type::INT8),
+                (&id, Type::UUID),
             ],
         )
         .await?;
@@ -79,6 +87,11 @@ pub async fn post(
             message_from_row(&row)?,
             row.try_get("seq").map_err(ApiError::internal)?,
         ),
+        "repeated" => PostOutcome::Repeated(
+            message_from_row(&row)?,
+            row.try_get("seq").map_err(ApiError::internal)?,
+        ),
+        "id_taken" => PostOutcome::IdTaken,
         "not_found" => PostOutcome::NotFound,
         "ended" => PostOutcome::Ended,
         "banned" => PostOutcome::Banned,

@@ -234,7 +234,9 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_chat_batch_failed(text,timestamp with time zone)",
     "execute live_chat_batch_sent(text,bigint)", // superseded; kept for an earlier release's binaries
     "execute live_chat_post(text,uuid,text)",    // superseded; kept for an earlier release's binaries
-    "execute live_chat_say(text,uuid,text,text,double precision,bigint)",
+    "execute live_chat_say(text,uuid,text,text,double precision,bigint)", // superseded; kept for an earlier release's binaries
+    "execute live_chat_say(text,uuid,text,text,double precision,bigint,uuid)",
+    "execute live_chat_stored(uuid,text,uuid,text)",
     "execute live_chat_take_batch_lease(text,interval)", // superseded; kept for an earlier release's binaries
     "execute live_chat_take_batch_lease(text,interval,interval)",
     "execute live_chat_take_lease(text,interval)", // superseded; kept for an earlier release's binaries

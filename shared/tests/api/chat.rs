@@ -1,7 +1,7 @@
 //! Chat: stored, broadcast through LiveKit, rate-limited across containers.
 
 use serde_json::{Value, json};
-use shared::handlers::{chat_history, delete_message, post_message};
+use shared::handlers::{chat_history, delete_message, end_stream, post_message};
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -235,6 +235,113 @@ async fn the_limit_is_configurable() {
         201,
         "the window slid past the first two"
     );
+}
+
+/// A post the app retries with the same `id` (its first answer lost, or
+/// cut off at the deadline after its commit) is stored once: the retry
+/// answers 200 with the stored message, spends no rate limit, and is
+/// answered even after the stream ended; an id that belongs to another
+/// message is refused.
+#[tokio::test]
+async fn a_retried_post_is_stored_once() {
+    let app = TestApp::spawn_with_settings(vec![("CHAT_RATE_LIMIT_MESSAGES", "1".into())]).await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, ROOM).await;
+    let (user, id) = (Uuid::new_v4(), Uuid::new_v4());
+    let post = |user: Uuid, text: &str| {
+        let body = json!({"roomName": ROOM, "text": text, "id": id}).to_string();
+        let app = &app;
+        async move { app.call(post_message, Some(&app.token_for(user)), &body).await }
+    };
+    let first = post(user, "only once").await;
+    assert_eq!(
+        (first.status, &first.body["message"]["id"]),
+        (201, &json!(id)),
+        "{}",
+        first.body
+    );
+    let retried = post(user, "only once").await;
+    assert_eq!(
+        (retried.status, &retried.body["broadcast"]),
+        (200, &json!(true)),
+        "a repeat spends no limit (1 per 10 s here): {}",
+        retried.body
+    );
+    assert_eq!(retried.body["message"], first.body["message"]);
+
+    post(Uuid::new_v4(), "only once")
+        .await
+        .assert_error(409, "message_id_taken");
+    post(user, "something else")
+        .await
+        .assert_error(409, "message_id_taken");
+    let ended = app
+        .call(
+            end_stream,
+            Some(&app.token_for(host)),
+            &json!({"roomName": ROOM}).to_string(),
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    let after_the_end = post(user, "only once").await;
+    assert_eq!(after_the_end.status, 200, "{}", after_the_end.body);
+    assert_eq!(after_the_end.body["message"], first.body["message"]);
+
+    let stored: i64 = app
+        .db_value(
+            "SELECT count(*) FROM live_messages WHERE room_name = $1",
+            &[&ROOM],
+        )
+        .await;
+    assert_eq!(stored, 1);
+}
+
+/// Two attempts of one post in flight at once store it once: the second,
+/// which found nothing stored when it began, waits for the first's commit
+/// at its insert and then answers the message the first stored.
+#[tokio::test]
+async fn two_attempts_of_one_post_in_flight_store_it_once() {
+    const SAY: &str = "SELECT outcome, id FROM live_chat_say($1, $2, 'twice at once', $3, 10, 5, $4)";
+    let (app, _host) = chat_room().await;
+    let (user, id) = (Uuid::new_v4(), Uuid::new_v4());
+    let key = format!("chat:{ROOM}:{user}");
+    let mut first = app.db().await;
+    let first = first.transaction().await.unwrap();
+    let posted = first.query_one(SAY, &[&ROOM, &user, &key, &id]).await.unwrap();
+    assert_eq!(posted.get::<_, String>(0), "posted");
+
+    let second = tokio::spawn({
+        let client = app.db().await;
+        async move { client.query_one(SAY, &[&ROOM, &user, &key, &id]).await.unwrap() }
+    });
+    let deadline = std::time::Instant::now() + crate::helpers::SETTLE;
+    loop {
+        let waiting: i64 = app
+            .db_value(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%twice at once%'",
+                &[],
+            )
+            .await;
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second attempt never waited for the first"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    first.commit().await.unwrap();
+    let answered = second.await.unwrap();
+    assert_eq!(
+        (answered.get::<_, String>(0), answered.get::<_, Uuid>(1)),
+        ("repeated".to_owned(), id)
+    );
+    let stored: i64 = app
+        .db_value("SELECT count(*) FROM live_messages WHERE id = $1", &[&id])
+        .await;
+    assert_eq!(stored, 1);
 }
 
 #[tokio::test]
@@ -643,9 +750,17 @@ async fn a_rooms_first_message_left_unsent_is_sent_by_the_flusher() {
     let room = shared::domain::RoomName::parse(ROOM.into()).unwrap();
     let client = app.state.db.get().await.unwrap();
     let limit = app.state.limits.chat;
-    let posted = chat::post(&client, &room, Uuid::new_v4(), "first words", "chat:test", limit)
-        .await
-        .unwrap();
+    let posted = chat::post(
+        &client,
+        &room,
+        Uuid::new_v4(),
+        "first words",
+        None,
+        "chat:test",
+        limit,
+    )
+    .await
+    .unwrap();
     let PostOutcome::Posted(message, _) = posted else {
         panic!("the post was refused");
     };

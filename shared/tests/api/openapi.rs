@@ -747,6 +747,7 @@ fn the_error_code_enum_is_every_code_the_api_has() {
         },
         ApiError::StreamNotFound,
         ApiError::MessageNotFound,
+        ApiError::MessageIdTaken,
         ApiError::Banned,
         ApiError::Muted,
         ApiError::RateLimited {
@@ -1629,6 +1630,14 @@ async fn every_route_answers_as_the_document_says() {
     let said = c.post(&app, CHAT, post_message, Some(&viewer_t), &hello).await;
     assert_eq!(said.status, 201);
     let id = said.body["message"]["id"].as_str().unwrap().to_owned();
+    let with_its_id = json!({"roomName": room, "text": "Hello!", "id": id}).to_string();
+    let repeated = c
+        .post(&app, CHAT, post_message, Some(&viewer_t), &with_its_id)
+        .await;
+    assert_eq!(repeated.status, 200, "{}", repeated.body);
+    c.post(&app, CHAT, post_message, Some(&host_t), &with_its_id)
+        .await
+        .assert_error(409, "message_id_taken");
     c.post(
         &app,
         CHAT,

@@ -1101,7 +1101,7 @@ async fn store_post(app: &TestApp, room: &RoomName, user: Uuid, text: &str) -> i
         window: Duration::from_secs(10),
     };
     let client = app.state.db.get().await.unwrap();
-    match chat::post(&client, room, user, text, &format!("test:{user}"), limit).await {
+    match chat::post(&client, room, user, text, None, &format!("test:{user}"), limit).await {
         Ok(PostOutcome::Posted(_, seq)) => seq,
         _ => panic!("{text:?} was not stored"),
     }
