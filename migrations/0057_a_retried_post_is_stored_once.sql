@@ -5,16 +5,20 @@
 -- attempt. A repeat (the same id, user, room and text) finds the message
 -- stored and answers it: it spends no rate limit, and nothing that came
 -- after it (an end, a ban, a mute) refuses it, since it was stored before.
--- An id of any other message, or of one deleted since, is refused
--- ('id_taken'). Two attempts in flight at once store it once: the second's
--- insert waits for the first's commit and then finds it. Without an id, a
--- post is as before.
+-- A repeat of the caller's message deleted since is refused as such
+-- ('deleted': the app must not post it again under a new id), and an id of
+-- any other message is refused ('id_taken'). Attempts naming one id wait
+-- for each other (a transaction-scoped advisory lock on the id, taken before
+-- anything is read): a retry overlapping its first attempt finds the message
+-- once the first commits, instead of being checked and counted beside it.
+-- Without an id, a post is as before.
 --
 -- Whole body of 0022's live_chat_say, with p_id; what changed is marked.
 -- The six-argument function stays for the binaries of the release before.
 
 -- What a post naming p_id finds stored: 'repeated' with the message, or
--- 'id_taken' with nothing, or a NULL outcome when no message has that id.
+-- 'deleted' or 'id_taken' with nothing, or a NULL outcome when no message
+-- has that id.
 CREATE FUNCTION live_chat_stored(
     p_id UUID,
     p_room TEXT,
@@ -32,17 +36,32 @@ LANGUAGE plpgsql
 STABLE
 AS $$
 #variable_conflict use_column
+DECLARE
+    v_theirs BOOLEAN;
+    v_deleted BOOLEAN;
+    v_same_text BOOLEAN;
 BEGIN
-    SELECT m.id, m.room_name, m.user_id, m.text, m.created_at, m.seq
-    INTO id, room_name, user_id, text, created_at, seq
+    SELECT m.id, m.room_name, m.user_id, m.text, m.created_at, m.seq,
+           m.room_name = p_room AND m.user_id = p_user, m.deleted_at IS NOT NULL, m.text = p_text
+    INTO id, room_name, user_id, text, created_at, seq, v_theirs, v_deleted, v_same_text
     FROM live_messages AS m
-    WHERE m.id = p_id AND m.room_name = p_room AND m.user_id = p_user
-      AND m.text = p_text AND m.deleted_at IS NULL;
-    IF FOUND THEN
-        outcome := 'repeated';
-    ELSIF EXISTS (SELECT FROM live_messages AS m WHERE m.id = p_id) THEN
-        outcome := 'id_taken';
+    WHERE m.id = p_id;
+    IF NOT FOUND THEN
+        RETURN;
     END IF;
+    IF v_theirs AND NOT v_deleted AND v_same_text THEN
+        outcome := 'repeated';
+        RETURN;
+    END IF;
+    -- The text of a deleted message is blanked: the caller's own in this
+    -- room is theirs whatever they sent.
+    outcome := CASE WHEN v_theirs AND v_deleted THEN 'deleted' ELSE 'id_taken' END;
+    id := NULL;
+    room_name := NULL;
+    user_id := NULL;
+    text := NULL;
+    created_at := NULL;
+    seq := NULL;
 END
 $$;
 
@@ -71,8 +90,11 @@ DECLARE
     v_banned BOOLEAN;
     v_muted BOOLEAN;
 BEGIN
-    -- Changed: a repeat answers what is stored, before any check.
+    -- Changed: a repeat answers what is stored, before any check, once the
+    -- attempts of the same id before it are done. The first number keeps
+    -- these locks apart from the room's chat-order lock (0017).
     IF p_id IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(1818782569, hashtext(p_id::text));
         SELECT * INTO outcome, id, room_name, user_id, text, created_at, seq
         FROM live_chat_stored(p_id, p_room, p_user, p_text);
         IF outcome IS NOT NULL THEN
@@ -103,8 +125,9 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(1818782568, hashtext(p_room));
-    -- Changed: the app's id when it named one; an attempt in flight beside
-    -- this one that committed it first leaves nothing inserted here.
+    -- Changed: the app's id when it named one. Attempts of one id wait for
+    -- each other above, so a conflict here is an id taken by a post that
+    -- named none (a random id alike, never in practice) or by another user.
     INSERT INTO live_messages AS m (id, room_name, user_id, text)
     VALUES (coalesce(p_id, gen_random_uuid()), p_room, p_user, p_text)
     ON CONFLICT ON CONSTRAINT live_messages_pkey DO NOTHING

@@ -64,6 +64,8 @@ pub enum ApiError {
     MessageNotFound,
     #[error("the message id names another message")]
     MessageIdTaken,
+    #[error("the message was deleted")]
+    MessageDeleted,
     #[error("banned from this stream")]
     Banned,
     #[error("muted in this stream")]
@@ -120,6 +122,7 @@ impl ApiError {
             ApiError::RoomTaken
             | ApiError::StreamEnded
             | ApiError::MessageIdTaken
+            | ApiError::MessageDeleted
             | ApiError::AlreadyLive { .. }
             | ApiError::NotWatching
             | ApiError::NotInvited
@@ -143,6 +146,7 @@ impl ApiError {
             ApiError::StreamNotFound => "stream_not_found",
             ApiError::MessageNotFound => "message_not_found",
             ApiError::MessageIdTaken => "message_id_taken",
+            ApiError::MessageDeleted => "message_deleted",
             ApiError::Banned => "banned",
             ApiError::Muted => "muted",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -180,8 +184,10 @@ impl ApiError {
             ApiError::StreamNotFound => "No stream with that room name exists.".into(),
             ApiError::MessageNotFound => "No chat message with that id exists.".into(),
             ApiError::MessageIdTaken => {
-                "That id belongs to another message (or one deleted since); make a new id for a new message."
-                    .into()
+                "That id belongs to another message; make a new id for a new message.".into()
+            }
+            ApiError::MessageDeleted => {
+                "That message of yours was deleted from the chat; it is not posted again.".into()
             }
             ApiError::Banned => "The streamer has banned you from this stream.".into(),
             ApiError::Muted => "The streamer has muted you in this stream.".into(),

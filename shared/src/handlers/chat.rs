@@ -64,6 +64,7 @@ pub async fn post_message(
         {
             PostOutcome::Posted(message, seq) => (StatusCode::CREATED, message, seq),
             PostOutcome::Repeated(message, seq) => (StatusCode::OK, message, seq),
+            PostOutcome::Deleted => return Err(ApiError::MessageDeleted),
             PostOutcome::IdTaken => return Err(ApiError::MessageIdTaken),
             PostOutcome::NotFound => return Err(ApiError::StreamNotFound),
             PostOutcome::Ended => return Err(ApiError::StreamEnded),

@@ -39,8 +39,10 @@ pub enum PostOutcome {
     Posted(ChatMessage, i64),
     /// A retry of a post that was stored: the message as stored.
     Repeated(ChatMessage, i64),
-    /// The id the post named belongs to another message, or to one deleted
-    /// since.
+    /// The id the post named is of the caller's own message in this room,
+    /// deleted since.
+    Deleted,
+    /// The id the post named belongs to another message.
     IdTaken,
     NotFound,
     Ended,
@@ -91,6 +93,7 @@ pub async fn post(
             message_from_row(&row)?,
             row.try_get("seq").map_err(ApiError::internal)?,
         ),
+        "deleted" => PostOutcome::Deleted,
         "id_taken" => PostOutcome::IdTaken,
         "not_found" => PostOutcome::NotFound,
         "ended" => PostOutcome::Ended,

@@ -97,6 +97,11 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
                 return unless_sent(mine_delivery, Delivery::Failed);
             }
         };
+        // A retried post's message went out in an earlier batch: this one's
+        // failure must not say otherwise.
+        if mine.is_some_and(|seq| seq <= lease.sent_up_to) {
+            mine_delivery = Delivery::Sent;
+        }
         tokio::time::sleep(lease.send_in).await;
         match send_one_batch(state, room, &lease).await {
             Ok(batch) => {

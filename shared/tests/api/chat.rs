@@ -241,7 +241,8 @@ async fn the_limit_is_configurable() {
 /// cut off at the deadline after its commit) is stored once: the retry
 /// answers 200 with the stored message, spends no rate limit, and is
 /// answered even after the stream ended; an id that belongs to another
-/// message is refused.
+/// message is refused, and a repeat of the caller's message deleted since
+/// is refused as deleted, so the app does not post it again.
 #[tokio::test]
 async fn a_retried_post_is_stored_once() {
     let app = TestApp::spawn_with_settings(vec![("CHAT_RATE_LIMIT_MESSAGES", "1".into())]).await;
@@ -275,6 +276,28 @@ async fn a_retried_post_is_stored_once() {
     post(user, "something else")
         .await
         .assert_error(409, "message_id_taken");
+
+    let (author, doomed) = (Uuid::new_v4(), Uuid::new_v4());
+    let doomed_post = json!({"roomName": ROOM, "text": "soon gone", "id": doomed}).to_string();
+    let stored = app
+        .call(post_message, Some(&app.token_for(author)), &doomed_post)
+        .await;
+    assert_eq!(stored.status, 201, "{}", stored.body);
+    let deleted = app
+        .send(
+            delete_message,
+            request_with(
+                lambda_http::http::Method::DELETE,
+                Some(&app.token_for(author)),
+                &[],
+                Some(&doomed.to_string()),
+            ),
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    app.call(post_message, Some(&app.token_for(author)), &doomed_post)
+        .await
+        .assert_error(409, "message_deleted");
     let ended = app
         .call(
             end_stream,
@@ -289,19 +312,20 @@ async fn a_retried_post_is_stored_once() {
 
     let stored: i64 = app
         .db_value(
-            "SELECT count(*) FROM live_messages WHERE room_name = $1",
+            "SELECT count(*) FROM live_messages WHERE room_name = $1 AND deleted_at IS NULL",
             &[&ROOM],
         )
         .await;
     assert_eq!(stored, 1);
 }
 
-/// Two attempts of one post in flight at once store it once: the second,
-/// which found nothing stored when it began, waits for the first's commit
-/// at its insert and then answers the message the first stored.
+/// Two attempts of one post in flight at once store it once, and the second
+/// is neither counted nor refused beside the first: it waits for the
+/// first's commit before reading anything, then answers the message the
+/// first stored, though the first spent the whole limit (one per 10 s).
 #[tokio::test]
 async fn two_attempts_of_one_post_in_flight_store_it_once() {
-    const SAY: &str = "SELECT outcome, id FROM live_chat_say($1, $2, 'twice at once', $3, 10, 5, $4)";
+    const SAY: &str = "SELECT outcome, id FROM live_chat_say($1, $2, 'twice at once', $3, 10, 1, $4)";
     let (app, _host) = chat_room().await;
     let (user, id) = (Uuid::new_v4(), Uuid::new_v4());
     let key = format!("chat:{ROOM}:{user}");

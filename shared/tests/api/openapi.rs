@@ -748,6 +748,7 @@ fn the_error_code_enum_is_every_code_the_api_has() {
         ApiError::StreamNotFound,
         ApiError::MessageNotFound,
         ApiError::MessageIdTaken,
+        ApiError::MessageDeleted,
         ApiError::Banned,
         ApiError::Muted,
         ApiError::RateLimited {
@@ -1810,6 +1811,10 @@ async fn every_route_answers_as_the_document_says() {
         .send(&app, CHAT_DELETE, delete_message, delete(&host_t, &id))
         .await;
     assert_eq!((again.status, &again.body["broadcast"]), (200, &json!(false)));
+    // The app retrying the post it made with that id, now deleted.
+    c.post(&app, CHAT, post_message, Some(&viewer_t), &with_its_id)
+        .await
+        .assert_error(409, "message_deleted");
     c.send(
         &app,
         CHAT_DELETE,
