@@ -176,9 +176,14 @@ async def main():
         step("the host sees who is watching (the viewer list) and the raised hands")
         status, listed = call("GET", f"/live/streams/{ROOM}/viewers", host_token)
         show(f"GET /live/streams/{ROOM}/viewers", status, listed)
-        show("POST /live/stage/hand as ada", *call("POST", "/live/stage/hand", ada_token, {"roomName": ROOM, "raised": True}))
+        watching = {v["userId"] for v in (listed.get("viewers") or [])}
+        check(status == 200 and {ada_id, bob_id} <= watching, f"the viewer list answered {status} without both viewers")
+        status, raised = call("POST", "/live/stage/hand", ada_token, {"roomName": ROOM, "raised": True})
+        show("POST /live/stage/hand as ada", status, raised)
+        check(status == 200 and raised.get("handRaised"), f"ada's raised hand answered {status}")
         status, stage = call("GET", f"/live/stage?roomName={ROOM}", host_token)
         show("GET /live/stage", status, {"hands": [h["displayName"] for h in stage.get("hands", [])]})
+        check(status == 200 and ada_id in {h["userId"] for h in stage.get("hands", [])}, "ada's hand is not on the stage list")
         await show_count(host_token, 2)
 
         step("the host invites ada on stage; she accepts and publishes; the host receives her")
@@ -243,7 +248,9 @@ async def main():
         await show_count(host_token, 1)
 
         step("the host ends the stream: the room is deleted and everyone disconnected")
-        show("POST /live/end", *call("POST", "/live/end", host_token, {"roomName": ROOM}))
+        status, ended = call("POST", "/live/end", host_token, {"roomName": ROOM})
+        show("POST /live/end", status, ended)
+        check(status == 200, f"/live/end answered {status}")
         for client in (host, viewers["ada"]):
             gone = await client.wait(lambda e: e["event"] == "disconnected")
             print(f"    {client.name}: {'disconnected (' + gone['reason'] + ')' if gone else 'still connected'}")
@@ -253,6 +260,7 @@ async def main():
         await show_count(host_token, 0)
         status, stats = call("GET", f"/live/streams/{ROOM}/stats", host_token)
         print(f"    GET /live/streams/{ROOM}/stats: {status}")
+        check(status == 200, f"the stream's stats answered {status}")
         for name, value in stats.get("stats", {}).items():
             print(f"      {name}: {value}")
         if PROBLEMS:
