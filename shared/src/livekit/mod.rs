@@ -175,10 +175,14 @@ impl LiveKit {
         }
     }
 
-    /// The names of those of `rooms` that LiveKit has open.
-    pub async fn existing_rooms(&self, rooms: Vec<String>) -> Result<Vec<String>, RoomServiceError> {
+    /// Those of `rooms` that LiveKit has open: each name, and the sid of
+    /// the instance open under it.
+    pub async fn existing_rooms(
+        &self,
+        rooms: Vec<String>,
+    ) -> Result<Vec<(String, String)>, RoomServiceError> {
         let found = repeatable(|| self.rooms.list_rooms(rooms.clone())).await?;
-        Ok(found.into_iter().map(|room| room.name).collect())
+        Ok(found.into_iter().map(|room| (room.name, room.sid)).collect())
     }
 
     /// Who is in the room now. A room that is gone has nobody.

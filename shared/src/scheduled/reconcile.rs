@@ -18,7 +18,7 @@
 //! are synced by one run at a time, migration 0053); with nothing live and
 //! nothing to close a run is a few indexed statements and no LiveKit call.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -31,7 +31,7 @@ use crate::error::{ApiError, Dependency};
 use crate::livekit::room_rules::{self, StreamState};
 use crate::state::AppState;
 use crate::store::chat;
-use crate::store::streams;
+use crate::store::streams::{self, LiveRoom};
 use crate::store::viewers::{self, Presence};
 
 use super::past;
@@ -95,6 +95,9 @@ pub struct ReconcileReport {
     /// Guests (or raised hands, or invitations) of viewers whose connection
     /// was lost longer than `STAGE_RETURN_SECONDS` ago and who are not back.
     pub stage_turns_ended: usize,
+    /// Live streams whose room LiveKit lost and the streamer opened again
+    /// (a new instance): recorded, so its webhooks are applied.
+    pub instances_adopted: usize,
     pub failed: usize,
     /// Rooms (live, or ended and unclosed) this run had no time left for, or
     /// left after LiveKit refused closing rooms a few times in a row; the
@@ -160,7 +163,7 @@ pub async fn reconcile_until(
 
 async fn sync_live_rooms(
     state: &AppState,
-    live: &[(RoomName, Uuid)],
+    live: &[LiveRoom],
     grace: Duration,
     listed_at: DateTime<Utc>,
     until: Option<Instant>,
@@ -170,8 +173,8 @@ async fn sync_live_rooms(
         report.left_for_next_run += live.len();
         return Ok(());
     }
-    let names = live.iter().map(|(room, _)| room.to_string()).collect();
-    let open: HashSet<String> = state
+    let names = live.iter().map(|live| live.room.to_string()).collect();
+    let open: HashMap<String, String> = state
         .livekit
         .existing_rooms(names)
         .await
@@ -182,29 +185,31 @@ async fn sync_live_rooms(
     // grace clock stops now, or a failed sync would keep an old clock that a
     // later gap in the listing then ends the stream by, as of long ago. Those
     // whose row was held are stopped one by one, before their sync.
-    let listed: Vec<&str> = open.iter().map(String::as_str).collect();
+    let listed: Vec<&str> = open.keys().map(String::as_str).collect();
     let client = state.db.get().await?;
     let clocks_left = streams::rooms_found(&client, &listed).await?;
     drop(client);
 
-    for (done, (room, streamer)) in live.iter().enumerate() {
+    for (done, live_room) in live.iter().enumerate() {
+        let room = &live_room.room;
         if past(until) {
             report.left_for_next_run += live.len() - done;
             break;
         }
-        let outcome = if open.contains(room.as_str()) {
+        let outcome = if let Some(open_sid) = open.get(room.as_str()) {
             async {
                 if clocks_left.contains(room.as_str()) {
                     let client = state.db.get().await?;
                     streams::room_found(&client, room).await?;
                 }
-                sync_room(state, room, *streamer, listed_at, until).await
+                sync_room(state, live_room, open_sid, listed_at, until).await
             }
             .await
             .map(|synced| {
                 report.synced += 1;
                 report.corrected += synced.corrected;
                 report.stage_turns_ended += synced.stage_turns_ended;
+                report.instances_adopted += usize::from(synced.adopted);
             })
         } else {
             room_missing(state, room, grace).await.map(|missing| {
@@ -466,6 +471,8 @@ async fn prune_presence_of_ended(client: &tokio_postgres::Client) -> Result<usiz
 struct RoomDone {
     /// Participants corrected in LiveKit.
     corrected: usize,
+    /// The room's open instance was recorded as the stream's.
+    adopted: bool,
     /// Stage turns ended whose time to return had run out.
     stage_turns_ended: usize,
     /// A missing room's stream ended.
@@ -479,11 +486,12 @@ struct RoomDone {
 /// present, mutes not applied, a turn that ended).
 async fn sync_room(
     state: &AppState,
-    room: &RoomName,
-    streamer: Uuid,
+    live_room: &LiveRoom,
+    open_sid: &str,
     listed_at: DateTime<Utc>,
     until: Option<Instant>,
 ) -> Result<RoomDone, ApiError> {
+    let (room, streamer) = (&live_room.room, live_room.streamer);
     let participants = state
         .livekit
         .participants(room)
@@ -492,6 +500,21 @@ async fn sync_room(
     let present: Vec<Presence> = participants.iter().map(Presence::from).collect();
     let users: Vec<Uuid> = present.iter().filter_map(Presence::user).collect();
     let client = state.db.get().await?;
+    // Another instance than the stream's is open under its name: LiveKit
+    // lost the recorded one without a `room_finished` (a restart) and a
+    // client's reconnect opened the room again. Every webhook of it is
+    // ignored as another instance's, so the counts would move only once a
+    // run, and its `room_finished` would not end the stream. It is the
+    // stream's once the streamer is in it; one only viewers opened (the
+    // streamer gone, the old instance's `room_finished` perhaps on its way)
+    // is not adopted, so that end still ends the stream.
+    let adopted = live_room.room_sid.as_deref() != Some(open_sid)
+        && !open_sid.is_empty()
+        && present.iter().any(|p| p.user() == Some(streamer))
+        && streams::adopt_room_instance(&client, room, live_room.room_sid.as_deref(), open_sid).await?;
+    if adopted {
+        tracing::info!(%room, recorded = ?live_room.room_sid, open_sid, "the streamer is in a new instance of the room: recorded as the stream's");
+    }
     viewers::sync(
         &client,
         room,
@@ -505,6 +528,7 @@ async fn sync_room(
     let mut done = RoomDone {
         stage_turns_ended: end_lapsed_turns_of_room(&client, room, &listed, state.rules.stage_return, until)
             .await,
+        adopted,
         ..RoomDone::default()
     };
     let mut standings = chat::standings_among(&**client, room, &users).await?;

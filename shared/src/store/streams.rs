@@ -261,20 +261,60 @@ pub async fn find(client: &Client, room: &RoomName) -> Result<Option<Stream>, Ap
     row.as_ref().map(stream_from_row).transpose()
 }
 
+/// A live stream as the reconciler checks it against LiveKit.
+#[derive(Debug, Clone)]
+pub struct LiveRoom {
+    pub room: RoomName,
+    pub streamer: Uuid,
+    /// The room instance its webhooks must come from (`None` for a stream
+    /// started before instances were recorded).
+    pub room_sid: Option<String>,
+}
+
 /// The live streams the reconciler checks against LiveKit.
-pub async fn live_rooms(client: &Client) -> Result<Vec<(RoomName, Uuid)>, ApiError> {
+pub async fn live_rooms(client: &Client) -> Result<Vec<LiveRoom>, ApiError> {
     let rows = client
-        .query_typed("SELECT id, streamer_id FROM live_streams WHERE is_live", &[])
+        .query_typed(
+            "SELECT id, streamer_id, room_sid FROM live_streams WHERE is_live",
+            &[],
+        )
         .await?;
     rows.iter()
         .map(|row| {
             let id: String = row.try_get(0).map_err(ApiError::internal)?;
-            Ok((
-                RoomName::parse(id).map_err(ApiError::internal)?,
-                row.try_get(1).map_err(ApiError::internal)?,
-            ))
+            Ok(LiveRoom {
+                room: RoomName::parse(id).map_err(ApiError::internal)?,
+                streamer: row.try_get(1).map_err(ApiError::internal)?,
+                room_sid: row.try_get(2).map_err(ApiError::internal)?,
+            })
         })
         .collect()
+}
+
+/// Records `listed` as the instance of `room`'s live stream, if it is still
+/// in `recorded`: LiveKit lost that instance without a `room_finished` (a
+/// restarted server) and the streamer's reconnect opened the room again
+/// (LiveKit's `auto_create`). The new instance's webhooks are then applied,
+/// not ignored as another instance's. Says whether it was recorded; a start
+/// that recorded an instance meanwhile keeps its own.
+pub async fn adopt_room_instance(
+    client: &Client,
+    room: &RoomName,
+    recorded: Option<&str>,
+    listed: &str,
+) -> Result<bool, ApiError> {
+    let adopted = client
+        .execute_typed(
+            "UPDATE live_streams SET room_sid = $3
+             WHERE id = $1 AND is_live AND room_sid IS NOT DISTINCT FROM $2",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&recorded, Type::TEXT),
+                (&listed, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(adopted == 1)
 }
 
 /// Ended streams whose room LiveKit has not confirmed closed, oldest first.
