@@ -36,9 +36,15 @@ async fn main() -> Result<(), Error> {
         let k = next.fetch_add(1, Ordering::Relaxed) % users.max(1);
         let user = Uuid::from_u128(0x0000_0000_0000_4000_8000_f000_0000_0000 | u128::from(k));
         let client = state.db.get().await?;
-        let access = shared::store::streams::token_access(&client, room, user, state.limits.token)
-            .await
-            .map_err(|e| format!("token_access: {e:?}"))?;
+        let access = shared::store::streams::token_access(
+            &client,
+            room,
+            user,
+            state.limits.token,
+            state.rules.stage_return,
+        )
+        .await
+        .map_err(|e| format!("token_access: {e:?}"))?;
         let status = match access {
             Some(access) if access.is_live => 200,
             Some(_) => 409,

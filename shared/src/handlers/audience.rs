@@ -69,9 +69,16 @@ pub async fn list_viewers(
 ) -> Result<Reply<ViewerPage>, ApiError> {
     let room = query.room_name;
     let client = state.db.get().await?;
-    let access = streams::limited_access(&client, &room, user.id, &read_key(&user), state.limits.read)
-        .await?
-        .ok_or(ApiError::StreamNotFound)?;
+    let access = streams::limited_access(
+        &client,
+        &room,
+        user.id,
+        &read_key(&user),
+        state.limits.read,
+        state.rules.stage_return,
+    )
+    .await?
+    .ok_or(ApiError::StreamNotFound)?;
     let is_host = access.streamer_id == user.id;
     if !is_host && access.banned {
         return Err(ApiError::Banned);

@@ -16,7 +16,14 @@ pub async fn issue_token(
 ) -> Result<Reply<TokenResponse>, ApiError> {
     let access = {
         let client = state.db.get().await?;
-        streams::token_access(&client, &request.room_name, user.id, state.limits.token).await?
+        streams::token_access(
+            &client,
+            &request.room_name,
+            user.id,
+            state.limits.token,
+            state.rules.stage_return,
+        )
+        .await?
     };
     let access = access.ok_or(ApiError::StreamNotFound)?;
     if !access.is_live {

@@ -84,6 +84,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(55, "0055_history_in_the_rooms_order"),
     migration!(56, "0056_a_repeated_withdrawal_has_its_own_allowance"),
     migration!(57, "0057_a_retried_post_is_stored_once"),
+    migration!(58, "0058_a_token_for_a_guest_back_too_late"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -373,33 +373,39 @@ pub async fn token_access(
     room: &RoomName,
     user: Uuid,
     limit: crate::store::rate_limit::Limit,
+    stage_return: std::time::Duration,
 ) -> Result<Option<RoomAccess>, ApiError> {
-    limited_access(client, room, user, &format!("token:{user}"), limit).await
+    limited_access(client, room, user, &format!("token:{user}"), limit, stage_return).await
 }
 
 /// [`access`] and a hit on the caller's rate limit `key` together, in one
 /// round trip: the procedure `live_token_access` (migration 0014, named for
 /// its first caller), planned once per connection; it also reads the caller's
-/// place on the stage. Over the limit, the error is 429 with `Retry-After`.
-/// Its INOUT parameters come back as the row; the NULLs stand for them (see
-/// the migration for why they are not left to their defaults).
+/// place on the stage, as the reconciler's next run leaves it: away longer
+/// than `stage_return`, the caller is off the stage (migration 0058). Over
+/// the limit, the error is 429 with `Retry-After`. Its INOUT parameters come
+/// back as the row; the NULLs stand for them (see migration 0014 for why
+/// they are not left to defaults).
 pub async fn limited_access(
     client: &Client,
     room: &RoomName,
     user: Uuid,
     key: &str,
     limit: crate::store::rate_limit::Limit,
+    stage_return: std::time::Duration,
 ) -> Result<Option<RoomAccess>, ApiError> {
     let (window, max) = (limit.window_seconds(), limit.max_hits());
+    let stage_return_seconds = stage_return.as_secs_f64();
     let row = client
         .query_typed_one(
-            "CALL live_token_access($1, $2, $3, $4, $5, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+            "CALL live_token_access($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&user, Type::UUID),
                 (&key, Type::TEXT),
                 (&window, Type::FLOAT8),
                 (&max, Type::INT8),
+                (&stage_return_seconds, Type::FLOAT8),
             ],
         )
         .await?;

@@ -269,7 +269,8 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_sync_sessions(text,timestamp with time zone,text[],text[],boolean[],text[])", // superseded; kept for an earlier release's binaries
     "execute live_sync_sessions(text,timestamp with time zone,text[],text[],boolean[],text[],timestamp with time zone[],double precision)",
     "execute live_sync_sessions_as_listed(text,timestamp with time zone,text[],text[],boolean[],text[])",
-    "execute live_token_access(text,uuid,text,double precision,bigint,bigint,uuid,boolean,boolean,boolean,boolean,boolean,boolean)",
+    "execute live_token_access(text,uuid,text,double precision,bigint,bigint,uuid,boolean,boolean,boolean,boolean,boolean,boolean)", // superseded; kept for an earlier release's binaries
+    "execute live_token_access(text,uuid,text,double precision,bigint,double precision,bigint,uuid,boolean,boolean,boolean,boolean,boolean,boolean)",
     "execute live_viewer_count(text)",
     "execute live_write_viewer_count(text)",
     "execute rate_limit_hit(text,double precision,bigint)",

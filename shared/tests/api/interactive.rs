@@ -1420,6 +1420,37 @@ async fn away_past_the_time_to_return(app: &TestApp, room: &str, guest: Uuid) {
         .unwrap();
 }
 
+/// A guest whose time to return ran out asks for a token before the
+/// reconciler's run that ends their turn: it carries no camera or
+/// microphone and says they are off the stage, rather than a grant their
+/// join's webhook must take back once they are in. Within the time, the
+/// token still puts them back on stage.
+#[tokio::test]
+async fn a_token_for_a_guest_whose_time_to_return_ran_out_grants_no_camera() {
+    let app = TestApp::spawn().await;
+    let (host, guest) = (Uuid::new_v4(), Uuid::new_v4());
+    let room = "token-too-late";
+    app.start_stream(host, room).await;
+    join_and_take_stage(&app, host, room, guest, "PA_guest_1").await;
+    left_because(&app, room, &guest.to_string(), "PA_guest_1", "SIGNAL_CLOSE").await;
+    assert_eq!(on_stage_and_away(&app, room, guest).await, (true, true));
+
+    let grants = |response: crate::helpers::TestResponse| {
+        assert_eq!(response.status, 200, "{}", response.body);
+        let claims = verify_livekit_token(response.body["token"].as_str().unwrap());
+        (
+            claims.video.can_publish,
+            claims.attributes.get("on_stage").cloned(),
+        )
+    };
+    let in_time = grants(app.request_token(&app.token_for(guest), room).await);
+    assert_eq!(in_time, (Some(true), Some("true".to_owned())), "back in time");
+
+    away_past_the_time_to_return(&app, room, guest).await;
+    let too_late = grants(app.request_token(&app.token_for(guest), room).await);
+    assert_eq!(too_late, (Some(false), Some("false".to_owned())), "back too late");
+}
+
 #[tokio::test]
 async fn a_guest_whose_connection_drops_keeps_the_stage_until_the_time_to_return_passes() {
     let app = TestApp::spawn().await;
