@@ -49,7 +49,14 @@ pub async fn start_stream(
         Ok(sid) => sid,
         Err(error) => {
             if new_room {
-                release_claim(state, &room, user.id).await;
+                match error {
+                    // No answer in time: LiveKit may have made the room, and
+                    // the name must not go to another streamer with it.
+                    crate::livekit::RoomServiceError::TimedOut => {
+                        close_unused_room(state, &room, user.id).await;
+                    }
+                    _ => release_claim(state, &room, user.id).await,
+                }
             }
             return Err(ApiError::unavailable(Dependency::LiveKit, error));
         }
