@@ -163,10 +163,10 @@ pub async fn apply_standing_in_room(
         .update_viewer(room, &identity, committed.muted, committed.stage)
         .await;
     match told {
-        // An update that timed out may still reach the room, after a newer
+        // An update with no answer may still reach the room, after a newer
         // change was told there (an accept landing after the removal that
         // followed it): follow it with the latest, as a told one is.
-        Ok(()) | Err(RoomServiceError::TimedOut) => {
+        Ok(()) | Err(RoomServiceError::TimedOut | RoomServiceError::Unanswered(_)) => {
             room_rules::follow_newer_standing(state, room, user, &identity, Told::Standing(committed)).await;
             told
         }

@@ -5,7 +5,7 @@ use crate::auth::AuthUser;
 use crate::domain::{RoomName, StartRequest, StartResponse};
 use crate::error::{ApiError, Dependency};
 use crate::http::Reply;
-use crate::livekit::Role;
+use crate::livekit::{Role, RoomServiceError};
 use crate::state::AppState;
 use crate::store::streams::{self, StartOutcome};
 
@@ -50,12 +50,15 @@ pub async fn start_stream(
         Err(error) => {
             if new_room {
                 match error {
-                    // No answer in time: LiveKit may have made the room, and
-                    // the name must not go to another streamer with it.
-                    crate::livekit::RoomServiceError::TimedOut => {
+                    // No answer: LiveKit may have made the room, and the name
+                    // must not go to another streamer with it.
+                    RoomServiceError::TimedOut | RoomServiceError::Unanswered(_) => {
                         close_unused_room(state, &room, user.id).await;
                     }
-                    _ => release_claim(state, &room, user.id).await,
+                    // Refused, or never reached: no room was made.
+                    RoomServiceError::NotFound | RoomServiceError::Failed(_) => {
+                        release_claim(state, &room, user.id).await;
+                    }
                 }
             }
             return Err(ApiError::unavailable(Dependency::LiveKit, error));

@@ -374,6 +374,11 @@ pub enum RoomServiceError {
     NotFound,
     #[error("LiveKit RoomService call failed: {0}")]
     Failed(String),
+    /// The request went out and no usable answer came back (the connection
+    /// closed, or the answer did not arrive or decode): LiveKit may have
+    /// acted on it.
+    #[error("LiveKit RoomService call got no answer: {0}")]
+    Unanswered(String),
     /// No answer in time: the request may have gone out, and LiveKit may
     /// still act on it later.
     #[error("LiveKit RoomService did not answer in time")]
@@ -406,6 +411,14 @@ async fn bounded<T>(call: impl Future<Output = Result<T, ServiceError>>) -> Resu
         // still be acted on, as when the whole call's bound runs out.
         Ok(Err(ServiceError::Twirp(ServerError::Request(e)))) if e.is_timeout() => {
             Err(RoomServiceError::TimedOut)
+        }
+        // Not a connection that was never made: the request may have arrived.
+        Ok(Err(ServiceError::Twirp(ServerError::Request(e)))) if !e.is_connect() => {
+            Err(RoomServiceError::Unanswered(e.to_string()))
+        }
+        // LiveKit answered, and the answer did not decode: it acted.
+        Ok(Err(ServiceError::Twirp(ServerError::Prost(e)))) => {
+            Err(RoomServiceError::Unanswered(e.to_string()))
         }
         Ok(Err(e)) => Err(RoomServiceError::Failed(e.to_string())),
         Err(_) => Err(RoomServiceError::TimedOut),

@@ -499,7 +499,6 @@ async fn sync_room(
         .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?;
     let present: Vec<Presence> = participants.iter().map(Presence::from).collect();
     let users: Vec<Uuid> = present.iter().filter_map(Presence::user).collect();
-    let client = state.db.get().await?;
     // Another instance than the stream's is open under its name: LiveKit
     // lost the recorded one without a `room_finished` (a restart) and a
     // client's reconnect opened the room again. Every webhook of it is
@@ -507,11 +506,16 @@ async fn sync_room(
     // run, and its `room_finished` would not end the stream. It is the
     // stream's once the streamer is in it; one only viewers opened (the
     // streamer gone, the old instance's `room_finished` perhaps on its way)
-    // is not adopted, so that end still ends the stream.
-    let adopted = live_room.room_sid.as_deref() != Some(open_sid)
+    // is not adopted, so that end still ends the stream. The participants
+    // are listed by name, so the room is listed again after them: the
+    // streamer was in the instance this run found only if it is still open.
+    let adopt = live_room.room_sid.as_deref() != Some(open_sid)
         && !open_sid.is_empty()
         && present.iter().any(|p| p.user() == Some(streamer))
-        && streams::adopt_room_instance(&client, room, live_room.room_sid.as_deref(), open_sid).await?;
+        && still_open_as(state, room, open_sid).await;
+    let client = state.db.get().await?;
+    let adopted =
+        adopt && streams::adopt_room_instance(&client, room, live_room.room_sid.as_deref(), open_sid).await?;
     if adopted {
         tracing::info!(%room, recorded = ?live_room.room_sid, open_sid, "the streamer is in a new instance of the room: recorded as the stream's");
     }
@@ -566,6 +570,19 @@ async fn sync_room(
         .collect();
     done.corrected = room_rules::correct_all(state, room, &stream, &corrections, until).await;
     Ok(done)
+}
+
+/// Whether LiveKit still has `room` open as the instance `sid`.
+async fn still_open_as(state: &AppState, room: &RoomName, sid: &str) -> bool {
+    match state.livekit.existing_rooms(vec![room.to_string()]).await {
+        Ok(open) => open
+            .iter()
+            .any(|(name, open_sid)| name == room.as_str() && open_sid == sid),
+        Err(error) => {
+            tracing::warn!(%room, %error, "could not list the room again; its instance is left for the next run");
+            false
+        }
+    }
 }
 
 /// Ends the stage turns in `room` whose time to return ran out, of those
