@@ -392,7 +392,17 @@ pub enum RoomServiceError {
 pub async fn before_the_answer<T>(
     work: impl Future<Output = Result<T, RoomServiceError>>,
 ) -> Result<T, RoomServiceError> {
-    crate::store::db::while_the_answer_can_wait(work)
+    before_the_answer_leaving(Duration::ZERO, work).await
+}
+
+/// As [`before_the_answer`], stopping `reserve` sooner, for a step of the
+/// request's own that must still follow it within the answer's time
+/// ([`crate::store::db::while_the_answer_can_wait_leaving`]).
+pub async fn before_the_answer_leaving<T>(
+    reserve: Duration,
+    work: impl Future<Output = Result<T, RoomServiceError>>,
+) -> Result<T, RoomServiceError> {
+    crate::store::db::while_the_answer_can_wait_leaving(reserve, work)
         .await
         .unwrap_or(Err(RoomServiceError::TimedOut))
 }

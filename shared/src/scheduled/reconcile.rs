@@ -297,14 +297,15 @@ fn from_random_start<T>(mut items: Vec<T>) -> Vec<T> {
 /// Runs `prune` (one statement, its own transaction, deleting at most
 /// [`PRUNE_BATCH`] rows and returning how many) until it deletes less than a
 /// batch, [`PRUNE_BATCHES`] statements ran, or `until` has passed.
-async fn in_batches<F, Fut>(until: Instant, mut prune: F) -> Result<usize, ApiError>
+async fn in_batches<F, Fut>(until: impl Into<Option<Instant>>, mut prune: F) -> Result<usize, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<usize, ApiError>>,
 {
+    let until = until.into();
     let mut pruned = 0;
     for _ in 0..PRUNE_BATCHES {
-        if Instant::now() >= until {
+        if past(until) {
             break;
         }
         let deleted = prune().await?;
@@ -597,33 +598,19 @@ async fn end_lapsed_turns_of_room(
     stage_return: Duration,
     until: Option<Instant>,
 ) -> usize {
-    let mut ended = 0;
-    for _ in 0..PRUNE_BATCHES {
-        if past(until) {
-            break;
-        }
-        match crate::store::stage::end_lapsed_away_turns(
-            client,
-            Some(room),
-            listed,
-            stage_return,
-            PRUNE_BATCH,
-        )
-        .await
-        {
-            Ok(lapsed) => {
-                ended += lapsed.ended;
-                if lapsed.rows < PRUNE_BATCH as usize {
-                    break;
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%room, %error, "lapsed stage turns not ended; the next run retries");
-                break;
-            }
-        }
+    let ended = std::cell::Cell::new(0);
+    let ending = in_batches(until, || async {
+        let lapsed =
+            crate::store::stage::end_lapsed_away_turns(client, Some(room), listed, stage_return, PRUNE_BATCH)
+                .await?;
+        ended.set(ended.get() + lapsed.ended);
+        Ok(lapsed.rows)
+    })
+    .await;
+    if let Err(error) = ending {
+        tracing::warn!(%room, %error, "lapsed stage turns not ended; the next run retries");
     }
-    ended
+    ended.get()
 }
 
 /// Starts the grace clock for a live stream whose room LiveKit does not have,

@@ -174,9 +174,7 @@ pub async fn send(state: &crate::AppState, broadcast: &ReactionBroadcast, within
         Ok(payload) => {
             let sending = state.livekit.send_lossy(room, REACTIONS_TOPIC, payload);
             let sent = if within_its_answer {
-                crate::store::db::while_the_answer_can_wait_leaving(GIVE_BACK_TIME, sending)
-                    .await
-                    .unwrap_or(Err(crate::livekit::RoomServiceError::TimedOut))
+                crate::livekit::before_the_answer_leaving(GIVE_BACK_TIME, sending).await
             } else {
                 sending.await
             };

@@ -1,7 +1,7 @@
 //! Chat: stored, broadcast through LiveKit, rate-limited across containers.
 
 use serde_json::{Value, json};
-use shared::handlers::{chat_history, delete_message, end_stream, post_message};
+use shared::handlers::{chat_history, delete_message, post_message};
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -27,6 +27,33 @@ async fn chat_room_with_listener() -> (TestApp, Uuid, Participant) {
 async fn say(app: &TestApp, user: Uuid, text: &str) -> crate::helpers::TestResponse {
     let body = json!({"roomName": ROOM, "text": text}).to_string();
     app.call(post_message, Some(&app.token_for(user)), &body).await
+}
+
+/// Every visible message's text, read page by page (`limit` a page)
+/// through `nextBefore`, as a newly joined viewer would.
+async fn history_texts(app: &TestApp, limit: usize) -> Vec<String> {
+    let reader = app.token_for(Uuid::new_v4());
+    let limit = limit.to_string();
+    let mut texts = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut query = vec![("roomName", ROOM), ("limit", limit.as_str())];
+        if let Some(b) = &before {
+            query.push(("before", b));
+        }
+        let page = app
+            .send(chat_history, get_request(Some(&reader), &query, None))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        for message in page.body["messages"].as_array().unwrap() {
+            texts.push(message["text"].as_str().unwrap().to_owned());
+        }
+        match page.body["nextBefore"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    texts
 }
 
 /// The packets the listener received on topic `chat` once they carry
@@ -298,13 +325,7 @@ async fn a_retried_post_is_stored_once() {
     app.call(post_message, Some(&app.token_for(author)), &doomed_post)
         .await
         .assert_error(409, "message_deleted");
-    let ended = app
-        .call(
-            end_stream,
-            Some(&app.token_for(host)),
-            &json!({"roomName": ROOM}).to_string(),
-        )
-        .await;
+    let ended = app.end_stream(host, ROOM).await;
     assert_eq!(ended.status, 200, "{}", ended.body);
     let after_the_end = post(user, "only once").await;
     assert_eq!(after_the_end.status, 200, "{}", after_the_end.body);
@@ -399,26 +420,7 @@ async fn history_is_newest_first_paginated_and_skips_deleted_messages() {
         .await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
 
-    let reader = app.token_for(Uuid::new_v4());
-    let mut texts = Vec::new();
-    let mut before: Option<String> = None;
-    loop {
-        let mut query = vec![("roomName", ROOM), ("limit", "4")];
-        if let Some(b) = &before {
-            query.push(("before", b));
-        }
-        let page = app
-            .send(chat_history, get_request(Some(&reader), &query, None))
-            .await;
-        assert_eq!(page.status, 200, "{}", page.body);
-        for message in page.body["messages"].as_array().unwrap() {
-            texts.push(message["text"].as_str().unwrap().to_owned());
-        }
-        match page.body["nextBefore"].as_str() {
-            Some(next) => before = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let texts = history_texts(&app, 4).await;
     assert_eq!(texts, ["m6", "m5", "m4", "m3", "m1", "m0"]);
 }
 
@@ -446,26 +448,7 @@ async fn history_follows_the_order_the_room_received_the_messages() {
         .await
         .unwrap();
 
-    let reader = app.token_for(Uuid::new_v4());
-    let mut texts = Vec::new();
-    let mut before: Option<String> = None;
-    loop {
-        let mut query = vec![("roomName", ROOM), ("limit", "1")];
-        if let Some(b) = &before {
-            query.push(("before", b));
-        }
-        let page = app
-            .send(chat_history, get_request(Some(&reader), &query, None))
-            .await;
-        assert_eq!(page.status, 200, "{}", page.body);
-        for message in page.body["messages"].as_array().unwrap() {
-            texts.push(message["text"].as_str().unwrap().to_owned());
-        }
-        match page.body["nextBefore"].as_str() {
-            Some(next) => before = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let texts = history_texts(&app, 1).await;
     assert_eq!(texts, ["third", "waited", "first"]);
 }
 

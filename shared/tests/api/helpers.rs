@@ -610,6 +610,32 @@ impl TestApp {
         assert_eq!(accepted.status, 200, "{}", accepted.body);
     }
 
+    /// `streamer` ends their stream in `room` through `/live/end`.
+    pub async fn end_stream(&self, streamer: Uuid, room: &str) -> TestResponse {
+        self.call(
+            shared::handlers::end_stream,
+            Some(&self.token_for(streamer)),
+            &json!({"roomName": room}).to_string(),
+        )
+        .await
+    }
+
+    /// Whether `guest` is on `room`'s stage, and whether marked away (their
+    /// connection lost, their time to return running).
+    pub async fn on_stage_and_away(&self, room: &str, guest: Uuid) -> (bool, bool) {
+        let row = self
+            .db()
+            .await
+            .query_one(
+                "SELECT on_stage_since IS NOT NULL, away_since IS NOT NULL FROM live_stage
+                 WHERE room_name = $1 AND user_id = $2",
+                &[&room, &guest],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, bool>(0), row.get::<_, bool>(1))
+    }
+
     /// Starts a live stream for `user` in `room` and returns the response body.
     pub async fn start_stream(&self, user: Uuid, room: &str) -> Value {
         let response = self

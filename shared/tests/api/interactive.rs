@@ -1012,7 +1012,7 @@ async fn a_kick_ends_the_guests_turn() {
     let kicked = app.call(moderate, Some(&app.token_for(host)), &kick).await;
     assert_eq!(kicked.status, 200, "{}", kicked.body);
     client.wait_disconnected().await;
-    let (on_stage, away) = on_stage_and_away(&app, room, guest).await;
+    let (on_stage, away) = app.on_stage_and_away(room, guest).await;
     assert!(!on_stage && !away, "the kick ended the turn");
     let token = app.request_token(&app.token_for(guest), room).await;
     assert_eq!(token.status, 200, "{}", token.body);
@@ -1371,27 +1371,6 @@ async fn a_peak_shorter_than_a_second_is_kept() {
     );
 }
 
-/// A guest's phone switching networks: LiveKit's client rejoins as a new
-/// participant and the old one leaves as `DUPLICATE_IDENTITY` (or times out
-/// first). That is no choice to leave the stage: the turn stays while they
-/// come back, and ends only if they are not back within
-/// `STAGE_RETURN_SECONDS` (the reconciler ends it). Leaving on purpose ends
-/// it at once, as before.
-/// Whether `guest` is on `room`'s stage, and whether marked away.
-async fn on_stage_and_away(app: &TestApp, room: &str, guest: Uuid) -> (bool, bool) {
-    let row = app
-        .db()
-        .await
-        .query_one(
-            "SELECT on_stage_since IS NOT NULL, away_since IS NOT NULL FROM live_stage
-             WHERE room_name = $1 AND user_id = $2",
-            &[&room, &guest],
-        )
-        .await
-        .unwrap();
-    (row.get::<_, bool>(0), row.get::<_, bool>(1))
-}
-
 /// `guest` joins (a webhook for session `sid`, no real connection), is
 /// invited by `host` and accepts.
 async fn join_and_take_stage(app: &TestApp, host: Uuid, room: &str, guest: Uuid, sid: &str) {
@@ -1433,7 +1412,7 @@ async fn a_token_for_a_guest_whose_time_to_return_ran_out_grants_no_camera() {
     app.start_stream(host, room).await;
     join_and_take_stage(&app, host, room, guest, "PA_guest_1").await;
     left_because(&app, room, &guest.to_string(), "PA_guest_1", "SIGNAL_CLOSE").await;
-    assert_eq!(on_stage_and_away(&app, room, guest).await, (true, true));
+    assert_eq!(app.on_stage_and_away(room, guest).await, (true, true));
 
     let grants = |response: crate::helpers::TestResponse| {
         assert_eq!(response.status, 200, "{}", response.body);
@@ -1451,13 +1430,19 @@ async fn a_token_for_a_guest_whose_time_to_return_ran_out_grants_no_camera() {
     assert_eq!(too_late, (Some(false), Some("false".to_owned())), "back too late");
 }
 
+/// A guest's phone switching networks: LiveKit's client rejoins as a new
+/// participant and the old one leaves as `DUPLICATE_IDENTITY` (or times out
+/// first). That is no choice to leave the stage: the turn stays while they
+/// come back, and ends only if they are not back within
+/// `STAGE_RETURN_SECONDS` (the reconciler ends it). Leaving on purpose ends
+/// it at once, as before.
 #[tokio::test]
 async fn a_guest_whose_connection_drops_keeps_the_stage_until_the_time_to_return_passes() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     let room = "comeback";
     app.start_stream(host, room).await;
-    let on_stage = |guest: Uuid| on_stage_and_away(&app, room, guest);
+    let on_stage = |guest: Uuid| app.on_stage_and_away(room, guest);
     let bring_on_stage = |guest: Uuid, sid: &'static str| join_and_take_stage(&app, host, room, guest, sid);
     let reconcile = || shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120));
 
@@ -1577,7 +1562,7 @@ async fn a_guest_back_after_the_time_to_return_finds_the_turn_over() {
     ] {
         left_because(&app, room, identity, sid, "SIGNAL_CLOSE").await;
     }
-    assert_eq!(on_stage_and_away(&app, room, late).await, (true, true));
+    assert_eq!(app.on_stage_and_away(room, late).await, (true, true));
     away_past_the_time_to_return(&app, room, late).await;
     away_past_the_time_to_return(&app, room, queued).await;
     participant(
@@ -1617,12 +1602,12 @@ async fn a_guest_back_after_the_time_to_return_finds_the_turn_over() {
     .await;
 
     assert_eq!(
-        on_stage_and_away(&app, room, late).await,
+        app.on_stage_and_away(room, late).await,
         (false, false),
         "back after STAGE_RETURN_SECONDS: the turn is over"
     );
     assert_eq!(
-        on_stage_and_away(&app, room, queued).await,
+        app.on_stage_and_away(room, queued).await,
         (true, false),
         "made in time: the turn goes on"
     );
@@ -1725,7 +1710,7 @@ async fn a_guest_session_the_reconciler_closes_keeps_the_stage_for_the_time_to_r
         join_and_take_stage(&app, host, room, guest, sid).await;
         guests.push(guest);
     }
-    let standing = |guest: Uuid| on_stage_and_away(&app, room, guest);
+    let standing = |guest: Uuid| app.on_stage_and_away(room, guest);
     let report = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
         .await
         .unwrap();
@@ -1771,7 +1756,7 @@ async fn a_late_chosen_leave_leaves_a_newer_drops_turn_alone() {
     shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
         .await
         .unwrap();
-    assert_eq!(on_stage_and_away(&app, room, guest).await, (true, true));
+    assert_eq!(app.on_stage_and_away(room, guest).await, (true, true));
 
     participant(
         &app,
@@ -1783,17 +1768,13 @@ async fn a_late_chosen_leave_leaves_a_newer_drops_turn_alone() {
         false,
     )
     .await;
-    assert_eq!(on_stage_and_away(&app, room, guest).await, (true, false), "back");
+    assert_eq!(app.on_stage_and_away(room, guest).await, (true, false), "back");
     left_because(&app, room, &identity, "PA_back", "SIGNAL_CLOSE").await;
-    assert_eq!(
-        on_stage_and_away(&app, room, guest).await,
-        (true, true),
-        "dropped"
-    );
+    assert_eq!(app.on_stage_and_away(room, guest).await, (true, true), "dropped");
 
     left_because(&app, room, &identity, "PA_closed", "CLIENT_INITIATED").await;
     assert_eq!(
-        on_stage_and_away(&app, room, guest).await,
+        app.on_stage_and_away(room, guest).await,
         (true, true),
         "the newer drop keeps its time to return"
     );
@@ -1802,7 +1783,7 @@ async fn a_late_chosen_leave_leaves_a_newer_drops_turn_alone() {
         .await
         .unwrap();
     assert_eq!(report.stage_turns_ended, 1, "{report:?}");
-    assert_eq!(on_stage_and_away(&app, room, guest).await, (false, false));
+    assert_eq!(app.on_stage_and_away(room, guest).await, (false, false));
 }
 
 /// The guest's accept and the streamer's removal committed close together,

@@ -373,13 +373,7 @@ async fn refused_starts_keep_their_answer_and_do_not_use_up_the_limit() {
 
     // Over the limit, a new name's claim is undone with the hit: another
     // streamer may take the name at once (a claim holds it for a minute).
-    let ended = app
-        .call(
-            end_stream,
-            Some(&app.token_for(host)),
-            &json!({"roomName": "hosts-room"}).to_string(),
-        )
-        .await;
+    let ended = app.end_stream(host, "hosts-room").await;
     assert_eq!(ended.status, 200, "{}", ended.body);
     start("wanted-name").await.assert_error(429, "rate_limited");
     let claims: i64 = app

@@ -6,7 +6,7 @@
 
 use livekit_api::access_token::VideoGrants;
 use serde_json::json;
-use shared::handlers::{end_stream, issue_standard_token, post_message};
+use shared::handlers::{issue_standard_token, post_message};
 use uuid::Uuid;
 
 use crate::helpers::{Participant, SETTLE, TestApp};
@@ -188,13 +188,7 @@ async fn a_token_for_an_ended_stream_is_refused_and_a_leftover_token_cannot_brin
         .unwrap()
         .to_owned();
 
-    let ended = app
-        .call(
-            end_stream,
-            Some(&app.token_for(host)),
-            &json!({"roomName": ROOM}).to_string(),
-        )
-        .await;
+    let ended = app.end_stream(host, ROOM).await;
     assert_eq!((ended.status, &ended.body["roomClosed"]), (200, &json!(true)));
     for client in [&host_client, &viewer_client] {
         let reason = client.wait_disconnected().await;
@@ -703,22 +697,7 @@ async fn a_guest_back_whose_join_was_lost_is_judged_by_when_they_joined() {
     let app = TestApp::spawn_with_settings(vec![("STAGE_RETURN_SECONDS", "2".into())]).await;
     let (host, _host_client) = live_host(&app).await;
     let host_t = app.token_for(host);
-    let standing = |guest: Uuid| {
-        let app = &app;
-        async move {
-            let row = app
-                .db()
-                .await
-                .query_one(
-                    "SELECT on_stage_since IS NOT NULL, away_since IS NOT NULL FROM live_stage
-                     WHERE room_name = $1 AND user_id = $2",
-                    &[&ROOM, &guest],
-                )
-                .await
-                .unwrap();
-            (row.get::<_, bool>(0), row.get::<_, bool>(1))
-        }
-    };
+    let standing = |guest: Uuid| app.on_stage_and_away(ROOM, guest);
 
     // Two guests on stage, each with a token minted there.
     let mut guests = Vec::new();

@@ -320,6 +320,24 @@ async fn a_run_out_of_time_leaves_the_rest_to_the_next_run() {
     assert_eq!(report.webhook_ids_pruned, 10, "{report:?}");
 }
 
+/// The database as it is once LiveKit lost the room instance it recorded
+/// for `room`'s stream (`RM_lost`).
+async fn lose_the_recorded_instance(app: &TestApp, room: &str) {
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_streams SET room_sid = 'RM_lost' WHERE id = $1",
+            &[&room],
+        )
+        .await
+        .unwrap();
+}
+
+async fn recorded_instance(app: &TestApp, room: &str) -> String {
+    app.db_value("SELECT room_sid FROM live_streams WHERE id = $1", &[&room])
+        .await
+}
+
 /// LiveKit lost the stream's room instance without a `room_finished` (a
 /// restarted server) and the streamer's reconnect opened the room again
 /// under a new sid: every webhook of it is ignored as another instance's.
@@ -333,15 +351,7 @@ async fn a_room_the_streamer_opened_again_is_adopted_by_the_next_run() {
     let _host = app.join(started["token"].as_str().unwrap()).await.unwrap();
     app.wait_for_webhooks("participant_joined", 1).await;
     let open_sid = app.livekit().room(room).await.expect("the room is open").sid;
-    // The database as it is once LiveKit lost the instance it recorded.
-    app.db()
-        .await
-        .execute(
-            "UPDATE live_streams SET room_sid = 'RM_lost' WHERE id = $1",
-            &[&room],
-        )
-        .await
-        .unwrap();
+    lose_the_recorded_instance(&app, room).await;
 
     let (_, _ada) = app.viewer_in(room).await;
     app.wait_for_webhooks("participant_joined", 2).await;
@@ -354,10 +364,7 @@ async fn a_room_the_streamer_opened_again_is_adopted_by_the_next_run() {
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report.instances_adopted, 1, "{report:?}");
     assert_eq!(app.viewer_count(room).await, 1, "the run counted ada");
-    let recorded: String = app
-        .db_value("SELECT room_sid FROM live_streams WHERE id = $1", &[&room])
-        .await;
-    assert_eq!(recorded, open_sid);
+    assert_eq!(recorded_instance(&app, room).await, open_sid);
 
     let (_, _bob) = app.viewer_in(room).await;
     app.wait_for_viewer_count(room, 2).await;
@@ -371,21 +378,11 @@ async fn a_room_only_viewers_opened_again_is_not_adopted() {
     let app = TestApp::spawn().await;
     let (host, room) = (Uuid::new_v4(), "viewers-only");
     app.start_stream(host, room).await;
-    app.db()
-        .await
-        .execute(
-            "UPDATE live_streams SET room_sid = 'RM_lost' WHERE id = $1",
-            &[&room],
-        )
-        .await
-        .unwrap();
+    lose_the_recorded_instance(&app, room).await;
     let (_, _ada) = app.viewer_in(room).await;
     app.wait_for_webhooks("participant_joined", 1).await;
 
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!((report.synced, report.instances_adopted), (1, 0), "{report:?}");
-    let recorded: String = app
-        .db_value("SELECT room_sid FROM live_streams WHERE id = $1", &[&room])
-        .await;
-    assert_eq!(recorded, "RM_lost");
+    assert_eq!(recorded_instance(&app, room).await, "RM_lost");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use serde_json::{Value, json};
-use shared::handlers::{end_stream, issue_standard_token, issue_token, moderate};
+use shared::handlers::{issue_standard_token, issue_token, moderate};
 use uuid::Uuid;
 
 use crate::helpers::{LIVEKIT_API_KEY, TestApp, TestResponse, verify_livekit_token, verify_with_node_sdk};
@@ -272,13 +272,7 @@ async fn unknown_ended_and_banned_are_404_409_and_403() {
         "others are unaffected"
     );
 
-    let ended = app
-        .call(
-            end_stream,
-            Some(&app.token_for(host)),
-            &json!({"roomName": ROOM}).to_string(),
-        )
-        .await;
+    let ended = app.end_stream(host, ROOM).await;
     assert_eq!(ended.status, 200, "{}", ended.body);
     fetch(&app, Uuid::new_v4(), json!({"room_name": ROOM}))
         .await
