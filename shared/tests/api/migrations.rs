@@ -303,3 +303,40 @@ async fn migration_0045_settles_the_chat_of_streams_that_ended_before_it() {
         (Some((3, true)), Some((2, true)))
     );
 }
+
+/// The calls of the release before (while a deploy replaces its functions)
+/// still post and read a token's access, through the new routines.
+#[tokio::test]
+async fn the_release_befores_calls_still_post_and_grant() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let (host, viewer) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    app.start_stream(host, "before").await;
+    let db = app.db().await;
+    let posted = db
+        .query_one(
+            "SELECT outcome, text FROM live_chat_say('before', $1, 'from an old binary', 'chat:old', 10, 5)",
+            &[&viewer],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (posted.get::<_, String>(0), posted.get::<_, String>(1)),
+        ("posted".to_owned(), "from an old binary".to_owned())
+    );
+    let access = db
+        .query_one(
+            "CALL live_token_access('before', $1, 'token:old', 60, 1000, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+            &[&viewer],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            access.get::<_, Option<i64>>("retry_after"),
+            access.get::<_, uuid::Uuid>("streamer_id"),
+            access.get::<_, bool>("is_live"),
+            access.get::<_, bool>("on_stage"),
+        ),
+        (None, host, true, false)
+    );
+}
