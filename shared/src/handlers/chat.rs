@@ -194,7 +194,8 @@ impl FromRequest for MessageId {
 pub struct DeletedMessage {
     pub id: Uuid,
     pub deleted: bool,
-    /// Whether the room was told now (false if it was deleted before, or LiveKit is unreachable).
+    /// Whether the room was told now (false if LiveKit is unreachable, or a
+    /// repeat is over the user's chat allowance in that room).
     pub broadcast: bool,
 }
 
@@ -206,7 +207,7 @@ pub async fn delete_message(
 ) -> Result<Reply<DeletedMessage>, ApiError> {
     user.require_participant(&state.rules)?;
     let message = id.0;
-    let (room, newly_deleted) = {
+    let (room, tell_the_room) = {
         let mut client = state.db.get().await?;
         let owner = chat::ownership(&client, message)
             .await?
@@ -230,14 +231,30 @@ pub async fn delete_message(
             .await?;
         }
         tx.commit().await?;
-        (owner.room, newly_deleted)
+        // A repeat tells the room again: the first packet may have been lost
+        // (LiveKit down, or the answer that said so), and nothing else would
+        // ever send it. As often as the user may chat there, no more, so
+        // repeats cannot flood a room's viewers.
+        let tell_the_room = newly_deleted
+            || match rate_limit::hit(
+                &client,
+                &format!("chat-delete:{}:{}:repeat", owner.room, user.id),
+                state.limits.chat,
+            )
+            .await
+            {
+                Ok(()) => true,
+                Err(ApiError::RateLimited { .. }) => false,
+                Err(error) => return Err(error),
+            };
+        (owner.room, tell_the_room)
     };
     let deleted = ChatEvent::ChatDeleted {
         id: message,
         room_name: &room,
     };
     // Deleted is committed: LiveKit too slow is `broadcast: false`, not a 503.
-    let broadcast = newly_deleted
+    let broadcast = tell_the_room
         && crate::store::db::while_the_answer_can_wait(broadcast(state, &room, &deleted))
             .await
             .unwrap_or(false);

@@ -543,7 +543,11 @@ async fn history_parameters_are_checked() {
 
 #[tokio::test]
 async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() {
-    let (app, host, listener) = chat_room_with_listener().await;
+    // An hour's window: no allowance refills while the test counts repeats.
+    let app = TestApp::spawn_with_settings(vec![("CHAT_RATE_LIMIT_WINDOW_SECONDS", "3600".into())]).await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, ROOM).await;
+    let (_, listener) = app.viewer_in(ROOM).await;
     let (author, stranger) = (Uuid::new_v4(), Uuid::new_v4());
     let first = say(&app, author, "oops").await.body["message"]["id"]
         .as_str()
@@ -577,11 +581,30 @@ async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() 
     );
     let by_streamer = delete(host, &second).await;
     assert_eq!(by_streamer.status, 200);
+    // A repeat changes nothing and tells the room again (its first packet
+    // may have been lost), as often as the user may chat in the room.
     let again = delete(host, &second).await;
     assert_eq!(
-        (again.status, again.body["broadcast"].as_bool()),
-        (200, Some(false)),
-        "idempotent, no second broadcast"
+        (again.status, &again.body["deleted"], &again.body["broadcast"]),
+        (200, &json!(true), &json!(true)),
+        "idempotent, told again: {}",
+        again.body
+    );
+    let allowance = app.state.limits.chat.max;
+    for repeat in 2..=allowance {
+        let told = delete(host, &second).await;
+        assert_eq!(
+            told.body["broadcast"],
+            json!(true),
+            "repeat {repeat} of {allowance}"
+        );
+    }
+    let over = delete(host, &second).await;
+    assert_eq!(
+        (over.status, &over.body["deleted"], &over.body["broadcast"]),
+        (200, &json!(true), &json!(false)),
+        "over the allowance: still deleted, the room not told: {}",
+        over.body
     );
     delete(host, &Uuid::new_v4().to_string())
         .await
@@ -590,19 +613,16 @@ async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() 
         .await
         .assert_error(404, "message_not_found");
 
-    // Two messages, then two deletions.
-    let deletions: Vec<Value> = broadcasts(&listener, 4)
+    // Two messages, then the two deletions and the allowed repeats.
+    let told = 2 + allowance as usize;
+    let deletions: Vec<Value> = broadcasts(&listener, 2 + told)
         .await
         .into_iter()
         .filter(|p| p["event"] == "chat_deleted")
         .collect();
-    assert_eq!(
-        deletions,
-        vec![
-            json!({"event": "chat_deleted", "id": first, "roomName": ROOM}),
-            json!({"event": "chat_deleted", "id": second, "roomName": ROOM})
-        ]
-    );
+    let mut expected = vec![json!({"event": "chat_deleted", "id": first, "roomName": ROOM})];
+    expected.extend((1..told).map(|_| json!({"event": "chat_deleted", "id": second, "roomName": ROOM})));
+    assert_eq!(deletions, expected);
 
     let actions = app
         .db()
