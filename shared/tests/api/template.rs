@@ -156,6 +156,41 @@ fn routes_that_wait_for_livekit_answer_429_before_their_containers_run_out() {
     assert!(number(&template, hands, "stage-hand") > 3);
 }
 
+/// `!If [AppSecretHasOwnKmsKey, <kms:Decrypt of this secret through Secrets
+/// Manager>, !Ref AWS::NoValue]`: the key, when the secret has one of its
+/// own, decrypts only this secret and only for Secrets Manager. Returns the
+/// statement's Sid.
+fn decrypt_with_the_secrets_own_key(tag: &str, value: &Value) -> String {
+    assert_eq!(tag, "!If", "a conditional statement: {value:?}");
+    let branches = value.as_sequence().expect("!If [condition, then, else]");
+    assert_eq!(branches.len(), 3, "{branches:?}");
+    assert_eq!(branches[0].as_str(), Some("AppSecretHasOwnKmsKey"));
+    assert!(is_ref_to(&branches[2], "AWS::NoValue"), "else: nothing");
+    let statement = &branches[1];
+    assert_eq!(statement["Effect"].as_str(), Some("Allow"));
+    assert_eq!(statement["Action"].as_str(), Some("kms:Decrypt"));
+    assert!(
+        is_ref_to(&statement["Resource"], "AppSecretKmsKeyArn"),
+        "{statement:?}"
+    );
+    let condition = &statement["Condition"]["StringEquals"];
+    assert!(
+        is_ref_to(&condition["kms:EncryptionContext:SecretARN"], "AppSecretArn"),
+        "only this secret: {condition:?}"
+    );
+    let Value::Tagged(via) = &condition["kms:ViaService"] else {
+        panic!("only through Secrets Manager: {condition:?}");
+    };
+    assert_eq!(via.tag.to_string(), "!Sub");
+    assert_eq!(
+        via.value.as_str(),
+        Some("secretsmanager.${AWS::Region}.amazonaws.com")
+    );
+    let condition_name = &template()["Conditions"]["AppSecretHasOwnKmsKey"];
+    assert!(!condition_name.is_null(), "the condition is defined");
+    statement["Sid"].as_str().unwrap_or_default().to_owned()
+}
+
 /// `!Ref <name>` as the YAML parser sees it.
 fn is_ref_to(value: &Value, name: &str) -> bool {
     matches!(value, Value::Tagged(tagged) if tagged.tag == "!Ref" && tagged.value.as_str() == Some(name))
@@ -379,7 +414,15 @@ fn every_function_may_write_only_this_stacks_logs_and_read_only_its_secret() {
         .as_sequence()
         .expect("the boundary's statements");
     let mut allowed = Vec::new();
+    let mut conditional = Vec::new();
     for statement in statements {
+        if let Value::Tagged(tagged) = statement {
+            conditional.push(decrypt_with_the_secrets_own_key(
+                &tagged.tag.to_string(),
+                &tagged.value,
+            ));
+            continue;
+        }
         assert_eq!(statement["Effect"].as_str(), Some("Allow"), "{statement:?}");
         let actions: Vec<&str> = match &statement["Action"] {
             Value::String(action) => vec![action.as_str()],
@@ -408,6 +451,36 @@ fn every_function_may_write_only_this_stacks_logs_and_read_only_its_secret() {
             ),
         ]
     );
+    assert_eq!(
+        conditional.len(),
+        1,
+        "one conditional statement: the secret's own key"
+    );
+    // Every function may read the secret (and decrypt it with its own key,
+    // when it has one), and nothing else: what the boundary allows beyond
+    // the logs, statement for statement.
+    let secret_statements: Vec<&Value> = statements
+        .iter()
+        .filter(|statement| {
+            matches!(statement, Value::Tagged(_))
+                || statement["Action"].as_str() == Some("secretsmanager:GetSecretValue")
+        })
+        .collect();
+    for (name, function) in functions(&template) {
+        let policies = function["Properties"]["Policies"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: Policies"));
+        assert_eq!(policies.len(), 1, "{name}: one inline policy");
+        let own: Vec<&Value> = policies[0]["Statement"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: its policy's statements"))
+            .iter()
+            .collect();
+        assert_eq!(
+            own, secret_statements,
+            "{name} may read the secret and nothing else"
+        );
+    }
     // The log groups the functions write to are all under that prefix
     // (every_function_logs_to_a_group_the_stack_creates_before_it).
     for (name, function) in functions(&template) {
