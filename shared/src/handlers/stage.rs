@@ -53,6 +53,7 @@ pub struct StageOutcome {
 /// room: that can take seconds, and every change refused for a full stage
 /// does it.
 async fn free_lapsed_places(state: &AppState, room: &RoomName) -> bool {
+    let listed_since = std::time::Instant::now();
     let participants = match state.livekit.participants(room).await {
         Ok(participants) => participants,
         Err(error) => {
@@ -67,6 +68,7 @@ async fn free_lapsed_places(state: &AppState, room: &RoomName) -> bool {
             &client,
             Some(room),
             &listed,
+            listed_since,
             state.rules.stage_return,
             STAGE_PLACES_FREED,
         )

@@ -493,6 +493,7 @@ async fn sync_room(
     until: Option<Instant>,
 ) -> Result<RoomDone, ApiError> {
     let (room, streamer) = (&live_room.room, live_room.streamer);
+    let listed_since = Instant::now();
     let participants = state
         .livekit
         .participants(room)
@@ -531,8 +532,15 @@ async fn sync_room(
     .await?;
     let listed: Vec<&str> = present.iter().map(|p| p.identity.as_str()).collect();
     let mut done = RoomDone {
-        stage_turns_ended: end_lapsed_turns_of_room(&client, room, &listed, state.rules.stage_return, until)
-            .await,
+        stage_turns_ended: end_lapsed_turns_of_room(
+            &client,
+            room,
+            &listed,
+            listed_since,
+            state.rules.stage_return,
+            until,
+        )
+        .await,
         adopted,
         ..RoomDone::default()
     };
@@ -586,8 +594,8 @@ async fn still_open_as(state: &AppState, room: &RoomName, sid: &str) -> bool {
     }
 }
 
-/// Ends the stage turns in `room` whose time to return ran out, of those
-/// not `listed` there by LiveKit
+/// Ends the stage turns in `room` whose time to return ran out when the
+/// listing began, of those not `listed` there by LiveKit
 /// ([`crate::store::stage::end_lapsed_away_turns`]), in batches, none after
 /// `until`. A failure is the next run's to retry; the room's count and
 /// corrections go on.
@@ -595,14 +603,21 @@ async fn end_lapsed_turns_of_room(
     client: &tokio_postgres::Client,
     room: &RoomName,
     listed: &[&str],
+    listed_since: Instant,
     stage_return: Duration,
     until: Option<Instant>,
 ) -> usize {
     let ended = std::cell::Cell::new(0);
     let ending = in_batches(until, || async {
-        let lapsed =
-            crate::store::stage::end_lapsed_away_turns(client, Some(room), listed, stage_return, PRUNE_BATCH)
-                .await?;
+        let lapsed = crate::store::stage::end_lapsed_away_turns(
+            client,
+            Some(room),
+            listed,
+            listed_since,
+            stage_return,
+            PRUNE_BATCH,
+        )
+        .await?;
         ended.set(ended.get() + lapsed.ended);
         Ok(lapsed.rows)
     })

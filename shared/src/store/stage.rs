@@ -205,12 +205,15 @@ pub struct Lapsed {
 
 /// Ends the stage standing (turn, invitation, raised hand) of viewers whose
 /// connection was lost more than `stage_return` ago (migration 0028) and who
-/// have not come back, in `room` or every room, at most `limit` of them. A
-/// row a stage change or a join holds now is left for later rather than
-/// waited for; one whose viewer is back (their join raced the mark) only
-/// loses the mark. Those among the identities LiveKit `listed` in the room
-/// are left alone: they are back, and their join (told late, or found by
-/// the reconciler's sync) decides whether in time. Nobody in the room needs
+/// have not come back, in `room` or every room, at most `limit` of them,
+/// guests' turns first (the places a full stage waits for). A row a stage
+/// change or a join holds now is left for later rather than waited for; one
+/// whose viewer is back (their join raced the mark) only loses the mark.
+/// Those among the identities LiveKit `listed` in the room are left alone:
+/// they are back, and their join (told late, or found by the reconciler's
+/// sync) decides whether in time. The others were seen absent only when the
+/// listing began (`listed_since`), so their time to return is judged then:
+/// one back after the listing but in time keeps their place. Nobody in the room needs
 /// telling: the viewer is not there, and the join of a token minted on stage
 /// is corrected by the webhook. The reconciler runs it for each room right
 /// after that room's sync (which records who LiveKit lists); a change
@@ -220,10 +223,12 @@ pub async fn end_lapsed_away_turns(
     client: &Client,
     room: Option<&RoomName>,
     listed: &[&str],
+    listed_since: std::time::Instant,
     stage_return: std::time::Duration,
     limit: i64,
 ) -> Result<Lapsed, ApiError> {
     let stage_return_seconds = stage_return.as_secs_f64();
+    let listing_age_seconds = listed_since.elapsed().as_secs_f64();
     let rows = client
         .query_typed(
             "WITH lapsed AS (
@@ -231,10 +236,10 @@ pub async fn end_lapsed_away_turns(
                         EXISTS (SELECT FROM live_presence p
                                 WHERE p.room_name = a.room_name AND p.identity = a.user_id::text) AS back
                  FROM live_stage a
-                 WHERE a.away_since < now() - make_interval(secs => $1)
+                 WHERE a.away_since < now() - make_interval(secs => $1 + $5)
                    AND ($3::text IS NULL OR a.room_name = $3)
                    AND NOT (a.user_id::text = ANY($4))
-                 ORDER BY a.away_since
+                 ORDER BY a.on_stage_since IS NULL, a.away_since
                  LIMIT $2
                  FOR UPDATE OF a SKIP LOCKED)
              UPDATE live_stage g
@@ -250,6 +255,7 @@ pub async fn end_lapsed_away_turns(
                 (&limit, Type::INT8),
                 (&room.map(RoomName::as_str), Type::TEXT),
                 (&listed, Type::TEXT_ARRAY),
+                (&listing_age_seconds, Type::FLOAT8),
             ],
         )
         .await?;

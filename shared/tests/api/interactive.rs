@@ -877,6 +877,81 @@ async fn a_guest_whose_time_to_return_ran_out_frees_their_place_at_once() {
     assert!(place_freed, "the lapsed guest's turn ended");
 }
 
+/// Lapsed standings end guests first (a full stage waits for their places,
+/// not for raised hands), and as of when LiveKit's listing began: a guest
+/// absent from it whose time ran out only after it began may be back by
+/// now, and keeps the place.
+#[tokio::test]
+async fn lapsed_standings_end_guests_first_and_as_of_the_listing() {
+    use shared::store::stage::end_lapsed_away_turns;
+    let app = TestApp::spawn().await;
+    let room = "lapse-order";
+    app.start_stream(Uuid::new_v4(), room).await;
+    let room_name = shared::domain::RoomName::parse(room.into()).unwrap();
+    let (hand, guest, late_guest) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let db = app.db().await;
+    db.execute(
+        "INSERT INTO live_stage (room_name, user_id, hand_raised_at, away_since)
+         VALUES ($1, $2, now() - interval '10 minutes', now() - interval '10 minutes')",
+        &[&room, &hand],
+    )
+    .await
+    .unwrap();
+    for (user, away_seconds) in [(guest, 120.0), (late_guest, 62.0)] {
+        db.execute(
+            "INSERT INTO live_stage (room_name, user_id, on_stage_since, was_on_stage, away_since)
+             VALUES ($1, $2, now() - interval '5 minutes', true, now() - make_interval(secs => $3))",
+            &[&room, &user, &away_seconds],
+        )
+        .await
+        .unwrap();
+    }
+    let standing = |user: Uuid| {
+        let db = &db;
+        async move {
+            let held: bool = db
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM live_stage WHERE room_name = $1 AND user_id = $2
+                         AND (on_stage_since IS NOT NULL OR invited_at IS NOT NULL OR hand_raised_at IS NOT NULL))",
+                    &[&room, &user],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            held
+        }
+    };
+    let client = app.state.db.get().await.unwrap();
+    let stage_return = Duration::from_secs(60);
+    let listing_began = Instant::now() - Duration::from_secs(5);
+
+    let first = end_lapsed_away_turns(&client, Some(&room_name), &[], listing_began, stage_return, 1)
+        .await
+        .unwrap();
+    assert_eq!((first.rows, first.ended), (1, 1));
+    assert!(!standing(guest).await, "the guest's place is freed first");
+    assert!(standing(hand).await, "the older hand waits");
+
+    let rest = end_lapsed_away_turns(&client, Some(&room_name), &[], listing_began, stage_return, 100)
+        .await
+        .unwrap();
+    assert_eq!((rest.rows, rest.ended), (1, 1), "the hand; not the late guest");
+    assert!(!standing(hand).await);
+    assert!(
+        standing(late_guest).await,
+        "62 s away now, 57 when the listing began: within the 60 s to return"
+    );
+
+    let now = end_lapsed_away_turns(&client, Some(&room_name), &[], Instant::now(), stage_return, 100)
+        .await
+        .unwrap();
+    assert_eq!((now.rows, now.ended), (1, 1));
+    assert!(
+        !standing(late_guest).await,
+        "absent from a listing begun after the time ran out"
+    );
+}
+
 /// The streamer cannot tell who signed in anonymously, so they may invite
 /// such a viewer; the viewer cannot accept (they may only watch), and must
 /// be able to say no, so the invitation does not hang over them.
