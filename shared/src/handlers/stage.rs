@@ -103,7 +103,7 @@ async fn change(
             user.id,
             target,
             action,
-            state.rules.max_stage_guests,
+            &state.rules,
             state.limits.stage,
         )
         .await

@@ -86,6 +86,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(57, "0057_a_retried_post_is_stored_once"),
     migration!(58, "0058_a_token_for_a_guest_back_too_late"),
     migration!(59, "0059_the_release_befores_calls_take_the_new_paths"),
+    migration!(60, "0060_a_lapsed_invitation_cannot_be_accepted"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -20,6 +20,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
+use crate::config::Rules;
 use crate::domain::RoomName;
 use crate::error::ApiError;
 use crate::store::rate_limit::{self, Limit};
@@ -120,23 +121,27 @@ pub struct StageChanged {
 /// statement (`live_stage_change_within_limit`), and maps its refusals to
 /// API errors. Only a change that stands counts against the actor's stage
 /// `limit` (migration 0036): a refusal keeps its answer and spends nothing,
-/// and a change over the limit is undone.
+/// and a change over the limit is undone. The `rules` give the stage's
+/// places and the time to return, after which an away viewer's invitation
+/// can no longer be accepted (migration 0060).
 pub async fn change(
     client: &Client,
     room: &RoomName,
     actor: Uuid,
     user: Uuid,
     action: StageAction,
-    max_guests: u32,
+    rules: &Rules,
     limit: Limit,
 ) -> Result<StageChanged, ApiError> {
+    let max_guests = rules.max_stage_guests;
     let max = i32::try_from(max_guests).unwrap_or(i32::MAX);
+    let stage_return = rules.stage_return.as_secs_f64();
     let limit_key = format!("stage:{actor}");
     let (window, max_hits) = (limit.window_seconds(), limit.max_hits());
     let row = client
         .query_typed_one(
             "SELECT outcome, retry_after, changed, hand_raised_at, invited_at, on_stage_since, muted
-             FROM live_stage_change_within_limit($1, $2, $3, $4, $5, $6, $7, $8)",
+             FROM live_stage_change_within_limit($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&actor, Type::UUID),
@@ -146,6 +151,7 @@ pub async fn change(
                 (&limit_key, Type::TEXT),
                 (&window, Type::FLOAT8),
                 (&max_hits, Type::INT8),
+                (&stage_return, Type::FLOAT8),
             ],
         )
         .await?;

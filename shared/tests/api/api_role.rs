@@ -260,9 +260,11 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_room_standing_lock(text,boolean)",
     "execute live_session_change(text,text,text,boolean,text,text)",
     "execute live_settle_chat(text)",
-    "execute live_stage_change(text,uuid,uuid,text,integer)",
-    "execute live_stage_change_under_standing(text,uuid,uuid,text,integer)",
-    "execute live_stage_change_within_limit(text,uuid,uuid,text,integer,text,double precision,bigint)",
+    "execute live_stage_change(text,uuid,uuid,text,integer)", // superseded; kept for an earlier release's binaries
+    "execute live_stage_change(text,uuid,uuid,text,integer,double precision)",
+    "execute live_stage_change_under_standing(text,uuid,uuid,text,integer,double precision)",
+    "execute live_stage_change_within_limit(text,uuid,uuid,text,integer,text,double precision,bigint)", // superseded; kept for an earlier release's binaries
+    "execute live_stage_change_within_limit(text,uuid,uuid,text,integer,text,double precision,bigint,double precision)",
     "execute live_start_check(text,uuid,text,integer,text,double precision,bigint)",
     "execute live_start_stream(text,uuid,text,integer,boolean,text)",
     "execute live_streamer_has_profile(uuid)",

@@ -1218,7 +1218,7 @@ async fn a_stage_update_that_timed_out_is_followed_by_the_newer_standing() {
             host,
             guest,
             StageAction::Remove,
-            app.state.rules.max_stage_guests,
+            &app.state.rules,
             app.state.limits.stage,
         )
         .await
@@ -1472,6 +1472,67 @@ async fn away_past_the_time_to_return(app: &TestApp, room: &str, guest: Uuid) {
         )
         .await
         .unwrap();
+}
+
+/// An invitation outlives a lost connection only for the time to return:
+/// after it, accepting (the viewer back, their join not yet told) ends the
+/// invitation and answers 409 `not_invited`, as the reconciler, a join and
+/// a token judge it; within it, the viewer may still accept.
+#[tokio::test]
+async fn an_invitation_whose_time_to_return_ran_out_cannot_be_accepted() {
+    let app = TestApp::spawn().await;
+    let (host, too_late, in_time) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let room = "accept-too-late";
+    app.start_stream(host, room).await;
+    for (viewer, sid) in [(too_late, "PA_late_1"), (in_time, "PA_in_time_1")] {
+        participant(
+            &app,
+            "participant_joined",
+            room,
+            &viewer.to_string(),
+            sid,
+            "Guest",
+            false,
+        )
+        .await;
+        let invite = json!({"roomName": room, "userId": viewer}).to_string();
+        let invited = app
+            .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+            .await;
+        assert_eq!(invited.status, 200, "{}", invited.body);
+        left_because(&app, room, &viewer.to_string(), sid, "SIGNAL_CLOSE").await;
+    }
+    away_past_the_time_to_return(&app, room, too_late).await;
+    let invitation_kept = |viewer: Uuid| {
+        let app = &app;
+        async move {
+            let kept: bool = app
+                .db_value(
+                    "SELECT EXISTS (SELECT FROM live_stage WHERE room_name = $1 AND user_id = $2
+                         AND invited_at IS NOT NULL)",
+                    &[&room, &viewer],
+                )
+                .await;
+            kept
+        }
+    };
+    assert!(invitation_kept(too_late).await, "kept until someone judges it");
+
+    let answer = json!({"roomName": room}).to_string();
+    app.call(accept_stage, Some(&app.token_for(too_late)), &answer)
+        .await
+        .assert_error(409, "not_invited");
+    assert!(!invitation_kept(too_late).await, "the lapsed invitation ended");
+
+    let accepted = app
+        .call(accept_stage, Some(&app.token_for(in_time)), &answer)
+        .await;
+    assert_eq!(
+        (accepted.status, &accepted.body["onStage"]),
+        (200, &json!(true)),
+        "{}",
+        accepted.body
+    );
 }
 
 /// A guest whose time to return ran out asks for a token before the

@@ -305,7 +305,8 @@ async fn migration_0045_settles_the_chat_of_streams_that_ended_before_it() {
 }
 
 /// The calls of the release before (while a deploy replaces its functions)
-/// still post and read a token's access, through the new routines.
+/// still post, read a token's access and change the stage, through the new
+/// routines.
 #[tokio::test]
 async fn the_release_befores_calls_still_post_and_grant() {
     let app = crate::helpers::TestApp::spawn().await;
@@ -338,5 +339,21 @@ async fn the_release_befores_calls_still_post_and_grant() {
             access.get::<_, bool>("on_stage"),
         ),
         (None, host, true, false)
+    );
+    let raised = db
+        .query_one(
+            "SELECT outcome, changed, hand_raised_at IS NOT NULL
+             FROM live_stage_change_within_limit('before', $1, $1, 'raise', 3, 'stage:old', 60, 30)",
+            &[&viewer],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            raised.get::<_, String>(0),
+            raised.get::<_, bool>(1),
+            raised.get::<_, bool>(2)
+        ),
+        ("ok".to_owned(), true, true)
     );
 }
