@@ -78,10 +78,11 @@ pub async fn post_message(
     // The broadcast gets the time left as its deadline: its room lease ends
     // then, so the next post or the flusher sends at once, and a connection
     // cut off in a statement is not pooled.
-    let sending = chat_broadcast::send_batches(state, &room, Some(seq));
+    let mine = chat_broadcast::Mine::new(seq);
+    let sending = chat_broadcast::send_batches(state, &room, Some(&mine));
     let delivery = crate::store::db::while_the_answer_can_wait(sending)
         .await
-        .unwrap_or(Delivery::Failed);
+        .unwrap_or_else(|| mine.unless_sent(Delivery::Failed));
     let broadcast = matches!(delivery, Delivery::Sent | Delivery::Queued);
     Ok(Reply::new(status, PostedMessage { message, broadcast }))
 }

@@ -11,6 +11,7 @@
 //! The packet, reliable on topic `chat`, carries no sender (it comes from the
 //! server) and is `{"event":"chat_messages","messages":[…in order…]}`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -70,11 +71,48 @@ pub enum Delivery {
     Later,
 }
 
+/// The caller's message (its seq), and whether it has gone out. Kept
+/// outside the batches' future, so that a request whose deadline drops that
+/// future (a batch after its own, waiting on a connection or a lock) still
+/// knows its message went out, and does not answer otherwise.
+#[derive(Debug)]
+pub struct Mine {
+    seq: i64,
+    sent: AtomicBool,
+}
+
+impl Mine {
+    pub fn new(seq: i64) -> Mine {
+        Mine {
+            seq,
+            sent: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes that the room's messages up to `through` have gone out.
+    fn out_through(&self, through: i64) {
+        if self.seq <= through {
+            self.sent.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// `outcome`, unless the message went out: one an earlier batch or
+    /// packet sent stays sent (after a later one failed, or the deadline
+    /// came, the app must not show it undelivered, or post it again).
+    pub fn unless_sent(&self, outcome: Delivery) -> Delivery {
+        if self.sent.load(Ordering::Relaxed) {
+            Delivery::Sent
+        } else {
+            outcome
+        }
+    }
+}
+
 /// Sends the room's unsent messages in batches if nobody else is; `mine` is
-/// the caller's message (its seq), to say what became of it.
-pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) -> Delivery {
+/// the caller's message, to say what became of it.
+pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<&Mine>) -> Delivery {
     let started = Instant::now();
-    let mut mine_delivery = Delivery::Queued;
+    let unless_sent = |outcome| mine.map_or(outcome, |mine| mine.unless_sent(outcome));
     loop {
         let lease = match state.db.get().await {
             Ok(client) => {
@@ -91,54 +129,42 @@ pub async fn send_batches(state: &AppState, room: &RoomName, mine: Option<i64>) 
         };
         let lease = match lease {
             Ok(Some(lease)) => lease,
-            Ok(None) => return mine_delivery, // another poster is sending
+            Ok(None) => return unless_sent(Delivery::Queued), // another poster is sending
             Err(error) => {
                 tracing::warn!(%room, %error, "chat stored; its batch lease could not be taken");
-                return unless_sent(mine_delivery, Delivery::Failed);
+                return unless_sent(Delivery::Failed);
             }
         };
         // A retried post's message went out in an earlier batch: this one's
         // failure must not say otherwise.
-        if mine.is_some_and(|seq| seq <= lease.sent_up_to) {
-            mine_delivery = Delivery::Sent;
+        if let Some(mine) = mine {
+            mine.out_through(lease.sent_up_to);
         }
         tokio::time::sleep(lease.send_in).await;
-        match send_one_batch(state, room, &lease).await {
+        match send_one_batch(state, room, &lease, mine).await {
             Ok(batch) => {
-                if mine.is_some_and(|seq| seq <= batch.through) {
-                    mine_delivery = Delivery::Sent;
+                if let Some(mine) = mine {
+                    mine.out_through(batch.through);
                 }
                 if !batch.recorded {
                     release(state, room, &lease).await;
-                    return unless_sent(mine_delivery, Delivery::Failed);
+                    return unless_sent(Delivery::Failed);
                 }
                 if !batch.more {
-                    return mine_delivery;
+                    return unless_sent(Delivery::Queued);
                 }
                 if started.elapsed() > HOLDER_BUDGET {
                     // Its lease let go: no batch in progress carries what is
                     // left, its own message maybe among it.
-                    return unless_sent(mine_delivery, Delivery::Later);
+                    return unless_sent(Delivery::Later);
                 }
             }
             Err(error) => {
                 tracing::warn!(%room, %error, "chat stored but its batch not sent; a later batch retries");
                 release(state, room, &lease).await;
-                return unless_sent(mine_delivery, Delivery::Failed);
+                return unless_sent(Delivery::Failed);
             }
         }
-    }
-}
-
-/// What became of the caller's message when this request stops holding the
-/// room's batches with `outcome`: one an earlier batch sent stays sent (after
-/// a later batch failed, the app must not show it undelivered, or post it
-/// again).
-fn unless_sent(mine: Delivery, outcome: Delivery) -> Delivery {
-    if mine == Delivery::Sent {
-        Delivery::Sent
-    } else {
-        outcome
     }
 }
 
@@ -155,12 +181,13 @@ struct BatchSent {
     recorded: bool,
 }
 
-/// Reads and sends one batch, then records it. An error means nothing went
-/// out.
+/// Reads and sends one batch, then records it, noting `mine` sent as soon as
+/// its packet is. An error means nothing went out.
 async fn send_one_batch(
     state: &AppState,
     room: &RoomName,
     lease: &BatchLease,
+    mine: Option<&Mine>,
 ) -> Result<BatchSent, ApiError> {
     let messages = {
         let client = state.db.get().await?;
@@ -174,6 +201,9 @@ async fn send_one_batch(
         for (sent, packet) in to_send.iter().enumerate() {
             let sending = state.livekit.broadcast(room, CHAT_TOPIC, packet.bytes.clone());
             let Err(error) = within_the_lease(lease, sending).await else {
+                if let Some(mine) = mine {
+                    mine.out_through(packet.last_seq);
+                }
                 continue;
             };
             if sent == 0 {
@@ -401,6 +431,19 @@ mod tests {
             .await
             .expect("the send was given up within the lease");
         assert!(matches!(outcome, Err(RoomServiceError::TimedOut)), "{outcome:?}");
+    }
+
+    /// A message a packet carried out stays sent, whatever comes after.
+    #[test]
+    fn a_message_once_out_stays_sent() {
+        let mine = Mine::new(7);
+        mine.out_through(6);
+        assert_eq!(mine.unless_sent(Delivery::Failed), Delivery::Failed);
+        mine.out_through(7);
+        assert_eq!(mine.unless_sent(Delivery::Failed), Delivery::Sent);
+        // A later batch's failure, an older record, or the deadline.
+        mine.out_through(3);
+        assert_eq!(mine.unless_sent(Delivery::Later), Delivery::Sent);
     }
 
     /// Deleted messages in the range are skipped; a short batch is one packet.
