@@ -344,6 +344,8 @@ start_postgres() {
         die "openssl could not make the test server certificate"
     fi
     export PG_CA_CERT="$dir/ca.crt"
+    # The pooler's TLS for clients uses the same certificate (start_pgbouncer).
+    export PG_SERVER_CERT="$dir/data/server.crt" PG_SERVER_KEY="$dir/data/server.key"
 
     # Settings go into postgresql.conf rather than `pg_ctl -o` so paths with
     # spaces need no shell-in-shell quoting. Durability is off for the tests
@@ -522,6 +524,16 @@ start_pgbouncer() {
         prepared_statements="max_prepared_statements = 0"
     fi
 
+    # TLS for the clients that ask for it (as Supabase's pooler offers it),
+    # with the cluster's certificate, readable by the user the pooler runs as;
+    # plain TCP for the others.
+    local client_tls=""
+    if [ -n "${PG_SERVER_CERT:-}" ] && [ -n "${PG_SERVER_KEY:-}" ]; then
+        client_tls="client_tls_sslmode = allow
+client_tls_cert_file = $PG_SERVER_CERT
+client_tls_key_file = $PG_SERVER_KEY"
+    fi
+
     local attempt port
     for attempt in 1 2 3; do
         port="$(free_port)"
@@ -550,6 +562,7 @@ default_pool_size = 10
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 $prepared_statements
+$client_tls
 EOF
         if is_root; then chown postgres: "$dir"/*; fi
 

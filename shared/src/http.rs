@@ -230,8 +230,9 @@ where
     .await
 }
 
-/// What an invocation keeps for answering: the response goes back through the
-/// Runtime API, and the work cut off at the deadline closes its connections.
+/// What an invocation keeps for answering: the cancels of the statements the
+/// work cut off at the deadline left running are sent (half a second at
+/// most), and the response goes back through the Runtime API.
 const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// How long this invocation may still work before Lambda ends it (its
@@ -270,7 +271,7 @@ pub async fn within_deadline(
     });
     // On the heap: a handler's future is large, and moving it through the
     // deadline and timeout wrappers would copy it on the stack each time.
-    match crate::store::db::until_cut_off(Instant::now() + limit, Box::pin(work)).await {
+    match crate::store::db::invocation_until_cut_off(Instant::now() + limit, Box::pin(work)).await {
         Some(response) => response,
         None => error_response(&ApiError::unavailable(
             Dependency::Timeout,

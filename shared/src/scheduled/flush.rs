@@ -152,7 +152,7 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
             // Under the cut-off as a request's deadline, so a statement still
             // running when the tick is stopped is cancelled, not handed to
             // the next invocation on the pooled connection.
-            Some(cut_off) => crate::store::db::until_cut_off(cut_off, flush_once(state)).await,
+            Some(cut_off) => crate::store::db::invocation_until_cut_off(cut_off, flush_once(state)).await,
             None => Some(flush_once(state).await),
         };
         match flushed {

@@ -14,11 +14,13 @@
 //! A request cut off by its deadline may leave a statement running on the
 //! connection it held. Such a connection never goes back to the pool: its
 //! statement is cancelled and the connection closed (see [`Conn`]), so the
-//! next request neither waits behind it nor sees its late effects.
+//! next request neither waits behind it nor sees its late effects. The
+//! request answers only once those cancels are sent ([`invocation_until_cut_off`]):
+//! Lambda freezes the container as soon as it has answered.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
@@ -109,13 +111,16 @@ impl Canceller {
         Canceller { tls, server }
     }
 
-    async fn cancel(&self, token: tokio_postgres::CancelToken) -> Result<(), String> {
-        tokio::time::timeout(CANCEL_TIMEOUT, self.send(token))
+    /// Sends the cancel; `sent` is signalled (or dropped, when it cannot be
+    /// sent) as soon as the request is written, before its connection waits
+    /// for the server to close it.
+    async fn cancel(&self, token: tokio_postgres::CancelToken, sent: CancelSent) -> Result<(), String> {
+        tokio::time::timeout(CANCEL_TIMEOUT, self.send(token, sent))
             .await
             .map_err(|_| format!("no answer within {CANCEL_TIMEOUT:?}"))?
     }
 
-    async fn send(&self, token: tokio_postgres::CancelToken) -> Result<(), String> {
+    async fn send(&self, token: tokio_postgres::CancelToken, sent: CancelSent) -> Result<(), String> {
         let address = match &self.server {
             Some(server) => {
                 let mut addresses = tokio::net::lookup_host((server.address.as_str(), server.port))
@@ -143,12 +148,16 @@ impl Canceller {
         let stream = tokio::net::TcpStream::from_std(socket).map_err(|e| e.to_string())?;
         let mut tls = self.tls.clone();
         let connector =
-            tokio_postgres::tls::MakeTlsConnect::<LeftOpen>::make_tls_connect(&mut tls, &server.name)
-                .map_err(|e| e.to_string())?;
+            tokio_postgres::tls::MakeTlsConnect::<LeftOpen<tokio::net::TcpStream>>::make_tls_connect(
+                &mut tls,
+                &server.name,
+            )
+            .map_err(|e| e.to_string())?;
         token
-            .cancel_query_raw(LeftOpen(stream), connector)
+            .cancel_query_raw(LeftOpen(stream), LeftOpen(connector))
             .await
             .map_err(|e| e.to_string())?;
+        drop(sent);
         let mut kept = tokio::net::TcpStream::from_std(kept).map_err(|e| e.to_string())?;
         let closed_by_server = async {
             use tokio::io::AsyncReadExt;
@@ -161,11 +170,13 @@ impl Canceller {
     }
 }
 
-/// A TCP stream whose shutdown is a no-op: the peer closes it (see
-/// [`Canceller`]).
-struct LeftOpen(tokio::net::TcpStream);
+/// A cancel's stream whose shutdown only flushes: the peer closes it (see
+/// [`Canceller`]). Around the TCP stream it sends no FIN; around the TLS
+/// stream (as `LeftOpen` of the TLS connector) no TLS close_notify either,
+/// which a pooler reads as the requester hanging up as surely as a FIN.
+struct LeftOpen<S>(S);
 
-impl tokio::io::AsyncRead for LeftOpen {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LeftOpen<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -175,7 +186,7 @@ impl tokio::io::AsyncRead for LeftOpen {
     }
 }
 
-impl tokio::io::AsyncWrite for LeftOpen {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LeftOpen<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -192,10 +203,32 @@ impl tokio::io::AsyncWrite for LeftOpen {
     }
 
     fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+}
+
+impl<S: tokio_postgres::tls::TlsStream + Unpin> tokio_postgres::tls::TlsStream for LeftOpen<S> {
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        self.0.channel_binding()
+    }
+}
+
+impl<S, T> tokio_postgres::tls::TlsConnect<S> for LeftOpen<T>
+where
+    T: tokio_postgres::tls::TlsConnect<S>,
+    T::Future: Send + 'static,
+    T::Stream: Send + 'static,
+{
+    type Stream = LeftOpen<T::Stream>;
+    type Error = T::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Stream, T::Error>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        let handshake = self.0.connect(stream);
+        Box::pin(async move { handshake.await.map(LeftOpen) })
     }
 }
 
@@ -203,6 +236,66 @@ tokio::task_local! {
     /// When the request being served must be answered: set by
     /// [`crate::http::within_deadline`] around the request's work.
     static REQUEST_DEADLINE: Instant;
+    /// The cancels the abandoned connections of an invocation's work are
+    /// sending: set by [`invocation_until_cut_off`].
+    static CANCELS: Cancels;
+}
+
+/// Dropped once a cancel is written (or cannot be).
+type CancelSent = tokio::sync::oneshot::Sender<()>;
+
+/// The cancels a request's cut-off work set off, to be sent before it answers.
+#[derive(Clone, Default)]
+struct Cancels(Arc<Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>>);
+
+impl Cancels {
+    /// A new cancel of this request's: its signal, noted here if the request
+    /// keeps a list (outside a request, nobody waits for it).
+    fn begin() -> CancelSent {
+        let (sent, receiver) = tokio::sync::oneshot::channel();
+        let _ = CANCELS.try_with(|cancels| {
+            cancels
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(receiver)
+        });
+        sent
+    }
+
+    /// Waits until every cancel is written, at most `bound`.
+    async fn sent_within(&self, bound: Duration) {
+        let pending = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        if pending.is_empty() {
+            return;
+        }
+        let all = futures_util::future::join_all(pending);
+        if tokio::time::timeout(bound, all).await.is_err() {
+            tracing::warn!("a cancel was not sent before the answer; it goes when the container next runs");
+        }
+    }
+}
+
+/// How long a request's answer waits for the cancels of the statements its
+/// cut-off work left running: enough for a connection, a TLS handshake and a
+/// write, within the second an invocation keeps for answering.
+const CANCEL_SEND_WAIT: Duration = Duration::from_millis(500);
+
+/// [`until_cut_off`] for what an invocation returns after (a request, a
+/// flusher's tick): before it returns, the cancels of the statements its work
+/// left running (cut off here, or earlier by [`while_the_answer_can_wait`])
+/// are sent, half a second at most. Lambda freezes the container once
+/// the invocation is done: a cancel still to be sent then would go out only
+/// when it thaws, after the statement (and the locks it holds) ran on to its
+/// statement timeout.
+pub async fn invocation_until_cut_off<F: std::future::Future>(
+    cut_off: Instant,
+    work: F,
+) -> Option<F::Output> {
+    let cancels = Cancels::default();
+    let outcome = CANCELS.scope(cancels.clone(), until_cut_off(cut_off, work)).await;
+    cancels.sent_within(CANCEL_SEND_WAIT).await;
+    outcome
 }
 
 /// The current request's deadline, if it runs under one.
@@ -318,6 +411,7 @@ impl Drop for Conn {
         }
         let cancel = object.cancel_token();
         let canceller = self.canceller.clone();
+        let sent = Cancels::begin();
         tracing::warn!(
             "request deadline passed while holding a database connection; cancelling its statement"
         );
@@ -334,7 +428,7 @@ impl Drop for Conn {
         // the pool (never to be reused) only once closed.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = canceller.cancel(cancel).await {
+                if let Err(error) = canceller.cancel(cancel, sent).await {
                     tracing::warn!(%error, "could not cancel the abandoned statement");
                 }
                 let ended = tokio::time::timeout(CANCELLED_STATEMENT_WAIT, object.simple_query("")).await;

@@ -129,34 +129,32 @@ pub async fn first_column(
 pub async fn wait_until_no_api_statement_runs(admin: &tokio_postgres::Client) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
-        let running: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE usename = $1 AND state = 'active' AND datname = current_database()",
-                &[&API_ROLE],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if running == 0 {
+        let running = api_statements_running(admin).await;
+        if running.is_empty() {
             return;
         }
-        if std::time::Instant::now() >= deadline {
-            let running: Vec<String> = admin
-                .query(
-                    "SELECT pid::text || ' ' || coalesce(wait_event_type, '-') || ' ' || now() - query_start || ' ' || query
-                     FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
-                    &[&API_ROLE],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            panic!("the abandoned statement still runs on the server: {running:?}");
-        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned statement still runs on the server: {running:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The statements the functions' role is running in this database now (pid,
+/// wait, age and text of each).
+pub async fn api_statements_running(admin: &tokio_postgres::Client) -> Vec<String> {
+    admin
+        .query(
+            "SELECT pid::text || ' ' || coalesce(wait_event_type, '-') || ' ' || now() - query_start || ' ' || query
+             FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND datname = current_database()",
+            &[&API_ROLE],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
 }
 
 /// The role the functions connect as (migration 0006): no superuser, owns
