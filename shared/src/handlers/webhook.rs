@@ -79,13 +79,21 @@ pub async fn receive_webhook(state: &AppState, request: &Request) -> Result<Webh
     let body = std::str::from_utf8(body).map_err(|_| ApiError::InvalidSignature)?;
     let event = match state.livekit.receive_webhook(body, authorization) {
         Ok(event) => event,
-        Err(WebhookError::InvalidData(error)) => {
-            // Signed by LiveKit but not an event we can read: retrying will not help.
-            tracing::warn!(%error, "signed webhook body is not a LiveKit event; ignored");
-            return Ok(WebhookAck {
-                outcome: Outcome::Ignored,
-            });
-        }
+        // Signed by LiveKit (the signature is checked before the body is
+        // decoded), but not all of it decodes.
+        Err(WebhookError::InvalidData(error)) => match the_fields_read(body) {
+            Some(event) => {
+                tracing::warn!(%error, event = %event.event, "a signed webhook with values this build does not know; applied from the fields it reads");
+                event
+            }
+            None => {
+                // Not an event we can read: retrying will not help.
+                tracing::error!(%error, "signed webhook body is not a LiveKit event; ignored");
+                return Ok(WebhookAck {
+                    outcome: Outcome::Ignored,
+                });
+            }
+        },
         Err(error) => {
             tracing::info!(%error, "webhook signature rejected");
             return Err(ApiError::InvalidSignature);
@@ -94,6 +102,62 @@ pub async fn receive_webhook(state: &AppState, request: &Request) -> Result<Webh
     let outcome = apply(state, &event).await?;
     tracing::info!(event = %event.event, id = %event.id, ?outcome, "webhook handled");
     Ok(WebhookAck { outcome })
+}
+
+/// The event decoded from only the fields this handler reads, for a signed
+/// body the whole of which does not decode. A newer LiveKit (LiveKit Cloud
+/// runs the newest) can send an enum value this build's protocol does not
+/// know anywhere in an event (a track's source, a kind detail), and one such
+/// value fails the whole decode: the join or leave would be lost until the
+/// reconciler's next run. Among the fields read, an unknown participant kind
+/// reads as hidden (neither counted nor listed, as every kind but a standard
+/// one), and an unknown disconnect reason as none given.
+fn the_fields_read(body: &str) -> Option<livekit_protocol::WebhookEvent> {
+    use livekit_protocol::{DisconnectReason, participant_info::Kind};
+    use serde_json::{Map, Value, json};
+    fn pick(from: &Value, fields: &[&str]) -> Map<String, Value> {
+        fields
+            .iter()
+            .filter_map(|field| Some(((*field).to_owned(), from.get(*field)?.clone())))
+            .collect()
+    }
+    fn known<T: serde::de::DeserializeOwned>(value: Option<&Value>) -> bool {
+        value.is_none_or(|value| serde_json::from_value::<T>(value.clone()).is_ok())
+    }
+    let body: Value = serde_json::from_str(body).ok()?;
+    let mut event = pick(&body, &["event", "id", "createdAt"]);
+    if let Some(room) = body.get("room") {
+        event.insert("room".into(), Value::Object(pick(room, &["name", "sid"])));
+    }
+    if let Some(from) = body.get("participant") {
+        let mut participant = pick(
+            from,
+            &[
+                "sid",
+                "identity",
+                "name",
+                "kind",
+                "joinedAt",
+                "joinedAtMs",
+                "disconnectReason",
+                "attributes",
+            ],
+        );
+        let mut permission = from
+            .get("permission")
+            .map(|permission| pick(permission, &["hidden", "canPublish", "canPublishData"]))
+            .unwrap_or_default();
+        if !known::<Kind>(participant.get("kind")) {
+            participant.remove("kind");
+            permission.insert("hidden".into(), json!(true));
+        }
+        if !known::<DisconnectReason>(participant.get("disconnectReason")) {
+            participant.remove("disconnectReason");
+        }
+        participant.insert("permission".into(), Value::Object(permission));
+        event.insert("participant".into(), Value::Object(participant));
+    }
+    serde_json::from_value(Value::Object(event)).ok()
 }
 
 /// How long a webhook waits for the count it wrote to reach the room.

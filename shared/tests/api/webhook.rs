@@ -938,3 +938,74 @@ async fn agents_ingress_egress_and_sip_participants_are_not_viewers() {
     .await;
     assert_eq!(room.count().await, 1, "only the person watching");
 }
+
+/// A newer LiveKit (LiveKit Cloud runs the newest) sends enum values this
+/// build's protocol does not know: in a track (a new source), as the kind
+/// of a participant, or as the reason for a leave. One such value fails the
+/// decode of the whole event; the events still apply from the fields the
+/// handler reads, an unknown kind as a participant who is not audience.
+#[tokio::test]
+async fn events_with_values_a_newer_livekit_added_still_apply() {
+    let room = live_room().await;
+    let app = &room.app;
+    let deliver = |event: &str, participant: serde_json::Value| {
+        let body = serde_json::json!({
+            "id": format!("EV_{}", Uuid::new_v4().simple()),
+            "event": event,
+            "room": {"name": ROOM, "numParticipants": 2, "enabledCodecs": [{"mime": "video/H266"}]},
+            "participant": participant,
+            "createdAt": chrono::Utc::now().timestamp().to_string(),
+            "newTopLevelField": {"anything": true},
+        })
+        .to_string();
+        app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET))
+    };
+    let viewer = Uuid::new_v4().to_string();
+    let joined = deliver(
+        "participant_joined",
+        serde_json::json!({
+            "sid": "PA_viewer", "identity": viewer, "name": "Viewer", "state": "ACTIVE",
+            "kind": "STANDARD", "kindDetails": ["SOMETHING_NEWER"],
+            "tracks": [{"sid": "TR_1", "type": "VIDEO", "source": "HOLOGRAM"}],
+            "permission": {"canSubscribe": true, "canPublishData": true},
+        }),
+    )
+    .await;
+    assert_eq!(
+        (joined.status, &joined.body["outcome"]),
+        (200, &serde_json::json!("applied")),
+        "{}",
+        joined.body
+    );
+    assert_eq!(room.count().await, 1);
+
+    let robot = deliver(
+        "participant_joined",
+        serde_json::json!({
+            "sid": "PA_robot", "identity": "robot-1", "state": "ACTIVE", "kind": "TELEPORTER",
+            "permission": {"canSubscribe": true},
+        }),
+    )
+    .await;
+    assert_eq!(robot.status, 200, "{}", robot.body);
+    assert_eq!(
+        room.count().await,
+        1,
+        "a participant of an unknown kind is not audience"
+    );
+    let left = deliver(
+        "participant_left",
+        serde_json::json!({
+            "sid": "PA_viewer", "identity": viewer, "state": "DISCONNECTED",
+            "disconnectReason": "WORMHOLE_COLLAPSED",
+        }),
+    )
+    .await;
+    assert_eq!(
+        (left.status, &left.body["outcome"]),
+        (200, &serde_json::json!("applied")),
+        "{}",
+        left.body
+    );
+    assert_eq!(room.count().await, 0);
+}
