@@ -221,6 +221,7 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
         }
         applied
     };
+    let counted_at = chrono::Utc::now();
     // LiveKit sends a room's webhooks one at a time, each after the one
     // before it is answered, and drops those queued past 200 or 30 s: what
     // this answer waits for delays every later event of the room. The count's
@@ -230,9 +231,12 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
         let Some(count) = applied.count_written else {
             return;
         };
-        let pushed = tokio::time::timeout(PUSH_LIMIT, state.livekit.push_viewer_count(&room, count))
-            .await
-            .unwrap_or(Err(crate::livekit::RoomServiceError::TimedOut));
+        let pushed = tokio::time::timeout(
+            PUSH_LIMIT,
+            state.livekit.push_viewer_count(&room, count, counted_at),
+        )
+        .await
+        .unwrap_or(Err(crate::livekit::RoomServiceError::TimedOut));
         if let Err(error) = pushed {
             tracing::warn!(%room, %error, "viewer count not pushed into the room; the next write pushes it");
         }

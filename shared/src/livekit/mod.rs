@@ -222,15 +222,21 @@ impl LiveKit {
     /// sent at most once a second per room. Viewers need no Realtime
     /// subscription for it. Pushes come from several functions (the webhook,
     /// the flusher, the reconciler) over an unordered channel, so an older
-    /// count can land after a newer one: `countedAt` (Unix milliseconds, taken
-    /// as the count read just before is pushed) lets clients keep the newest.
-    pub async fn push_viewer_count(&self, room: &RoomName, count: i32) -> Result<(), RoomServiceError> {
-        let counted_at = chrono::Utc::now().timestamp_millis();
+    /// count can land after a newer one: `countedAt` (Unix milliseconds, when
+    /// the count was read, not when its push began: a push that waited for
+    /// LiveKit behind others must not look newer than a count read after it)
+    /// lets clients keep the newest.
+    pub async fn push_viewer_count(
+        &self,
+        room: &RoomName,
+        count: i32,
+        counted_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), RoomServiceError> {
         let payload = serde_json::json!({
             "event": "viewer_count",
             "roomName": room,
             "viewerCount": count,
-            "countedAt": counted_at,
+            "countedAt": counted_at.timestamp_millis(),
         });
         self.send_lossy(room, VIEWERS_TOPIC, payload.to_string().into_bytes())
             .await

@@ -57,13 +57,13 @@ pub async fn flush_once(state: &AppState) -> Result<i32, ApiError> {
 
 /// Copies every stale count into `live_streams` and pushes each into its room.
 async fn flush_counts(state: &AppState) -> Result<i32, ApiError> {
-    let written = {
+    let (written, counted_at) = {
         let client = state.db.get().await?;
-        viewers::flush(&client).await?
+        (viewers::flush(&client).await?, chrono::Utc::now())
     };
     futures_util::stream::iter(&written)
         .for_each_concurrent(ROOMS_AT_ONCE, |(room, count)| async move {
-            if let Err(error) = state.livekit.push_viewer_count(room, *count).await {
+            if let Err(error) = state.livekit.push_viewer_count(room, *count, counted_at).await {
                 tracing::warn!(%room, %error, "viewer count not pushed into the room");
             }
         })

@@ -548,6 +548,7 @@ async fn sync_room(
     // Read last, just before the push: a webhook's newer count pushed in
     // between would otherwise be overwritten by an older one.
     let count = viewers::count(&client, room).await?;
+    let counted_at = chrono::Utc::now();
     drop(client);
     if past(until) {
         // The sessions match; the push and the corrections are the next
@@ -560,7 +561,7 @@ async fn sync_room(
     // the last for a while) or a push that failed in a quiet room would
     // otherwise stay wrong on every screen; once a minute a room costs one
     // lossy packet.
-    if let Err(error) = state.livekit.push_viewer_count(room, count).await {
+    if let Err(error) = state.livekit.push_viewer_count(room, count, counted_at).await {
         tracing::warn!(%room, %error, "viewer count not pushed into the room");
     }
 

@@ -410,6 +410,38 @@ async fn the_room_is_told_its_viewer_count() {
     }
 }
 
+/// A count's `countedAt` is when it was read, whenever its push goes out:
+/// a push that waited behind others (LiveKit slow, sixteen rooms at a time)
+/// must not look newer to clients than a count read after it.
+#[tokio::test]
+async fn a_pushed_count_carries_the_time_it_was_read() {
+    let app = TestApp::spawn().await;
+    let (_, host) = live_host(&app).await;
+    let room = shared::domain::RoomName::parse(ROOM.into()).unwrap();
+    let read_at = chrono::Utc::now() - chrono::Duration::seconds(3);
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        // Lossy: sent again until one arrives.
+        app.state
+            .livekit
+            .push_viewer_count(&room, 7, read_at)
+            .await
+            .unwrap();
+        let stamps: Vec<i64> = host
+            .data_on("viewers")
+            .iter()
+            .filter(|p| p.payload["viewerCount"] == 7)
+            .filter_map(|p| p.payload["countedAt"].as_i64())
+            .collect();
+        if let Some(stamp) = stamps.first() {
+            assert_eq!(*stamp, read_at.timestamp_millis());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no count arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn attribute_of(
     identity: String,
     key: &'static str,
