@@ -277,9 +277,7 @@ impl Config {
                     "expected the project URL alone, https://<project>.supabase.co (no path, query or credentials)",
                 ));
             }
-            Some(url) if url.starts_with("https://") || is_loopback_http(&url) => {
-                Some(url.trim_end_matches('/').to_owned())
-            }
+            Some(url) if url.starts_with("https://") || is_loopback_http(&url) => Some(origin_of(&url)),
             Some(_) => {
                 return Err(invalid(
                     SUPABASE_URL,
@@ -395,7 +393,7 @@ impl Config {
             tracing::warn!("{warning}");
         }
         let mut config = Config::from_secret_and_env(&secret, env)?;
-        if secret.contains_key(DATABASE_URL) {
+        if secret.get(DATABASE_URL).is_some_and(|url| !url.is_empty()) {
             config.database.secret = Some(source);
         }
         Ok(config)
@@ -405,7 +403,15 @@ impl Config {
         secret: &HashMap<String, String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        Config::from_lookup(|name| secret.get(name).cloned().or_else(|| env(name)))
+        // An empty value is unset (as in the environment): the environment's
+        // value stands, rather than the default.
+        Config::from_lookup(|name| {
+            secret
+                .get(name)
+                .filter(|value| !value.is_empty())
+                .cloned()
+                .or_else(|| env(name))
+        })
     }
 }
 
@@ -418,6 +424,9 @@ fn pool_size_override_warning(
     env: &impl Fn(&str) -> Option<String>,
 ) -> Option<String> {
     let in_secret = secret.get(DATABASE_POOL_SIZE)?.trim();
+    if in_secret.is_empty() {
+        return None; // unset: the environment's stands
+    }
     let in_env = env(DATABASE_POOL_SIZE)?;
     // The same number written otherwise ("01") is the same pool.
     let same = match (in_secret.parse::<u64>(), in_env.trim().parse::<u64>()) {
@@ -573,6 +582,16 @@ fn is_bare_origin(url: &str) -> bool {
             && parsed.username().is_empty()
             && parsed.password().is_none()
     })
+}
+
+/// The URL's origin as Supabase writes it in a token's `iss`: the host in
+/// lower case, a default port left out, no trailing slash. `iss` is compared
+/// exactly, so `https://ABC.supabase.co` as written would refuse every token.
+fn origin_of(url: &str) -> String {
+    reqwest::Url::parse(url).map_or_else(
+        |_| url.trim_end_matches('/').to_owned(),
+        |parsed| parsed.origin().ascii_serialization(),
+    )
 }
 
 fn is_loopback_http(url: &str) -> bool {
@@ -874,6 +893,26 @@ mod tests {
         }
     }
 
+    /// Tokens' `iss` is compared exactly, with the origin as Supabase writes it.
+    #[test]
+    fn the_supabase_issuer_is_the_urls_origin_as_supabase_writes_it() {
+        for (url, issuer) in [
+            ("https://abc.supabase.co", "https://abc.supabase.co/auth/v1"),
+            ("https://ABC.Supabase.co/", "https://abc.supabase.co/auth/v1"),
+            ("https://abc.supabase.co:443", "https://abc.supabase.co/auth/v1"),
+            (
+                "https://auth.example.com:8443",
+                "https://auth.example.com:8443/auth/v1",
+            ),
+            ("http://127.0.0.1:54321", "http://127.0.0.1:54321/auth/v1"),
+        ] {
+            let mut pairs = without(SUPABASE_URL);
+            pairs.push((SUPABASE_URL, url));
+            let config = Config::from_lookup(lookup(&pairs)).unwrap();
+            assert_eq!(config.supabase.issuer().as_deref(), Some(issuer), "{url}");
+        }
+    }
+
     #[test]
     fn limits_default_to_the_documented_ones() {
         let per = |max, seconds| Limit {
@@ -984,5 +1023,17 @@ mod tests {
             config.livekit.api_secret,
             "livekit-secret-of-at-least-32-characters"
         );
+    }
+
+    /// An empty value in the secret is unset, as in the environment: the
+    /// environment's value stands (not the default, nor a refusal).
+    #[test]
+    fn an_empty_secret_value_leaves_the_environments() {
+        let secret: HashMap<String, String> = [(LIVEKIT_API_KEY.to_string(), String::new())]
+            .into_iter()
+            .collect();
+        let config = Config::from_secret_and_env(&secret, lookup(COMPLETE)).unwrap();
+        let from_env = Config::from_lookup(lookup(COMPLETE)).unwrap();
+        assert_eq!(config.livekit.api_key, from_env.livekit.api_key);
     }
 }
