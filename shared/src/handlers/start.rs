@@ -94,8 +94,14 @@ pub async fn start_stream(
             // or another start of the caller's took the last live slot): the
             // room just made serves no live stream. A name another streamer
             // took (past a claim that lapsed) is theirs, and so is its room.
-            if !matches!(refused, StartOutcome::RoomTaken) {
-                close_unused_room(state, &room, user.id).await;
+            if !matches!(refused, StartOutcome::RoomTaken)
+                && !close_unused_room(state, &room, user.id).await
+                && matches!(refused, StartOutcome::RoomEnded)
+            {
+                // The stream's end closed its room before this start made it
+                // again: the reconciler, which closes the rooms of ended
+                // streams, must close it once more.
+                leave_to_the_reconciler(state, &room).await;
             }
             return Err(refusal(refused));
         }
@@ -137,13 +143,31 @@ async fn committed_after_all(state: &AppState, room: &RoomName, streamer: Uuid, 
     }
 }
 
-/// Closes the room a failed start made, then lets the name go. A room that
-/// could not be closed keeps the claim until it lapses, so no other streamer
-/// adopts that room meanwhile.
-async fn close_unused_room(state: &AppState, room: &RoomName, streamer: Uuid) {
+/// Closes the room a failed start made, then lets the name go; says whether
+/// it is closed. A room that could not be closed keeps the claim until it
+/// lapses, so no other streamer adopts that room meanwhile.
+async fn close_unused_room(state: &AppState, room: &RoomName, streamer: Uuid) -> bool {
     match state.livekit.delete_room(room).await {
-        Ok(()) => release_claim(state, room, streamer).await,
-        Err(error) => tracing::warn!(%room, %error, "could not close a room no live stream uses"),
+        Ok(()) => {
+            release_claim(state, room, streamer).await;
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%room, %error, "could not close a room no live stream uses");
+            false
+        }
+    }
+}
+
+/// Marks the ended stream's room as open again, for the reconciler to close.
+async fn leave_to_the_reconciler(state: &AppState, room: &RoomName) {
+    let marked = async {
+        let client = state.db.get().await?;
+        streams::mark_room_open(&client, room).await
+    }
+    .await;
+    if let Err(error) = marked {
+        tracing::warn!(%room, %error, "an ended stream's room is open again and could not be marked so; LiveKit closes it when it empties");
     }
 }
 

@@ -506,6 +506,19 @@ pub async fn room_found(client: &Client, room: &RoomName) -> Result<(), ApiError
     Ok(())
 }
 
+/// An ended stream's room is open again (a start raced its end and made it
+/// after the end had closed it): the reconciler closes it
+/// ([`unclosed_rooms`]).
+pub async fn mark_room_open(client: &Client, room: &RoomName) -> Result<(), ApiError> {
+    client
+        .query_typed(
+            "UPDATE live_streams SET room_closed_at = NULL WHERE id = $1 AND NOT is_live AND room_closed_at IS NOT NULL",
+            &[(&room.as_str(), Type::TEXT)],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Records that LiveKit has closed the room, so later ends do not call it again.
 pub async fn mark_room_closed(client: &Client, room: &RoomName) -> Result<(), ApiError> {
     client

@@ -409,3 +409,76 @@ async fn a_retried_start_stops_the_clock_of_a_room_found_missing() {
         None
     );
 }
+
+/// A retried start whose room LiveKit made again after the stream's end had
+/// closed it (the end committed between the start's check and its commit),
+/// and which cannot close that room itself (LiveKit failing), leaves it to
+/// the reconciler: nothing else would ever close it.
+#[tokio::test]
+async fn a_room_a_start_made_again_after_its_streams_end_is_closed_by_the_reconciler() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "made-again";
+    app.start_stream(host, room).await;
+    let admin = app.db().await;
+    // The end, held open: the start's check reads the stream live, and its
+    // commit waits for the row.
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM live_streams WHERE id = '{room}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let body = json!({"title": "Again", "roomName": room}).to_string();
+    let host_token = app.token_for(host);
+    let retry = app.call(start_stream, Some(&host_token), &body);
+    let end_meanwhile = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let watcher = app.db().await;
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE usename = $1 AND wait_event_type = 'Lock' AND datname = current_database()",
+                    &[&crate::helpers::API_ROLE],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the start never waited for the row"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // The end closed the room (as /live/end does when LiveKit answers);
+        // LiveKit fails from now on, the start's own close included.
+        app.set_livekit_mode(LiveKitMode::Failing).await;
+        admin
+            .batch_execute(&format!(
+                "UPDATE live_streams SET is_live = false, ended_at = now(), room_closed_at = now()
+                 WHERE id = '{room}'; COMMIT"
+            ))
+            .await
+            .unwrap();
+    };
+    let (refused, ()) = tokio::join!(retry, end_meanwhile);
+    refused.assert_error(409, "room_taken");
+    let marked_closed: bool = app
+        .db_value(
+            "SELECT room_closed_at IS NOT NULL FROM live_streams WHERE id = $1",
+            &[&room],
+        )
+        .await;
+    assert!(!marked_closed, "left for the reconciler to close");
+
+    app.set_livekit_mode(LiveKitMode::Up).await;
+    assert!(app.has_room(room).await, "the room the start made is still open");
+    shared::scheduled::reconcile::reconcile(&app.state, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(!app.has_room(room).await, "the reconciler closed it");
+}
