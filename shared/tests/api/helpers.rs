@@ -1014,6 +1014,18 @@ impl TestApp {
         )
     }
 
+    /// A connection of the test's own holding the stream's row lock (`FOR
+    /// UPDATE`) in an open transaction, until `ROLLBACK` (or `COMMIT`) on it.
+    pub async fn hold_stream_row(&self, room: &str) -> tokio_postgres::Client {
+        let holder = self.db().await;
+        holder.batch_execute("BEGIN").await.unwrap();
+        holder
+            .execute("SELECT 1 FROM live_streams WHERE id = $1 FOR UPDATE", &[&room])
+            .await
+            .unwrap();
+        holder
+    }
+
     /// Returns once a statement of this database waits for a lock, or once
     /// `done` is set (the statement under test did not wait), or after
     /// [`SETTLE`]: a test holding a lock then lets go knowing whether the

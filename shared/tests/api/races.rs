@@ -320,7 +320,7 @@ async fn a_request_blocked_on_a_lock_is_a_503_after_the_lock_timeout() {
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();
     app.start_stream(host, "locked").await;
-    let held = hold_stream_row(&app, "locked").await;
+    let held = app.hold_stream_row("locked").await;
     let started = Instant::now();
     let end = app
         .call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"locked"}"#)
@@ -352,7 +352,7 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
     .await;
     let host = Uuid::new_v4();
     app.start_stream(host, "slow").await;
-    let held = hold_stream_row(&app, "slow").await;
+    let held = app.hold_stream_row("slow").await;
     let end = app
         .call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"slow"}"#)
         .await;
@@ -439,7 +439,7 @@ async fn the_request_deadline_never_outlives_the_invocation() {
     let (app, admin) = spawn_without_lock_timeout(vec![("REQUEST_DEADLINE_SECONDS", "25".into())]).await;
     let host = Uuid::new_v4();
     app.start_stream(host, "short").await;
-    let held = hold_stream_row(&app, "short").await;
+    let held = app.hold_stream_row("short").await;
 
     let mut context = lambda_http::Context::default();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
@@ -2009,18 +2009,6 @@ async fn an_accept_racing_the_viewers_leave_puts_nobody_on_stage() {
     assert_eq!(standing, 0);
 }
 
-/// A connection of the test's own holding the stream's row lock (`FOR UPDATE`)
-/// in an open transaction, until `ROLLBACK` on it.
-async fn hold_stream_row(app: &TestApp, room: &str) -> tokio_postgres::Client {
-    let holder = app.db().await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder
-        .execute("SELECT 1 FROM live_streams WHERE id = $1 FOR UPDATE", &[&room])
-        .await
-        .unwrap();
-    holder
-}
-
 /// A test app whose functions' role has its lock_timeout (2 s) lifted in
 /// the test database, so that only a cancel can end a statement's wait for a
 /// lock; and the test's admin connection. Lifted before the functions' first
@@ -2063,7 +2051,7 @@ async fn a_stream_row_held_elsewhere_does_not_hold_up_the_flush_of_the_others() 
             .collect::<Vec<_>>()
     };
 
-    let held = hold_stream_row(&app, "held-room").await;
+    let held = app.hold_stream_row("held-room").await;
     let flushed = shared::scheduled::flush::flush_once(&app.state).await;
     assert_eq!(
         flushed.ok(),

@@ -420,40 +420,15 @@ async fn a_room_a_start_made_again_after_its_streams_end_is_closed_by_the_reconc
     let host = Uuid::new_v4();
     let room = "made-again";
     app.start_stream(host, room).await;
-    let admin = app.db().await;
     // The end, held open: the start's check reads the stream live, and its
     // commit waits for the row.
-    admin
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM live_streams WHERE id = '{room}' FOR UPDATE"
-        ))
-        .await
-        .unwrap();
+    let admin = app.hold_stream_row(room).await;
     let body = json!({"title": "Again", "roomName": room}).to_string();
     let host_token = app.token_for(host);
     let retry = app.call(start_stream, Some(&host_token), &body);
     let end_meanwhile = async {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let watcher = app.db().await;
-        loop {
-            let waiting: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE usename = $1 AND wait_event_type = 'Lock' AND datname = current_database()",
-                    &[&crate::helpers::API_ROLE],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the start never waited for the row"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        app.until_a_statement_waits_for_a_lock(&std::sync::atomic::AtomicBool::new(false))
+            .await;
         // The end closed the room (as /live/end does when LiveKit answers);
         // LiveKit fails from now on, the start's own close included.
         app.set_livekit_mode(LiveKitMode::Failing).await;
