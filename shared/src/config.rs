@@ -269,20 +269,22 @@ impl Config {
 
         let supabase_url = match get(SUPABASE_URL) {
             None => None,
-            Some(url) if !is_bare_origin(&url) => {
+            Some(url) => {
                 // The JWKS and `iss` are built from it: a path (the project's
                 // `/auth/v1` URL) would break both on every request.
-                return Err(invalid(
-                    SUPABASE_URL,
-                    "expected the project URL alone, https://<project>.supabase.co (no path, query or credentials)",
-                ));
-            }
-            Some(url) if url.starts_with("https://") || is_loopback_http(&url) => Some(origin_of(&url)),
-            Some(_) => {
-                return Err(invalid(
-                    SUPABASE_URL,
-                    "expected https://<project>.supabase.co (plain http:// only on loopback)",
-                ));
+                let Some(origin) = bare_origin(&url) else {
+                    return Err(invalid(
+                        SUPABASE_URL,
+                        "expected the project URL alone, https://<project>.supabase.co (no path, query or credentials)",
+                    ));
+                };
+                if !(url.starts_with("https://") || is_loopback_http(&url)) {
+                    return Err(invalid(
+                        SUPABASE_URL,
+                        "expected https://<project>.supabase.co (plain http:// only on loopback)",
+                    ));
+                }
+                Some(origin)
             }
         };
         let jwt_secret = get(SUPABASE_JWT_SECRET);
@@ -388,12 +390,15 @@ impl Config {
         source: SecretSource,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let secret = source.fetch().await?;
+        let mut secret = source.fetch().await?;
+        // A blank value is unset, as in the environment: the environment's
+        // value stands, rather than the default.
+        secret.retain(|_, value| !value.trim().is_empty());
         if let Some(warning) = pool_size_override_warning(&secret, &env) {
             tracing::warn!("{warning}");
         }
         let mut config = Config::from_secret_and_env(&secret, env)?;
-        if secret.get(DATABASE_URL).is_some_and(|url| !url.is_empty()) {
+        if secret.contains_key(DATABASE_URL) {
             config.database.secret = Some(source);
         }
         Ok(config)
@@ -403,12 +408,12 @@ impl Config {
         secret: &HashMap<String, String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        // An empty value is unset (as in the environment): the environment's
+        // A blank value is unset (as in the environment): the environment's
         // value stands, rather than the default.
         Config::from_lookup(|name| {
             secret
                 .get(name)
-                .filter(|value| !value.is_empty())
+                .filter(|value| !value.trim().is_empty())
                 .cloned()
                 .or_else(|| env(name))
         })
@@ -424,9 +429,6 @@ fn pool_size_override_warning(
     env: &impl Fn(&str) -> Option<String>,
 ) -> Option<String> {
     let in_secret = secret.get(DATABASE_POOL_SIZE)?.trim();
-    if in_secret.is_empty() {
-        return None; // unset: the environment's stands
-    }
     let in_env = env(DATABASE_POOL_SIZE)?;
     // The same number written otherwise ("01") is the same pool.
     let same = match (in_secret.parse::<u64>(), in_env.trim().parse::<u64>()) {
@@ -572,26 +574,23 @@ fn check_signing_secret(name: &'static str, secret: &str, local: bool) -> Result
     Ok(())
 }
 
-/// A URL that is a scheme, a host and maybe a port, with at most a trailing `/`.
-fn is_bare_origin(url: &str) -> bool {
-    reqwest::Url::parse(url).is_ok_and(|parsed| {
-        parsed.has_host()
-            && parsed.path() == "/"
-            && parsed.query().is_none()
-            && parsed.fragment().is_none()
-            && parsed.username().is_empty()
-            && parsed.password().is_none()
-    })
-}
-
-/// The URL's origin as Supabase writes it in a token's `iss`: the host in
-/// lower case, a default port left out, no trailing slash. `iss` is compared
-/// exactly, so `https://ABC.supabase.co` as written would refuse every token.
-fn origin_of(url: &str) -> String {
-    reqwest::Url::parse(url).map_or_else(
-        |_| url.trim_end_matches('/').to_owned(),
-        |parsed| parsed.origin().ascii_serialization(),
-    )
+/// The origin of a URL that is a scheme, a host and maybe a port, with at
+/// most a trailing `/`; `None` for any other. Written as Supabase writes it in
+/// a token's `iss` (the host in lower case, a default port left out, no
+/// trailing slash): `iss` is compared exactly, so `https://ABC.supabase.co`
+/// as given would refuse every token.
+fn bare_origin(url: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .ok()
+        .filter(|parsed| {
+            parsed.has_host()
+                && parsed.path() == "/"
+                && parsed.query().is_none()
+                && parsed.fragment().is_none()
+                && parsed.username().is_empty()
+                && parsed.password().is_none()
+        })
+        .map(|parsed| parsed.origin().ascii_serialization())
 }
 
 fn is_loopback_http(url: &str) -> bool {

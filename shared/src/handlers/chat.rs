@@ -246,7 +246,12 @@ pub async fn delete_message(
             {
                 Ok(()) => true,
                 Err(ApiError::RateLimited { .. }) => false,
-                Err(error) => return Err(error),
+                // The deletion is committed: not a 503 that has the app
+                // delete again, only the room left untold.
+                Err(error) => {
+                    tracing::warn!(%error, "a repeated deletion's allowance could not be read; the room is not told again");
+                    false
+                }
             };
         (owner.room, tell_the_room)
     };

@@ -164,16 +164,13 @@ pub async fn apply_standing_in_room(
         .livekit
         .update_viewer(room, &identity, committed.muted, committed.stage)
         .await;
-    match told {
-        // An update with no answer may still reach the room, after a newer
-        // change was told there (an accept landing after the removal that
-        // followed it): follow it with the latest, as a told one is.
-        Ok(()) | Err(RoomServiceError::TimedOut | RoomServiceError::Unanswered(_)) => {
-            room_rules::follow_newer_standing(state, room, user, &identity, Told::Standing(committed)).await;
-            told
-        }
-        Err(error) => Err(error),
+    // An update with no answer may still reach the room, after a newer
+    // change was told there (an accept landing after the removal that
+    // followed it): follow it with the latest, as a told one is.
+    if told.as_ref().err().is_none_or(RoomServiceError::may_have_acted) {
+        room_rules::follow_newer_standing(state, room, user, &identity, Told::Standing(committed)).await;
     }
+    told
 }
 
 /// A viewer raises or lowers their hand.

@@ -5,7 +5,7 @@ use crate::auth::AuthUser;
 use crate::domain::{RoomName, StartRequest, StartResponse};
 use crate::error::{ApiError, Dependency};
 use crate::http::Reply;
-use crate::livekit::{Role, RoomServiceError};
+use crate::livekit::Role;
 use crate::state::AppState;
 use crate::store::streams::{self, StartOutcome};
 
@@ -49,16 +49,13 @@ pub async fn start_stream(
         Ok(sid) => sid,
         Err(error) => {
             if new_room {
-                match error {
+                if error.may_have_acted() {
                     // No answer: LiveKit may have made the room, and the name
                     // must not go to another streamer with it.
-                    RoomServiceError::TimedOut | RoomServiceError::Unanswered(_) => {
-                        close_unused_room(state, &room, user.id).await;
-                    }
+                    close_unused_room(state, &room, user.id).await;
+                } else {
                     // Refused, or never reached: no room was made.
-                    RoomServiceError::NotFound | RoomServiceError::Failed(_) => {
-                        release_claim(state, &room, user.id).await;
-                    }
+                    release_claim(state, &room, user.id).await;
                 }
             }
             return Err(ApiError::unavailable(Dependency::LiveKit, error));

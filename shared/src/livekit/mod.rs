@@ -391,6 +391,14 @@ pub enum RoomServiceError {
     TimedOut,
 }
 
+impl RoomServiceError {
+    /// Whether LiveKit may have acted on the call (it went out and no answer
+    /// said otherwise), now or later.
+    pub fn may_have_acted(&self) -> bool {
+        matches!(self, RoomServiceError::TimedOut | RoomServiceError::Unanswered(_))
+    }
+}
+
 /// Runs RoomService work that follows a committed decision for as long as
 /// the current request can still answer in time
 /// ([`crate::store::db::while_the_answer_can_wait`]); out of time is

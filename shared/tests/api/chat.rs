@@ -359,24 +359,11 @@ async fn two_attempts_of_one_post_in_flight_store_it_once() {
         let client = app.db().await;
         async move { client.query_one(SAY, &[&ROOM, &user, &key, &id]).await.unwrap() }
     });
-    let deadline = std::time::Instant::now() + crate::helpers::SETTLE;
-    loop {
-        let waiting: i64 = app
-            .db_value(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND query LIKE '%twice at once%'",
-                &[],
-            )
-            .await;
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second attempt never waited for the first"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    assert!(
+        app.until_a_statement_waits_for_a_lock(&std::sync::atomic::AtomicBool::new(false))
+            .await,
+        "the second attempt never waited for the first"
+    );
     first.commit().await.unwrap();
     let answered = second.await.unwrap();
     assert_eq!(

@@ -1026,11 +1026,11 @@ impl TestApp {
         holder
     }
 
-    /// Returns once a statement of this database waits for a lock, or once
-    /// `done` is set (the statement under test did not wait), or after
-    /// [`SETTLE`]: a test holding a lock then lets go knowing whether the
-    /// other side queued behind it.
-    pub async fn until_a_statement_waits_for_a_lock(&self, done: &std::sync::atomic::AtomicBool) {
+    /// Returns once a statement of this database waits for a lock (true), or
+    /// once `done` is set (the statement under test did not wait), or after
+    /// [`SETTLE`] (false): a test holding a lock then lets go knowing whether
+    /// the other side queued behind it.
+    pub async fn until_a_statement_waits_for_a_lock(&self, done: &std::sync::atomic::AtomicBool) -> bool {
         let observer = self.db().await;
         let settle = std::time::Instant::now() + SETTLE;
         while !done.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < settle {
@@ -1044,10 +1044,11 @@ impl TestApp {
                 .unwrap()
                 .get(0);
             if waiting > 0 {
-                return;
+                return true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        false
     }
 
     /// The room's exact count (its shards summed), as the API reports it.

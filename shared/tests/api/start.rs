@@ -427,8 +427,11 @@ async fn a_room_a_start_made_again_after_its_streams_end_is_closed_by_the_reconc
     let host_token = app.token_for(host);
     let retry = app.call(start_stream, Some(&host_token), &body);
     let end_meanwhile = async {
-        app.until_a_statement_waits_for_a_lock(&std::sync::atomic::AtomicBool::new(false))
-            .await;
+        assert!(
+            app.until_a_statement_waits_for_a_lock(&std::sync::atomic::AtomicBool::new(false))
+                .await,
+            "the start never waited for the row"
+        );
         // The end closed the room (as /live/end does when LiveKit answers);
         // LiveKit fails from now on, the start's own close included.
         app.set_livekit_mode(LiveKitMode::Failing).await;
