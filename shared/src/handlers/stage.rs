@@ -49,11 +49,26 @@ pub struct StageOutcome {
 /// LiveKit lists there (back, their join not yet told: ending theirs would
 /// let a new guest publish beside them). Says whether a place was freed;
 /// with LiveKit or Postgres failing, none is, and the stage stays full (the
-/// reconciler frees them). No connection is held while LiveKit lists the
-/// room: that can take seconds, and every change refused for a full stage
-/// does it.
+/// reconciler frees them). LiveKit lists the room only when a guest has been
+/// away too long ([`stage::has_lapsed_guest`]): a refusal spends no rate
+/// limit, and a viewer retrying an accept into a full stage must not have
+/// a big room listed each time. No connection is held while LiveKit lists
+/// the room: that can take seconds.
 async fn free_lapsed_places(state: &AppState, room: &RoomName) -> bool {
     let listed_since = std::time::Instant::now();
+    let lapsed_guest = async {
+        let client = state.db.get().await?;
+        stage::has_lapsed_guest(&client, room, state.rules.stage_return).await
+    }
+    .await;
+    match lapsed_guest {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(error) => {
+            tracing::warn!(%room, %error, "the stage is full; whether a guest's place lapsed could not be read");
+            return false;
+        }
+    }
     let participants = match state.livekit.participants(room).await {
         Ok(participants) => participants,
         Err(error) => {

@@ -277,6 +277,31 @@ pub async fn end_lapsed_away_turns(
     Ok(lapsed)
 }
 
+/// Whether a guest of `room` has been away longer than `stage_return`, as
+/// [`end_lapsed_away_turns`] judges it: only such a guest's place can be
+/// freed before the reconciler's next run. A change refused for a full stage
+/// asks this first, so that refusals (which spend no rate limit) do not each
+/// list the room in LiveKit while every guest is there. The guests' rows
+/// only (`live_stage_guests_idx`), at most `MAX_STAGE_GUESTS` of them.
+pub async fn has_lapsed_guest(
+    client: &Client,
+    room: &RoomName,
+    stage_return: std::time::Duration,
+) -> Result<bool, ApiError> {
+    let row = client
+        .query_typed_one(
+            "SELECT EXISTS (SELECT FROM live_stage
+                            WHERE room_name = $1 AND on_stage_since IS NOT NULL
+                              AND away_since < now() - make_interval(secs => $2))",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&stage_return.as_secs_f64(), Type::FLOAT8),
+            ],
+        )
+        .await?;
+    row.try_get(0).map_err(ApiError::internal)
+}
+
 /// A viewer on the stage list.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

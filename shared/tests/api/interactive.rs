@@ -877,6 +877,82 @@ async fn a_guest_whose_time_to_return_ran_out_frees_their_place_at_once() {
     assert!(place_freed, "the lapsed guest's turn ended");
 }
 
+/// A change refused for a full stage lists the room in LiveKit only when a
+/// guest has been away past their time to return: refusals spend no rate
+/// limit, and a viewer retrying an accept must not have the room listed
+/// each time while every guest is there. With LiveKit down, a listing shows
+/// as its logged failure.
+#[tokio::test]
+async fn a_full_stage_lists_the_room_only_when_a_guests_place_may_have_lapsed() {
+    let app = TestApp::spawn_with_settings(vec![("MAX_STAGE_GUESTS", "1".into())]).await;
+    let host = Uuid::new_v4();
+    let room = "full-stage-listing";
+    app.start_stream(host, room).await;
+    let (viewer, guest) = (Uuid::new_v4(), Uuid::new_v4());
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &viewer.to_string(),
+        "PA_full_viewer",
+        "Viewer",
+        false,
+    )
+    .await;
+    let db = app.db().await;
+    db.execute(
+        "INSERT INTO live_stage (room_name, user_id, on_stage_since, was_on_stage)
+         VALUES ($1, $2, now() - interval '5 minutes', true)",
+        &[&room, &guest],
+    )
+    .await
+    .unwrap();
+    app.set_livekit_mode(LiveKitMode::Stopped).await;
+    let captured = crate::logs::Captured::default();
+    let _logging = tracing::subscriber::set_default(crate::logs::subscriber(&captured));
+    let listing_failed = "LiveKit's listing, needed to free lapsed places, failed";
+    let invite = json!({"roomName": room, "userId": viewer}).to_string();
+    let host_t = app.token_for(host);
+
+    for _ in 0..3 {
+        app.call(invite_to_stage, Some(&host_t), &invite)
+            .await
+            .assert_error(409, "stage_full");
+    }
+    // The same guest, away for a while but within STAGE_RETURN_SECONDS (60).
+    db.execute(
+        "UPDATE live_stage SET away_since = now() - interval '30 seconds' WHERE room_name = $1 AND user_id = $2",
+        &[&room, &guest],
+    )
+    .await
+    .unwrap();
+    app.call(invite_to_stage, Some(&host_t), &invite)
+        .await
+        .assert_error(409, "stage_full");
+    assert!(
+        !captured.text().contains(listing_failed),
+        "no listing while the guest's place holds:\n{}",
+        captured.text()
+    );
+
+    db.execute(
+        "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
+        &[&room, &guest],
+    )
+    .await
+    .unwrap();
+    app.call(invite_to_stage, Some(&host_t), &invite)
+        .await
+        .assert_error(409, "stage_full");
+    assert_eq!(
+        captured.text().matches(listing_failed).count(),
+        // Each line twice: the capture writes JSON and plain text.
+        2,
+        "the lapsed place is worth a listing, which LiveKit's outage fails:\n{}",
+        captured.text()
+    );
+}
+
 /// Lapsed standings end guests first (a full stage waits for their places,
 /// not for raised hands), and as of when LiveKit's listing began: a guest
 /// absent from it whose time ran out only after it began may be back by

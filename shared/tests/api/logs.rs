@@ -29,7 +29,7 @@ const DB_PASSWORD: &str = "SeCrEtPw123";
 
 /// Everything the subscriber writes, shared with the test.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -43,7 +43,7 @@ impl Write for Captured {
 }
 
 impl Captured {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
@@ -51,7 +51,7 @@ impl Captured {
 /// What `shared::logging::init` installs, at TRACE instead of INFO, with its
 /// format written twice: as JSON (`AWS_LAMBDA_LOG_FORMAT=JSON`, as
 /// `template.yaml` sets) and as plain text.
-fn subscriber(captured: &Captured) -> impl tracing::Subscriber + Send + Sync {
+pub(crate) fn subscriber(captured: &Captured) -> impl tracing::Subscriber + Send + Sync {
     let (json, plain) = (captured.clone(), captured.clone());
     tracing_subscriber::registry()
         .with(shared::logging::filter(LevelFilter::TRACE))
