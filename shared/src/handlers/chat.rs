@@ -196,7 +196,9 @@ pub struct DeletedMessage {
     pub id: Uuid,
     pub deleted: bool,
     /// Whether the room was told now (false if LiveKit is unreachable, or a
-    /// repeat is over the user's chat allowance in that room).
+    /// repeat is over the user's chat allowance in that room), or has nobody
+    /// left to tell: the stream ended, so its room is closed or closing.
+    /// False is the app's cue to delete again.
     pub broadcast: bool,
 }
 
@@ -208,7 +210,7 @@ pub async fn delete_message(
 ) -> Result<Reply<DeletedMessage>, ApiError> {
     user.require_participant(&state.rules)?;
     let message = id.0;
-    let (room, tell_the_room) = {
+    let (room, live, tell_the_room) = {
         let mut client = state.db.get().await?;
         let owner = chat::ownership(&client, message)
             .await?
@@ -235,35 +237,40 @@ pub async fn delete_message(
         // A repeat tells the room again: the first packet may have been lost
         // (LiveKit down, or the answer that said so), and nothing else would
         // ever send it. As often as the user may chat there, no more, so
-        // repeats cannot flood a room's viewers.
-        let tell_the_room = newly_deleted
-            || match rate_limit::hit(
-                &client,
-                &format!("chat-delete:{}:{}:repeat", owner.room, user.id),
-                state.limits.chat,
-            )
-            .await
-            {
-                Ok(()) => true,
-                Err(ApiError::RateLimited { .. }) => false,
-                // The deletion is committed: not a 503 that has the app
-                // delete again, only the room left untold.
-                Err(error) => {
-                    tracing::warn!(%error, "a repeated deletion's allowance could not be read; the room is not told again");
-                    false
-                }
-            };
-        (owner.room, tell_the_room)
+        // repeats cannot flood a room's viewers. An ended stream's room is
+        // closed, or closing with its viewers disconnected: nobody is left to
+        // tell, and telling it would fail every time, so an app repeating the
+        // delete until the answer says `broadcast: true` would never stop.
+        let tell_the_room = owner.live
+            && (newly_deleted
+                || match rate_limit::hit(
+                    &client,
+                    &format!("chat-delete:{}:{}:repeat", owner.room, user.id),
+                    state.limits.chat,
+                )
+                .await
+                {
+                    Ok(()) => true,
+                    Err(ApiError::RateLimited { .. }) => false,
+                    // The deletion is committed: not a 503 that has the app
+                    // delete again, only the room left untold.
+                    Err(error) => {
+                        tracing::warn!(%error, "a repeated deletion's allowance could not be read; the room is not told again");
+                        false
+                    }
+                });
+        (owner.room, owner.live, tell_the_room)
     };
     let deleted = ChatEvent::ChatDeleted {
         id: message,
         room_name: &room,
     };
     // Deleted is committed: LiveKit too slow is `broadcast: false`, not a 503.
-    let broadcast = tell_the_room
-        && crate::store::db::while_the_answer_can_wait(broadcast(state, &room, &deleted))
-            .await
-            .unwrap_or(false);
+    let broadcast = !live
+        || (tell_the_room
+            && crate::store::db::while_the_answer_can_wait(broadcast(state, &room, &deleted))
+                .await
+                .unwrap_or(false));
     Ok(Reply::ok(DeletedMessage {
         id: message,
         deleted: true,

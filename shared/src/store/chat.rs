@@ -301,17 +301,19 @@ pub async fn page(
     rows.iter().map(message_from_row).collect()
 }
 
-/// A message and who may delete it.
+/// A message, who may delete it, and whether its stream is still live (a
+/// room to tell of its deletion).
 pub struct MessageOwnership {
     pub room: RoomName,
     pub author: Uuid,
     pub streamer: Uuid,
+    pub live: bool,
 }
 
 pub async fn ownership(client: &Client, message: Uuid) -> Result<Option<MessageOwnership>, ApiError> {
     let row = client
         .query_typed_opt(
-            "SELECT m.room_name, m.user_id, s.streamer_id
+            "SELECT m.room_name, m.user_id, s.streamer_id, s.is_live
              FROM live_messages m JOIN live_streams s ON s.id = m.room_name
              WHERE m.id = $1",
             &[(&message, Type::UUID)],
@@ -323,6 +325,7 @@ pub async fn ownership(client: &Client, message: Uuid) -> Result<Option<MessageO
             room: RoomName::parse(room).map_err(ApiError::internal)?,
             author: row.try_get(1).map_err(ApiError::internal)?,
             streamer: row.try_get(2).map_err(ApiError::internal)?,
+            live: row.try_get(3).map_err(ApiError::internal)?,
         })
     })
     .transpose()

@@ -636,6 +636,54 @@ async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() 
     assert_eq!(actions[0].get::<_, String>(3), second);
 }
 
+/// The history of an ended stream stays readable, so its messages are still
+/// deleted from it; with no room left to tell, the answer says there is
+/// nothing more to do (`broadcast: true`) however often the app repeats it,
+/// instead of a `false` that would have it repeat forever.
+#[tokio::test]
+async fn deleting_from_an_ended_streams_history_leaves_nothing_to_repeat() {
+    let (app, host) = chat_room().await;
+    let author = Uuid::new_v4();
+    let id = say(&app, author, "regret").await.body["message"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ended = app.end_stream(host, ROOM).await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    let delete = |user: Uuid| {
+        app.send(
+            delete_message,
+            request_with(
+                lambda_http::http::Method::DELETE,
+                Some(&app.token_for(user)),
+                &[],
+                Some(&id),
+            ),
+        )
+    };
+    // Past the allowance of repeats a live room has.
+    for (n, user) in std::iter::once(author)
+        .chain(std::iter::repeat_n(host, app.state.limits.chat.max as usize + 1))
+        .enumerate()
+    {
+        let deleted = delete(user).await;
+        assert_eq!(
+            (
+                deleted.status,
+                &deleted.body["deleted"],
+                &deleted.body["broadcast"]
+            ),
+            (200, &json!(true), &json!(true)),
+            "deletion {n}: {}",
+            deleted.body
+        );
+    }
+    let text: String = app
+        .db_value("SELECT text FROM live_messages WHERE id = $1::text::uuid", &[&id])
+        .await;
+    assert_eq!(text, "", "deleted for everyone");
+}
+
 /// Busy chat: many users at once. Every message is stored and reaches the
 /// room once, in order, in far fewer LiveKit calls than messages (one batch
 /// per room per 100 ms interval).
