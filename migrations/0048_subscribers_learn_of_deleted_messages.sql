@@ -33,7 +33,9 @@ BEGIN
         CREATE POLICY live_message_tombstones_readable_by_users ON live_message_tombstones
             FOR SELECT TO authenticated USING (true);
     END IF;
-    IF EXISTS (SELECT FROM pg_publication WHERE pubname = 'supabase_realtime') THEN
+    -- A publication FOR ALL TABLES (the dashboard can make it one) has the
+    -- table already and refuses ADD TABLE (0003 skips a table it has).
+    IF EXISTS (SELECT FROM pg_publication WHERE pubname = 'supabase_realtime' AND NOT puballtables) THEN
         ALTER PUBLICATION supabase_realtime ADD TABLE live_message_tombstones;
     END IF;
 END

@@ -171,20 +171,27 @@ pub fn as_api_role(admin_url: &str) -> String {
 
 /// Prepares an empty database the way a Supabase project is prepared: the
 /// API roles `anon` and `authenticated` and the `service_role` (which
-/// bypasses RLS), usage of `public` for all three, default privileges that
-/// grant everything the migrating role creates in `public` to all three (as
-/// Supabase does for `postgres`), and an empty `supabase_realtime`
-/// publication.
+/// bypasses RLS), usage of `public` for those three alone (PUBLIC's is
+/// revoked), default privileges that grant everything the migrating role
+/// creates in `public` to all three (as Supabase does for `postgres`), and
+/// an empty `supabase_realtime` publication.
 pub async fn prepare_like_supabase(url: &str) {
+    prepare_like_supabase_with_publication(url, "CREATE PUBLICATION supabase_realtime").await;
+}
+
+/// [`prepare_like_supabase`] with `publication`, the statement that creates
+/// `supabase_realtime` (the dashboard can make it publish every table).
+pub async fn prepare_like_supabase_with_publication(url: &str, publication: &str) {
     connect(url)
         .await
         .batch_execute(&format!(
             "{}{}{}
+             REVOKE USAGE ON SCHEMA public FROM PUBLIC;
              GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
-             CREATE PUBLICATION supabase_realtime;",
+             {publication};",
             create_role_once("anon", ""),
             create_role_once("authenticated", ""),
             create_role_once("service_role", "BYPASSRLS"),

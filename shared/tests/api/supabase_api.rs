@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::helpers::{
     AppOptions, LIVEKIT_API_SECRET, TestApp, as_api_role, connect, create_database, create_role_once,
-    first_column, prepare_like_supabase, request_with, signed_webhook, webhook_event,
+    first_column, prepare_like_supabase, prepare_like_supabase_with_publication, request_with,
+    signed_webhook, webhook_event,
 };
 
 const ROOM: &str = "exposed";
@@ -405,6 +406,31 @@ const SUPABASE_AUTH: &str = "
 
 /// How many rows each of our tables holds for `room` (a table with a
 /// `room_name` column, and `live_streams` by id), the tables with none left out.
+/// Supabase's dashboard can make `supabase_realtime` publish every table,
+/// which refuses `ADD TABLE`: the migrations still apply there, and the
+/// tables the app follows through Realtime are published.
+#[tokio::test]
+async fn the_migrations_apply_where_realtime_publishes_every_table() {
+    let url = create_database().await;
+    prepare_like_supabase_with_publication(&url, "CREATE PUBLICATION supabase_realtime FOR ALL TABLES").await;
+    shared::store::migrate::migrate_url(&url)
+        .await
+        .expect("the migrations apply");
+    let published = first_column(
+        &connect(&url).await,
+        "SELECT tablename::text FROM pg_publication_tables
+         WHERE pubname = 'supabase_realtime'
+           AND tablename IN ('live_streams', 'live_messages', 'live_message_tombstones')
+         ORDER BY 1",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        published,
+        ["live_message_tombstones", "live_messages", "live_streams"]
+    );
+}
+
 async fn rows_of_room(admin: &tokio_postgres::Client, room: &str) -> Vec<(String, i64)> {
     let tables = first_column(
         admin,
