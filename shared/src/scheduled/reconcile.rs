@@ -197,20 +197,25 @@ async fn sync_live_rooms(
             break;
         }
         let outcome = if let Some(open_sid) = open.get(room.as_str()) {
-            async {
-                if clocks_left.contains(room.as_str()) {
+            let clock_stopped = if clocks_left.contains(room.as_str()) {
+                async {
                     let client = state.db.get().await?;
-                    streams::room_found(&client, room).await?;
+                    streams::room_found(&client, room).await
                 }
-                sync_room(state, live_room, open_sid, listed_at, until).await
-            }
-            .await
-            .map(|synced| {
-                report.synced += 1;
-                report.corrected += synced.corrected;
-                report.stage_turns_ended += synced.stage_turns_ended;
-                report.instances_adopted += usize::from(synced.adopted);
-            })
+                .await
+            } else {
+                Ok(())
+            };
+            sync_room(state, live_room, open_sid, listed_at, until, clock_stopped)
+                .await
+                .and_then(|synced| {
+                    report.corrected += synced.corrected;
+                    synced.database_failed.map_or(Ok(()), Err)?;
+                    report.synced += 1;
+                    report.stage_turns_ended += synced.stage_turns_ended;
+                    report.instances_adopted += usize::from(synced.adopted);
+                    Ok(())
+                })
         } else {
             room_missing(state, room, grace).await.map(|missing| {
                 report.missing += 1;
@@ -478,19 +483,29 @@ struct RoomDone {
     stage_turns_ended: usize,
     /// A missing room's stream ended.
     ended: bool,
+    /// The database's side of the room (its grace clock, its instance, its
+    /// sessions) failed and is left to the next run; the room was still told
+    /// its count and corrected.
+    database_failed: Option<ApiError>,
 }
 
 /// Makes the room's sessions match LiveKit's listing, ends the stage turns
 /// of those whose time to return ran out (after the sync: a guest back whose
 /// join LiveKit never told is present by then, if back in time), then
 /// corrects the room where it disagrees with the database (banned users
-/// present, mutes not applied, a turn that ended).
+/// present, mutes not applied, a turn that ended). The corrections and the
+/// count's push need only the listing and the standings: when the room's
+/// grace clock could not be stopped (`clock_stopped`) or its sync fails (a
+/// lock given up on, a statement cut off in a room of tens of thousands),
+/// they are still made, and the failure is [`RoomDone::database_failed`]:
+/// a ban whose removal failed must not wait for a sync to succeed.
 async fn sync_room(
     state: &AppState,
     live_room: &LiveRoom,
     open_sid: &str,
     listed_at: DateTime<Utc>,
     until: Option<Instant>,
+    clock_stopped: Result<(), ApiError>,
 ) -> Result<RoomDone, ApiError> {
     let (room, streamer) = (&live_room.room, live_room.streamer);
     let listed_since = Instant::now();
@@ -516,34 +531,44 @@ async fn sync_room(
         && present.iter().any(|p| p.user() == Some(streamer))
         && still_open_as(state, room, open_sid).await;
     let client = state.db.get().await?;
-    let adopted =
-        adopt && streams::adopt_room_instance(&client, room, live_room.room_sid.as_deref(), open_sid).await?;
-    if adopted {
-        tracing::info!(%room, recorded = ?live_room.room_sid, open_sid, "the streamer is in a new instance of the room: recorded as the stream's");
-    }
-    viewers::sync(
-        &client,
-        room,
-        streamer,
-        &present,
-        listed_at,
-        state.rules.stage_return,
-    )
-    .await?;
-    let listed: Vec<&str> = present.iter().map(|p| p.identity.as_str()).collect();
-    let mut done = RoomDone {
-        stage_turns_ended: end_lapsed_turns_of_room(
+    let synced = async {
+        clock_stopped?;
+        let adopted = adopt
+            && streams::adopt_room_instance(&client, room, live_room.room_sid.as_deref(), open_sid).await?;
+        if adopted {
+            tracing::info!(%room, recorded = ?live_room.room_sid, open_sid, "the streamer is in a new instance of the room: recorded as the stream's");
+        }
+        viewers::sync(
             &client,
             room,
-            &listed,
-            listed_since,
+            streamer,
+            &present,
+            listed_at,
             state.rules.stage_return,
-            until,
         )
-        .await,
-        adopted,
-        ..RoomDone::default()
-    };
+        .await?;
+        Ok(adopted)
+    }
+    .await;
+    let mut done = RoomDone::default();
+    match synced {
+        Ok(adopted) => {
+            let listed: Vec<&str> = present.iter().map(|p| p.identity.as_str()).collect();
+            done.adopted = adopted;
+            // After the sync only: a guest back whose join was never told is
+            // present once it has run.
+            done.stage_turns_ended = end_lapsed_turns_of_room(
+                &client,
+                room,
+                &listed,
+                listed_since,
+                state.rules.stage_return,
+                until,
+            )
+            .await;
+        }
+        Err(error) => done.database_failed = Some(error),
+    }
     let mut standings = chat::standings_among(&**client, room, &users).await?;
     // Read last, just before the push: a webhook's newer count pushed in
     // between would otherwise be overwritten by an older one.

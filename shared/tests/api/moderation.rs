@@ -416,6 +416,47 @@ async fn when_livekit_is_down_a_ban_or_mute_still_holds_and_the_reconciler_appli
     assert_eq!(report.corrected, 0, "{report:?}");
 }
 
+/// The reconciler's corrections need only LiveKit's listing and the
+/// standings: a room whose sync fails this run (here its standing held
+/// past the functions' lock timeout; in a room of tens of thousands, a sync
+/// cut off) still has the ban whose removal failed applied in that run, and
+/// the run reports the room's failure.
+#[tokio::test]
+async fn a_ban_is_applied_by_the_reconciler_even_when_the_rooms_sync_fails() {
+    let room = room_with_viewer().await;
+    room.app.set_livekit_mode(LiveKitMode::Failing).await;
+    let banned = act(&room.app, room.host, room.viewer, "ban").await;
+    assert_eq!(
+        (banned.status, &banned.body["roomUpdated"]),
+        (200, &json!(false)),
+        "{}",
+        banned.body
+    );
+    room.app.set_livekit_mode(LiveKitMode::Up).await;
+
+    let mut holder_connection = room.app.db().await;
+    let holder = holder_connection.transaction().await.unwrap();
+    holder
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext('live_room_standing'), hashtext($1))",
+            &[&ROOM],
+        )
+        .await
+        .unwrap();
+    let report =
+        shared::scheduled::reconcile::reconcile(&room.app.state, std::time::Duration::from_secs(120))
+            .await
+            .unwrap();
+    holder.rollback().await.unwrap();
+    assert_eq!(
+        (report.synced, report.failed, report.corrected),
+        (0, 1, 1),
+        "the sync failed, the ban applied: {report:?}"
+    );
+    room.viewer_client.wait_disconnected().await;
+    assert!(!in_room(&room.app, room.viewer).await);
+}
+
 /// The ban is committed before LiveKit is asked, and no transaction waits on
 /// LiveKit: while the RoomService call hangs, the ban already refuses tokens
 /// and no session of the functions sits idle in a transaction.
