@@ -233,8 +233,10 @@ async fn sync_live_rooms(
 }
 
 /// `DeleteRoom` again for ended streams whose room LiveKit never confirmed
-/// closed. One room's failure stops none of the others, but a few in a row
-/// (LiveKit down) end this run's attempts.
+/// closed, and for deleted streams whose room may still be open (their
+/// names held until then, [`streams::unclosed_rooms`]). One room's failure
+/// stops none of the others, but a few in a row (LiveKit down) end this
+/// run's attempts.
 async fn close_rooms_of_ended_streams(
     state: &AppState,
     unclosed: &[RoomName],

@@ -88,6 +88,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(59, "0059_the_release_befores_calls_take_the_new_paths"),
     migration!(60, "0060_a_lapsed_invitation_cannot_be_accepted"),
     migration!(61, "0061_the_functions_role_may_use_schema_public"),
+    migration!(62, "0062_a_deleted_streams_room_is_closed"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -317,11 +317,17 @@ pub async fn adopt_room_instance(
     Ok(adopted == 1)
 }
 
-/// Ended streams whose room LiveKit has not confirmed closed, oldest first.
+/// The rooms left to close: those of deleted streams whose room may still
+/// be open (their names claimed for good until then, migration 0062; first,
+/// as their streamer may still be broadcasting there), then those of ended
+/// streams LiveKit has not confirmed closed, oldest first.
 pub async fn unclosed_rooms(client: &Client, limit: i64) -> Result<Vec<RoomName>, ApiError> {
     let rows = client
         .query_typed(
-            "SELECT id FROM live_streams WHERE NOT is_live AND room_closed_at IS NULL ORDER BY ended_at LIMIT $1",
+            "(SELECT room_name FROM live_room_claims WHERE claimed_at = 'infinity' ORDER BY room_name LIMIT $1)
+             UNION ALL
+             (SELECT id FROM live_streams WHERE NOT is_live AND room_closed_at IS NULL ORDER BY ended_at LIMIT $1)
+             LIMIT $1",
             &[(&limit, Type::INT8)],
         )
         .await?;
@@ -519,11 +525,14 @@ pub async fn mark_room_open(client: &Client, room: &RoomName) -> Result<(), ApiE
     Ok(())
 }
 
-/// Records that LiveKit has closed the room, so later ends do not call it again.
+/// Records that LiveKit has closed the room, so later ends do not call it
+/// again, and lets go of the name a deleted stream held until then.
 pub async fn mark_room_closed(client: &Client, room: &RoomName) -> Result<(), ApiError> {
     client
         .query_typed(
-            "UPDATE live_streams SET room_closed_at = now() WHERE id = $1 AND room_closed_at IS NULL",
+            "WITH released AS (
+                 DELETE FROM live_room_claims WHERE room_name = $1 AND claimed_at = 'infinity')
+             UPDATE live_streams SET room_closed_at = now() WHERE id = $1 AND room_closed_at IS NULL",
             &[(&room.as_str(), Type::TEXT)],
         )
         .await?;

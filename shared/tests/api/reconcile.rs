@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use livekit_api::access_token::VideoGrants;
+use serde_json::json;
 use shared::scheduled::reconcile::{ReconcileReport, reconcile, reconcile_until};
 use uuid::Uuid;
 
@@ -110,6 +111,48 @@ async fn the_count_a_run_repairs_is_told_to_the_room() {
         assert!(Instant::now() < deadline, "the room was told {counts:?}, never 2");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A stream deleted while its room is open (its streamer's account deleted
+/// mid-broadcast: the key's cascade) leaves no row to close the room by. Its
+/// name stays taken until the next run closes that room and every client in
+/// it is disconnected; then the name is free again, in a new room.
+#[tokio::test]
+async fn the_room_of_a_stream_deleted_while_live_is_closed_and_its_name_held_until_then() {
+    let app = TestApp::spawn().await;
+    let (host, newcomer) = (Uuid::new_v4(), Uuid::new_v4());
+    let room = "deleted-while-live";
+    app.start_stream(host, room).await;
+    let first_instance = app.livekit().room(room).await.expect("the room is open").sid;
+    let (_, viewer) = app.viewer_in(room).await;
+    app.db()
+        .await
+        .execute("DELETE FROM live_streams WHERE id = $1", &[&room])
+        .await
+        .unwrap();
+
+    let start = json!({"title": "Mine now", "roomName": room}).to_string();
+    app.call(
+        shared::handlers::start_stream,
+        Some(&app.token_for(newcomer)),
+        &start,
+    )
+    .await
+    .assert_error(409, "room_taken");
+
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!((report.rooms_closed, report.failed), (1, 0), "{report:?}");
+    viewer.wait_disconnected().await;
+    assert!(!app.has_room(room).await, "the room is closed");
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.rooms_closed, 0, "closed once: {report:?}");
+
+    app.start_stream(newcomer, room).await;
+    let second_instance = app.livekit().room(room).await.expect("the room is open").sid;
+    assert_ne!(
+        first_instance, second_instance,
+        "a new room, not the deleted stream's"
+    );
 }
 
 #[tokio::test]
