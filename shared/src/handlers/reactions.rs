@@ -34,7 +34,7 @@ pub async fn react(
     // Lossy: a packet lost leaves the totals right for the next; one not
     // sent gives its mark back for the next tap or the flusher.
     let broadcast = match due {
-        Some(due) => reactions::send(state, &due, true).await,
+        Some(due) => reactions::send(state, &due).await,
         None => false,
     };
     Ok(Reply::ok(ReactionOutcome {

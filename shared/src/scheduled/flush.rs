@@ -28,6 +28,27 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// stay in order (its lease); rooms are independent.
 const ROOMS_AT_ONCE: usize = 16;
 
+/// How long each part of a tick waits for LiveKit once its Postgres work is
+/// done. A LiveKit that answers answers in milliseconds; one that hangs
+/// would hold each wave of [`ROOMS_AT_ONCE`] rooms for a bounded call (up to
+/// 6 s), and the next tick, with the copies Realtime sends, would wait for
+/// every wave. What is not sent by then is the next tick's: a count's push
+/// is lossy (the next write, or the reconciler's run, pushes again), a chat
+/// batch's lease lapses with the budget and its messages stay unsent, and a
+/// reactions packet stops in time to give its mark back.
+const LIVEKIT_BUDGET: Duration = Duration::from_millis(1_500);
+
+/// Runs a part's LiveKit work for at most [`LIVEKIT_BUDGET`] (and never past
+/// the tick's own deadline), as a request with that deadline: leases and
+/// connections taken inside know when it ends. False when it was stopped.
+/// Boxed: the work's closures, inside this generic wrapper, leave a tick's
+/// future otherwise not provably `Send` for whoever spawns it.
+async fn within_livekit_budget(work: futures_util::future::BoxFuture<'_, ()>) -> bool {
+    let budget = Instant::now() + LIVEKIT_BUDGET;
+    let deadline = crate::store::db::request_deadline().map_or(budget, |tick| tick.min(budget));
+    crate::store::db::until_cut_off(deadline, work).await.is_some()
+}
+
 /// One flush of every stale copy, each new count pushed into its room, the
 /// chat any batch left unsent and the reactions the last taps only counted.
 /// The three parts stand alone and run at once: a failing one (its query
@@ -61,14 +82,20 @@ async fn flush_counts(state: &AppState) -> Result<i32, ApiError> {
         let client = state.db.get().await?;
         (viewers::flush(&client).await?, chrono::Utc::now())
     };
-    futures_util::stream::iter(&written)
-        .for_each_concurrent(ROOMS_AT_ONCE, |(room, count)| async move {
-            if let Err(error) = state.livekit.push_viewer_count(room, *count, counted_at).await {
+    let rooms = written.len();
+    let pushes =
+        futures_util::stream::iter(written).for_each_concurrent(ROOMS_AT_ONCE, |(room, count)| async move {
+            if let Err(error) = state.livekit.push_viewer_count(&room, count, counted_at).await {
                 tracing::warn!(%room, %error, "viewer count not pushed into the room");
             }
-        })
-        .await;
-    Ok(written.len() as i32)
+        });
+    if !within_livekit_budget(Box::pin(pushes)).await {
+        tracing::warn!(
+            rooms,
+            "LiveKit too slow: counts written, some not pushed this tick"
+        );
+    }
+    Ok(rooms as i32)
 }
 
 /// Sends the chat holders left behind in every live room.
@@ -77,11 +104,16 @@ async fn flush_chat(state: &AppState) -> Result<(), ApiError> {
         let client = state.db.get().await?;
         crate::store::chat::rooms_with_stale_messages(&client).await?
     };
-    futures_util::stream::iter(&rooms)
-        .for_each_concurrent(ROOMS_AT_ONCE, |room| async move {
-            crate::store::chat_broadcast::send_batches(state, room, None).await;
-        })
-        .await;
+    let room_count = rooms.len();
+    let sends = futures_util::stream::iter(rooms).for_each_concurrent(ROOMS_AT_ONCE, |room| async move {
+        crate::store::chat_broadcast::send_batches(state, &room, None).await;
+    });
+    if !within_livekit_budget(Box::pin(sends)).await {
+        tracing::warn!(
+            rooms = room_count,
+            "LiveKit too slow: chat left unsent goes with a later tick"
+        );
+    }
     Ok(())
 }
 
@@ -91,11 +123,18 @@ async fn flush_reactions(state: &AppState) -> Result<(), ApiError> {
         let client = state.db.get().await?;
         crate::store::reactions::flush(&client).await?
     };
-    futures_util::stream::iter(&due)
-        .for_each_concurrent(ROOMS_AT_ONCE, |broadcast| async move {
-            crate::store::reactions::send(state, broadcast, false).await;
-        })
-        .await;
+    // Each send stops early enough within the budget to give its mark back,
+    // so the totals it did not send go with a later tick.
+    let rooms = due.len();
+    let sends = futures_util::stream::iter(due).for_each_concurrent(ROOMS_AT_ONCE, |broadcast| async move {
+        crate::store::reactions::send(state, &broadcast).await;
+    });
+    if !within_livekit_budget(Box::pin(sends)).await {
+        tracing::warn!(
+            rooms,
+            "LiveKit too slow: reactions left unsent go with a later tick"
+        );
+    }
     Ok(())
 }
 

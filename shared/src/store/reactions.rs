@@ -165,20 +165,15 @@ pub async fn unsent(client: &Client, broadcast: &ReactionBroadcast) -> Result<()
 }
 
 /// Sends `broadcast` into its room over the lossy channel and says whether
-/// it went; one that did not gets its mark back ([`unsent`]). A request
-/// sends `within_its_answer` (it must answer in time); the flusher waits for
-/// the call's own bound.
-pub async fn send(state: &crate::AppState, broadcast: &ReactionBroadcast, within_its_answer: bool) -> bool {
+/// it went; one that did not gets its mark back ([`unsent`]). Under a
+/// deadline (a tap's answer, the flusher's budget for LiveKit) the send
+/// stops early enough for that to follow in time.
+pub async fn send(state: &crate::AppState, broadcast: &ReactionBroadcast) -> bool {
     let room = &broadcast.room_name;
     match broadcast.payload() {
         Ok(payload) => {
             let sending = state.livekit.send_lossy(room, REACTIONS_TOPIC, payload);
-            let sent = if within_its_answer {
-                crate::livekit::before_the_answer_leaving(GIVE_BACK_TIME, sending).await
-            } else {
-                sending.await
-            };
-            match sent {
+            match crate::livekit::before_the_answer_leaving(GIVE_BACK_TIME, sending).await {
                 Ok(()) => return true,
                 Err(error) => tracing::warn!(%room, %error, "reactions counted; their packet was not sent"),
             }
