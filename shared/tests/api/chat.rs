@@ -29,6 +29,20 @@ async fn say(app: &TestApp, user: Uuid, text: &str) -> crate::helpers::TestRespo
     app.call(post_message, Some(&app.token_for(user)), &body).await
 }
 
+/// `DELETE /live/chat/{id}` as `user`.
+async fn delete(app: &TestApp, user: Uuid, id: &str) -> crate::helpers::TestResponse {
+    app.send(
+        delete_message,
+        request_with(
+            lambda_http::http::Method::DELETE,
+            Some(&app.token_for(user)),
+            &[],
+            Some(id),
+        ),
+    )
+    .await
+}
+
 /// Every visible message's text, read page by page (`limit` a page)
 /// through `nextBefore`, as a newly joined viewer would.
 async fn history_texts(app: &TestApp, limit: usize) -> Vec<String> {
@@ -310,17 +324,7 @@ async fn a_retried_post_is_stored_once() {
         .call(post_message, Some(&app.token_for(author)), &doomed_post)
         .await;
     assert_eq!(stored.status, 201, "{}", stored.body);
-    let deleted = app
-        .send(
-            delete_message,
-            request_with(
-                lambda_http::http::Method::DELETE,
-                Some(&app.token_for(author)),
-                &[],
-                Some(&doomed.to_string()),
-            ),
-        )
-        .await;
+    let deleted = delete(&app, author, &doomed.to_string()).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     app.call(post_message, Some(&app.token_for(author)), &doomed_post)
         .await
@@ -394,17 +398,7 @@ async fn history_is_newest_first_paginated_and_skips_deleted_messages() {
         assert_eq!(sent.status, 201, "{}", sent.body);
         ids.push(sent.body["message"]["id"].as_str().unwrap().to_owned());
     }
-    let deleted = app
-        .send(
-            delete_message,
-            request_with(
-                lambda_http::http::Method::DELETE,
-                Some(&app.token_for(viewer)),
-                &[],
-                Some(&ids[2]),
-            ),
-        )
-        .await;
+    let deleted = delete(&app, viewer, &ids[2]).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
 
     let texts = history_texts(&app, 4).await;
@@ -473,17 +467,7 @@ async fn history_before_a_message_of_another_room_is_refused_and_a_deleted_one_s
         );
     }
 
-    let deleted = app
-        .send(
-            delete_message,
-            request_with(
-                lambda_http::http::Method::DELETE,
-                Some(&app.token_for(host)),
-                &[],
-                Some(&second_id),
-            ),
-        )
-        .await;
+    let deleted = delete(&app, host, &second_id).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     let page = app
         .send(
@@ -544,20 +528,11 @@ async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() 
         .as_str()
         .unwrap()
         .to_owned();
-    let delete = |user: Uuid, id: &str| {
-        app.send(
-            delete_message,
-            request_with(
-                lambda_http::http::Method::DELETE,
-                Some(&app.token_for(user)),
-                &[],
-                Some(id),
-            ),
-        )
-    };
 
-    delete(stranger, &first).await.assert_error(403, "forbidden");
-    let by_author = delete(author, &first).await;
+    delete(&app, stranger, &first)
+        .await
+        .assert_error(403, "forbidden");
+    let by_author = delete(&app, author, &first).await;
     assert_eq!(by_author.status, 200, "{}", by_author.body);
     assert_eq!(
         (
@@ -566,11 +541,11 @@ async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() 
         ),
         (Some(true), Some(true))
     );
-    let by_streamer = delete(host, &second).await;
+    let by_streamer = delete(&app, host, &second).await;
     assert_eq!(by_streamer.status, 200);
     // A repeat changes nothing and tells the room again (its first packet
     // may have been lost), as often as the user may chat in the room.
-    let again = delete(host, &second).await;
+    let again = delete(&app, host, &second).await;
     assert_eq!(
         (again.status, &again.body["deleted"], &again.body["broadcast"]),
         (200, &json!(true), &json!(true)),
@@ -579,24 +554,24 @@ async fn the_author_or_the_streamer_may_delete_a_message_and_the_room_is_told() 
     );
     let allowance = app.state.limits.chat.max;
     for repeat in 2..=allowance {
-        let told = delete(host, &second).await;
+        let told = delete(&app, host, &second).await;
         assert_eq!(
             told.body["broadcast"],
             json!(true),
             "repeat {repeat} of {allowance}"
         );
     }
-    let over = delete(host, &second).await;
+    let over = delete(&app, host, &second).await;
     assert_eq!(
         (over.status, &over.body["deleted"], &over.body["broadcast"]),
         (200, &json!(true), &json!(false)),
         "over the allowance: still deleted, the room not told: {}",
         over.body
     );
-    delete(host, &Uuid::new_v4().to_string())
+    delete(&app, host, &Uuid::new_v4().to_string())
         .await
         .assert_error(404, "message_not_found");
-    delete(host, "not-a-uuid")
+    delete(&app, host, "not-a-uuid")
         .await
         .assert_error(404, "message_not_found");
 
@@ -650,23 +625,12 @@ async fn deleting_from_an_ended_streams_history_leaves_nothing_to_repeat() {
         .to_owned();
     let ended = app.end_stream(host, ROOM).await;
     assert_eq!(ended.status, 200, "{}", ended.body);
-    let delete = |user: Uuid| {
-        app.send(
-            delete_message,
-            request_with(
-                lambda_http::http::Method::DELETE,
-                Some(&app.token_for(user)),
-                &[],
-                Some(&id),
-            ),
-        )
-    };
     // Past the allowance of repeats a live room has.
     for (n, user) in std::iter::once(author)
         .chain(std::iter::repeat_n(host, app.state.limits.chat.max as usize + 1))
         .enumerate()
     {
-        let deleted = delete(user).await;
+        let deleted = delete(&app, user, &id).await;
         assert_eq!(
             (
                 deleted.status,

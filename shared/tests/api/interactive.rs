@@ -54,6 +54,17 @@ async fn left_because(app: &TestApp, room: &str, identity: &str, sid: &str, reas
     assert_eq!(answer["outcome"], "applied", "{answer}");
 }
 
+/// Marks `user`'s stage row in `room` away since `seconds` ago (their
+/// connection lost then, as a leave would record it).
+async fn away_for(db: &tokio_postgres::Client, room: &str, user: Uuid, seconds: u32) {
+    db.execute(
+        "UPDATE live_stage SET away_since = now() - make_interval(secs => $3) WHERE room_name = $1 AND user_id = $2",
+        &[&room, &user, &f64::from(seconds)],
+    )
+    .await
+    .unwrap();
+}
+
 async fn stats(app: &TestApp, host: Uuid, room: &str) -> Value {
     let response = app
         .send(
@@ -855,12 +866,7 @@ async fn a_guest_whose_time_to_return_ran_out_frees_their_place_at_once() {
         .assert_error(409, "stage_full");
 
     // Past STAGE_RETURN_SECONDS (60 by default) since the connection was lost.
-    db.execute(
-        "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
-        &[&room, &away],
-    )
-    .await
-    .unwrap();
+    away_for(&db, room, away, 61).await;
     let invited = app.call(invite_to_stage, Some(&host_t), &invite).await;
     assert_eq!(
         (invited.status, &invited.body["invited"]),
@@ -920,12 +926,7 @@ async fn a_full_stage_lists_the_room_only_when_a_guests_place_may_have_lapsed() 
             .assert_error(409, "stage_full");
     }
     // The same guest, away for a while but within STAGE_RETURN_SECONDS (60).
-    db.execute(
-        "UPDATE live_stage SET away_since = now() - interval '30 seconds' WHERE room_name = $1 AND user_id = $2",
-        &[&room, &guest],
-    )
-    .await
-    .unwrap();
+    away_for(&db, room, guest, 30).await;
     app.call(invite_to_stage, Some(&host_t), &invite)
         .await
         .assert_error(409, "stage_full");
@@ -935,12 +936,7 @@ async fn a_full_stage_lists_the_room_only_when_a_guests_place_may_have_lapsed() 
         captured.text()
     );
 
-    db.execute(
-        "UPDATE live_stage SET away_since = now() - interval '61 seconds' WHERE room_name = $1 AND user_id = $2",
-        &[&room, &guest],
-    )
-    .await
-    .unwrap();
+    away_for(&db, room, guest, 61).await;
     app.call(invite_to_stage, Some(&host_t), &invite)
         .await
         .assert_error(409, "stage_full");
