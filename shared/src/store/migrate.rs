@@ -1,7 +1,10 @@
 //! Plain-SQL migrations from `migrations/`, applied in order, each in its own
-//! transaction, each recorded in `schema_migrations`. Idempotent, and safe when
-//! two runs race: a transaction-scoped advisory lock serialises them (it also
-//! works through a transaction-mode pooler, unlike a session lock).
+//! transaction, each recorded in `schema_migrations` with a checksum of its
+//! SQL. Idempotent, and safe when two runs race: a transaction-scoped
+//! advisory lock serialises them (it also works through a transaction-mode
+//! pooler, unlike a session lock). A migration whose file changed after it
+//! was applied is refused: the database would keep the old SQL without a
+//! word, so a change belongs in a new migration.
 
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
@@ -107,6 +110,21 @@ pub enum MigrateError {
         recorded: String,
         expected: &'static str,
     },
+    #[error(
+        "migration {name} was applied from other SQL than this build's migrations/{name}.sql: an applied \
+         migration must not change (the database keeps what it ran); put the change into a new migration"
+    )]
+    Changed { name: &'static str },
+}
+
+/// The SHA-256 of a migration's SQL, in hex, carriage returns left out: a
+/// checkout that turned its line ends into CRLF holds the same migration.
+pub fn checksum(sql: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, sql.replace('\r', "").as_bytes())
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Applies every pending migration. Returns the names of those applied now.
@@ -121,18 +139,22 @@ pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, MigrateError>
         tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&LOCK_KEY, Type::INT8)])
             .await
             .map_err(wrap)?;
+        // The checksum came later: a database migrated before it has rows
+        // without one, which the next run fills in.
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version    INTEGER PRIMARY KEY,
                 name       TEXT NOT NULL,
                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-            )",
+            );
+            ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum TEXT",
         )
         .await
         .map_err(wrap)?;
+        let ours = checksum(migration.sql);
         let recorded = tx
             .query_typed(
-                "SELECT name FROM schema_migrations WHERE version = $1",
+                "SELECT name, checksum FROM schema_migrations WHERE version = $1",
                 &[(&migration.version, Type::INT4)],
             )
             .await
@@ -146,12 +168,31 @@ pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, MigrateError>
                     expected: migration.name,
                 });
             }
+            match row.get::<_, Option<String>>(1) {
+                Some(theirs) if theirs == ours => {}
+                Some(_) => return Err(MigrateError::Changed { name: migration.name }),
+                // Applied before checksums were kept: this file is taken as
+                // what ran, and held to from now on.
+                None => {
+                    tx.query_typed(
+                        "UPDATE schema_migrations SET checksum = $2 WHERE version = $1",
+                        &[(&migration.version, Type::INT4), (&ours, Type::TEXT)],
+                    )
+                    .await
+                    .map_err(wrap)?;
+                    tx.commit().await.map_err(wrap)?;
+                }
+            }
             continue;
         }
         tx.batch_execute(migration.sql).await.map_err(wrap)?;
         tx.query_typed(
-            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-            &[(&migration.version, Type::INT4), (&migration.name, Type::TEXT)],
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[
+                (&migration.version, Type::INT4),
+                (&migration.name, Type::TEXT),
+                (&ours, Type::TEXT),
+            ],
         )
         .await
         .map_err(wrap)?;
@@ -181,6 +222,16 @@ pub async fn migrate_url(url: &str) -> Result<Vec<&'static str>, Box<dyn std::er
 #[cfg(test)]
 mod tests {
     use super::MIGRATIONS;
+
+    /// A checkout that turned line ends into CRLF holds the same migrations.
+    #[test]
+    fn a_checksum_ignores_carriage_returns() {
+        assert_eq!(
+            super::checksum("SELECT 1;\r\nSELECT 2;\r\n"),
+            super::checksum("SELECT 1;\nSELECT 2;\n")
+        );
+        assert_ne!(super::checksum("SELECT 1;"), super::checksum("SELECT 2;"));
+    }
 
     /// A file added to `migrations/` but not to [`MIGRATIONS`] would never
     /// run, and every test would pass without it.

@@ -25,6 +25,51 @@ async fn migrations_apply_once_and_are_idempotent() {
     assert_eq!(applied_versions(&client).await, every_version);
 }
 
+/// The database keeps the SQL a migration ran, so a migration whose file
+/// changed after it was applied is refused, by name: the change belongs in a
+/// new migration. A database migrated before checksums were kept gets them
+/// on its next run, from the files of that run.
+#[tokio::test]
+async fn a_migration_changed_after_it_was_applied_is_refused() {
+    use shared::store::migrate::{MIGRATIONS, checksum, migrate_url};
+    let url = create_database().await;
+    migrate_url(&url).await.unwrap();
+    let client = connect(&url).await;
+    let recorded = || async {
+        client
+            .query("SELECT checksum FROM schema_migrations ORDER BY version", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, Option<String>>(0))
+            .collect::<Vec<_>>()
+    };
+    let ours: Vec<Option<String>> = MIGRATIONS.iter().map(|m| Some(checksum(m.sql))).collect();
+    assert_eq!(recorded().await, ours);
+
+    client
+        .batch_execute("UPDATE schema_migrations SET checksum = NULL")
+        .await
+        .unwrap();
+    assert_eq!(migrate_url(&url).await.unwrap(), Vec::<&str>::new());
+    assert_eq!(recorded().await, ours, "filled in by the next run");
+
+    client
+        .execute(
+            "UPDATE schema_migrations SET checksum = $1 WHERE version = 5",
+            &[&checksum("-- the SQL an earlier checkout ran")],
+        )
+        .await
+        .unwrap();
+    let refused = migrate_url(&url)
+        .await
+        .expect_err("a changed migration is refused");
+    assert!(
+        refused.to_string().contains(MIGRATIONS[4].name),
+        "names the migration: {refused}"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_migration_runs_do_not_collide() {
     let url = create_database().await;
