@@ -37,13 +37,20 @@ pub struct StreamState {
 /// What must change about `participant` for the room to match Postgres, if
 /// anything. Participants that are not audience (recorders, agents, ingress)
 /// and identities that are not our users are the operator's business, not
-/// the viewers' rules.
+/// the viewers' rules. A user's publish-only side connection is removed
+/// unless it is the streamer's (a second camera) in a live stream: this API
+/// hands out no other, and a guest's token kept after their turn, or a
+/// banned user's, would otherwise go on publishing through one, out of
+/// reach of every rule kept for their own identity.
 pub fn correction(
     livekit: &LiveKit,
     stream: &StreamState,
     participant: &Presence,
     standing: Option<Standing>,
 ) -> Option<Correction> {
+    if let Some(user) = participant.side_connection_of {
+        return (user != stream.streamer || !stream.is_live).then_some(Correction::Remove);
+    }
     if participant.not_audience {
         return None;
     }

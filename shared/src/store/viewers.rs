@@ -31,9 +31,16 @@ pub struct Presence {
     /// The display name from their token (shown in the viewer list).
     pub name: String,
     /// Hidden (a recorder), or not a person watching: an agent, an ingress
-    /// (OBS publishing into the room), an egress, a SIP caller, a connector.
+    /// (OBS publishing into the room), an egress, a SIP caller, a connector,
+    /// or a user's publish-only side connection ([`Presence::side_connection_of`]).
     /// Neither counted, listed nor held to the viewers' rules.
     pub not_audience: bool,
+    /// The user whose publish-only side connection this is: LiveKit admits a
+    /// second connection on any token that may publish when the client asks
+    /// for it (`/rtc?publish=<name>`), as `<identity>#<name>`, subscribing
+    /// nothing. It watches nothing, so it is not counted, but it publishes:
+    /// the room rules remove it unless it is the streamer's.
+    pub side_connection_of: Option<Uuid>,
     /// The permission the participant has in the room now.
     pub can_publish: bool,
     pub can_publish_data: bool,
@@ -48,12 +55,22 @@ pub struct Presence {
 impl From<&livekit_protocol::ParticipantInfo> for Presence {
     fn from(participant: &livekit_protocol::ParticipantInfo) -> Presence {
         let permission = participant.permission.as_ref();
+        let not_a_viewer = permission.is_some_and(|p| p.hidden)
+            || participant.kind != livekit_protocol::participant_info::Kind::Standard as i32;
+        let side_connection_of = if not_a_viewer {
+            None
+        } else {
+            participant
+                .identity
+                .split_once('#')
+                .and_then(|(user, _)| Uuid::parse_str(user).ok())
+        };
         Presence {
             sid: participant.sid.clone(),
             identity: participant.identity.clone(),
             name: participant.name.clone(),
-            not_audience: permission.is_some_and(|p| p.hidden)
-                || participant.kind != livekit_protocol::participant_info::Kind::Standard as i32,
+            not_audience: not_a_viewer || side_connection_of.is_some(),
+            side_connection_of,
             can_publish: permission.is_some_and(|p| p.can_publish),
             can_publish_data: permission.is_some_and(|p| p.can_publish_data),
             stage: StageStanding::from_attributes(&participant.attributes),

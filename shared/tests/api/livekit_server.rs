@@ -460,6 +460,17 @@ impl Participant {
     /// Connects with `token` to `url` (the `serverUrl` our API returned).
     /// `Err` carries the SDK's error when the server refuses.
     pub async fn connect(url: &str, token: &str) -> Result<Participant, String> {
+        Participant::connect_as(url, token, None).await
+    }
+
+    /// A publish-only side connection of `token`'s identity, as LiveKit
+    /// admits one on any token that may publish (`/rtc?publish=<name>`):
+    /// identity `<identity>#<name>`, subscribing nothing.
+    pub async fn connect_publish_only(url: &str, token: &str, name: &str) -> Result<Participant, String> {
+        Participant::connect_as(url, token, Some(name)).await
+    }
+
+    async fn connect_as(url: &str, token: &str, publish_only: Option<&str>) -> Result<Participant, String> {
         let script = format!("{}/tests/clients/participant.py", env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new(python())
             .arg(script)
@@ -514,7 +525,7 @@ impl Participant {
             arrived,
         };
         participant
-            .send(json!({"cmd": "connect", "url": url, "token": token}))
+            .send(json!({"cmd": "connect", "url": url, "token": token, "publish_only": publish_only}))
             .await;
         let outcome = participant
             .wait_for("connected or connect_failed", |e| {

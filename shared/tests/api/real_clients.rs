@@ -664,6 +664,72 @@ async fn a_guest_who_leaves_the_room_leaves_the_stage_and_an_old_token_cannot_pu
     drop(host_client);
 }
 
+/// LiveKit admits a publish-only side connection on any token that may
+/// publish (`/rtc?publish=<name>`, identity `<identity>#<name>`). A guest's
+/// token minted on stage would thus keep publishing beside every rule kept
+/// for their own identity (taken off the stage, banned): the webhook removes
+/// the side connection of anyone but the streamer at its join. The
+/// streamer's (a second camera) stays; neither is counted as a viewer.
+#[tokio::test]
+async fn a_side_connection_is_the_streamers_alone_and_never_counted() {
+    use shared::handlers::{accept_stage, invite_to_stage};
+    let app = TestApp::spawn().await;
+    let (host, _host_client) = live_host(&app).await;
+    let (viewer, _guest) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    let viewer_t = app.token_for(viewer);
+    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let accepted = app
+        .call(
+            accept_stage,
+            Some(&viewer_t),
+            &json!({"roomName": ROOM}).to_string(),
+        )
+        .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    let on_stage = app.request_token(&viewer_t, ROOM).await;
+    let url = app.livekit_url();
+
+    let side = Participant::connect_publish_only(&url, on_stage.body["token"].as_str().unwrap(), "cam2")
+        .await
+        .expect("LiveKit admits the side connection");
+    assert_eq!(side.identity, format!("{viewer}#cam2"));
+    side.wait_disconnected().await;
+
+    let host_token = app.request_token(&app.token_for(host), ROOM).await;
+    let host_side =
+        Participant::connect_publish_only(&url, host_token.body["token"].as_str().unwrap(), "cam2")
+            .await
+            .expect("LiveKit admits the side connection");
+    app.wait_for_webhooks("participant_joined", 4).await;
+    let report = shared::scheduled::reconcile::reconcile(&app.state, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.corrected, 0,
+        "the streamer's side connection stays: {report:?}"
+    );
+    let listed: Vec<String> = app
+        .livekit()
+        .participants(ROOM)
+        .await
+        .into_iter()
+        .map(|p| p.identity)
+        .collect();
+    assert!(listed.contains(&host_side.identity), "{listed:?}");
+    assert!(
+        !listed
+            .iter()
+            .any(|identity| identity.starts_with(&format!("{viewer}#"))),
+        "{listed:?}"
+    );
+    assert_eq!(app.viewer_count(ROOM).await, 1, "the guest alone is a viewer");
+}
+
 /// A guest whose connection was lost, back after their time to return but
 /// before the reconciler's run, with the token they got on stage: their
 /// join ends the turn (migration 0054), and the webhook takes the grant back

@@ -6,6 +6,8 @@ play a host's phone or a viewer's:
   commands (stdin)                                   answers and events (stdout)
   {"cmd": "connect", "url": ..., "token": ...}       {"event": "connected", "identity", "sid"}
                                                      {"event": "connect_failed", "error"}
+    with "publish_only": NAME, a publish-only side connection of the token's
+    identity, as LiveKit admits one (`/rtc?publish=NAME`, identity `<identity>#NAME`)
   {"cmd": "publish_tracks"}                          {"event": "published"} | {"event": "publish_failed", "error"}
   {"cmd": "publish_data", "topic", "payload"}        {"event": "data_sent"} | {"event": "data_failed", "error"}
   {"cmd": "participants", "id"}                      {"event": "participants", "id", "attributes": {identity: {…}}}
@@ -103,9 +105,15 @@ class Participant:
             break
         await stream.aclose()
 
-    async def connect(self, url, token):
+    async def connect(self, url, token, publish_only=None):
+        options = rtc.RoomOptions(auto_subscribe=True)
+        if publish_only is not None:
+            # LiveKit reads `publish` on its first signalling path only, the
+            # one a client that does not ask for a single peer connection uses.
+            url = f"{url}?publish={publish_only}"
+            options = rtc.RoomOptions(auto_subscribe=False, single_peer_connection=False)
         try:
-            await self.room.connect(url, token, options=rtc.RoomOptions(auto_subscribe=True))
+            await self.room.connect(url, token, options=options)
         except Exception as error:  # the SDK raises ConnectError and others
             emit("connect_failed", error=str(error))
             return
@@ -185,7 +193,7 @@ async def main():
         command = json.loads(line)
         name = command.get("cmd")
         if name == "connect":
-            await participant.connect(command["url"], command["token"])
+            await participant.connect(command["url"], command["token"], command.get("publish_only"))
         elif name == "publish_tracks":
             await participant.publish_tracks()
         elif name == "publish_data":
