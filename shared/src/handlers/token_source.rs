@@ -14,8 +14,10 @@ use crate::state::AppState;
 /// The request body of LiveKit's standard token endpoint. Every field is
 /// optional in LiveKit's schema; here `room_name` is required, identity stays
 /// bound to the authenticated user, and what a client may not decide is refused.
-/// A field sent as `null` counts as left out: SDKs whose encoders write unset
-/// fields as `null` send the same request as those that leave them out.
+/// A field that sets nothing counts as left out: `null` (SDKs whose encoders
+/// write unset fields as `null`), and an empty object, list or string (the
+/// iOS and Android SDKs send `"room_config": {}` on every request, its
+/// fields unset) send the same request as those that leave them out.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StandardTokenRequest {
@@ -35,6 +37,20 @@ pub struct StandardTokenRequest {
 
 crate::json_body!(StandardTokenRequest);
 
+/// Whether a field's value sets anything: not `null`, nor an object, list
+/// or string with nothing in it (an object whose fields set nothing
+/// included). A number or a boolean always does.
+fn sets_something(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null => false,
+        Value::String(text) => !text.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(fields) => fields.values().any(sets_something),
+        Value::Bool(_) | Value::Number(_) => true,
+    }
+}
+
 /// LiveKit's standard token response.
 #[derive(Debug, Serialize)]
 pub struct StandardTokenResponse {
@@ -49,19 +65,23 @@ pub async fn issue_standard_token(
 ) -> Result<Reply<StandardTokenResponse>, ApiError> {
     let refuse =
         |field: &str, why: &str| Err(ApiError::InvalidRequest(format!("{field} cannot be set: {why}")));
-    if request.room_config.is_some() {
+    if request.room_config.as_ref().is_some_and(sets_something) {
         return refuse(
             "room_config",
             "rooms are created and configured by POST /live/start",
         );
     }
-    if request.participant_metadata.is_some() {
+    if request.participant_metadata.as_ref().is_some_and(sets_something) {
         return refuse(
             "participant_metadata",
             "other participants would trust what a client wrote",
         );
     }
-    if request.participant_attributes.is_some() {
+    if request
+        .participant_attributes
+        .as_ref()
+        .is_some_and(sets_something)
+    {
         return refuse(
             "participant_attributes",
             "other participants would trust what a client wrote",

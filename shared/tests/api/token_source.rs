@@ -207,6 +207,34 @@ async fn a_field_sent_as_null_counts_as_left_out() {
     assert!(claims.metadata.is_empty(), "{:?}", claims.metadata);
 }
 
+/// LiveKit's iOS and Android SDKs send `"room_config": {}` on every request
+/// (their `RoomConfiguration` with no agent set, its unset fields left out),
+/// and may send empty attributes or metadata: what sets nothing is not
+/// refused; a field inside that does set something still is.
+#[tokio::test]
+async fn the_mobile_sdks_empty_room_config_sets_nothing_and_is_not_refused() {
+    let (app, _) = live_room().await;
+    let viewer = Uuid::new_v4();
+    for body in [
+        json!({"room_name": ROOM, "room_config": {}}),
+        json!({"room_name": ROOM, "room_config": {"agents": null}}),
+        json!({"room_name": ROOM, "room_config": {"agents": []}, "participant_attributes": {}, "participant_metadata": ""}),
+    ] {
+        let response = fetch(&app, viewer, body.clone()).await;
+        assert_eq!(response.status, 201, "{body}: {}", response.body);
+        let claims = verify_livekit_token(response.body["participant_token"].as_str().unwrap());
+        assert_eq!(claims.sub, viewer.to_string());
+        assert!(claims.metadata.is_empty(), "{:?}", claims.metadata);
+    }
+    fetch(
+        &app,
+        viewer,
+        json!({"room_name": ROOM, "room_config": {"agents": [], "name": "elsewhere"}}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+}
+
 #[tokio::test]
 async fn what_only_the_server_decides_is_refused_with_a_clear_message() {
     let (app, _) = live_room().await;
