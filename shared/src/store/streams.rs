@@ -318,9 +318,10 @@ pub async fn adopt_room_instance(
 }
 
 /// The rooms left to close: those of deleted streams whose room may still
-/// be open (their names claimed for good until then, migration 0062; first,
-/// as their streamer may still be broadcasting there), then those of ended
-/// streams LiveKit has not confirmed closed, oldest first.
+/// be open (their names claimed for good until then, migrations 0062 and
+/// 0063), and those of ended streams LiveKit has not confirmed closed,
+/// oldest first; at most `limit` in all, the deleted streams' before the
+/// ended ones'.
 pub async fn unclosed_rooms(client: &Client, limit: i64) -> Result<Vec<RoomName>, ApiError> {
     let rows = client
         .query_typed(
