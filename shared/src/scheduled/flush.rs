@@ -29,7 +29,8 @@ pub const TICK: Duration = Duration::from_secs(1);
 const ROOMS_AT_ONCE: usize = 16;
 
 /// How long each part of a tick waits for LiveKit once its Postgres work is
-/// done. A LiveKit that answers answers in milliseconds; one that hangs
+/// done. The rooms are taken from a random starting point, so that with
+/// LiveKit slow the ones a tick does not reach are not the same every tick. A LiveKit that answers answers in milliseconds; one that hangs
 /// would hold each wave of [`ROOMS_AT_ONCE`] rooms for a bounded call (up to
 /// 6 s), and the next tick, with the copies Realtime sends, would wait for
 /// every wave. What is not sent by then is the next tick's: a count's push
@@ -105,9 +106,12 @@ async fn flush_chat(state: &AppState) -> Result<(), ApiError> {
         crate::store::chat::rooms_with_stale_messages(&client).await?
     };
     let room_count = rooms.len();
-    let sends = futures_util::stream::iter(rooms).for_each_concurrent(ROOMS_AT_ONCE, |room| async move {
-        crate::store::chat_broadcast::send_batches(state, &room, None).await;
-    });
+    let sends = futures_util::stream::iter(super::from_random_start(rooms)).for_each_concurrent(
+        ROOMS_AT_ONCE,
+        |room| async move {
+            crate::store::chat_broadcast::send_batches(state, &room, None).await;
+        },
+    );
     if !within_livekit_budget(Box::pin(sends)).await {
         tracing::warn!(
             rooms = room_count,
@@ -126,9 +130,12 @@ async fn flush_reactions(state: &AppState) -> Result<(), ApiError> {
     // Each send stops early enough within the budget to give its mark back,
     // so the totals it did not send go with a later tick.
     let rooms = due.len();
-    let sends = futures_util::stream::iter(due).for_each_concurrent(ROOMS_AT_ONCE, |broadcast| async move {
-        crate::store::reactions::send(state, &broadcast).await;
-    });
+    let sends = futures_util::stream::iter(super::from_random_start(due)).for_each_concurrent(
+        ROOMS_AT_ONCE,
+        |broadcast| async move {
+            crate::store::reactions::send(state, &broadcast).await;
+        },
+    );
     if !within_livekit_budget(Box::pin(sends)).await {
         tracing::warn!(
             rooms,

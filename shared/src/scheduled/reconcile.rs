@@ -152,7 +152,7 @@ pub async fn reconcile_until(
         )
     };
     report.live = live.len();
-    let (unclosed, live) = (from_random_start(unclosed), from_random_start(live));
+    let (unclosed, live) = (super::from_random_start(unclosed), super::from_random_start(live));
     // Live rooms first: their counts and rules matter now, while closing an
     // ended stream's room can wait for a later run.
     sync_live_rooms(state, &live, grace, listed_at, until, &mut report).await?;
@@ -290,15 +290,6 @@ async fn clean_up(
     report.viewers_seen_pruned = prune_viewers_seen(client, retention, until).await?;
     report.presence_pruned = in_batches(until, || prune_presence_of_ended(client)).await?;
     Ok(())
-}
-
-/// `items` rotated to start at a random one (the random bits of a v4 UUID).
-fn from_random_start<T>(mut items: Vec<T>) -> Vec<T> {
-    if !items.is_empty() {
-        let start = Uuid::new_v4().as_u128() % items.len() as u128;
-        items.rotate_left(usize::try_from(start).unwrap_or(0));
-    }
-    items
 }
 
 /// Runs `prune` (one statement, its own transaction, deleting at most
