@@ -14,10 +14,11 @@ use crate::state::AppState;
 /// The request body of LiveKit's standard token endpoint. Every field is
 /// optional in LiveKit's schema; here `room_name` is required, identity stays
 /// bound to the authenticated user, and what a client may not decide is refused.
-/// A field that sets nothing counts as left out: `null` (SDKs whose encoders
-/// write unset fields as `null`), and an empty object, list or string (the
-/// iOS and Android SDKs send `"room_config": {}` on every request, its
-/// fields unset) send the same request as those that leave them out.
+/// A field sent as `null` counts as left out (SDKs whose encoders write
+/// unset fields as `null`), and so does a `room_config`,
+/// `participant_metadata` or `participant_attributes` that sets nothing: an
+/// empty object, list or string (the iOS and Android SDKs send
+/// `"room_config": {}` on every request, its fields unset).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StandardTokenRequest {
