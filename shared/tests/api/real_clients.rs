@@ -40,6 +40,21 @@ async fn live_host(app: &TestApp) -> (Uuid, Participant) {
     (host, client)
 }
 
+/// The streamer invites `viewer` on stage and the viewer accepts.
+async fn bring_on_stage(app: &TestApp, host: Uuid, viewer: Uuid) {
+    use shared::handlers::{accept_stage, invite_to_stage};
+    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
+    let invited = app
+        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let accept = json!({"roomName": ROOM}).to_string();
+    let accepted = app
+        .call(accept_stage, Some(&app.token_for(viewer)), &accept)
+        .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+}
+
 fn is_media(kind: &'static str) -> impl Fn(&serde_json::Value) -> bool {
     move |e| e["event"] == "media_received" && e["kind"] == kind
 }
@@ -672,25 +687,12 @@ async fn a_guest_who_leaves_the_room_leaves_the_stage_and_an_old_token_cannot_pu
 /// streamer's (a second camera) stays; neither is counted as a viewer.
 #[tokio::test]
 async fn a_side_connection_is_the_streamers_alone_and_never_counted() {
-    use shared::handlers::{accept_stage, invite_to_stage};
     let app = TestApp::spawn().await;
     let (host, _host_client) = live_host(&app).await;
     let (viewer, _guest) = app.viewer_in(ROOM).await;
     app.wait_for_viewer_count(ROOM, 1).await;
+    bring_on_stage(&app, host, viewer).await;
     let viewer_t = app.token_for(viewer);
-    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
-    let invited = app
-        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-        .await;
-    assert_eq!(invited.status, 200, "{}", invited.body);
-    let accepted = app
-        .call(
-            accept_stage,
-            Some(&viewer_t),
-            &json!({"roomName": ROOM}).to_string(),
-        )
-        .await;
-    assert_eq!(accepted.status, 200, "{}", accepted.body);
     let on_stage = app.request_token(&viewer_t, ROOM).await;
     let url = app.livekit_url();
 
@@ -920,20 +922,12 @@ async fn a_guest_back_whose_join_was_lost_is_judged_by_when_they_joined() {
 /// from the new connection; the host receives it.
 #[tokio::test]
 async fn a_guest_whose_client_rejoins_stays_on_stage() {
-    use shared::handlers::{accept_stage, invite_to_stage};
     let app = TestApp::spawn().await;
     let (host, host_client) = live_host(&app).await;
     let (viewer, first_connection) = app.viewer_in(ROOM).await;
     app.wait_for_viewer_count(ROOM, 1).await;
     let viewer_t = app.token_for(viewer);
-    let invite = json!({"roomName": ROOM, "userId": viewer}).to_string();
-    let invited = app
-        .call(invite_to_stage, Some(&app.token_for(host)), &invite)
-        .await;
-    assert_eq!(invited.status, 200, "{}", invited.body);
-    let accept = json!({"roomName": ROOM}).to_string();
-    let accepted = app.call(accept_stage, Some(&viewer_t), &accept).await;
-    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    bring_on_stage(&app, host, viewer).await;
     first_connection
         .wait_for("permission to publish", |e| {
             e["event"] == "permissions_changed" && e["can_publish"] == true
