@@ -130,18 +130,18 @@ pub fn checksum(sql: &str) -> String {
 
 /// Applies every pending migration. Returns the names of those applied now.
 pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, MigrateError> {
-    let mut applied = Vec::new();
-    for migration in MIGRATIONS {
+    // The bookkeeping table, once a run, under the lock. The checksum came
+    // later: a database migrated before it has rows without one, which the
+    // loop below fills in.
+    {
         let wrap = |source| MigrateError::Apply {
-            name: migration.name,
+            name: "schema_migrations",
             source,
         };
         let tx = client.transaction().await.map_err(wrap)?;
         tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&LOCK_KEY, Type::INT8)])
             .await
             .map_err(wrap)?;
-        // The checksum came later: a database migrated before it has rows
-        // without one, which the next run fills in.
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version    INTEGER PRIMARY KEY,
@@ -152,6 +152,18 @@ pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, MigrateError>
         )
         .await
         .map_err(wrap)?;
+        tx.commit().await.map_err(wrap)?;
+    }
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS {
+        let wrap = |source| MigrateError::Apply {
+            name: migration.name,
+            source,
+        };
+        let tx = client.transaction().await.map_err(wrap)?;
+        tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&LOCK_KEY, Type::INT8)])
+            .await
+            .map_err(wrap)?;
         let ours = checksum(migration.sql);
         let recorded = tx
             .query_typed(
