@@ -197,16 +197,8 @@ async fn sync_live_rooms(
             break;
         }
         let outcome = if let Some(open_sid) = open.get(room.as_str()) {
-            let clock_stopped = if clocks_left.contains(room.as_str()) {
-                async {
-                    let client = state.db.get().await?;
-                    streams::room_found(&client, room).await
-                }
-                .await
-            } else {
-                Ok(())
-            };
-            sync_room(state, live_room, open_sid, listed_at, until, clock_stopped)
+            let clock_left = clocks_left.contains(room.as_str());
+            sync_room(state, live_room, open_sid, listed_at, until, clock_left)
                 .await
                 .and_then(|synced| {
                     report.corrected += synced.corrected;
@@ -488,7 +480,8 @@ struct RoomDone {
 /// corrects the room where it disagrees with the database (banned users
 /// present, mutes not applied, a turn that ended). The corrections and the
 /// count's push need only the listing and the standings: when the room's
-/// grace clock could not be stopped (`clock_stopped`) or its sync fails (a
+/// grace clock, left running by the run's first statement (`clock_left`),
+/// cannot be stopped, or its sync fails (a
 /// lock given up on, a statement cut off in a room of tens of thousands),
 /// they are still made, and the failure is [`RoomDone::database_failed`]:
 /// a ban whose removal failed must not wait for a sync to succeed.
@@ -498,7 +491,7 @@ async fn sync_room(
     open_sid: &str,
     listed_at: DateTime<Utc>,
     until: Option<Instant>,
-    clock_stopped: Result<(), ApiError>,
+    clock_left: bool,
 ) -> Result<RoomDone, ApiError> {
     let (room, streamer) = (&live_room.room, live_room.streamer);
     let listed_since = Instant::now();
@@ -525,7 +518,9 @@ async fn sync_room(
         && still_open_as(state, room, open_sid).await;
     let client = state.db.get().await?;
     let synced = async {
-        clock_stopped?;
+        if clock_left {
+            streams::room_found(&client, room).await?;
+        }
         let adopted = adopt
             && streams::adopt_room_instance(&client, room, live_room.room_sid.as_deref(), open_sid).await?;
         if adopted {
