@@ -184,7 +184,8 @@ async fn sync_live_rooms(
     // A room LiveKit lists is not missing, whatever its sync does next: its
     // grace clock stops now, or a failed sync would keep an old clock that a
     // later gap in the listing then ends the stream by, as of long ago. Those
-    // whose row was held are stopped one by one, before their sync.
+    // whose row was held are stopped one by one, before their participants
+    // are listed.
     let listed: Vec<&str> = open.keys().map(String::as_str).collect();
     let client = state.db.get().await?;
     let clocks_left = streams::rooms_found(&client, &listed).await?;
@@ -480,8 +481,8 @@ struct RoomDone {
 /// corrects the room where it disagrees with the database (banned users
 /// present, mutes not applied, a turn that ended). The corrections and the
 /// count's push need only the listing and the standings: when the room's
-/// grace clock, left running by the run's first statement (`clock_left`),
-/// cannot be stopped, or its sync fails (a
+/// grace clock, left running by the run's first statement (`clock_left`,
+/// stopped here before the listing), cannot be stopped, or its sync fails (a
 /// lock given up on, a statement cut off in a room of tens of thousands),
 /// they are still made, and the failure is [`RoomDone::database_failed`]:
 /// a ban whose removal failed must not wait for a sync to succeed.
@@ -494,6 +495,17 @@ async fn sync_room(
     clock_left: bool,
 ) -> Result<RoomDone, ApiError> {
     let (room, streamer) = (&live_room.room, live_room.streamer);
+    // Before the participants are listed, which may fail or time out: a room
+    // ListRooms listed must not keep an old clock, whatever its sync does.
+    let clock_stopped = if clock_left {
+        async {
+            let client = state.db.get().await?;
+            streams::room_found(&client, room).await
+        }
+        .await
+    } else {
+        Ok(())
+    };
     let listed_since = Instant::now();
     let participants = state
         .livekit
@@ -518,9 +530,7 @@ async fn sync_room(
         && still_open_as(state, room, open_sid).await;
     let client = state.db.get().await?;
     let synced = async {
-        if clock_left {
-            streams::room_found(&client, room).await?;
-        }
+        clock_stopped?;
         let adopted = adopt
             && streams::adopt_room_instance(&client, room, live_room.room_sid.as_deref(), open_sid).await?;
         if adopted {

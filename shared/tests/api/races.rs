@@ -1816,6 +1816,61 @@ async fn a_room_listed_again_stops_its_missing_clock_even_when_its_sync_fails() 
     assert_eq!(missing_since().await, None, "listed again: the clock stopped");
 }
 
+/// The same when the room's row was held as the run began (a webhook's
+/// count write, the flusher), so the run's first statement left its clock
+/// running: the room's own stop comes before its participants are listed,
+/// not after a listing that then fails.
+#[tokio::test]
+async fn a_room_listed_again_while_its_row_is_held_stops_its_clock_even_when_its_sync_fails() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = app_on_the_stand_in().await;
+    app.start_stream(Uuid::new_v4(), "held-blinking").await;
+    let admin = app.db().await;
+    admin
+        .batch_execute(
+            "UPDATE live_streams SET room_missing_since = now() - interval '30 seconds' WHERE id = 'held-blinking'",
+        )
+        .await
+        .unwrap();
+    app.stub().set_participants("held-blinking", Vec::new());
+
+    let mut holder_connection = app.db().await;
+    let holder = holder_connection.transaction().await.unwrap();
+    holder
+        .execute(
+            "SELECT FROM live_streams WHERE id = 'held-blinking' FOR NO KEY UPDATE",
+            &[],
+        )
+        .await
+        .unwrap();
+    let listing = app.stub().hold("ListParticipants");
+    let ran = AtomicBool::new(false);
+    let run = async {
+        let report = reconcile(&app.state, GRACE).await;
+        ran.store(true, Ordering::SeqCst);
+        report
+    };
+    // Let go of the row once the run waits for it, or once it lists the
+    // participants without having waited.
+    let release = async {
+        tokio::select! {
+            () = listing.arrived() => {}
+            _ = app.until_a_statement_waits_for_a_lock(&ran) => {}
+        }
+        holder.rollback().await.unwrap();
+    };
+    let (report, ()) = tokio::join!(run, release);
+    listing.release();
+    let report = report.unwrap();
+    assert_eq!((report.synced, report.failed), (0, 1), "{report:?}");
+    let missing_since: Option<chrono::DateTime<chrono::Utc>> = app
+        .stream_row("held-blinking")
+        .await
+        .unwrap()
+        .get("room_missing_since");
+    assert_eq!(missing_since, None, "listed again: the clock stopped");
+}
+
 /// A viewer's first join in flight (its session and presence row inserted,
 /// not yet committed) when `/live/end` runs: the end cannot see those rows,
 /// so the join commits a presence row into a stream that has ended. Nothing
