@@ -93,6 +93,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(61, "0061_the_functions_role_may_use_schema_public"),
     migration!(62, "0062_a_deleted_streams_room_is_closed"),
     migration!(63, "0063_a_deleted_streams_room_name_has_no_owner"),
+    migration!(64, "0064_a_room_found_missing_is_still_closed"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -1871,6 +1871,41 @@ async fn a_room_listed_again_while_its_row_is_held_stops_its_clock_even_when_its
     assert_eq!(missing_since, None, "listed again: the clock stopped");
 }
 
+/// A stream the reconciler ends because LiveKit stopped listing its room is
+/// not recorded with its room closed: the listing was the only witness, and
+/// a room it missed may still be open, its host broadcasting to a stream
+/// that has ended. The next run closes it. (The stand-in leaves the room out
+/// of its listings by dropping it for a while: a gap only it can make.)
+#[tokio::test]
+async fn a_room_the_listing_missed_is_closed_once_its_stream_has_ended() {
+    let app = app_on_the_stand_in().await;
+    app.start_stream(Uuid::new_v4(), "missed").await;
+    let room = RoomName::parse("missed".into()).unwrap();
+    app.state.livekit.delete_room(&room).await.unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!((report.missing, report.ended), (1, 0), "{report:?}");
+    let admin = app.db().await;
+    admin
+        .batch_execute("UPDATE live_streams SET room_missing_since = now() - interval '121 seconds'")
+        .await
+        .unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.ended, 1, "{report:?}");
+    let closed_at = || async {
+        app.stream_row("missed")
+            .await
+            .unwrap()
+            .get::<_, Option<chrono::DateTime<chrono::Utc>>>("room_closed_at")
+    };
+    assert_eq!(closed_at().await, None, "nothing closed the room yet");
+
+    app.stub().set_participants("missed", Vec::new());
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.rooms_closed, 1, "{report:?}");
+    assert!(!app.stub().has_room("missed"), "the room is closed");
+    assert!(closed_at().await.is_some());
+}
+
 /// A viewer's first join in flight (its session and presence row inserted,
 /// not yet committed) when `/live/end` runs: the end cannot see those rows,
 /// so the join commits a presence row into a stream that has ended. Nothing
