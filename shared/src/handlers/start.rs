@@ -43,7 +43,7 @@ pub async fn start_stream(
     // recreates it if it was closed for being empty before the host joined.
     let room_sid = match state
         .livekit
-        .create_room(&room, user.id, request.title.as_str())
+        .create_room(&room, user.id, request.title.as_str(), new_room)
         .await
     {
         Ok(sid) => sid,

@@ -146,12 +146,19 @@ impl LiveKit {
 
     /// Creates the stream's room, or finds it if it exists, and returns the
     /// room instance's sid. The metadata names the streamer and the title, so
-    /// LiveKit-side tools can tell rooms apart.
+    /// clients and LiveKit-side tools can tell whose room it is. A room found
+    /// with other metadata while starting a `new_stream` was left open by
+    /// another streamer's start that died before it committed (LiveKit
+    /// keeps an unused room for its empty timeout, 300 s by default, and the
+    /// name's claim lapses after 60): it gets this stream's metadata, or its
+    /// clients would look for the other streamer. A retried start's room
+    /// keeps what the stream's first start wrote.
     pub async fn create_room(
         &self,
         room: &RoomName,
         streamer: Uuid,
         title: &str,
+        new_stream: bool,
     ) -> Result<String, RoomServiceError> {
         let metadata = serde_json::json!({ "streamerId": streamer, "title": title }).to_string();
         let options = CreateRoomOptions {
@@ -161,9 +168,11 @@ impl LiveKit {
             metadata,
             ..CreateRoomOptions::default()
         };
-        repeatable(|| self.rooms.create_room(room.as_str(), options.clone()))
-            .await
-            .map(|created| created.sid)
+        let found = repeatable(|| self.rooms.create_room(room.as_str(), options.clone())).await?;
+        if new_stream && found.metadata != options.metadata {
+            repeatable(|| self.rooms.update_room_metadata(room.as_str(), &options.metadata)).await?;
+        }
+        Ok(found.sid)
     }
 
     /// Closes the room, disconnecting everyone. A room LiveKit no longer has

@@ -224,11 +224,16 @@ impl LiveKitServer {
         self.room(name).await.is_some()
     }
 
-    /// Makes a room as if someone else had (not through our API).
-    pub async fn create_room(&self, name: &str) -> proto::Room {
+    /// Makes a room as if someone else had (not through our API), with
+    /// `metadata`.
+    pub async fn create_room(&self, name: &str, metadata: &str) -> proto::Room {
+        let options = CreateRoomOptions {
+            metadata: metadata.to_owned(),
+            ..CreateRoomOptions::default()
+        };
         self.rooms_client()
             .await
-            .create_room(name, CreateRoomOptions::default())
+            .create_room(name, options)
             .await
             .expect("CreateRoom on the real server")
     }

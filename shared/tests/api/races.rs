@@ -558,7 +558,10 @@ async fn a_start_refused_after_making_its_room_never_closes_another_streamers_ro
 
 /// A start that died between its check and its commit (its Lambda timed out)
 /// leaves its claim; the name is another streamer's to take once the claim
-/// has lapsed, not before, and the reconciler deletes lapsed claims.
+/// has lapsed, not before, and the reconciler deletes lapsed claims. The
+/// dead start's room may still be open (LiveKit keeps an unused room for its
+/// empty timeout, 300 s by default): the stream taking the name over gives
+/// it its own metadata, which clients read to find the host.
 #[tokio::test]
 async fn a_claim_left_by_a_start_that_died_lapses() {
     let app = TestApp::spawn().await;
@@ -583,6 +586,8 @@ async fn a_claim_left_by_a_start_that_died_lapses() {
         .batch_execute("UPDATE live_room_claims SET claimed_at = now() - interval '61 seconds' WHERE room_name = 'orphaned'")
         .await
         .unwrap();
+    let dead_starts_metadata = json!({"streamerId": dead_start, "title": "t"}).to_string();
+    app.livekit().create_room("orphaned", &dead_starts_metadata).await;
     let taken_over = app
         .call(
             start_stream,
@@ -591,6 +596,19 @@ async fn a_claim_left_by_a_start_that_died_lapses() {
         )
         .await;
     assert_eq!(taken_over.status, 201, "{}", taken_over.body);
+    let metadata: serde_json::Value = serde_json::from_str(
+        &app.livekit()
+            .room("orphaned")
+            .await
+            .expect("the room is open")
+            .metadata,
+    )
+    .unwrap();
+    assert_eq!(
+        metadata,
+        json!({"streamerId": taken_over.body["stream"]["streamerId"], "title": "t"}),
+        "the room names the stream that took it over"
+    );
     // The one who claimed it may always go on with its own claim.
     let own = app
         .call(

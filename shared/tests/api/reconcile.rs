@@ -271,7 +271,7 @@ async fn a_room_that_comes_back_within_grace_clears_the_clock() {
     app.lose_webhooks(true);
     app.livekit().delete_room("flaky").await;
     reconcile(&app.state, GRACE).await.unwrap();
-    app.livekit().create_room("flaky").await;
+    app.livekit().create_room("flaky", "").await;
     reconcile(&app.state, GRACE).await.unwrap();
     let row = app.stream_row("flaky").await.unwrap();
     assert!(row.get::<_, bool>("is_live"));
