@@ -74,7 +74,12 @@ with_lock() {
     mkdir -p "$TOOLS_DIR"
     if command -v flock >/dev/null 2>&1; then
         (
-            flock 9
+            # Another script's install (a venv, npm ci, go install) can take
+            # minutes: say what is awaited, or the wait looks like a hang.
+            flock -n 9 || {
+                log "waiting: another script is setting up $name ($TOOLS_DIR/$name.lock)"
+                flock 9
+            }
             "$@"
         ) 9>"$TOOLS_DIR/$name.lock" || rc=$?
     else
