@@ -191,7 +191,9 @@ free_port() {
 # ---------------------------------------------------------------------------
 
 # Directory holding initdb/pg_ctl: from PATH, else the newest
-# /usr/lib/postgresql/<version>/bin. Prints nothing and fails if not found.
+# /usr/lib/postgresql/<version>/bin that has both (postgresql-client-<version>
+# alone makes that bin/ too, with psql and no server). Prints nothing and fails
+# if not found.
 find_pg_bindir() {
     local initdb dir
     # Resolve symlinks: /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb,
@@ -203,11 +205,12 @@ find_pg_bindir() {
             return 0
         fi
     fi
-    dir="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
-    if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
-        printf '%s\n' "$dir"
-        return 0
-    fi
+    for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV); do
+        if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
+            printf '%s\n' "$dir"
+            return 0
+        fi
+    done
     return 1
 }
 
