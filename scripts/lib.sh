@@ -28,10 +28,21 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 # Builds and tools made by another user (a run as root, then one as yourself,
 # or the other way round) are theirs: say so at once, rather than fail on a
 # lock file or cargo's target/debug with no reason given, or (as root) leave
-# files in them that their owner can no longer replace.
-if [ -e "$ROOT/target" ] && [ ! -O "$ROOT/target" ]; then
-    die "$ROOT/target belongs to another user ($(stat -c %U "$ROOT/target")): run as that user, or remove target/ and run again"
-fi
+# files in them that their owner can no longer replace. The Node packages too:
+# `npm ci` must delete node_modules, and another user's it cannot (after
+# `sudo scripts/test`, removing target/ alone left shared/tests/node's).
+_check_owners() {
+    local path others=()
+    for path in "$ROOT/target" "$NODE_DIR/node_modules" "$ROOT/bench/node/node_modules"; do
+        if [ -e "$path" ] && [ ! -O "$path" ]; then
+            others+=("${path#"$ROOT"/}/ ($(stat -c %U "$path"))")
+        fi
+    done
+    if [ "${#others[@]}" -gt 0 ]; then
+        die "another user's files in $ROOT: $(printf '%s, ' "${others[@]}" | sed 's/, $//'); run as that user, or remove them and run again"
+    fi
+}
+_check_owners
 
 # The Lambda functions, one per line: a package per functions/<name>, its
 # binary of the same name.
