@@ -7,6 +7,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::Region;
 use aws_sdk_secretsmanager::config::SharedHttpClient;
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -41,16 +42,41 @@ pub struct SecretSource {
 }
 
 impl SecretSource {
+    /// A secret named by its ARN is asked of its own region's Secrets
+    /// Manager, whatever region `client` was made for: the function's own by
+    /// default, where a secret created in another region would not be found
+    /// (every function then answers 503 once deployed).
     pub fn new(client: Client, secret_id: impl Into<String>) -> SecretSource {
-        SecretSource {
-            client,
-            secret_id: secret_id.into(),
-        }
+        let secret_id = secret_id.into();
+        let client = match region_of_arn(&secret_id) {
+            Some(region) if client.config().region().map(|r| r.as_ref()) != Some(region) => {
+                Client::from_conf(
+                    client
+                        .config()
+                        .to_builder()
+                        .region(Region::new(region.to_owned()))
+                        .build(),
+                )
+            }
+            _ => client,
+        };
+        SecretSource { client, secret_id }
     }
 
     /// The secret's current settings.
     pub async fn fetch(&self) -> Result<HashMap<String, String>, ConfigError> {
         fetch_json_secret(&self.client, &self.secret_id).await
+    }
+}
+
+/// The region of a secret named by its ARN,
+/// `arn:<partition>:secretsmanager:<region>:<account>:secret:<name>`; none
+/// for a secret named by its name.
+fn region_of_arn(secret_id: &str) -> Option<&str> {
+    let mut fields = secret_id.split(':');
+    match (fields.next(), fields.next(), fields.next(), fields.next()) {
+        (Some("arn"), Some(_), Some("secretsmanager"), Some(region)) if !region.is_empty() => Some(region),
+        _ => None,
     }
 }
 

@@ -3,7 +3,7 @@
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use shared::config::{Config, ConfigError};
-use shared::secrets::fetch_json_secret;
+use shared::secrets::{SecretSource, fetch_json_secret};
 
 use crate::helpers::{create_secret, moto_client};
 
@@ -40,6 +40,41 @@ async fn settings_come_from_the_json_secret_and_fill_in_from_the_environment() {
         config.supabase.jwt_secret.as_deref(),
         Some("jwt-secret-of-at-least-32-characters")
     );
+}
+
+/// The template's `AppSecretArn` names a secret by its ARN, and the ARN's
+/// region is where it is read, not the function's: a secret created in
+/// another region than the stack's is found (moto keeps each region's
+/// secrets apart, as AWS does).
+#[tokio::test]
+async fn a_secret_is_read_in_the_region_its_arn_names() {
+    let elsewhere = Client::from_conf(
+        moto_client()
+            .config()
+            .to_builder()
+            .region(Region::new("eu-south-2"))
+            .build(),
+    );
+    let created = elsewhere
+        .create_secret()
+        .name(format!("live-backend/test/{}", uuid::Uuid::new_v4()))
+        .secret_string(r#"{"LIVEKIT_API_KEY":"from-eu-south-2"}"#)
+        .send()
+        .await
+        .expect("moto creates the secret");
+    let arn = created.arn().expect("moto answers the ARN").to_owned();
+    assert!(arn.starts_with("arn:aws:secretsmanager:eu-south-2:"), "{arn}");
+
+    let function_region = moto_client();
+    assert!(
+        fetch_json_secret(&function_region, &arn).await.is_err(),
+        "not in the function's region"
+    );
+    let values = SecretSource::new(function_region, arn)
+        .fetch()
+        .await
+        .expect("read in the ARN's region");
+    assert_eq!(values["LIVEKIT_API_KEY"], "from-eu-south-2");
 }
 
 #[tokio::test]

@@ -181,11 +181,28 @@ fn decrypt_with_the_secrets_own_key(tag: &str, value: &Value) -> String {
     let Value::Tagged(via) = &condition["kms:ViaService"] else {
         panic!("only through Secrets Manager: {condition:?}");
     };
+    // The secret's region (the functions read it in the region its ARN
+    // names): `!Sub [secretsmanager.${SecretRegion}…, {SecretRegion: the
+    // ARN's fourth field}]`.
     assert_eq!(via.tag.to_string(), "!Sub");
+    let sub = via.value.as_sequence().expect("!Sub [text, variables]");
     assert_eq!(
-        via.value.as_str(),
-        Some("secretsmanager.${AWS::Region}.amazonaws.com")
+        sub[0].as_str(),
+        Some("secretsmanager.${SecretRegion}.amazonaws.com")
     );
+    let Value::Tagged(select) = &sub[1]["SecretRegion"] else {
+        panic!("the region from the secret's ARN: {sub:?}");
+    };
+    assert_eq!(select.tag.to_string(), "!Select");
+    let select = select.value.as_sequence().expect("!Select [index, list]");
+    assert_eq!(select[0].as_u64(), Some(3), "arn:partition:service:REGION:…");
+    let Value::Tagged(split) = &select[1] else {
+        panic!("!Split of the ARN: {select:?}");
+    };
+    assert_eq!(split.tag.to_string(), "!Split");
+    let split = split.value.as_sequence().expect("!Split [delimiter, text]");
+    assert_eq!(split[0].as_str(), Some(":"));
+    assert!(is_ref_to(&split[1], "AppSecretArn"), "{split:?}");
     let condition_name = &template()["Conditions"]["AppSecretHasOwnKmsKey"];
     assert!(!condition_name.is_null(), "the condition is defined");
     statement["Sid"].as_str().unwrap_or_default().to_owned()
