@@ -188,6 +188,39 @@ ensure_node_tools() {
 }
 
 # ---------------------------------------------------------------------------
+# scripts/dev's pid file (DEV_STATE_DIR/dev.pid: "pid start-time")
+# ---------------------------------------------------------------------------
+
+# proc_started PID: the process's start time (since boot, from /proc), empty
+# when there is none: with its pid it names the process, where a pid alone
+# may since have been given to another.
+proc_started() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+    stat="${stat##*) }" # past "pid (comm) ": the fields from the third on
+    # shellcheck disable=SC2086 # split into fields on purpose
+    set -- $stat
+    echo "${20:-}"
+}
+
+# running_dev PID_FILE: prints the pid of the scripts/dev that PID_FILE names
+# and succeeds while that one is still running (not this shell). The pid is
+# noted with its start time, so a pid the system has since given to another
+# process is no instance, and an instance is one however it was started
+# (./dev, bash dev).
+running_dev() {
+    local pid started
+    [ -f "$1" ] || return 1
+    read -r pid started <"$1" || true
+    if [ -n "${pid:-}" ] && [ "$pid" != "$$" ] && [ -n "${started:-}" ] &&
+        [ "$(proc_started "$pid")" = "$started" ]; then
+        printf '%s\n' "$pid"
+        return 0
+    fi
+    return 1
+}
+
+# ---------------------------------------------------------------------------
 # Ports
 # ---------------------------------------------------------------------------
 
