@@ -275,20 +275,48 @@ fn the_alarms_watch_this_stacks_api_and_scheduled_functions() {
         assert!(is_ref_to(&dimension(alarm, "FunctionName"), function));
     }
 
+    // A job that never runs has no errors: these fire when the whole window
+    // has no invocation, a missing datapoint counting as none.
+    for (alarm, function, window) in [
+        ("ReconcileStoppedAlarm", "ReconcileFunction", None),
+        ("FlushCountsStoppedAlarm", "FlushCountsFunction", Some(5)),
+    ] {
+        let alarm = &resources[alarm]["Properties"];
+        assert_eq!(alarm["Namespace"].as_str(), Some("AWS/Lambda"));
+        assert_eq!(alarm["MetricName"].as_str(), Some("Invocations"));
+        assert!(is_ref_to(&dimension(alarm, "FunctionName"), function));
+        assert_eq!(alarm["Statistic"].as_str(), Some("Sum"));
+        assert_eq!(alarm["Period"].as_i64(), Some(60));
+        assert_eq!(alarm["ComparisonOperator"].as_str(), Some("LessThanThreshold"));
+        assert_eq!(alarm["Threshold"].as_i64(), Some(1));
+        assert_eq!(alarm["TreatMissingData"].as_str(), Some("breaching"));
+        for field in ["EvaluationPeriods", "DatapointsToAlarm"] {
+            match window {
+                Some(minutes) => assert_eq!(alarm[field].as_i64(), Some(minutes), "{field}"),
+                None => assert!(
+                    is_ref_to(&alarm[field], "ReconcileAlarmWindowMinutes"),
+                    "{field}: the window follows the schedule"
+                ),
+            }
+        }
+    }
+
     let alarms: Vec<_> = resources
         .as_mapping()
         .unwrap()
         .iter()
         .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
         .collect();
-    assert_eq!(alarms.len(), 3);
+    assert_eq!(alarms.len(), 5);
     for (name, alarm) in alarms {
         let properties = &alarm["Properties"];
-        assert_eq!(
-            properties["TreatMissingData"].as_str(),
-            Some("notBreaching"),
-            "{name:?}: a quiet stack is not an outage"
-        );
+        if properties["MetricName"].as_str() != Some("Invocations") {
+            assert_eq!(
+                properties["TreatMissingData"].as_str(),
+                Some("notBreaching"),
+                "{name:?}: a quiet stack is not an outage"
+            );
+        }
         for actions in ["AlarmActions", "OKActions"] {
             let Value::Tagged(condition) = &properties[actions] else {
                 panic!("{name:?} {actions}: not an !If on HasAlarmTopic");
