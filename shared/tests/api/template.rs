@@ -379,7 +379,60 @@ fn every_function_logs_to_a_group_the_stack_creates_before_it() {
         .values()
         .filter(|r| r["Type"].as_str() == Some("AWS::Logs::LogGroup"))
         .count();
-    assert_eq!(declared, count, "no log group that no function writes to");
+    assert_eq!(
+        declared,
+        count + 1,
+        "no log group that nothing writes to: one per function and the API's access log"
+    );
+}
+
+/// The API logs every request, its own answers included (a route's 429, the
+/// bare 500 of a throttled Lambda), as one JSON object a line, into a group
+/// of this stack with the functions' retention, without any header (the
+/// bearer token).
+#[test]
+fn the_api_logs_every_request_without_its_credentials() {
+    let template = template();
+    let settings = &template["Resources"]["LiveApi"]["Properties"]["AccessLogSettings"];
+    let Value::Tagged(destination) = &settings["DestinationArn"] else {
+        panic!("AccessLogSettings.DestinationArn is not a !GetAtt: {settings:?}");
+    };
+    assert_eq!(destination.tag.to_string(), "!GetAtt");
+    let target = destination.value.as_str().expect("Group.Arn");
+    let group = target.strip_suffix(".Arn").expect("the group's Arn");
+    let resource = &template["Resources"][group]["Properties"];
+    assert!(is_ref_to(&resource["RetentionInDays"], "LogRetentionDays"));
+    let Value::Tagged(name) = &resource["LogGroupName"] else {
+        panic!("{group}: LogGroupName is not a !Sub");
+    };
+    let name = name.value.as_str().unwrap();
+    assert!(name.starts_with("/aws/vendedlogs/${AWS::StackName}/"), "{name}");
+
+    let format = settings["Format"].as_str().expect("a format");
+    // The variables stand inside JSON strings: the line is JSON whatever they hold.
+    let line: serde_json::Value = serde_json::from_str(format).expect("the format is one JSON object");
+    for field in [
+        "$context.requestId",
+        "$context.integration.requestId",
+        "$context.routeKey",
+        "$context.status",
+        "$context.integrationStatus",
+        "$context.integrationErrorMessage",
+        "$context.responseLatency",
+        "$context.identity.sourceIp",
+    ] {
+        assert!(
+            line.as_object()
+                .unwrap()
+                .values()
+                .any(|v| v.as_str() == Some(field)),
+            "{field} is not logged: {format}"
+        );
+    }
+    assert!(
+        !format.contains("header") && !format.contains("authorizer"),
+        "no credentials in the log: {format}"
+    );
 }
 
 /// `SupabaseUrl`'s `AllowedPattern` accepts exactly the URLs the functions
