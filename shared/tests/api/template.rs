@@ -386,6 +386,23 @@ fn every_function_logs_to_a_group_the_stack_creates_before_it() {
     );
 }
 
+/// A change to the secret other than the database password reaches warm
+/// containers only through a new configuration: `ConfigRevision` is in every
+/// function's environment, so a new value replaces them all.
+#[test]
+fn a_new_config_revision_replaces_every_functions_containers() {
+    let template = template();
+    let variables = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert!(is_ref_to(&variables["CONFIG_REVISION"], "ConfigRevision"));
+    for (name, function) in functions(&template) {
+        let own = &function["Properties"]["Environment"]["Variables"]["CONFIG_REVISION"];
+        assert!(own.is_null(), "{name} overrides the global CONFIG_REVISION");
+    }
+    let parameter = &template["Parameters"]["ConfigRevision"];
+    assert_eq!(parameter["Type"].as_str(), Some("String"));
+    assert!(parameter["Default"].as_str().is_some(), "deploys without it");
+}
+
 /// The API logs every request, its own answers included (a route's 429, the
 /// bare 500 of a throttled Lambda), as one JSON object a line, into a group
 /// of this stack with the functions' retention, without any header (the
