@@ -70,6 +70,20 @@ wait_or_kill() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
+# kill_tree PID [SIGNAL]: PID and everything it started (cargo and its rustc,
+# the test binaries, the LiveKit servers and SDK participants they run), with
+# SIGTERM unless SIGNAL. The whole tree is listed first and PID signalled
+# first, so a shell does not go on to its next command when its children die.
+# Lists the tree with pgrep (ensure_process_tools); without it, PID only.
+kill_tree() {
+    local pid pids=("$1") i=0
+    while [ "$i" -lt "${#pids[@]}" ]; do
+        for pid in $(pgrep -P "${pids[$i]}" 2>/dev/null || true); do pids+=("$pid"); done
+        i=$((i + 1))
+    done
+    kill -"${2:-TERM}" "${pids[@]}" 2>/dev/null || true
+}
+
 file_hash() { sha256sum "$1" | cut -d' ' -f1; }
 
 # Run "$@" while holding an exclusive lock on $TOOLS_DIR/$1.lock, so two
@@ -517,8 +531,8 @@ ensure_debian_package() {
 
 ensure_pgbouncer() { ensure_debian_package find_pgbouncer pgbouncer; }
 ensure_postgres() { ensure_debian_package find_pg_bindir postgresql; }
-# pgrep lists a step's process tree to stop it (scripts/test), curl asks the
-# local API (scripts/check-dev); both are on most machines, not on all.
+# pgrep lists a process tree to stop it (kill_tree), curl asks the local API
+# (scripts/check-dev); both are on most machines, not on all.
 ensure_process_tools() {
     ensure_debian_package "command -v pgrep" procps
     ensure_debian_package "command -v curl" curl
