@@ -474,8 +474,10 @@ pub struct Stream {
     pub streamer_id: Uuid,
     pub is_live: bool,
     pub viewer_count: i32,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// `null` while live.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_option")]
     pub ended_at: Option<DateTime<Utc>>,
 }
 
@@ -499,6 +501,7 @@ pub struct TokenResponse {
 pub struct EndedStream {
     pub id: RoomName,
     pub is_live: bool,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub ended_at: DateTime<Utc>,
 }
 
@@ -512,6 +515,31 @@ pub struct EndResponse {
     pub room_closed: bool,
 }
 
+/// Timestamps as clients get them: RFC 3339 in UTC with exactly six
+/// fractional digits, Postgres's microseconds. chrono's own format drops
+/// trailing zero groups (`…:46Z` on a whole second, `…:46.837Z` on a whole
+/// millisecond), which a strict parser of one format (Swift's
+/// `ISO8601DateFormatter` with fractional seconds, a schema with a fixed
+/// precision) refuses about once in a thousand values.
+pub mod timestamp {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+
+    pub fn serialize_option<S: Serializer>(
+        at: &Option<DateTime<Utc>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => serialize(at, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +551,42 @@ mod tests {
         for bad in ["", "has space", "slash/es", "dot.ted", "émoji", &"a".repeat(129)] {
             assert!(RoomName::parse(bad.into()).is_err(), "{bad:?}");
         }
+    }
+
+    /// Every timestamp has six fractional digits, on a whole second and a
+    /// whole millisecond too, where chrono's own format would drop them.
+    #[test]
+    fn timestamps_always_have_six_fractional_digits() {
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
+        let stream = Stream {
+            id: RoomName::parse("r".into()).unwrap(),
+            title: "t".into(),
+            streamer_id: Uuid::nil(),
+            is_live: false,
+            viewer_count: 0,
+            created_at: at("2026-11-26T10:23:46Z"),
+            ended_at: Some(at("2026-11-26T11:00:00.837+00:00")),
+        };
+        let json = serde_json::to_value(&stream).unwrap();
+        assert_eq!(json["createdAt"], "2026-11-26T10:23:46.000000Z");
+        assert_eq!(json["endedAt"], "2026-11-26T11:00:00.837000Z");
+        let live = Stream {
+            ended_at: None,
+            ..stream
+        };
+        assert_eq!(
+            serde_json::to_value(&live).unwrap()["endedAt"],
+            serde_json::Value::Null
+        );
+        let ended = EndedStream {
+            id: live.id,
+            is_live: false,
+            ended_at: at("2026-11-26T11:00:00.123456Z"),
+        };
+        assert_eq!(
+            serde_json::to_value(&ended).unwrap()["endedAt"],
+            "2026-11-26T11:00:00.123456Z"
+        );
     }
 
     #[test]

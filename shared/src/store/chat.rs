@@ -19,6 +19,7 @@ pub struct ChatMessage {
     pub room_name: RoomName,
     pub user_id: Uuid,
     pub text: String,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
 }
 

@@ -311,10 +311,12 @@ pub struct StageEntry {
     pub display_name: Option<String>,
     /// A guest: since they came on stage; an invitee: since the invitation;
     /// a raised hand: since it was raised.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub since: DateTime<Utc>,
     /// Since when their connection is lost, while they have
     /// `STAGE_RETURN_SECONDS` to come back (migration 0028); a guest away
     /// still holds their place. `null` while they are in the room.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_option")]
     pub away_since: Option<DateTime<Utc>>,
 }
 

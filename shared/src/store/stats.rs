@@ -34,14 +34,17 @@ use crate::store::reactions::ReactionCounts;
 pub struct StreamStats {
     pub stream_id: RoomName,
     pub is_live: bool,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub started_at: DateTime<Utc>,
     /// `null` while live.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_option")]
     pub ended_at: Option<DateTime<Utc>>,
     /// Until the end, or until now while live.
     pub duration_seconds: f64,
     pub viewer_count: i32,
     pub peak_viewers: i32,
     /// `null` if nobody ever watched.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_option")]
     pub peak_at: Option<DateTime<Utc>>,
     pub unique_viewers: i32,
     pub total_watch_seconds: f64,

@@ -334,6 +334,7 @@ pub struct Viewer {
     pub user_id: String,
     pub display_name: Option<String>,
     /// When they arrived (their first session of those present).
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub joined_at: DateTime<Utc>,
 }
 
