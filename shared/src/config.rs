@@ -37,6 +37,7 @@ pub const REQUEST_DEADLINE_SECONDS: &str = "REQUEST_DEADLINE_SECONDS";
 pub const SESSION_RETENTION_DAYS: &str = "SESSION_RETENTION_DAYS";
 pub const MAX_STAGE_GUESTS: &str = "MAX_STAGE_GUESTS";
 pub const STAGE_RETURN_SECONDS: &str = "STAGE_RETURN_SECONDS";
+pub const HOST_RETURN_SECONDS: &str = "HOST_RETURN_SECONDS";
 pub const VIEWER_LIST_VISIBLE_TO: &str = "VIEWER_LIST_VISIBLE_TO";
 pub const REACTION_RATE_LIMIT_TAPS: &str = "REACTION_RATE_LIMIT_TAPS";
 pub const REACTION_RATE_LIMIT_WINDOW_SECONDS: &str = "REACTION_RATE_LIMIT_WINDOW_SECONDS";
@@ -120,6 +121,10 @@ pub struct Rules {
     /// stage (and a viewer their raised hand or invitation) for LiveKit's
     /// client to reconnect; the reconciler ends the turn after this.
     pub stage_return: Duration,
+    /// How long a live stream's host may be out of its room (a phone that
+    /// died, an app closed without `/live/end`) before the reconciler ends the
+    /// stream: LiveKit closes a room only once nobody at all is in it.
+    pub host_return: Duration,
     /// Who may list a stream's viewers; everyone else sees only the count.
     pub viewer_list: ViewerListVisibility,
 }
@@ -321,6 +326,7 @@ impl Config {
             ),
             max_stage_guests: number(&get, MAX_STAGE_GUESTS, 3, 1..=16)?,
             stage_return: Duration::from_secs(number(&get, STAGE_RETURN_SECONDS, 60, 0..=3_600)?),
+            host_return: Duration::from_secs(number(&get, HOST_RETURN_SECONDS, 120, 30..=86_400)?),
             viewer_list: match get(VIEWER_LIST_VISIBLE_TO).as_deref() {
                 None | Some("host") => ViewerListVisibility::Host,
                 Some("viewers") => ViewerListVisibility::Viewers,
@@ -939,6 +945,7 @@ mod tests {
                 session_retention: Duration::from_secs(7 * 86_400),
                 max_stage_guests: 3,
                 stage_return: Duration::from_secs(60),
+                host_return: Duration::from_secs(120),
                 viewer_list: ViewerListVisibility::Host,
             }
         );

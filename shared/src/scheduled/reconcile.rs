@@ -98,6 +98,10 @@ pub struct ReconcileReport {
     /// Live streams whose room LiveKit lost and the streamer opened again
     /// (a new instance): recorded, so its webhooks are applied.
     pub instances_adopted: usize,
+    /// Live streams ended because their host had been out of the room for
+    /// `HOST_RETURN_SECONDS` (LiveKit keeps a room open while anyone is in
+    /// it); also counted in `ended`.
+    pub hosts_gone: usize,
     pub failed: usize,
     /// Rooms (live, or ended and unclosed) this run had no time left for, or
     /// left after LiveKit refused closing rooms a few times in a row; the
@@ -207,6 +211,8 @@ async fn sync_live_rooms(
                     report.synced += 1;
                     report.stage_turns_ended += synced.stage_turns_ended;
                     report.instances_adopted += usize::from(synced.adopted);
+                    report.ended += usize::from(synced.ended);
+                    report.hosts_gone += usize::from(synced.ended);
                     Ok(())
                 })
         } else {
@@ -467,7 +473,8 @@ struct RoomDone {
     adopted: bool,
     /// Stage turns ended whose time to return had run out.
     stage_turns_ended: usize,
-    /// A missing room's stream ended.
+    /// A missing room's stream ended, or (after the room's sync) one whose
+    /// host had been out of the room for `HOST_RETURN_SECONDS`.
     ended: bool,
     /// The database's side of the room (its grace clock, its instance, its
     /// sessions) failed and is left to the next run; the room was still told
@@ -564,8 +571,34 @@ async fn sync_room(
                 until,
             )
             .await;
+            // The sessions match the listing now: a host out of the room
+            // that long has left the stream. LiveKit would keep the room
+            // open, the viewers watching nothing, while anyone is in it.
+            match streams::end_if_its_host_left(&client, room, state.rules.host_return).await {
+                Ok(ended) => done.ended = ended,
+                Err(error) => done.database_failed = Some(error),
+            }
         }
         Err(error) => done.database_failed = Some(error),
+    }
+    if done.ended {
+        drop(client);
+        tracing::info!(%room, "ended a live stream whose host left the room");
+        if !past(until) {
+            // Disconnects everyone. A failure leaves the room unclosed, for
+            // the next run's closing of ended streams' rooms.
+            match state.livekit.delete_room(room).await {
+                Ok(()) => {
+                    if let Err(error) = mark_room_closed(state, room).await {
+                        tracing::warn!(%room, %error, "room closed but not recorded as closed");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%room, %error, "the room of a stream its host left is not closed yet")
+                }
+            }
+        }
+        return Ok(done);
     }
     let mut standings = chat::standings_among(&**client, room, &users).await?;
     // Read last, just before the push: a webhook's newer count pushed in

@@ -501,6 +501,27 @@ pub async fn rooms_found(client: &Client, rooms: &[&str]) -> Result<HashSet<Stri
         .collect()
 }
 
+/// Ends `room`'s live stream if its host (the streamer's identity, or one
+/// of the streamer's side connections) has had no session open in the room
+/// for `host_return`, as of the moment the host left (migration 0065).
+/// Returns whether it ended now; its room is left for the caller to close.
+pub async fn end_if_its_host_left(
+    client: &Client,
+    room: &RoomName,
+    host_return: std::time::Duration,
+) -> Result<bool, ApiError> {
+    let row = client
+        .query_typed_one(
+            "SELECT live_end_stream_its_host_left($1, make_interval(secs => $2))",
+            &[
+                (&room.as_str(), Type::TEXT),
+                (&host_return.as_secs_f64(), Type::FLOAT8),
+            ],
+        )
+        .await?;
+    row.try_get(0).map_err(ApiError::internal)
+}
+
 /// Stops the grace clock of one stream whose room LiveKit lists, waiting
 /// for its row (up to the role's lock timeout).
 pub async fn room_found(client: &Client, room: &RoomName) -> Result<(), ApiError> {

@@ -1037,3 +1037,65 @@ async fn a_lowered_hand_a_declined_invitation_and_a_guests_own_leave_reach_the_r
     stage_changed(app.call(remove_from_stage, Some(&viewer_t), &room_only).await);
     guest_went_off_stage(&mut host_client, &guest, viewer).await;
 }
+
+/// LiveKit keeps a room open while anyone is in it: a host who left (the app
+/// closed without `/live/end`, a phone that died) left viewers in a room with
+/// nothing in it, the stream live, for as long as one stayed. The reconciler
+/// ends the stream once the host has been out of the room for
+/// `HOST_RETURN_SECONDS` (120 s by default), as of the moment they left, and
+/// closes the room, which disconnects the viewers; a host in the room, or out
+/// of it for less, keeps the stream.
+#[tokio::test]
+async fn a_stream_whose_host_left_ends_and_its_room_closes_though_viewers_stay() {
+    use shared::scheduled::reconcile::reconcile;
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+    let app = TestApp::spawn().await;
+    let (host, mut host_phone) = live_host(&app).await;
+    let (_, viewer) = app.viewer_in(ROOM).await;
+    app.wait_for_viewer_count(ROOM, 1).await;
+    let admin = app.db().await;
+    admin
+        .execute(
+            "UPDATE live_streams SET created_at = now() - interval '1 hour' WHERE id = $1",
+            &[&ROOM],
+        )
+        .await
+        .unwrap();
+    let is_live = || async { app.stream_row(ROOM).await.unwrap().get::<_, bool>("is_live") };
+
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!((report.synced, report.hosts_gone), (1, 0), "{report:?}");
+    assert!(is_live().await, "the host is in the room");
+
+    host_phone.leave().await;
+    app.wait_for_webhooks("participant_left", 1).await;
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.hosts_gone, 0, "{report:?}");
+    assert!(is_live().await, "the host left a moment ago and may come back");
+
+    let left_at: chrono::DateTime<chrono::Utc> = admin
+        .query_one(
+            "UPDATE live_participant_sessions SET left_at = now() - interval '121 seconds'
+             WHERE room_name = $1 AND identity = $2 RETURNING left_at",
+            &[&ROOM, &host.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!((report.hosts_gone, report.ended), (1, 1), "{report:?}");
+    let row = app.stream_row(ROOM).await.unwrap();
+    assert!(!row.get::<_, bool>("is_live"));
+    assert_eq!(
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("ended_at"),
+        Some(left_at),
+        "ended when the host left"
+    );
+    assert!(
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("room_closed_at")
+            .is_some()
+    );
+    viewer.wait_disconnected().await;
+    assert!(!app.livekit().has_room(ROOM).await, "the room is closed");
+    assert_eq!(app.viewer_count(ROOM).await, 0);
+}

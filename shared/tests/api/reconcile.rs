@@ -429,3 +429,72 @@ async fn a_room_only_viewers_opened_again_is_not_adopted() {
     assert_eq!((report.synced, report.instances_adopted), (1, 0), "{report:?}");
     assert_eq!(recorded_instance(&app, room).await, "RM_lost");
 }
+
+/// Who is the host for `HOST_RETURN_SECONDS`: the streamer's identity, or a
+/// side connection of theirs (`<streamer>#<name>`, publishing for them),
+/// whose open session keeps the stream; a host who never joined has been out
+/// of the room since the start.
+#[tokio::test]
+async fn a_side_connection_keeps_its_hosts_stream_and_a_host_who_never_came_is_gone_since_the_start() {
+    let app = TestApp::spawn().await;
+    let (absent, publishing) = (Uuid::new_v4(), Uuid::new_v4());
+    app.start_stream(absent, "never-came").await;
+    app.start_stream(publishing, "side-only").await;
+    let admin = app.db().await;
+    admin
+        .batch_execute(
+            "UPDATE live_streams SET created_at = now() - interval '121 seconds'
+             WHERE id IN ('never-came', 'side-only')",
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined)
+             VALUES ('side-only', 'PA_side', $1, false, true)",
+            &[&format!("{publishing}#obs")],
+        )
+        .await
+        .unwrap();
+    let end = |room: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT live_end_stream_its_host_left($1, interval '120 seconds')",
+                    &[&room],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        }
+    };
+    assert!(
+        !end("side-only").await,
+        "the host publishes through its side connection"
+    );
+    assert!(end("never-came").await);
+    let row = app.stream_row("never-came").await.unwrap();
+    assert_eq!(
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("ended_at"),
+        Some(row.get::<_, chrono::DateTime<chrono::Utc>>("created_at")),
+        "gone since the start"
+    );
+
+    admin
+        .batch_execute(
+            "UPDATE live_participant_sessions SET left_at = now() - interval '30 seconds'
+             WHERE room_name = 'side-only'",
+        )
+        .await
+        .unwrap();
+    assert!(!end("side-only").await, "left 30 s ago: may come back");
+    admin
+        .batch_execute(
+            "UPDATE live_participant_sessions SET left_at = now() - interval '121 seconds'
+             WHERE room_name = 'side-only'",
+        )
+        .await
+        .unwrap();
+    assert!(end("side-only").await);
+}

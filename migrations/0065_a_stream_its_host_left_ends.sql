@@ -1,0 +1,58 @@
+-- LiveKit closes a room only once it is empty: a host whose phone died, or
+-- who closed the app without /live/end, left the stream live for as long as
+-- one viewer stayed in the room, watching nothing, the stream listed as
+-- live and its chat open. Now the reconciler, right after syncing a live
+-- room's sessions with LiveKit's listing, ends its stream when the host has
+-- been out of the room for HOST_RETURN_SECONDS: no open session of the
+-- streamer's identity, nor of one of the streamer's side connections
+-- (`<streamer>#<name>`, publishing for the host), and the last of them left
+-- (or the stream started, for a host who never joined) that long ago. The
+-- stream ends as of that moment, as a stream whose room vanished ends when
+-- it was found missing (0029): its duration and the watch time of the
+-- viewers still there stop when the host left. Its room is left unclosed
+-- for the reconciler to close with DeleteRoom, which disconnects everyone.
+-- Lock order as /live/end's: the stream's row first, then live_close_counts.
+
+-- The streamer's and side connections' sessions are the uncounted ones (with
+-- hidden participants'): few per room, where a room's counted sessions can be
+-- tens of thousands.
+CREATE INDEX live_participant_sessions_uncounted_idx
+    ON live_participant_sessions (room_name, identity) WHERE NOT counted;
+
+CREATE FUNCTION live_end_stream_its_host_left(p_room TEXT, p_return INTERVAL) RETURNS BOOLEAN
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_streamer TEXT;
+    v_live BOOLEAN;
+    v_started TIMESTAMPTZ;
+    v_left TIMESTAMPTZ;
+BEGIN
+    SELECT s.streamer_id::text, s.is_live, s.created_at INTO v_streamer, v_live, v_started
+    FROM live_streams s WHERE s.id = p_room
+    FOR NO KEY UPDATE;
+    IF NOT FOUND OR NOT v_live THEN
+        RETURN false;
+    END IF;
+    IF EXISTS (
+        SELECT FROM live_participant_sessions p
+        WHERE p.room_name = p_room AND NOT p.counted AND p.left_at IS NULL
+          AND (p.identity = v_streamer OR p.identity LIKE v_streamer || '#%')
+    ) THEN
+        RETURN false;
+    END IF;
+    SELECT greatest(v_started, max(p.left_at)) INTO v_left
+    FROM live_participant_sessions p
+    WHERE p.room_name = p_room AND NOT p.counted
+      AND (p.identity = v_streamer OR p.identity LIKE v_streamer || '#%');
+    IF v_left > now() - p_return THEN
+        RETURN false;
+    END IF;
+    UPDATE live_streams s SET is_live = false, ended_at = v_left WHERE s.id = p_room;
+    PERFORM live_close_counts(p_room);
+    RETURN true;
+END
+$$;
+
+CALL live_revoke_from_api_roles(ARRAY['live_end_stream_its_host_left(TEXT, INTERVAL)']::REGPROCEDURE[]);
+GRANT EXECUTE ON FUNCTION live_end_stream_its_host_left(TEXT, INTERVAL) TO live_api;
