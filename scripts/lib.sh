@@ -849,6 +849,9 @@ webhook:
   api_key: $key
   urls:
     - $webhook
+# As the README's livekit.yaml: a data track needs only canPublishData,
+# which viewers have, and no room rule of ours governs it.
+enable_data_tracks: false
 logging:
   level: ${LIVEKIT_LOG_LEVEL:-info}
 EOT

@@ -26,16 +26,24 @@ pub struct LiveKitWebhook;
 
 impl Endpoint for LiveKitWebhook {
     fn respond<'a>(&'a self, state: &'a AppState, request: Request) -> BoxFuture<'a, Response<Body>> {
-        Box::pin(within_deadline(
-            state,
-            invocation_time_left(&request),
-            async move {
+        Box::pin(async move {
+            let mut response = within_deadline(state, invocation_time_left(&request), async {
                 match receive_webhook(state, &request).await {
                     Ok(ack) => json_response(lambda_http::http::StatusCode::OK, &ack),
                     Err(error) => error_response(&error),
                 }
-            },
-        ))
+            })
+            .await;
+            // LiveKit's webhook client (go-retryablehttp's default backoff)
+            // waits what a 503's Retry-After says instead of backing off:
+            // four retries 2 s apart, 8 s in all, where its own 1, 2, 4 and
+            // 8 s give the database 15 s to come back before the event is
+            // dropped.
+            response
+                .headers_mut()
+                .remove(lambda_http::http::header::RETRY_AFTER);
+            response
+        })
     }
 }
 

@@ -278,6 +278,25 @@ async fn the_limit_is_configurable() {
     );
 }
 
+/// An id made by iOS's `UUID().uuidString` is upper case: the message comes
+/// back (and goes to the room) under the lower-case form, as every id this
+/// API answers, and a retry in upper case is still the same message. The
+/// README tells apps to key the chat by the id lower-cased.
+#[tokio::test]
+async fn an_upper_case_message_id_comes_back_in_lower_case_and_still_repeats() {
+    let app = TestApp::spawn().await;
+    app.start_stream(Uuid::new_v4(), ROOM).await;
+    let (user, id) = (Uuid::new_v4(), Uuid::new_v4());
+    let upper = id.to_string().to_uppercase();
+    let body = json!({"roomName": ROOM, "text": "from an iPhone", "id": upper}).to_string();
+    let first = app.call(post_message, Some(&app.token_for(user)), &body).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.body["message"]["id"], json!(id.to_string()));
+    let retried = app.call(post_message, Some(&app.token_for(user)), &body).await;
+    assert_eq!(retried.status, 200, "the same message: {}", retried.body);
+    assert_eq!(retried.body["message"], first.body["message"]);
+}
+
 /// A post the app retries with the same `id` (its first answer lost, or
 /// cut off at the deadline after its commit) is stored once: the retry
 /// answers 200 with the stored message, spends no rate limit, and is

@@ -1038,6 +1038,21 @@ impl Checker {
                     "{route:?} example {name} grants {claims}, which no token of this route did:\n{}",
                     real.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
                 );
+                // A name some real token of the route carried (a
+                // `participantName`), or the default: the user id.
+                let real_names: Vec<&Value> = self
+                    .token_claims
+                    .get(&route)
+                    .into_iter()
+                    .flatten()
+                    .map(|claims| &claims["name"])
+                    .collect();
+                assert!(
+                    claims["name"] == claims["sub"] || real_names.contains(&&claims["name"]),
+                    "{route:?} example {name} names its participant {}, which is neither a name a real token had \
+                     nor its user id",
+                    claims["name"]
+                );
                 if let Some(stream) = body.get("stream") {
                     assert_eq!(
                         claims["video"]["room"], stream["id"],
@@ -1380,6 +1395,20 @@ async fn every_route_answers_as_the_document_says() {
         .status,
         201
     );
+    // What the iOS and Android SDKs send: fields that set nothing.
+    let mobile = json!({
+        "room_name": room,
+        "room_config": {},
+        "participant_metadata": "",
+        "participant_attributes": {"unset": ""},
+    })
+    .to_string();
+    assert_eq!(
+        c.post(&app, TOKEN_SOURCE, issue_standard_token, Some(&viewer_t), &mobile)
+            .await
+            .status,
+        201
+    );
     let own = json!({"room_name": room, "participant_identity": host.to_string()}).to_string();
     assert_eq!(
         c.post(&app, TOKEN_SOURCE, issue_standard_token, Some(&host_t), &own)
@@ -1622,9 +1651,15 @@ async fn every_route_answers_as_the_document_says() {
     c.webhook(&app, signed_webhook(&huge, LIVEKIT_API_SECRET))
         .await
         .assert_error(413, "payload_too_large");
-    c.webhook(&outage, signed_webhook(&joined, LIVEKIT_API_SECRET))
-        .await
-        .assert_error(503, "unavailable");
+    let unavailable = c
+        .webhook(&outage, signed_webhook(&joined, LIVEKIT_API_SECRET))
+        .await;
+    unavailable.assert_error(503, "unavailable");
+    assert!(
+        unavailable.headers.get("retry-after").is_none(),
+        "LiveKit's client would wait what it says instead of backing off: {:?}",
+        unavailable.headers
+    );
 
     // POST /live/chat, GET /live/chat, DELETE /live/chat/{id}
     let hello = json!({"roomName": room, "text": "Hello!"}).to_string();
