@@ -95,6 +95,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(63, "0063_a_deleted_streams_room_name_has_no_owner"),
     migration!(64, "0064_a_room_found_missing_is_still_closed"),
     migration!(65, "0065_a_stream_its_host_left_ends"),
+    migration!(66, "0066_the_reconcilers_sync_is_planned_for_its_listing"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

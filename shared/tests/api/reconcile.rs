@@ -498,3 +498,65 @@ async fn a_side_connection_keeps_its_hosts_stream_and_a_host_who_never_came_is_g
         .unwrap();
     assert!(end("side-only").await);
 }
+
+/// The reconciler's sync of a room compares its sessions with LiveKit's
+/// listing (`sid = ANY (p_sids)`). Planned generically, as PL/pgSQL may plan
+/// a statement after a few calls on one connection, the listing is a
+/// parameter Postgres does not hash: each session was compared with every
+/// listed sid, and a room of 50,000 took tens of seconds, past the
+/// statement timeout, so the biggest rooms were never synced. Every call is
+/// now planned for its own listing (migration 0066). Shown by the plans
+/// themselves (auto_explain, sent to this client as notices) on a connection
+/// that asks for generic plans.
+#[tokio::test]
+async fn the_sync_of_a_room_is_planned_for_its_own_listing() {
+    let app = TestApp::spawn().await;
+    app.start_stream(Uuid::new_v4(), "planned").await;
+    let (client, mut connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (sender, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notice(notice)) = message {
+                let _ = sender.send(notice.message().to_owned());
+            }
+        }
+    });
+    client
+        .batch_execute(
+            "LOAD 'auto_explain';
+             SET auto_explain.log_min_duration = 0;
+             SET auto_explain.log_nested_statements = on;
+             SET auto_explain.log_level = notice;
+             SET plan_cache_mode = force_generic_plan",
+        )
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        client
+            .query_one(
+                "SELECT live_sync_sessions('planned', now(), ARRAY['PA_a', 'PA_b'], ARRAY['a', 'b'],
+                                           ARRAY[true, true], ARRAY['A', 'B'], ARRAY[now(), now()], 60)",
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+    drop(client);
+    let mut plans = Vec::new();
+    while let Some(plan) = notices.recv().await {
+        plans.push(plan);
+    }
+    let comparing: Vec<&String> = plans.iter().filter(|plan| plan.contains("= ANY (")).collect();
+    assert!(
+        !comparing.is_empty(),
+        "no plan compares sessions with the listing: {plans:#?}"
+    );
+    for plan in comparing {
+        assert!(
+            !plan.contains("ANY ($"),
+            "planned without the listing's values:\n{plan}"
+        );
+    }
+}
