@@ -2,9 +2,14 @@
 //! transaction, each recorded in `schema_migrations` with a checksum of its
 //! SQL. Idempotent, and safe when two runs race: a transaction-scoped
 //! advisory lock serialises them (it also works through a transaction-mode
-//! pooler, unlike a session lock). A migration whose file changed after it
+//! pooler, unlike a session lock). A migration waits at most [`LOCK_WAIT`]
+//! for a table another transaction holds, then gives way and tries again
+//! ([`LOCK_ATTEMPTS`] times), so the requests queued behind it get through.
+//! A migration whose file changed after it
 //! was applied is refused: the database would keep the old SQL without a
 //! word, so a change belongs in a new migration.
+
+use std::time::Duration;
 
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
@@ -101,6 +106,15 @@ pub const MIGRATIONS: &[Migration] = &[
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.
 const LOCK_KEY: i64 = 0x6c69_7665_6d69_6772; // "livemigr"
 
+/// How long a migration waits for a lock on a table before giving way:
+/// below the functions' own `lock_timeout` (2 s, migration 0006), so a
+/// request queued behind the migration's wait still gets through.
+pub const LOCK_WAIT: &str = "1s";
+
+/// Attempts at a migration whose locks are held elsewhere, 2, 4, 8, 8… s
+/// apart, before the run stops and says so.
+pub const LOCK_ATTEMPTS: u32 = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("database error while applying {name}: {source}")]
@@ -114,6 +128,12 @@ pub enum MigrateError {
         recorded: String,
         expected: &'static str,
     },
+    #[error(
+        "migration {name} could not take its locks: each of {attempts} attempts gave way after waiting {LOCK_WAIT} \
+         for a table another transaction holds (pg_stat_activity shows it, state 'idle in transaction' or a long \
+         query); end that transaction and run the migrations again"
+    )]
+    Blocked { name: &'static str, attempts: u32 },
     #[error(
         "migration {name} was applied from other SQL than this build's migrations/{name}.sql: an applied \
          migration must not change (the database keeps what it ran); put the change into a new migration"
@@ -133,6 +153,14 @@ pub fn checksum(sql: &str) -> String {
 
 /// Applies every pending migration. Returns the names of those applied now.
 pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, MigrateError> {
+    run_these(client, MIGRATIONS).await
+}
+
+/// [`run`] with `migrations` (tests add one of their own).
+pub async fn run_these(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<&'static str>, MigrateError> {
     // The bookkeeping table, once a run, under the lock. The checksum came
     // later: a database migrated before it has rows without one, which the
     // loop below fills in.
@@ -158,64 +186,105 @@ pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, MigrateError>
         tx.commit().await.map_err(wrap)?;
     }
     let mut applied = Vec::new();
-    for migration in MIGRATIONS {
-        let wrap = |source| MigrateError::Apply {
-            name: migration.name,
-            source,
-        };
-        let tx = client.transaction().await.map_err(wrap)?;
-        tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&LOCK_KEY, Type::INT8)])
-            .await
-            .map_err(wrap)?;
-        let ours = checksum(migration.sql);
-        let recorded = tx
-            .query_typed(
-                "SELECT name, checksum FROM schema_migrations WHERE version = $1",
-                &[(&migration.version, Type::INT4)],
-            )
-            .await
-            .map_err(wrap)?;
-        if let Some(row) = recorded.first() {
-            let name: String = row.get(0);
-            if name != migration.name {
-                return Err(MigrateError::Mismatch {
-                    version: migration.version,
-                    recorded: name,
-                    expected: migration.name,
-                });
-            }
-            match row.get::<_, Option<String>>(1) {
-                Some(theirs) if theirs == ours => {}
-                Some(_) => return Err(MigrateError::Changed { name: migration.name }),
-                // Applied before checksums were kept: this file is taken as
-                // what ran, and held to from now on.
-                None => {
-                    tx.query_typed(
-                        "UPDATE schema_migrations SET checksum = $2 WHERE version = $1",
-                        &[(&migration.version, Type::INT4), (&ours, Type::TEXT)],
-                    )
-                    .await
-                    .map_err(wrap)?;
-                    tx.commit().await.map_err(wrap)?;
+    for migration in migrations {
+        let mut attempt = 1;
+        loop {
+            match apply(client, migration).await {
+                Ok(true) => applied.push(migration.name),
+                Ok(false) => {}
+                Err(MigrateError::Apply { source, .. }) if waited_for_a_lock(&source) => {
+                    if attempt == LOCK_ATTEMPTS {
+                        return Err(MigrateError::Blocked {
+                            name: migration.name,
+                            attempts: LOCK_ATTEMPTS,
+                        });
+                    }
+                    eprintln!(
+                        "migrate: {} waited {LOCK_WAIT} for a lock another transaction holds (attempt {attempt} of \
+                         {LOCK_ATTEMPTS}); trying again",
+                        migration.name
+                    );
+                    tokio::time::sleep(Duration::from_secs(1 << attempt.min(3))).await;
+                    attempt += 1;
+                    continue;
                 }
+                Err(error) => return Err(error),
             }
-            continue;
+            break;
         }
-        tx.batch_execute(migration.sql).await.map_err(wrap)?;
-        tx.query_typed(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            &[
-                (&migration.version, Type::INT4),
-                (&migration.name, Type::TEXT),
-                (&ours, Type::TEXT),
-            ],
+    }
+    Ok(applied)
+}
+
+fn waited_for_a_lock(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// Applies `migration` unless it is recorded (checking it is the same SQL),
+/// in one transaction; returns whether it was applied now.
+async fn apply(client: &mut Client, migration: &Migration) -> Result<bool, MigrateError> {
+    let wrap = |source| MigrateError::Apply {
+        name: migration.name,
+        source,
+    };
+    let tx = client.transaction().await.map_err(wrap)?;
+    tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&LOCK_KEY, Type::INT8)])
+        .await
+        .map_err(wrap)?;
+    // Every request on a table waits behind a migration's queued lock on it,
+    // and the functions give up after their own 2 s: a migration waits at
+    // most LOCK_WAIT for a table a long transaction holds, gives way, and
+    // tries again a little later.
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+        .await
+        .map_err(wrap)?;
+    let ours = checksum(migration.sql);
+    let recorded = tx
+        .query_typed(
+            "SELECT name, checksum FROM schema_migrations WHERE version = $1",
+            &[(&migration.version, Type::INT4)],
         )
         .await
         .map_err(wrap)?;
-        tx.commit().await.map_err(wrap)?;
-        applied.push(migration.name);
+    if let Some(row) = recorded.first() {
+        let name: String = row.get(0);
+        if name != migration.name {
+            return Err(MigrateError::Mismatch {
+                version: migration.version,
+                recorded: name,
+                expected: migration.name,
+            });
+        }
+        match row.get::<_, Option<String>>(1) {
+            Some(theirs) if theirs == ours => {}
+            Some(_) => return Err(MigrateError::Changed { name: migration.name }),
+            // Applied before checksums were kept: this file is taken as
+            // what ran, and held to from now on.
+            None => {
+                tx.query_typed(
+                    "UPDATE schema_migrations SET checksum = $2 WHERE version = $1",
+                    &[(&migration.version, Type::INT4), (&ours, Type::TEXT)],
+                )
+                .await
+                .map_err(wrap)?;
+                tx.commit().await.map_err(wrap)?;
+            }
+        }
+        return Ok(false);
     }
-    Ok(applied)
+    tx.batch_execute(migration.sql).await.map_err(wrap)?;
+    tx.query_typed(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        &[
+            (&migration.version, Type::INT4),
+            (&migration.name, Type::TEXT),
+            (&ours, Type::TEXT),
+        ],
+    )
+    .await
+    .map_err(wrap)?;
+    tx.commit().await.map_err(wrap)?;
+    Ok(true)
 }
 
 /// Connects to `url` (TLS as the URL asks) and applies pending migrations.

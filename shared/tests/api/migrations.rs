@@ -402,3 +402,53 @@ async fn the_release_befores_calls_still_post_and_grant() {
         ("ok".to_owned(), true, true)
     );
 }
+
+/// A migration that changes a table another transaction holds (a dashboard
+/// query left open, a `pg_dump`) waits at most `LOCK_WAIT` for it, gives
+/// way, and tries again a little later: the requests queued behind its wait
+/// get through instead of failing at their own 2 s lock timeout (a deploy
+/// was an outage for as long as the other transaction ran), and it applies
+/// once the table is free.
+#[tokio::test]
+async fn a_migration_gives_way_to_a_transaction_holding_its_table() {
+    use shared::store::migrate::{Migration, run_these};
+    static LATER: &[Migration] = &[Migration {
+        version: 10_000,
+        name: "9999_a_later_change_to_the_chat",
+        sql: "ALTER TABLE live_messages ADD COLUMN later_change INTEGER",
+    }];
+    let app = crate::helpers::TestApp::spawn().await;
+    let room = "migrating";
+    app.start_stream(uuid::Uuid::new_v4(), room).await;
+    let mut holder_connection = connect(&app.database_url).await;
+    let holder = holder_connection.transaction().await.unwrap();
+    holder
+        .execute("SELECT FROM live_messages LIMIT 1", &[])
+        .await
+        .unwrap();
+
+    let (mut migrator, connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let migration = tokio::spawn(async move { run_these(&mut migrator, LATER).await });
+    let not_done = std::sync::atomic::AtomicBool::new(false);
+    assert!(
+        app.until_a_statement_waits_for_a_lock(&not_done).await,
+        "the migration waits for the held table"
+    );
+    for text in ["one", "two", "three"] {
+        let body = serde_json::json!({"roomName": room, "text": text}).to_string();
+        let posted = app
+            .call(
+                shared::handlers::post_message,
+                Some(&app.token_for(uuid::Uuid::new_v4())),
+                &body,
+            )
+            .await;
+        assert_eq!(posted.status, 201, "{}", posted.body);
+    }
+    holder.rollback().await.unwrap();
+    let applied = migration.await.unwrap().expect("applied once the table is free");
+    assert_eq!(applied, ["9999_a_later_change_to_the_chat"]);
+}
