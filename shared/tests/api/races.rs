@@ -37,6 +37,18 @@ async fn app_on_the_stand_in() -> TestApp {
 
 const GRACE: Duration = Duration::from_secs(120);
 
+/// A reconciler run that sets `ran` once it has returned, so that a test
+/// waiting for it to wait for a lock
+/// ([`TestApp::until_a_statement_waits_for_a_lock`]) stops waiting then.
+async fn reconcile_noting_its_return(
+    app: &TestApp,
+    ran: &std::sync::atomic::AtomicBool,
+) -> Result<shared::scheduled::reconcile::ReconcileReport, shared::error::ApiError> {
+    let report = reconcile(&app.state, GRACE).await;
+    ran.store(true, std::sync::atomic::Ordering::SeqCst);
+    report
+}
+
 async fn join(app: &TestApp, id: &str, room: &str, identity: &str, sid: &str) {
     let body = webhook_event(id, "participant_joined", room, Some((identity, sid, false)));
     let response = app.deliver(signed_webhook(&body, LIVEKIT_API_SECRET)).await;
@@ -1669,7 +1681,7 @@ async fn a_claim_taken_over_while_the_prune_waited_stays() {
 /// moment, its clock stops in the same run.
 #[tokio::test]
 async fn a_held_stream_row_leaves_the_other_rooms_their_run() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     let app = TestApp::spawn().await;
     for room in ["row-held", "row-free"] {
         app.start_stream(Uuid::new_v4(), room).await;
@@ -1706,11 +1718,7 @@ async fn a_held_stream_row_leaves_the_other_rooms_their_run() {
     let holder = holder_connection.transaction().await.unwrap();
     holder.execute(hold, &[]).await.unwrap();
     let ran = AtomicBool::new(false);
-    let run = async {
-        let report = reconcile(&app.state, GRACE).await;
-        ran.store(true, Ordering::SeqCst);
-        report
-    };
+    let run = reconcile_noting_its_return(&app, &ran);
     let release = async {
         app.until_a_statement_waits_for_a_lock(&ran).await;
         holder.rollback().await.unwrap();
@@ -1840,7 +1848,7 @@ async fn a_room_listed_again_stops_its_missing_clock_even_when_its_sync_fails() 
 /// not after a listing that then fails.
 #[tokio::test]
 async fn a_room_listed_again_while_its_row_is_held_stops_its_clock_even_when_its_sync_fails() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     let app = app_on_the_stand_in().await;
     app.start_stream(Uuid::new_v4(), "held-blinking").await;
     let admin = app.db().await;
@@ -1863,11 +1871,7 @@ async fn a_room_listed_again_while_its_row_is_held_stops_its_clock_even_when_its
         .unwrap();
     let listing = app.stub().hold("ListParticipants");
     let ran = AtomicBool::new(false);
-    let run = async {
-        let report = reconcile(&app.state, GRACE).await;
-        ran.store(true, Ordering::SeqCst);
-        report
-    };
+    let run = reconcile_noting_its_return(&app, &ran);
     // Let go of the row once the run waits for it, or once it lists the
     // participants without having waited.
     let release = async {

@@ -481,21 +481,22 @@ async fn a_side_connection_keeps_its_hosts_stream_and_a_host_who_never_came_is_g
         "gone since the start"
     );
 
-    admin
-        .batch_execute(
-            "UPDATE live_participant_sessions SET left_at = now() - interval '30 seconds'
-             WHERE room_name = 'side-only'",
-        )
-        .await
-        .unwrap();
+    let side_connection_left = |seconds_ago: f64| {
+        let admin = &admin;
+        async move {
+            admin
+                .execute(
+                    "UPDATE live_participant_sessions SET left_at = now() - make_interval(secs => $1)
+                     WHERE room_name = 'side-only'",
+                    &[&seconds_ago],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    side_connection_left(30.0).await;
     assert!(!end("side-only").await, "left 30 s ago: may come back");
-    admin
-        .batch_execute(
-            "UPDATE live_participant_sessions SET left_at = now() - interval '121 seconds'
-             WHERE room_name = 'side-only'",
-        )
-        .await
-        .unwrap();
+    side_connection_left(121.0).await;
     assert!(end("side-only").await);
 }
 
