@@ -199,12 +199,14 @@ async fn chat_needs_a_live_stream_and_valid_text() {
     app.call(post_message, Some(&app.token_for(viewer)), &unknown)
         .await
         .assert_error(404, "stream_not_found");
-    app.call(
-        shared::handlers::end_stream,
-        Some(&app.token_for(host)),
-        &json!({"roomName": ROOM}).to_string(),
-    )
-    .await;
+    let ended = app
+        .call(
+            shared::handlers::end_stream,
+            Some(&app.token_for(host)),
+            &json!({"roomName": ROOM}).to_string(),
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
     say(&app, viewer, "too late")
         .await
         .assert_error(409, "stream_ended");

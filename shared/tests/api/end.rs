@@ -66,6 +66,8 @@ async fn ending_twice_keeps_the_first_ended_at_and_closes_the_room_once() {
     app.set_livekit_mode(LiveKitMode::Failing).await;
     let second = app.call(end_stream, Some(&token), END_BODY).await;
     assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(first.body["roomClosed"], true, "{}", first.body);
+    assert!(!app.has_room("ending").await, "the room is closed");
     assert_eq!(
         first.body, second.body,
         "same endedAt, same answer, roomClosed still true"

@@ -168,17 +168,13 @@ async fn a_connection_that_died_while_the_container_was_frozen_is_replaced_not_s
     // The pooled connection goes dead silently, and the container sits idle.
     proxy.set(FREEZE);
     tokio::time::sleep(Duration::from_millis(5_500)).await;
-    let started = Instant::now();
+    // Served on the dead connection, the request would hang until its
+    // deadline's 503: the 200 is the fresh connection's.
     let response = app.call(issue_token, Some(&token), body).await;
     assert_eq!(
         response.status, 200,
         "a fresh connection answered: {}",
         response.body
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
     );
 }
 
@@ -352,6 +348,11 @@ async fn starts_and_tokens_are_rate_limited_per_user_across_containers() {
     .map(|r| r.status)
     .collect();
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| (200..300).contains(*s)).count(),
+        3,
+        "the other three started or found the stream: {statuses:?}"
+    );
 
     let viewer = Uuid::new_v4();
     let body = r#"{"roomName":"limited","participantName":"Ada"}"#;

@@ -202,12 +202,14 @@ async fn one_stream_is_returned_live_or_ended_and_unknown_is_404() {
     assert_eq!(live.body["stream"]["streamerId"], host.to_string());
     assert_eq!(live.body["stream"]["endedAt"], serde_json::Value::Null);
 
-    app.call(
-        shared::handlers::end_stream,
-        Some(&app.token_for(host)),
-        r#"{"roomName":"single"}"#,
-    )
-    .await;
+    let end = app
+        .call(
+            shared::handlers::end_stream,
+            Some(&app.token_for(host)),
+            r#"{"roomName":"single"}"#,
+        )
+        .await;
+    assert_eq!(end.status, 200, "{}", end.body);
     let ended = app
         .send(get_stream, get_request(Some(&token), &[], Some("single")))
         .await;

@@ -2,7 +2,7 @@
 //! state recovers by itself once the dependency is back.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shared::handlers::{end_stream, start_stream};
 use shared::scheduled::flush::flush_until;
@@ -48,7 +48,6 @@ async fn a_database_down_at_cold_start_is_a_503_and_the_warm_state_recovers() {
     .await;
     let token = app.token_for(Uuid::new_v4());
 
-    let started = Instant::now();
     let down = app
         .call(start_stream, Some(&token), r#"{"title":"x","roomName":"outage"}"#)
         .await;
@@ -57,11 +56,9 @@ async fn a_database_down_at_cold_start_is_a_503_and_the_warm_state_recovers() {
         down.body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("database")
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "answered within the pool timeouts"
+            .contains("database"),
+        "the pool's own timeouts answered, not the request's deadline: {}",
+        down.body
     );
 
     start_proxy(database_port.listen(), postgres_addr(&real_url)).await;
@@ -90,13 +87,14 @@ async fn a_database_that_accepts_but_never_answers_is_a_503_within_seconds() {
         ..AppOptions::default()
     })
     .await;
-    let started = Instant::now();
     let response = app.request_token(&app.token_for(Uuid::new_v4()), "r").await;
     response.assert_error(503, "unavailable");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
+    // The pool's connect timeout answered, not the request's deadline ("The
+    // request took too long"), which would answer too without it.
+    assert_eq!(
+        response.body["error"]["message"], "The database is temporarily unavailable; please retry shortly.",
+        "{}",
+        response.body
     );
 }
 
@@ -118,7 +116,6 @@ async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers
     cluster.stop().await;
     let token = app.token_for(host);
     let viewer_token = app.token_for(Uuid::new_v4());
-    let started = Instant::now();
     let down = app
         .call(
             start_stream,
@@ -127,13 +124,18 @@ async fn a_database_restart_is_a_503_while_down_and_the_same_warm_state_recovers
         )
         .await;
     down.assert_error(503, "unavailable");
-    let down = app.request_token(&viewer_token, "before-restart").await;
-    down.assert_error(503, "unavailable");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "two 503s took {:?}",
-        started.elapsed()
-    );
+    let down_too = app.request_token(&viewer_token, "before-restart").await;
+    down_too.assert_error(503, "unavailable");
+    for answer in [&down, &down_too] {
+        assert!(
+            answer.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("database"),
+            "the database's 503, not the deadline's: {}",
+            answer.body
+        );
+    }
     // The flusher's invocation fails as a whole, so Lambda's Errors metric
     // (the template's alarm) sees a minute of counts not copied.
     let flushed = flush_until(&app.state, Instant::now(), None).await;

@@ -227,7 +227,8 @@ async fn a_later_listing_reopens_what_the_reconciler_closed_but_not_what_a_leave
         "flapping",
         Some((&bob, "PA_bob", false)),
     );
-    app.deliver(signed_webhook(&leave, LIVEKIT_API_SECRET)).await;
+    let left = app.deliver(signed_webhook(&leave, LIVEKIT_API_SECRET)).await;
+    assert_eq!(left.status, 200, "{}", left.body);
     // A listing that misses ada (a LiveKit node's stale view): her session closes.
     app.stub().set_participants("flapping", vec![]);
     reconcile(&app.state, GRACE).await.unwrap();
@@ -333,16 +334,14 @@ async fn a_request_blocked_on_a_lock_is_a_503_after_the_lock_timeout() {
     let host = Uuid::new_v4();
     app.start_stream(host, "locked").await;
     let held = app.hold_stream_row("locked").await;
-    let started = Instant::now();
     let end = app
         .call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"locked"}"#)
         .await;
     end.assert_error(503, "unavailable");
     assert!(end.headers.contains_key("retry-after"));
-    let waited = started.elapsed();
-    assert!(
-        (Duration::from_millis(1500)..Duration::from_secs(5)).contains(&waited),
-        "gave up after {waited:?}"
+    assert_eq!(
+        end.body["error"]["message"], "The database is temporarily unavailable; please retry shortly.",
+        "the lock timeout answered, not the request's deadline"
     );
     held.batch_execute("ROLLBACK").await.unwrap();
     assert!(app.stream_row("locked").await.unwrap().get::<_, bool>("is_live"));
@@ -688,8 +687,10 @@ async fn a_streamer_has_one_live_stream_at_a_time_by_default() {
         )
         .await;
     assert_eq!(retried.status, 200, "a retried start of the live stream is fine");
-    app.call(end_stream, Some(&bearer), r#"{"roomName":"first"}"#)
+    let ended = app
+        .call(end_stream, Some(&bearer), r#"{"roomName":"first"}"#)
         .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
     app.start_stream(host, "second").await;
 }
 

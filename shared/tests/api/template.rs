@@ -35,14 +35,21 @@ fn number(template: &Value, value: &Value, what: &str) -> i64 {
         .unwrap_or_else(|| panic!("{what}: parameter {parameter} has no numeric default"))
 }
 
+/// Every function of the template; the checks looping over them would pass
+/// vacuously over none.
 fn functions(template: &Value) -> Vec<(String, Value)> {
-    template["Resources"]
+    let functions: Vec<(String, Value)> = template["Resources"]
         .as_mapping()
         .unwrap()
         .iter()
         .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function"))
         .map(|(name, r)| (name.as_str().unwrap().to_owned(), r.clone()))
-        .collect()
+        .collect();
+    let binaries = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../functions"))
+        .expect("functions/")
+        .count();
+    assert_eq!(functions.len(), binaries, "one function per functions/<name>");
+    functions
 }
 
 #[test]
