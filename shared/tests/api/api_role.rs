@@ -244,6 +244,7 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_close_counts(text)",
     "execute live_count_add(text,integer,integer,integer,double precision,double precision)",
     "execute live_end_stream(text,uuid)",
+    "execute live_end_stream_its_host_left(text,interval)", // the reconciler (0065)
     "execute live_finish_stream(text,interval)",
     "execute live_flush_reactions(interval)",
     "execute live_flush_viewer_counts()",
