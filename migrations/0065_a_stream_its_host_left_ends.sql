@@ -7,10 +7,12 @@
 -- streamer's identity, nor of one of the streamer's side connections
 -- (`<streamer>#<name>`, publishing for the host), and the last of them left
 -- (or the stream started, for a host who never joined) that long ago. The
--- stream ends as of that moment, as a stream whose room vanished ends when
--- it was found missing (0029): its duration and the watch time of the
--- viewers still there stop when the host left. Its room is left unclosed
--- for the reconciler to close with DeleteRoom, which disconnects everyone.
+-- stream ends now, not as of when the host left (as a stream whose room
+-- vanished does, 0029): viewers kept joining the room since, and
+-- live_close_counts takes the end as the moment every present viewer left,
+-- so an earlier end would take their time from the others in their shard.
+-- Its room is left unclosed for the reconciler to close with DeleteRoom,
+-- which disconnects everyone.
 -- Lock order as /live/end's: the stream's row first, then live_close_counts.
 
 -- No index of its own: building one would hold back every webhook's session
@@ -47,7 +49,7 @@ BEGIN
     IF v_left > now() - p_return THEN
         RETURN false;
     END IF;
-    UPDATE live_streams s SET is_live = false, ended_at = v_left WHERE s.id = p_room;
+    UPDATE live_streams s SET is_live = false, ended_at = now() WHERE s.id = p_room;
     PERFORM live_close_counts(p_room);
     RETURN true;
 END

@@ -194,6 +194,16 @@ impl LiveKit {
         Ok(found.into_iter().map(|room| (room.name, room.sid)).collect())
     }
 
+    /// Whether `identity` is in the room now (a room that is gone has
+    /// nobody): one `GetParticipant`, not the whole room's listing.
+    pub async fn is_in_room(&self, room: &RoomName, identity: &str) -> Result<bool, RoomServiceError> {
+        match repeatable(|| self.rooms.get_participant(room.as_str(), identity)).await {
+            Ok(_) => Ok(true),
+            Err(RoomServiceError::NotFound) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Who is in the room now. A room that is gone has nobody.
     pub async fn participants(
         &self,

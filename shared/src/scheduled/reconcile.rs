@@ -521,6 +521,9 @@ async fn sync_room(
         .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?;
     let present: Vec<Presence> = participants.iter().map(Presence::from).collect();
     let users: Vec<Uuid> = present.iter().filter_map(Presence::user).collect();
+    let host_listed = present
+        .iter()
+        .any(|p| p.user() == Some(streamer) || p.side_connection_of == Some(streamer));
     // Another instance than the stream's is open under its name: LiveKit
     // lost the recorded one without a `room_finished` (a restart) and a
     // client's reconnect opened the room again. Every webhook of it is
@@ -574,9 +577,14 @@ async fn sync_room(
             // The sessions match the listing now: a host out of the room
             // that long has left the stream. LiveKit would keep the room
             // open, the viewers watching nothing, while anyone is in it.
-            match streams::end_if_its_host_left(&client, room, state.rules.host_return).await {
-                Ok(ended) => done.ended = ended,
-                Err(error) => done.database_failed = Some(error),
+            // Only for a host the listing missed, and asked again just
+            // before: one who came back since, their join's webhook still on
+            // its way, must not be cut off by the room's close.
+            if !host_listed && host_still_away(state, room, streamer).await {
+                match streams::end_if_its_host_left(&client, room, state.rules.host_return).await {
+                    Ok(ended) => done.ended = ended,
+                    Err(error) => done.database_failed = Some(error),
+                }
             }
         }
         Err(error) => done.database_failed = Some(error),
@@ -636,6 +644,18 @@ async fn sync_room(
         .collect();
     done.corrected = room_rules::correct_all(state, room, &stream, &corrections, until).await;
     Ok(done)
+}
+
+/// Whether the streamer is still out of `room` by LiveKit's own word (a
+/// failed call counts as back: nothing is ended on a guess).
+async fn host_still_away(state: &AppState, room: &RoomName, streamer: Uuid) -> bool {
+    match state.livekit.is_in_room(room, &streamer.to_string()).await {
+        Ok(in_room) => !in_room,
+        Err(error) => {
+            tracing::warn!(%room, %error, "could not ask whether the host is back; the next run decides");
+            false
+        }
+    }
 }
 
 /// Whether LiveKit still has `room` open as the instance `sid`.

@@ -1929,6 +1929,65 @@ async fn a_room_the_listing_missed_is_closed_once_its_stream_has_ended() {
     assert!(closed_at().await.is_some());
 }
 
+/// A host whose stream the database would end (out of the room for
+/// `HOST_RETURN_SECONDS` by its sessions) but who came back after the room's
+/// listing, their join's webhook still on its way, keeps the stream: the
+/// reconciler asks LiveKit for the host once more before it ends anything,
+/// as the end closes the room and would cut the host off. (The stand-in
+/// lets the host back between the listing and that question.)
+#[tokio::test]
+async fn a_host_back_after_the_listing_is_not_cut_off_by_the_end_of_their_stream() {
+    let app = app_on_the_stand_in().await;
+    let host = Uuid::new_v4();
+    app.start_stream(host, "host-back").await;
+    app.db()
+        .await
+        .execute(
+            "WITH started AS (
+                 UPDATE live_streams SET created_at = now() - interval '1 hour' WHERE id = 'host-back')
+             INSERT INTO live_participant_sessions (room_name, sid, identity, counted, joined, left_at)
+             VALUES ('host-back', 'PA_gone', $1, false, true, now() - interval '121 seconds')",
+            &[&host.to_string()],
+        )
+        .await
+        .unwrap();
+    app.stub().set_participants("host-back", Vec::new());
+    let asked = app.stub().hold("GetParticipant");
+    let back = async {
+        asked.arrived().await;
+        app.stub().set_participants(
+            "host-back",
+            vec![participant(&host.to_string(), "PA_back", false)],
+        );
+        asked.release();
+    };
+    let (report, ()) = tokio::join!(reconcile(&app.state, GRACE), back);
+    let report = report.unwrap();
+    assert_eq!((report.synced, report.hosts_gone), (1, 0), "{report:?}");
+    assert!(
+        app.stream_row("host-back")
+            .await
+            .unwrap()
+            .get::<_, bool>("is_live")
+    );
+    assert!(app.stub().has_room("host-back"), "the room stays open");
+
+    // Still away when asked: the stream ends and its room closes.
+    app.stub().set_participants("host-back", Vec::new());
+    app.db()
+        .await
+        .execute(
+            "UPDATE live_participant_sessions SET left_at = now() - interval '121 seconds'
+             WHERE room_name = 'host-back'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.hosts_gone, 1, "{report:?}");
+    assert!(!app.stub().has_room("host-back"));
+}
+
 /// A viewer's first join in flight (its session and presence row inserted,
 /// not yet committed) when `/live/end` runs: the end cannot see those rows,
 /// so the join commits a presence row into a stream that has ended. Nothing

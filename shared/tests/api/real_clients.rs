@@ -1042,9 +1042,9 @@ async fn a_lowered_hand_a_declined_invitation_and_a_guests_own_leave_reach_the_r
 /// closed without `/live/end`, a phone that died) left viewers in a room with
 /// nothing in it, the stream live, for as long as one stayed. The reconciler
 /// ends the stream once the host has been out of the room for
-/// `HOST_RETURN_SECONDS` (120 s by default), as of the moment they left, and
-/// closes the room, which disconnects the viewers; a host in the room, or out
-/// of it for less, keeps the stream.
+/// `HOST_RETURN_SECONDS` (120 s by default), and closes the room, which
+/// disconnects the viewers; a host in the room, or out of it for less, keeps
+/// the stream.
 #[tokio::test]
 async fn a_stream_whose_host_left_ends_and_its_room_closes_though_viewers_stay() {
     use shared::scheduled::reconcile::reconcile;
@@ -1086,10 +1086,10 @@ async fn a_stream_whose_host_left_ends_and_its_room_closes_though_viewers_stay()
     assert_eq!((report.hosts_gone, report.ended), (1, 1), "{report:?}");
     let row = app.stream_row(ROOM).await.unwrap();
     assert!(!row.get::<_, bool>("is_live"));
-    assert_eq!(
-        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("ended_at"),
-        Some(left_at),
-        "ended when the host left"
+    let ended_at: chrono::DateTime<chrono::Utc> = row.get("ended_at");
+    assert!(
+        ended_at >= left_at + chrono::Duration::seconds(120),
+        "ended at the run, not when the host left: {ended_at} against {left_at}"
     );
     assert!(
         row.get::<_, Option<chrono::DateTime<chrono::Utc>>>("room_closed_at")
