@@ -16,21 +16,25 @@ use aws_smithy_http_client::{Builder, ConnectorBuilder};
 use crate::config::ConfigError;
 
 /// A Secrets Manager client from the standard AWS environment (region, credentials,
-/// `AWS_ENDPOINT_URL`). Timeouts are short so an unreachable endpoint fails the
-/// cold start quickly instead of eating the function's whole timeout.
+/// `AWS_ENDPOINT_URL`), with [`timeouts`].
 pub async fn client_from_env() -> Client {
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .http_client(https_client())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .operation_attempt_timeout(Duration::from_secs(3))
-                .operation_timeout(Duration::from_secs(8))
-                .build(),
-        )
+        .timeout_config(timeouts())
         .load()
         .await;
     Client::new(&sdk)
+}
+
+/// Short, so an unreachable or hung endpoint fails the cold start quickly
+/// instead of eating the function's whole timeout: the SDK sets none of its
+/// own for an answer that never comes.
+pub fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(3))
+        .operation_timeout(Duration::from_secs(8))
+        .build()
 }
 
 /// Where the application's secret lives: kept after the cold start so the
