@@ -248,11 +248,7 @@ async fn close_rooms_of_ended_streams(
             report.left_for_next_run += unclosed.len() - done;
             break;
         }
-        let closed = match state.livekit.delete_room(room).await {
-            Ok(()) => mark_room_closed(state, room).await,
-            Err(error) => Err(ApiError::unavailable(Dependency::LiveKit, error)),
-        };
-        match closed {
+        match close_room(state, room).await {
             Ok(()) => {
                 report.rooms_closed += 1;
                 failures_in_a_row = 0;
@@ -266,7 +262,15 @@ async fn close_rooms_of_ended_streams(
     }
 }
 
-async fn mark_room_closed(state: &AppState, room: &RoomName) -> Result<(), ApiError> {
+/// Closes an ended stream's room (`DeleteRoom`, which disconnects everyone)
+/// and records it closed. A failure leaves it for the next run's
+/// [`close_rooms_of_ended_streams`].
+async fn close_room(state: &AppState, room: &RoomName) -> Result<(), ApiError> {
+    state
+        .livekit
+        .delete_room(room)
+        .await
+        .map_err(|error| ApiError::unavailable(Dependency::LiveKit, error))?;
     let client = state.db.get().await?;
     streams::mark_room_closed(&client, room).await
 }
@@ -592,19 +596,10 @@ async fn sync_room(
     if done.ended {
         drop(client);
         tracing::info!(%room, "ended a live stream whose host left the room");
-        if !past(until) {
-            // Disconnects everyone. A failure leaves the room unclosed, for
-            // the next run's closing of ended streams' rooms.
-            match state.livekit.delete_room(room).await {
-                Ok(()) => {
-                    if let Err(error) = mark_room_closed(state, room).await {
-                        tracing::warn!(%room, %error, "room closed but not recorded as closed");
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%room, %error, "the room of a stream its host left is not closed yet")
-                }
-            }
+        if !past(until)
+            && let Err(error) = close_room(state, room).await
+        {
+            tracing::warn!(%room, %error, "the room of a stream its host left is not closed yet; the next run closes it");
         }
         return Ok(done);
     }

@@ -501,10 +501,10 @@ pub async fn rooms_found(client: &Client, rooms: &[&str]) -> Result<HashSet<Stri
         .collect()
 }
 
-/// Ends `room`'s live stream if its host (the streamer's identity, or one
-/// of the streamer's side connections) has had no session open in the room
-/// for `host_return`, as of the moment the host left (migration 0065).
-/// Returns whether it ended now; its room is left for the caller to close.
+/// Ends `room`'s live stream now if its host (the streamer's identity, or
+/// one of the streamer's side connections) has had no session open in the
+/// room for `host_return` (migration 0065). Returns whether it ended; its
+/// room is left for the caller to close.
 pub async fn end_if_its_host_left(
     client: &Client,
     room: &RoomName,
