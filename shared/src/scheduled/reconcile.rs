@@ -53,9 +53,13 @@ const PRUNE_BATCHES: usize = 48;
 /// one runs at most `statement_timeout`, 5 s): the rest of the 50 s is the
 /// rooms'.
 const PRUNE_BUDGET: Duration = Duration::from_secs(20);
-/// Ended streams whose unique-viewer marks one run deletes: 1,440,000 a day
-/// at one run a minute, far more streams than end in a day.
-const MARKED_STREAMS_PER_RUN: i64 = 1_000;
+/// Ended streams one run retires (their unique-viewer marks and stage rows
+/// deleted, their shards folded): 1,440,000 a day at one run a minute, far
+/// more streams than end in a day.
+const RETIRED_STREAMS_PER_RUN: i64 = 1_000;
+/// Streams one fold statement takes: at most 16 count and 80 reaction
+/// shards each, so it touches under [`PRUNE_BATCH`] rows.
+const FOLDED_STREAMS_PER_STATEMENT: usize = 50;
 /// Most ended streams whose room one run tries to close.
 const CLOSE_BATCH: i64 = 50;
 /// Closing rooms stops for the run after this many `DeleteRoom` failures in
@@ -84,6 +88,11 @@ pub struct ReconcileReport {
     /// Unique-viewer marks (`live_viewers_seen`) of streams that ended longer
     /// ago than the session retention: their figure is final.
     pub viewers_seen_pruned: usize,
+    /// Streams that ended longer ago than the session retention whose count
+    /// and reaction shards were folded into one row each (migration 0067).
+    pub streams_folded: usize,
+    /// Stage rows (raised hands, invitations, turns) of those streams.
+    pub stage_rows_pruned: usize,
     /// Presence rows of ended streams: a first join whose row committed while
     /// the end ran, which the end could not see (migration 0023).
     pub presence_pruned: usize,
@@ -290,7 +299,7 @@ async fn clean_up(
     report.webhook_ids_pruned = prune_webhook_ids(client, until).await?;
     in_batches(until, || crate::store::rate_limit::prune(client, PRUNE_BATCH)).await?;
     report.sessions_pruned = prune_sessions(client, retention, until).await?;
-    report.viewers_seen_pruned = prune_viewers_seen(client, retention, until).await?;
+    retire_ended_streams(client, retention, until, report).await?;
     report.presence_pruned = in_batches(until, || prune_presence_of_ended(client)).await?;
     Ok(())
 }
@@ -376,18 +385,21 @@ async fn prune_sessions(
     Ok(closed + open_in_ended)
 }
 
-/// Deletes the unique-viewer marks of streams that ended longer ago than
-/// `retention`, going through those streams in the order they ended from
-/// where the last run stopped (`live_prune_progress`, migration 0042), at
-/// most [`MARKED_STREAMS_PER_RUN`] a run: bounded whatever the history, and
-/// a backlog is worked off run by run. The position moves past a stream only
-/// once its marks are all gone.
-async fn prune_viewers_seen(
+/// Retires the streams that ended longer ago than `retention`: deletes
+/// their unique-viewer marks (the figure is final) and stage rows, and folds
+/// their count and reaction shards into one row each (migration 0067; the
+/// stats read the same figures). It goes through those streams in the order
+/// they ended from where the last run stopped (`live_prune_progress`,
+/// migrations 0042 and 0067), at most [`RETIRED_STREAMS_PER_RUN`] a run:
+/// bounded whatever the history, and a backlog is worked off run by run.
+/// The position moves past a stream only once it is retired whole.
+async fn retire_ended_streams(
     client: &tokio_postgres::Client,
     retention: Duration,
     until: Instant,
-) -> Result<usize, ApiError> {
-    const TASK: &str = "viewers_seen";
+    report: &mut ReconcileReport,
+) -> Result<(), ApiError> {
+    const TASK: &str = "ended_streams";
     let retention_seconds = retention.as_secs_f64();
     let ended = client
         .query_typed(
@@ -404,12 +416,12 @@ async fn prune_viewers_seen(
             &[
                 (&retention_seconds, Type::FLOAT8),
                 (&TASK, Type::TEXT),
-                (&MARKED_STREAMS_PER_RUN, Type::INT8),
+                (&RETIRED_STREAMS_PER_RUN, Type::INT8),
             ],
         )
         .await?;
     let Some(last) = ended.last().filter(|_| Instant::now() < until) else {
-        return Ok(0);
+        return Ok(());
     };
     let last: (DateTime<Utc>, String) = (
         last.try_get(1).map_err(ApiError::internal)?,
@@ -420,7 +432,7 @@ async fn prune_viewers_seen(
         .map(|row| row.try_get(0))
         .collect::<Result<Vec<String>, _>>()
         .map_err(ApiError::internal)?;
-    let pruned = in_batches(until, || async {
+    report.viewers_seen_pruned += in_batches(until, || async {
         Ok(client
             .execute_typed(
                 "DELETE FROM live_viewers_seen WHERE (room_name, identity) IN (
@@ -432,11 +444,40 @@ async fn prune_viewers_seen(
             .await? as usize)
     })
     .await?;
+    report.stage_rows_pruned += in_batches(until, || async {
+        Ok(client
+            .execute_typed(
+                "DELETE FROM live_stage WHERE (room_name, user_id) IN (
+                     SELECT room_name, user_id FROM live_stage
+                     WHERE room_name = ANY($1)
+                     LIMIT $2)",
+                &[(&rooms, Type::TEXT_ARRAY), (&PRUNE_BATCH, Type::INT8)],
+            )
+            .await? as usize)
+    })
+    .await?;
+    for chunk in rooms.chunks(FOLDED_STREAMS_PER_STATEMENT) {
+        if past(Some(until)) {
+            break;
+        }
+        let folded: i32 = client
+            .query_typed_one(
+                "SELECT live_fold_ended_streams($1)",
+                &[(&chunk, Type::TEXT_ARRAY)],
+            )
+            .await?
+            .try_get(0)
+            .map_err(ApiError::internal)?;
+        report.streams_folded += folded as usize;
+    }
     client
         .execute_typed(
             "INSERT INTO live_prune_progress AS p (task, ended_at, room_name)
              SELECT $1, $2, $3
              WHERE NOT EXISTS (SELECT FROM live_viewers_seen WHERE room_name = ANY($4))
+               AND NOT EXISTS (SELECT FROM live_stage WHERE room_name = ANY($4))
+               AND NOT EXISTS (SELECT FROM live_viewer_counts WHERE room_name = ANY($4) AND shard <> 0)
+               AND NOT EXISTS (SELECT FROM live_reaction_counts WHERE room_name = ANY($4) AND shard <> 0)
              ON CONFLICT (task) DO UPDATE SET ended_at = EXCLUDED.ended_at, room_name = EXCLUDED.room_name
              WHERE (p.ended_at, p.room_name) < (EXCLUDED.ended_at, EXCLUDED.room_name)",
             &[
@@ -447,7 +488,7 @@ async fn prune_viewers_seen(
             ],
         )
         .await?;
-    Ok(pruned)
+    Ok(())
 }
 
 /// Deletes the presence rows of ended streams. An end deletes its stream's

@@ -2,7 +2,8 @@
 //! statement of a few dozen rows whatever the audience: nothing is counted
 //! by scanning sessions, messages or reactions at read time.
 //!
-//! - viewers now, unique viewers, watch time: the 16 count shards. Each keeps
+//! - viewers now, unique viewers, watch time: the count shards (16, folded
+//!   into one once the reconciler retires the ended stream, 0067). Each keeps
 //!   the watch time of viewers who left and the sum of the present viewers'
 //!   arrival times, so the watch time so far is `left + present × now − Σ arrivals`;
 //!   when the stream ends the present viewers' time is added and the shards close;

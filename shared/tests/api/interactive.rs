@@ -2117,3 +2117,128 @@ async fn moderation_tells_the_stage_place_committed_before_it() {
         "the removal committed before the unmute: off stage"
     );
 }
+
+/// A stream that ended longer ago than the session retention is retired by
+/// the reconciler: its 16 count shards and its reaction shards folded into
+/// one row each, its stage rows deleted (migration 0067), and its stats read
+/// the same afterwards; a webhook that arrives for it later still changes
+/// nothing, and the next run has nothing left to fold.
+#[tokio::test]
+async fn a_long_ended_streams_shards_are_folded_and_its_stats_stay_the_same() {
+    use shared::handlers::raise_hand;
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "folded-room";
+    app.start_stream(host, room).await;
+    let viewers: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
+    for (n, viewer) in viewers.iter().enumerate() {
+        let (identity, sid) = (viewer.to_string(), format!("PA_fold{n}"));
+        participant(&app, "participant_joined", room, &identity, &sid, "Viewer", false).await;
+    }
+    for (n, viewer) in viewers.iter().enumerate().take(4) {
+        let (identity, sid) = (viewer.to_string(), format!("PA_fold{n}"));
+        participant(&app, "participant_left", room, &identity, &sid, "Viewer", false).await;
+    }
+    for (n, viewer) in viewers.iter().enumerate() {
+        let kind = if n % 3 == 0 { "fire" } else { "heart" };
+        let tapped = app
+            .call(
+                react,
+                Some(&app.token_for(*viewer)),
+                &json!({"roomName": room, "kind": kind}).to_string(),
+            )
+            .await;
+        assert_eq!(tapped.status, 200, "{}", tapped.body);
+    }
+    for viewer in &viewers[4..6] {
+        let raised = app
+            .call(
+                raise_hand,
+                Some(&app.token_for(*viewer)),
+                &json!({"roomName": room, "raised": true}).to_string(),
+            )
+            .await;
+        assert_eq!(raised.status, 200, "{}", raised.body);
+    }
+    let ended = app
+        .call(
+            end_stream,
+            Some(&app.token_for(host)),
+            &json!({"roomName": room}).to_string(),
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    let db = app.db().await;
+    db.execute(
+        "UPDATE live_streams SET created_at = created_at - interval '8 days', ended_at = ended_at - interval '8 days'
+         WHERE id = $1",
+        &[&room],
+    )
+    .await
+    .unwrap();
+    let rows = |table: &'static str| {
+        let db = &db;
+        async move {
+            let sql = format!("SELECT count(*) FROM {table} WHERE room_name = $1");
+            db.query_one(&sql, &[&room]).await.unwrap().get::<_, i64>(0)
+        }
+    };
+    assert_eq!(rows("live_viewer_counts").await, 16);
+    assert!(
+        rows("live_reaction_counts").await > 2,
+        "the taps spread over shards"
+    );
+    assert_eq!(rows("live_stage").await, 2);
+    let before = stats(&app, host, room).await;
+    assert_eq!(
+        (
+            &before["uniqueViewers"],
+            &before["peakViewers"],
+            &before["reactions"]
+        ),
+        (&json!(12), &json!(12), &json!({"heart": 8, "fire": 4})),
+        "{before}"
+    );
+
+    let report = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.streams_folded, report.stage_rows_pruned),
+        (1, 2),
+        "{report:?}"
+    );
+    assert_eq!(rows("live_viewer_counts").await, 1);
+    assert_eq!(rows("live_reaction_counts").await, 2, "one row a kind");
+    assert_eq!(rows("live_stage").await, 0);
+    let after = stats(&app, host, room).await;
+    let same_but_the_sums = |stats: &Value| {
+        let mut stats = stats.clone();
+        for sum in ["totalWatchSeconds", "averageWatchSeconds"] {
+            stats[sum] = Value::Null;
+        }
+        stats
+    };
+    assert_eq!(same_but_the_sums(&after), same_but_the_sums(&before));
+    for sum in ["totalWatchSeconds", "averageWatchSeconds"] {
+        let (was, is) = (before[sum].as_f64().unwrap(), after[sum].as_f64().unwrap());
+        assert!((was - is).abs() < 1e-6 * was.max(1.0), "{sum}: {was} then {is}");
+    }
+
+    let late = deliver_participant_event(
+        &app,
+        "participant_joined",
+        room,
+        ("PA_late", &Uuid::new_v4().to_string()),
+        json!({"name": "Late", "state": "ACTIVE", "permission": {"canSubscribe": true}}),
+        chrono::Utc::now(),
+    )
+    .await;
+    assert_eq!(late["outcome"], "ignored", "{late}");
+    assert_eq!(rows("live_viewer_counts").await, 1);
+    assert_eq!(stats(&app, host, room).await, after);
+    let next = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!((next.streams_folded, next.stage_rows_pruned), (0, 0), "{next:?}");
+}
