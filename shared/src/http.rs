@@ -80,6 +80,12 @@ where
 /// handler (see [`serve`]) or an endpoint with its own authentication (webhooks).
 pub trait Endpoint: Send + Sync {
     fn respond<'a>(&'a self, state: &'a AppState, request: Request) -> BoxFuture<'a, Response<Body>>;
+
+    /// The answer while the function's state cannot be built (see
+    /// [`serve_endpoint`]).
+    fn unavailable(&self, error: &ApiError) -> Response<Body> {
+        error_response(error)
+    }
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -138,24 +144,29 @@ pub async fn serve_endpoint(endpoint: impl Endpoint) -> Result<(), lambda_http::
     let state = &state;
     let endpoint = &endpoint;
     lambda_http::run(service_fn(move |request: Request| async move {
-        // A retried cold-start load (Secrets Manager, then the settings) must
-        // not outlive the invocation either.
-        let loaded = match invocation_time_left(&request) {
-            Some(left) => tokio::time::timeout(left, state.get()).await.unwrap_or_else(|_| {
-                Err(ApiError::unavailable(
-                    Dependency::Configuration,
-                    "startup did not finish before the invocation's deadline",
-                ))
-            }),
-            None => state.get().await,
-        };
-        let response = match loaded {
-            Ok(app) => endpoint.respond(app, request).await,
-            Err(error) => error_response(&error),
-        };
-        Ok::<_, std::convert::Infallible>(response)
+        Ok::<_, std::convert::Infallible>(answer(state, endpoint, request).await)
     }))
     .await
+}
+
+/// One invocation of [`serve_endpoint`]: the state (built now if it is not
+/// yet), then the endpoint's answer, or the endpoint's 503 without a state.
+pub async fn answer(state: &LazyState, endpoint: &impl Endpoint, request: Request) -> Response<Body> {
+    // A retried cold-start load (Secrets Manager, then the settings) must
+    // not outlive the invocation either.
+    let loaded = match invocation_time_left(&request) {
+        Some(left) => tokio::time::timeout(left, state.get()).await.unwrap_or_else(|_| {
+            Err(ApiError::unavailable(
+                Dependency::Configuration,
+                "startup did not finish before the invocation's deadline",
+            ))
+        }),
+        None => state.get().await,
+    };
+    match loaded {
+        Ok(app) => endpoint.respond(app, request).await,
+        Err(error) => endpoint.unavailable(&error),
+    }
 }
 
 /// How a function builds its state: [`AppState::load`] in production.

@@ -34,17 +34,26 @@ impl Endpoint for LiveKitWebhook {
                 }
             })
             .await;
-            // LiveKit's webhook client (go-retryablehttp's default backoff)
-            // waits what a 503's Retry-After says instead of backing off:
-            // four retries 2 s apart, 8 s in all, where its own 1, 2, 4 and
-            // 8 s give the database 15 s to come back before the event is
-            // dropped.
-            response
-                .headers_mut()
-                .remove(lambda_http::http::header::RETRY_AFTER);
+            without_retry_after(&mut response);
             response
         })
     }
+
+    fn unavailable(&self, error: &ApiError) -> Response<Body> {
+        let mut response = error_response(error);
+        without_retry_after(&mut response);
+        response
+    }
+}
+
+/// LiveKit's webhook client (go-retryablehttp's default backoff) waits what
+/// a 503's Retry-After says instead of backing off (four retries that far
+/// apart), where its own 1, 2, 4 and 8 s give the database, or a startup that
+/// failed, 15 s to come back before the event is dropped.
+fn without_retry_after(response: &mut Response<Body>) {
+    response
+        .headers_mut()
+        .remove(lambda_http::http::header::RETRY_AFTER);
 }
 
 /// What happened to a delivered event. Anything but a bad signature is a 200,

@@ -256,6 +256,49 @@ async fn a_failed_cold_start_answers_503_and_retries_without_a_crash_loop() {
     assert_eq!(ATTEMPTS.load(Ordering::SeqCst), 2, "built once, then kept");
 }
 
+/// While a cold start cannot build its state, every function answers 503;
+/// the API's answer says when to retry (`Retry-After`), the webhook's does
+/// not, as for every other 503 of the webhook: LiveKit would otherwise wait
+/// that long between its retries instead of backing off.
+#[tokio::test]
+async fn a_webhook_during_a_failed_cold_start_gets_its_503_without_retry_after() {
+    fn loader() -> shared::http::BoxFuture<'static, Result<shared::AppState, shared::config::ConfigError>> {
+        Box::pin(async {
+            Err(shared::config::ConfigError::Secret {
+                id: "live-backend/app".into(),
+                reason: "dispatch failure: connection refused".into(),
+            })
+        })
+    }
+    let state = LazyState::new(loader, Duration::from_secs(60));
+    let event = json!({"event": "room_started", "id": "EV_cold", "room": {"name": "r"}}).to_string();
+    let webhook = shared::http::answer(
+        &state,
+        &shared::handlers::LiveKitWebhook,
+        crate::helpers::post_request(None, &event),
+    )
+    .await;
+    let api = shared::http::answer(
+        &state,
+        &shared::http::Authenticated::new(issue_token),
+        crate::helpers::post_request(Some("a-token"), r#"{"roomName":"r"}"#),
+    )
+    .await;
+    for (name, answer) in [("webhook", &webhook), ("token", &api)] {
+        assert_eq!(answer.status(), 503, "{name}");
+        let body: serde_json::Value = serde_json::from_slice(answer.body()).unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{name}: {body}");
+    }
+    assert_eq!(webhook.headers().get("retry-after"), None);
+    assert_eq!(
+        api.headers()["retry-after"],
+        shared::http::STARTUP_RETRY_INTERVAL
+            .as_secs()
+            .to_string()
+            .as_str()
+    );
+}
+
 #[tokio::test]
 async fn a_signing_key_removed_from_the_jwks_stops_verifying_once_the_cache_expires() {
     let app = TestApp::spawn_with_settings(vec![("SUPABASE_JWKS_CACHE_SECONDS", "1".into())]).await;
