@@ -1300,6 +1300,7 @@ async fn a_stage_update_that_timed_out_is_followed_by_the_newer_standing() {
 
     // The accept's call hangs; LiveKit answers again before it times out.
     app.set_livekit_mode(LiveKitMode::Hanging).await;
+    let held = app.livekit().held_requests();
     let accepted = Standing {
         banned: false,
         muted: false,
@@ -1313,7 +1314,7 @@ async fn a_stage_update_that_timed_out_is_followed_by_the_newer_standing() {
         let room_name = room_name.clone();
         async move { apply_standing_in_room(&state, &room_name, guest, accepted).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.livekit().until_held_requests(held + 1).await;
     app.set_livekit_mode(LiveKitMode::Up).await;
     let told = telling.await.unwrap();
     assert!(told.is_err(), "the accept's own call got no answer");

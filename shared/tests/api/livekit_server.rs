@@ -8,7 +8,7 @@
 //! Python SDK (`shared/tests/clients/participant.py`) in processes of their own.
 
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,10 @@ pub enum Mode {
     /// LiveKit is down.
     Failing,
     /// Connections are accepted and nothing passes, either way: LiveKit hangs.
+    /// Once it is back, a connection that carried a request meanwhile stays
+    /// silent (that call gets no answer) and an idle one is cut, as a
+    /// restarted server resets it: a client's next call does not meet a
+    /// dead keep-alive connection.
     Hanging,
     /// Connections open now are closed by the far end the moment they carry
     /// the next request, which gets no answer; new ones work. A keep-alive
@@ -80,6 +84,9 @@ struct Inner {
     /// passed, a keep-alive connection left idle through an outage would fail
     /// its first request after LiveKit came back.
     generation: watch::Sender<u64>,
+    /// Reads of a client's bytes while LiveKit hung: how a test knows its
+    /// call reached the hang before it lets LiveKit answer again.
+    held: watch::Sender<u64>,
     listening: tokio::sync::Mutex<Listening>,
 }
 
@@ -132,6 +139,7 @@ impl LiveKitServer {
             server: OnceCell::new(),
             mode: AtomicU8::new(UP),
             generation: watch::Sender::new(0),
+            held: watch::Sender::new(0),
             listening: tokio::sync::Mutex::new(Listening {
                 proxy_port: 0,
                 accepting: None,
@@ -152,6 +160,20 @@ impl LiveKitServer {
     /// The URL the app hands to clients and calls RoomService on.
     pub fn ws_url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.proxy_port)
+    }
+
+    /// How many times a client's bytes reached the proxy while LiveKit hung.
+    pub fn held_requests(&self) -> u64 {
+        *self.inner.held.borrow()
+    }
+
+    /// Waits (at most [`SETTLE`]) until [`Self::held_requests`] reaches `count`.
+    pub async fn until_held_requests(&self, count: u64) {
+        let mut held = self.inner.held.subscribe();
+        tokio::time::timeout(SETTLE, held.wait_for(|held| *held >= count))
+            .await
+            .unwrap_or_else(|_| panic!("no call reached the hanging LiveKit ({count} expected)"))
+            .unwrap();
     }
 
     /// Returns once the proxy behaves as `mode` says: after a stop, the next
@@ -407,9 +429,10 @@ impl Inner {
         match self.mode.load(Ordering::SeqCst) {
             FAILING => return,
             HANGING => {
-                // Hold the connection open, silent, until the test is done with it.
-                let _held = inbound;
-                return std::future::pending::<()>().await;
+                let mut inbound = inbound;
+                self.hang(Some(&mut inbound), &mut changes, &AtomicBool::new(false))
+                    .await;
+                return; // cut
             }
             _ => {}
         }
@@ -419,8 +442,11 @@ impl Inner {
         };
         let (client_read, client_write) = inbound.into_split();
         let (server_read, server_write) = outbound.into_split();
-        let pipe = |mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf| {
-            let (mut changes, inner) = (changes.clone(), self.clone());
+        let carried = Arc::new(AtomicBool::new(false));
+        let pipe = |mut from: tokio::net::tcp::OwnedReadHalf,
+                    mut to: tokio::net::tcp::OwnedWriteHalf,
+                    from_client: bool| {
+            let (mut changes, inner, carried) = (changes.clone(), self.clone(), carried.clone());
             tokio::spawn(async move {
                 let mut buffer = vec![0u8; 16 * 1024];
                 let mut closing = false;
@@ -437,7 +463,11 @@ impl Inner {
                         _ = changes.changed() => {
                             match inner.mode.load(Ordering::SeqCst) {
                                 // Stalled, not closed: the connection stays open and silent.
-                                HANGING => std::future::pending::<()>().await,
+                                HANGING => {
+                                    let client = from_client.then_some(&mut from);
+                                    inner.hang(client, &mut changes, &carried).await;
+                                    break;
+                                }
                                 // Dropped unanswered when next used (the other
                                 // direction then ends with the server's close).
                                 CLOSING_IDLE => closing = true,
@@ -448,8 +478,49 @@ impl Inner {
                 }
             })
         };
-        pipe(client_read, server_write);
-        pipe(server_read, client_write);
+        pipe(client_read, server_write, true);
+        pipe(server_read, client_write, false);
+    }
+
+    /// A connection while LiveKit hangs: nothing passes. The client's bytes
+    /// (`client`, its side of the connection, in one of the two directions)
+    /// are read and dropped, counted in `held`, and mark the connection as
+    /// `carried` a request. Once the mode changes, a connection that carried
+    /// one stays silent for good, its call unanswered as in a real hang;
+    /// returns (the caller cuts the connection) for an idle one.
+    async fn hang(
+        &self,
+        mut client: Option<&mut (impl AsyncReadExt + Unpin)>,
+        changes: &mut watch::Receiver<u64>,
+        carried: &AtomicBool,
+    ) {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let reading = async {
+                match client.as_mut() {
+                    Some(client) => client.read(&mut buffer).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = reading => match read {
+                    Ok(n) if n > 0 => {
+                        carried.store(true, Ordering::SeqCst);
+                        self.held.send_modify(|held| *held += 1);
+                    }
+                    _ => client = None, // the client closed its side
+                },
+                changed = changes.changed() => {
+                    if changed.is_err() || self.mode.load(Ordering::SeqCst) == HANGING {
+                        continue;
+                    }
+                    if carried.load(Ordering::SeqCst) {
+                        return std::future::pending().await;
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 
