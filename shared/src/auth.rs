@@ -58,6 +58,11 @@ const JWKS_MIN_REFETCH: Duration = Duration::from_secs(60);
 /// fetch per container however many requests wait for it.
 pub(crate) const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// What a request keeps of its deadline, after a JWKS fetch it waits for,
+/// to do its own work: a fetch bounded only by [`JWKS_FETCH_TIMEOUT`] could
+/// outlast a short deadline, be dropped with the request, and so never fall
+/// back to the previous keys nor space the next attempt.
+const JWKS_ANSWER_MARGIN: Duration = Duration::from_secs(1);
 /// While the JWKS cannot be fetched, the previous copy keeps verifying for
 /// this many cache periods after it was fetched (an hour at the default ten
 /// minutes, an access token's default lifetime), then requests get 503: a
@@ -303,10 +308,14 @@ impl JwksCache {
 
     async fn fetch(&self) -> Result<HashMap<String, (Algorithm, Arc<DecodingKey>)>, AuthError> {
         let unavailable = |e: String| AuthError::KeysUnavailable(e);
+        let timeout = crate::store::db::request_deadline().map_or(JWKS_FETCH_TIMEOUT, |deadline| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            JWKS_FETCH_TIMEOUT.min(left.saturating_sub(JWKS_ANSWER_MARGIN))
+        });
         let response = self
             .http
             .get(&self.url)
-            .timeout(JWKS_FETCH_TIMEOUT)
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| unavailable(e.to_string()))?;

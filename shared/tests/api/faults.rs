@@ -359,6 +359,33 @@ async fn while_the_jwks_cannot_be_fetched_the_previous_keys_verify_for_a_bounded
     }
 }
 
+/// Supabase Auth hanging when the keys are due for a refresh, with a
+/// request deadline shorter than a JWKS fetch's own bound: the fetch gives
+/// up in time for the request to verify with the previous keys, and the
+/// next request within the retry interval does not fetch again.
+#[tokio::test]
+async fn a_hanging_jwks_refresh_gives_up_within_the_request_deadline() {
+    let app = TestApp::spawn_with_settings(vec![
+        ("SUPABASE_JWKS_CACHE_SECONDS", "1".into()),
+        ("REQUEST_DEADLINE_SECONDS", "2".into()),
+    ])
+    .await;
+    let room = "keys-hang";
+    app.start_stream(Uuid::new_v4(), room).await;
+    let viewer = asymmetric("es256-a", &app.claims_for(Uuid::new_v4()));
+    let body = json!({"roomName": room, "participantName": "Ann"}).to_string();
+    let first = app.call(issue_token, Some(&viewer), &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    app.jwks.set_hanging(true);
+    // Past the cache period: the next request refreshes the keys.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for attempt in ["the refresh", "within its retry interval"] {
+        let answer = app.call(issue_token, Some(&viewer), &body).await;
+        assert_eq!(answer.status, 200, "{attempt}: {}", answer.body);
+    }
+    assert_eq!(app.jwks.fetches(), 2, "one refresh tried, not one per request");
+}
+
 #[tokio::test]
 async fn starts_and_tokens_are_rate_limited_per_user_across_containers() {
     let app = TestApp::spawn_with_settings(vec![

@@ -798,6 +798,7 @@ struct JwksState {
     keys: Value,
     fetches: usize,
     failing: bool,
+    hanging: bool,
 }
 
 impl JwksServer {
@@ -806,17 +807,26 @@ impl JwksServer {
             keys: json!({"keys": [public_jwk("es256-a"), public_jwk("rs256")]}),
             fetches: 0,
             failing: false,
+            hanging: false,
         }));
         let router = Router::new()
             .route(
                 "/auth/v1/.well-known/jwks.json",
                 get(|State(shared): State<Arc<Mutex<JwksState>>>| async move {
-                    let mut state = shared.lock().unwrap();
-                    state.fetches += 1;
-                    if state.failing {
-                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    let (hanging, answer) = {
+                        let mut state = shared.lock().unwrap();
+                        state.fetches += 1;
+                        let answer = if state.failing {
+                            StatusCode::SERVICE_UNAVAILABLE.into_response()
+                        } else {
+                            Json(state.keys.clone()).into_response()
+                        };
+                        (state.hanging, answer)
+                    };
+                    if hanging {
+                        std::future::pending::<()>().await;
                     }
-                    Json(state.keys.clone()).into_response()
+                    answer
                 }),
             )
             .with_state(shared.clone());
@@ -840,6 +850,11 @@ impl JwksServer {
 
     pub fn set_failing(&self, failing: bool) {
         self.shared.lock().unwrap().failing = failing;
+    }
+
+    /// Requests are taken and never answered: Supabase Auth hangs.
+    pub fn set_hanging(&self, hanging: bool) {
+        self.shared.lock().unwrap().hanging = hanging;
     }
 }
 
