@@ -23,6 +23,22 @@ DEV_SUPABASE_JWT_SECRET=local-dev-supabase-jwt-secret-at-least-32-chars
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# The Rust toolchain, which these scripts use and do not install (rustup's),
+# checked first: otherwise its absence shows minutes later, after the
+# services and the LiveKit build, as a failed migration or format step.
+# Arguments: the cargo subcommands a script needs besides build (fmt, clippy).
+ensure_rust_tools() {
+    command -v cargo >/dev/null 2>&1 ||
+        die "cargo is not on PATH: install Rust with rustup (https://rustup.rs), then open a new shell or run: . \"\$HOME/.cargo/env\""
+    local subcommand
+    for subcommand in "$@"; do
+        cargo "$subcommand" --version >/dev/null 2>&1 ||
+            die "cargo $subcommand is missing: rustup component add $subcommand"
+    done
+    command -v cc >/dev/null 2>&1 ||
+        die "no C compiler (cc) for the crates that compile C: install one (Debian: apt-get install build-essential)"
+}
+
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
 # Builds and tools made by another user (a run as root, then one as yourself,
