@@ -98,7 +98,7 @@ pub async fn start_stream(
                 // The stream's end closed its room before this start made it
                 // again: the reconciler, which closes the rooms of ended
                 // streams, must close it once more.
-                leave_to_the_reconciler(state, &room).await;
+                leave_to_the_reconciler(state, &room, &room_sid).await;
             }
             return Err(refusal(refused));
         }
@@ -156,11 +156,12 @@ async fn close_unused_room(state: &AppState, room: &RoomName, streamer: Uuid) ->
     }
 }
 
-/// Marks the ended stream's room as open again, for the reconciler to close.
-async fn leave_to_the_reconciler(state: &AppState, room: &RoomName) {
+/// Marks the ended stream's room as open again, in its instance `room_sid`,
+/// for the reconciler to close.
+async fn leave_to_the_reconciler(state: &AppState, room: &RoomName, room_sid: &str) {
     let marked = async {
         let client = state.db.get().await?;
-        streams::mark_room_open(&client, room).await
+        streams::mark_room_open(&client, room, room_sid).await
     }
     .await;
     if let Err(error) = marked {

@@ -536,12 +536,16 @@ pub async fn room_found(client: &Client, room: &RoomName) -> Result<(), ApiError
 
 /// An ended stream's room is open again (a start raced its end and made it
 /// after the end had closed it): the reconciler closes it
-/// ([`unclosed_rooms`]).
-pub async fn mark_room_open(client: &Client, room: &RoomName) -> Result<(), ApiError> {
+/// ([`unclosed_rooms`]). The new instance is recorded too: the closed one's
+/// `room_finished`, still on its way (LiveKit sends it after every leave
+/// before it), is then another instance's, and does not mark the new room
+/// closed before anything closed it.
+pub async fn mark_room_open(client: &Client, room: &RoomName, room_sid: &str) -> Result<(), ApiError> {
     client
         .query_typed(
-            "UPDATE live_streams SET room_closed_at = NULL WHERE id = $1 AND NOT is_live AND room_closed_at IS NOT NULL",
-            &[(&room.as_str(), Type::TEXT)],
+            "UPDATE live_streams SET room_closed_at = NULL, room_sid = $2
+             WHERE id = $1 AND NOT is_live AND room_closed_at IS NOT NULL",
+            &[(&room.as_str(), Type::TEXT), (&room_sid, Type::TEXT)],
         )
         .await?;
     Ok(())

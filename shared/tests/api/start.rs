@@ -455,3 +455,73 @@ async fn a_room_a_start_made_again_after_its_streams_end_is_closed_by_the_reconc
         .unwrap();
     assert!(!app.has_room(room).await, "the reconciler closed it");
 }
+
+/// As above, with the end's first room really closed and its `room_finished`
+/// told late (LiveKit sends a room's webhooks one at a time, after every
+/// leave before it): it arrives once the start has made the room again and
+/// left it to the reconciler. It is the closed instance's, so the reconciler
+/// still closes the new one.
+#[tokio::test]
+async fn a_late_room_finished_of_the_ended_room_leaves_the_room_made_again_to_the_reconciler() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "made-again-late";
+    app.start_stream(host, room).await;
+    let first_sid: String = app
+        .db_value("SELECT room_sid FROM live_streams WHERE id = $1", &[&room])
+        .await;
+    // The end's DeleteRoom; its room_finished is on its way (delivered below).
+    app.lose_webhooks(true);
+    app.livekit().delete_room(room).await;
+    let admin = app.hold_stream_row(room).await;
+    let body = json!({"title": "Again", "roomName": room}).to_string();
+    let host_token = app.token_for(host);
+    let retry = app.call(start_stream, Some(&host_token), &body);
+    let end_meanwhile = async {
+        assert!(
+            app.until_a_statement_waits_for_a_lock(&std::sync::atomic::AtomicBool::new(false))
+                .await,
+            "the start never waited for the row"
+        );
+        app.set_livekit_mode(LiveKitMode::Failing).await;
+        admin
+            .batch_execute(&format!(
+                "UPDATE live_streams SET is_live = false, ended_at = now(), room_closed_at = now()
+                 WHERE id = '{room}'; COMMIT"
+            ))
+            .await
+            .unwrap();
+    };
+    let (refused, ()) = tokio::join!(retry, end_meanwhile);
+    refused.assert_error(409, "room_taken");
+    app.set_livekit_mode(LiveKitMode::Up).await;
+    app.lose_webhooks(false);
+    let made_again = app
+        .livekit()
+        .room(room)
+        .await
+        .expect("the start made the room again");
+    assert_ne!(made_again.sid, first_sid, "a new instance");
+
+    let finished = json!({
+        "id": "EV_first_room_finished",
+        "event": "room_finished",
+        "room": {"name": room, "sid": first_sid},
+        "createdAt": chrono::Utc::now().timestamp().to_string(),
+    })
+    .to_string();
+    let delivered = app
+        .deliver(crate::helpers::signed_webhook(
+            &finished,
+            crate::helpers::LIVEKIT_API_SECRET,
+        ))
+        .await;
+    assert_eq!(delivered.status, 200, "{}", delivered.body);
+    shared::scheduled::reconcile::reconcile(&app.state, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(
+        !app.has_room(room).await,
+        "the reconciler closed the room made again"
+    );
+}
