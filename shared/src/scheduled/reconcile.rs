@@ -432,30 +432,25 @@ async fn retire_ended_streams(
         .map(|row| row.try_get(0))
         .collect::<Result<Vec<String>, _>>()
         .map_err(ApiError::internal)?;
-    report.viewers_seen_pruned += in_batches(until, || async {
-        Ok(client
-            .execute_typed(
-                "DELETE FROM live_viewers_seen WHERE (room_name, identity) IN (
-                     SELECT room_name, identity FROM live_viewers_seen
-                     WHERE room_name = ANY($1)
-                     LIMIT $2)",
-                &[(&rooms, Type::TEXT_ARRAY), (&PRUNE_BATCH, Type::INT8)],
-            )
-            .await? as usize)
-    })
-    .await?;
-    report.stage_rows_pruned += in_batches(until, || async {
-        Ok(client
-            .execute_typed(
-                "DELETE FROM live_stage WHERE (room_name, user_id) IN (
-                     SELECT room_name, user_id FROM live_stage
-                     WHERE room_name = ANY($1)
-                     LIMIT $2)",
-                &[(&rooms, Type::TEXT_ARRAY), (&PRUNE_BATCH, Type::INT8)],
-            )
-            .await? as usize)
-    })
-    .await?;
+    // Each table's rows of those streams, by its key.
+    for (table, key, pruned) in [
+        ("live_viewers_seen", "identity", &mut report.viewers_seen_pruned),
+        ("live_stage", "user_id", &mut report.stage_rows_pruned),
+    ] {
+        let statement = format!(
+            "DELETE FROM {table} WHERE (room_name, {key}) IN (
+                 SELECT room_name, {key} FROM {table} WHERE room_name = ANY($1) LIMIT $2)"
+        );
+        *pruned += in_batches(until, || async {
+            Ok(client
+                .execute_typed(
+                    &statement,
+                    &[(&rooms, Type::TEXT_ARRAY), (&PRUNE_BATCH, Type::INT8)],
+                )
+                .await? as usize)
+        })
+        .await?;
+    }
     for chunk in rooms.chunks(FOLDED_STREAMS_PER_STATEMENT) {
         if past(Some(until)) {
             break;

@@ -415,31 +415,7 @@ async fn a_room_a_start_made_again_after_its_streams_end_is_closed_by_the_reconc
     let host = Uuid::new_v4();
     let room = "made-again";
     app.start_stream(host, room).await;
-    // The end, held open: the start's check reads the stream live, and its
-    // commit waits for the row.
-    let admin = app.hold_stream_row(room).await;
-    let body = json!({"title": "Again", "roomName": room}).to_string();
-    let host_token = app.token_for(host);
-    let retry = app.call(start_stream, Some(&host_token), &body);
-    let end_meanwhile = async {
-        assert!(
-            app.until_a_statement_waits_for_a_lock(&std::sync::atomic::AtomicBool::new(false))
-                .await,
-            "the start never waited for the row"
-        );
-        // The end closed the room (as /live/end does when LiveKit answers);
-        // LiveKit fails from now on, the start's own close included.
-        app.set_livekit_mode(LiveKitMode::Failing).await;
-        admin
-            .batch_execute(&format!(
-                "UPDATE live_streams SET is_live = false, ended_at = now(), room_closed_at = now()
-                 WHERE id = '{room}'; COMMIT"
-            ))
-            .await
-            .unwrap();
-    };
-    let (refused, ()) = tokio::join!(retry, end_meanwhile);
-    refused.assert_error(409, "room_taken");
+    start_again_as_its_end_commits(&app, host, room).await;
     let marked_closed: bool = app
         .db_value(
             "SELECT room_closed_at IS NOT NULL FROM live_streams WHERE id = $1",
@@ -454,6 +430,35 @@ async fn a_room_a_start_made_again_after_its_streams_end_is_closed_by_the_reconc
         .await
         .unwrap();
     assert!(!app.has_room(room).await, "the reconciler closed it");
+}
+
+/// The host starts `room` again while its end commits: the start's check
+/// reads the stream live and makes the room (CreateRoom), then its commit
+/// waits for the row the end holds; the end records the room closed (as
+/// /live/end does when LiveKit answers), LiveKit fails from then on (the
+/// start's own close of the room included), and the start is refused.
+async fn start_again_as_its_end_commits(app: &TestApp, host: Uuid, room: &str) {
+    let admin = app.hold_stream_row(room).await;
+    let body = json!({"title": "Again", "roomName": room}).to_string();
+    let host_token = app.token_for(host);
+    let retry = app.call(start_stream, Some(&host_token), &body);
+    let end_meanwhile = async {
+        assert!(
+            app.until_a_statement_waits_for_a_lock(&std::sync::atomic::AtomicBool::new(false))
+                .await,
+            "the start never waited for the row"
+        );
+        app.set_livekit_mode(LiveKitMode::Failing).await;
+        admin
+            .batch_execute(&format!(
+                "UPDATE live_streams SET is_live = false, ended_at = now(), room_closed_at = now()
+                 WHERE id = '{room}'; COMMIT"
+            ))
+            .await
+            .unwrap();
+    };
+    let (refused, ()) = tokio::join!(retry, end_meanwhile);
+    refused.assert_error(409, "room_taken");
 }
 
 /// As above, with the end's first room really closed and its `room_finished`
@@ -473,27 +478,7 @@ async fn a_late_room_finished_of_the_ended_room_leaves_the_room_made_again_to_th
     // The end's DeleteRoom; its room_finished is on its way (delivered below).
     app.lose_webhooks(true);
     app.livekit().delete_room(room).await;
-    let admin = app.hold_stream_row(room).await;
-    let body = json!({"title": "Again", "roomName": room}).to_string();
-    let host_token = app.token_for(host);
-    let retry = app.call(start_stream, Some(&host_token), &body);
-    let end_meanwhile = async {
-        assert!(
-            app.until_a_statement_waits_for_a_lock(&std::sync::atomic::AtomicBool::new(false))
-                .await,
-            "the start never waited for the row"
-        );
-        app.set_livekit_mode(LiveKitMode::Failing).await;
-        admin
-            .batch_execute(&format!(
-                "UPDATE live_streams SET is_live = false, ended_at = now(), room_closed_at = now()
-                 WHERE id = '{room}'; COMMIT"
-            ))
-            .await
-            .unwrap();
-    };
-    let (refused, ()) = tokio::join!(retry, end_meanwhile);
-    refused.assert_error(409, "room_taken");
+    start_again_as_its_end_commits(&app, host, room).await;
     app.set_livekit_mode(LiveKitMode::Up).await;
     app.lose_webhooks(false);
     let made_again = app
