@@ -834,7 +834,8 @@ free_udp_port() {
 # write_livekit_config FILE API_KEY API_SECRET WEBHOOK_URL [DEPARTURE_TIMEOUT]
 # A single-node LiveKit on loopback: signalling and RoomService on a free TCP
 # port (printed; LIVEKIT_LISTEN_PORT picks one), ICE over one free UDP port and one
-# free TCP port, the node IP 127.0.0.1 (no STUN lookup of a public address;
+# free TCP port (LIVEKIT_RTC_UDP_PORT and LIVEKIT_RTC_TCP_PORT pick them), the
+# node IP 127.0.0.1 (no STUN lookup of a public address;
 # LIVEKIT_NODE_IP=<LAN address> binds every interface and announces it for
 # media), rooms
 # only through CreateRoom (auto_create: false), and webhooks signed with
@@ -844,8 +845,8 @@ write_livekit_config() {
     local key=${2:?} secret=${3:?} webhook=${4:?} departure=${5:-20}
     local port rtc_tcp rtc_udp node_ip=${LIVEKIT_NODE_IP:-127.0.0.1} bind=127.0.0.1
     port="${LIVEKIT_LISTEN_PORT:-$(free_port)}"
-    rtc_tcp="$(free_port)"
-    rtc_udp="$(free_udp_port)"
+    rtc_tcp="${LIVEKIT_RTC_TCP_PORT:-$(free_port)}"
+    rtc_udp="${LIVEKIT_RTC_UDP_PORT:-$(free_udp_port)}"
     if [ "$node_ip" != 127.0.0.1 ]; then bind=0.0.0.0; fi
     cat >"$file" <<EOT
 # written by scripts/lib.sh write_livekit_config
