@@ -361,7 +361,9 @@ impl Inner {
     async fn launch_server(&self) -> ServerProcess {
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
-            let dir = std::env::temp_dir().join(format!("livekit-test-{}", uuid::Uuid::new_v4().simple()));
+            // scripts/test's directory for the run, which it removes however the run ends.
+            let base = std::env::var_os("TEST_TEMP_DIR").map_or_else(std::env::temp_dir, Into::into);
+            let dir = base.join(format!("livekit-test-{}", uuid::Uuid::new_v4().simple()));
             let script = format!("{}/../scripts/livekit-server", env!("CARGO_MANIFEST_DIR"));
             let mut child = Command::new(&script)
                 .arg("run")
