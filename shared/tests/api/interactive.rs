@@ -1477,6 +1477,79 @@ async fn only_the_hands_of_viewers_in_the_room_are_listed() {
     assert!(hands().await.is_empty(), "gone with its viewer");
 }
 
+/// The streamer pages through the raised hands while a raise that began
+/// before others commits after them (it waited for the room's stage lock):
+/// the walk still lists it, on a later page, since hands are stamped in
+/// their commit order (migration 0068); stamped when its transaction began,
+/// it fell behind the cursor of the page already served.
+#[tokio::test]
+async fn a_hand_raised_late_in_commit_order_is_on_a_later_page() {
+    use shared::handlers::{raise_hand, stage_state};
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "late-hand";
+    app.start_stream(host, room).await;
+    let viewers: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    for (n, viewer) in viewers.iter().enumerate() {
+        let (identity, sid) = (viewer.to_string(), format!("PA_late_hand{n}"));
+        participant(&app, "participant_joined", room, &identity, &sid, "Hand", false).await;
+    }
+    let raise = |viewer: Uuid| {
+        let app = &app;
+        async move {
+            let body = json!({"roomName": room, "raised": true}).to_string();
+            let raised = app.call(raise_hand, Some(&app.token_for(viewer)), &body).await;
+            assert_eq!(raised.status, 200, "{}", raised.body);
+        }
+    };
+    let page = |cursor: Option<String>| {
+        let app = &app;
+        async move {
+            let mut query = vec![("roomName", room.to_owned()), ("limit", "2".to_owned())];
+            query.extend(cursor.map(|cursor| ("cursor", cursor)));
+            let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let listed = app
+                .send(stage_state, get_request(Some(&app.token_for(host)), &query, None))
+                .await;
+            assert_eq!(listed.status, 200, "{}", listed.body);
+            let hands: Vec<String> = listed.body["hands"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|hand| hand["userId"].as_str().unwrap().to_owned())
+                .collect();
+            (hands, listed.body["nextCursor"].as_str().map(str::to_owned))
+        }
+    };
+    let [first, late, second, third] = [viewers[0], viewers[1], viewers[2], viewers[3]];
+    raise(first).await;
+    // The late raise's transaction begins now and its statement runs only
+    // after the next raises commit, as one that waited for the lock.
+    let mut late_connection = app.db().await;
+    let late_raise = late_connection.transaction().await.unwrap();
+    late_raise.execute("SELECT now()", &[]).await.unwrap();
+    raise(second).await;
+    raise(third).await;
+    let (listed, cursor) = page(None).await;
+    assert_eq!(listed, [first.to_string(), second.to_string()]);
+    let outcome: String = late_raise
+        .query_one(
+            "SELECT outcome FROM live_stage_change_within_limit($1, $2, $2, 'raise', 3, $3, 10, 100, 120)",
+            &[&room, &late, &format!("stage:{late}")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "ok");
+    late_raise.commit().await.unwrap();
+    let (rest, _) = page(cursor).await;
+    assert_eq!(
+        rest,
+        [third.to_string(), late.to_string()],
+        "the late hand is on the next page"
+    );
+}
+
 /// A crowd that comes and goes between two writes of the Realtime copy (at
 /// most one a second) still sets the peak: each join notes the total it
 /// brought the room to.
