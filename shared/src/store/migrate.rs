@@ -102,7 +102,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(65, "0065_a_stream_its_host_left_ends"),
     migration!(66, "0066_the_reconcilers_sync_is_planned_for_its_listing"),
     migration!(67, "0067_an_ended_streams_counts_are_folded"),
-    migration!(68, "0068_hands_are_stamped_in_commit_order"),
+    migration!(68, "0068_raised_hands_in_commit_order_and_only_while_watching"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -1550,6 +1550,73 @@ async fn a_hand_raised_late_in_commit_order_is_on_a_later_page() {
     );
 }
 
+/// A hand raised by someone not in the room waits for their join as a lost
+/// connection waits for its return: the reconciler lowers it once
+/// `STAGE_RETURN_SECONDS` passed without one (migration 0068), rather than
+/// keep it, unlisted, for every listing to read past until the stream ends.
+/// A viewer in the room raises with no such clock.
+#[tokio::test]
+async fn a_hand_raised_from_outside_the_room_is_lowered_if_they_never_come() {
+    use shared::handlers::raise_hand;
+    let app = TestApp::spawn().await;
+    let room = "absent-hand";
+    app.start_stream(Uuid::new_v4(), room).await;
+    let (absent, watching) = (Uuid::new_v4(), Uuid::new_v4());
+    participant(
+        &app,
+        "participant_joined",
+        room,
+        &watching.to_string(),
+        "PA_watching",
+        "In",
+        false,
+    )
+    .await;
+    for viewer in [absent, watching] {
+        let body = json!({"roomName": room, "raised": true}).to_string();
+        let raised = app.call(raise_hand, Some(&app.token_for(viewer)), &body).await;
+        assert_eq!(raised.status, 200, "{}", raised.body);
+    }
+    let db = app.db().await;
+    let away: Vec<(String, bool)> = db
+        .query(
+            "SELECT user_id::text, away_since IS NOT NULL FROM live_stage WHERE room_name = $1 ORDER BY 2",
+            &[&room],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(away, [(watching.to_string(), false), (absent.to_string(), true)]);
+
+    // Their time to return, passed.
+    db.execute(
+        "UPDATE live_stage SET away_since = away_since - interval '1 hour' WHERE room_name = $1 AND away_since IS NOT NULL",
+        &[&room],
+    )
+    .await
+    .unwrap();
+    shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let raised: Vec<String> = db
+        .query(
+            "SELECT user_id::text FROM live_stage WHERE room_name = $1 AND hand_raised_at IS NOT NULL",
+            &[&room],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        raised,
+        [watching.to_string()],
+        "only the hand of the viewer in the room is still up"
+    );
+}
+
 /// A crowd that comes and goes between two writes of the Realtime copy (at
 /// most one a second) still sets the peak: each join notes the total it
 /// brought the room to.

@@ -5,9 +5,18 @@
 -- page's cursor already past it, and a walk through the pages in progress
 -- never listed it. The stamp is now taken under that lock, which is held to
 -- the commit, so the hands' order is their commit order and a walk lists a
--- late hand on a later page. Whole body of 0060's
--- live_stage_change_under_standing; what changed is marked. CREATE OR
--- REPLACE keeps its privileges.
+-- late hand on a later page.
+--
+-- A hand raised by someone not in the room (no presence row: their join not
+-- told yet, or never coming) was kept until the stream ended: the list
+-- shows only viewers in the room, but every listing read past each such
+-- row, and nothing cleared them. Such a raise now starts the away clock
+-- (away_since), as a dropped connection does: their join stops it, and the
+-- reconciler clears the hand once STAGE_RETURN_SECONDS have passed without
+-- one, as it ends every lapsed away turn.
+--
+-- Whole body of 0060's live_stage_change_under_standing; what changed is
+-- marked. CREATE OR REPLACE keeps its privileges.
 
 CREATE OR REPLACE FUNCTION live_stage_change_under_standing(
     p_room TEXT,
@@ -170,6 +179,13 @@ BEGIN
         ON CONFLICT (room_name, user_id) DO UPDATE
         SET hand_raised_at = EXCLUDED.hand_raised_at, invited_at = EXCLUDED.invited_at,
             on_stage_since = EXCLUDED.on_stage_since, was_on_stage = EXCLUDED.was_on_stage;
+        -- Changed: a hand raised from outside the room waits for its join.
+        IF p_action = 'raise' AND NOT EXISTS (
+            SELECT FROM live_presence p WHERE p.room_name = p_room AND p.identity = p_user::text
+        ) THEN
+            UPDATE live_stage g SET away_since = coalesce(g.away_since, now())
+            WHERE g.room_name = p_room AND g.user_id = p_user;
+        END IF;
     END IF;
     hand_raised_at := v_stage.hand_raised_at;
     invited_at := v_stage.invited_at;
