@@ -41,6 +41,9 @@ ensure_rust_tools() {
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
+# listening PORT: whether something accepts TCP connections on 127.0.0.1:PORT.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 # Builds and tools made by another user (a run as root, then one as yourself,
 # or the other way round) are theirs: say so at once, rather than fail on a
 # lock file or cargo's target/debug with no reason given, or (as root) leave

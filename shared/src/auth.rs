@@ -59,10 +59,11 @@ const JWKS_MIN_REFETCH: Duration = Duration::from_secs(60);
 pub(crate) const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// What a request keeps of its deadline, after a JWKS fetch it waits for,
-/// to do its own work: a fetch bounded only by [`JWKS_FETCH_TIMEOUT`] could
-/// outlast a short deadline, be dropped with the request, and so never fall
-/// back to the previous keys nor space the next attempt.
-const JWKS_ANSWER_MARGIN: Duration = Duration::from_secs(1);
+/// for its own work (besides the answer's own margin): a fetch bounded only
+/// by [`JWKS_FETCH_TIMEOUT`] could outlast a short deadline, be dropped with
+/// the request, and so never fall back to the previous keys nor space the
+/// next attempt.
+const JWKS_WORK_RESERVE: Duration = Duration::from_millis(750);
 /// While the JWKS cannot be fetched, the previous copy keeps verifying for
 /// this many cache periods after it was fetched (an hour at the default ten
 /// minutes, an access token's default lifetime), then requests get 503: a
@@ -288,7 +289,13 @@ impl JwksCache {
             return Ok(key);
         }
 
-        let fetched = self.fetch().await;
+        let fetched = crate::store::db::while_the_answer_can_wait_leaving(JWKS_WORK_RESERVE, self.fetch())
+            .await
+            .unwrap_or_else(|| {
+                Err(AuthError::KeysUnavailable(
+                    "the JWKS did not answer within the request's time".into(),
+                ))
+            });
         let mut state = self.state.write().await;
         let attempted = Instant::now();
         state.last_attempt = Some(attempted);
@@ -308,14 +315,10 @@ impl JwksCache {
 
     async fn fetch(&self) -> Result<HashMap<String, (Algorithm, Arc<DecodingKey>)>, AuthError> {
         let unavailable = |e: String| AuthError::KeysUnavailable(e);
-        let timeout = crate::store::db::request_deadline().map_or(JWKS_FETCH_TIMEOUT, |deadline| {
-            let left = deadline.saturating_duration_since(Instant::now());
-            JWKS_FETCH_TIMEOUT.min(left.saturating_sub(JWKS_ANSWER_MARGIN))
-        });
         let response = self
             .http
             .get(&self.url)
-            .timeout(timeout)
+            .timeout(JWKS_FETCH_TIMEOUT)
             .send()
             .await
             .map_err(|e| unavailable(e.to_string()))?;

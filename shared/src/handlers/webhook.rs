@@ -228,7 +228,7 @@ async fn apply(state: &AppState, event: &livekit_protocol::WebhookEvent) -> Resu
         // enforce the standing, so a repeated join still gets its correction.
         if change == SessionChange::Joined
             && applied.outcome == "duplicate"
-            && let Some(user) = who.user().or(who.side_connection_of)
+            && let Some(user) = who.owner()
             && let Some((streamer, is_live, standing)) =
                 viewers::standing_at_join(&client, &room, user).await?
         {

@@ -561,9 +561,7 @@ async fn sync_room(
         .map_err(|e| ApiError::unavailable(Dependency::LiveKit, e))?;
     let present: Vec<Presence> = participants.iter().map(Presence::from).collect();
     let users: Vec<Uuid> = present.iter().filter_map(Presence::user).collect();
-    let host_listed = present
-        .iter()
-        .any(|p| p.user() == Some(streamer) || p.side_connection_of == Some(streamer));
+    let host_listed = present.iter().any(|p| p.owner() == Some(streamer));
     // Another instance than the stream's is open under its name: LiveKit
     // lost the recorded one without a `room_finished` (a restart) and a
     // client's reconnect opened the room again. Every webhook of it is

@@ -89,6 +89,12 @@ impl Presence {
     pub fn user(&self) -> Option<Uuid> {
         Uuid::parse_str(&self.identity).ok()
     }
+
+    /// The user this connection is of: their own, or a side connection of
+    /// theirs.
+    pub fn owner(&self) -> Option<Uuid> {
+        self.user().or(self.side_connection_of)
+    }
 }
 
 /// A participant's join or leave, as LiveKit reported it.
