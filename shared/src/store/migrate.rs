@@ -103,6 +103,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(66, "0066_the_reconcilers_sync_is_planned_for_its_listing"),
     migration!(67, "0067_an_ended_streams_counts_are_folded"),
     migration!(68, "0068_raised_hands_in_commit_order_and_only_while_watching"),
+    migration!(69, "0069_the_functions_update_only_the_columns_they_write"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

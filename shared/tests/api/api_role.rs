@@ -66,6 +66,12 @@ async fn the_functions_role_cannot_change_the_schema_or_destroy_data() {
         "DELETE FROM live_streams",
         "DELETE FROM live_messages",
         "DELETE FROM live_room_restrictions",
+        // A stream's owner and a message's author are fixed at their INSERT
+        // (migration 0069).
+        "UPDATE live_streams SET streamer_id = gen_random_uuid()",
+        "UPDATE live_streams SET title = 'taken'",
+        "UPDATE live_messages SET user_id = gen_random_uuid()",
+        "UPDATE live_messages SET room_name = 'kept'",
         "SELECT * FROM schema_migrations",
         "SELECT * FROM live_message_deletions",
         "SELECT * FROM live_moderation_actions",
@@ -205,6 +211,15 @@ async fn the_functions_role_may_do_exactly_what_is_listed() {
                         ELSE has_table_privilege($1, c.oid, p.privilege) END
              GROUP BY c.relname
              UNION ALL
+             SELECT c.relname || ': UPDATE only ' || string_agg(a.attname, ' ' ORDER BY a.attname)
+             FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND NOT has_table_privilege($1, c.oid, 'UPDATE')
+               AND has_column_privilege($1, c.oid, a.attnum, 'UPDATE')
+             GROUP BY c.relname
+             UNION ALL
              SELECT c.relname || ' (sequence): ' || string_agg(p.privilege, ' ' ORDER BY p.privilege)
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -227,7 +242,9 @@ async fn the_functions_role_may_do_exactly_what_is_listed() {
 /// What `live_api` may do (see the test above), as `has_*_privilege` reads
 /// it: DELETE only where rows end by design (sessions, presence, claims,
 /// rate-limit keys, unique-viewer marks and webhook ids, which the
-/// reconciler prunes or a start releases), and no TRUNCATE, REFERENCES or
+/// reconciler prunes or a start releases; the stage rows and count shards
+/// of a long-ended stream, which it folds), UPDATE of streams and messages
+/// only on the columns the functions write, and no TRUNCATE, REFERENCES or
 /// TRIGGER anywhere.
 const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_chat_batch_done(text,bigint,timestamp with time zone)",
@@ -282,6 +299,7 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "live_message_deletions: INSERT",
     "live_message_tombstones: INSERT",
     "live_messages: INSERT SELECT UPDATE",
+    "live_messages: UPDATE only deleted_at deleted_by text",
     "live_messages_seq (sequence): USAGE",
     "live_moderation_actions: INSERT",
     "live_participant_sessions: DELETE INSERT SELECT UPDATE",
@@ -294,6 +312,7 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "live_stage: DELETE INSERT SELECT UPDATE",
     "live_stream_stats: INSERT SELECT UPDATE",
     "live_streams: INSERT SELECT UPDATE",
+    "live_streams: UPDATE only ended_at is_live room_closed_at room_missing_since room_sid viewer_count viewer_count_written_at",
     "live_viewer_counts: DELETE INSERT SELECT UPDATE",
     "live_viewers_seen: DELETE INSERT SELECT",
     "live_webhook_events: DELETE INSERT SELECT",
