@@ -337,6 +337,21 @@ async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users(
         .unwrap()
         .get(0);
     assert!(functions >= 2, "the schema's functions are listed: {functions}");
+    // A function that runs as its owner must not look up names where a
+    // caller could put objects of their own first.
+    let definers_without_search_path = first_column(
+        &db,
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'public' AND p.prosecdef
+               AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%pg\\_temp')
+             ORDER BY 1",
+        &[],
+    )
+    .await;
+    assert!(
+        definers_without_search_path.is_empty(),
+        "SECURITY DEFINER without a fixed search_path ending in pg_temp: {definers_without_search_path:?}"
+    );
     for role in API_USERS {
         let executable = first_column(
             &db,
@@ -351,8 +366,10 @@ async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users(
                 "SELECT c.relname || ': ' || p.privilege
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
                       unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS p (privilege)
-                 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')
-                   AND has_table_privilege($1, c.oid, p.privilege)
+                 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                   AND CASE WHEN p.privilege IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+                            THEN has_any_column_privilege($1, c.oid, p.privilege)
+                            ELSE has_table_privilege($1, c.oid, p.privilege) END
                  ORDER BY 1",
 &[&role]).await;
         let table_privileges: BTreeSet<String> = table_privileges.into_iter().collect();
@@ -371,7 +388,8 @@ async fn every_table_function_and_sequence_of_the_schema_is_closed_to_api_users(
         let sequences = first_column(&db,
                 "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = 'public' AND c.relkind = 'S'
-                   AND (has_sequence_privilege($1, c.oid, 'USAGE') OR has_sequence_privilege($1, c.oid, 'UPDATE'))",
+                   AND (has_sequence_privilege($1, c.oid, 'USAGE') OR has_sequence_privilege($1, c.oid, 'SELECT')
+                        OR has_sequence_privilege($1, c.oid, 'UPDATE'))",
 &[&role]).await;
         assert!(sequences.is_empty(), "{role} may use {sequences:?}");
     }
