@@ -566,3 +566,86 @@ async fn supabase_deletes_the_account_of_someone_who_streamed_and_every_row_of_t
         .get(0);
     assert_eq!(viewer_account, 1, "only the streamer's account went");
 }
+
+/// A deleted account takes what it wrote in other people's streams along
+/// (migration 0070): signed-in users no longer read it through the API, the
+/// row keeps no text, a tombstone tells Realtime's subscribers, and nothing
+/// keeps a copy of it. The streamer's and everyone else's chat stays.
+#[tokio::test]
+async fn a_deleted_accounts_chat_in_other_streams_is_erased() {
+    let url = create_database().await;
+    prepare_like_supabase(&url).await;
+    let admin = connect(&url).await;
+    admin
+        .batch_execute(&(create_role_once("supabase_auth_admin", "") + SUPABASE_AUTH))
+        .await
+        .unwrap();
+    shared::store::migrate::migrate_url(&url).await.unwrap();
+    let (host, viewer, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for user in [host, viewer, other] {
+        admin
+            .execute("INSERT INTO auth.users (id) VALUES ($1)", &[&user])
+            .await
+            .unwrap();
+        admin
+            .execute("INSERT INTO public.profiles (id) VALUES ($1)", &[&user])
+            .await
+            .unwrap();
+    }
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(as_api_role(&url)),
+        ..AppOptions::default()
+    })
+    .await;
+    let fixture = fixture_in(app, host, viewer).await;
+    for (user, text) in [(host, "welcome"), (other, "hi from someone else")] {
+        assert_eq!(say(&fixture.app, user, text).await.status, 201);
+    }
+    // A signed-in user's reads, as PostgREST and Realtime make them.
+    let user = connect(&url).await;
+    user.batch_execute("SET ROLE authenticated").await.unwrap();
+    let readable = "SELECT text FROM live_messages ORDER BY created_at";
+    let before = first_column(&user, readable, &[]).await;
+    assert_eq!(before, ["hello everyone", "welcome", "hi from someone else"]);
+
+    let auth_admin = connect(&url).await;
+    auth_admin
+        .batch_execute("SET ROLE supabase_auth_admin; SET search_path = auth")
+        .await
+        .unwrap();
+    auth_admin
+        .execute("DELETE FROM users WHERE id = $1", &[&viewer])
+        .await
+        .expect("Supabase deletes the account");
+
+    let after = first_column(&user, readable, &[]).await;
+    assert_eq!(after, ["welcome", "hi from someone else"]);
+    let erased = admin
+        .query_one(
+            "SELECT text, deleted_at IS NOT NULL, deleted_by FROM live_messages WHERE id = $1",
+            &[&fixture.visible_message],
+        )
+        .await
+        .unwrap();
+    assert_eq!(erased.get::<_, &str>(0), "");
+    assert!(erased.get::<_, bool>(1));
+    assert_eq!(erased.get::<_, Option<Uuid>>(2), Some(viewer));
+    let tombstones: i64 = user
+        .query_one(
+            "SELECT count(*) FROM live_message_tombstones WHERE message_id = $1 AND room_name = $2",
+            &[&fixture.visible_message, &ROOM],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tombstones, 1);
+    let copies: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM live_message_deletions WHERE message_id = $1",
+            &[&fixture.visible_message],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copies, 0, "the erased text is kept nowhere");
+}
