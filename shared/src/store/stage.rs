@@ -214,10 +214,14 @@ pub struct Lapsed {
 /// have not come back, in `room` or every room, at most `limit` of them,
 /// guests' turns first (the places a full stage waits for). A row a stage
 /// change or a join holds now is left for later rather than waited for; one
-/// whose viewer is back (their join raced the mark) only loses the mark.
-/// Those among the identities LiveKit `listed` in the room are left alone:
-/// they are back, and their join (told late, or found by the reconciler's
-/// sync) decides whether in time. The others were seen absent only when the
+/// whose viewer is back (their join raced the mark) only loses the mark,
+/// whatever its age: a hand raised while the viewer's join was committing
+/// saw no presence and marked them away after the join had looked for a mark
+/// to clear, so the mark stays on a viewer in the room until this clears it
+/// (its readers take a viewer present as not away meanwhile). Those among
+/// the identities LiveKit `listed` in the room and not present are left
+/// alone: they are back, and their join (told late, or found by the
+/// reconciler's sync) decides whether in time. The others were seen absent only when the
 /// listing began (`listed_since`), so their time to return is judged then:
 /// one back after the listing but in time keeps their place. Nobody in the room needs
 /// telling: the viewer is not there, and the join of a token minted on stage
@@ -242,9 +246,12 @@ pub async fn end_lapsed_away_turns(
                         EXISTS (SELECT FROM live_presence p
                                 WHERE p.room_name = a.room_name AND p.identity = a.user_id::text) AS back
                  FROM live_stage a
-                 WHERE a.away_since < now() - make_interval(secs => $1 + $5)
+                 WHERE a.away_since IS NOT NULL
                    AND ($3::text IS NULL OR a.room_name = $3)
-                   AND NOT (a.user_id::text = ANY($4))
+                   AND ((a.away_since < now() - make_interval(secs => $1 + $5)
+                         AND NOT (a.user_id::text = ANY($4)))
+                        OR EXISTS (SELECT FROM live_presence p
+                                   WHERE p.room_name = a.room_name AND p.identity = a.user_id::text))
                  ORDER BY a.on_stage_since IS NULL, a.away_since
                  LIMIT $2
                  FOR UPDATE OF a SKIP LOCKED)
@@ -290,9 +297,12 @@ pub async fn has_lapsed_guest(
 ) -> Result<bool, ApiError> {
     let row = client
         .query_typed_one(
-            "SELECT EXISTS (SELECT FROM live_stage
-                            WHERE room_name = $1 AND on_stage_since IS NOT NULL
-                              AND away_since < now() - make_interval(secs => $2))",
+            "SELECT EXISTS (SELECT FROM live_stage g
+                            WHERE g.room_name = $1 AND g.on_stage_since IS NOT NULL
+                              AND g.away_since < now() - make_interval(secs => $2)
+                              AND NOT EXISTS (SELECT FROM live_presence p
+                                              WHERE p.room_name = g.room_name
+                                                AND p.identity = g.user_id::text))",
             &[
                 (&room.as_str(), Type::TEXT),
                 (&stage_return.as_secs_f64(), Type::FLOAT8),
@@ -351,12 +361,14 @@ pub async fn state(
     };
     let rows = client
         .query_typed(
-            "(SELECT 'guest' AS place, g.user_id, p.display_name, g.on_stage_since AS since, g.away_since
+            "(SELECT 'guest' AS place, g.user_id, p.display_name, g.on_stage_since AS since,
+                     CASE WHEN p.identity IS NULL THEN g.away_since END AS away_since
               FROM live_stage g
               LEFT JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
               WHERE g.room_name = $1 AND g.on_stage_since IS NOT NULL)
              UNION ALL
-             (SELECT 'invited', g.user_id, p.display_name, g.invited_at, g.away_since
+             (SELECT 'invited', g.user_id, p.display_name, g.invited_at,
+                     CASE WHEN p.identity IS NULL THEN g.away_since END
               FROM live_stage g
               LEFT JOIN live_presence p ON p.room_name = g.room_name AND p.identity = g.user_id::text
               WHERE g.room_name = $1 AND g.invited_at IS NOT NULL AND g.on_stage_since IS NULL)

@@ -1687,6 +1687,59 @@ async fn away_past_the_time_to_return(app: &TestApp, room: &str, guest: Uuid) {
         .unwrap();
 }
 
+/// A hand raised while the viewer's join commits sees no presence and marks
+/// them away just after the join looked for a mark to clear (migration
+/// 0068), so the mark stays on a viewer in the room. Nothing reads it as
+/// away while they are there: the stage listing, a full stage's check for
+/// lapsed places; and the reconciler's next run clears it, LiveKit listing
+/// them or not.
+#[tokio::test]
+async fn an_away_mark_left_on_a_viewer_in_the_room_is_not_read_as_away_and_is_cleared() {
+    use shared::handlers::stage_state;
+    use shared::store::stage::{Lapsed, end_lapsed_away_turns, has_lapsed_guest};
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "stale-away-mark";
+    app.start_stream(host, room).await;
+    let room_name = shared::domain::RoomName::parse(room.into()).unwrap();
+    let guest = Uuid::new_v4();
+    join_and_take_stage(&app, host, room, guest, "PA_stale_mark").await;
+    // What the race leaves, aged past the time to return.
+    away_past_the_time_to_return(&app, room, guest).await;
+
+    let listed = app
+        .send(
+            stage_state,
+            get_request(Some(&app.token_for(host)), &[("roomName", room)], None),
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["guests"][0]["userId"], guest.to_string());
+    assert_eq!(
+        listed.body["guests"][0]["awaySince"],
+        Value::Null,
+        "{}",
+        listed.body
+    );
+    let client = app.state.db.get().await.unwrap();
+    let stage_return = Duration::from_secs(60);
+    assert!(!has_lapsed_guest(&client, &room_name, stage_return).await.unwrap());
+
+    let guest_identity = guest.to_string();
+    let cleared = end_lapsed_away_turns(
+        &client,
+        Some(&room_name),
+        &[guest_identity.as_str()],
+        Instant::now(),
+        stage_return,
+        100,
+    )
+    .await
+    .unwrap();
+    assert_eq!(cleared, Lapsed { rows: 1, ended: 0 });
+    assert_eq!(app.on_stage_and_away(room, guest).await, (true, false));
+}
+
 /// An invitation outlives a lost connection only for the time to return:
 /// after it, accepting (the viewer back, their join not yet told) ends the
 /// invitation and answers 409 `not_invited`, as the reconciler, a join and
