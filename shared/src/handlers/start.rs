@@ -142,8 +142,26 @@ async fn committed_after_all(state: &AppState, room: &RoomName, streamer: Uuid, 
 
 /// Closes the room a failed start made, then lets the name go; says whether
 /// it is closed. A room that could not be closed keeps the claim until it
-/// lapses, so no other streamer adopts that room meanwhile.
+/// lapses, so no other streamer adopts that room meanwhile. Unless the
+/// streamer is live in it by now: a retry of this start (the app gave up on
+/// it) got its answer from LiveKit and committed, and the room is that
+/// stream's; closing it would end the stream its retry was just given.
 async fn close_unused_room(state: &AppState, room: &RoomName, streamer: Uuid) -> bool {
+    let live = async {
+        let client = state.db.get().await?;
+        streams::is_live_in_any(&client, room, streamer).await
+    }
+    .await;
+    match live {
+        Ok(true) => {
+            tracing::warn!(%room, "a failed start's room serves the stream a retry started; kept");
+            return false;
+        }
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(%room, %error, "cannot tell whether a retry went live in a failed start's room; closing it");
+        }
+    }
     match state.livekit.delete_room(room).await {
         Ok(()) => {
             release_claim(state, room, streamer).await;

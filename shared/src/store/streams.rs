@@ -176,6 +176,17 @@ pub async fn is_live_in(
     Ok(row.is_some())
 }
 
+/// Whether `streamer`'s stream `room` is live, in whatever room instance.
+pub async fn is_live_in_any(client: &Client, room: &RoomName, streamer: Uuid) -> Result<bool, ApiError> {
+    let row = client
+        .query_typed_opt(
+            "SELECT FROM live_streams WHERE id = $1 AND streamer_id = $2 AND is_live",
+            &[(&room.as_str(), Type::TEXT), (&streamer, Type::UUID)],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
 /// Lets go of the caller's claim on a name it did not start a stream under
 /// (migration 0027). Another streamer's claim is never touched.
 pub async fn release_claim(client: &Client, room: &RoomName, streamer: Uuid) -> Result<(), ApiError> {

@@ -307,6 +307,32 @@ async fn start_creates_the_livekit_room_with_the_configured_options() {
     );
 }
 
+/// The app gives up on a start whose `CreateRoom` LiveKit holds unanswered
+/// and retries it; LiveKit answers the retry, which goes live (201). When
+/// the first attempt's call times out at last, it must not close the room
+/// it may have made: that room is now the live stream's.
+#[tokio::test]
+async fn a_start_that_got_no_answer_leaves_the_room_its_retry_went_live_in() {
+    let app = TestApp::spawn().await;
+    let host = app.token_for(Uuid::new_v4());
+    let room = "retried-past-a-hang";
+    let body = json!({"title": "Hang", "roomName": room}).to_string();
+    app.set_livekit_mode(LiveKitMode::Hanging).await;
+    let held = app.livekit().held_requests();
+    let first = app.call(start_stream, Some(&host), &body);
+    let retry = async {
+        app.livekit().until_held_requests(held + 1).await;
+        app.set_livekit_mode(LiveKitMode::Up).await;
+        app.call(start_stream, Some(&host), &body).await
+    };
+    let (first, retry) = tokio::join!(first, retry);
+    assert_eq!(retry.status, 201, "{}", retry.body);
+    first.assert_error(503, "unavailable");
+    assert!(app.has_room(room).await, "the live stream's room is still open");
+    let again = app.call(start_stream, Some(&host), &body).await;
+    assert_eq!(again.status, 200, "the stream is still live: {}", again.body);
+}
+
 #[tokio::test]
 async fn when_livekit_refuses_the_room_start_is_503_and_leaves_no_stream() {
     for mode in [LiveKitMode::Stopped, LiveKitMode::Failing, LiveKitMode::Hanging] {
