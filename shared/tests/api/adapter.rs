@@ -168,9 +168,7 @@ async fn the_committed_events_start_join_and_end_a_stream() {
         .await;
     placeholder.assert_error(404, "message_not_found");
 
-    let moderated = app
-        .send(shared::handlers::moderate, event("moderation.json"))
-        .await;
+    let moderated = app.send(shared::handlers::moderate, event("moderate.json")).await;
     assert_eq!(
         (moderated.status, moderated.body["muted"].as_bool()),
         (200, Some(true)),
