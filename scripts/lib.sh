@@ -44,6 +44,14 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 # listening PORT: whether something accepts TCP connections on 127.0.0.1:PORT.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# udp_taken PORT: whether a UDP socket is bound to PORT (on any address:
+# binding the wildcard fails then, as LiveKit's own bind would).
+udp_taken() {
+    ! python3 -c 'import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
 # Builds and tools made by another user (a run as root, then one as yourself,
 # or the other way round) are theirs: say so at once, rather than fail on a
 # lock file or cargo's target/debug with no reason given, or (as root) leave
@@ -177,6 +185,9 @@ _install_python_tools() {
         # pip leaves its unpacked downloads (100 MB and more) in TMPDIR when
         # it finishes; a scratch directory of our own is removed whatever
         # pip leaves in it.
+        # An install cut short (Ctrl-C) left its scratch directory; this
+        # runs under the tools' lock, so none is in use by another run.
+        rm -rf "$TOOLS_DIR"/pip-tmp.*
         local pip_tmp
         pip_tmp="$(mktemp -d "$TOOLS_DIR/pip-tmp.XXXXXX")"
         if ! TMPDIR="$pip_tmp" "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$req" -c "$constraints"; then
@@ -324,7 +335,12 @@ prune_build_cache() {
         # running beside this one) and exits non-zero: keep the total.
         used_kb="$(du -sk "$dir" 2>/dev/null | cut -f1)" || true
         used_gb="$(( ${used_kb:-0} / 1024 / 1024 ))"
-        if [ "$used_gb" -ge "$limit_gb" ]; then
+        local dev_pid
+        if [ "$used_gb" -ge "$limit_gb" ] && dev_pid="$(running_dev "$ROOT/target/dev.pid")"; then
+            # Its `cargo lambda watch` runs from there: removing it would
+            # break the running backend, so it waits for a run without one.
+            log "target/debug holds ${used_gb} GB (limit ${limit_gb} GB): kept while scripts/dev (pid $dev_pid) runs from it"
+        elif [ "$used_gb" -ge "$limit_gb" ]; then
             log "target/debug holds ${used_gb} GB (limit ${limit_gb} GB): removing it, this run rebuilds it"
             rm -rf "$dir"
         else
@@ -382,15 +398,14 @@ start_postgres() {
     export PG_DIR="$dir" PG_BINDIR="$bindir"
 
     # Unix socket paths are limited to ~107 bytes; fall back to a short
-    # private directory when DIR is too deep. (We connect over TCP anyway.)
+    # private directory under /tmp (a TMPDIR may be deep too) when DIR is too
+    # deep. (We connect over TCP anyway.) It is named in DIR, so that a
+    # stop_postgres in another process (postgres-cluster destroy) removes it.
     local sockdir="$dir"
     if [ ${#sockdir} -gt 80 ]; then
-        if is_root; then
-            sockdir="$(mktemp -d /tmp/pgsock.XXXXXX)"
-            chown postgres: "$sockdir"
-        else
-            sockdir="$(mktemp -d "${TMPDIR:-/tmp}/pgsock.XXXXXX")"
-        fi
+        sockdir="$(mktemp -d /tmp/pgsock.XXXXXX)"
+        if is_root; then chown postgres: "$sockdir"; fi
+        printf '%s\n' "$sockdir" >"$dir/sockdir"
         PG_SOCKDIR_EXTRA="$sockdir"
     fi
 
@@ -463,6 +478,8 @@ EOF
             if [ -x "$bindir/pg_isready" ] &&
                 ! "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres -t 10; then
                 _pg_log_tail
+                # Stopped here: the caller's clean-up may not know of it yet.
+                _pg "$bindir/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
                 die "postgres started but does not answer on 127.0.0.1:$port"
             fi
             export PG_PORT="$port"
@@ -498,6 +515,9 @@ stop_postgres() {
             # pg_ctl returns once the pid file is gone, a moment before the
             # postmaster has exited: wait for it (and insist if it hangs).
             wait_or_kill "$pid" postgres
+        fi
+        if [ -z "${PG_SOCKDIR_EXTRA:-}" ] && [ -f "$PG_DIR/sockdir" ]; then
+            PG_SOCKDIR_EXTRA="$(cat "$PG_DIR/sockdir")"
         fi
         rm -rf "$PG_DIR"
     fi
