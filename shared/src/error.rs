@@ -90,9 +90,37 @@ pub enum ApiError {
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{dependency:?} unavailable: {cause}")]
-    Unavailable { dependency: Dependency, cause: Cause },
+    Unavailable {
+        dependency: Dependency,
+        #[source]
+        cause: Cause,
+    },
     #[error("internal error: {0}")]
-    Internal(Cause),
+    Internal(#[source] Cause),
+}
+
+/// An error with every cause below it, for the logs. tokio-postgres's own
+/// message names only the kind of failure ("db error", "error performing TLS
+/// handshake"): the reason (Postgres's message and SQLSTATE, a TLS alert, an
+/// I/O error) is in its sources. A cause whose text is already said is not
+/// repeated.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        if let Some(db) = cause.downcast_ref::<tokio_postgres::error::DbError>() {
+            text.push_str(" (SQLSTATE ");
+            text.push_str(db.code().code());
+            text.push(')');
+        }
+        next = cause.source();
+    }
+    text
 }
 
 impl ApiError {

@@ -481,7 +481,8 @@ fn json_text_response(status: StatusCode, json: String) -> Response<Body> {
 pub fn error_response(error: &ApiError) -> Response<Body> {
     let status = error.status();
     if status.is_server_error() {
-        tracing::error!(code = error.code(), %error, "request failed");
+        let detail = crate::error::with_causes(error);
+        tracing::error!(code = error.code(), error = %detail, "request failed");
     } else {
         tracing::info!(code = error.code(), %status, "request refused");
     }

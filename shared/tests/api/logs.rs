@@ -538,3 +538,31 @@ fn the_raw_events_lambda_runtime_traces_stay_out_of_the_logs_at_trace() {
     assert!(!text.contains("raw-event-marker"), "{text}");
     assert!(text.contains("our own trace line"), "{text}");
 }
+
+/// tokio-postgres says only "db error" of any error Postgres sends; the log
+/// of a 5xx carries Postgres's own message and SQLSTATE from its causes (a
+/// release deployed before its migration, a missing grant), while the body
+/// stays generic.
+#[tokio::test]
+async fn a_database_error_is_logged_with_postgres_own_message_and_sqlstate() {
+    let app = TestApp::spawn().await;
+    let client = app.state.db.get().await.unwrap();
+    let failed = client
+        .query("SELECT * FROM live_no_such_table", &[])
+        .await
+        .expect_err("the table does not exist");
+    let error = shared::error::ApiError::from(failed);
+
+    let captured = Captured::default();
+    let _logging = tracing::subscriber::set_default(subscriber(&captured));
+    let answer = shared::http::error_response(&error);
+    assert_eq!(answer.status(), 500);
+    let logged = captured.text();
+    for said in ["live_no_such_table", "does not exist", "SQLSTATE 42P01"] {
+        assert!(logged.contains(said), "{said} not in:\n{logged}");
+    }
+    let lambda_http::Body::Text(body) = answer.body() else {
+        panic!("a JSON body")
+    };
+    assert!(!body.contains("live_no_such_table"), "{body}");
+}
