@@ -410,19 +410,39 @@ impl Config {
         Ok(config)
     }
 
+    /// The secret's keys win over the environment's. A key no setting reads
+    /// (a misspelt name, a setting that only applies with another one) is
+    /// named in a warning: its value would otherwise be dropped in silence,
+    /// and the default it meant to change would stand.
     pub fn from_secret_and_env(
         secret: &HashMap<String, String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        let read = std::cell::RefCell::new(std::collections::HashSet::new());
         // A blank value is unset (as in the environment): the environment's
         // value stands, rather than the default.
-        Config::from_lookup(|name| {
+        let config = Config::from_lookup(|name| {
+            read.borrow_mut().insert(name.to_owned());
             secret
                 .get(name)
                 .filter(|value| !value.trim().is_empty())
                 .cloned()
                 .or_else(|| env(name))
-        })
+        })?;
+        let read = read.into_inner();
+        let mut ignored: Vec<&str> = secret
+            .keys()
+            .map(String::as_str)
+            .filter(|key| !read.contains(*key))
+            .collect();
+        if !ignored.is_empty() {
+            ignored.sort_unstable();
+            tracing::warn!(
+                keys = ?ignored,
+                "the {APP_SECRET_ID} secret holds keys that no setting reads; they are ignored (a misspelt name, or a setting that applies only with another)"
+            );
+        }
+        Ok(config)
     }
 }
 

@@ -132,3 +132,34 @@ async fn a_secrets_manager_that_never_answers_fails_with_a_timeout() {
     assert!(matches!(err, ConfigError::Secret { .. }), "{err}");
     assert!(err.to_string().to_lowercase().contains("timeout"), "{err}");
 }
+
+/// A key of the secret that no setting reads is named in a warning (not its
+/// value): a misspelt optional setting would otherwise leave its default
+/// standing in silence.
+#[tokio::test]
+async fn a_secret_key_no_setting_reads_is_named_in_a_warning() {
+    let secret: std::collections::HashMap<String, String> = [
+        ("LIVEKIT_API_KEY", "APIkey"),
+        (
+            "LIVEKIT_API_SECRET",
+            "from-secrets-manager-at-least-32-characters",
+        ),
+        ("SUPABASE_JWT_SECRET", "jwt-secret-of-at-least-32-characters"),
+        ("DATABASE_URL", "postgres://app@db.internal:6543/postgres"),
+        ("LIVEKIT_URL", "wss://demo.livekit.cloud"),
+        ("LIVEKIT_VIEWER_CAN_PUBLISH_DATE", "value-of-the-misspelt-key"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect();
+    let captured = crate::logs::Captured::default();
+    let _logging = tracing::subscriber::set_default(crate::logs::subscriber(&captured));
+    let config = Config::from_secret_and_env(&secret, |_| None).expect("the rest is a configuration");
+    assert!(config.livekit.viewer_can_publish_data, "the default stands");
+    let logged = captured.text();
+    assert!(logged.contains("LIVEKIT_VIEWER_CAN_PUBLISH_DATE"), "{logged}");
+    assert!(!logged.contains("value-of-the-misspelt-key"), "{logged}");
+    for read in ["LIVEKIT_API_KEY", "DATABASE_URL", "LIVEKIT_URL"] {
+        assert!(!logged.contains(read), "{read} is read: {logged}");
+    }
+}
