@@ -105,6 +105,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(68, "0068_raised_hands_in_commit_order_and_only_while_watching"),
     migration!(69, "0069_the_functions_update_only_the_columns_they_write"),
     migration!(70, "0070_a_deleted_account_takes_its_chat_along"),
+    migration!(71, "0071_the_fold_and_the_host_left_check_wait_for_nothing"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

@@ -2312,6 +2312,76 @@ async fn moderation_tells_the_stage_place_committed_before_it() {
     );
 }
 
+/// The fold takes a stream's row before its count rows, as an account
+/// deletion's cascade does (migration 0071): a stream whose row another
+/// session holds is passed over, not waited for (waiting, while holding the
+/// count rows that cascade deletes next, deadlocked with it), and folded on a
+/// later run.
+#[tokio::test]
+async fn a_fold_passes_over_a_stream_whose_row_another_session_holds() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let room = "fold-held-row";
+    app.start_stream(host, room).await;
+    let ended = app
+        .call(
+            end_stream,
+            Some(&app.token_for(host)),
+            &json!({"roomName": room}).to_string(),
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    let mut admin = app.db().await;
+    admin
+        .execute(
+            "UPDATE live_streams SET created_at = created_at - interval '3 hours', ended_at = ended_at - interval '2 hours'
+             WHERE id = $1",
+            &[&room],
+        )
+        .await
+        .unwrap();
+    // A kind tapped only in shard 5: folding it inserts its shard 0.
+    admin
+        .execute(
+            "INSERT INTO live_reaction_counts (room_name, kind, shard, n) VALUES ($1, 'wow', 5, 3)",
+            &[&room],
+        )
+        .await
+        .unwrap();
+    let rooms = vec![room.to_owned()];
+    let fold = "SELECT live_fold_ended_streams($1)";
+    let client = app.state.db.get().await.unwrap();
+
+    let deleting = admin.transaction().await.unwrap();
+    deleting
+        .execute("SELECT FROM live_streams WHERE id = $1 FOR UPDATE", &[&room])
+        .await
+        .unwrap();
+    let folded: i32 = client
+        .query_one(fold, &[&rooms])
+        .await
+        .expect("the fold does not wait for the held row")
+        .get(0);
+    assert_eq!(folded, 0);
+    deleting.rollback().await.unwrap();
+
+    let folded: i32 = client.query_one(fold, &[&rooms]).await.unwrap().get(0);
+    assert_eq!(folded, 1);
+    let wow: Vec<(i16, i64)> = app
+        .db()
+        .await
+        .query(
+            "SELECT shard, n FROM live_reaction_counts WHERE room_name = $1 AND kind = 'wow'",
+            &[&room],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(wow, [(0, 3)]);
+}
+
 /// A stream that ended longer ago than the session retention is retired by
 /// the reconciler: its 16 count shards and its reaction shards folded into
 /// one row each, its stage rows deleted (migration 0067), and its stats read
