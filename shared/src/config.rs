@@ -411,7 +411,7 @@ impl Config {
     }
 
     /// The secret's keys win over the environment's. A key no setting reads
-    /// (a misspelt name, a setting that only applies with another one) is
+    /// (a misspelt name, or a log setting, which only the environment sets) is
     /// named in a warning: its value would otherwise be dropped in silence,
     /// and the default it meant to change would stand.
     pub fn from_secret_and_env(
@@ -439,7 +439,7 @@ impl Config {
             ignored.sort_unstable();
             tracing::warn!(
                 keys = ?ignored,
-                "the {APP_SECRET_ID} secret holds keys that no setting reads; they are ignored (a misspelt name, or a setting that applies only with another)"
+                "the {APP_SECRET_ID} secret holds keys that no setting reads; they are ignored (a misspelt name, or a log setting, which only the environment sets)"
             );
         }
         Ok(config)
