@@ -1691,8 +1691,8 @@ async fn away_past_the_time_to_return(app: &TestApp, room: &str, guest: Uuid) {
 /// them away just after the join looked for a mark to clear (migration
 /// 0068), so the mark stays on a viewer in the room. Nothing reads it as
 /// away while they are there: the stage listing, a full stage's check for
-/// lapsed places; and the reconciler's next run clears it, LiveKit listing
-/// them or not.
+/// lapsed places, their token; and the reconciler's next run clears it,
+/// LiveKit listing them or not.
 #[tokio::test]
 async fn an_away_mark_left_on_a_viewer_in_the_room_is_not_read_as_away_and_is_cleared() {
     use shared::handlers::stage_state;
@@ -1724,6 +1724,17 @@ async fn an_away_mark_left_on_a_viewer_in_the_room_is_not_read_as_away_and_is_cl
     let client = app.state.db.get().await.unwrap();
     let stage_return = Duration::from_secs(60);
     assert!(!has_lapsed_guest(&client, &room_name, stage_return).await.unwrap());
+    // Their token is a guest's (migration 0072).
+    let token = app.request_token(&app.token_for(guest), room).await;
+    assert_eq!(token.status, 200, "{}", token.body);
+    let claims = verify_livekit_token(token.body["token"].as_str().unwrap());
+    assert_eq!(
+        (
+            claims.video.can_publish,
+            claims.attributes.get("on_stage").map(String::as_str)
+        ),
+        (Some(true), Some("true"))
+    );
 
     let guest_identity = guest.to_string();
     let cleared = end_lapsed_away_turns(
