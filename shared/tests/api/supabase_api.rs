@@ -449,6 +449,36 @@ async fn the_migrations_apply_where_realtime_publishes_every_table() {
     );
 }
 
+/// A database prepared like Supabase's, with its `auth` schema and an
+/// account and profile for each of `users`, migrated; its URL, an owner's
+/// connection, and the functions on it as `live_api`.
+async fn with_supabase_accounts(users: &[Uuid]) -> (String, tokio_postgres::Client, TestApp) {
+    let url = create_database().await;
+    prepare_like_supabase(&url).await;
+    let admin = connect(&url).await;
+    admin
+        .batch_execute(&(create_role_once("supabase_auth_admin", "") + SUPABASE_AUTH))
+        .await
+        .unwrap();
+    shared::store::migrate::migrate_url(&url).await.unwrap();
+    for user in users {
+        admin
+            .execute("INSERT INTO auth.users (id) VALUES ($1)", &[&user])
+            .await
+            .unwrap();
+        admin
+            .execute("INSERT INTO public.profiles (id) VALUES ($1)", &[&user])
+            .await
+            .unwrap();
+    }
+    let app = TestApp::spawn_with(AppOptions {
+        database_url: Some(as_api_role(&url)),
+        ..AppOptions::default()
+    })
+    .await;
+    (url, admin, app)
+}
+
 async fn rows_of_room(admin: &tokio_postgres::Client, room: &str) -> Vec<(String, i64)> {
     let tables = first_column(
         admin,
@@ -488,30 +518,8 @@ async fn rows_of_room(admin: &tokio_postgres::Client, room: &str) -> Vec<(String
 /// and every row of their stream with it.
 #[tokio::test]
 async fn supabase_deletes_the_account_of_someone_who_streamed_and_every_row_of_their_stream() {
-    let url = create_database().await;
-    prepare_like_supabase(&url).await;
-    let admin = connect(&url).await;
-    admin
-        .batch_execute(&(create_role_once("supabase_auth_admin", "") + SUPABASE_AUTH))
-        .await
-        .unwrap();
-    shared::store::migrate::migrate_url(&url).await.unwrap();
     let (host, viewer) = (Uuid::new_v4(), Uuid::new_v4());
-    for user in [host, viewer] {
-        admin
-            .execute("INSERT INTO auth.users (id) VALUES ($1)", &[&user])
-            .await
-            .unwrap();
-        admin
-            .execute("INSERT INTO public.profiles (id) VALUES ($1)", &[&user])
-            .await
-            .unwrap();
-    }
-    let app = TestApp::spawn_with(AppOptions {
-        database_url: Some(as_api_role(&url)),
-        ..AppOptions::default()
-    })
-    .await;
+    let (url, admin, app) = with_supabase_accounts(&[host, viewer]).await;
     let fixture = fixture_in(app, host, viewer).await;
     let before = rows_of_room(&admin, ROOM).await;
     for table in [
@@ -573,30 +581,8 @@ async fn supabase_deletes_the_account_of_someone_who_streamed_and_every_row_of_t
 /// keeps a copy of it. The streamer's and everyone else's chat stays.
 #[tokio::test]
 async fn a_deleted_accounts_chat_in_other_streams_is_erased() {
-    let url = create_database().await;
-    prepare_like_supabase(&url).await;
-    let admin = connect(&url).await;
-    admin
-        .batch_execute(&(create_role_once("supabase_auth_admin", "") + SUPABASE_AUTH))
-        .await
-        .unwrap();
-    shared::store::migrate::migrate_url(&url).await.unwrap();
     let (host, viewer, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    for user in [host, viewer, other] {
-        admin
-            .execute("INSERT INTO auth.users (id) VALUES ($1)", &[&user])
-            .await
-            .unwrap();
-        admin
-            .execute("INSERT INTO public.profiles (id) VALUES ($1)", &[&user])
-            .await
-            .unwrap();
-    }
-    let app = TestApp::spawn_with(AppOptions {
-        database_url: Some(as_api_role(&url)),
-        ..AppOptions::default()
-    })
-    .await;
+    let (url, admin, app) = with_supabase_accounts(&[host, viewer, other]).await;
     let fixture = fixture_in(app, host, viewer).await;
     for (user, text) in [(host, "welcome"), (other, "hi from someone else")] {
         assert_eq!(say(&fixture.app, user, text).await.status, 201);
