@@ -138,14 +138,17 @@ async fn the_schema_keeps_stream_state_consistent() {
         .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
         .await
         .unwrap();
+    // The history's page (shared::store::chat::page): the room's visible
+    // messages in the order the room got them (migration 0055).
     let plan = first_column(
         &client,
-        "EXPLAIN SELECT * FROM live_messages WHERE room_name = 'r1' ORDER BY created_at DESC, id DESC LIMIT 50",
+        "EXPLAIN SELECT id, room_name, user_id, text, created_at FROM live_messages
+         WHERE room_name = 'r1' AND deleted_at IS NULL ORDER BY seq DESC LIMIT 50",
         &[],
     )
     .await;
     assert!(
-        plan.join("\n").contains("live_messages_room_created_at_idx"),
+        plan.join("\n").contains("live_messages_room_visible_seq_idx"),
         "{plan:?}"
     );
 }

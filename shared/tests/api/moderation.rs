@@ -572,11 +572,12 @@ async fn a_ban_revokes_the_tokens_issued_before_it_and_a_kick_revokes_none() {
 }
 
 /// A ban waits for the room's standing lock (a post or a token check holding
-/// it); the tokens it revokes are those issued up to the moment it got the
-/// lock, not up to the moment its statement began: a token checked while the
+/// it); it is stamped with the moment it got the lock, not the moment its
+/// statement began. The handler revokes the tokens issued up to that stamp
+/// (`revoke_token_ts`, the tests of `moderate`), so a token checked while the
 /// ban waited, and minted a second later, is revoked too.
 #[tokio::test]
-async fn a_ban_that_waited_for_its_lock_revokes_the_tokens_issued_meanwhile() {
+async fn a_ban_that_waited_for_its_lock_is_stamped_when_it_got_the_lock() {
     use std::time::{Duration, Instant};
     let app = TestApp::spawn().await;
     let host = Uuid::new_v4();

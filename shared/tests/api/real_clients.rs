@@ -123,22 +123,30 @@ async fn a_viewer_cannot_set_its_own_stage_attributes() {
     let asked = client
         .set_own_attributes(json!({"on_stage": "true", "hand_raised": "true"}))
         .await;
-    let attributes = app
-        .livekit()
-        .participants(ROOM)
-        .await
-        .into_iter()
-        .find(|p| p.identity == viewer.to_string())
-        .expect("the viewer is in the room")
-        .attributes;
-    assert_eq!(
-        (
-            attributes.get("on_stage").map(String::as_str),
-            attributes.get("hand_raised").map(String::as_str)
-        ),
-        (Some("false"), Some("false")),
-        "the server kept the backend's attributes (the client's request: {asked:?})"
-    );
+    // A non-event: watched until SETTLE has passed since the SDK answered
+    // (whether it says refused or sent), not read once right after.
+    let until = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let attributes = app
+            .livekit()
+            .participants(ROOM)
+            .await
+            .into_iter()
+            .find(|p| p.identity == viewer.to_string())
+            .expect("the viewer is in the room")
+            .attributes;
+        for key in ["on_stage", "hand_raised"] {
+            assert_ne!(
+                attributes.get(key).map(String::as_str),
+                Some("true"),
+                "the server took the client's {key} (its request: {asked:?})"
+            );
+        }
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
