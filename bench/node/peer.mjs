@@ -28,8 +28,8 @@ if (!path) {
 const input = JSON.parse(readFileSync(path, "utf8"));
 
 // Minting exactly as the backend does for a viewer (shared/src/livekit/mod.rs):
-// identity = user id, display name, TTL, the stage attributes, and every grant
-// written out.
+// identity = user id, display name, TTL, the stage attributes that are true
+// (none for this viewer), and every grant written out.
 async function mint() {
   const at = new AccessToken(input.livekit_api_key, input.livekit_api_secret, {
     identity: input.identity,

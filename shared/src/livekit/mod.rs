@@ -132,12 +132,21 @@ impl LiveKit {
             .with_name(name)
             .with_ttl(self.token_ttl)
             .with_grants(self.grants_for(room, role));
+        // Only what is so: LiveKit broadcasts every join and leave of a
+        // participant with any attribute to everyone in the room, which LiveKit
+        // Cloud's mode for rooms of thousands otherwise spares its viewers. A
+        // missing stage key reads as false; the anonymous mark is only worth
+        // its cost where anonymous sign-ins get no data.
         let token = match role {
             Role::Viewer { stage, anonymous, .. } => token.with_attributes(
                 stage
                     .attribute_pairs()
                     .into_iter()
-                    .chain(anonymous.then_some((ANONYMOUS_ATTRIBUTE, "true"))),
+                    .filter(|(_, value)| *value == "true")
+                    .chain(
+                        (anonymous && self.withholds_data_from(true))
+                            .then_some((ANONYMOUS_ATTRIBUTE, "true")),
+                    ),
             ),
             Role::Host => token,
         };
@@ -311,6 +320,10 @@ impl LiveKit {
     /// So when the update would give data (an unmute, a stage change), the
     /// participant is read first, and an anonymous sign-in who may only watch
     /// gets the update without it: never data for a moment.
+    ///
+    /// A standing without a stage is told with the participant read first
+    /// too, so that its attributes are set only where they show a stage to
+    /// clear: a plain viewer's mute sets none (see [`LiveKit::set_viewer`]).
     pub async fn update_viewer(
         &self,
         room: &RoomName,
@@ -318,30 +331,49 @@ impl LiveKit {
         muted: bool,
         stage: StageStanding,
     ) -> Result<(), RoomServiceError> {
-        let muted = if self.viewer_can_publish_data(muted) && self.withholds_data_from(true) {
+        let anonymity_matters = self.viewer_can_publish_data(muted) && self.withholds_data_from(true);
+        let (muted, shown) = if anonymity_matters || stage == StageStanding::default() {
             match repeatable(|| self.rooms.get_participant(room.as_str(), identity)).await {
-                Ok(participant) => self.withholds_data_from(is_anonymous(&participant.attributes)),
+                Ok(participant) => (
+                    if anonymity_matters {
+                        self.withholds_data_from(is_anonymous(&participant.attributes))
+                    } else {
+                        muted
+                    },
+                    StageStanding::from_attributes(&participant.attributes),
+                ),
                 Err(RoomServiceError::NotFound) => return Ok(()),
                 Err(error) => return Err(error),
             }
         } else {
-            muted
+            // A stage to show is set whatever is shown now.
+            (muted, StageStanding::default())
         };
-        self.set_viewer(room, identity, muted, stage).await
+        self.set_viewer(room, identity, muted, stage, shown).await
     }
 
     /// [`LiveKit::update_viewer`] for a participant whose anonymity is known
     /// (from a webhook or a listing) and already in `muted`.
+    ///
+    /// The stage attributes go only where they change what the participant
+    /// `shown` has: LiveKit marks a participant whose attributes are set, to
+    /// whatever values, as one every client must hear of (see
+    /// [`LiveKit::mint_token`]), so a plain viewer's mute sets none.
     pub async fn set_viewer(
         &self,
         room: &RoomName,
         identity: &str,
         muted: bool,
         stage: StageStanding,
+        shown: StageStanding,
     ) -> Result<(), RoomServiceError> {
         let options = UpdateParticipantOptions {
             permission: Some(self.viewer_permission(muted, stage.on_stage)),
-            attributes: stage.attributes(),
+            attributes: if stage == shown {
+                std::collections::HashMap::new()
+            } else {
+                stage.attributes()
+            },
             ..UpdateParticipantOptions::default()
         };
         match repeatable(|| {

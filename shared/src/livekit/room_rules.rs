@@ -24,8 +24,14 @@ use crate::store::viewers::Presence;
 pub enum Correction {
     /// Disconnect them (and revoke their earlier tokens where supported).
     Remove,
-    /// Set their permission and stage attributes to what their standing gives.
-    Update { muted: bool, stage: StageStanding },
+    /// Set their permission and stage attributes to what their standing
+    /// gives; `shown` is the stage their attributes say now, when known from
+    /// a listing or a join (not after a call that may not have been applied).
+    Update {
+        muted: bool,
+        stage: StageStanding,
+        shown: Option<StageStanding>,
+    },
 }
 
 /// The stream a participant is in, as Postgres has it.
@@ -70,7 +76,11 @@ pub fn correction(
     let differs = participant.can_publish_data != expected.can_publish_data
         || participant.can_publish != expected.can_publish
         || participant.stage != stage;
-    differs.then_some(Correction::Update { muted, stage })
+    differs.then_some(Correction::Update {
+        muted,
+        stage,
+        shown: Some(participant.stage),
+    })
 }
 
 /// Makes the correction in LiveKit.
@@ -87,7 +97,18 @@ pub async fn apply(
                 .remove_participant(room, identity, Revocation::IssuedBefore(revoke_before))
                 .await
         }
-        Correction::Update { muted, stage } => livekit.set_viewer(room, identity, muted, stage).await,
+        Correction::Update {
+            muted,
+            stage,
+            shown: Some(shown),
+        } => livekit.set_viewer(room, identity, muted, stage, shown).await,
+        // As a standing committed: LiveKit's own attributes and anonymity
+        // mark are read where they matter.
+        Correction::Update {
+            muted,
+            stage,
+            shown: None,
+        } => livekit.update_viewer(room, identity, muted, stage).await,
     }
 }
 
@@ -125,6 +146,8 @@ impl Told<'_> {
                 moved.then_some(Correction::Update {
                     muted: now.muted,
                     stage: now.stage,
+                    // What an earlier call may or may not have set.
+                    shown: None,
                 })
             }
             Told::Corrected(participant, stream) => correction(livekit, stream, participant, now),
@@ -139,7 +162,7 @@ impl Told<'_> {
         next: Correction,
     ) -> Result<(), RoomServiceError> {
         match (self, next) {
-            (Told::Standing(_), Correction::Update { muted, stage }) => {
+            (Told::Standing(_), Correction::Update { muted, stage, .. }) => {
                 livekit.update_viewer(room, identity, muted, stage).await
             }
             _ => apply(livekit, room, identity, next).await,
@@ -149,7 +172,7 @@ impl Told<'_> {
     /// What LiveKit has once it was told `next`.
     fn after(self, livekit: &LiveKit, next: Correction) -> Self {
         match (self, next) {
-            (Told::Standing(_), Correction::Update { muted, stage }) => Told::Standing(Standing {
+            (Told::Standing(_), Correction::Update { muted, stage, .. }) => Told::Standing(Standing {
                 banned: false,
                 muted,
                 stage,
@@ -203,7 +226,7 @@ pub async fn correct_all(
 /// `participant` as LiveKit has them once it made `correction`.
 fn as_told(livekit: &LiveKit, participant: &Presence, correction: Correction) -> Presence {
     let mut told = participant.clone();
-    if let Correction::Update { muted, stage } = correction {
+    if let Correction::Update { muted, stage, .. } = correction {
         let permission = livekit.viewer_permission(muted, stage.on_stage);
         told.can_publish = permission.can_publish;
         told.can_publish_data = permission.can_publish_data;

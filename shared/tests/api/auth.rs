@@ -412,13 +412,15 @@ async fn anonymous_sign_ins_watch_but_take_part_only_when_allowed() {
         let guest = app.anonymous_token_for(Uuid::new_v4());
         let watch = app.request_token(&guest, "open-stream").await;
         assert_eq!(watch.status, 200, "a guest may always watch: {}", watch.body);
-        // LiveKit enforces it too: the guest's token marks them, and carries no
-        // data permission unless they may take part.
+        // LiveKit enforces it too: unless they may take part, the guest's
+        // token carries no data permission, and marks them so that an unmute
+        // or a stage change keeps it that way (a mark only worth its cost
+        // then: an attribute makes LiveKit tell every client of their joins).
         let claims = crate::helpers::verify_livekit_token(watch.body["token"].as_str().unwrap());
         assert_eq!(claims.video.can_publish_data, Some(allowed));
         assert_eq!(
             claims.attributes.get("anonymous").map(String::as_str),
-            Some("true")
+            (!allowed).then_some("true")
         );
         let member = app
             .request_token(&app.token_for(Uuid::new_v4()), "open-stream")

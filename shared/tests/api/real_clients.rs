@@ -103,6 +103,42 @@ async fn viewers_receive_the_hosts_video_and_audio_and_cannot_publish_their_own(
     assert_eq!(tracks, 2, "only the host's camera and microphone are in the room");
 }
 
+/// LiveKit tells every client in the room of every join and leave of a
+/// participant that has attributes (LiveKit Cloud's mode for rooms of
+/// thousands spares viewers only those without), so a viewer with nothing
+/// on the stage carries none: not in their token, nor after a mute and an
+/// unmute, which change only their data permission.
+#[tokio::test]
+async fn a_plain_viewer_carries_no_attributes_through_a_mute_and_an_unmute() {
+    use shared::handlers::moderate;
+    let app = TestApp::spawn().await;
+    let (host, _host) = live_host(&app).await;
+    let (viewer, _client) = app.viewer_in(ROOM).await;
+    let token = app.request_token(&app.token_for(viewer), ROOM).await;
+    let claims = crate::helpers::verify_livekit_token(token.body["token"].as_str().unwrap());
+    assert!(claims.attributes.is_empty(), "{:?}", claims.attributes);
+
+    for (action, data) in [("mute", false), ("unmute", true)] {
+        let body = json!({"roomName": ROOM, "userId": viewer, "action": action}).to_string();
+        let moderated = app.call(moderate, Some(&app.token_for(host)), &body).await;
+        assert_eq!(moderated.status, 200, "{}", moderated.body);
+        assert_eq!(moderated.body["roomUpdated"], true, "{}", moderated.body);
+        let listed = app
+            .livekit()
+            .participants(ROOM)
+            .await
+            .into_iter()
+            .find(|p| p.identity == viewer.to_string())
+            .expect("the viewer is in the room");
+        assert_eq!(
+            listed.permission.as_ref().map(|p| p.can_publish_data),
+            Some(data),
+            "{action}"
+        );
+        assert!(listed.attributes.is_empty(), "{action}: {:?}", listed.attributes);
+    }
+}
+
 /// The stage attributes are the backend's: a viewer's client that sets its
 /// own (`on_stage`, to be drawn on stage) changes nothing on the server, as
 /// its token has no `canUpdateOwnMetadata`.
