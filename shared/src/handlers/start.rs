@@ -73,11 +73,11 @@ pub async fn start_stream(
     // leaves a live stream in that room: closing it would end the stream
     // (LiveKit's `room_finished`), and the retry the 503 asks for would find it
     // ended. So the room is kept when a fresh connection finds the stream live
-    // in it; the retry then answers 200 with it.
+    // (close_unused_room); the retry then answers 200 with it.
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) => {
-            if new_room && !committed_after_all(state, &room, user.id, &room_sid).await {
+            if new_room {
                 close_unused_room(state, &room, user.id).await;
             }
             return Err(error);
@@ -118,48 +118,27 @@ pub async fn start_stream(
     ))
 }
 
-/// Whether a start whose statement failed had committed after all. Unknown
-/// (the database unreachable) counts as not: the room is closed as before.
-async fn committed_after_all(state: &AppState, room: &RoomName, streamer: Uuid, room_sid: &str) -> bool {
-    let live = async {
-        let client = state.db.get().await?;
-        streams::is_live_in(&client, room, streamer, room_sid).await
-    }
-    .await;
-    match live {
-        Ok(live) => {
-            if live {
-                tracing::warn!(%room, "a start committed but its answer was lost; its room is kept for the retry");
-            }
-            live
-        }
-        Err(error) => {
-            tracing::warn!(%room, %error, "cannot tell whether a failed start committed; closing its room");
-            false
-        }
-    }
-}
-
 /// Closes the room a failed start made, then lets the name go; says whether
 /// it is closed. A room that could not be closed keeps the claim until it
 /// lapses, so no other streamer adopts that room meanwhile. Unless the
-/// streamer is live in it by now: a retry of this start (the app gave up on
-/// it) got its answer from LiveKit and committed, and the room is that
-/// stream's; closing it would end the stream its retry was just given.
+/// streamer is live in it by now: this start committed and only its answer
+/// was lost, or a retry of it (the app gave up on it) got its answer from
+/// LiveKit and committed; closing the room would end that stream. Unknown
+/// (the database unreachable) counts as not live.
 async fn close_unused_room(state: &AppState, room: &RoomName, streamer: Uuid) -> bool {
     let live = async {
         let client = state.db.get().await?;
-        streams::is_live_in_any(&client, room, streamer).await
+        streams::is_live(&client, room, streamer).await
     }
     .await;
     match live {
         Ok(true) => {
-            tracing::warn!(%room, "a failed start's room serves the stream a retry started; kept");
+            tracing::warn!(%room, "a failed start's room serves a live stream (its own lost answer, or a retry's); kept");
             return false;
         }
         Ok(false) => {}
         Err(error) => {
-            tracing::warn!(%room, %error, "cannot tell whether a retry went live in a failed start's room; closing it");
+            tracing::warn!(%room, %error, "cannot tell whether a live stream uses a failed start's room; closing it");
         }
     }
     match state.livekit.delete_room(room).await {

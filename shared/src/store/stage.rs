@@ -242,16 +242,14 @@ pub async fn end_lapsed_away_turns(
     let rows = client
         .query_typed(
             "WITH lapsed AS (
-                 SELECT a.room_name, a.user_id,
-                        EXISTS (SELECT FROM live_presence p
-                                WHERE p.room_name = a.room_name AND p.identity = a.user_id::text) AS back
+                 SELECT a.room_name, a.user_id, p.identity IS NOT NULL AS back
                  FROM live_stage a
+                 LEFT JOIN live_presence p ON p.room_name = a.room_name AND p.identity = a.user_id::text
                  WHERE a.away_since IS NOT NULL
                    AND ($3::text IS NULL OR a.room_name = $3)
-                   AND ((a.away_since < now() - make_interval(secs => $1 + $5)
-                         AND NOT (a.user_id::text = ANY($4)))
-                        OR EXISTS (SELECT FROM live_presence p
-                                   WHERE p.room_name = a.room_name AND p.identity = a.user_id::text))
+                   AND (p.identity IS NOT NULL
+                        OR (a.away_since < now() - make_interval(secs => $1 + $5)
+                            AND NOT (a.user_id::text = ANY($4))))
                  ORDER BY a.on_stage_since IS NULL, a.away_since
                  LIMIT $2
                  FOR UPDATE OF a SKIP LOCKED)

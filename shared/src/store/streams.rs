@@ -155,29 +155,9 @@ pub async fn prune_lapsed_claims(client: &Client, limit: i64) -> Result<usize, A
     Ok(client.execute_typed(&statement, &[(&limit, Type::INT8)]).await? as usize)
 }
 
-/// Whether `streamer`'s stream `room` is live in the room instance `room_sid`:
-/// a start whose answer was lost learns here that it committed.
-pub async fn is_live_in(
-    client: &Client,
-    room: &RoomName,
-    streamer: Uuid,
-    room_sid: &str,
-) -> Result<bool, ApiError> {
-    let row = client
-        .query_typed_opt(
-            "SELECT FROM live_streams WHERE id = $1 AND streamer_id = $2 AND is_live AND room_sid = $3",
-            &[
-                (&room.as_str(), Type::TEXT),
-                (&streamer, Type::UUID),
-                (&room_sid, Type::TEXT),
-            ],
-        )
-        .await?;
-    Ok(row.is_some())
-}
-
-/// Whether `streamer`'s stream `room` is live, in whatever room instance.
-pub async fn is_live_in_any(client: &Client, room: &RoomName, streamer: Uuid) -> Result<bool, ApiError> {
+/// Whether `streamer`'s stream `room` is live, in whatever room instance: a
+/// failed start learns here that it, or a retry of it, committed.
+pub async fn is_live(client: &Client, room: &RoomName, streamer: Uuid) -> Result<bool, ApiError> {
     let row = client
         .query_typed_opt(
             "SELECT FROM live_streams WHERE id = $1 AND streamer_id = $2 AND is_live",
