@@ -113,12 +113,14 @@ pub enum SessionChange {
 impl SessionChange {
     /// A `participant_left` by LiveKit's `disconnect_reason`. Servers that
     /// report none (`UNKNOWN_REASON`) get the leave they always got. `None`
-    /// for a migration: the participant goes on, same sid, on another node,
-    /// which tells no join (LiveKit's `ParticipantActive` skips the webhook
-    /// for a migration), so closing the session would lose the viewer from
-    /// the count until they left. A migration that fails ends in a new
-    /// session; the reconciler closes the old one, which LiveKit no longer
-    /// lists.
+    /// for a migration: the participant is moving to another node, not
+    /// leaving. A move that resumes the session keeps its sid, and the join
+    /// the new node may tell changes nothing for a session still open, while
+    /// closing it here would lose the viewer from the count until they left.
+    /// A move the new node cannot resume (LiveKit v1.13.5 refuses to resume
+    /// a participant it does not hold, and the client joins afresh) opens a
+    /// new session of the same identity, counted once; the reconciler closes
+    /// the old one, which LiveKit no longer lists.
     pub fn left_because(reason: i32) -> Option<SessionChange> {
         use livekit_protocol::DisconnectReason as Reason;
         Some(match Reason::try_from(reason) {
