@@ -203,7 +203,8 @@ pub async fn change(
 /// What [`end_lapsed_away_turns`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lapsed {
-    /// Rows whose time to return had run out.
+    /// Rows whose away mark went: their time to return had run out, or
+    /// their viewer is in the room (a mark their join raced).
     pub rows: usize,
     /// Of those, the standings ended (the others' viewers were back).
     pub ended: usize,

@@ -1692,8 +1692,8 @@ async fn away_past_the_time_to_return(app: &TestApp, room: &str, guest: Uuid) {
 /// them away just after the join looked for a mark to clear (migration
 /// 0068), so the mark stays on a viewer in the room. Nothing reads it as
 /// away while they are there: the stage listing, a full stage's check for
-/// lapsed places, their token; and the reconciler's next run clears it,
-/// LiveKit listing them or not.
+/// lapsed places, their token; and the pass the reconciler makes after each
+/// room's sync (called here directly) clears it.
 #[tokio::test]
 async fn an_away_mark_left_on_a_viewer_in_the_room_is_not_read_as_away_and_is_cleared() {
     use shared::handlers::stage_state;
