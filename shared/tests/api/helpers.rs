@@ -113,6 +113,19 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A live stream of `streamer` named `room`, made directly in the database:
+/// for tests where only a later request is to meet a short deadline, which
+/// a start (a LiveKit call and a few round trips) could meet too on a busy
+/// machine. It has no LiveKit room.
+pub async fn insert_live_stream(db: &tokio_postgres::Client, room: &str, streamer: Uuid) {
+    db.execute(
+        "INSERT INTO live_streams (id, streamer_id, title) VALUES ($1, $2, 'Made directly')",
+        &[&room, &streamer],
+    )
+    .await
+    .unwrap();
+}
+
 /// The first column of every row `sql` returns, as text.
 pub async fn first_column(
     client: &tokio_postgres::Client,

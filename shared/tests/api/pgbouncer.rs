@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use crate::helpers::{
     API_ROLE, AppOptions, LIVEKIT_API_SECRET, TestApp, TestResponse, connect, create_database, get_request,
-    migrated_database, signed_webhook, verify_livekit_token, wait_until_no_api_statement_runs, webhook_event,
+    insert_live_stream, migrated_database, signed_webhook, verify_livekit_token,
+    wait_until_no_api_statement_runs, webhook_event,
 };
 
 /// `default_pool_size` in scripts/lib.sh `start_pgbouncer`: server connections
@@ -204,17 +205,9 @@ async fn the_deadlines_cancel_holds_through_the_pooler(ca: Option<String>) {
         );
     }
 
-    // Made directly: only the end below is to run into the deadline, and a
-    // start (a LiveKit call and a few round trips through the pooler) could
-    // too on a busy machine.
+    // Only the end below is to meet the deadline.
     let host = Uuid::new_v4();
-    admin
-        .execute(
-            "INSERT INTO live_streams (id, streamer_id, title) VALUES ('slow', $1, 'Slow')",
-            &[&host],
-        )
-        .await
-        .unwrap();
+    insert_live_stream(&admin, "slow", host).await;
     let held = connect(&direct).await;
     held.batch_execute("BEGIN; SELECT 1 FROM live_streams WHERE id = 'slow' FOR UPDATE")
         .await

@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use crate::helpers::{
     API_ROLE, AppOptions, LIVEKIT_API_SECRET, LiveKitChoice, LiveKitMode, TestApp, connect, first_column,
-    get_request, post_request, signed_webhook, wait_until_no_api_statement_runs, webhook_event,
+    get_request, insert_live_stream, post_request, signed_webhook, wait_until_no_api_statement_runs,
+    webhook_event,
 };
 
 /// An app on the RoomService stand-in (see the module's comment).
@@ -361,16 +362,9 @@ async fn a_request_cut_by_the_deadline_leaves_no_statement_behind() {
         ("DATABASE_POOL_SIZE", "1".into()),
     ])
     .await;
-    // Made directly: only the end below is to run into the deadline, and a
-    // start (a LiveKit call and a few round trips) could too on a busy machine.
+    // Only the end below is to meet the deadline.
     let host = Uuid::new_v4();
-    admin
-        .execute(
-            "INSERT INTO live_streams (id, streamer_id, title) VALUES ('slow', $1, 'Slow')",
-            &[&host],
-        )
-        .await
-        .unwrap();
+    insert_live_stream(&admin, "slow", host).await;
     let held = app.hold_stream_row("slow").await;
     let end = app
         .call(end_stream, Some(&app.token_for(host)), r#"{"roomName":"slow"}"#)
