@@ -107,6 +107,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(70, "0070_a_deleted_account_takes_its_chat_along"),
     migration!(71, "0071_the_fold_and_the_host_left_check_wait_for_nothing"),
     migration!(72, "0072_a_token_takes_a_viewer_in_the_room_as_back"),
+    migration!(73, "0073_lapsed_turns_read_presence_after_their_locks"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

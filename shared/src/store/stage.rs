@@ -203,8 +203,10 @@ pub async fn change(
 /// What [`end_lapsed_away_turns`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lapsed {
-    /// Rows whose away mark went: their time to return had run out, or
-    /// their viewer is in the room (a mark their join raced).
+    /// Marks taken (at most the limit): their time to return had run out,
+    /// or their viewer is in the room (a mark their join raced). A mark
+    /// found changed once taken (its viewer left again meanwhile) is left
+    /// as it is.
     pub rows: usize,
     /// Of those, the standings ended (the others' viewers were back).
     pub ended: usize,
@@ -240,47 +242,29 @@ pub async fn end_lapsed_away_turns(
 ) -> Result<Lapsed, ApiError> {
     let stage_return_seconds = stage_return.as_secs_f64();
     let listing_age_seconds = listed_since.elapsed().as_secs_f64();
-    let rows = client
-        .query_typed(
-            "WITH lapsed AS (
-                 SELECT a.room_name, a.user_id, p.identity IS NOT NULL AS back
-                 FROM live_stage a
-                 LEFT JOIN live_presence p ON p.room_name = a.room_name AND p.identity = a.user_id::text
-                 WHERE a.away_since IS NOT NULL
-                   AND ($3::text IS NULL OR a.room_name = $3)
-                   AND (p.identity IS NOT NULL
-                        OR (a.away_since < now() - make_interval(secs => $1 + $5)
-                            AND NOT (a.user_id::text = ANY($4))))
-                 ORDER BY a.on_stage_since IS NULL, a.away_since
-                 LIMIT $2
-                 FOR UPDATE OF a SKIP LOCKED)
-             UPDATE live_stage g
-             SET hand_raised_at = CASE WHEN l.back THEN g.hand_raised_at END,
-                 invited_at = CASE WHEN l.back THEN g.invited_at END,
-                 on_stage_since = CASE WHEN l.back THEN g.on_stage_since END,
-                 away_since = NULL
-             FROM lapsed l
-             WHERE g.room_name = l.room_name AND g.user_id = l.user_id
-             RETURNING NOT l.back AS turn_ended",
+    // One call (migration 0073): the marks are taken first and presence read
+    // after, in a statement of its own, so a leave that committed while
+    // the marks were being taken is not read as the viewer still there.
+    let row = client
+        .query_typed_one(
+            "SELECT taken, ended FROM live_end_lapsed_away_turns($1, $2, $3, $4, $5)",
             &[
-                (&stage_return_seconds, Type::FLOAT8),
-                (&limit, Type::INT8),
                 (&room.map(RoomName::as_str), Type::TEXT),
                 (&listed, Type::TEXT_ARRAY),
                 (&listing_age_seconds, Type::FLOAT8),
+                (&stage_return_seconds, Type::FLOAT8),
+                (&limit, Type::INT8),
             ],
         )
         .await?;
-    let mut lapsed = Lapsed {
-        rows: rows.len(),
-        ended: 0,
+    let count = |column: usize| -> Result<usize, ApiError> {
+        let value: i32 = row.try_get(column).map_err(ApiError::internal)?;
+        usize::try_from(value).map_err(ApiError::internal)
     };
-    for row in &rows {
-        if row.try_get::<_, bool>(0).map_err(ApiError::internal)? {
-            lapsed.ended += 1;
-        }
-    }
-    Ok(lapsed)
+    Ok(Lapsed {
+        rows: count(0)?,
+        ended: count(1)?,
+    })
 }
 
 /// Whether a guest of `room` has been away longer than `stage_return`, as

@@ -260,6 +260,7 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_chat_unsent(text,bigint,bigint)",
     "execute live_close_counts(text)",
     "execute live_count_add(text,integer,integer,integer,double precision,double precision)",
+    "execute live_end_lapsed_away_turns(text,text[],double precision,double precision,bigint)", // the reconciler and a full stage (0073)
     "execute live_end_stream(text,uuid)",
     "execute live_end_stream_its_host_left(text,interval)", // the reconciler (0065)
     "execute live_finish_stream(text,interval)",
