@@ -73,11 +73,28 @@ struct Plan {
     unleft: usize,
 }
 
-fn plan(setup: &Setup, room_sid: &str) -> Plan {
+fn plan(setup: &Setup, room_sid: &str, host: Uuid) -> Plan {
     let n = setup.viewers;
     let window = setup.window;
     let mut joins = Vec::with_capacity(n + n / 50);
     let mut leaves = Vec::with_capacity(n + n / 50);
+    // The host is in the room first and stays, not counted: a room whose
+    // host never came would be ended by the reconciler's run below (after
+    // HOST_RETURN_SECONDS), an end's write of 0 that no second waits for.
+    let host_join = event(
+        "EV_join_host",
+        "participant_joined",
+        room_sid,
+        &host.to_string(),
+        "PA_host",
+    );
+    joins.push((
+        Duration::ZERO,
+        Webhook {
+            authorization: signed(setup, &host_join),
+            body: host_join,
+        },
+    ));
     let (mut duplicates, mut reordered, mut aborted, mut unleft) = (0, 0, 0, 0);
     let at = |i: usize, of: usize| window.mul_f64(i as f64 / of as f64);
     // Leaves in another order than joins: a stride through the viewers.
@@ -262,7 +279,7 @@ pub async fn run(setup: &Setup) -> Value {
     .await
     .expect("log the copy's writes");
 
-    let plan = plan(setup, &room_sid);
+    let plan = plan(setup, &room_sid, host);
     let containers = fleet::containers(setup, "WebhookConcurrency");
     let stop = Arc::new(AtomicBool::new(false));
     let sessions = sample_sessions(setup, stop.clone());
