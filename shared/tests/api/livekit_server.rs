@@ -285,6 +285,14 @@ impl LiveKitServer {
         }
     }
 
+    /// The participant of `identity` in `room`, if LiveKit lists one.
+    pub async fn participant(&self, room: &str, identity: &str) -> Option<proto::ParticipantInfo> {
+        self.participants(room)
+            .await
+            .into_iter()
+            .find(|p| p.identity == identity)
+    }
+
     /// Polls the room's participants until `done` holds, for at most [`SETTLE`].
     pub async fn wait_for_participants(
         &self,

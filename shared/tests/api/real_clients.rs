@@ -125,10 +125,8 @@ async fn a_plain_viewer_carries_no_attributes_through_a_mute_and_an_unmute() {
         assert_eq!(moderated.body["roomUpdated"], true, "{}", moderated.body);
         let listed = app
             .livekit()
-            .participants(ROOM)
+            .participant(ROOM, &viewer.to_string())
             .await
-            .into_iter()
-            .find(|p| p.identity == viewer.to_string())
             .expect("the viewer is in the room");
         assert_eq!(
             listed.permission.as_ref().map(|p| p.can_publish_data),
@@ -165,10 +163,8 @@ async fn a_viewer_cannot_set_its_own_stage_attributes() {
     loop {
         let attributes = app
             .livekit()
-            .participants(ROOM)
+            .participant(ROOM, &viewer.to_string())
             .await
-            .into_iter()
-            .find(|p| p.identity == viewer.to_string())
             .expect("the viewer is in the room")
             .attributes;
         for key in ["on_stage", "hand_raised"] {
