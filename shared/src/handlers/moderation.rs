@@ -62,6 +62,12 @@ pub async fn moderate(
     if access.streamer_id != user.id {
         return Err(ApiError::Forbidden("Only the streamer can moderate this stream."));
     }
+    // An ended stream's room is gone and its name is never used again: an
+    // action there would change nothing anyone sees, and answering 200 would
+    // tell a moderation panel left open that it did.
+    if !access.is_live {
+        return Err(ApiError::StreamEnded);
+    }
     if target == user.id {
         return Err(ApiError::InvalidRequest(
             "The streamer cannot moderate themselves.".into(),

@@ -318,6 +318,26 @@ async fn bad_moderation_requests_are_refused() {
 }
 
 #[tokio::test]
+async fn moderating_an_ended_stream_is_refused_and_records_nothing() {
+    let room = room_with_viewer().await;
+    assert_eq!(room.app.end_stream(room.host, ROOM).await.status, 200);
+    for action in ["kick", "ban", "unban", "mute", "unmute"] {
+        act(&room.app, room.host, room.viewer, action)
+            .await
+            .assert_error(409, "stream_ended");
+    }
+    act(&room.app, Uuid::new_v4(), room.viewer, "ban")
+        .await
+        .assert_error(403, "forbidden");
+    assert_eq!(recorded_actions(&room.app).await, 0);
+    let restrictions: i64 = room
+        .app
+        .db_value("SELECT count(*) FROM live_room_restrictions", &[])
+        .await;
+    assert_eq!(restrictions, 0);
+}
+
+#[tokio::test]
 async fn when_livekit_is_down_a_kick_is_503_and_nothing_is_recorded() {
     for mode in [LiveKitMode::Stopped, LiveKitMode::Failing] {
         let room = room_with_viewer().await;

@@ -2043,6 +2043,9 @@ async fn every_route_answers_as_the_document_says() {
     c.post(&app, CHAT, post_message, Some(&viewer_t), &hello)
         .await
         .assert_error(409, "stream_ended");
+    c.post(&app, MODERATION, moderate, Some(&host_t), &act(viewer, "ban"))
+        .await
+        .assert_error(409, "stream_ended");
     let after = c
         .send(
             &app,
