@@ -10,12 +10,14 @@
 //! [`crate::store::chat_broadcast`]) and the reactions the last taps only counted
 //! (see [`crate::store::reactions`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::reactions::ReactionBroadcast;
 use crate::store::viewers;
 
 /// How often the copies are brought up to date.
@@ -127,20 +129,37 @@ async fn flush_reactions(state: &AppState) -> Result<(), ApiError> {
         let client = state.db.get().await?;
         crate::store::reactions::flush(&client).await?
     };
-    // Each send stops early enough within the budget to give its mark back,
-    // so the totals it did not send go with a later tick.
+    // Taking them marked every room told. A send that fails gives its own
+    // mark back, but the rooms LiveKit was too slow to reach within the
+    // budget, and the give-backs the budget cut short, are given back below
+    // in one statement: a mark kept for a packet never sent leaves the room
+    // due no more, and its last taps would never be shown.
+    let told: Vec<AtomicBool> = due.iter().map(|_| AtomicBool::new(false)).collect();
     let rooms = due.len();
-    let sends = futures_util::stream::iter(super::from_random_start(due)).for_each_concurrent(
-        ROOMS_AT_ONCE,
-        |broadcast| async move {
-            crate::store::reactions::send(state, &broadcast).await;
-        },
-    );
+    let sends = futures_util::stream::iter(super::from_random_start((0..rooms).collect()))
+        .for_each_concurrent(ROOMS_AT_ONCE, |room: usize| {
+            let (due, told) = (&due, &told);
+            async move {
+                if crate::store::reactions::send(state, &due[room]).await {
+                    told[room].store(true, Ordering::Relaxed);
+                }
+            }
+        });
     if !within_livekit_budget(Box::pin(sends)).await {
         tracing::warn!(
             rooms,
             "LiveKit too slow: reactions left unsent go with a later tick"
         );
+    }
+    let untold: Vec<&ReactionBroadcast> = due
+        .iter()
+        .zip(&told)
+        .filter(|(_, told)| !told.load(Ordering::Relaxed))
+        .map(|(broadcast, _)| broadcast)
+        .collect();
+    if !untold.is_empty() {
+        let client = state.db.get().await?;
+        crate::store::reactions::all_unsent(&client, untold).await?;
     }
     Ok(())
 }

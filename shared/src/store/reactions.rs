@@ -164,6 +164,34 @@ pub async fn unsent(client: &Client, broadcast: &ReactionBroadcast) -> Result<()
     Ok(())
 }
 
+/// [`unsent`] for many rooms in one statement (the flusher's rooms its tick
+/// did not tell), in the order of their names, so two such statements never
+/// take the same rows in different orders. A mark given back already, or
+/// moved by a later packet, is left as it is.
+pub async fn all_unsent(client: &Client, mut broadcasts: Vec<&ReactionBroadcast>) -> Result<(), ApiError> {
+    broadcasts.sort_by(|a, b| a.room_name.as_str().cmp(b.room_name.as_str()));
+    let mut rooms = Vec::with_capacity(broadcasts.len());
+    let mut totals = Vec::with_capacity(broadcasts.len());
+    let mut counts = Vec::with_capacity(broadcasts.len());
+    for broadcast in broadcasts {
+        rooms.push(broadcast.room_name.as_str());
+        totals.push(serde_json::to_string(&broadcast.totals).map_err(ApiError::internal)?);
+        counts.push(serde_json::to_string(&broadcast.counts).map_err(ApiError::internal)?);
+    }
+    client
+        .query_typed(
+            "SELECT live_reactions_unsent(u.room, u.totals::jsonb, u.counts::jsonb)
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(room, totals, counts)",
+            &[
+                (&rooms, Type::TEXT_ARRAY),
+                (&totals, Type::TEXT_ARRAY),
+                (&counts, Type::TEXT_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Sends `broadcast` into its room over the lossy channel and says whether
 /// it went; one that did not gets its mark back ([`unsent`]). Under a
 /// deadline (a tap's answer, the flusher's budget for LiveKit) the send

@@ -585,6 +585,44 @@ async fn the_flusher_sends_the_trailing_reactions_while_its_chat_part_fails() {
     }
 }
 
+/// More rooms with reactions due than one tick can send while LiveKit
+/// hangs: the flusher marks every due room as told before it sends, so each
+/// room it did not send to (not reached within its budget, or its own
+/// give-back cut short) must get its mark back, or its last taps are counted
+/// and never shown to anyone.
+#[tokio::test]
+async fn the_rooms_a_hanging_tick_did_not_reach_keep_their_reactions_due() {
+    const ROOMS: i32 = 2_000;
+    let app = TestApp::spawn().await;
+    let admin = crate::helpers::connect(&app.database_url).await;
+    admin
+        .execute(
+            "WITH rooms AS (
+                 INSERT INTO live_streams (id, streamer_id, title)
+                 SELECT 'due-' || i, gen_random_uuid(), 'Made directly' FROM generate_series(1, $1) AS i
+                 RETURNING id),
+             counted AS (
+                 INSERT INTO live_reaction_counts (room_name, kind, shard, n)
+                 SELECT id, 'heart', 0, 1 FROM rooms)
+             INSERT INTO live_reaction_broadcasts (room_name) SELECT id FROM rooms",
+            &[&ROOMS],
+        )
+        .await
+        .unwrap();
+    let due = "SELECT count(*)::int4 FROM live_reaction_broadcasts b
+               WHERE (SELECT sum(n) FROM live_reaction_counts c WHERE c.room_name = b.room_name)
+                     > (SELECT coalesce(sum(e.v::bigint), 0) FROM jsonb_each_text(b.sent) AS e (k, v))";
+    assert_eq!(app.db_value::<i32>(due, &[]).await, ROOMS);
+
+    app.set_livekit_mode(LiveKitMode::Hanging).await;
+    shared::scheduled::flush::flush_once(&app.state).await.unwrap();
+    assert_eq!(
+        app.db_value::<i32>(due, &[]).await,
+        ROOMS,
+        "every room not told is still due for the next tick"
+    );
+}
+
 /// LiveKit hanging after a change is committed: every route that tells the
 /// room afterwards answers what was committed, in time, with its "not told"
 /// flag, never the deadline's 503 that would have the app retry what
