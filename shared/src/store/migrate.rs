@@ -108,6 +108,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(71, "0071_the_fold_and_the_host_left_check_wait_for_nothing"),
     migration!(72, "0072_a_token_takes_a_viewer_in_the_room_as_back"),
     migration!(73, "0073_lapsed_turns_read_presence_after_their_locks"),
+    migration!(74, "0074_no_function_left_that_nothing_calls"),
 ];
 
 /// Arbitrary but fixed key for `pg_advisory_xact_lock`.

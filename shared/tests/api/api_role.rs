@@ -250,7 +250,6 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_chat_batch_done(text,bigint,timestamp with time zone)",
     "execute live_chat_batch_failed(text,timestamp with time zone)",
     "execute live_chat_batch_sent(text,bigint)", // superseded; kept for an earlier release's binaries
-    "execute live_chat_post(text,uuid,text)",    // superseded; kept for an earlier release's binaries
     "execute live_chat_say(text,uuid,text,text,double precision,bigint)", // superseded; kept for an earlier release's binaries
     "execute live_chat_say(text,uuid,text,text,double precision,bigint,uuid)",
     "execute live_chat_stored(uuid,text,uuid,text)",
@@ -290,7 +289,6 @@ const FUNCTIONS_ROLE_MAY: &[&str] = &[
     "execute live_streamer_has_profile(uuid)",
     "execute live_sync_sessions(text,timestamp with time zone,text[],text[],boolean[],text[])", // superseded; kept for an earlier release's binaries
     "execute live_sync_sessions(text,timestamp with time zone,text[],text[],boolean[],text[],timestamp with time zone[],double precision)",
-    "execute live_sync_sessions_as_listed(text,timestamp with time zone,text[],text[],boolean[],text[])",
     "execute live_token_access(text,uuid,text,double precision,bigint,bigint,uuid,boolean,boolean,boolean,boolean,boolean,boolean)", // superseded; kept for an earlier release's binaries
     "execute live_token_access(text,uuid,text,double precision,bigint,double precision,bigint,uuid,boolean,boolean,boolean,boolean,boolean,boolean)",
     "execute live_viewer_count(text)",
