@@ -163,6 +163,53 @@ fn routes_that_wait_for_livekit_answer_429_before_their_containers_run_out() {
     assert!(number(&template, hands, "stage-hand") > 3);
 }
 
+/// The reads (listings, chat history, viewers, stats, the stage) share
+/// `ReadConcurrency`'s few containers each, so, as for the routes that wait
+/// for LiveKit, their burst is at most those containers (a clump past them
+/// gets API Gateway's 429, not the 500 of a throttled Lambda) and their rate
+/// at most what the containers serve at about 5 ms a read. The chat history
+/// is read by every viewer as they connect, so its own rate carries a join
+/// rush (about 833/s for 50,000 viewers in a minute).
+#[test]
+fn reads_answer_429_before_their_containers_run_out() {
+    let template = template();
+    let default_settings = &template["Resources"]["LiveApi"]["Properties"]["DefaultRouteSettings"];
+    let mut checked = Vec::new();
+    for (name, function) in functions(&template) {
+        let properties = &function["Properties"];
+        let concurrency = &properties["ReservedConcurrentExecutions"];
+        if !is_ref_to(concurrency, "ReadConcurrency") {
+            continue;
+        }
+        let containers = number(&template, concurrency, &name);
+        let events = properties["Events"].as_mapping().expect("an HTTP route");
+        for (_, event) in events {
+            let own = &event["Properties"]["RouteSettings"];
+            let settings = if own.is_null() { default_settings } else { own };
+            let burst = number(&template, &settings["ThrottlingBurstLimit"], &name);
+            let rate = number(&template, &settings["ThrottlingRateLimit"], &name);
+            assert!(
+                burst <= containers,
+                "{name}: a burst of {burst} over {containers} containers"
+            );
+            assert!(
+                rate <= containers * 200,
+                "{name}: {rate}/s over what {containers} containers serve"
+            );
+        }
+        checked.push(name);
+    }
+    assert_eq!(
+        checked.len(),
+        6,
+        "streams, stream, chat-history, stream-viewers, stream-stats and stage: {checked:?}"
+    );
+    let history = &template["Resources"]["ChatHistoryFunction"]["Properties"]["Events"]["ChatHistory"]["Properties"]
+        ["RouteSettings"]["ThrottlingRateLimit"];
+    let history_rate = number(&template, history, "chat-history");
+    assert!(history_rate >= 833, "{history_rate}");
+}
+
 /// `!If [AppSecretHasOwnKmsKey, <kms:Decrypt of this secret through Secrets
 /// Manager>, !Ref AWS::NoValue]`: the key, when the secret has one of its
 /// own, decrypts only this secret and only for Secrets Manager. Returns the
