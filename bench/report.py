@@ -715,6 +715,13 @@ def hot_room_section(results):
                  f"{rush['round_trips_per_token']:.2f} database round trips per token"
                  + (f", database time per token {rush['database_us_per_token']:,.0f} µs (the proxy's wait for the server's first answer byte, so any wait for a CPU on this machine too; {rush['database_with_delay_us_per_token']:,.0f} µs with the proxy's delay)." if "database_us_per_token" in rush else "."))
     lines.append("")
+    history = rush.get("chat_history")
+    if history:
+        reads = history["reads"]
+        lines.append(f"**2b. The joiners' chat history:** each of them then reads the chat's first page (`GET /live/chat`, as a client does on connecting), {reads['requests']:,} reads in {hot['window_s']} s on {history['containers']} containers (`ReadConcurrency`; the route's throttle is `ChatHistoryRouteRateLimit`): "
+                     f"p50 {ms(reads['p50_us'])}, p99 {ms(reads['p99_us'])}, answers {reads['by_status']}, "
+                     f"{history['round_trips_per_read']:.2f} database round trips and {history['database_us_per_read']:,.0f} µs of database time per read.")
+        lines.append("")
     posts = chat["posts"]
     chat_ok = chat["stored"] == chat["expected_stored"] and chat["rate_limited"] == chat["expected_rate_limited"] and chat["received_in_order"]
     lines.append(f"**3. Busy chat:** {posts['requests']:,} posts in {chat['seconds']} s from {chat['users']:,} users and a few spammers on {chat['containers']} containers: "

@@ -168,3 +168,18 @@ pub fn post(bearer: &str, body: String) -> lambda_http::Request {
         .insert("authorization", bearer.parse().expect("a header value"));
     request
 }
+
+/// A `GET` with `query` from the app, as API Gateway hands it over.
+pub fn get(bearer: &str, query: &[(&str, &str)]) -> lambda_http::Request {
+    use lambda_http::RequestExt;
+    let mut request = lambda_http::Request::new(lambda_http::Body::Empty);
+    *request.method_mut() = lambda_http::http::Method::GET;
+    request
+        .headers_mut()
+        .insert("authorization", bearer.parse().expect("a header value"));
+    let parameters: HashMap<String, Vec<String>> = query
+        .iter()
+        .map(|(name, value)| (name.to_string(), vec![value.to_string()]))
+        .collect();
+    request.with_query_string_parameters(parameters)
+}
