@@ -116,6 +116,9 @@ pub struct ReconcileReport {
     /// left after LiveKit refused closing rooms a few times in a row; the
     /// next run starts from a different room, so none waits for ever.
     pub left_for_next_run: usize,
+    /// The clean-up's steps that failed (a lock given up on, a statement
+    /// timed out, a privilege missing); the others ran all the same.
+    pub clean_up_failed: Vec<&'static str>,
 }
 
 impl ReconcileReport {
@@ -123,6 +126,26 @@ impl ReconcileReport {
     /// the scheduled function reports it as failed (its alarm counts those).
     pub fn nothing_got_through(&self) -> bool {
         self.failed > 0 && self.synced + self.missing + self.rooms_closed == 0
+    }
+
+    /// Why the scheduled function reports this run as failed, if it does: not
+    /// one room got through, or a step of the clean-up failed. One such run
+    /// is a lock given up on; the alarm fires on three within its window, a
+    /// step failing run after run (its table growing, nothing pruning it).
+    pub fn failure(&self) -> Option<String> {
+        if self.nothing_got_through() {
+            Some(format!(
+                "not one of the {} rooms this run tried got through",
+                self.failed
+            ))
+        } else if !self.clean_up_failed.is_empty() {
+            Some(format!(
+                "the clean-up's {} failed",
+                self.clean_up_failed.join(", ")
+            ))
+        } else {
+            None
+        }
     }
 }
 
@@ -146,11 +169,9 @@ pub async fn reconcile_until(
     let mut report = ReconcileReport::default();
     let (live, listed_at, unclosed) = {
         let client = state.db.get().await?;
-        // A pruning statement that fails (a lock it gave up on) leaves the
-        // rest of the clean-up to the next run, never the rooms.
-        if let Err(error) = clean_up(state, &client, prune_until, &mut report).await {
-            tracing::warn!(%error, "clean-up stopped; the next run goes on with it");
-        }
+        // A pruning statement that fails (a lock it gave up on) leaves its
+        // step to the next run, never the other steps or the rooms.
+        clean_up(state, &client, prune_until, &mut report).await;
         // Read before any LiveKit call: a session written after this is newer
         // than every listing this run gets.
         let listed_at: DateTime<Utc> = client
@@ -286,22 +307,38 @@ async fn close_room(state: &AppState, room: &RoomName) -> Result<(), ApiError> {
 
 /// What grows with use, pruned. What users wait for first (a room name a
 /// dead start still claims), then the backlogs, which after a long outage
-/// can use up the budget. The stage turns of the gone end in each synced
-/// room's turn ([`sync_room`]).
+/// can use up the budget. Each step stands alone: one that fails is logged
+/// and named in the report, and the next goes on (a step failing run after
+/// run must not stop the pruning of every table after it). The stage turns
+/// of the gone end in each synced room's turn ([`sync_room`]).
 async fn clean_up(
     state: &AppState,
     client: &tokio_postgres::Client,
     until: Instant,
     report: &mut ReconcileReport,
-) -> Result<(), ApiError> {
+) {
+    fn settled(report: &mut ReconcileReport, step: &'static str, result: Result<usize, ApiError>) -> usize {
+        result.unwrap_or_else(|error| {
+            tracing::warn!(step, %error, "a clean-up step failed; the next run tries it again");
+            report.clean_up_failed.push(step);
+            0
+        })
+    }
     let retention = state.rules.session_retention;
-    report.claims_pruned = in_batches(until, || streams::prune_lapsed_claims(client, PRUNE_BATCH)).await?;
-    report.webhook_ids_pruned = prune_webhook_ids(client, until).await?;
-    in_batches(until, || crate::store::rate_limit::prune(client, PRUNE_BATCH)).await?;
-    report.sessions_pruned = prune_sessions(client, retention, until).await?;
-    retire_ended_streams(client, retention, until, report).await?;
-    report.presence_pruned = in_batches(until, || prune_presence_of_ended(client)).await?;
-    Ok(())
+    let claims = in_batches(until, || streams::prune_lapsed_claims(client, PRUNE_BATCH)).await;
+    report.claims_pruned = settled(report, "claims", claims);
+    let webhook_ids = prune_webhook_ids(client, until).await;
+    report.webhook_ids_pruned = settled(report, "webhook ids", webhook_ids);
+    let rate_limits = in_batches(until, || crate::store::rate_limit::prune(client, PRUNE_BATCH)).await;
+    settled(report, "rate limits", rate_limits);
+    let sessions = prune_sessions(client, retention, until).await;
+    report.sessions_pruned = settled(report, "sessions", sessions);
+    let retired = retire_ended_streams(client, retention, until, report)
+        .await
+        .map(|()| 0);
+    settled(report, "ended streams", retired);
+    let presence = in_batches(until, || prune_presence_of_ended(client)).await;
+    report.presence_pruned = settled(report, "presence", presence);
 }
 
 /// Runs `prune` (one statement, its own transaction, deleting at most
@@ -775,17 +812,13 @@ pub async fn serve() -> Result<(), lambda_http::Error> {
                 reconcile_until(app, app.reconcile_grace, until).await
             };
             match run.await {
-                Ok(report) if report.nothing_got_through() => {
-                    tracing::error!(
-                        failed = report.failed,
-                        "reconciliation failed: not one room got through"
-                    );
-                    Err(lambda_http::Error::from(format!(
-                        "not one of the {} rooms this run tried got through",
-                        report.failed
-                    )))
-                }
-                Ok(_) => Ok(()),
+                Ok(report) => match report.failure() {
+                    Some(failure) => {
+                        tracing::error!(%failure, "reconciliation failed");
+                        Err(lambda_http::Error::from(failure))
+                    }
+                    None => Ok(()),
+                },
                 Err(error) => {
                     tracing::error!(%error, "reconciliation failed");
                     Err(lambda_http::Error::from(error))

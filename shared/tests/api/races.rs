@@ -1580,8 +1580,10 @@ async fn closing_rooms_stops_after_failures_in_a_row_and_the_run_reports_itself_
 }
 
 /// A clean-up statement that fails (here the lapsed claim it would delete is
-/// held past the functions' 2 s lock timeout) leaves the clean-up to the
-/// next run and the rooms still get their turn: the live room is synced.
+/// held past the functions' 2 s lock timeout) leaves its step to the next
+/// run; the steps after it and the rooms still get their turn (the old
+/// webhook id is pruned, the live room synced), and the run reports itself
+/// failed, naming the step.
 #[tokio::test]
 async fn a_clean_up_that_fails_leaves_the_rooms_their_turn() {
     let app = TestApp::spawn().await;
@@ -1604,15 +1606,35 @@ async fn a_clean_up_that_fails_leaves_the_rooms_their_turn() {
         )
         .await
         .unwrap();
+    // A webhook id past its retention: the step after the claims' prunes it
+    // all the same.
+    admin
+        .execute(
+            "INSERT INTO live_webhook_events (id, received_at) VALUES ('old-event', now() - interval '2 days')",
+            &[],
+        )
+        .await
+        .unwrap();
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(
-        (report.synced, report.failed, report.claims_pruned),
-        (1, 0, 0),
+        (
+            report.synced,
+            report.failed,
+            report.claims_pruned,
+            report.webhook_ids_pruned
+        ),
+        (1, 0, 0, 1),
         "{report:?}"
     );
+    assert_eq!(report.clean_up_failed, ["claims"]);
+    // The run is reported failed, so a step failing run after run fires
+    // the reconciler's alarm.
+    let failure = report.failure().expect("a failed clean-up step fails the run");
+    assert!(failure.contains("claims"), "{failure}");
     holder.rollback().await.unwrap();
     let report = reconcile(&app.state, GRACE).await.unwrap();
     assert_eq!(report.claims_pruned, 1, "the next run goes on: {report:?}");
+    assert_eq!(report.failure(), None, "{report:?}");
 }
 
 /// A start taking over a lapsed claim while the reconciler's prune waits
