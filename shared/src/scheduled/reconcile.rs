@@ -794,6 +794,30 @@ async fn room_missing(state: &AppState, room: &RoomName, grace: Duration) -> Res
     })
 }
 
+/// How long before its invocation's deadline a run still going is stopped:
+/// time to cancel its statement and log that it was stopped, which a run
+/// Lambda's timeout ended would not.
+const CUT_OFF_MARGIN: Duration = Duration::from_secs(2);
+
+/// [`reconcile_until`], stopped at `cut_off` if it is still running then
+/// (`None`): the run's margin keeps a room's LiveKit calls from starting too
+/// late, but its statements, each bounded by the statement timeout, can
+/// still add up past the deadline while the database is slow. Stopped, the
+/// statement running is cancelled (each is its own transaction, so what
+/// committed stands) rather than left on the pooled connection.
+pub async fn reconcile_before(
+    state: &AppState,
+    grace: Duration,
+    until: Option<Instant>,
+    cut_off: Option<Instant>,
+) -> Option<Result<ReconcileReport, ApiError>> {
+    let run = reconcile_until(state, grace, until);
+    match cut_off {
+        Some(cut_off) => crate::store::db::invocation_until_cut_off(cut_off, run).await,
+        None => Some(run.await),
+    }
+}
+
 /// Runs the scheduled function: every EventBridge event is one reconciliation.
 /// A failed run is an error, so it shows in the function's error metric; the
 /// next scheduled run tries again.
@@ -805,11 +829,19 @@ pub async fn serve() -> Result<(), lambda_http::Error> {
     let state = &state;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
-            let until = crate::http::time_to_deadline(&event.context)
-                .map(|left| Instant::now() + left.saturating_sub(RUN_MARGIN));
+            let left = crate::http::time_to_deadline(&event.context);
+            let now = Instant::now();
+            let until = left.map(|left| now + left.saturating_sub(RUN_MARGIN));
+            let cut_off = left.map(|left| now + left.saturating_sub(CUT_OFF_MARGIN));
             let run = async {
                 let app = state.get().await?;
-                reconcile_until(app, app.reconcile_grace, until).await
+                match reconcile_before(app, app.reconcile_grace, until, cut_off).await {
+                    Some(outcome) => outcome,
+                    None => Err(ApiError::unavailable(
+                        crate::error::Dependency::Timeout,
+                        "the run was still going at its invocation's deadline and was stopped; the next run goes on",
+                    )),
+                }
             };
             match run.await {
                 Ok(report) => match report.failure() {

@@ -441,6 +441,37 @@ async fn a_flush_stopped_at_its_cut_off_leaves_no_statement_behind() {
     assert_eq!(app.realtime_viewer_count("flushed").await, 1);
 }
 
+/// A reconciler run still going at its invocation's cut-off (here its first
+/// clean-up statement waits for a table held elsewhere; with the database
+/// slow, a room's statements can add up past the run's margin) is stopped
+/// there and its statement cancelled: the invocation logs the stop instead
+/// of being ended by Lambda's timeout with nothing logged, and the pooled
+/// connection goes to the next run clean.
+#[tokio::test]
+async fn a_reconciler_run_stopped_at_its_cut_off_leaves_no_statement_behind() {
+    // Only the cancel may end the wait (the role's lock_timeout is 2 s).
+    let (app, admin) = spawn_without_lock_timeout(vec![("DATABASE_POOL_SIZE", "1".into())]).await;
+    let held = app.db().await;
+    held.batch_execute("BEGIN; LOCK TABLE live_room_claims IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let cut_off = started + Duration::from_millis(700);
+    let outcome =
+        shared::scheduled::reconcile::reconcile_before(&app.state, GRACE, None, Some(cut_off)).await;
+    assert!(outcome.is_none(), "stopped at its cut-off: {outcome:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until_no_api_statement_runs(&admin).await;
+    held.batch_execute("ROLLBACK").await.unwrap();
+    // The next run, on the same (only) connection, runs whole.
+    let report = reconcile(&app.state, GRACE).await.unwrap();
+    assert_eq!(report.failure(), None, "{report:?}");
+}
+
 /// The request deadline never outlives the invocation: with a setting longer
 /// than the function's timeout (25 s against the 2.5 s this invocation has
 /// left), a request stuck behind a lock still gets our 503 a second before
