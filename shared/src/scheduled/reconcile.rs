@@ -469,14 +469,23 @@ async fn retire_ended_streams(
         .map(|row| row.try_get(0))
         .collect::<Result<Vec<String>, _>>()
         .map_err(ApiError::internal)?;
-    // Each table's rows of those streams, by its key.
+    // Each table's rows of those streams, by its key. The streams' rows
+    // first, as the fold takes them (migration 0071), skipping one held
+    // elsewhere: an account deleted meanwhile holds its streams' rows and
+    // then deletes their stage rows and marks (cascade, trigger), stream by
+    // stream, so a statement that deleted rows of two of its streams in
+    // another order could deadlock with it and have Postgres abort one,
+    // perhaps the user's deletion. A skipped stream keeps the walk's
+    // position (below) until a later run retires it, or its deletion does.
     for (table, key, pruned) in [
         ("live_viewers_seen", "identity", &mut report.viewers_seen_pruned),
         ("live_stage", "user_id", &mut report.stage_rows_pruned),
     ] {
         let statement = format!(
             "DELETE FROM {table} WHERE (room_name, {key}) IN (
-                 SELECT room_name, {key} FROM {table} WHERE room_name = ANY($1) LIMIT $2)"
+                 SELECT room_name, {key} FROM {table}
+                 WHERE room_name IN (SELECT s.id FROM live_streams s WHERE s.id = ANY($1) FOR KEY SHARE SKIP LOCKED)
+                 LIMIT $2)"
         );
         *pruned += in_batches(until, || async {
             Ok(client

@@ -2433,6 +2433,65 @@ async fn a_fold_passes_over_a_stream_whose_row_another_session_holds() {
     assert_eq!(wow, [(0, 3)]);
 }
 
+/// An account deleted while the reconciler retires two of its long-ended
+/// streams: the deletion holds the streams' rows and deletes their stage rows
+/// stream by stream (the cascade). The retire takes the streams' rows first
+/// and passes over one held elsewhere; taking the stage rows of both at once
+/// instead, it waited for the deletion's of one while holding the other's,
+/// which the deletion needed next: a deadlock, and Postgres aborting one of
+/// them, perhaps the user's deletion.
+#[tokio::test]
+async fn retiring_old_streams_never_deadlocks_with_their_accounts_deletion() {
+    let app = TestApp::spawn().await;
+    let host = Uuid::new_v4();
+    let mut admin = app.db().await;
+    for room in ["retired-a", "retired-b"] {
+        crate::helpers::insert_live_stream(&admin, room, host).await;
+        admin
+            .execute(
+                "UPDATE live_streams SET is_live = false, created_at = now() - interval '9 days',
+                        ended_at = now() - interval '8 days', room_closed_at = now() - interval '8 days'
+                 WHERE id = $1",
+                &[&room],
+            )
+            .await
+            .unwrap();
+        admin
+            .execute(
+                "INSERT INTO live_stage (room_name, user_id, hand_raised_at) VALUES ($1, $2, now() - interval '8 days')",
+                &[&room, &Uuid::new_v4()],
+            )
+            .await
+            .unwrap();
+    }
+    let deletion = admin.transaction().await.unwrap();
+    // The cascade's first stream: its row and its stage row held.
+    deletion
+        .execute("DELETE FROM live_streams WHERE id = 'retired-b'", &[])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let report = shared::scheduled::reconcile::reconcile(&app.state, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.stage_rows_pruned, report.clean_up_failed.as_slice()),
+        (1, [].as_slice()),
+        "the stream held elsewhere is passed over, not waited for: {report:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The cascade's next stream: nothing of the reconciler's holds it up.
+    deletion
+        .execute("DELETE FROM live_streams WHERE id = 'retired-a'", &[])
+        .await
+        .expect("the account's deletion goes through");
+    deletion.commit().await.unwrap();
+}
+
 /// A stream that ended longer ago than the session retention is retired by
 /// the reconciler: its 16 count shards and its reaction shards folded into
 /// one row each, its stage rows deleted (migration 0067), and its stats read
