@@ -23,23 +23,10 @@ pub async fn run(setup: &Setup) -> Value {
     )
     .await
     .expect("the stream everybody joins");
-    let n = setup.viewers;
     let body = json!({"roomName": ROOM, "participantName": "Viewer"}).to_string();
-    let jobs: Vec<(std::time::Duration, String)> = (0..n)
-        .map(|i| {
-            let bearer = format!(
-                "Bearer {}",
-                crate::supabase_token(&setup.supabase_secret, Uuid::new_v4())
-            );
-            (setup.window.mul_f64(i as f64 / n as f64), bearer)
-        })
-        .collect();
-    let containers = fleet::containers(setup, "TokenConcurrency");
+    let jobs = joiners(setup);
+    let containers = warm_containers(setup, "TokenConcurrency").await;
     let token_containers = containers.len();
-    // Each container's connection is opened before the rush, as a warm one is.
-    for state in &containers {
-        let _ = state.db.get().await;
-    }
     let before = setup.proxy.requests.load(Ordering::Relaxed);
     let server_nanos_before = setup.proxy.server_nanos.load(Ordering::Relaxed);
     let outcomes = fleet::run(containers, jobs, move |state, bearer: String| {
@@ -83,21 +70,9 @@ async fn chat_history_rush(setup: &Setup) -> Value {
     )
     .await
     .expect("the room's chat so far");
-    let n = setup.viewers;
-    let jobs: Vec<(std::time::Duration, String)> = (0..n)
-        .map(|i| {
-            let bearer = format!(
-                "Bearer {}",
-                crate::supabase_token(&setup.supabase_secret, Uuid::new_v4())
-            );
-            (setup.window.mul_f64(i as f64 / n as f64), bearer)
-        })
-        .collect();
-    let containers = fleet::containers(setup, "ReadConcurrency");
+    let jobs = joiners(setup);
+    let containers = warm_containers(setup, "ReadConcurrency").await;
     let container_count = containers.len();
-    for state in &containers {
-        let _ = state.db.get().await;
-    }
     let before = setup.proxy.requests.load(Ordering::Relaxed);
     let server_nanos_before = setup.proxy.server_nanos.load(Ordering::Relaxed);
     let outcomes = fleet::run(containers, jobs, |state, bearer: String| async move {
@@ -117,4 +92,31 @@ async fn chat_history_rush(setup: &Setup) -> Value {
         "round_trips_per_read": round_trips as f64 / reads,
         "database_us_per_read": server_nanos as f64 / 1_000.0 / reads,
     })
+}
+
+/// Each viewer's bearer token and when they join: evenly over the window.
+fn joiners(setup: &Setup) -> Vec<(std::time::Duration, String)> {
+    let n = setup.viewers;
+    (0..n)
+        .map(|i| {
+            let bearer = format!(
+                "Bearer {}",
+                crate::supabase_token(&setup.supabase_secret, Uuid::new_v4())
+            );
+            (setup.window.mul_f64(i as f64 / n as f64), bearer)
+        })
+        .collect()
+}
+
+/// The function's containers, each with its connection opened before the
+/// rush, as a warm one has.
+async fn warm_containers(
+    setup: &Setup,
+    concurrency_parameter: &str,
+) -> Vec<std::sync::Arc<shared::AppState>> {
+    let containers = fleet::containers(setup, concurrency_parameter);
+    for state in &containers {
+        let _ = state.db.get().await;
+    }
+    containers
 }

@@ -117,6 +117,28 @@ fn the_busy_routes_have_throttles_of_their_own() {
     assert!(token_rate >= 833, "{token_rate}");
 }
 
+/// A route's throttle within its function's containers: a burst of at most
+/// one request a container, and a rate of at most what they serve at
+/// `per_container` requests a second each.
+fn assert_within_containers(
+    template: &Value,
+    name: &str,
+    settings: &Value,
+    containers: i64,
+    per_container: i64,
+) {
+    let burst = number(template, &settings["ThrottlingBurstLimit"], name);
+    let rate = number(template, &settings["ThrottlingRateLimit"], name);
+    assert!(
+        burst <= containers,
+        "{name}: a burst of {burst} over {containers} containers"
+    );
+    assert!(
+        rate <= containers * per_container,
+        "{name}: {rate}/s over what {containers} containers serve"
+    );
+}
+
 /// The routes whose requests wait for a LiveKit call (a tenth of a second or
 /// more) have few containers. Lambda past its reserved concurrency answers
 /// API Gateway with a throttle, which the client gets as a bare 500 (and the
@@ -140,16 +162,7 @@ fn routes_that_wait_for_livekit_answer_429_before_their_containers_run_out() {
         for (_, event) in events {
             let settings = &event["Properties"]["RouteSettings"];
             assert!(!settings.is_null(), "{name} has no throttle of its own");
-            let burst = number(&template, &settings["ThrottlingBurstLimit"], &name);
-            let rate = number(&template, &settings["ThrottlingRateLimit"], &name);
-            assert!(
-                burst <= containers,
-                "{name}: a burst of {burst} over {containers} containers"
-            );
-            assert!(
-                rate <= containers * 10,
-                "{name}: {rate}/s over what {containers} containers serve"
-            );
+            assert_within_containers(&template, &name, settings, containers, 10);
         }
         checked.push(name);
     }
@@ -186,16 +199,7 @@ fn reads_answer_429_before_their_containers_run_out() {
         for (_, event) in events {
             let own = &event["Properties"]["RouteSettings"];
             let settings = if own.is_null() { default_settings } else { own };
-            let burst = number(&template, &settings["ThrottlingBurstLimit"], &name);
-            let rate = number(&template, &settings["ThrottlingRateLimit"], &name);
-            assert!(
-                burst <= containers,
-                "{name}: a burst of {burst} over {containers} containers"
-            );
-            assert!(
-                rate <= containers * 200,
-                "{name}: {rate}/s over what {containers} containers serve"
-            );
+            assert_within_containers(&template, &name, settings, containers, 200);
         }
         checked.push(name);
     }
