@@ -27,9 +27,7 @@ pub async fn run(setup: &Setup) -> Value {
     let jobs = joiners(setup);
     let containers = warm_containers(setup, "TokenConcurrency").await;
     let token_containers = containers.len();
-    let before = setup.proxy.requests.load(Ordering::Relaxed);
-    let server_nanos_before = setup.proxy.server_nanos.load(Ordering::Relaxed);
-    let outcomes = fleet::run(containers, jobs, move |state, bearer: String| {
+    let rush = fleet::run(containers, jobs, move |state, bearer: String| {
         let body = body.clone();
         async move {
             let request = fleet::post(&bearer, body);
@@ -38,10 +36,8 @@ pub async fn run(setup: &Setup) -> Value {
                 .status()
                 .as_u16()
         }
-    })
-    .await;
-    let round_trips = setup.proxy.requests.load(Ordering::Relaxed) - before;
-    let server_nanos = setup.proxy.server_nanos.load(Ordering::Relaxed) - server_nanos_before;
+    });
+    let (outcomes, round_trips, server_nanos) = with_database_counts(setup, rush).await;
     let tokens = outcomes.len().max(1) as f64;
     let chat_history = chat_history_rush(setup).await;
     json!({
@@ -73,18 +69,14 @@ async fn chat_history_rush(setup: &Setup) -> Value {
     let jobs = joiners(setup);
     let containers = warm_containers(setup, "ReadConcurrency").await;
     let container_count = containers.len();
-    let before = setup.proxy.requests.load(Ordering::Relaxed);
-    let server_nanos_before = setup.proxy.server_nanos.load(Ordering::Relaxed);
-    let outcomes = fleet::run(containers, jobs, |state, bearer: String| async move {
+    let rush = fleet::run(containers, jobs, |state, bearer: String| async move {
         let request = fleet::get(&bearer, &[("roomName", ROOM)]);
         shared::http::handle(&state, request, &shared::handlers::chat_history)
             .await
             .status()
             .as_u16()
-    })
-    .await;
-    let round_trips = setup.proxy.requests.load(Ordering::Relaxed) - before;
-    let server_nanos = setup.proxy.server_nanos.load(Ordering::Relaxed) - server_nanos_before;
+    });
+    let (outcomes, round_trips, server_nanos) = with_database_counts(setup, rush).await;
     let reads = outcomes.len().max(1) as f64;
     json!({
         "containers": container_count,
@@ -119,4 +111,17 @@ async fn warm_containers(
         let _ = state.db.get().await;
     }
     containers
+}
+
+/// `work`'s outcome, with the round trips to Postgres the proxy saw while it
+/// ran and the database's time on them (each answer's first byte).
+async fn with_database_counts<T>(setup: &Setup, work: impl std::future::Future<Output = T>) -> (T, u64, u64) {
+    let round_trips_before = setup.proxy.requests.load(Ordering::Relaxed);
+    let server_nanos_before = setup.proxy.server_nanos.load(Ordering::Relaxed);
+    let outcome = work.await;
+    (
+        outcome,
+        setup.proxy.requests.load(Ordering::Relaxed) - round_trips_before,
+        setup.proxy.server_nanos.load(Ordering::Relaxed) - server_nanos_before,
+    )
 }
