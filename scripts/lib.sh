@@ -103,12 +103,36 @@ wait_or_kill() {
 # first, so a shell does not go on to its next command when its children die.
 # Lists the tree with pgrep (ensure_process_tools); without it, PID only.
 kill_tree() {
+    local pids
+    read -ra pids <<<"$(tree_of "$1")"
+    kill -"${2:-TERM}" "${pids[@]}" 2>/dev/null || true
+}
+
+# tree_of PID: PID and every process under it, parents first.
+tree_of() {
     local pid pids=("$1") i=0
     while [ "$i" -lt "${#pids[@]}" ]; do
         for pid in $(pgrep -P "${pids[$i]}" 2>/dev/null || true); do pids+=("$pid"); done
         i=$((i + 1))
     done
-    kill -"${2:-TERM}" "${pids[@]}" 2>/dev/null || true
+    echo "${pids[@]}"
+}
+
+# stop_tree PID: kill_tree's TERM, then up to 5 s for every process of the
+# tree (as listed before the TERM: children whose parent exits are moved
+# under init, where the tree no longer finds them) to exit, then SIGKILL for
+# what is left. LiveKit's server can ignore TERM (stop_livekit), and a test
+# binary's participants outlive it otherwise.
+stop_tree() {
+    local pids _
+    read -ra pids <<<"$(tree_of "$1")"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        # True while any of them is still there.
+        kill -0 "${pids[@]}" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
 }
 
 file_hash() { sha256sum "$1" | cut -d' ' -f1; }
