@@ -213,13 +213,10 @@ pub async fn flush_until(state: &AppState, until: Instant, cut_off: Option<Insta
     loop {
         ticks.tick().await;
         report.ticks += 1;
-        let flushed = match cut_off {
-            // Under the cut-off as a request's deadline, so a statement still
-            // running when the tick is stopped is cancelled, not handed to
-            // the next invocation on the pooled connection.
-            Some(cut_off) => crate::store::db::invocation_until_cut_off(cut_off, flush_once(state)).await,
-            None => Some(flush_once(state).await),
-        };
+        // Under the cut-off as a request's deadline, so a statement still
+        // running when the tick is stopped is cancelled, not handed to the
+        // next invocation on the pooled connection.
+        let flushed = crate::store::db::invocation_until(cut_off, flush_once(state)).await;
         match flushed {
             Some(Ok(rooms)) => report.written += i64::from(rooms),
             // flush_once logged what failed.

@@ -820,11 +820,7 @@ pub async fn reconcile_before(
     until: Option<Instant>,
     cut_off: Option<Instant>,
 ) -> Option<Result<ReconcileReport, ApiError>> {
-    let run = reconcile_until(state, grace, until);
-    match cut_off {
-        Some(cut_off) => crate::store::db::invocation_until_cut_off(cut_off, run).await,
-        None => Some(run.await),
-    }
+    crate::store::db::invocation_until(cut_off, reconcile_until(state, grace, until)).await
 }
 
 /// Runs the scheduled function: every EventBridge event is one reconciliation.

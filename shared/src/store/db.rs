@@ -298,6 +298,19 @@ pub async fn invocation_until_cut_off<F: std::future::Future>(
     outcome
 }
 
+/// [`invocation_until_cut_off`] for a scheduled invocation, which has a
+/// deadline to cut off at on Lambda; without one (`cargo lambda watch`, a
+/// direct call), `work` runs whole.
+pub async fn invocation_until<F: std::future::Future>(
+    cut_off: Option<Instant>,
+    work: F,
+) -> Option<F::Output> {
+    match cut_off {
+        Some(cut_off) => invocation_until_cut_off(cut_off, work).await,
+        None => Some(work.await),
+    }
+}
+
 /// The current request's deadline, if it runs under one.
 pub fn request_deadline() -> Option<Instant> {
     REQUEST_DEADLINE.try_with(|deadline| *deadline).ok()

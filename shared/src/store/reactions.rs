@@ -149,19 +149,7 @@ pub async fn react(
 /// never told. A packet that did reach the room after all is told again,
 /// which is harmless: clients take `totals`.
 pub async fn unsent(client: &Client, broadcast: &ReactionBroadcast) -> Result<(), ApiError> {
-    let totals = serde_json::to_string(&broadcast.totals).map_err(ApiError::internal)?;
-    let counts = serde_json::to_string(&broadcast.counts).map_err(ApiError::internal)?;
-    client
-        .query_typed(
-            "SELECT live_reactions_unsent($1, $2::text::jsonb, $3::text::jsonb)",
-            &[
-                (&broadcast.room_name.as_str(), Type::TEXT),
-                (&totals, Type::TEXT),
-                (&counts, Type::TEXT),
-            ],
-        )
-        .await?;
-    Ok(())
+    all_unsent(client, vec![broadcast]).await
 }
 
 /// [`unsent`] for many rooms in one statement (the flusher's rooms its tick
